@@ -1,0 +1,182 @@
+"""The operator's TOML configuration: one frozen pydantic model, validated up front.
+
+`load_config(path)` fails closed: any error raises `ConfigError` naming the file, the field and what is wrong,
+and mitmproxy refuses to start. Secrets are references (`env:NAME`, `file:PATH`); a literal is accepted
+with a warning, and nothing here ever prints a resolved value.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+Provider = Literal["anthropic", "openai"]
+Ttl = Literal["5m", "1h"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Budget(_Model):
+    usd: Annotated[float, Field(gt=0)]
+    period: Literal["day", "week", "month", "total"] = "day"
+
+
+class Client(_Model):
+    name: Annotated[str, Field(min_length=1)]
+    key: Annotated[str, Field(min_length=1, description="secret reference: env:NAME, file:PATH or a literal")]
+    user_id: str | None = None
+    budget: Budget | None = None
+
+
+class OAuth(_Model):
+    credentials: Annotated[str, Field(min_length=1, description="file:PATH of a credentials JSON, or env:NAME")]
+    token_url: str | None = None
+    client_id: str | None = None
+    scope: str | None = None
+
+
+class Upstream(_Model):
+    host: Annotated[str, Field(min_length=1)]
+    provider: Provider
+    keys: list[str] = []
+    oauth: OAuth | None = None
+    # None means "decide by host": strip only when the host is not the provider's own API.
+    strip_billing_header: bool | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _bare_host(cls, value: str) -> str:
+        if "/" in value or ":" in value or value != value.strip():
+            raise ValueError("a bare host name such as api.anthropic.com (no scheme, port or path)")
+        return value.lower()
+
+
+class SystemBlock(_Model):
+    name: Annotated[str, Field(min_length=1)]
+    text: Annotated[str, Field(min_length=1)]
+    cache: Ttl | None = None
+    hosts: list[str] = []
+    clients: list[str] = []
+    models: list[str] = []
+
+
+class HeaderPolicy(_Model):
+    """Extra names or families (`x-foo-*`, `*ratelimit*`) allowed on top of the provider defaults."""
+
+    allow: list[str] = []
+    deny: list[str] = []
+    replace_defaults: bool = False
+
+
+class Rules(_Model):
+    cache_control_max: Annotated[int, Field(ge=0)] = 4
+    max_tokens_default: Annotated[int, Field(gt=0)] | None = None
+    model_aliases: dict[str, str] = {}
+    system_blocks: list[SystemBlock] = []
+    openai_include_usage: bool = True
+    request_headers: HeaderPolicy = HeaderPolicy()
+    response_headers: HeaderPolicy = HeaderPolicy()
+
+
+class Config(_Model):
+    clients: list[Client] = []
+    upstreams: list[Upstream] = []
+    rules: Rules = Rules()
+    idle_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+
+    @field_validator("clients")
+    @classmethod
+    def _unique_client_names(cls, value: list[Client]) -> list[Client]:
+        names = [client.name for client in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"client names must be unique; repeated: {', '.join(duplicates)}")
+        return value
+
+    @field_validator("upstreams")
+    @classmethod
+    def _unique_hosts(cls, value: list[Upstream]) -> list[Upstream]:
+        hosts = [upstream.host for upstream in value]
+        duplicates = sorted({host for host in hosts if hosts.count(host) > 1})
+        if duplicates:
+            raise ValueError(f"one [[upstreams]] entry per host; repeated: {', '.join(duplicates)}")
+        return value
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the operator: file, field, what is wrong."""
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Parse TOML text into a `Config`; raises `ConfigError` naming `source`, the field and the reason."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from e
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{_field_path(error['loc'])}: {error['msg']}"
+            + (f" (got {error['input']!r})" if _is_safe_to_echo(error) else "")
+            for error in e.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def _is_safe_to_echo(error: object) -> bool:
+    """Echo a bad value only when it cannot be a secret: never for fields that hold credentials."""
+    if not isinstance(error, dict):
+        return False
+    location = [str(part) for part in error.get("loc", ())]
+    if any(part in {"key", "keys", "credentials"} for part in location):
+        return False
+    return isinstance(error.get("input"), str | int | float | bool)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{file}: cannot read config: {e.strerror or e}") from e
+    return parse_config(text, str(file))
+
+
+def resolve_secret(reference: str, *, field: str, base_dir: Path | None = None) -> tuple[SecretStr, bool]:
+    """Resolve `env:NAME`, `file:PATH` or a literal to its value.
+
+    Returns the value and whether it was given inline (the caller warns about inline secrets).
+    Raises `ConfigError` naming the field, never the value.
+    """
+    if reference.startswith("env:"):
+        name = reference[4:]
+        value = os.environ.get(name)
+        if not value:
+            raise ConfigError(f"{field}: environment variable {name} is not set or empty")
+        return SecretStr(value.strip()), False
+    if reference.startswith("file:"):
+        file = Path(reference[5:]).expanduser()
+        if base_dir is not None and not file.is_absolute():
+            file = base_dir / file
+        try:
+            value = file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"{field}: cannot read {file}: {e.strerror or e}") from e
+        if not value:
+            raise ConfigError(f"{field}: {file} is empty")
+        return SecretStr(value), False
+    return SecretStr(reference), True

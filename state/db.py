@@ -1,0 +1,155 @@
+"""The sluice database: plain SQLite, declared here, grown by append-only numbered migrations.
+
+Several mitmdump processes may share one file: WAL lets readers run beside the one writer, `busy_timeout`
+waits for a lock instead of failing, and read-then-write sections use `BEGIN IMMEDIATE`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlite_utils
+
+BUSY_TIMEOUT_MS = 10_000
+
+# Columns of `calls`, in order. Token columns mean the same for every provider: `input_tokens` is uncached
+# input only (OpenAI's cached tokens are moved out of its prompt/input count) and `output_tokens` includes
+# reasoning.
+CALL_COLUMNS: dict[str, type] = {
+    "id": str,
+    "started_at": str,
+    "client": str,
+    "host": str,
+    "method": str,
+    "path": str,
+    "provider": str,
+    "api": str,
+    "model": str,
+    "stream": int,
+    "status": int,
+    "error": str,
+    "request_id": str,
+    "response_id": str,
+    "stop_reason": str,
+    "input_tokens": int,
+    "cache_read_tokens": int,
+    "cache_write_5m_tokens": int,
+    "cache_write_1h_tokens": int,
+    "output_tokens": int,
+    "reasoning_tokens": int,
+    "web_search_requests": int,
+    "counted_tokens": int,
+    "service_tier": str,
+    "speed": str,
+    "cost_usd": float,
+    "cost_note": str,
+    "duration_ms": float,
+    "ttft_ms": float,
+    "credential": str,
+    "request_bytes": int,
+    "response_bytes": int,
+    "rules_applied": str,
+    "rate_limits": str,
+    "session_id": str,
+}
+
+
+def _migration_1_calls_and_rate_limits(db: sqlite_utils.Database) -> None:
+    db["calls"].create(  # type: ignore[union-attr]
+        CALL_COLUMNS,
+        pk="id",
+        not_null={"id", "started_at", "host", "path", "stream"},
+        defaults={"stream": 0},
+    )
+    db["calls"].create_index(["started_at"])  # type: ignore[union-attr]
+    db["calls"].create_index(["client", "started_at"])  # type: ignore[union-attr]
+    db["calls"].create_index(["model", "started_at"])  # type: ignore[union-attr]
+    # One row per (upstream host, credential, header): the latest value seen, with the call it came from.
+    db["rate_limits"].create(  # type: ignore[union-attr]
+        {
+            "host": str,
+            "credential": str,
+            "header": str,
+            "value": str,
+            "observed_at": str,
+            "call_id": str,
+        },
+        pk=("host", "credential", "header"),
+        not_null={"host", "credential", "header", "value", "observed_at"},
+    )
+
+
+def _migration_2_views(db: sqlite_utils.Database) -> None:
+    db.create_view(
+        "daily_usage",
+        """
+        select date(started_at) as day, coalesce(client, '') as client, coalesce(model, '') as model,
+               count(*) as calls,
+               sum(coalesce(input_tokens, 0)) as input_tokens,
+               sum(coalesce(cache_read_tokens, 0)) as cache_read_tokens,
+               sum(coalesce(cache_write_5m_tokens, 0)) as cache_write_5m_tokens,
+               sum(coalesce(cache_write_1h_tokens, 0)) as cache_write_1h_tokens,
+               sum(coalesce(output_tokens, 0)) as output_tokens,
+               sum(coalesce(reasoning_tokens, 0)) as reasoning_tokens,
+               round(sum(coalesce(cost_usd, 0)), 6) as cost_usd,
+               sum(case when cost_usd is null and api != 'count_tokens' then 1 else 0 end) as unpriced_calls,
+               sum(case when error is not null then 1 else 0 end) as errors
+        from calls
+        group by 1, 2, 3
+        """,
+        replace=True,
+    )
+    db.create_view(
+        "latest_rate_limits",
+        """
+        select host, credential, header, value, observed_at, call_id
+        from rate_limits
+        order by host, credential, header
+        """,
+        replace=True,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _migration_1_calls_and_rate_limits,
+    _migration_2_views,
+]
+
+
+def connect(path: str | Path | None = None, *, memory: bool = False) -> sqlite_utils.Database:
+    """Open the database with the settings every sluice process must share, and migrate it."""
+    if memory:
+        db = sqlite_utils.Database(memory=True)
+    else:
+        file = Path(path or "sluice.db").expanduser()
+        file.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(file), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False, isolation_level=None)
+        db = sqlite_utils.Database(conn)
+        db.execute(f"pragma busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute("pragma journal_mode = wal")
+        db.execute("pragma synchronous = normal")
+    migrate(db)
+    return db
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    """Apply the migrations this database has not seen, each once, under an immediate transaction."""
+    conn = db.conn
+    conn.execute("create table if not exists _sluice_migrations (id integer primary key, applied_at text)")
+    for number, migration in enumerate(MIGRATIONS, start=1):
+        if conn.execute("select 1 from _sluice_migrations where id = ?", (number,)).fetchone():
+            continue
+        conn.execute("begin immediate")
+        try:
+            # Another process may have applied it while we waited for the lock.
+            if not conn.execute("select 1 from _sluice_migrations where id = ?", (number,)).fetchone():
+                migration(db)
+                conn.execute(
+                    "insert into _sluice_migrations (id, applied_at) values (?, datetime('now'))", (number,)
+                )
+            conn.execute("commit")
+        except BaseException:
+            conn.execute("rollback")
+            raise
