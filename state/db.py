@@ -118,16 +118,20 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
 ]
 
 
-def connect(path: str | Path | None = None, *, memory: bool = False) -> sqlite_utils.Database:
+def connect(
+    path: str | Path | None = None, *, memory: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS
+) -> sqlite_utils.Database:
     """Open the database with the settings every sluice process must share, and migrate it."""
     if memory:
         db = sqlite_utils.Database(memory=True)
     else:
         file = Path(path or "sluice.db").expanduser()
         file.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(file), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False, isolation_level=None)
+        conn = sqlite3.connect(
+            str(file), timeout=busy_timeout_ms / 1000, check_same_thread=False, isolation_level=None
+        )
         db = sqlite_utils.Database(conn)
-        db.execute(f"pragma busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute(f"pragma busy_timeout = {int(busy_timeout_ms)}")
         db.execute("pragma journal_mode = wal")
         db.execute("pragma synchronous = normal")
     migrate(db)

@@ -1,0 +1,136 @@
+"""The per-flow call record: what sluice learns about one provider call while it is in flight.
+
+Kept in the addon's own table keyed by flow id, never in `flow.metadata` (which mitmproxy saves with `-w`
+and shows in mitmweb). Turned into one `calls` row when the call ends, whichever way it ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from addons.decoding import StreamDecoder
+from rules.usage import Reading, StreamReader
+from state.pricing import price_call
+from state.writer import CallRecord
+
+
+@dataclass(slots=True)
+class Call:
+    flow_id: str
+    host: str
+    method: str
+    path: str
+    provider: str
+    api: str
+    started: float
+    client: str | None = None
+    credential: str = "none"
+    session_id: str | None = None
+    request_model: str | None = None
+    stream: bool = False
+    request_bytes: int = 0
+    rules_applied: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    answered_locally: bool = False
+    # response side
+    reader: StreamReader | None = None
+    final_reading: Reading | None = None  # what the parser had read when it was stopped
+    decoder: StreamDecoder | None = None
+    headers_at: float | None = None
+    response_bytes: int = 0
+    first_output_at: float | None = None
+    body_copy: bytearray | None = None
+    finished: bool = False
+
+
+def fingerprint(secret: str) -> str:
+    """A stable, non-reversible label for a credential: enough to tell keys apart, useless to an attacker."""
+    return "sha256:" + hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="microseconds")
+
+
+def _ms(start: float, end: float | None) -> float | None:
+    return None if end is None else round((end - start) * 1000, 3)
+
+
+def build_record(
+    call: Call,
+    reading: Reading,
+    *,
+    status: int | None,
+    error: str | None,
+    request_id: str | None,
+    rate_limits: list[tuple[str, str]],
+    headers_at: float | None,
+    ended: float,
+) -> CallRecord:
+    usage = reading.usage
+    model = reading.model or call.request_model
+    if call.api == "count_tokens":
+        cost, cost_note = (0.0, "count_tokens is not billed")
+    elif call.answered_locally:
+        cost, cost_note = (0.0, "answered by sluice; upstream not contacted")
+    else:
+        priced = price_call(
+            call.provider,
+            model,
+            input_tokens=usage.input_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_5m_tokens=usage.cache_write_5m_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            output_tokens=usage.output_tokens,
+            web_search_requests=usage.web_search_requests,
+            service_tier=usage.service_tier,
+            speed=usage.speed,
+        )
+        cost, cost_note = priced.cost_usd, priced.note
+    ttft_at = call.first_output_at if call.stream else headers_at
+    row: dict[str, Any] = {
+        "id": call.flow_id,
+        "started_at": iso(call.started),
+        "client": call.client,
+        "host": call.host,
+        "method": call.method,
+        "path": call.path,
+        "provider": call.provider,
+        "api": call.api,
+        "model": model,
+        "stream": int(call.stream),
+        "status": status,
+        "error": error or reading.error,
+        "request_id": request_id,
+        "response_id": reading.response_id,
+        "stop_reason": reading.stop_reason,
+        "input_tokens": usage.input_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_5m_tokens": usage.cache_write_5m_tokens,
+        "cache_write_1h_tokens": usage.cache_write_1h_tokens,
+        "output_tokens": usage.output_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "web_search_requests": usage.web_search_requests,
+        "counted_tokens": reading.counted_tokens,
+        "service_tier": usage.service_tier,
+        "speed": usage.speed,
+        "cost_usd": cost,
+        "cost_note": cost_note,
+        "duration_ms": _ms(call.started, ended),
+        "ttft_ms": _ms(call.started, ttft_at),
+        "credential": call.credential,
+        "request_bytes": call.request_bytes,
+        "response_bytes": call.response_bytes,
+        "rules_applied": json.dumps(call.rules_applied + [f"note:{n}" for n in call.notes]) or None,
+        "rate_limits": json.dumps(dict(rate_limits)) if rate_limits else None,
+        "session_id": call.session_id,
+    }
+    if row["rules_applied"] == "[]":
+        row["rules_applied"] = None
+    return CallRecord(
+        row=row, rate_limits=rate_limits, host=call.host, credential=call.credential, observed_at=iso(ended)
+    )

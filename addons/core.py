@@ -1,0 +1,88 @@
+"""Options, configuration and the database writer that every other sluice addon shares."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions
+
+from addons.calls import Call
+from rules.config import Config, ConfigError, load_config
+from state import db as sluice_db
+from state.writer import CallRecord, RecordWriter
+
+log = logging.getLogger("sluice")
+
+DEFAULT_KEEP_BODY = 4 * 1024 * 1024
+
+
+class Core:
+    def __init__(self) -> None:
+        self.config = Config()
+        self.config_dir: Path | None = None
+        self.writer: RecordWriter | None = None
+        self._db_path: str | None = None
+        self.calls: dict[str, Call] = {}
+        # Run at shutdown before the writer drains, so calls still in flight get their rows.
+        self.shutdown_hooks: list[Callable[[], None]] = []
+
+    def load(self, loader):  # type: ignore[no-untyped-def]
+        loader.add_option(
+            "sluice_config",
+            str | None,
+            None,
+            "Path of sluice's TOML config (clients, upstreams, rules). Without one, sluice only records.",
+        )
+        loader.add_option(
+            "sluice_db",
+            str,
+            "sluice.db",
+            "Path of the SQLite database sluice records calls and rate limits into.",
+        )
+        loader.add_option(
+            "sluice_keep_body",
+            int,
+            DEFAULT_KEEP_BODY,
+            "Keep up to this many bytes of each streamed LLM response so mitmweb and saved flows can show it; "
+            "0 keeps none.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "sluice_config" in updated:
+            path = ctx.options.sluice_config
+            try:
+                self.config = load_config(path) if path else Config()
+            except ConfigError as e:
+                raise exceptions.OptionsError(f"sluice_config: {e}") from None
+            self.config_dir = Path(path).expanduser().resolve().parent if path else None
+        if "sluice_db" in updated and ctx.options.sluice_db != self._db_path:
+            self._open_writer(ctx.options.sluice_db)
+
+    def _open_writer(self, path: str) -> None:
+        try:
+            sluice_db.connect(path).conn.close()  # create and migrate now, so a bad path stops start-up
+        except Exception as e:
+            raise exceptions.OptionsError(f"sluice_db: cannot open {path}: {e}") from None
+        if self.writer is not None:
+            self.writer.close()
+        self._db_path = path
+        self.writer = RecordWriter(lambda: sluice_db.connect(path))
+        self.writer.start()
+
+    @property
+    def keep_body(self) -> int:
+        return max(0, int(ctx.options.sluice_keep_body))
+
+    def record(self, record: CallRecord) -> None:
+        if self.writer is not None:
+            self.writer.put(record)
+
+    def done(self) -> None:
+        for hook in self.shutdown_hooks:
+            hook()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            self._db_path = None

@@ -1,0 +1,201 @@
+"""Meters every LLM call: tees the response stream past the usage parser and writes one row per call.
+
+Streams are never held back: the tee returns each chunk as it came (still content-encoded) and parses a
+decoded copy. Whatever way a call ends — response complete, upstream or client gone mid-stream, proxy shut
+down — it gets exactly one row, with the partial usage seen so far and what went wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+
+from mitmproxy import http
+
+from addons.annotate import annotate
+from addons.calls import Call, build_record, fingerprint
+from addons.core import Core
+from addons.decoding import make_decoder
+from rules.endpoints import classify
+from rules.usage import Reading, StreamReader, read_response_body
+
+log = logging.getLogger("sluice")
+
+RATE_LIMIT_MARKER = "ratelimit"  # anthropic-ratelimit-*, anthropic-ratelimit-unified-*, x-ratelimit-*
+
+
+def call_for(core: Core, flow: http.HTTPFlow) -> Call | None:
+    """The call record of a flow, created on first sight of a metered LLM request."""
+    call = core.calls.get(flow.id)
+    if call is None and flow.live:
+        endpoint = classify(flow.request.method, flow.request.path)
+        if endpoint is not None:
+            call = Call(
+                flow_id=flow.id,
+                host=flow.request.pretty_host,
+                method=flow.request.method,
+                path=flow.request.path.split("?", 1)[0],
+                provider=endpoint.provider,
+                api=endpoint.api,
+                started=flow.request.timestamp_start,
+                session_id=flow.request.headers.get("x-claude-code-session-id"),
+                credential=_presented_credential(flow.request.headers),
+            )
+            core.calls[flow.id] = call
+    return call
+
+
+def _presented_credential(headers: http.Headers) -> str:
+    key = headers.get("x-api-key")
+    if not key:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else ""
+    return fingerprint(key) if key else "none"
+
+
+class Meter:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        core.shutdown_hooks.append(self._finish_in_flight)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        call = call_for(self.core, flow)
+        if call is None:
+            return
+        raw = flow.request.raw_content or b""
+        call.request_bytes = len(raw)
+        call.answered_locally = flow.response is not None
+        if call.request_model is None:
+            _read_request_fields(call, flow)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        call = self.core.calls.get(flow.id)
+        if call is None or flow.response is None or call.answered_locally:
+            return
+        call.headers_at = time.time()
+        if not flow.response.headers.get("content-type", "").startswith("text/event-stream"):
+            return
+        call.stream = True
+        call.reader = StreamReader(call.api)
+        try:
+            call.decoder = make_decoder(flow.response.headers.get("content-encoding", ""))
+        except ValueError as e:
+            call.notes.append(f"usage not read: {e}")
+            call.reader = None
+        if self.core.keep_body > 0:
+            call.body_copy = bytearray()
+        flow.response.stream = self._tee(call)
+
+    def _tee(self, call: Call) -> Callable[[bytes], bytes]:
+        keep = self.core.keep_body
+
+        def tee(chunk: bytes) -> bytes:
+            # b"" marks the end; returning it emits nothing. Any other chunk goes out exactly as it came.
+            if not chunk:
+                return chunk
+            call.response_bytes += len(chunk)
+            if call.body_copy is not None:
+                if len(call.body_copy) + len(chunk) <= keep:
+                    call.body_copy += chunk
+                else:
+                    call.body_copy = None
+                    call.notes.append(f"streamed body over {keep} bytes not kept for display")
+            if call.reader is not None:
+                try:
+                    data = call.decoder.decode(chunk) if call.decoder is not None else chunk
+                    if call.reader.feed(data) and call.first_output_at is None:
+                        call.first_output_at = time.time()
+                except Exception as e:  # a parser bug must never break the client's stream
+                    log.warning("sluice: flow %s: usage parser stopped: %r", call.flow_id, e)
+                    call.notes.append(f"usage parser stopped: {e!r}")
+                    call.final_reading = call.reader.reading
+                    call.reader = None
+            return chunk
+
+        return tee
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        call = self.core.calls.pop(flow.id, None)
+        if call is None or call.finished or flow.response is None:
+            return
+        if call.reader is not None:
+            reading = call.reader.finish()
+        elif call.final_reading is not None:
+            reading = call.final_reading
+        elif flow.response.stream:
+            reading = Reading()
+        else:
+            reading = _read_buffered(call.api, flow.response)
+        if call.body_copy is not None and flow.response.raw_content is None:
+            flow.response.raw_content = bytes(call.body_copy)
+        self._finish(flow, call, reading, error=None)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        call = self.core.calls.pop(flow.id, None)
+        if call is None or call.finished:
+            return
+        reading = call.reader.reading if call.reader is not None else (call.final_reading or Reading())
+        if flow.response is not None and call.body_copy is not None and flow.response.raw_content is None:
+            flow.response.raw_content = bytes(call.body_copy)
+        message = flow.error.msg if flow.error else "connection lost"
+        self._finish(flow, call, reading, error=f"connection lost: {message}")
+
+    def _finish(self, flow: http.HTTPFlow, call: Call, reading: Reading, error: str | None) -> None:
+        call.finished = True
+        response = flow.response
+        headers = response.headers if response is not None else http.Headers()
+        rate_limits = [(k.lower(), v) for k, v in headers.items(multi=True) if RATE_LIMIT_MARKER in k.lower()]
+        ended = (response.timestamp_end if response is not None else None) or time.time()
+        record = build_record(
+            call,
+            reading,
+            status=response.status_code if response is not None else None,
+            error=error,
+            request_id=headers.get("request-id") or headers.get("x-request-id"),
+            rate_limits=rate_limits,
+            headers_at=call.headers_at,
+            ended=ended,
+        )
+        self.core.record(record)
+        annotate(flow, record.row)
+
+    def _finish_in_flight(self) -> None:
+        for call in list(self.core.calls.values()):
+            if not call.finished:
+                call.finished = True
+                reading = call.reader.reading if call.reader is not None else Reading()
+                record = build_record(
+                    call,
+                    reading,
+                    status=None,
+                    error="proxy shut down while the call was in flight",
+                    request_id=None,
+                    rate_limits=[],
+                    headers_at=call.headers_at,
+                    ended=time.time(),
+                )
+                self.core.record(record)
+        self.core.calls.clear()
+
+
+def _read_request_fields(call: Call, flow: http.HTTPFlow) -> None:
+    """Model and stream flag as the request states them; fails open (the call is still metered)."""
+    try:
+        body = json.loads(flow.request.get_content(strict=False) or b"")
+    except (ValueError, UnicodeDecodeError):
+        call.notes.append("request body is not JSON")
+        return
+    if isinstance(body, dict):
+        model = body.get("model")
+        call.request_model = model if isinstance(model, str) else None
+        call.stream = body.get("stream") is True
+
+
+def _read_buffered(api: str, response: http.Response) -> Reading:
+    try:
+        body = response.content or b""
+    except ValueError as e:  # undecodable content-encoding
+        return Reading(error=f"response body could not be decoded: {e}")
+    return read_response_body(api, body, response.status_code)

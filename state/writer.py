@@ -1,0 +1,212 @@
+"""One writer thread per process: hooks enqueue records, the thread writes them in batched transactions.
+
+A synchronous commit inside a mitmproxy hook stalls every flow, so hooks only `put()`. The thread groups
+whatever has queued up into one `BEGIN IMMEDIATE` transaction. When the database refuses (locked past the
+busy timeout, disk full, read-only), records stay in memory up to `buffer_limit` and are retried with
+backoff; a loud warning says so. Rows are keyed by the call id and inserted with `insert or ignore`, so a
+retried batch never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlite_utils
+
+from state.db import CALL_COLUMNS
+
+log = logging.getLogger("sluice")
+
+_CALL_SQL = "insert or ignore into calls ({}) values ({})".format(
+    ", ".join(CALL_COLUMNS), ", ".join("?" for _ in CALL_COLUMNS)
+)
+# Keep the newest observation per (host, credential, header); an older record arriving late loses.
+_RATE_LIMIT_SQL = """
+insert into rate_limits (host, credential, header, value, observed_at, call_id)
+values (?, ?, ?, ?, ?, ?)
+on conflict (host, credential, header) do update set
+    value = excluded.value, observed_at = excluded.observed_at, call_id = excluded.call_id
+where excluded.observed_at >= rate_limits.observed_at
+"""
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """One finished call: its `calls` row and the rate-limit headers it carried."""
+
+    row: Mapping[str, Any]
+    rate_limits: Sequence[tuple[str, str]] = ()
+    host: str = ""
+    credential: str = ""
+    observed_at: str = ""
+
+
+@dataclass(slots=True)
+class WriterStats:
+    written: int = 0
+    batches: int = 0
+    failures: int = 0
+    dropped: int = 0
+    last_error: str | None = None
+    pending: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+_STOP = object()
+
+
+class RecordWriter:
+    def __init__(
+        self,
+        open_db: Callable[[], sqlite_utils.Database],
+        *,
+        batch_max: int = 2000,
+        buffer_limit: int = 100_000,
+        retry_initial_s: float = 0.2,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        self._open_db = open_db
+        self._batch_max = batch_max
+        self._buffer_limit = buffer_limit
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
+        self._queue: queue.SimpleQueue[CallRecord | object] = queue.SimpleQueue()
+        self._pending: deque[CallRecord] = deque()
+        self._thread: threading.Thread | None = None
+        self._idle = threading.Condition()
+        self._in_flight = 0
+        self.stats = WriterStats()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sluice-writer", daemon=True)
+            self._thread.start()
+
+    def put(self, record: CallRecord) -> None:
+        """Never blocks: the record is queued for the writer thread."""
+        with self._idle:
+            self._in_flight += 1
+        self._queue.put(record)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything put so far is written (or given up on). True when nothing is left."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._in_flight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Drain the queue and stop the thread; whatever could not be written by then is reported lost."""
+        if self._thread is None:
+            return
+        self._closing_deadline = time.monotonic() + timeout
+        self._queue.put(_STOP)
+        self._thread.join(timeout + 1)
+        self._thread = None
+        left = len(self._pending)
+        if left:
+            self.stats.dropped += left
+            log.error("sluice: %d call records could not be written before shutdown and are lost", left)
+
+    # -- the writer thread --------------------------------------------------------------------------
+
+    _closing_deadline: float | None = None
+
+    def _run(self) -> None:
+        db: sqlite_utils.Database | None = None
+        delay = self._retry_initial_s
+        stopping = False
+        while not (stopping and not self._pending):
+            if not self._pending:
+                stopping |= self._accept(self._queue.get())
+            while not self._queue.empty():
+                stopping |= self._accept(self._queue.get_nowait())
+            if not self._pending:
+                continue
+            try:
+                if db is None:
+                    db = self._open_db()
+                self._write(db)
+                delay = self._retry_initial_s
+            except (sqlite3.Error, OSError) as e:
+                self.stats.failures += 1
+                self.stats.last_error = str(e)
+                self._shed_overflow()
+                log.warning(
+                    "sluice: database write failed (%s); %d records held in memory, retrying in %.1fs",
+                    e,
+                    len(self._pending),
+                    delay,
+                )
+                if stopping and self._closing_deadline and time.monotonic() > self._closing_deadline:
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+                db = None  # reopen: the file may have been replaced, or the handle be in a bad state
+
+    def _accept(self, item: CallRecord | object) -> bool:
+        """Take one queued item; True when it is the stop signal."""
+        if isinstance(item, CallRecord):
+            self._pending.append(item)
+            return False
+        return item is _STOP
+
+    def _shed_overflow(self) -> None:
+        overflow = len(self._pending) - self._buffer_limit
+        if overflow > 0:
+            for _ in range(overflow):
+                self._pending.popleft()
+            self.stats.dropped += overflow
+            self._done(overflow)
+            log.error(
+                "sluice: database unavailable and %d records over the in-memory bound (%d); the oldest "
+                "%d were dropped",
+                overflow,
+                self._buffer_limit,
+                overflow,
+            )
+
+    def _write(self, db: sqlite_utils.Database) -> None:
+        batch = [self._pending[i] for i in range(min(self._batch_max, len(self._pending)))]
+        call_rows = [tuple(record.row.get(column) for column in CALL_COLUMNS) for record in batch]
+        limit_rows = [
+            (record.host, record.credential, header, value, record.observed_at, record.row["id"])
+            for record in batch
+            for header, value in record.rate_limits
+        ]
+        conn = db.conn
+        conn.execute("begin immediate")
+        try:
+            conn.executemany(_CALL_SQL, call_rows)
+            if limit_rows:
+                conn.executemany(_RATE_LIMIT_SQL, limit_rows)
+            conn.execute("commit")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("rollback")
+            raise
+        for _ in batch:
+            self._pending.popleft()
+        self.stats.written += len(batch)
+        self.stats.batches += 1
+        self.stats.pending = len(self._pending)
+        self._done(len(batch))
+
+    def _done(self, count: int) -> None:
+        with self._idle:
+            self._in_flight -= count
+            if self._in_flight <= 0:
+                self._in_flight = 0
+                self._idle.notify_all()

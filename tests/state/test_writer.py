@@ -1,0 +1,126 @@
+import sqlite3
+import threading
+import time
+import uuid
+
+import pytest
+
+from state import db as sluice_db
+from state.writer import CallRecord, RecordWriter
+
+
+def _record(n: int = 0, **row):
+    base = {
+        "id": str(uuid.uuid4()),
+        "started_at": f"2026-11-23T10:00:{n % 60:02d}+00:00",
+        "host": "api.anthropic.com",
+        "path": "/v1/messages",
+        "stream": 1,
+        "input_tokens": n,
+    }
+    base.update(row)
+    return CallRecord(row=base)
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return tmp_path / "sluice.db"
+
+
+def _count(path) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("select count(*) from calls").fetchone()[0]
+
+
+def test_every_record_is_written_once(db_path):
+    writer = RecordWriter(lambda: sluice_db.connect(db_path))
+    writer.start()
+    records = [_record(i) for i in range(5000)]
+    for record in records:
+        writer.put(record)
+    writer.put(records[0])  # the same call again must not become a second row
+    writer.close()
+    assert _count(db_path) == 5000
+    assert writer.stats.written == 5001 and writer.stats.dropped == 0
+
+
+def test_flush_waits_until_written(db_path):
+    writer = RecordWriter(lambda: sluice_db.connect(db_path))
+    writer.start()
+    writer.put(_record(1))
+    assert writer.flush(timeout=5)
+    assert _count(db_path) == 1
+    writer.close()
+
+
+def test_locked_database_delays_but_loses_nothing(db_path):
+    sluice_db.connect(db_path)
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("begin exclusive")
+    writer = RecordWriter(lambda: sluice_db.connect(db_path, busy_timeout_ms=50), retry_initial_s=0.05)
+    writer.start()
+    for i in range(100):
+        writer.put(_record(i))
+    time.sleep(0.5)
+    assert writer.stats.failures >= 1
+    blocker.execute("rollback")
+    blocker.close()
+    assert writer.flush(timeout=10)
+    writer.close()
+    assert _count(db_path) == 100
+
+
+def test_memory_bound_drops_oldest_and_says_so(db_path, caplog):
+    sluice_db.connect(db_path)
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("begin exclusive")
+    writer = RecordWriter(
+        lambda: sluice_db.connect(db_path, busy_timeout_ms=20), buffer_limit=10, retry_initial_s=0.02
+    )
+    writer.start()
+    for i in range(30):
+        writer.put(_record(i))
+    deadline = time.monotonic() + 5
+    while writer.stats.dropped < 20 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    blocker.execute("rollback")
+    blocker.close()
+    writer.close()
+    assert writer.stats.dropped == 20
+    assert _count(db_path) == 10
+    assert "dropped" in caplog.text
+
+
+def test_two_writers_share_one_database(db_path):
+    writers = [RecordWriter(lambda: sluice_db.connect(db_path)) for _ in range(2)]
+    for writer in writers:
+        writer.start()
+
+    def feed(writer):
+        for i in range(2000):
+            writer.put(_record(i))
+
+    threads = [threading.Thread(target=feed, args=(w,)) for w in writers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for writer in writers:
+        writer.close()
+    assert _count(db_path) == 4000
+
+
+def test_latest_rate_limit_wins(db_path):
+    writer = RecordWriter(lambda: sluice_db.connect(db_path))
+    writer.start()
+    newer = _record(1)
+    newer.host, newer.credential, newer.observed_at = "api.anthropic.com", "key#1", "2026-11-23T10:00:02+00:00"
+    newer.rate_limits = [("anthropic-ratelimit-requests-remaining", "41")]
+    older = _record(2)
+    older.host, older.credential, older.observed_at = "api.anthropic.com", "key#1", "2026-11-23T10:00:01+00:00"
+    older.rate_limits = [("anthropic-ratelimit-requests-remaining", "42")]
+    writer.put(newer)
+    writer.put(older)
+    writer.close()
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("select value from rate_limits").fetchall() == [("41",)]
