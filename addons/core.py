@@ -18,7 +18,7 @@ log = logging.getLogger("sluice")
 DEFAULT_KEEP_BODY = 4 * 1024 * 1024
 
 
-class Core:
+class SluiceCore:
     def __init__(self) -> None:
         self.config = Config()
         self.config_dir: Path | None = None
@@ -45,8 +45,7 @@ class Core:
             "sluice_keep_body",
             int,
             DEFAULT_KEEP_BODY,
-            "Keep up to this many bytes of each streamed LLM response so mitmweb and saved flows can show it; "
-            "0 keeps none.",
+            "Bytes of each streamed LLM response kept so mitmweb and saved flows can show it (0: none).",
         )
 
     def configure(self, updated: set[str]) -> None:

@@ -16,7 +16,7 @@ from mitmproxy import http
 
 from addons.annotate import annotate
 from addons.calls import Call, build_record, fingerprint
-from addons.core import Core
+from addons.core import SluiceCore
 from addons.decoding import make_decoder
 from rules.endpoints import classify
 from rules.usage import Reading, StreamReader, read_response_body
@@ -26,7 +26,7 @@ log = logging.getLogger("sluice")
 RATE_LIMIT_MARKER = "ratelimit"  # anthropic-ratelimit-*, anthropic-ratelimit-unified-*, x-ratelimit-*
 
 
-def call_for(core: Core, flow: http.HTTPFlow) -> Call | None:
+def call_for(core: SluiceCore, flow: http.HTTPFlow) -> Call | None:
     """The call record of a flow, created on first sight of a metered LLM request."""
     call = core.calls.get(flow.id)
     if call is None and flow.live:
@@ -56,7 +56,7 @@ def _presented_credential(headers: http.Headers) -> str:
 
 
 class Meter:
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: SluiceCore) -> None:
         self.core = core
         core.shutdown_hooks.append(self._finish_in_flight)
 
@@ -127,6 +127,7 @@ class Meter:
         elif flow.response.stream:
             reading = Reading()
         else:
+            call.response_bytes = len(flow.response.raw_content or b"")
             reading = _read_buffered(call.api, flow.response)
         if call.body_copy is not None and flow.response.raw_content is None:
             flow.response.raw_content = bytes(call.body_copy)
@@ -140,7 +141,12 @@ class Meter:
         if flow.response is not None and call.body_copy is not None and flow.response.raw_content is None:
             flow.response.raw_content = bytes(call.body_copy)
         message = flow.error.msg if flow.error else "connection lost"
-        self._finish(flow, call, reading, error=f"connection lost: {message}")
+        if reading.complete:
+            # The provider finished (terminal frame seen); the client hung up before the body's end marker.
+            call.notes.append(f"connection closed after the final event: {message}")
+            self._finish(flow, call, reading, error=None)
+        else:
+            self._finish(flow, call, reading, error=f"connection lost: {message}")
 
     def _finish(self, flow: http.HTTPFlow, call: Call, reading: Reading, error: str | None) -> None:
         call.finished = True

@@ -11,8 +11,8 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from addons.core import Core  # noqa: E402
+from addons.core import SluiceCore  # noqa: E402
 from addons.meter import Meter  # noqa: E402
 
-core = Core()
+core = SluiceCore()
 addons = [core, Meter(core)]

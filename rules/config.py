@@ -35,7 +35,9 @@ class Client(_Model):
 
 
 class OAuth(_Model):
-    credentials: Annotated[str, Field(min_length=1, description="file:PATH of a credentials JSON, or env:NAME")]
+    credentials: Annotated[
+        str, Field(min_length=1, description="file:PATH of a credentials JSON, or env:NAME")
+    ]
     token_url: str | None = None
     client_id: str | None = None
     scope: str | None = None

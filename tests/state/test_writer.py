@@ -114,10 +114,18 @@ def test_latest_rate_limit_wins(db_path):
     writer = RecordWriter(lambda: sluice_db.connect(db_path))
     writer.start()
     newer = _record(1)
-    newer.host, newer.credential, newer.observed_at = "api.anthropic.com", "key#1", "2026-11-23T10:00:02+00:00"
+    newer.host, newer.credential, newer.observed_at = (
+        "api.anthropic.com",
+        "key#1",
+        "2026-11-23T10:00:02+00:00",
+    )
     newer.rate_limits = [("anthropic-ratelimit-requests-remaining", "41")]
     older = _record(2)
-    older.host, older.credential, older.observed_at = "api.anthropic.com", "key#1", "2026-11-23T10:00:01+00:00"
+    older.host, older.credential, older.observed_at = (
+        "api.anthropic.com",
+        "key#1",
+        "2026-11-23T10:00:01+00:00",
+    )
     older.rate_limits = [("anthropic-ratelimit-requests-remaining", "42")]
     writer.put(newer)
     writer.put(older)

@@ -1,0 +1,234 @@
+"""Header allow-lists, both directions: only named headers and header families cross the proxy.
+
+Headers are (name, value) pairs, as h11 and mitmproxy's `Headers.fields` hold them (`str` or `bytes`, the
+same type out as in), compared case-insensitively with the original casing and order kept (RFC 9110 §5.1).
+Patterns are exact names or families with `*` globs (`anthropic-*`, `*ratelimit*`), so a provider's next
+header in a family is not stripped.
+
+Framing is the caller's: `Content-Length` and `Transfer-Encoding` are always kept, whatever the policy says.
+Transfer-Encoding is hop-by-hop (RFC 9110 §7.6.1), but mitmproxy frames the message it sends from these very
+headers: removing `transfer-encoding: chunked` without a Content-Length desynchronizes the connection.
+The addon keeps them consistent with the body it sends (mitmproxy's `Message.content` setter updates
+Content-Length, and leaves it alone when Transfer-Encoding is present).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from rules.config import HeaderPolicy
+
+Direction = Literal["request", "response"]
+
+# Message framing: kept unconditionally, the caller owns them (see the module docstring).
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+
+# RFC 9110 §7.6.1: Connection, the names it lists, and Proxy-Connection, Keep-Alive, TE, Transfer-Encoding,
+# Upgrade are hop-by-hop. Proxy-Authorization / Proxy-Authenticate (§11.7.1, §11.7.2) are consumed by the
+# proxy they address. Never forwarded, whatever an operator allows (Transfer-Encoding: see FRAMING_HEADERS).
+HOP_BY_HOP_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+    }
+)
+
+# RFC 9110 §5.6.2 token characters, plus `*` for globs.
+_TCHAR = frozenset("!#$%&'+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderRule:
+    """An exact header name or a `*` glob over names, matched case-insensitively."""
+
+    pattern: str
+
+    def __post_init__(self) -> None:
+        lowered = self.pattern.strip().lower()
+        if not lowered or any(char not in _TCHAR and char != "*" for char in lowered):
+            raise ValueError(f"not a header name or `*` pattern: {self.pattern!r}")
+        object.__setattr__(self, "pattern", lowered)
+
+    def matches(self, name: str) -> bool:
+        return _glob_match(self.pattern, name.lower())
+
+
+def _glob_match(pattern: str, name: str) -> bool:
+    """`*` matches any run of characters, including none; every other character matches itself."""
+    pieces = pattern.split("*")
+    if len(pieces) == 1:
+        return name == pattern
+    head, *middle, tail = pieces
+    if len(name) < len(head) + len(tail) or not name.startswith(head) or not name.endswith(tail):
+        return False
+    position, end = len(head), len(name) - len(tail)
+    for piece in middle:
+        found = name.find(piece, position, end)
+        if found < 0:
+            return False
+        position = found + len(piece)
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderAllowList:
+    """A compiled policy: a header passes when some `allow` rule matches it and no `deny` rule does."""
+
+    allow: tuple[HeaderRule, ...]
+    deny: tuple[HeaderRule, ...] = ()
+
+    def permits(self, name: str) -> bool:
+        return any(rule.matches(name) for rule in self.allow) and not any(
+            rule.matches(name) for rule in self.deny
+        )
+
+
+def _rules(patterns: Iterable[str]) -> tuple[HeaderRule, ...]:
+    unique: dict[str, HeaderRule] = {}
+    for pattern in patterns:
+        rule = HeaderRule(pattern)
+        unique.setdefault(rule.pattern, rule)
+    return tuple(unique.values())
+
+
+# What the official SDKs send (anthropic/openai `_base_client.py`: Accept, Content-Type, User-Agent,
+# X-Stainless-*, Idempotency-Key) and what the providers document.
+_REQUEST_COMMON = (
+    "host",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "accept",
+    "accept-encoding",
+    "user-agent",
+    "authorization",
+    "idempotency-key",
+    "x-stainless-*",
+)
+_REQUEST_BY_PROVIDER = {
+    # anthropic-version, anthropic-beta (verbatim), anthropic-workspace-id, ...; Claude Code's own
+    # x-claude-code-* and x-app. https://docs.claude.com/en/api/versioning, .../api/beta-headers
+    "anthropic": ("x-api-key", "anthropic-*", "x-claude-code-*", "x-app"),
+    # OpenAI-Organization, OpenAI-Project, OpenAI-Beta; X-Client-Request-Id for request tracing.
+    # https://platform.openai.com/docs/api-reference/debugging-requests
+    "openai": ("openai-*", "x-client-request-id"),
+}
+_RESPONSE_COMMON = (
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "date",
+    "cache-control",
+    "vary",
+    # Every rate-limit family: anthropic-ratelimit-*(-unified-*), x-ratelimit-*, and whatever comes next.
+    "*ratelimit*",
+    # What the SDKs' retry logic reads (`_base_client.py`: retry-after-ms, retry-after, x-should-retry).
+    "retry-after",
+    "retry-after-ms",
+    "x-should-retry",
+    "request-id",
+    "x-request-id",
+)
+_RESPONSE_BY_PROVIDER = {
+    "anthropic": ("anthropic-*",),  # anthropic-organization-id, anthropic-ratelimit-*, ...
+    "openai": ("openai-*",),  # openai-processing-ms, openai-organization, openai-version, openai-project
+}
+# Never let through by the defaults even if a family above grew to match them: cookies (sluice's
+# clients are API clients, not browsers), what a proxy adds about its own hop, and sluice's own headers.
+_DENY_DEFAULT = (
+    "cookie",
+    "set-cookie",
+    "set-cookie2",
+    "proxy-*",
+    "forwarded",
+    "x-forwarded-*",
+    "via",
+    "x-real-ip",
+    "x-sluice-*",
+)
+
+
+def default_request_policy(provider: str) -> HeaderAllowList:
+    """The request headers a provider's clients legitimately send; unknown providers get the common set."""
+    return HeaderAllowList(
+        _rules((*_REQUEST_COMMON, *_REQUEST_BY_PROVIDER.get(provider, ()))), _rules(_DENY_DEFAULT)
+    )
+
+
+def default_response_policy(provider: str) -> HeaderAllowList:
+    """The response headers clients need: content, rate limits, retry hints and request ids."""
+    return HeaderAllowList(
+        _rules((*_RESPONSE_COMMON, *_RESPONSE_BY_PROVIDER.get(provider, ()))), _rules(_DENY_DEFAULT)
+    )
+
+
+def build_policy(provider: str, direction: Direction, config: HeaderPolicy) -> HeaderAllowList:
+    """Merge the operator's `HeaderPolicy` with the provider defaults; fails closed at configuration.
+
+    Merged (the default): allow = defaults + `allow`, deny = default deny + `deny`; deny wins.
+    `replace_defaults = true`: `allow` and `deny` are the whole policy (cookies too are then the operator's
+    call). Hop-by-hop headers are removed either way. A pattern that is not a header name or `*` glob
+    raises ValueError naming it, for the addon's `configure` to report.
+    """
+    if config.replace_defaults:
+        return HeaderAllowList(_rules(config.allow), _rules(config.deny))
+    defaults = (
+        default_request_policy(provider) if direction == "request" else default_response_policy(provider)
+    )
+    return HeaderAllowList(
+        _rules([*(rule.pattern for rule in defaults.allow), *config.allow]),
+        _rules([*(rule.pattern for rule in defaults.deny), *config.deny]),
+    )
+
+
+def _text(value: str | bytes) -> str:
+    # Header bytes are ISO-8859-1 in mitmproxy and h11 alike (RFC 9110 §5.5: obs-text is opaque).
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def connection_listed(pairs: Iterable[tuple[str | bytes, str | bytes]]) -> frozenset[str]:
+    """Lower-cased names listed in every Connection header (RFC 9110 §7.6.1: comma-separated tokens)."""
+    listed: set[str] = set()
+    for name, value in pairs:
+        if _text(name).lower() == "connection":
+            listed.update(token.strip().lower() for token in _text(value).split(",") if token.strip())
+    return frozenset(listed)
+
+
+def filter_headers[H: (str, bytes)](
+    pairs: Sequence[tuple[H, H]], policy: HeaderAllowList
+) -> tuple[list[tuple[H, H]], list[str]]:
+    """Keep the headers `policy` permits; returns (kept pairs, dropped names).
+
+    Kept pairs are the input's own objects in their original order and casing. Dropped names are listed
+    once each, in first-seen casing (for logs and mitmweb). Always removed: hop-by-hop headers and every
+    name a Connection header lists. Always kept: the framing headers Content-Length and Transfer-Encoding
+    (the caller's to keep consistent with the body; see the module docstring). Fails closed: anything
+    not allowed is dropped.
+    """
+    also_hop_by_hop = connection_listed(pairs)
+    kept: list[tuple[H, H]] = []
+    dropped: list[str] = []
+    seen_dropped: set[str] = set()
+    for name, value in pairs:
+        text = _text(name)
+        lowered = text.lower()
+        if lowered in FRAMING_HEADERS:
+            keep = True
+        elif lowered in HOP_BY_HOP_HEADERS or lowered in also_hop_by_hop:
+            keep = False
+        else:
+            keep = policy.permits(text)
+        if keep:
+            kept.append((name, value))
+        elif lowered not in seen_dropped:
+            seen_dropped.add(lowered)
+            dropped.append(text)
+    return kept, dropped

@@ -1,0 +1,567 @@
+"""Request-body rules: what sluice changes in a provider call before it leaves, and nothing else.
+
+Each rule takes a parsed body (a dict) and returns a new one, or the very same object when it has nothing
+to do; none mutates its input. `apply_request_rules` is the one entry point the addon calls: raw bytes in,
+`RuleResult` out. It fails open throughout: whenever it cannot read the body or a rule cannot apply, the
+original bytes are forwarded untouched and `note` says why. It never raises.
+
+Fidelity: a body no rule changes is forwarded byte for byte (`RuleResult.body is None`). A changed body is
+written back as compact JSON with the original key order, every untouched field, and every number exactly
+as the client wrote it (`1e400`, `0.10`, a 5000-digit integer), so a rewrite can never alter a value
+sluice did not mean to touch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from rules.cache_control import BlockPath, cap_cache_control, count_cache_breakpoints, fix_ttl_order
+from rules.config import Rules, SystemBlock
+
+JSONObject = dict[str, Any]
+
+# Claude Code's attribution block at system[0]; Anthropic's API recognises and strips it by position.
+BILLING_BLOCK_PREFIX = "x-anthropic-billing-header:"
+# OpenAI: "a maximum length of 128 characters" (Chat Completions / Responses `safety_identifier`).
+OPENAI_SAFETY_IDENTIFIER_MAX = 128
+
+
+# --- JSON that round-trips ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RawNumber:
+    """A JSON number kept as the exact text the client sent (floats overflow, ints hit digit limits)."""
+
+    text: str
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> JSONObject:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        # Re-serializing would silently keep only the last value; forwarding untouched keeps them all.
+        raise _DuplicateKeyError("duplicate keys")
+    return result
+
+
+def parse_json(text: str) -> Any:
+    """Parse JSON keeping key order and numbers' exact text; raises ValueError (or RecursionError)."""
+    return json.loads(
+        text,
+        object_pairs_hook=_object_without_duplicates,
+        parse_float=RawNumber,
+        parse_int=RawNumber,
+        parse_constant=RawNumber,  # NaN / Infinity: not JSON, but passed on as the client wrote them
+    )
+
+
+# One encoder, built once: `JSONEncoder.encode` on a str is the C string escaper (json.dumps with
+# non-default options would build a new encoder per call, which dominates the cost on large bodies).
+_STRING_ENCODER = json.JSONEncoder(ensure_ascii=False)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def dump_json(value: Any) -> bytes:
+    """Compact, deterministic UTF-8 JSON (RFC 8259 §8.1); raises TypeError/ValueError on non-JSON data."""
+    parts: list[str] = []
+    _dump(value, parts)
+    text = "".join(parts)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A "\ud800" escape the client sent decodes to a lone surrogate, which UTF-8 cannot carry: write it
+        # back as the escape. Outside strings the output is ASCII, so only string contents are affected.
+        return _LONE_SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text).encode("utf-8")
+
+
+def _dump(value: Any, parts: list[str]) -> None:
+    if isinstance(value, dict):
+        parts.append("{")
+        for index, (key, item) in enumerate(value.items()):
+            if not isinstance(key, str):
+                raise TypeError(f"object key {key!r} is not a string")
+            parts.append(("," if index else "") + _STRING_ENCODER.encode(key) + ":")
+            _dump(item, parts)
+        parts.append("}")
+    elif isinstance(value, list | tuple):
+        parts.append("[")
+        for index, item in enumerate(value):
+            if index:
+                parts.append(",")
+            _dump(item, parts)
+        parts.append("]")
+    elif isinstance(value, str):
+        parts.append(_STRING_ENCODER.encode(value))
+    elif value is None:
+        parts.append("null")
+    elif value is True:
+        parts.append("true")
+    elif value is False:
+        parts.append("false")
+    elif isinstance(value, RawNumber):
+        parts.append(value.text)
+    elif isinstance(value, int | float):
+        parts.append(json.dumps(value, allow_nan=False))
+    else:
+        raise TypeError(f"not JSON-serializable: {type(value).__name__}")
+
+
+# --- system blocks ----------------------------------------------------------------------------------
+
+
+def select_system_blocks(
+    blocks: Iterable[SystemBlock], host: str, client: str | None, models: Iterable[str]
+) -> list[SystemBlock]:
+    """The configured blocks whose scope admits this call; an empty scope list admits everything.
+
+    `hosts` and `models` entries may be `*` globs (`claude-opus-*`); hosts compare case-insensitively.
+    `models` are the names the call goes by (the requested one and its alias target). A scoped block never
+    applies to a call whose client or model is unknown.
+    """
+    model_names = [name for name in models if name]
+    selected = []
+    for block in blocks:
+        if block.hosts and not any(fnmatchcase(host.lower(), pattern.lower()) for pattern in block.hosts):
+            continue
+        if block.clients and client not in block.clients:
+            continue
+        if block.models and not any(
+            fnmatchcase(name, pattern) for pattern in block.models for name in model_names
+        ):
+            continue
+        selected.append(block)
+    return selected
+
+
+def inject_system_blocks(
+    body: JSONObject, blocks: Sequence[SystemBlock], provider: str, api: str
+) -> JSONObject:
+    """Append the operator's system blocks after the request's own; fails open.
+
+    - Anthropic (messages, count_tokens): text blocks appended to the `system` array, never before
+      system[0] (Claude Code's attribution block lives there and the API finds it by position). A string
+      `system` becomes one text block followed by the new ones, and only when something is injected.
+      A block with `cache` carries `cache_control` (`ttl` written only for "1h"; 5m is the API default).
+    - OpenAI chat: one message per block after the leading system/developer messages, with role
+      `developer` when the request already uses that role, `system` otherwise.
+    - OpenAI responses: appended to `instructions`, separated by a blank line.
+
+    Idempotent: a block whose text is already there is not added again, so applying twice equals applying
+    once. Deterministic: the output depends on the body and the blocks alone, so every turn of a
+    conversation gets the same bytes (Anthropic's prompt cache and thinking blocks depend on the prefix).
+    A body whose shape it does not know (e.g. `system` neither string nor list) is returned unchanged.
+    """
+    return _inject(body, blocks, provider, api)[0]
+
+
+def _inject(
+    body: JSONObject, blocks: Sequence[SystemBlock], provider: str, api: str
+) -> tuple[JSONObject, list[str], list[BlockPath]]:
+    """`inject_system_blocks`, also returning the names added and, for Anthropic, the new blocks' paths."""
+    if not blocks:
+        return body, [], []
+    if provider == "anthropic" and api in {"messages", "count_tokens"}:
+        return _inject_anthropic(body, blocks)
+    if provider == "openai" and api == "chat":
+        new_body, names = _inject_openai_chat(body, blocks)
+        return new_body, names, []
+    if provider == "openai" and api == "responses":
+        new_body, names = _inject_openai_responses(body, blocks)
+        return new_body, names, []
+    return body, [], []
+
+
+def _anthropic_block(block: SystemBlock) -> JSONObject:
+    # https://docs.claude.com/en/api/messages (system: TextBlockParam[]; cache_control.ttl "5m" | "1h")
+    result: JSONObject = {"type": "text", "text": block.text}
+    if block.cache == "1h":
+        result["cache_control"] = {"type": "ephemeral", "ttl": "1h"}
+    elif block.cache == "5m":
+        result["cache_control"] = {"type": "ephemeral"}
+    return result
+
+
+def _new_blocks(blocks: Sequence[SystemBlock], present: set[str]) -> list[SystemBlock]:
+    """Blocks whose text is not already present, first occurrence only, in configured order."""
+    seen = set(present)
+    result = []
+    for block in blocks:
+        if block.text not in seen:
+            seen.add(block.text)
+            result.append(block)
+    return result
+
+
+def _inject_anthropic(
+    body: JSONObject, blocks: Sequence[SystemBlock]
+) -> tuple[JSONObject, list[str], list[BlockPath]]:
+    system = body.get("system")
+    existing: list[Any]
+    if system is None:
+        existing = []
+    elif isinstance(system, str):
+        # An empty string is no prompt at all; a text block may not be empty, so it is not kept as one.
+        existing = [{"type": "text", "text": system}] if system else []
+    elif isinstance(system, list):
+        existing = system
+    else:
+        return body, [], []
+    present = {
+        item["text"]
+        for item in existing
+        if isinstance(item, dict) and item.get("type") == "text" and isinstance(item.get("text"), str)
+    }
+    added = _new_blocks(blocks, present)
+    if not added:
+        return body, [], []
+    new_system = [*existing, *(_anthropic_block(block) for block in added)]
+    paths: list[BlockPath] = [("system", index) for index in range(len(existing), len(new_system))]
+    return {**body, "system": new_system}, [block.name for block in added], paths
+
+
+def _message_texts(message: JSONObject) -> set[str]:
+    content = message.get("content")
+    if isinstance(content, str):
+        return {content}
+    if isinstance(content, list):
+        return {
+            part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
+        }
+    return set()
+
+
+def _inject_openai_chat(body: JSONObject, blocks: Sequence[SystemBlock]) -> tuple[JSONObject, list[str]]:
+    # https://platform.openai.com/docs/api-reference/chat/create (messages[].role system | developer)
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return body, []
+    instruction_roles = {"system", "developer"}
+    present: set[str] = set()
+    uses_developer = False
+    for message in messages:
+        if isinstance(message, dict) and message.get("role") in instruction_roles:
+            present |= _message_texts(message)
+            uses_developer = uses_developer or message.get("role") == "developer"
+    added = _new_blocks(blocks, present)
+    if not added:
+        return body, []
+    leading = 0
+    while (
+        leading < len(messages)
+        and isinstance(messages[leading], dict)
+        and messages[leading].get("role") in instruction_roles
+    ):
+        leading += 1
+    role = "developer" if uses_developer else "system"
+    inserted = [{"role": role, "content": block.text} for block in added]
+    new_messages = [*messages[:leading], *inserted, *messages[leading:]]
+    return {**body, "messages": new_messages}, [block.name for block in added]
+
+
+def _has_segment(instructions: str, text: str) -> bool:
+    """Whether `text` is one of the blank-line-separated pieces of `instructions` (or all of it)."""
+    separator = "\n\n"
+    return (
+        instructions == text
+        or instructions.startswith(text + separator)
+        or instructions.endswith(separator + text)
+        or f"{separator}{text}{separator}" in instructions
+    )
+
+
+def _inject_openai_responses(body: JSONObject, blocks: Sequence[SystemBlock]) -> tuple[JSONObject, list[str]]:
+    # https://platform.openai.com/docs/api-reference/responses/create (instructions: string)
+    instructions = body.get("instructions")
+    if instructions is None:
+        instructions = ""
+    if not isinstance(instructions, str):
+        return body, []
+    added: list[SystemBlock] = []
+    combined = instructions
+    for block in blocks:
+        if combined and _has_segment(combined, block.text):
+            continue
+        combined = f"{combined}\n\n{block.text}" if combined else block.text
+        added.append(block)
+    if not added:
+        return body, []
+    return {**body, "instructions": combined}, [block.name for block in added]
+
+
+# --- identity, limits, model ------------------------------------------------------------------------
+
+
+def stamp_user_id(body: JSONObject, user_id: str | None, provider: str) -> JSONObject:
+    """Set the end-user id when the request carries none; never overwrites one; fails open.
+
+    Anthropic: `metadata.user_id` (Claude Code puts a JSON string with its session there: kept as is).
+    OpenAI (chat and responses): `safety_identifier`, skipped when `user_id` is over OpenAI's 128
+    characters. An absent or null field counts as missing; any other value, even "", is the client's.
+    A `metadata` that is not an object is left alone.
+    """
+    if not user_id:
+        return body
+    if provider == "anthropic":
+        metadata = body.get("metadata")
+        if metadata is None:
+            return {**body, "metadata": {"user_id": user_id}}
+        if isinstance(metadata, dict) and metadata.get("user_id") is None:
+            return {**body, "metadata": {**metadata, "user_id": user_id}}
+        return body
+    if provider == "openai":
+        if body.get("safety_identifier") is None and len(user_id) <= OPENAI_SAFETY_IDENTIFIER_MAX:
+            return {**body, "safety_identifier": user_id}
+        return body
+    return body
+
+
+def backfill_max_tokens(body: JSONObject, default: int | None) -> JSONObject:
+    """Anthropic Messages requires `max_tokens`; add `default` when it is absent or null; fails open.
+
+    A present value, even one the API would reject, is the client's and stays.
+    """
+    if default is None or body.get("max_tokens") is not None:
+        return body
+    return {**body, "max_tokens": default}
+
+
+def alias_model(body: JSONObject, aliases: dict[str, str]) -> JSONObject:
+    """Replace `model` by its alias target (exact, case-sensitive match), in place in the key order.
+
+    Fails open: an unknown or non-string model is forwarded as sent, and the provider answers it.
+    """
+    model = body.get("model")
+    if not isinstance(model, str) or model not in aliases or aliases[model] == model:
+        return body
+    return {**body, "model": aliases[model]}
+
+
+# --- OpenAI stream usage ----------------------------------------------------------------------------
+
+
+def request_usage_in_stream(body: JSONObject) -> tuple[JSONObject, bool]:
+    """Ask an OpenAI Chat Completions stream for its usage chunk; returns (body, client_asked).
+
+    Only a streamed request (`stream: true`) is changed: `stream_options.include_usage = true`, keeping any
+    other stream options. `client_asked` is True when the client had already set it, in which case the body
+    is returned unchanged; when sluice asks on the client's behalf, the addon must drop the extra
+    `choices: []` chunk (`is_usage_only_chunk`) because clients that did not ask may crash on it.
+    https://platform.openai.com/docs/api-reference/chat/create#chat-create-stream_options
+    Fails open: a `stream_options` that is neither an object nor null is left as sent.
+    """
+    if body.get("stream") is not True:
+        return body, False
+    options = body.get("stream_options")
+    if options is None:
+        return {**body, "stream_options": {"include_usage": True}}, False
+    if not isinstance(options, dict):
+        return body, False
+    if options.get("include_usage") is True:
+        return body, True
+    return {**body, "stream_options": {**options, "include_usage": True}}, False
+
+
+def is_usage_only_chunk(data: str) -> bool:
+    """Whether an SSE `data:` payload is the usage-only chunk: `choices: []` and a `usage` object.
+
+    `[DONE]`, malformed JSON and ordinary chunks (which carry `"usage": null` once usage is on) are not.
+    """
+    text = data.strip()
+    if not text.startswith("{"):
+        return False
+    try:
+        chunk = json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(chunk, dict) and chunk.get("choices") == [] and isinstance(chunk.get("usage"), dict)
+
+
+# --- billing block ----------------------------------------------------------------------------------
+
+
+def strip_billing_block(body: JSONObject) -> JSONObject:
+    """Remove Claude Code's attribution text block from system[0]; fails open.
+
+    Only Anthropic's own API knows to drop that block; another upstream would feed it to the model as
+    prompt text. Only position 0 is looked at (that is where the client puts it and the API looks).
+    When it was the only block, `system` is removed rather than left as an empty list.
+    """
+    system = body.get("system")
+    if not isinstance(system, list) or not system:
+        return body
+    first = system[0]
+    if not (
+        isinstance(first, dict)
+        and first.get("type") == "text"
+        and isinstance(first.get("text"), str)
+        and first["text"].lower().startswith(BILLING_BLOCK_PREFIX)
+    ):
+        return body
+    if len(system) == 1:
+        return {key: value for key, value in body.items() if key != "system"}
+    return {**body, "system": system[1:]}
+
+
+ANTHROPIC_API_HOST = "api.anthropic.com"
+
+
+def should_strip_billing_block(host: str, setting: bool | None) -> bool:
+    """`Upstream.strip_billing_header`: an explicit setting wins; unset, strip for every host but Anthropic's.
+
+    Anthropic's own API drops the attribution block by position; a gateway or another backend would not.
+    """
+    if setting is not None:
+        return setting
+    return host.lower().rstrip(".") != ANTHROPIC_API_HOST
+
+
+# --- the entry point --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RuleContext:
+    """What the addon knows about a call. `provider`/`api` are `rules.endpoints.classify`'s values."""
+
+    provider: str  # "anthropic" | "openai"
+    api: str  # "messages" | "count_tokens" | "chat" | "responses"
+    host: str
+    rules: Rules
+    client: str | None = None
+    user_id: str | None = None
+    strip_billing_block: bool = False
+    content_encoding: str | None = None  # the request's Content-Encoding header, if any
+
+
+@dataclass(frozen=True, slots=True)
+class RuleResult:
+    """What `apply_request_rules` decided.
+
+    `body` is None when the original bytes must be forwarded untouched. `client_asked_usage` is False only
+    when sluice turned on OpenAI's stream usage for a client that did not ask: exactly then the addon drops
+    usage-only chunks before they reach the client. `model` is the model the request goes upstream with
+    (after aliasing), `stream` whether it asks for a stream.
+    """
+
+    body: bytes | None
+    applied: list[str] = field(default_factory=list)
+    note: str | None = None
+    client_asked_usage: bool = True
+    model: str | None = None
+    stream: bool = False
+
+
+_RULE_SETS: dict[tuple[str, str], frozenset[str]] = {
+    # count_tokens gets what changes the count (system blocks, aliases, caching markers), not the rest.
+    ("anthropic", "messages"): frozenset({"billing", "alias", "system", "user_id", "max_tokens", "cache"}),
+    ("anthropic", "count_tokens"): frozenset({"billing", "alias", "system", "cache"}),
+    ("openai", "chat"): frozenset({"alias", "system", "user_id", "stream_usage"}),
+    ("openai", "responses"): frozenset({"alias", "system", "user_id"}),
+}
+
+
+def apply_request_rules(raw: bytes, ctx: RuleContext) -> RuleResult:
+    """Apply every configured rule to one request body; the only function the rewrite addon calls.
+
+    Fails open, never raises: a compressed, non-UTF-8, malformed or non-object body, one with duplicate
+    keys, an unknown provider/api, or any failure inside a rule forwards the original bytes (body None)
+    with a `note`. When no rule changes anything, body is None too and the bytes go out exactly as sent.
+    Order: billing block, model alias, system blocks, user id, max_tokens, cache cap, TTL order, stream usage.
+    """
+    encoding = (ctx.content_encoding or "").strip().lower()
+    if encoding not in {"", "identity"}:
+        return RuleResult(None, note=f"body is compressed ({encoding})")
+    rule_set = _RULE_SETS.get((ctx.provider, ctx.api))
+    if rule_set is None:
+        return RuleResult(None, note=f"no rules for {ctx.provider} {ctx.api}")
+    if not raw.strip():
+        return RuleResult(None, note="body is empty")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return RuleResult(None, note="body is not UTF-8")
+    try:
+        parsed = parse_json(text)
+    except _DuplicateKeyError:
+        return RuleResult(None, note="body has duplicate keys")
+    except (ValueError, RecursionError):
+        return RuleResult(None, note="body is not JSON")
+    if not isinstance(parsed, dict):
+        return RuleResult(None, note="not a JSON object")
+    try:
+        return _apply(parsed, ctx, rule_set)
+    except RecursionError:
+        return RuleResult(None, note="body nests too deeply")
+    except Exception as e:  # a rule bug must not take the request down: forward it untouched
+        return RuleResult(None, note=f"rules failed: {type(e).__name__}: {e}")
+
+
+def _apply(original: JSONObject, ctx: RuleContext, rule_set: frozenset[str]) -> RuleResult:
+    rules = ctx.rules
+    body = original
+    applied: list[str] = []
+    client_asked_usage = True
+
+    if "billing" in rule_set and ctx.strip_billing_block:
+        body, changed = _step(body, strip_billing_block(body))
+        if changed:
+            applied.append("billing_block")
+
+    requested = body.get("model") if isinstance(body.get("model"), str) else None
+    if "alias" in rule_set:
+        body, changed = _step(body, alias_model(body, rules.model_aliases))
+        if changed:
+            applied.append(f"model_alias:{requested}->{body['model']}")
+    model = body.get("model") if isinstance(body.get("model"), str) else None
+
+    sluice_paths: list[BlockPath] = []
+    if "system" in rule_set and rules.system_blocks:
+        names = [name for name in (requested, model) if name]
+        blocks = select_system_blocks(rules.system_blocks, ctx.host, ctx.client, names)
+        body, added, sluice_paths = _inject(body, blocks, ctx.provider, ctx.api)
+        applied.extend(f"system_block:{name}" for name in added)
+
+    if "user_id" in rule_set:
+        body, changed = _step(body, stamp_user_id(body, ctx.user_id, ctx.provider))
+        if changed:
+            applied.append("user_id")
+
+    if "max_tokens" in rule_set:
+        body, changed = _step(body, backfill_max_tokens(body, rules.max_tokens_default))
+        if changed:
+            applied.append("max_tokens")
+
+    if "cache" in rule_set:
+        before = count_cache_breakpoints(body)
+        body, changed = _step(body, cap_cache_control(body, rules.cache_control_max, sluice_paths))
+        if changed:
+            applied.append(f"cache_control_cap:{before}->{count_cache_breakpoints(body)}")
+        body, changed = _step(body, fix_ttl_order(body))
+        if changed:
+            applied.append("cache_ttl_order")
+
+    if "stream_usage" in rule_set and rules.openai_include_usage:
+        new_body, client_asked = request_usage_in_stream(body)
+        body, changed = _step(body, new_body)
+        if changed:
+            applied.append("stream_usage")
+            client_asked_usage = client_asked
+
+    stream = body.get("stream") is True
+    if not applied:
+        return RuleResult(None, model=model, stream=stream)
+    return RuleResult(
+        dump_json(body), applied, client_asked_usage=client_asked_usage, model=model, stream=stream
+    )
+
+
+def _step(before: JSONObject, after: JSONObject) -> tuple[JSONObject, bool]:
+    return after, after is not before

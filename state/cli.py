@@ -1,0 +1,426 @@
+"""`sluice`: reports over the sluice database (the `sluice` console script).
+
+    sluice usage [--db PATH] [--by DIMS] [--since WHEN] [--until WHEN] [--json | --csv]
+    sluice quota [--db PATH] [--host HOST] [--credential NAME] [--json | --statusline]
+
+Every subcommand registers in SUBCOMMANDS, in one place. Reading never creates a database: a missing file is
+an error (exit 1), an empty one a friendly line (exit 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sqlite3
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
+from state import db as state_db
+from state import report
+from state.ratelimits import QuotaSummary, format_duration, format_percent, statusline
+
+DEFAULT_DB = "sluice.db"
+DB_ENV = "SLUICE_DB"
+
+type Handler = Callable[[argparse.Namespace], int]
+type Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+_GROUP_TITLES = {
+    "day": "Day",
+    "model": "Model",
+    "client": "Client",
+    "host": "Host",
+    "provider": "Provider",
+    "api": "API",
+}
+# Wide enough for any table of ours: measuring against it gives a table's natural width.
+_UNBOUNDED_WIDTH = 100_000
+_STATUS_STYLES = {"allowed": "green", "allowed_warning": "yellow", "rejected": "bold red"}
+
+
+class CliError(Exception):
+    """A failure the user can act on: printed as `sluice: error: ...`, exit status 1."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except CliError as e:
+        print(f"sluice: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`sluice usage --csv | head`). Point stdout at devnull so that the
+        # interpreter's final flush does not fail again (https://docs.python.org/3/library/signal.html#note-on-sigpipe).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sluice",
+        description="Reports over the sluice database: usage and cost of LLM calls, provider rate limits.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--db",
+        metavar="PATH",
+        default=os.environ.get(DB_ENV) or DEFAULT_DB,
+        help=f"the sluice database (default: ${DB_ENV}, else ./{DEFAULT_DB})",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in SUBCOMMANDS:
+        register(subparsers, common)
+    return parser
+
+
+def open_database(path: str) -> sqlite_utils.Database:
+    """Open an existing sluice database (migrating it if it is older than this code); never create one."""
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise CliError(
+            f"no database at {path}: run the proxy (mitmdump -s addons/sluice.py) to create it, "
+            f"or point --db or ${DB_ENV} at an existing one"
+        )
+    if not file.is_file():
+        raise CliError(f"{path} is not a file")
+    try:
+        return state_db.connect(file)
+    except sqlite3.Error as e:
+        raise CliError(f"cannot open {path} as a sluice database: {e}") from e
+
+
+# ── usage ────────────────────────────────────────
+
+
+def _add_usage(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "usage",
+        parents=[common],
+        help="tokens, cost and errors of the recorded calls",
+        description="Tokens, cost and errors of the recorded calls, grouped, with a total.",
+    )
+    parser.add_argument(
+        "--by",
+        type=_group_by_arg,
+        default=report.DEFAULT_GROUP_BY,
+        metavar="DIMS",
+        help=f"comma-separated groups among {', '.join(report.GROUP_BY_COLUMNS)} (default: day,model)",
+    )
+    parser.add_argument(
+        "--since",
+        type=_since_arg,
+        metavar="WHEN",
+        help="only calls started at or after WHEN: 7d, 24h, 30m ago, a date (2026-11-20) or an ISO datetime "
+        "(UTC unless it has an offset); default: all",
+    )
+    parser.add_argument(
+        "--until",
+        type=_until_arg,
+        metavar="WHEN",
+        help="only calls started before WHEN (same forms as --since; a date includes that whole day)",
+    )
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="print a JSON list of groups"
+    )
+    output.add_argument("--csv", dest="format", action="store_const", const="csv", help="print CSV")
+    parser.set_defaults(handler=run_usage, format="table")
+
+
+def run_usage(args: argparse.Namespace) -> int:
+    database = open_database(args.db)
+    try:
+        usage = report.usage(database, group_by=args.by, since=args.since, until=args.until)
+        if args.format == "json":
+            _write_json([row.to_dict() for row in usage.rows])
+        elif args.format == "csv":
+            _write_usage_csv(usage)
+        elif not usage.rows:
+            print(_no_usage_message(args.db, usage, report.count_calls(database)))
+        else:
+            _print_table(_console(), _usage_table(usage))
+    finally:
+        database.close()
+    return 0
+
+
+def _write_usage_csv(usage: report.UsageReport) -> None:
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow([*usage.group_by, *report.USAGE_COLUMNS])
+    for row in usage.rows:
+        writer.writerow(["" if value is None else value for value in row.to_dict().values()])
+
+
+def _no_usage_message(path: str, usage: report.UsageReport, calls_in_database: int) -> str:
+    if calls_in_database == 0:
+        return f"No calls recorded in {path} yet: point a client at the proxy, then run this again."
+    return f"No calls {_time_range(usage)} ({calls_in_database:,} recorded in {path} in all)."
+
+
+def _usage_table(usage: report.UsageReport) -> Table:
+    table = Table(
+        title=f"Usage by {', '.join(usage.group_by)}",
+        caption=_time_range(usage) if usage.since or usage.until else None,
+        title_justify="left",
+        caption_justify="left",
+    )
+    for name in usage.group_by:
+        table.add_column(_GROUP_TITLES[name], no_wrap=True)
+    for title in ("Calls", "Input", "Cache read", "Cache write", "Output", "Reasoning", "Cost"):
+        table.add_column(title, justify="right", no_wrap=True)
+    table.add_column("Unpriced", justify="right", no_wrap=True)
+    table.add_column("Errors", justify="right", no_wrap=True)
+    for index, row in enumerate(usage.rows):
+        keys = [Text("(none)", style="dim") if value is None else Text(value) for value in row.group.values()]
+        table.add_row(*keys, *_usage_cells(row), end_section=index == len(usage.rows) - 1)
+    blanks = [Text("")] * (len(usage.group_by) - 1)
+    table.add_row(Text("Total"), *blanks, *_usage_cells(usage.total), style="bold")
+    return table
+
+
+def _usage_cells(row: report.UsageRow) -> list[Text]:
+    counts = [
+        row.calls,
+        row.input_tokens,
+        row.cache_read_tokens,
+        row.cache_write_tokens,
+        row.output_tokens,
+        row.reasoning_tokens,
+    ]
+    return [
+        *(Text(f"{count:,}") for count in counts),
+        Text(format_usd(row.cost_usd)),
+        Text(f"{row.unpriced_calls:,}", style="yellow" if row.unpriced_calls else ""),
+        Text(f"{row.errors:,}", style="red" if row.errors else ""),
+    ]
+
+
+def format_usd(amount: Decimal) -> str:
+    """Dollars with four decimals ($0.0123), more when a non-zero amount would show as $0.0000."""
+    places = 4
+    while places < 12 and amount != 0 and abs(amount) < Decimal(5).scaleb(-places - 1):
+        places += 1
+    sign = "-" if amount < 0 else ""
+    return f"{sign}${abs(amount):,.{places}f}"
+
+
+def _time_range(usage: report.UsageReport) -> str:
+    parts = []
+    if usage.since is not None:
+        parts.append(f"since {_utc_text(usage.since)}")
+    if usage.until is not None:
+        parts.append(f"before {_utc_text(usage.until)}")
+    return " and ".join(parts) if parts else "at all"
+
+
+# ── quota ────────────────────────────────────────
+
+
+def _add_quota(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "quota",
+        parents=[common],
+        help="latest rate-limit state per upstream credential",
+        description="The latest rate-limit headers seen for each upstream credential, read for humans.",
+    )
+    parser.add_argument("--host", help="only this upstream host (e.g. api.anthropic.com)")
+    parser.add_argument("--credential", metavar="NAME", help="only this upstream credential")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="print the normalized structure"
+    )
+    output.add_argument(
+        "--statusline",
+        dest="format",
+        action="store_const",
+        const="statusline",
+        help="print one short line (5h 42%% · 7d 13%% · resets 2h10m) for a shell prompt or a status line",
+    )
+    parser.set_defaults(handler=run_quota, format="table")
+
+
+def run_quota(args: argparse.Namespace) -> int:
+    database = open_database(args.db)
+    try:
+        quotas = report.quota(database, host=args.host, credential=args.credential)
+    finally:
+        database.close()
+    now = datetime.now(UTC)
+    if args.format == "json":
+        _write_json([quota.to_dict() for quota in quotas])
+    elif args.format == "statusline":
+        print(quota_statusline(quotas, now))
+    elif not quotas:
+        scope = " matching" if args.host is not None or args.credential is not None else ""
+        print(f"No{scope} rate-limit headers recorded in {args.db} yet.")
+    else:
+        console = _console()
+        for index, quota in enumerate(quotas):
+            if index:
+                console.print()
+            _print_table(console, _quota_table(quota, now))
+    return 0
+
+
+def quota_statusline(quotas: Sequence[report.CredentialQuota], now: datetime) -> str:
+    """One line for all credentials; each is named when there are several."""
+    if not quotas:
+        return "no rate limits seen"
+    if len(quotas) == 1:
+        return statusline(quotas[0].summary, now)
+    return " | ".join(
+        f"{quota.credential or quota.host}: {statusline(quota.summary, now)}" for quota in quotas
+    )
+
+
+def _quota_table(quota: report.CredentialQuota, now: datetime) -> Table:
+    summary = quota.summary
+    title = Text()
+    title.append(quota.host, style="bold")
+    title.append(f" · {quota.credential or '(no credential)'}")
+    title.append(f" · seen {_ago(summary.observed_at, now)} ({_utc_text(summary.observed_at, now)})", "dim")
+    table = Table(title=title, title_justify="left", show_edge=False)
+    table.add_column("limit", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("resets", no_wrap=True)
+    for name, state, reset_at, seen in _quota_lines(summary):
+        if seen < summary.observed_at - timedelta(seconds=1):
+            state.append(f" (seen {_ago(seen, now)})", style="dim")
+        table.add_row(Text(name), state, Text(_reset_text(reset_at, now)))
+    return table
+
+
+def _quota_lines(summary: QuotaSummary) -> list[tuple[str, Text, datetime | None, datetime]]:
+    """(what, state, reset, when seen) for every item of a summary, in display order."""
+    lines: list[tuple[str, Text, datetime | None, datetime]] = []
+    for limit in summary.limits:
+        state = Text(f"{_count(limit.remaining)} / {_count(limit.limit)} left")
+        if limit.used_fraction is not None:
+            state.append(f" ({format_percent(limit.used_fraction)} used)", style="dim")
+        lines.append((limit.name, state, limit.reset_at, limit.observed_at))
+    unified = summary.unified
+    if unified is not None:
+        state = _status_text(unified.status)
+        if unified.representative_claim:
+            state.append(f" · claim {unified.representative_claim}")
+        lines.append(("subscription", state, unified.reset_at, unified.observed_at))
+        for window in unified.windows:
+            state = Text(
+                "? used" if window.utilization is None else f"{format_percent(window.utilization)} used"
+            )
+            if window.status:
+                state.append(" · ").append_text(_status_text(window.status))
+            if window.surpassed_threshold is not None:
+                state.append(f" · past {format_percent(window.surpassed_threshold)}", style="yellow")
+            lines.append((window.name, state, window.reset_at, window.observed_at))
+        if unified.fallback is not None or unified.fallback_percentage is not None:
+            parts = [unified.fallback] if unified.fallback else []
+            if unified.fallback_percentage is not None:
+                parts.append(format_percent(unified.fallback_percentage))
+            lines.append(("fallback", Text(" · ".join(parts)), None, unified.observed_at))
+        overage = unified.overage
+        if overage is not None:
+            state = _status_text(overage.status)
+            if overage.utilization is not None:
+                state.append(f" · {format_percent(overage.utilization)} used")
+            if overage.disabled_reason:
+                state.append(f" · disabled: {overage.disabled_reason}")
+            lines.append(("overage", state, overage.reset_at, overage.observed_at))
+    if summary.retry_at is not None:
+        lines.append(("retry after", Text(""), summary.retry_at, summary.observed_at))
+    for raw in summary.other:
+        lines.append((raw.name, Text(raw.value), None, raw.observed_at))
+    return lines
+
+
+def _status_text(status: str | None) -> Text:
+    if status is None:
+        return Text("?")
+    return Text(status, style=_STATUS_STYLES.get(status, ""))
+
+
+def _reset_text(reset_at: datetime | None, now: datetime) -> str:
+    if reset_at is None:
+        return ""
+    if reset_at >= now:
+        return f"in {format_duration(reset_at - now)} ({_utc_text(reset_at, now)})"
+    return f"{format_duration(now - reset_at)} ago ({_utc_text(reset_at, now)})"
+
+
+def _ago(moment: datetime, now: datetime) -> str:
+    return "just now" if now - moment < timedelta(seconds=1) else f"{format_duration(now - moment)} ago"
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
+# ── shared ────────────────────────────────────────
+
+# Every subcommand, in the order `sluice --help` lists them. A new one (`clients`, `credentials`) is an
+# `_add_<name>(subparsers, common)` function that adds its parser with `parents=[common]` (for --db) and sets
+# `handler=`, appended here.
+SUBCOMMANDS: tuple[Callable[[Subparsers, argparse.ArgumentParser], None], ...] = (_add_usage, _add_quota)
+
+
+def _console() -> Console:
+    # Bound to the current sys.stdout at call time, so redirections (and pytest's capsys) see the output.
+    return Console(file=sys.stdout, highlight=False)
+
+
+def _print_table(console: Console, table: Table) -> None:
+    """Print a table at its natural width even past the terminal's: a number must never be cut or wrapped."""
+    unbounded = console.options.update_width(_UNBOUNDED_WIDTH)
+    console.width = max(console.width, Measurement.get(console, unbounded, table).maximum)
+    console.print(table, crop=False)
+
+
+def _write_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+def _utc_text(moment: datetime, now: datetime | None = None) -> str:
+    """`03:46:02 UTC` on the day of `now`, with the date otherwise."""
+    moment = moment.astimezone(UTC)
+    if now is not None and moment.date() == now.astimezone(UTC).date():
+        return moment.strftime("%H:%M:%S UTC")
+    if now is None and moment.time() == datetime.min.time():
+        return moment.strftime("%Y-%m-%d")
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _group_by_arg(text: str) -> tuple[str, ...]:
+    try:
+        return report.parse_group_by(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _since_arg(text: str) -> datetime:
+    try:
+        return report.parse_time(text, datetime.now(UTC))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _until_arg(text: str) -> datetime:
+    try:
+        return report.parse_time(text, datetime.now(UTC), end_of_day=True)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e

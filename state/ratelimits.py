@@ -1,0 +1,542 @@
+"""Providers' rate-limit headers, parsed into one normalized view.
+
+Pure: header values and the time they were observed go in, frozen dataclasses come out. Nothing here reads a
+clock or a database; callers pass `observed_at` (when the response carried the headers) and `now`.
+
+Header families (WIRE.md has the full list):
+
+- Anthropic standard limits,
+  `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}`, reset as
+  RFC 3339 (https://docs.anthropic.com/en/api/rate-limits#response-headers).
+- Anthropic subscription ("unified") limits, `anthropic-ratelimit-unified-*`: an overall status and reset
+  (epoch seconds), a representative claim, windows `5h`, `7d` and model-scoped weekly windows (`7d_opus`,
+  `7d_sonnet`, ... and the hyphenated `7d-<model>` spelling) with utilization as a 0..1 fraction, fallback and
+  overage.
+- OpenAI, `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, reset as a Go-style duration such as
+  `6m0s`, `12ms` or `1h2m3.5s` (https://platform.openai.com/docs/guides/rate-limits).
+
+A header that belongs to no family, or whose value does not parse, is kept raw in `QuotaSummary.other`:
+a provider's next header is shown, never dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+UNIFIED_PREFIX = "anthropic-ratelimit-unified-"
+
+# A bare number below this is a count of seconds from the observation (`retry-after: 30`, the resets of some
+# OpenAI-compatible providers); at or above it, epoch seconds (Anthropic's unified resets). 1e9 s is 31 years:
+# no delay is that long, and no epoch reset is before 2001.
+EPOCH_THRESHOLD_SECONDS = 1_000_000_000
+
+# Go's time.Duration text (https://pkg.go.dev/time#ParseDuration), which OpenAI uses for its resets, plus days
+# and weeks so that the same parser reads `sluice usage --since 7d`.
+_DURATION_UNITS_US: dict[str, Decimal] = {
+    "ns": Decimal("0.001"),
+    "us": Decimal(1),
+    "µs": Decimal(1),  # MICRO SIGN, as Go prints it
+    "μs": Decimal(1),  # GREEK SMALL LETTER MU
+    "ms": Decimal(1_000),
+    "s": Decimal(1_000_000),
+    "m": Decimal(60_000_000),
+    "h": Decimal(3_600_000_000),
+    "d": Decimal(86_400_000_000),
+    "w": Decimal(604_800_000_000),
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d|w)")
+_DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+")
+_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+# RFC 3339 §5.6, with the lower-case `t`/`z` and the space separator that section allows.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:[Zz]|[+-]\d{2}:?\d{2})?")
+
+_ANTHROPIC_STANDARD = re.compile(
+    r"anthropic-ratelimit-(?P<name>[a-z0-9-]+?)-(?P<field>limit|remaining|reset)"
+)
+_OPENAI = re.compile(r"x-ratelimit-(?P<field>limit|remaining|reset)-(?P<name>[a-z0-9-]+)")
+# Windows are named by their length, optionally scoped to a model: `5h`, `7d`, `7d_opus`, `7d-opus`.
+_UNIFIED_WINDOW = re.compile(r"(?P<count>\d+)(?P<unit>[hd])(?:[_-][a-z0-9_.-]+)?")
+_LIMIT_ORDER = ("requests", "tokens", "input-tokens", "output-tokens")
+
+# Parses one header value; None when it does not parse.
+type _Parser = Callable[[str], object]
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One counted limit (Anthropic standard or OpenAI): `remaining` of `limit` left until `reset_at`."""
+
+    provider: str
+    name: str
+    limit: int | None
+    remaining: int | None
+    reset_at: datetime | None
+    observed_at: datetime
+
+    @property
+    def used_fraction(self) -> float | None:
+        if self.limit is None or self.remaining is None or self.limit <= 0:
+            return None
+        return (self.limit - self.remaining) / self.limit
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "name": self.name,
+            "limit": self.limit,
+            "remaining": self.remaining,
+            "reset_at": _iso(self.reset_at),
+            "observed_at": _iso(self.observed_at),
+        }
+
+
+@dataclass(frozen=True)
+class Window:
+    """A subscription window (`5h`, `7d`, `7d_opus`, ...): utilization is a fraction, 1.0 meaning used up."""
+
+    name: str
+    status: str | None
+    utilization: float | None
+    surpassed_threshold: float | None
+    reset_at: datetime | None
+    observed_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "utilization": self.utilization,
+            "surpassed_threshold": self.surpassed_threshold,
+            "reset_at": _iso(self.reset_at),
+            "observed_at": _iso(self.observed_at),
+        }
+
+
+@dataclass(frozen=True)
+class Overage:
+    """Usage beyond the subscription's windows ("extra usage"), and why it is off when it is."""
+
+    status: str | None
+    utilization: float | None
+    reset_at: datetime | None
+    disabled_reason: str | None
+    observed_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "utilization": self.utilization,
+            "reset_at": _iso(self.reset_at),
+            "disabled_reason": self.disabled_reason,
+            "observed_at": _iso(self.observed_at),
+        }
+
+
+@dataclass(frozen=True)
+class Unified:
+    """Anthropic's subscription limits: `status` is allowed, allowed_warning or rejected."""
+
+    status: str | None
+    reset_at: datetime | None
+    representative_claim: str | None
+    fallback: str | None
+    fallback_percentage: float | None
+    windows: tuple[Window, ...]
+    overage: Overage | None
+    observed_at: datetime
+
+    def window(self, name: str) -> Window | None:
+        return next((w for w in self.windows if w.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "reset_at": _iso(self.reset_at),
+            "representative_claim": self.representative_claim,
+            "fallback": self.fallback,
+            "fallback_percentage": self.fallback_percentage,
+            "windows": [w.to_dict() for w in self.windows],
+            "overage": self.overage.to_dict() if self.overage else None,
+            "observed_at": _iso(self.observed_at),
+        }
+
+
+@dataclass(frozen=True)
+class RawHeader:
+    """A rate-limit header sluice does not know, or whose value did not parse: shown as it came."""
+
+    name: str
+    value: str
+    observed_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"header": self.name, "value": self.value, "observed_at": _iso(self.observed_at)}
+
+
+@dataclass(frozen=True)
+class QuotaSummary:
+    """Everything one upstream credential's rate-limit headers say, normalized across providers."""
+
+    observed_at: datetime
+    limits: tuple[Limit, ...]
+    unified: Unified | None
+    retry_at: datetime | None
+    other: tuple[RawHeader, ...]
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.limits and self.unified is None and self.retry_at is None and not self.other
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "observed_at": _iso(self.observed_at),
+            "limits": [limit.to_dict() for limit in self.limits],
+            "unified": self.unified.to_dict() if self.unified else None,
+            "retry_at": _iso(self.retry_at),
+            "other": [raw.to_dict() for raw in self.other],
+        }
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse a Go-style duration (`6m0s`, `12ms`, `1h2m3.5s`; also `d` and `w`). Raises ValueError."""
+    value = text.strip()
+    if value == "0":  # Go prints a zero duration without a unit
+        return timedelta(0)
+    if not _DURATION.fullmatch(value):
+        raise ValueError(f"not a duration: {text!r} (expected something like 6m0s, 12ms, 1h2m3.5s, 7d)")
+    micros = sum(
+        (Decimal(number) * _DURATION_UNITS_US[unit] for number, unit in _DURATION_PART.findall(value)),
+        Decimal(0),
+    )
+    try:
+        return timedelta(microseconds=int(micros.to_integral_value()))
+    except OverflowError as e:
+        raise ValueError(f"duration out of range: {text!r}") from e
+
+
+def parse_reset(value: str, observed_at: datetime) -> datetime | None:
+    """When a limit resets, as an aware UTC datetime; None if `value` is none of the forms below.
+
+    - RFC 3339 (`2026-11-23T03:46:02Z`), as Anthropic's standard limits send;
+    - a bare number: epoch seconds (Anthropic's unified limits) when at least EPOCH_THRESHOLD_SECONDS,
+      otherwise seconds after `observed_at` (`retry-after`);
+    - a Go-style duration (`6m0s`, `12ms`), as OpenAI sends, counted from `observed_at`;
+    - an HTTP-date (RFC 9110 §5.6.7), which `retry-after` may carry.
+    """
+    text = value.strip()
+    base = _as_utc(observed_at)
+    try:
+        if _RFC3339.fullmatch(text):
+            normalized = text.upper().replace("Z", "+00:00")
+            return _as_utc(datetime.fromisoformat(normalized))
+        if _NUMBER.fullmatch(text):
+            seconds = Decimal(text)
+            if seconds >= EPOCH_THRESHOLD_SECONDS:
+                return datetime.fromtimestamp(float(seconds), UTC)
+            return base + timedelta(microseconds=int((seconds * 1_000_000).to_integral_value()))
+        if _DURATION.fullmatch(text):
+            return base + parse_duration(text)
+        if "," in text and text[:3].isalpha():
+            return _as_utc(parsedate_to_datetime(text))
+    except (ValueError, OverflowError, OSError, InvalidOperation):
+        return None
+    return None
+
+
+def summarize(
+    headers: Mapping[str, str],
+    observed_at: datetime,
+    *,
+    seen_at: Mapping[str, datetime] | None = None,
+) -> QuotaSummary:
+    """Normalize one credential's rate-limit headers (names compared case-insensitively).
+
+    `observed_at` is when the response carrying them arrived; `seen_at` may give a different time for some
+    headers (the latest state of a credential mixes headers from several responses), and durations count from
+    each header's own time.
+    """
+    times = {name.lower(): _as_utc(at) for name, at in (seen_at or {}).items()}
+    base = _as_utc(observed_at)
+    values = {name.lower(): value.strip() for name, value in headers.items()}
+    builder = _Builder()
+    for name in sorted(values):
+        builder.take(name, values[name], times.get(name, base))
+    return builder.build(base)
+
+
+def format_duration(delta: timedelta) -> str:
+    """A short human duration, two units at most: `2h10m`, `3d4h`, `12s`, `450ms`."""
+    micros = abs(delta) // timedelta(microseconds=1)
+    if micros < 1_000_000:
+        return f"{micros // 1_000}ms" if micros >= 1_000 else "0s"
+    seconds = micros // 1_000_000
+    parts: list[str] = []
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count or parts:
+            parts.append(f"{count}{unit}")
+        if len(parts) == 2:
+            break
+    while len(parts) > 1 and parts[-1][0] == "0":
+        parts.pop()
+    return "".join(parts)
+
+
+def format_percent(fraction: float) -> str:
+    """A 0..1 fraction as a whole percent; a non-zero fraction never shows as 0%."""
+    percent = fraction * 100
+    if 0 < percent < 1:
+        return "<1%"
+    return f"{math.floor(percent + 0.5)}%"
+
+
+def statusline(summary: QuotaSummary, now: datetime) -> str:
+    """One short line for a shell prompt or Claude Code's status line: `5h 42% · 7d 13% · resets 2h10m`.
+
+    A window whose reset has passed since the observation shows as `reset` instead of a stale percentage, and
+    an observation older than a minute says how old it is.
+    """
+    now = _as_utc(now)
+    parts: list[str] = []
+    resets: list[datetime] = []
+    unified = summary.unified
+    if unified is not None:
+        if unified.status and unified.status != "allowed":
+            parts.append(unified.status)
+        for window in unified.windows:
+            if window.utilization is None:
+                continue
+            if window.reset_at is not None and window.reset_at <= now:
+                parts.append(f"{window.name} reset")
+            else:
+                parts.append(f"{window.name} {format_percent(window.utilization)}")
+        if unified.overage is not None and unified.overage.utilization is not None:
+            parts.append(f"overage {format_percent(unified.overage.utilization)}")
+        # The overall reset is the representative claim's: the one that binds now.
+        resets = [r for r in [unified.reset_at] if r is not None and r > now] or sorted(
+            w.reset_at for w in unified.windows if w.reset_at is not None and w.reset_at > now
+        )
+    short = {"requests": "req", "tokens": "tok", "input-tokens": "in", "output-tokens": "out"}
+    tightest: Limit | None = None
+    for limit in summary.limits:
+        used = limit.used_fraction
+        if used is None:
+            continue
+        if limit.reset_at is not None and limit.reset_at <= now:
+            parts.append(f"{short.get(limit.name, limit.name)} reset")
+            continue
+        parts.append(f"{short.get(limit.name, limit.name)} {format_percent(used)}")
+        if tightest is None or used > (tightest.used_fraction or 0.0):
+            tightest = limit
+    if not resets and tightest is not None and tightest.reset_at is not None:
+        resets = [tightest.reset_at]
+    if summary.retry_at is not None and summary.retry_at > now:
+        parts.append(f"retry in {format_duration(summary.retry_at - now)}")
+    if resets:
+        parts.append(f"resets {format_duration(resets[0] - now)}")
+    if not parts:
+        return "no rate limits seen"
+    age = now - summary.observed_at
+    if age >= timedelta(minutes=1):
+        parts.append(f"seen {format_duration(age)} ago")
+    return " · ".join(parts)
+
+
+def _text(value: str) -> str | None:
+    return value or None
+
+
+def _number(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _integer(value: str) -> int | None:
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    number = _number(value)
+    if number is None or not number.is_integer():
+        return None
+    return int(number)
+
+
+# Where a parsed header lands: ("limit", provider, name), ("unified",), ("overage",) or ("window", name).
+type _Group = tuple[str, ...]
+
+_UNIFIED_FIELDS: dict[str, _Parser | None] = {
+    "status": _text,
+    "reset": None,  # None: a reset time, parsed by parse_reset
+    "representative-claim": _text,
+    "fallback": _text,
+    "fallback-percentage": _number,
+}
+_OVERAGE_FIELDS: dict[str, _Parser | None] = {
+    "status": _text,
+    "reset": None,
+    "utilization": _number,
+    "disabled-reason": _text,
+}
+# Longest suffix first: a window's name may itself contain hyphens (`7d-opus`).
+_WINDOW_FIELDS: dict[str, _Parser | None] = {
+    "surpassed-threshold": _number,
+    "utilization": _number,
+    "status": _text,
+    "reset": None,
+}
+
+
+class _Builder:
+    """Collects parsed headers of every family; whatever it cannot place goes to `other`."""
+
+    def __init__(self) -> None:
+        self.fields: dict[_Group, dict[str, Any]] = {}
+        self.times: dict[_Group, list[datetime]] = {}
+        self.seen: list[datetime] = []
+        self.retry: dict[str, datetime] = {}
+        self.other: list[RawHeader] = []
+
+    def take(self, name: str, value: str, at: datetime) -> None:
+        self.seen.append(at)
+        if not self._place(name, value, at):
+            self.other.append(RawHeader(name, value, at))
+
+    def _place(self, name: str, value: str, at: datetime) -> bool:
+        if name.startswith(UNIFIED_PREFIX):
+            return self._place_unified(name.removeprefix(UNIFIED_PREFIX), value, at)
+        if match := _ANTHROPIC_STANDARD.fullmatch(name):
+            group: _Group = ("limit", "anthropic", match["name"])
+        elif match := _OPENAI.fullmatch(name):
+            group = ("limit", "openai", match["name"])
+        elif name == "retry-after-ms":
+            milliseconds = _number(value)
+            if milliseconds is None:
+                return False
+            self.retry[name] = at + timedelta(milliseconds=milliseconds)
+            return True
+        elif name == "retry-after":
+            retry_at = parse_reset(value, at)
+            if retry_at is None:
+                return False
+            self.retry[name] = retry_at
+            return True
+        else:
+            return False
+        parser = None if match["field"] == "reset" else _integer
+        return self._store(group, match["field"], value, at, parser)
+
+    def _place_unified(self, rest: str, value: str, at: datetime) -> bool:
+        if rest in _UNIFIED_FIELDS:
+            return self._store(("unified",), rest, value, at, _UNIFIED_FIELDS[rest])
+        if (field := rest.removeprefix("overage-")) != rest:
+            if field not in _OVERAGE_FIELDS:
+                return False
+            return self._store(("overage",), field, value, at, _OVERAGE_FIELDS[field])
+        for field, parser in _WINDOW_FIELDS.items():
+            window = rest.removesuffix(f"-{field}")
+            if window != rest and _UNIFIED_WINDOW.fullmatch(window):
+                return self._store(("window", window), field, value, at, parser)
+        return False
+
+    def _store(self, group: _Group, field: str, value: str, at: datetime, parser: _Parser | None) -> bool:
+        """Parse `value` (a None parser means a reset time) and keep it; False if it does not parse."""
+        parsed = parse_reset(value, at) if parser is None else parser(value)
+        if parsed is None:
+            return False
+        self.fields.setdefault(group, {})[field] = parsed
+        self.times.setdefault(group, []).append(at)
+        return True
+
+    def _groups(self, kind: str) -> list[tuple[_Group, dict[str, Any]]]:
+        return [(group, fields) for group, fields in self.fields.items() if group[0] == kind]
+
+    def build(self, observed_at: datetime) -> QuotaSummary:
+        limits = tuple(
+            Limit(
+                provider=group[1],
+                name=group[2],
+                limit=fields.get("limit"),
+                remaining=fields.get("remaining"),
+                reset_at=fields.get("reset"),
+                observed_at=max(self.times[group]),
+            )
+            for group, fields in sorted(self._groups("limit"), key=_limit_order)
+        )
+        windows = tuple(
+            Window(
+                name=group[1],
+                status=fields.get("status"),
+                utilization=fields.get("utilization"),
+                surpassed_threshold=fields.get("surpassed-threshold"),
+                reset_at=fields.get("reset"),
+                observed_at=max(self.times[group]),
+            )
+            for group, fields in sorted(self._groups("window"), key=_window_order)
+        )
+        overage = None
+        if fields := self.fields.get(("overage",)):
+            overage = Overage(
+                status=fields.get("status"),
+                utilization=fields.get("utilization"),
+                reset_at=fields.get("reset"),
+                disabled_reason=fields.get("disabled-reason"),
+                observed_at=max(self.times[("overage",)]),
+            )
+        unified = None
+        if ("unified",) in self.fields or windows or overage:
+            fields = self.fields.get(("unified",), {})
+            unified = Unified(
+                status=fields.get("status"),
+                reset_at=fields.get("reset"),
+                representative_claim=fields.get("representative-claim"),
+                fallback=fields.get("fallback"),
+                fallback_percentage=fields.get("fallback-percentage"),
+                windows=windows,
+                overage=overage,
+                observed_at=max(
+                    at for group, times in self.times.items() if group[0] != "limit" for at in times
+                ),
+            )
+        return QuotaSummary(
+            observed_at=max([observed_at, *self.seen]),
+            limits=limits,
+            unified=unified,
+            # `retry-after-ms` is the more precise of the two when both came.
+            retry_at=self.retry.get("retry-after-ms", self.retry.get("retry-after")),
+            other=tuple(self.other),
+        )
+
+
+def _limit_order(item: tuple[_Group, dict[str, Any]]) -> tuple[str, int, str]:
+    provider, name = item[0][-2:]
+    rank = _LIMIT_ORDER.index(name) if name in _LIMIT_ORDER else len(_LIMIT_ORDER)
+    return provider, rank, name
+
+
+def _window_order(item: tuple[_Group, dict[str, Any]]) -> tuple[int, str]:
+    name = item[0][-1]
+    match = _UNIFIED_WINDOW.fullmatch(name)
+    hours = 0 if match is None else int(match["count"]) * (24 if match["unit"] == "d" else 1)
+    return hours, name
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """Aware datetimes converted to UTC; naive ones taken to be UTC already (as sluice stores them)."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()

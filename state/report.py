@@ -1,0 +1,338 @@
+"""Read-only queries behind `sluice usage` and `sluice quota`, over an injected `sqlite_utils.Database`.
+
+Every function returns plain dataclasses; formatting belongs to `state.cli`. Token counts are summed as
+integers, costs as decimals (the sum of the stored values as written, not of their binary approximations), so
+totals are exact to the token and do not drift in the last digits.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import sqlite_utils
+
+from state.ratelimits import QuotaSummary, parse_duration, summarize
+
+# The dimensions `usage` can group by, and the SQL expression of each over `calls`.
+GROUP_BY_COLUMNS: dict[str, str] = {
+    "day": "date(started_at)",
+    "model": "model",
+    "client": "client",
+    "host": "host",
+    "provider": "provider",
+    "api": "api",
+}
+DEFAULT_GROUP_BY = ("day", "model")
+
+# The measures of a usage row, in the order reports show them.
+USAGE_COLUMNS = (
+    "calls",
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "unpriced_calls",
+    "errors",
+)
+
+_DECIMAL_SUM = "sluice_decimal_sum"
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """Usage of one group of calls; `group` maps each grouping dimension to its value (None when unset).
+
+    `unpriced_calls` counts billable calls with no cost recorded (count_tokens calls are never billed), and
+    `errors` counts calls that recorded an error or got an HTTP status of 400 or more.
+    """
+
+    group: dict[str, str | None]
+    calls: int = 0
+    input_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: Decimal = field(default_factory=Decimal)
+    unpriced_calls: int = 0
+    errors: int = 0
+
+    @property
+    def cache_write_tokens(self) -> int:
+        return self.cache_write_5m_tokens + self.cache_write_1h_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        """Group values then measures, JSON-ready: integers for tokens, a float for the cost."""
+        record: dict[str, Any] = dict(self.group)
+        for column in USAGE_COLUMNS:
+            value = getattr(self, column)
+            record[column] = float(value) if isinstance(value, Decimal) else value
+        return record
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    group_by: tuple[str, ...]
+    since: datetime | None
+    until: datetime | None
+    rows: tuple[UsageRow, ...]
+    total: UsageRow
+
+
+@dataclass(frozen=True)
+class RateLimitObservation:
+    """The latest value of every rate-limit header seen for one (host, credential), each with its own time."""
+
+    host: str
+    credential: str
+    headers: dict[str, str]
+    seen_at: dict[str, datetime]
+    observed_at: datetime
+    call_id: str | None
+
+
+@dataclass(frozen=True)
+class CredentialQuota:
+    host: str
+    credential: str
+    call_id: str | None
+    summary: QuotaSummary
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "credential": self.credential, "call_id": self.call_id} | (
+            self.summary.to_dict()
+        )
+
+
+def parse_group_by(text: str) -> tuple[str, ...]:
+    """`day,model` → ("day", "model"); unknown or missing dimensions raise ValueError."""
+    names = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
+    unknown = [name for name in names if name not in GROUP_BY_COLUMNS]
+    if unknown or not names:
+        raise ValueError(
+            f"cannot group by {', '.join(unknown) or 'nothing'}: choose from {', '.join(GROUP_BY_COLUMNS)}"
+        )
+    return names
+
+
+def parse_time(text: str, now: datetime, *, end_of_day: bool = False) -> datetime:
+    """A time bound as an aware UTC datetime. Raises ValueError.
+
+    - a duration back from `now`: `7d`, `24h`, `30m`, `1h30m`;
+    - an ISO date, `2026-11-20`: that midnight UTC, or the next one with `end_of_day` (so that an `--until`
+      date includes its whole day);
+    - an ISO datetime, `2026-11-20T10:00`: taken as UTC unless it carries an offset.
+    """
+    value = text.strip()
+    try:
+        return now.astimezone(UTC) - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as e:
+        # Say what is wrong with something that looks like a date (`2026-13-01`: month must be in 1..12).
+        detail = f" ({e})" if value[:4].isdigit() and not value.isdigit() else ""
+        raise ValueError(
+            f"not a time: {text!r}{detail}: expected 7d, 24h, 30m, a date like 2026-11-20 or an ISO datetime"
+        ) from None
+    if _DATE.fullmatch(value) and end_of_day:
+        moment += timedelta(days=1)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def count_calls(db: sqlite_utils.Database) -> int:
+    return int(db.execute("select count(*) from calls").fetchone()[0])
+
+
+def usage(
+    db: sqlite_utils.Database,
+    *,
+    group_by: Sequence[str] = DEFAULT_GROUP_BY,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> UsageReport:
+    """Usage of the calls started in [since, until), grouped and ordered by `group_by`, with a total.
+
+    `started_at` is compared as text against the bound written the same way (ISO 8601 in UTC), which keeps
+    the index on `started_at` usable.
+    """
+    dimensions = parse_group_by(",".join(group_by))
+    _register_decimal_sum(db)
+    keys = ", ".join(f'{GROUP_BY_COLUMNS[name]} as "{name}"' for name in dimensions)
+    positions = ", ".join(str(n) for n in range(1, len(dimensions) + 1))
+    where, params = _time_filter(since, until)
+    sql = f"""
+        select {keys},
+            count(*) as calls,
+            sum(coalesce(input_tokens, 0)) as input_tokens,
+            sum(coalesce(cache_read_tokens, 0)) as cache_read_tokens,
+            sum(coalesce(cache_write_5m_tokens, 0)) as cache_write_5m_tokens,
+            sum(coalesce(cache_write_1h_tokens, 0)) as cache_write_1h_tokens,
+            sum(coalesce(output_tokens, 0)) as output_tokens,
+            sum(coalesce(reasoning_tokens, 0)) as reasoning_tokens,
+            {_DECIMAL_SUM}(cost_usd) as cost_usd,
+            sum(case when cost_usd is null and coalesce(api, '') != 'count_tokens' then 1 else 0 end)
+                as unpriced_calls,
+            sum(case when coalesce(error, '') != '' or coalesce(status, 0) >= 400 then 1 else 0 end) as errors
+        from calls
+        {where}
+        group by {positions}
+        order by {positions}
+    """
+    rows = tuple(_usage_row(record, dimensions) for record in db.query(sql, params))
+    return UsageReport(
+        group_by=dimensions,
+        since=since,
+        until=until,
+        rows=rows,
+        total=total_of(rows),
+    )
+
+
+def total_of(rows: Iterable[UsageRow]) -> UsageRow:
+    """The sum of usage rows, with an empty group."""
+    total = UsageRow(group={})
+    for row in rows:
+        total = replace(
+            total,
+            **{
+                column: getattr(total, column) + getattr(row, column)
+                for column in USAGE_COLUMNS
+                if column != "cache_write_tokens"
+            },
+        )
+    return total
+
+
+def rate_limit_observations(
+    db: sqlite_utils.Database,
+    *,
+    host: str | None = None,
+    credential: str | None = None,
+) -> list[RateLimitObservation]:
+    """The `rate_limits` table gathered per (host, credential), ordered by host then credential.
+
+    A row whose `observed_at` is not an ISO datetime cannot be placed in time and is left out.
+    """
+    clauses, params = [], []
+    if host is not None:
+        clauses.append("host = ?")
+        params.append(host)
+    if credential is not None:
+        clauses.append("credential = ?")
+        params.append(credential)
+    where = f"where {' and '.join(clauses)}" if clauses else ""
+    sql = f"""
+        select host, credential, header, value, observed_at, call_id from rate_limits {where}
+        order by host, credential, header
+    """
+    # Header names compare case-insensitively (RFC 9110 §5.1); of two spellings, the newer value wins.
+    grouped: dict[tuple[str, str], dict[str, tuple[str, datetime, str | None]]] = {}
+    for row in db.query(sql, params):
+        seen = _parse_stored_time(row["observed_at"])
+        if seen is None:
+            continue
+        headers = grouped.setdefault((row["host"], row["credential"]), {})
+        name = row["header"].lower()
+        if name not in headers or headers[name][1] <= seen:
+            headers[name] = (row["value"], seen, row["call_id"])
+    observations = []
+    for (row_host, row_credential), headers in grouped.items():
+        _, latest, call_id = max(headers.values(), key=lambda entry: entry[1])
+        observations.append(
+            RateLimitObservation(
+                host=row_host,
+                credential=row_credential,
+                headers={name: value for name, (value, _, _) in headers.items()},
+                seen_at={name: seen for name, (_, seen, _) in headers.items()},
+                observed_at=latest,
+                call_id=call_id,
+            )
+        )
+    return observations
+
+
+def quota(
+    db: sqlite_utils.Database,
+    *,
+    host: str | None = None,
+    credential: str | None = None,
+) -> list[CredentialQuota]:
+    """The latest rate-limit state of each upstream credential, normalized by `state.ratelimits.summarize`."""
+    return [
+        CredentialQuota(
+            host=observation.host,
+            credential=observation.credential,
+            call_id=observation.call_id,
+            summary=summarize(observation.headers, observation.observed_at, seen_at=observation.seen_at),
+        )
+        for observation in rate_limit_observations(db, host=host, credential=credential)
+    ]
+
+
+def _time_filter(since: datetime | None, until: datetime | None) -> tuple[str, dict[str, str]]:
+    clauses, params = [], {}
+    if since is not None:
+        clauses.append("started_at >= :since")
+        params["since"] = since.astimezone(UTC).isoformat()
+    if until is not None:
+        clauses.append("started_at < :until")
+        params["until"] = until.astimezone(UTC).isoformat()
+    return (f"where {' and '.join(clauses)}" if clauses else ""), params
+
+
+def _usage_row(record: dict[str, Any], dimensions: tuple[str, ...]) -> UsageRow:
+    group = {name: None if record[name] is None else str(record[name]) for name in dimensions}
+    counts = {
+        column: int(record[column] or 0)
+        for column in USAGE_COLUMNS
+        if column not in ("cost_usd", "cache_write_tokens")
+    }
+    return UsageRow(group=group, cost_usd=Decimal(record["cost_usd"] or 0), **counts)
+
+
+class _DecimalSum:
+    """SQLite aggregate: the decimal sum of REAL values as written (0.1 + 0.2 is 0.3), returned as text."""
+
+    def __init__(self) -> None:
+        self.total = Decimal(0)
+
+    def step(self, value: object) -> None:
+        if value is None:
+            return
+        try:
+            amount = Decimal(repr(value) if isinstance(value, float) else str(value))
+        except InvalidOperation:
+            return  # not a number: such a row has no usable cost
+        if amount.is_finite():
+            self.total += amount
+
+    def finalize(self) -> str:
+        return str(self.total)
+
+
+def _register_decimal_sum(db: sqlite_utils.Database) -> None:
+    # typeshed's aggregate protocol says `finalize` returns int; SQLite takes any value it can store.
+    db.conn.create_aggregate(_DECIMAL_SUM, 1, _DecimalSum)  # type: ignore[arg-type]
+
+
+def _parse_stored_time(text: object) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -1,0 +1,1170 @@
+"""A local fake of the Anthropic and OpenAI HTTP APIs, for end-to-end tests and benchmarks.
+
+It speaks the providers' real wire formats (JSON bodies, SSE streams, error envelopes, rate-limit headers)
+over HTTP/1.1, with TLS or without, from a background thread of the test process. Each test scripts what
+the next request gets with `fake.next(...)`; everything the fake received is kept in `fake.requests`.
+
+The HTTP/1.1 side is written by hand on purpose: the faults a proxy must survive (an SSE record split across
+two TCP writes, a stream cut before its terminal frame, a stall, a TCP reset) need control over every write,
+which a framework would take away.
+
+Run it alone for manual checks or benchmarks:
+
+    python -m tests.fake_provider --port 8443            # TLS, prints the CA to trust
+    python -m tests.fake_provider --port 8080 --plain    # plain HTTP, e.g. behind a reverse proxy
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import http
+import json
+import re
+import secrets
+import socket
+import ssl
+import string
+import struct
+import threading
+import time
+import traceback
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import brotli
+import zstandard
+
+Provider = Literal["anthropic", "openai"]
+Encoding = Literal["gzip", "br", "zstd"]
+
+ANTHROPIC_HOST = "api.anthropic.com"
+OPENAI_HOST = "api.openai.com"
+PROVIDER_HOSTS = (ANTHROPIC_HOST, OPENAI_HOST)
+
+DEFAULT_TEXT = "Hello from the fake provider."
+MAX_HEADER_BYTES = 64 * 1024
+
+# HTTPStatus lacks the provider-specific codes.
+_EXTRA_REASONS = {529: "Overloaded"}
+
+# Error types per status, from the providers' error documentation:
+# https://docs.anthropic.com/en/api/errors and https://platform.openai.com/docs/guides/error-codes
+_ANTHROPIC_ERRORS = {
+    400: ("invalid_request_error", "Invalid request."),
+    401: ("authentication_error", "invalid x-api-key"),
+    403: ("permission_error", "Your API key does not have permission to use the specified resource."),
+    404: ("not_found_error", "Not found."),
+    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+    429: ("rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit."),
+    500: ("api_error", "Internal server error."),
+    529: ("overloaded_error", "Overloaded"),
+}
+_OPENAI_ERRORS = {
+    400: ("invalid_request_error", None, "Invalid request."),
+    401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+    403: ("invalid_request_error", "unsupported_country_region_territory", "Country not supported."),
+    404: ("invalid_request_error", None, "Not found."),
+    429: ("requests", "rate_limit_exceeded", "Rate limit reached for requests."),
+    500: ("server_error", None, "The server had an error while processing your request."),
+    503: ("server_error", None, "The engine is currently overloaded, please try again later."),
+}
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts in sluice's own column meanings; the fake spells them the way each provider does.
+
+    `input_tokens` is uncached input only and `output_tokens` includes `reasoning_tokens`, so a test can
+    compare a `calls` row with these numbers directly. On the OpenAI wire `cache_read_tokens` becomes
+    `cached_tokens` and is added back into `prompt_tokens` / `input_tokens`; cache writes have no OpenAI
+    spelling and are left out there.
+    """
+
+    input_tokens: int = 21
+    cache_read_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    output_tokens: int = 9
+    reasoning_tokens: int = 0
+
+    def anthropic(self, *, output_tokens: int | None = None) -> dict[str, Any]:
+        return {
+            "input_tokens": self.input_tokens,
+            "cache_creation_input_tokens": self.cache_write_5m_tokens + self.cache_write_1h_tokens,
+            "cache_read_input_tokens": self.cache_read_tokens,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": self.cache_write_5m_tokens,
+                "ephemeral_1h_input_tokens": self.cache_write_1h_tokens,
+            },
+            "output_tokens": self.output_tokens if output_tokens is None else output_tokens,
+            "service_tier": "standard",
+        }
+
+    def openai_chat(self) -> dict[str, Any]:
+        prompt = self.input_tokens + self.cache_read_tokens
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": self.output_tokens,
+            "total_tokens": prompt + self.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cache_read_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": self.reasoning_tokens,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        }
+
+    def openai_responses(self) -> dict[str, Any]:
+        total_input = self.input_tokens + self.cache_read_tokens
+        return {
+            "input_tokens": total_input,
+            "input_tokens_details": {"cached_tokens": self.cache_read_tokens},
+            "output_tokens": self.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+            "total_tokens": total_input + self.output_tokens,
+        }
+
+
+@dataclass
+class Behaviour:
+    """What the fake does with one request. Every field has a realistic default.
+
+    Stream faults count *units*: for a streamed response a unit is one SSE record; for a plain response the
+    body is one unit (two halves with `split=True`). `truncate_after=N` sends the headers and N units and
+    then closes the connection without the terminal frame; `reset_after=N` does the same with a TCP RST;
+    `stall_after=N` waits `stall_seconds` after N units and then carries on; `error_after=N` replaces the
+    rest of a stream with the provider's in-stream error record and ends the stream cleanly.
+    """
+
+    # Consumed only by a request to this path (query string ignored); None matches any path.
+    path: str | None = None
+    # A canned response: `status` alone gives that status in the provider's error envelope (with a
+    # `retry-after` for 429/529); `body` (bytes, str, or JSON-able) is sent verbatim with `status` or 200.
+    status: int | None = None
+    body: bytes | str | dict[str, Any] | list[Any] | None = None
+    # Response headers to set after the generated ones: a name replaces every header of that name
+    # (case-insensitive); a None value removes it.
+    headers: Sequence[tuple[str, str | None]] = ()
+    # The generated response.
+    text: str = DEFAULT_TEXT
+    thinking: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    usage_extra: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    stop_reason: str | None = None
+    message_deltas: int = 1
+    responses_status: Literal["completed", "failed", "incomplete"] = "completed"
+    ratelimit_headers: bool = True
+    # Body faults.
+    encoding: Encoding | None = None
+    malformed: bool = False
+    error_after: int | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    # Transport.
+    delay: float = 0.0
+    event_delay: float = 0.002
+    split: bool = False
+    split_delay: float = 0.01
+    truncate_after: int | None = None
+    reset_after: int | None = None
+    reset_before_response: bool = False
+    stall_after: int | None = None
+    stall_seconds: float = 0.0
+    close_connection: bool = False
+
+
+@dataclass
+class SentResponse:
+    """What the fake answered: the status, headers and the body before any content-encoding."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    streamed: bool
+    outcome: str = "pending"  # complete | truncated | reset | client-gone
+
+    def header(self, name: str) -> str | None:
+        return _first(self.headers, name)
+
+
+@dataclass
+class RecordedRequest:
+    """One request exactly as it reached the fake: header names in their original case, body bytes raw."""
+
+    method: str
+    target: str
+    path: str
+    http_version: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    tls: bool
+    sni: str | None
+    received_at: float
+    response: SentResponse | None = None
+
+    def header(self, name: str) -> str | None:
+        return _first(self.headers, name)
+
+    def header_values(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _first(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    wanted = name.lower()
+    return next((v for k, v in headers if k.lower() == wanted), None)
+
+
+@dataclass
+class _Sse:
+    event: str | None
+    data: str
+
+    def encode(self) -> bytes:
+        prefix = f"event: {self.event}\n" if self.event else ""
+        return f"{prefix}data: {self.data}\n\n".encode()
+
+
+@dataclass
+class _Plan:
+    status: int
+    headers: list[tuple[str, str]]
+    units: list[bytes]
+    streamed: bool
+
+
+class _ClientGone(Exception):
+    """The peer closed the connection while the fake was writing."""
+
+
+def _random_id(prefix: str, length: int, alphabet: str = string.ascii_letters + string.digits) -> str:
+    return prefix + "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return _EXTRA_REASONS.get(status, "Unknown")
+
+
+def provider_for(path: str, host: str | None) -> Provider:
+    """Which provider a request is for: by path for the known endpoints, else by Host."""
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    if path.startswith(("/v1/chat/", "/v1/responses")):
+        return "openai"
+    return "openai" if host and "openai" in host.lower() else "anthropic"
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def anthropic_ratelimit_headers(served: int, now: datetime) -> list[tuple[str, str]]:
+    """The rate-limit headers Anthropic sends on every response, `served` requests into the window.
+
+    Reset times of the API family are RFC 3339; the subscription (`unified`) family uses epoch seconds.
+    """
+    now = now.replace(microsecond=0)
+    headers = []
+    for family, limit, per_request in (
+        ("requests", 4000, 1),
+        ("tokens", 2_000_000, 1000),
+        ("input-tokens", 1_600_000, 800),
+        ("output-tokens", 400_000, 200),
+    ):
+        headers += [
+            (f"anthropic-ratelimit-{family}-limit", str(limit)),
+            (f"anthropic-ratelimit-{family}-remaining", str(max(limit - served * per_request, 0))),
+            (f"anthropic-ratelimit-{family}-reset", _rfc3339(now + timedelta(seconds=12))),
+        ]
+    reset_5h = int(now.timestamp()) + 3 * 3600
+    reset_7d = int(now.timestamp()) + 4 * 86400
+    headers += [
+        ("anthropic-ratelimit-unified-status", "allowed"),
+        ("anthropic-ratelimit-unified-reset", str(reset_5h)),
+        ("anthropic-ratelimit-unified-representative-claim", "five_hour"),
+        ("anthropic-ratelimit-unified-5h-status", "allowed"),
+        ("anthropic-ratelimit-unified-5h-utilization", f"{min(0.12 + served / 1000, 1):.3f}"),
+        ("anthropic-ratelimit-unified-5h-reset", str(reset_5h)),
+        ("anthropic-ratelimit-unified-7d-status", "allowed"),
+        ("anthropic-ratelimit-unified-7d-utilization", f"{min(0.34 + served / 10000, 1):.4f}"),
+        ("anthropic-ratelimit-unified-7d-reset", str(reset_7d)),
+        ("anthropic-ratelimit-unified-fallback-percentage", "0.5"),
+        ("anthropic-ratelimit-unified-overage-status", "rejected"),
+        ("anthropic-ratelimit-unified-overage-disabled-reason", "org_level_disabled"),
+    ]
+    return headers
+
+
+def openai_ratelimit_headers(served: int) -> list[tuple[str, str]]:
+    """OpenAI's rate-limit headers: resets are Go-style durations (`6m0s`, `12ms`)."""
+    return [
+        ("x-ratelimit-limit-requests", "10000"),
+        ("x-ratelimit-limit-tokens", "30000000"),
+        ("x-ratelimit-remaining-requests", str(max(10000 - served, 0))),
+        ("x-ratelimit-remaining-tokens", str(max(30_000_000 - served * 1000, 0))),
+        ("x-ratelimit-reset-requests", "6m0s"),
+        ("x-ratelimit-reset-tokens", "12ms"),
+    ]
+
+
+def error_body(provider: Provider, status: int, message: str | None = None, request_id: str = "") -> bytes:
+    """The provider's error envelope for `status`."""
+    if provider == "anthropic":
+        kind, default = _ANTHROPIC_ERRORS.get(status, ("api_error", "Internal server error."))
+        envelope: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message or default}}
+        if request_id:
+            envelope["request_id"] = request_id
+        return _dumps(envelope).encode()
+    kind, code, default = _OPENAI_ERRORS.get(status, ("server_error", None, "Internal server error."))
+    return _dumps(
+        {"error": {"message": message or default, "type": kind, "param": None, "code": code}}
+    ).encode()
+
+
+def _text_pieces(text: str) -> list[str]:
+    return re.findall(r"\S+\s*|\s+", text) or [""]
+
+
+class _Encoder:
+    """Content-encoding for one response; each streamed unit is flushed so it decodes on arrival."""
+
+    def __init__(self, encoding: Encoding | None) -> None:
+        self.encoding = encoding
+        self._gzip = zlib.compressobj(wbits=31) if encoding == "gzip" else None
+        self._br = brotli.Compressor() if encoding == "br" else None
+        self._zstd = zstandard.ZstdCompressor().compressobj() if encoding == "zstd" else None
+
+    @staticmethod
+    def whole(encoding: Encoding | None, data: bytes) -> bytes:
+        if encoding == "gzip":
+            return gzip.compress(data)
+        if encoding == "br":
+            return brotli.compress(data)
+        if encoding == "zstd":
+            return zstandard.ZstdCompressor().compress(data)
+        return data
+
+    def feed(self, data: bytes) -> bytes:
+        if self._gzip:
+            return self._gzip.compress(data) + self._gzip.flush(zlib.Z_SYNC_FLUSH)
+        if self._br:
+            return self._br.process(data) + self._br.flush()
+        if self._zstd:
+            return self._zstd.compress(data) + self._zstd.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        return data
+
+    def finish(self) -> bytes:
+        if self._gzip:
+            return self._gzip.flush()
+        if self._br:
+            return self._br.finish()
+        if self._zstd:
+            return self._zstd.flush()
+        return b""
+
+
+class _Responder:
+    """Builds the status, headers and body units for one request. No I/O."""
+
+    def __init__(self, request: RecordedRequest, behaviour: Behaviour, served: int) -> None:
+        self.request = request
+        self.b = behaviour
+        self.served = served
+        self.provider = provider_for(request.path, request.header("host"))
+        self.now = datetime.now(UTC)
+        self.created = int(self.now.timestamp())
+        self.request_id = (
+            _random_id("req_011C", 22) if self.provider == "anthropic" else "req_" + secrets.token_hex(16)
+        )
+
+    def plan(self, accepted_credentials: set[str] | None) -> _Plan:
+        b = self.b
+        if b.body is not None:
+            return self._plain(b.status or 200, self._raw_body(b.body), "application/json")
+        if b.status is not None and b.status >= 400:
+            return self._error(b.status)
+        if accepted_credentials is not None and self._credential() not in accepted_credentials:
+            return self._error(401)
+        payload = None
+        if self.request.method == "POST" and self.request.path in self._endpoints():
+            try:
+                payload = json.loads(self.request.body or b"{}")
+            except ValueError:
+                return self._error(400, "Request body is not valid JSON.")
+            if not isinstance(payload, dict):
+                return self._error(400, "Request body must be a JSON object.")
+        if payload is None:
+            return self._error(404, self._not_found_message())
+        return self._generate(payload)
+
+    # Plumbing.
+
+    @staticmethod
+    def _endpoints() -> set[str]:
+        return {"/v1/messages", "/v1/messages/count_tokens", "/v1/chat/completions", "/v1/responses"}
+
+    def _not_found_message(self) -> str:
+        if self.provider == "openai":
+            return f"Invalid URL ({self.request.method} {self.request.path})"
+        return "Not found"
+
+    def _credential(self) -> str | None:
+        if key := self.request.header("x-api-key"):
+            return key
+        auth = self.request.header("authorization") or ""
+        return auth[7:] if auth.lower().startswith("bearer ") else None
+
+    @staticmethod
+    def _raw_body(body: bytes | str | dict[str, Any] | list[Any]) -> bytes:
+        if isinstance(body, bytes):
+            return body
+        if isinstance(body, str):
+            return body.encode()
+        return _dumps(body).encode()
+
+    def _common_headers(self) -> list[tuple[str, str]]:
+        headers = [("date", formatdate(usegmt=True)), ("server", "fake-provider")]
+        if self.provider == "anthropic":
+            headers += [
+                ("request-id", self.request_id),
+                ("anthropic-organization-id", "00000000-0000-4000-8000-00000000f4ce"),
+            ]
+            if self.b.ratelimit_headers:
+                headers += anthropic_ratelimit_headers(self.served, self.now)
+        else:
+            headers += [
+                ("x-request-id", self.request_id),
+                ("openai-processing-ms", str(120 + self.served % 7)),
+                ("openai-organization", "user-fake"),
+                ("openai-version", "2020-10-01"),
+            ]
+            if self.b.ratelimit_headers:
+                headers += openai_ratelimit_headers(self.served)
+        return headers
+
+    def _finish_headers(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        for name, value in self.b.headers:
+            headers = [(k, v) for k, v in headers if k.lower() != name.lower()]
+            if value is not None:
+                headers.append((name, value))
+        return headers
+
+    def _plain(
+        self, status: int, body: bytes, content_type: str, extra: Sequence[tuple[str, str]] = ()
+    ) -> _Plan:
+        if self.b.malformed:
+            body = body[: max(len(body) // 2, 1)]
+        encoded = _Encoder.whole(self.b.encoding, body)
+        headers = [*self._common_headers(), *extra, ("content-type", content_type)]
+        if self.b.encoding:
+            headers.append(("content-encoding", self.b.encoding))
+        headers.append(("content-length", str(len(encoded))))
+        if self.b.close_connection:
+            headers.append(("connection", "close"))
+        units = [encoded[: len(encoded) // 2], encoded[len(encoded) // 2 :]] if self.b.split else [encoded]
+        return _Plan(status, self._finish_headers(headers), units, streamed=False)
+
+    def _stream(self, records: list[_Sse]) -> _Plan:
+        if self.b.malformed and records:
+            broken = records[min(2, len(records) - 1)]
+            broken.data = broken.data[: max(len(broken.data) // 2, 1)]
+        headers = [
+            *self._common_headers(),
+            ("content-type", "text/event-stream; charset=utf-8"),
+            ("cache-control", "no-cache"),
+        ]
+        if self.b.encoding:
+            headers.append(("content-encoding", self.b.encoding))
+        headers.append(("transfer-encoding", "chunked"))
+        if self.b.close_connection:
+            headers.append(("connection", "close"))
+        return _Plan(200, self._finish_headers(headers), [r.encode() for r in records], streamed=True)
+
+    def _error(self, status: int, message: str | None = None) -> _Plan:
+        extra: list[tuple[str, str]] = []
+        if status in (429, 529, 503):
+            extra.append(("retry-after", "1"))
+            if self.provider == "anthropic":
+                extra.append(("x-should-retry", "true"))
+        body = error_body(self.provider, status, message or self.b.error_message, self.request_id)
+        return self._plain(status, body, "application/json", extra)
+
+    def _usage_extra(self, usage: dict[str, Any]) -> dict[str, Any]:
+        return {**usage, **self.b.usage_extra}
+
+    # Endpoints.
+
+    def _generate(self, payload: dict[str, Any]) -> _Plan:
+        model = self.b.model or str(payload.get("model", "unknown-model"))
+        stream = payload.get("stream") is True
+        path = self.request.path
+        if path == "/v1/messages/count_tokens":
+            return self._json({"input_tokens": self.b.usage.input_tokens})
+        if path == "/v1/messages":
+            return self._stream(self._anthropic_events(model)) if stream else self._json(self._message(model))
+        if path == "/v1/chat/completions":
+            if stream:
+                options = payload.get("stream_options") or {}
+                return self._stream(
+                    self._chat_events(model, include_usage=options.get("include_usage") is True)
+                )
+            return self._json(self._chat(model))
+        return self._stream(self._responses_events(model)) if stream else self._json(self._response(model))
+
+    def _json(self, body: dict[str, Any]) -> _Plan:
+        return self._plain(self.b.status or 200, _dumps(body).encode(), "application/json")
+
+    def _apply_stream_error(self, records: list[_Sse], error: _Sse) -> list[_Sse]:
+        if self.b.error_after is None:
+            return records
+        return [*records[: self.b.error_after], error]
+
+    # Anthropic Messages: https://docs.anthropic.com/en/api/messages-streaming
+
+    def _anthropic_content(self) -> list[dict[str, Any]]:
+        blocks: list[dict[str, Any]] = []
+        if self.b.thinking is not None:
+            blocks.append({"type": "thinking", "thinking": self.b.thinking, "signature": "c2lnbmF0dXJl"})
+        blocks.append({"type": "text", "text": self.b.text})
+        return blocks
+
+    def _message(self, model: str) -> dict[str, Any]:
+        return {
+            "id": _random_id("msg_01", 22),
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": self._anthropic_content(),
+            "stop_reason": self.b.stop_reason or "end_turn",
+            "stop_sequence": None,
+            "usage": self._usage_extra(self.b.usage.anthropic()),
+        }
+
+    def _anthropic_events(self, model: str) -> list[_Sse]:
+        def record(kind: str, **fields: Any) -> _Sse:
+            return _Sse(kind, _dumps({"type": kind, **fields}))
+
+        message = self._message(model)
+        usage = self.b.usage
+        start = {**message, "content": [], "stop_reason": None}
+        # message_start carries a placeholder output count; the real one comes with message_delta.
+        start["usage"] = self._usage_extra(usage.anthropic(output_tokens=1))
+        records = [record("message_start", message=start), record("ping")]
+        for index, block in enumerate(message["content"]):
+            kind = block["type"]
+            empty = {"type": kind, kind: "", **({"signature": ""} if kind == "thinking" else {})}
+            records.append(record("content_block_start", index=index, content_block=empty))
+            records += [
+                record("content_block_delta", index=index, delta={"type": f"{kind}_delta", kind: piece})
+                for piece in _text_pieces(block[kind])
+            ]
+            if kind == "thinking":
+                signature = {"type": "signature_delta", "signature": block["signature"]}
+                records.append(record("content_block_delta", index=index, delta=signature))
+            records.append(record("content_block_stop", index=index))
+        deltas = max(self.b.message_deltas, 1)
+        for n in range(1, deltas + 1):
+            # message_delta usage is cumulative: each one restates the totals so far.
+            stop = {"stop_reason": message["stop_reason"] if n == deltas else None, "stop_sequence": None}
+            cumulative = usage.anthropic(output_tokens=usage.output_tokens * n // deltas)
+            records.append(record("message_delta", delta=stop, usage=self._usage_extra(cumulative)))
+        records.append(record("message_stop"))
+        error = {
+            "type": self.b.error_type or "overloaded_error",
+            "message": self.b.error_message or "Overloaded",
+        }
+        return self._apply_stream_error(records, record("error", error=error))
+
+    # OpenAI Chat Completions: https://platform.openai.com/docs/api-reference/chat-streaming
+
+    def _chat(self, model: str) -> dict[str, Any]:
+        return {
+            "id": _random_id("chatcmpl-", 29),
+            "object": "chat.completion",
+            "created": self.created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": self.b.text,
+                        "refusal": None,
+                        "annotations": [],
+                    },
+                    "logprobs": None,
+                    "finish_reason": self.b.stop_reason or "stop",
+                }
+            ],
+            "usage": self._usage_extra(self.b.usage.openai_chat()),
+            "service_tier": "default",
+            "system_fingerprint": "fp_fake0001",
+        }
+
+    def _chat_events(self, model: str, *, include_usage: bool) -> list[_Sse]:
+        chat_id = _random_id("chatcmpl-", 29)
+
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> _Sse:
+            body = {
+                "id": chat_id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": model,
+                "service_tier": "default",
+                "system_fingerprint": "fp_fake0001",
+                "choices": choices,
+            }
+            if include_usage:
+                body["usage"] = None
+            return _Sse(None, _dumps({**body, **extra}))
+
+        def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+            return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+
+        records = [chunk(choice({"role": "assistant", "content": "", "refusal": None}))]
+        records += [chunk(choice({"content": piece})) for piece in _text_pieces(self.b.text)]
+        records.append(chunk(choice({}, self.b.stop_reason or "stop")))
+        if include_usage:
+            records.append(chunk([], usage=self._usage_extra(self.b.usage.openai_chat())))
+        records.append(_Sse(None, "[DONE]"))
+        error = _Sse(
+            None,
+            _dumps(
+                {
+                    "error": {
+                        "message": self.b.error_message or "The server had an error.",
+                        "type": self.b.error_type or "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                }
+            ),
+        )
+        return self._apply_stream_error(records, error)
+
+    # OpenAI Responses: https://platform.openai.com/docs/api-reference/responses-streaming
+
+    def _response(
+        self, model: str, *, resp_id: str | None = None, item_id: str | None = None
+    ) -> dict[str, Any]:
+        status = self.b.responses_status
+        item = {
+            "id": item_id or "msg_" + secrets.token_hex(24),
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": self.b.text, "annotations": [], "logprobs": []}],
+        }
+        return {
+            "id": resp_id or "resp_" + secrets.token_hex(24),
+            "object": "response",
+            "created_at": self.created,
+            "status": status,
+            "background": False,
+            "error": {"code": "server_error", "message": "The model failed."} if status == "failed" else None,
+            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+            "instructions": None,
+            "max_output_tokens": None,
+            "model": model,
+            "output": [item],
+            "parallel_tool_calls": True,
+            "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None},
+            "service_tier": "default",
+            "store": True,
+            "temperature": 1.0,
+            "text": {"format": {"type": "text"}},
+            "tool_choice": "auto",
+            "tools": [],
+            "top_p": 1.0,
+            "truncation": "disabled",
+            "usage": self._usage_extra(self.b.usage.openai_responses()),
+            "user": None,
+            "metadata": {},
+        }
+
+    def _responses_events(self, model: str) -> list[_Sse]:
+        resp_id = "resp_" + secrets.token_hex(24)
+        item_id = "msg_" + secrets.token_hex(24)
+        final = self._response(model, resp_id=resp_id, item_id=item_id)
+        pending = {
+            **final,
+            "status": "in_progress",
+            "output": [],
+            "usage": None,
+            "error": None,
+            "incomplete_details": None,
+        }
+        item = final["output"][0]
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+        bodies: list[dict[str, Any]] = [
+            {"type": "response.created", "response": pending},
+            {"type": "response.in_progress", "response": pending},
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {**item, "status": "in_progress", "content": []},
+            },
+            {"type": "response.content_part.added", **where, "part": part},
+        ]
+        bodies += [
+            {"type": "response.output_text.delta", **where, "delta": piece, "logprobs": []}
+            for piece in _text_pieces(self.b.text)
+        ]
+        bodies += [
+            {"type": "response.output_text.done", **where, "text": self.b.text, "logprobs": []},
+            {"type": "response.content_part.done", **where, "part": {**part, "text": self.b.text}},
+            {"type": "response.output_item.done", "output_index": 0, "item": item},
+            {"type": f"response.{self.b.responses_status}", "response": final},
+        ]
+        records = [
+            _Sse(body["type"], _dumps({**body, "sequence_number": n})) for n, body in enumerate(bodies)
+        ]
+        error = {
+            "type": "error",
+            "sequence_number": self.b.error_after,
+            "code": self.b.error_type or "server_error",
+            "message": self.b.error_message or "The server had an error.",
+            "param": None,
+        }
+        return self._apply_stream_error(records, _Sse("error", _dumps(error)))
+
+
+class _Reader:
+    """Buffered reads straight from the socket.
+
+    Not `socket.makefile()`: a file object keeps the socket's descriptor open after `close()`, which would
+    turn the fake's TCP reset into an orderly FIN.
+    """
+
+    def __init__(self, conn: socket.socket) -> None:
+        self._conn = conn
+        self._buffer = bytearray()
+
+    def _fill(self) -> bool:
+        data = self._conn.recv(65536)
+        self._buffer += data
+        return bool(data)
+
+    def readline(self, limit: int) -> bytes:
+        while (end := self._buffer.find(b"\n")) < 0 and len(self._buffer) < limit:
+            if not self._fill():
+                break
+        size = min(end + 1 if end >= 0 else len(self._buffer), limit)
+        line = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return line
+
+    def read(self, size: int) -> bytes:
+        while len(self._buffer) < size and self._fill():
+            pass
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+
+def _read_request(rfile: _Reader, tls: bool, sni: str | None) -> RecordedRequest | None:
+    line = rfile.readline(MAX_HEADER_BYTES)
+    while line in (b"\r\n", b"\n"):  # RFC 9112 §2.2: ignore empty lines before a request line
+        line = rfile.readline(MAX_HEADER_BYTES)
+    if not line:
+        return None
+    method, target, version = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
+    headers: list[tuple[str, str]] = []
+    while True:
+        raw = rfile.readline(MAX_HEADER_BYTES)
+        if raw in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = raw.decode("latin-1").rstrip("\r\n").partition(":")
+        headers.append((name, value.strip()))
+    body = _read_body(rfile, headers)
+    return RecordedRequest(
+        method=method,
+        target=target,
+        path=urlsplit(target).path or "/",
+        http_version=version,
+        headers=headers,
+        body=body,
+        tls=tls,
+        sni=sni,
+        received_at=time.time(),
+    )
+
+
+def _read_body(rfile: _Reader, headers: list[tuple[str, str]]) -> bytes:
+    if "chunked" in (_first(headers, "transfer-encoding") or "").lower():
+        body = bytearray()
+        while True:
+            size = int(rfile.readline(MAX_HEADER_BYTES).split(b";")[0].strip(), 16)
+            if size == 0:
+                while rfile.readline(MAX_HEADER_BYTES) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return bytes(body)
+            body += rfile.read(size)
+            rfile.readline(MAX_HEADER_BYTES)
+    length = int(_first(headers, "content-length") or 0)
+    return rfile.read(length) if length else b""
+
+
+class FakeProvider:
+    """The fake API server. `start()` binds (port 0 picks a free one) and serves from background threads.
+
+    TLS when `certfile`/`keyfile` are given (ALPN offers only http/1.1), plain HTTP otherwise.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        certfile: str | Path | None = None,
+        keyfile: str | Path | None = None,
+        ca_pem: str | Path | None = None,
+    ) -> None:
+        self.host = host
+        self._port = port
+        self.ca_pem = Path(ca_pem) if ca_pem else None
+        self._ssl: ssl.SSLContext | None = None
+        if certfile:
+            self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._ssl.load_cert_chain(str(certfile), str(keyfile) if keyfile else None)
+            self._ssl.set_alpn_protocols(["http/1.1"])
+            self._ssl.sni_callback = self._on_sni
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._listener: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+        self._threads: set[threading.Thread] = set()
+        self._sni: dict[int, str] = {}
+        self._queue: list[Behaviour] = []
+        self._requests: list[RecordedRequest] = []
+        self._errors: list[str] = []
+        self._served = 0
+        self.default = Behaviour()
+        self.accepted_credentials: set[str] | None = None
+
+    # Lifecycle.
+
+    def start(self) -> FakeProvider:
+        listener = socket.create_server((self.host, self._port))
+        listener.settimeout(0.1)
+        self._listener = listener
+        self._port = listener.getsockname()[1]
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name="fake-provider-accept", daemon=True
+        )
+        self._accept_thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._accept_thread:
+            self._accept_thread.join(5)
+        if self._listener:
+            self._listener.close()
+        with self._lock:
+            connections = list(self._connections)
+            threads = list(self._threads)
+        for conn in connections:
+            _shutdown(conn)
+        for thread in threads:
+            thread.join(5)
+
+    def __enter__(self) -> FakeProvider:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def tls(self) -> bool:
+        return self._ssl is not None
+
+    @property
+    def base_url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    def hosts_env(self, hosts: Iterable[str] = PROVIDER_HOSTS) -> str:
+        """The SLUICE_TEST_HOSTS value that sends `hosts` to this fake."""
+        return ",".join(f"{name}={self.host}:{self.port}" for name in hosts)
+
+    # Scripting.
+
+    def next(self, behaviour: Behaviour | None = None, /, *, times: int = 1, **fields: Any) -> Behaviour:
+        """Queue what the next matching request gets (`times` requests in a row); returns the behaviour.
+
+        `fake.next(status=429)`, `fake.next(path="/v1/messages", truncate_after=4)`, or a `Behaviour`.
+        """
+        if behaviour is None:
+            behaviour = Behaviour(**fields)
+        elif fields:
+            raise TypeError("pass either a Behaviour or its fields, not both")
+        with self._lock:
+            self._queue.extend([behaviour] * times)
+        return behaviour
+
+    def set_default(self, **fields: Any) -> Behaviour:
+        """What every request gets when nothing queued matches (until `reset()`)."""
+        self.default = Behaviour(**fields)
+        return self.default
+
+    def pending(self) -> int:
+        """How many queued behaviours no request has consumed yet."""
+        with self._lock:
+            return len(self._queue)
+
+    def reset(self) -> None:
+        """Forget requests, queue, default, credentials, errors and the rate-limit counter."""
+        with self._lock:
+            self._queue.clear()
+            self._requests.clear()
+            self._errors.clear()
+            self._served = 0
+        self.default = Behaviour()
+        self.accepted_credentials = None
+
+    def clear(self) -> None:
+        """Forget the recorded requests only."""
+        with self._lock:
+            self._requests.clear()
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def errors(self) -> list[str]:
+        """Tracebacks of bugs in the fake itself (a client hanging up is not one)."""
+        with self._lock:
+            return list(self._errors)
+
+    def wait_for_requests(self, n: int, timeout: float = 5.0) -> list[RecordedRequest]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(found := self.requests) >= n:
+                return found
+            time.sleep(0.01)
+        raise AssertionError(f"fake provider saw {len(self.requests)} requests, expected {n}")
+
+    # Serving.
+
+    def _take(self, path: str) -> Behaviour:
+        with self._lock:
+            self._served += 1
+            for index, candidate in enumerate(self._queue):
+                if candidate.path is None or candidate.path == path:
+                    return self._queue.pop(index)
+        return self.default
+
+    def _on_sni(self, sock: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+        if server_name:
+            with self._lock:
+                self._sni[id(sock)] = server_name
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(
+                target=self._handle, args=(conn,), name="fake-provider-conn", daemon=True
+            )
+            with self._lock:
+                self._threads.add(thread)
+            thread.start()
+
+    def _handle(self, raw: socket.socket) -> None:
+        conn: socket.socket = raw
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw.settimeout(60)
+            sni = None
+            if self._ssl:
+                tls_conn = self._ssl.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+                conn = tls_conn
+                with self._lock:
+                    self._connections.add(conn)
+                tls_conn.do_handshake()
+                with self._lock:
+                    sni = self._sni.pop(id(tls_conn), None)
+            else:
+                with self._lock:
+                    self._connections.add(conn)
+            rfile = _Reader(conn)
+            while not self._stopping.is_set():
+                request = _read_request(rfile, self.tls, sni)
+                if request is None or not self._respond(conn, request):
+                    break
+        except (OSError, ValueError, _ClientGone):
+            pass  # the peer went away or spoke garbage: not the fake's bug
+        except Exception:
+            with self._lock:
+                self._errors.append(traceback.format_exc())
+        finally:
+            _shutdown(conn)
+            with self._lock:
+                self._connections.discard(conn)
+                self._threads.discard(threading.current_thread())
+
+    def _respond(self, conn: socket.socket, request: RecordedRequest) -> bool:
+        """Answer one request; True when the connection may carry another."""
+        with self._lock:
+            self._requests.append(request)
+        behaviour = self._take(request.path)
+        with self._lock:
+            served = self._served
+        plan = _Responder(request, behaviour, served).plan(self.accepted_credentials)
+        sent = SentResponse(plan.status, plan.headers, b"", plan.streamed)
+        request.response = sent
+        if behaviour.delay and self._stopping.wait(behaviour.delay):
+            return False
+        if behaviour.reset_before_response:
+            sent.outcome = "reset"
+            _reset(conn)
+            return False
+        head = f"HTTP/1.1 {plan.status} {_reason(plan.status)}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in plan.headers) + "\r\n"
+        try:
+            _send(conn, head.encode("latin-1"))
+            finished = self._send_units(conn, plan, behaviour, sent)
+        except _ClientGone:
+            sent.outcome = "client-gone"
+            return False
+        if not finished:
+            return False
+        sent.outcome = "complete"
+        client_close = (request.header("connection") or "").lower() == "close"
+        return not (behaviour.close_connection or client_close)
+
+    def _send_units(self, conn: socket.socket, plan: _Plan, b: Behaviour, sent: SentResponse) -> bool:
+        encoder = _Encoder(b.encoding) if plan.streamed else None
+        body = bytearray()
+        for index in range(len(plan.units) + 1):
+            if b.stall_after == index and self._stopping.wait(b.stall_seconds):
+                return False
+            if b.truncate_after == index:
+                sent.outcome = "truncated"
+                _shutdown(conn)
+                return False
+            if b.reset_after == index:
+                sent.outcome = "reset"
+                _reset(conn)
+                return False
+            if index == len(plan.units):
+                break
+            unit = plan.units[index]
+            body += unit
+            sent.body = bytes(body)
+            if encoder is None:
+                _send(conn, unit)
+                if b.split and index == 0:
+                    time.sleep(b.split_delay)
+                continue
+            payload = encoder.feed(unit)
+            if b.split and len(payload) > 1:
+                # Two HTTP chunks, two TCP writes: the record arrives in two pieces.
+                half = len(payload) // 2
+                _send(conn, _chunk(payload[:half]))
+                time.sleep(b.split_delay)
+                _send(conn, _chunk(payload[half:]))
+            elif payload:
+                _send(conn, _chunk(payload))
+            if b.event_delay:
+                time.sleep(b.event_delay)
+        if encoder is not None:
+            if tail := encoder.finish():
+                _send(conn, _chunk(tail))
+            _send(conn, b"0\r\n\r\n")
+        return True
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _send(conn: socket.socket, data: bytes) -> None:
+    try:
+        conn.sendall(data)
+    except OSError as e:
+        raise _ClientGone(str(e)) from e
+
+
+def _shutdown(conn: socket.socket) -> None:
+    """Close without a TLS close_notify: to the peer this is a connection cut, not a clean end."""
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_RDWR)
+    conn.close()
+
+
+def _reset(conn: socket.socket) -> None:
+    """Abort with a TCP RST: SO_LINGER on with a zero timeout makes close() discard and reset."""
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--plain", action="store_true", help="plain HTTP instead of TLS")
+    parser.add_argument("--certdir", type=Path, help="where to write the test CA (default: a temp dir)")
+    parser.add_argument("--event-delay", type=float, default=0.0, help="seconds between SSE records")
+    parser.add_argument("--split", action="store_true", help="split every SSE record across two writes")
+    args = parser.parse_args(argv)
+
+    kwargs: dict[str, Any] = {}
+    if not args.plain:
+        import tempfile
+
+        from tests.e2e.harness import make_test_ca
+
+        certdir = args.certdir or Path(tempfile.mkdtemp(prefix="fake-provider-"))
+        ca = make_test_ca(certdir)
+        kwargs = {"certfile": ca.leaf_cert, "keyfile": ca.leaf_key, "ca_pem": ca.ca_cert}
+    fake = FakeProvider(host=args.host, port=args.port, **kwargs)
+    fake.set_default(event_delay=args.event_delay, split=args.split)
+    with fake:
+        print(f"fake provider listening at {fake.base_url}", flush=True)
+        if fake.ca_pem:
+            print(f"trust this CA: {fake.ca_pem}", flush=True)
+            print(f"SLUICE_TEST_HOSTS={fake.hosts_env()}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+import pytest
+
+from rules.config import Config, ConfigError, load_config, parse_config, resolve_secret
+
+GOOD = """
+[[clients]]
+name = "alice"
+key = "env:SLUICE_KEY_ALICE"
+user_id = "alice-42"
+budget = { usd = 20, period = "day" }
+
+[[upstreams]]
+host = "API.anthropic.com"
+provider = "anthropic"
+keys = ["env:ANTHROPIC_KEY_1", "env:ANTHROPIC_KEY_2"]
+
+[rules]
+cache_control_max = 4
+
+[[rules.system_blocks]]
+name = "policy"
+text = "Be brief."
+"""
+
+
+def test_full_example_parses():
+    config = parse_config(GOOD, "sluice.toml")
+    assert config.clients[0].budget is not None and config.clients[0].budget.usd == 20
+    assert config.upstreams[0].host == "api.anthropic.com"
+    assert config.rules.system_blocks[0].name == "policy"
+
+
+def test_empty_config_is_recording_only():
+    assert parse_config("") == Config()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[clients]]\nname='a'\n", "sluice.toml: clients[0].key: Field required"),
+        (
+            "[rules]\ncache_control_max = -1\n",
+            "sluice.toml: rules.cache_control_max: Input should be greater",
+        ),
+        ("[rules]\nbogus = 1\n", "sluice.toml: rules.bogus: Extra inputs are not permitted"),
+        (
+            "[[upstreams]]\nhost='https://api.anthropic.com'\nprovider='anthropic'\n",
+            "sluice.toml: upstreams[0].host: Value error, a bare host name",
+        ),
+        (
+            "[[upstreams]]\nhost='api.x.com'\nprovider='google'\n",
+            "sluice.toml: upstreams[0].provider: Input should be 'anthropic' or 'openai'",
+        ),
+        ("[[clients]]\nname='a'\nkey='k'\n[[clients]]\nname='a'\nkey='j'\n", "client names must be unique"),
+        ("not toml = = 1", "sluice.toml: not valid TOML"),
+    ],
+)
+def test_errors_name_file_field_and_reason(text, message):
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "sluice.toml")
+    assert message in str(e.value)
+
+
+def test_a_bad_key_value_is_never_echoed():
+    with pytest.raises(ConfigError) as e:
+        parse_config("[[clients]]\nname='a'\nkey=12345678\n", "sluice.toml")
+    assert "12345678" not in str(e.value)
+    assert "clients[0].key" in str(e.value)
+
+
+def test_missing_file_names_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope\.toml: cannot read config"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_secret_references(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLUICE_TEST_SECRET", "s3cret\n")
+    (tmp_path / "key.txt").write_text("from-file\n")
+    assert resolve_secret("env:SLUICE_TEST_SECRET", field="k")[0].get_secret_value() == "s3cret"
+    value, inline = resolve_secret("file:key.txt", field="k", base_dir=tmp_path)
+    assert (value.get_secret_value(), inline) == ("from-file", False)
+    value, inline = resolve_secret("literal", field="k")
+    assert (value.get_secret_value(), inline) == ("literal", True)
+    with pytest.raises(ConfigError, match=r"clients\[0\]\.key: environment variable NOPE_X is not set"):
+        resolve_secret("env:NOPE_X", field="clients[0].key")

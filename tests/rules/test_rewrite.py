@@ -1,0 +1,616 @@
+import copy
+import json
+from typing import Any
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from rules.cache_control import count_cache_breakpoints
+from rules.config import Rules, SystemBlock
+from rules.rewrite import (
+    RawNumber,
+    RuleContext,
+    alias_model,
+    apply_request_rules,
+    backfill_max_tokens,
+    dump_json,
+    inject_system_blocks,
+    is_usage_only_chunk,
+    parse_json,
+    request_usage_in_stream,
+    select_system_blocks,
+    should_strip_billing_block,
+    stamp_user_id,
+    strip_billing_block,
+)
+
+BILLING = {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.0.1; cc_entrypoint=cli"}
+POLICY = SystemBlock(name="policy", text="Follow the company policy.")
+IDENTITY = SystemBlock(name="identity", text="You work for ACME.", cache="1h")
+
+
+def anthropic_body(**fields: Any) -> dict[str, Any]:
+    return {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "hi"}],
+    } | fields
+
+
+def ctx(provider: str = "anthropic", api: str = "messages", **fields: Any) -> RuleContext:
+    fields.setdefault("rules", Rules())
+    return RuleContext(provider=provider, api=api, host=fields.pop("host", "api.anthropic.com"), **fields)
+
+
+def raw(body: dict[str, Any]) -> bytes:
+    return json.dumps(body).encode()
+
+
+# --- inject_system_blocks: Anthropic ------------------------------------------------------------------
+
+
+def test_blocks_go_after_the_billing_block_and_the_clients_own() -> None:
+    body = anthropic_body(system=[BILLING, {"type": "text", "text": "You are Claude Code."}])
+    result = inject_system_blocks(body, [POLICY, IDENTITY], "anthropic", "messages")
+    assert result["system"] == [
+        BILLING,
+        {"type": "text", "text": "You are Claude Code."},
+        {"type": "text", "text": "Follow the company policy."},
+        {"type": "text", "text": "You work for ACME.", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+    ]
+    assert list(result) == list(body)  # key order kept
+
+
+@pytest.mark.parametrize(
+    ("system", "expected"),
+    [
+        (None, [{"type": "text", "text": POLICY.text}]),
+        ("Be brief.", [{"type": "text", "text": "Be brief."}, {"type": "text", "text": POLICY.text}]),
+        ("", [{"type": "text", "text": POLICY.text}]),  # an empty text block would be rejected
+        ([], [{"type": "text", "text": POLICY.text}]),
+    ],
+)
+def test_anthropic_system_shapes(system: Any, expected: list[dict[str, Any]]) -> None:
+    body = anthropic_body() if system is None else anthropic_body(system=system)
+    assert inject_system_blocks(body, [POLICY], "anthropic", "messages")["system"] == expected
+
+
+def test_five_minute_cache_writes_the_api_default_marker() -> None:
+    block = SystemBlock(name="n", text="t", cache="5m")
+    result = inject_system_blocks(anthropic_body(), [block], "anthropic", "count_tokens")
+    assert result["system"] == [{"type": "text", "text": "t", "cache_control": {"type": "ephemeral"}}]
+
+
+@pytest.mark.parametrize(
+    "system",
+    [
+        "Follow the company policy.",  # a string system that already says it stays a string
+        [
+            BILLING,
+            {"type": "text", "text": "Follow the company policy.", "cache_control": {"type": "ephemeral"}},
+        ],
+        42,  # not a shape the API takes: not touched
+    ],
+)
+def test_anthropic_nothing_to_inject_returns_the_same_body(system: Any) -> None:
+    body = anthropic_body(system=system)
+    assert inject_system_blocks(body, [POLICY], "anthropic", "messages") is body
+
+
+def test_string_system_stays_a_string_when_nothing_is_injected() -> None:
+    body = anthropic_body(system="Be brief.")
+    result = apply_request_rules(raw(body), ctx(rules=Rules(system_blocks=[])))
+    assert result.body is None
+    scoped_away = Rules(system_blocks=[SystemBlock(name="p", text="x", hosts=["other.example"])])
+    assert apply_request_rules(raw(body), ctx(rules=scoped_away)).body is None
+
+
+def test_duplicate_configured_blocks_are_injected_once() -> None:
+    result = inject_system_blocks(anthropic_body(), [POLICY, POLICY], "anthropic", "messages")
+    assert len(result["system"]) == 1
+
+
+def test_injection_does_not_mutate_its_input() -> None:
+    body = anthropic_body(system=[BILLING])
+    before = copy.deepcopy(body)
+    inject_system_blocks(body, [POLICY], "anthropic", "messages")
+    assert body == before
+
+
+# --- inject_system_blocks: OpenAI ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("messages", "expected_roles"),
+    [
+        ([{"role": "user", "content": "hi"}], ["system*", "user"]),
+        (
+            [
+                {"role": "system", "content": "a"},
+                {"role": "system", "content": "b"},
+                {"role": "user", "content": "c"},
+            ],
+            ["system", "system", "system*", "user"],
+        ),
+        (
+            [{"role": "developer", "content": "a"}, {"role": "user", "content": "c"}],
+            ["developer", "developer*", "user"],
+        ),
+        # Developer role used later on: the injected message follows the request's convention.
+        (
+            [{"role": "user", "content": "c"}, {"role": "developer", "content": "a"}],
+            ["developer*", "user", "developer"],
+        ),
+    ],
+)
+def test_openai_chat_inserts_after_leading_instructions(
+    messages: list[dict[str, Any]], expected_roles: list[str]
+) -> None:
+    body = {"model": "gpt-5", "messages": messages}
+    result = inject_system_blocks(body, [POLICY], "openai", "chat")
+    roles = [
+        message["role"] + ("*" if message.get("content") == POLICY.text else "")
+        for message in result["messages"]
+    ]
+    assert roles == expected_roles
+
+
+@pytest.mark.parametrize(
+    "present",
+    [
+        {"role": "system", "content": POLICY.text},
+        {"role": "developer", "content": [{"type": "text", "text": POLICY.text}]},
+    ],
+)
+def test_openai_chat_is_idempotent(present: dict[str, Any]) -> None:
+    body = {"model": "gpt-5", "messages": [present, {"role": "user", "content": "hi"}]}
+    assert inject_system_blocks(body, [POLICY], "openai", "chat") is body
+
+
+@pytest.mark.parametrize(
+    ("instructions", "expected"),
+    [
+        (None, POLICY.text),
+        ("", POLICY.text),
+        ("Be brief.", f"Be brief.\n\n{POLICY.text}"),
+        (f"Be brief.\n\n{POLICY.text}", f"Be brief.\n\n{POLICY.text}"),
+        (f"{POLICY.text}\n\nBe brief.", f"{POLICY.text}\n\nBe brief."),
+        # Text merely containing the block is not the block.
+        (f"Be brief. {POLICY.text}", f"Be brief. {POLICY.text}\n\n{POLICY.text}"),
+    ],
+)
+def test_openai_responses_instructions(instructions: str | None, expected: str) -> None:
+    body: dict[str, Any] = {"model": "gpt-5", "input": "hi"}
+    if instructions is not None:
+        body["instructions"] = instructions
+    assert inject_system_blocks(body, [POLICY], "openai", "responses")["instructions"] == expected
+
+
+def test_openai_responses_non_string_instructions_untouched() -> None:
+    body = {"model": "gpt-5", "instructions": [{"role": "developer"}]}
+    assert inject_system_blocks(body, [POLICY], "openai", "responses") is body
+
+
+# --- scope --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scope", "host", "client", "models", "selected"),
+    [
+        ({}, "api.anthropic.com", None, [], True),
+        ({"hosts": ["API.Anthropic.com"]}, "api.anthropic.com", None, [], True),
+        ({"hosts": ["*.example.com"]}, "api.anthropic.com", None, [], False),
+        ({"clients": ["alice"]}, "h", "alice", [], True),
+        ({"clients": ["alice"]}, "h", "bob", [], False),
+        ({"clients": ["alice"]}, "h", None, [], False),
+        ({"models": ["claude-opus-*"]}, "h", None, ["claude-opus-4-1"], True),
+        ({"models": ["claude-opus-*"]}, "h", None, ["fast", "claude-haiku-4-5"], False),
+        ({"models": ["fast"]}, "h", None, ["fast", "claude-haiku-4-5"], True),  # alias name matches too
+        ({"models": ["claude-*"]}, "h", None, [], False),
+    ],
+)
+def test_scope(
+    scope: dict[str, list[str]], host: str, client: str | None, models: list[str], selected: bool
+) -> None:
+    block = SystemBlock.model_validate({"name": "b", "text": "t", **scope})
+    assert select_system_blocks([block], host, client, models) == ([block] if selected else [])
+
+
+# --- identity -----------------------------------------------------------------------------------------
+
+CLAUDE_CODE_USER_ID = json.dumps({"device_id": "d", "session_id": "s"})
+
+
+@pytest.mark.parametrize(
+    ("provider", "body", "expected"),
+    [
+        ("anthropic", {}, {"metadata": {"user_id": "alice-42"}}),
+        ("anthropic", {"metadata": None}, {"metadata": {"user_id": "alice-42"}}),
+        ("anthropic", {"metadata": {"x": 1}}, {"metadata": {"x": 1, "user_id": "alice-42"}}),
+        ("anthropic", {"metadata": {"user_id": None}}, {"metadata": {"user_id": "alice-42"}}),
+        (
+            "anthropic",
+            {"metadata": {"user_id": CLAUDE_CODE_USER_ID}},
+            {"metadata": {"user_id": CLAUDE_CODE_USER_ID}},
+        ),
+        ("anthropic", {"metadata": {"user_id": ""}}, {"metadata": {"user_id": ""}}),
+        ("anthropic", {"metadata": "odd"}, {"metadata": "odd"}),
+        ("openai", {}, {"safety_identifier": "alice-42"}),
+        ("openai", {"safety_identifier": "theirs"}, {"safety_identifier": "theirs"}),
+        ("openai", {"user": "legacy"}, {"user": "legacy", "safety_identifier": "alice-42"}),
+    ],
+)
+def test_stamp_user_id(provider: str, body: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert stamp_user_id(body, "alice-42", provider) == expected
+
+
+def test_stamp_user_id_skips_ids_openai_would_reject_and_missing_ids() -> None:
+    assert stamp_user_id({}, "x" * 129, "openai") == {}
+    assert stamp_user_id({}, None, "anthropic") == {}
+
+
+# --- max_tokens, aliases ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "default", "expected"),
+    [
+        ({"model": "m"}, 4096, {"model": "m", "max_tokens": 4096}),
+        ({"model": "m", "max_tokens": None}, 4096, {"model": "m", "max_tokens": 4096}),
+        ({"model": "m", "max_tokens": 10}, 4096, {"model": "m", "max_tokens": 10}),
+        ({"model": "m"}, None, {"model": "m"}),
+    ],
+)
+def test_backfill_max_tokens(body: dict[str, Any], default: int | None, expected: dict[str, Any]) -> None:
+    assert backfill_max_tokens(body, default) == expected
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [("fast", "claude-haiku-4-5"), ("Fast", "Fast"), ("claude-opus-4-1", "claude-opus-4-1"), (7, 7)],
+)
+def test_alias_model(model: Any, expected: Any) -> None:
+    body = {"model": model, "messages": []}
+    result = alias_model(body, {"fast": "claude-haiku-4-5"})
+    assert result == {"model": expected, "messages": []}
+    assert list(result) == ["model", "messages"]
+
+
+# --- OpenAI stream usage ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "expected_options", "client_asked"),
+    [
+        ({"stream": True}, {"include_usage": True}, False),
+        ({"stream": True, "stream_options": None}, {"include_usage": True}, False),
+        (
+            {"stream": True, "stream_options": {"include_obfuscation": False}},
+            {"include_obfuscation": False, "include_usage": True},
+            False,
+        ),
+        ({"stream": True, "stream_options": {"include_usage": False}}, {"include_usage": True}, False),
+        ({"stream": True, "stream_options": {"include_usage": True}}, {"include_usage": True}, True),
+        ({"stream": False}, None, False),
+        ({}, None, False),
+    ],
+)
+def test_request_usage_in_stream(
+    body: dict[str, Any], expected_options: dict[str, bool] | None, client_asked: bool
+) -> None:
+    result, asked = request_usage_in_stream(body)
+    assert result.get("stream_options") == expected_options
+    assert asked is client_asked
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ('{"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}', True),
+        (' {"choices": [], "usage": {"total_tokens": 4}}\n', True),
+        ('{"choices":[{"index":0,"delta":{"content":"x"}}],"usage":null}', False),
+        ('{"choices":[],"usage":null}', False),
+        ('{"choices":[],"prompt_filter_results":[]}', False),  # Azure's first chunk
+        ("[DONE]", False),
+        ("{not json", False),
+        ("", False),
+    ],
+)
+def test_is_usage_only_chunk(data: str, expected: bool) -> None:
+    assert is_usage_only_chunk(data) is expected
+
+
+# --- billing block ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("system", "expected"),
+    [
+        ([BILLING, {"type": "text", "text": "a"}], [{"type": "text", "text": "a"}]),
+        ([BILLING], None),  # the whole system was the block: no system at all
+        (
+            [{"type": "text", "text": "a"}, BILLING],
+            [{"type": "text", "text": "a"}, BILLING],
+        ),  # position 0 only
+        ("x-anthropic-billing-header: a", "x-anthropic-billing-header: a"),
+    ],
+)
+def test_strip_billing_block(system: Any, expected: Any) -> None:
+    result = strip_billing_block(anthropic_body(system=system))
+    assert result.get("system") == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "setting", "strip"),
+    [
+        ("api.anthropic.com", None, False),
+        ("API.Anthropic.com.", None, False),
+        ("gateway.example.com", None, True),
+        ("gateway.example.com", False, False),
+        ("api.anthropic.com", True, True),
+    ],
+)
+def test_should_strip_billing_block(host: str, setting: bool | None, strip: bool) -> None:
+    assert should_strip_billing_block(host, setting) is strip
+
+
+# --- JSON fidelity ------------------------------------------------------------------------------------
+
+
+def test_numbers_and_strings_round_trip_exactly() -> None:
+    body = (
+        '{"model":"fast","temperature":0.10,"huge":1e400,"tiny":-0.0,"neg":-0,"big":'
+        + "9" * 5000
+        + ',"nan":NaN,"s":"caf\\u00e9 \\ud800 \\n \\u2028 \\"q\\"","nested":{"a":[1.50,{"b":2E-3}]}}'
+    )
+    result = apply_request_rules(body.encode(), ctx(rules=Rules(model_aliases={"fast": "claude-haiku-4-5"})))
+    assert result.body is not None
+    out = result.body.decode()
+    for number in ["0.10", "1e400", "-0.0", '"neg":-0', "9" * 5000, "NaN", "1.50", "2E-3"]:
+        assert number in out
+    assert '"model":"claude-haiku-4-5"' in out
+    assert "café \\ud800 \\n \u2028" in out
+    assert parse_json(out)["s"] == parse_json(body)["s"]
+
+
+def test_dump_json_is_compact_and_keeps_order() -> None:
+    value = {"b": [1, 2.5, True, None], "a": {"é": RawNumber("1e5")}}
+    assert dump_json(value) == '{"b":[1,2.5,true,null],"a":{"é":1e5}}'.encode()
+
+
+# --- apply_request_rules ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding", "note"),
+    [
+        (b'{"model":"m"}', "gzip", "body is compressed (gzip)"),
+        (b'{"model":"m"}', "br, gzip", "body is compressed (br, gzip)"),
+        (b"", None, "body is empty"),
+        (b"\xff\xfe{}", None, "body is not UTF-8"),
+        (b"model=m", None, "body is not JSON"),
+        (b'{"model": "m",', None, "body is not JSON"),
+        (b"[1, 2]", None, "not a JSON object"),
+        (b'"text"', None, "not a JSON object"),
+        (b'{"model":"a","model":"b"}', None, "body has duplicate keys"),
+        (b"[" * 100_000 + b"]" * 100_000, None, "body is not JSON"),
+    ],
+)
+def test_unreadable_bodies_are_forwarded_untouched(body: bytes, encoding: str | None, note: str) -> None:
+    rules = Rules(system_blocks=[POLICY], max_tokens_default=100)
+    result = apply_request_rules(body, ctx(rules=rules, content_encoding=encoding))
+    assert result.body is None
+    assert result.note == note
+    assert result.applied == []
+
+
+def test_identity_encoding_is_read() -> None:
+    result = apply_request_rules(
+        raw({"model": "m"}), ctx(rules=Rules(max_tokens_default=9), content_encoding="identity")
+    )
+    assert result.applied == ["max_tokens"]
+
+
+def test_unknown_endpoint_is_left_alone() -> None:
+    result = apply_request_rules(
+        raw({"model": "m"}), ctx("openai", "messages", rules=Rules(system_blocks=[POLICY]))
+    )
+    assert (result.body, result.note) == (None, "no rules for openai messages")
+
+
+def test_full_anthropic_rewrite() -> None:
+    client_breakpoints = {"type": "ephemeral"}
+    body = {
+        "model": "fast",
+        "system": [BILLING, {"type": "text", "text": "cc", "cache_control": client_breakpoints}],
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": f"t{i}", "cache_control": client_breakpoints}],
+            }
+            for i in range(3)
+        ],
+        "stream": True,
+    }
+    rules = Rules(
+        system_blocks=[SystemBlock(name="policy", text="p", cache="5m")],
+        model_aliases={"fast": "claude-haiku-4-5"},
+        max_tokens_default=4096,
+    )
+    result = apply_request_rules(raw(body), ctx(rules=rules, user_id="alice-42", client="alice"))
+    assert result.applied == [
+        "model_alias:fast->claude-haiku-4-5",
+        "system_block:policy",
+        "user_id",
+        "max_tokens",
+        "cache_control_cap:5->4",
+    ]
+    assert result.model == "claude-haiku-4-5"
+    assert result.stream is True
+    assert result.note is None
+    assert result.body is not None
+    sent = json.loads(result.body)
+    assert list(sent) == ["model", "system", "messages", "stream", "metadata", "max_tokens"]
+    assert sent["system"][0] == BILLING
+    # sluice's own marker went first; the client's four stayed.
+    assert sent["system"][2] == {"type": "text", "text": "p"}
+    assert count_cache_breakpoints(sent) == 4
+
+
+def test_billing_block_is_stripped_only_when_asked() -> None:
+    body = anthropic_body(system=[BILLING, {"type": "text", "text": "a"}])
+    assert apply_request_rules(raw(body), ctx()).body is None
+    result = apply_request_rules(raw(body), ctx(strip_billing_block=True))
+    assert result.applied == ["billing_block"]
+    assert result.body is not None
+    assert json.loads(result.body)["system"] == [{"type": "text", "text": "a"}]
+
+
+def test_ttl_order_is_fixed_after_injecting_a_long_block() -> None:
+    body = anthropic_body(tools=[{"name": "t", "input_schema": {}, "cache_control": {"type": "ephemeral"}}])
+    result = apply_request_rules(raw(body), ctx(rules=Rules(system_blocks=[IDENTITY])))
+    assert result.applied == ["system_block:identity", "cache_ttl_order"]
+    assert result.body is not None
+    assert json.loads(result.body)["tools"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+
+
+def test_count_tokens_gets_blocks_and_aliases_but_not_max_tokens_or_user_id() -> None:
+    body = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
+    rules = Rules(system_blocks=[POLICY], model_aliases={"fast": "claude-haiku-4-5"}, max_tokens_default=10)
+    result = apply_request_rules(raw(body), ctx(api="count_tokens", rules=rules, user_id="alice-42"))
+    assert result.applied == ["model_alias:fast->claude-haiku-4-5", "system_block:policy"]
+    assert result.body is not None
+    assert set(json.loads(result.body)) == {"model", "messages", "system"}
+
+
+@pytest.mark.parametrize(
+    ("body", "applied", "client_asked"),
+    [
+        ({"model": "gpt-5", "messages": [], "stream": True}, ["stream_usage"], False),
+        (
+            {"model": "gpt-5", "messages": [], "stream": True, "stream_options": {"include_usage": True}},
+            [],
+            True,
+        ),
+        ({"model": "gpt-5", "messages": []}, [], True),
+    ],
+)
+def test_openai_chat_stream_usage(body: dict[str, Any], applied: list[str], client_asked: bool) -> None:
+    result = apply_request_rules(raw(body), ctx("openai", "chat", host="api.openai.com"))
+    assert result.applied == applied
+    assert result.client_asked_usage is client_asked
+
+
+def test_stream_usage_can_be_turned_off() -> None:
+    body = {"model": "gpt-5", "messages": [], "stream": True}
+    result = apply_request_rules(raw(body), ctx("openai", "chat", rules=Rules(openai_include_usage=False)))
+    assert (result.body, result.client_asked_usage, result.stream) == (None, True, True)
+
+
+def test_openai_responses_rules() -> None:
+    body = {"model": "gpt-5", "input": "hi"}
+    result = apply_request_rules(
+        raw(body), ctx("openai", "responses", rules=Rules(system_blocks=[POLICY]), user_id="u")
+    )
+    assert result.applied == ["system_block:policy", "user_id"]
+    assert result.body == (
+        b'{"model":"gpt-5","input":"hi","instructions":"Follow the company policy.","safety_identifier":"u"}'
+    )
+
+
+# --- properties ---------------------------------------------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+ENDPOINTS = [
+    ("anthropic", "messages"),
+    ("anthropic", "count_tokens"),
+    ("openai", "chat"),
+    ("openai", "responses"),
+]
+
+
+@given(
+    st.dictionaries(st.text(max_size=12), JSON_VALUES, max_size=6), st.sampled_from(ENDPOINTS), st.booleans()
+)
+def test_empty_rules_forward_random_bodies_byte_for_byte(
+    body: dict[str, Any], endpoint: tuple[str, str], pretty: bool
+) -> None:
+    assume(body.get("stream") is not True)  # the default stream-usage rule would apply
+    data = json.dumps(body, indent=2 if pretty else None, ensure_ascii=pretty).encode()
+    result = apply_request_rules(data, ctx(*endpoint))
+    assert result.body is None
+    assert result.note is None
+    assert result.applied == []
+
+
+@given(
+    st.binary(max_size=64), st.sampled_from(ENDPOINTS), st.sampled_from([None, "gzip", "identity", "zstd"])
+)
+def test_never_raises_on_arbitrary_bytes(
+    data: bytes, endpoint: tuple[str, str], encoding: str | None
+) -> None:
+    rules = Rules(system_blocks=[POLICY], max_tokens_default=5, model_aliases={"a": "b"})
+    result = apply_request_rules(data, ctx(*endpoint, rules=rules, content_encoding=encoding, user_id="u"))
+    assert result.body is None or result.applied
+
+
+SYSTEMS = st.one_of(
+    st.none(),
+    st.text(max_size=20),
+    st.lists(st.builds(lambda t: {"type": "text", "text": t}, st.text(min_size=1, max_size=20)), max_size=3),
+)
+BLOCKS = st.lists(
+    st.builds(
+        SystemBlock,
+        name=st.text(min_size=1, max_size=5),
+        text=st.text(min_size=1, max_size=20),
+        cache=st.sampled_from([None, "5m", "1h"]),
+    ),
+    max_size=4,
+)
+
+
+@given(SYSTEMS, BLOCKS, st.sampled_from(ENDPOINTS))
+def test_injection_is_idempotent(system: Any, blocks: list[SystemBlock], endpoint: tuple[str, str]) -> None:
+    provider, api = endpoint
+    if provider == "anthropic":
+        body = anthropic_body() if system is None else anthropic_body(system=system)
+    elif api == "chat":
+        leading = [{"role": "system", "content": system}] if isinstance(system, str) else []
+        body = {"model": "gpt-5", "messages": [*leading, {"role": "user", "content": "hi"}]}
+    else:
+        body = {"model": "gpt-5", "input": "hi"} | (
+            {"instructions": system} if isinstance(system, str) else {}
+        )
+    once = inject_system_blocks(body, blocks, provider, api)
+    assert inject_system_blocks(once, blocks, provider, api) is once
+    if once is body and isinstance(system, str) and provider == "anthropic":
+        assert once["system"] == system  # nothing injected: a string stays a string
+
+
+@given(SYSTEMS, BLOCKS, st.sampled_from(ENDPOINTS), st.integers(0, 5))
+def test_apply_is_deterministic_and_idempotent(
+    system: Any, blocks: list[SystemBlock], endpoint: tuple[str, str], limit: int
+) -> None:
+    body = anthropic_body() if system is None else anthropic_body(system=system)
+    rules = Rules(system_blocks=blocks, cache_control_max=limit, max_tokens_default=10)
+    context = ctx(*endpoint, rules=rules, user_id="alice")
+    first = apply_request_rules(raw(body), context)
+    second = apply_request_rules(raw(body), context)
+    assert first.body == second.body  # same request, same bytes, every time
+    if first.body is not None:
+        # Re-applying to what sluice sent changes nothing: it is forwarded byte for byte.
+        assert apply_request_rules(first.body, context).body is None
+
+
+@given(JSON_VALUES)
+def test_dump_of_parsed_json_equals_compact_json_dumps(value: Any) -> None:
+    compact = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    assert dump_json(parse_json(json.dumps(value, indent=1))) == compact.encode()

@@ -1,0 +1,903 @@
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rules.usage import (
+    Reading,
+    StreamReader,
+    Usage,
+    read_anthropic_usage,
+    read_openai_chat_usage,
+    read_openai_responses_usage,
+    read_response_body,
+)
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def read_stream(api: str, *chunks: bytes) -> tuple[Reading, list[bool]]:
+    reader = StreamReader(api)
+    firsts = [reader.feed(chunk) for chunk in chunks]
+    return reader.finish(), firsts
+
+
+def sse(*records: tuple[str | None, Any]) -> bytes:
+    """An event stream from (event name, JSON payload or raw string) pairs."""
+    out = []
+    for name, payload in records:
+        data = payload if isinstance(payload, str) else json.dumps(payload)
+        out.append((f"event: {name}\n" if name else "") + f"data: {data}\n\n")
+    return "".join(out).encode()
+
+
+OPENAI_500 = (
+    "An error occurred while processing your request. You can retry your request, or contact us through our "
+    "help center at help.openai.com if the error persists."
+)
+
+# (fixture, api, what the user should see, bytes that start the first output-bearing record or None)
+STREAMS = [
+    (
+        "anthropic_messages_stream.sse",
+        "messages",
+        Reading(
+            model="claude-sonnet-4-5-20250929",
+            response_id="msg_01Hq7rW3sX9kP2mN4vB6cT8e",
+            stop_reason="tool_use",
+            usage=Usage(
+                input_tokens=472,
+                cache_read_tokens=0,
+                cache_write_5m_tokens=0,
+                cache_write_1h_tokens=0,
+                output_tokens=189,
+                service_tier="standard",
+            ),
+            usage_seen=True,
+            complete=True,
+        ),
+        b"event: content_block_delta\n",
+    ),
+    (
+        "anthropic_stream_overloaded.sse",
+        "messages",
+        Reading(
+            model="claude-opus-4-1-20250805",
+            response_id="msg_01Vb2nQ8rT5yU3iO9pA1sD4f",
+            # Only message_start's usage arrived; its output_tokens is the placeholder.
+            usage=Usage(
+                input_tokens=25,
+                cache_read_tokens=0,
+                cache_write_5m_tokens=0,
+                cache_write_1h_tokens=0,
+                output_tokens=1,
+                service_tier="standard",
+            ),
+            usage_seen=True,
+            error="overloaded_error: Overloaded",
+        ),
+        b"event: content_block_delta\n",
+    ),
+    (
+        "anthropic_stream_cache_websearch.sse",
+        "messages",
+        Reading(
+            model="claude-opus-4-6",
+            response_id="msg_01Ks4dF6gH8jK0lZ2xC4vB6n",
+            stop_reason="end_turn",
+            usage=Usage(
+                input_tokens=10682,  # message_delta's cumulative count replaces message_start's 9
+                cache_read_tokens=18044,
+                cache_write_5m_tokens=1210,
+                cache_write_1h_tokens=5000,
+                output_tokens=417,
+                web_search_requests=1,
+                service_tier="standard",
+                speed="fast",
+            ),
+            usage_seen=True,
+            complete=True,
+        ),
+        b"event: content_block_delta\n",
+    ),
+    (
+        "openai_chat_stream_usage.sse",
+        "chat",
+        Reading(
+            model="o4-mini-2025-04-16",
+            response_id="chatcmpl-C1aRedacted7hK2mP9qL4xV8nB3",
+            stop_reason="stop",
+            usage=Usage(
+                input_tokens=1543 - 1280,
+                cache_read_tokens=1280,
+                output_tokens=612,
+                reasoning_tokens=448,
+                service_tier="default",
+            ),
+            usage_seen=True,
+            complete=True,
+        ),
+        b'data: {"id":"chatcmpl-C1aRedacted7hK2mP9qL4xV8nB3","object":"chat.completion.chunk","created":1754301422,'
+        b'"model":"o4-mini-2025-04-16","service_tier":"default","system_fingerprint":null,'
+        b'"choices":[{"index":0,"delta":{"content":"The"}',
+    ),
+    (
+        "openai_chat_stream_no_usage.sse",
+        "chat",
+        Reading(
+            model="gpt-4.1-2025-04-14",
+            response_id="chatcmpl-C1bRedacted2Yt6Gh0Jk3Lz5Xc",
+            stop_reason="tool_calls",
+            usage=Usage(service_tier="default"),
+            complete=True,
+        ),
+        b"data: ",  # the first chunk already names the tool
+    ),
+    (
+        "openai_chat_stream_error.sse",
+        "chat",
+        Reading(
+            model="gpt-4o-2024-08-06",
+            response_id="chatcmpl-C1cRedacted9Pq1Wd4Rf7Tg0Yh",
+            usage=Usage(service_tier="default"),
+            error="server_error: The server had an error while processing your request. Sorry about that!",
+        ),
+        b'data: {"id":"chatcmpl-C1cRedacted9Pq1Wd4Rf7Tg0Yh","object":"chat.completion.chunk","created":1754301611,'
+        b'"model":"gpt-4o-2024-08-06","service_tier":"default","system_fingerprint":"fp_07871e2ad8",'
+        b'"choices":[{"index":0,"delta":{"content":"Once upon"}',
+    ),
+    (
+        "openai_responses_stream_completed.sse",
+        "responses",
+        Reading(
+            model="gpt-5-mini-2025-08-07",
+            response_id="resp_68a1Redacted0c5d2e4f6a8b0c2d4e6f8a0b",
+            stop_reason="completed",
+            usage=Usage(
+                input_tokens=1320 - 1024,
+                cache_read_tokens=1024,
+                output_tokens=356,
+                reasoning_tokens=192,
+                service_tier="default",  # the tier that served it, not the "auto" asked for
+            ),
+            usage_seen=True,
+            complete=True,
+        ),
+        b"event: response.output_text.delta\n",
+    ),
+    (
+        "openai_responses_stream_incomplete.sse",
+        "responses",
+        Reading(
+            model="gpt-5-mini-2025-08-07",
+            response_id="resp_68a2Redacted4b6c8d0e2f4a6b8c0d2e4f6a",
+            stop_reason="incomplete",
+            usage=Usage(
+                input_tokens=58,
+                cache_read_tokens=0,
+                output_tokens=64,
+                reasoning_tokens=64,
+                service_tier="default",
+            ),
+            usage_seen=True,
+            complete=True,
+        ),
+        None,  # all 64 output tokens went to reasoning: nothing was ever streamed
+    ),
+    (
+        "openai_responses_stream_failed.sse",
+        "responses",
+        Reading(
+            model="gpt-5-mini-2025-08-07",
+            response_id="resp_68a3Redacted1d3e5f7a9b1c3d5e7f9a1b3c",
+            stop_reason="failed",
+            usage=Usage(service_tier="default"),
+            error=f"server_error: {OPENAI_500}",
+            complete=True,
+        ),
+        None,
+    ),
+    (
+        "openai_responses_stream_error_event.sse",
+        "responses",
+        Reading(
+            model="gpt-5-mini-2025-08-07",
+            response_id="resp_68a4Redacted8c0d2e4f6a8b0c2d4e6f8a0b",
+            usage=Usage(service_tier="auto"),
+            error="rate_limit_exceeded: Rate limit reached for gpt-5-mini in organization org-REDACTED on tokens "
+            "per min (TPM): Limit 200000, Used 199120, Requested 4211. Please try again in 999ms.",
+        ),
+        None,
+    ),
+]
+STREAM_IDS = [s[0] for s in STREAMS]
+TERMINAL = {"messages": "message_stop", "chat": "[DONE]", "responses": "response.completed"}
+
+
+def first_output_end(stream: bytes, marker: bytes | None) -> int | None:
+    """Offset just past the blank line that completes the first output-bearing record."""
+    if marker is None:
+        return None
+    return stream.index(b"\n\n", stream.index(marker)) + 2
+
+
+@pytest.mark.parametrize(("name", "api", "expected", "marker"), STREAMS, ids=STREAM_IDS)
+def test_stream_reading(name: str, api: str, expected: Reading, marker: bytes | None) -> None:
+    reading, firsts = read_stream(api, fixture(name))
+    assert reading == expected
+    assert firsts == [marker is not None]
+
+
+@pytest.mark.parametrize(("name", "api", "expected", "marker"), STREAMS, ids=STREAM_IDS)
+def test_stream_split_at_every_byte(name: str, api: str, expected: Reading, marker: bytes | None) -> None:
+    stream = fixture(name)
+    output_end = first_output_end(stream, marker)
+    for cut in range(len(stream) + 1):
+        reading, firsts = read_stream(api, stream[:cut], stream[cut:])
+        assert reading == expected, cut
+        if output_end is None:
+            assert firsts == [False, False], cut
+        else:
+            assert firsts == [cut >= output_end, cut < output_end], cut
+
+
+@pytest.mark.parametrize(("name", "api", "expected", "marker"), STREAMS, ids=STREAM_IDS)
+def test_stream_fed_byte_by_byte(name: str, api: str, expected: Reading, marker: bytes | None) -> None:
+    stream = fixture(name)
+    reading, firsts = read_stream(api, *[stream[i : i + 1] for i in range(len(stream))])
+    assert reading == expected
+    output_end = first_output_end(stream, marker)
+    assert [i + 1 for i, first in enumerate(firsts) if first] == ([] if output_end is None else [output_end])
+
+
+@pytest.mark.parametrize(("name", "api", "expected", "marker"), STREAMS, ids=STREAM_IDS)
+def test_stream_in_random_chunks(name: str, api: str, expected: Reading, marker: bytes | None) -> None:
+    stream = fixture(name)
+    rng = random.Random(name)
+    for _ in range(50):
+        cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(2, 30)))
+        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+        reading, firsts = read_stream(api, *chunks)
+        assert reading == expected
+        assert firsts.count(True) == (marker is not None)
+
+
+@pytest.mark.parametrize(("name", "api", "expected", "marker"), STREAMS, ids=STREAM_IDS)
+def test_stream_cut_short_keeps_partial_reading(
+    name: str, api: str, expected: Reading, marker: bytes | None
+) -> None:
+    stream = fixture(name)
+    # Every fixture's last record is the one that settles it: without it the stream just stopped.
+    for cut in range(0, len(stream), 5):
+        reading, _ = read_stream(api, stream[:cut])
+        assert not reading.complete
+        assert reading.error == f"stream ended before {TERMINAL[api]}"
+        assert reading.model in (None, expected.model)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n for n in STREAM_IDS if n.startswith("anthropic") or "responses" in n],
+)
+def test_events_named_only_in_their_json_read_the_same(name: str) -> None:
+    api = next(s[1] for s in STREAMS if s[0] == name)
+    stream = fixture(name)
+    unnamed = b"".join(line for line in stream.splitlines(keepends=True) if not line.startswith(b"event:"))
+    assert read_stream(api, unnamed)[0] == read_stream(api, stream)[0]
+
+
+def test_partial_reading_mid_stream() -> None:
+    stream = fixture("anthropic_messages_stream.sse")
+    reader = StreamReader("messages")
+    reader.feed(stream[: stream.index(b"event: content_block_start")])
+    partial = reader.reading
+    assert partial.model == "claude-sonnet-4-5-20250929"
+    assert partial.usage.input_tokens == 472
+    assert partial.usage.output_tokens == 3  # message_start's placeholder, until message_delta
+    assert partial.error is None
+    assert not partial.complete
+    partial.usage.input_tokens = 0  # a copy: the reader is not disturbed
+    reader.feed(stream[stream.index(b"event: content_block_start") :])
+    assert reader.finish().usage.input_tokens == 472
+
+
+def test_finish_is_idempotent_and_later_bytes_are_ignored() -> None:
+    reader = StreamReader("messages")
+    reader.feed(fixture("anthropic_messages_stream.sse"))
+    first = reader.finish()
+    assert reader.feed(b"event: error\ndata: {}\n\n") is False
+    assert reader.finish() == first
+
+
+# --- Anthropic ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        pytest.param(
+            {
+                "input_tokens": 12,
+                "cache_creation_input_tokens": 300,
+                "cache_read_input_tokens": 4000,
+                "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
+                "output_tokens": 50,
+                "output_tokens_details": {"thinking_tokens": 20},
+                "server_tool_use": {"web_search_requests": 3, "web_fetch_requests": 1},
+                "service_tier": "priority",
+                "speed": "fast",
+                "inference_geo": "eu",
+                "brand_new_counter": 99,
+            },
+            Usage(12, 4000, 100, 200, 50, 20, 3, "priority", "fast"),
+            id="everything",
+        ),
+        pytest.param(
+            {"input_tokens": 5, "cache_creation_input_tokens": 700, "output_tokens": 9},
+            Usage(input_tokens=5, cache_write_5m_tokens=700, output_tokens=9),
+            id="no breakdown: all 5m",
+        ),
+        pytest.param(
+            {"cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 64}},
+            Usage(cache_write_5m_tokens=0, cache_write_1h_tokens=64),
+            id="breakdown without total",
+        ),
+        pytest.param(
+            {"cache_creation_input_tokens": 64, "cache_creation": {"ephemeral_1h_input_tokens": 64}},
+            Usage(cache_write_5m_tokens=0, cache_write_1h_tokens=64),
+            id="1h only in breakdown",
+        ),
+        pytest.param(
+            {
+                "input_tokens": True,
+                "output_tokens": "12",
+                "cache_read_input_tokens": -1,
+                "cache_creation_input_tokens": 1.5,
+                "cache_creation": "lots",
+                "server_tool_use": {"web_search_requests": None},
+                "service_tier": 1,
+                "speed": "",
+            },
+            Usage(),
+            id="nonsense values ignored",
+        ),
+        pytest.param({}, Usage(), id="empty"),
+    ],
+)
+def test_read_anthropic_usage(usage: dict[str, object], expected: Usage) -> None:
+    assert read_anthropic_usage(usage) == expected
+
+
+def message_start(usage: dict[str, object]) -> tuple[str, dict[str, object]]:
+    message = {"id": "msg_1", "type": "message", "model": "claude-x", "content": [], "usage": usage}
+    return ("message_start", {"type": "message_start", "message": message})
+
+
+def message_delta(usage: dict[str, object], stop: str | None = None) -> tuple[str, dict[str, object]]:
+    return ("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop}, "usage": usage})
+
+
+STOP = ("message_stop", {"type": "message_stop"})
+
+
+@pytest.mark.parametrize(
+    ("records", "expected"),
+    [
+        pytest.param(
+            [message_start({"input_tokens": 10, "output_tokens": 1}), message_delta({"output_tokens": 40})],
+            Usage(input_tokens=10, output_tokens=40),
+            id="placeholder output replaced",
+        ),
+        pytest.param(
+            [
+                message_start({"input_tokens": 10, "output_tokens": 1}),
+                message_delta({"output_tokens": 40}),
+                message_delta({"output_tokens": 95}),
+            ],
+            Usage(input_tokens=10, output_tokens=95),
+            id="cumulative deltas overwrite, never add",
+        ),
+        pytest.param(
+            [
+                message_start(
+                    {
+                        "input_tokens": 10,
+                        "cache_creation_input_tokens": 300,
+                        "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
+                        "output_tokens": 1,
+                    }
+                ),
+                message_delta({"input_tokens": 10, "cache_creation_input_tokens": 300, "output_tokens": 7}),
+            ],
+            Usage(input_tokens=10, cache_write_5m_tokens=100, cache_write_1h_tokens=200, output_tokens=7),
+            id="delta total without breakdown keeps the 1h split",
+        ),
+        pytest.param(
+            [
+                message_start(
+                    {
+                        "cache_creation_input_tokens": 300,
+                        "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
+                    }
+                ),
+                message_delta({"cache_creation_input_tokens": 450}),
+            ],
+            Usage(cache_write_5m_tokens=250, cache_write_1h_tokens=200),
+            id="a grown total is the newest word",
+        ),
+        pytest.param(
+            [
+                message_start({"input_tokens": 10, "service_tier": "standard", "output_tokens": 1}),
+                message_delta({"output_tokens": 5, "server_tool_use": {"web_search_requests": 2}}),
+            ],
+            Usage(input_tokens=10, output_tokens=5, web_search_requests=2, service_tier="standard"),
+            id="fields only in message_start survive",
+        ),
+        pytest.param(
+            [
+                message_start({"input_tokens": 10, "output_tokens": 1}),
+                message_delta({"input_tokens": None, "output_tokens": -3}),
+            ],
+            Usage(input_tokens=10, output_tokens=1),
+            id="null and negative do not overwrite",
+        ),
+    ],
+)
+def test_anthropic_stream_usage_is_cumulative(records: list[tuple[str, Any]], expected: Usage) -> None:
+    reading, _ = read_stream("messages", sse(*records, STOP))
+    assert reading.usage == expected
+    assert reading.usage_seen
+    assert reading.complete
+    assert reading.error is None
+
+
+def test_anthropic_stop_reason_from_message_delta() -> None:
+    reading, _ = read_stream("messages", sse(message_start({}), message_delta({}, stop="max_tokens"), STOP))
+    assert reading.stop_reason == "max_tokens"
+
+
+def test_anthropic_error_event_without_json() -> None:
+    reading, _ = read_stream("messages", sse(message_start({}), ("error", "upstream exploded")))
+    assert reading.error == "in-stream error: upstream exploded"
+    assert not reading.complete
+
+
+def test_anthropic_first_error_wins() -> None:
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    later = {"type": "error", "error": {"type": "api_error", "message": "Internal server error"}}
+    reading, _ = read_stream("messages", sse(message_start({}), ("error", error), ("error", later)))
+    assert reading.error == "overloaded_error: Overloaded"
+
+
+def test_anthropic_only_the_first_delta_marks_output() -> None:
+    delta = ("content_block_delta", {"type": "content_block_delta", "delta": {"text": "x"}})
+    stream = sse(message_start({}), ("ping", {"type": "ping"}), delta, delta, delta, STOP)
+    records = [r + b"\n\n" for r in stream.split(b"\n\n") if r]
+    _, firsts = read_stream("messages", *records)
+    assert firsts == [False, False, True, False, False, False]
+
+
+# --- OpenAI Chat Completions -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        pytest.param(
+            {
+                "prompt_tokens": 1000,
+                "completion_tokens": 300,
+                "total_tokens": 1300,
+                "prompt_tokens_details": {"cached_tokens": 768, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 256},
+            },
+            Usage(input_tokens=232, cache_read_tokens=768, output_tokens=300, reasoning_tokens=256),
+            id="cached and reasoning",
+        ),
+        pytest.param(
+            {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25},
+            Usage(input_tokens=20, output_tokens=5),
+            id="no details",
+        ),
+        pytest.param(
+            {"prompt_tokens": 20, "prompt_tokens_details": {"cached_tokens": 64}},
+            Usage(input_tokens=0, cache_read_tokens=64),
+            id="cached over prompt clamps at zero",
+        ),
+        pytest.param(
+            {"prompt_tokens": False, "completion_tokens": "5", "prompt_tokens_details": {"cached_tokens": None}},
+            Usage(),
+            id="nonsense values ignored",
+        ),
+    ],
+)
+def test_read_openai_chat_usage(usage: dict[str, object], expected: Usage) -> None:
+    assert read_openai_chat_usage(usage) == expected
+
+
+def chunk(content: str | None = None, finish: str | None = None, **extra: Any) -> tuple[None, dict[str, Any]]:
+    delta = {} if content is None else {"content": content}
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        "usage": None,
+    }
+    return (None, body | extra)
+
+
+DONE = (None, "[DONE]")
+USAGE = {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
+
+
+def test_chat_role_only_chunk_is_not_output() -> None:
+    stream = sse((None, {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}), chunk("Hi"))
+    records = [r + b"\n\n" for r in stream.split(b"\n\n") if r]
+    assert read_stream("chat", *records)[1] == [False, True]
+
+
+@pytest.mark.parametrize(
+    "late_chunk",
+    [
+        pytest.param('{"choices":[{"index":0,"delta":{},"finish_reason": "length"}],"usage": null}', id="spaced"),
+        pytest.param('{"choices":[{"index":0,"delta":{},"finish_reason" :\t "length"}]}', id="tab"),
+    ],
+)
+def test_chat_finish_reason_found_however_it_is_spaced(late_chunk: str) -> None:
+    stream = sse(chunk(""), chunk("a"), chunk("b"), chunk("c"), (None, late_chunk), DONE)
+    assert read_stream("chat", stream)[0].stop_reason == "length"
+
+
+def test_chat_usage_found_however_it_is_spaced() -> None:
+    usage_chunk = '{"id":"chatcmpl-1","choices": [], "usage" : {"prompt_tokens": 10, "completion_tokens": 4}}'
+    stream = sse(chunk(""), chunk("a"), chunk("b"), chunk("c", finish="stop"), (None, usage_chunk), DONE)
+    reading, _ = read_stream("chat", stream)
+    assert reading.usage == Usage(input_tokens=10, output_tokens=4)
+    assert reading.stop_reason == "stop"
+
+
+def test_chat_content_that_mentions_usage_is_not_usage() -> None:
+    stream = sse(chunk("a"), chunk("b"), chunk('"usage":{"prompt_tokens":1} "error":"x"'), DONE)
+    reading, _ = read_stream("chat", stream)
+    assert reading.usage == Usage()
+    assert not reading.usage_seen
+    assert reading.error is None
+
+
+def test_chat_azure_empty_first_chunk_does_not_hide_model() -> None:
+    filters = {"id": "", "model": "", "object": "", "created": 0, "choices": [], "prompt_filter_results": []}
+    reading, _ = read_stream("chat", sse((None, filters), chunk("Hi"), chunk(finish="stop", usage=USAGE), DONE))
+    assert (reading.model, reading.response_id) == ("gpt-4o", "chatcmpl-1")
+
+
+def test_chat_error_null_is_no_error() -> None:
+    reading, _ = read_stream("chat", sse(chunk("a", error=None), DONE))
+    assert reading.error is None
+
+
+@pytest.mark.parametrize(
+    ("record", "error"),
+    [
+        pytest.param(
+            (None, {"error": {"message": "Too many tokens", "type": None, "code": "rate_limit_exceeded"}}),
+            "rate_limit_exceeded: Too many tokens",
+            id="code when type is null",
+        ),
+        pytest.param(
+            ("error", {"message": "gateway timeout", "code": 504}),
+            "504: gateway timeout",
+            id="event named error",
+        ),
+        pytest.param(("error", "not json"), "in-stream error: not json", id="event named error, raw"),
+    ],
+)
+def test_chat_stream_errors(record: tuple[str | None, Any], error: str) -> None:
+    reading, _ = read_stream("chat", sse(chunk("a"), chunk("b"), chunk("c"), record))
+    assert reading.error == error
+    assert not reading.complete
+
+
+# --- OpenAI Responses --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        pytest.param(
+            {
+                "input_tokens": 5000,
+                "input_tokens_details": {"cached_tokens": 4096},
+                "output_tokens": 700,
+                "output_tokens_details": {"reasoning_tokens": 600},
+                "total_tokens": 5700,
+            },
+            Usage(input_tokens=904, cache_read_tokens=4096, output_tokens=700, reasoning_tokens=600),
+            id="cached and reasoning",
+        ),
+        pytest.param({"input_tokens": 7, "output_tokens": 2}, Usage(input_tokens=7, output_tokens=2), id="bare"),
+        pytest.param({"input_tokens": "7", "output_tokens": True}, Usage(), id="nonsense values ignored"),
+    ],
+)
+def test_read_openai_responses_usage(usage: dict[str, object], expected: Usage) -> None:
+    assert read_openai_responses_usage(usage) == expected
+
+
+def test_responses_failed_without_error_object() -> None:
+    failed = {"type": "response.failed", "response": {"id": "resp_1", "status": "failed", "error": None}}
+    reading, _ = read_stream("responses", sse(("response.failed", failed)))
+    assert reading.error == "response failed without an error object"
+    assert reading.complete
+
+
+def test_responses_nested_error_event() -> None:
+    error = {"type": "error", "error": {"type": "invalid_request_error", "message": "bad input"}}
+    reading, _ = read_stream("responses", sse(("error", error)))
+    assert reading.error == "invalid_request_error: bad input"
+
+
+def test_responses_every_delta_kind_counts_as_output() -> None:
+    delta = {"type": "response.function_call_arguments.delta", "delta": "{"}
+    _, firsts = read_stream("responses", sse(("response.function_call_arguments.delta", delta)))
+    assert firsts == [True]
+
+
+# --- whole bodies ------------------------------------------------------------------------------------------
+
+BODIES = [
+    (
+        "anthropic_message.json",
+        "messages",
+        200,
+        Reading(
+            model="claude-sonnet-4-5-20250929",
+            response_id="msg_01Pz3xC5vB7nM9qW1eR3tY5u",
+            stop_reason="end_turn",
+            usage=Usage(
+                input_tokens=21,
+                cache_read_tokens=14336,
+                cache_write_5m_tokens=0,
+                cache_write_1h_tokens=2048,
+                output_tokens=303,
+                reasoning_tokens=212,
+                web_search_requests=0,
+                service_tier="standard",
+            ),
+            usage_seen=True,
+            complete=True,
+        ),
+    ),
+    ("anthropic_count_tokens.json", "count_tokens", 200, Reading(counted_tokens=2095, complete=True)),
+    (
+        "openai_chat_completion.json",
+        "chat",
+        200,
+        Reading(
+            model="gpt-4o-2024-08-06",
+            response_id="chatcmpl-C1dRedacted5Tg8Yh1Uj4Ik7Ol",
+            stop_reason="stop",
+            usage=Usage(
+                input_tokens=2006 - 1920,
+                cache_read_tokens=1920,
+                output_tokens=300,
+                reasoning_tokens=0,
+                service_tier="default",
+            ),
+            usage_seen=True,
+            complete=True,
+        ),
+    ),
+    (
+        "openai_response.json",
+        "responses",
+        200,
+        Reading(
+            model="gpt-5-2025-08-07",
+            response_id="resp_68a5Redacted3e5f7a9b1c3d5e7f9a1b3c5d",
+            stop_reason="completed",
+            usage=Usage(
+                input_tokens=8722,
+                cache_read_tokens=0,
+                output_tokens=512,
+                reasoning_tokens=384,
+                web_search_requests=1,  # from tool_usage.web_search.num_requests
+                service_tier="priority",
+            ),
+            usage_seen=True,
+            complete=True,
+        ),
+    ),
+    (
+        "anthropic_error_overloaded.json",
+        "messages",
+        529,
+        Reading(error="overloaded_error: Overloaded", complete=True),
+    ),
+    (
+        "anthropic_error_cache_control.json",
+        "messages",
+        400,
+        Reading(
+            error="invalid_request_error: A maximum of 4 blocks with cache_control may be provided. Found 5.",
+            complete=True,
+        ),
+    ),
+    (
+        "openai_error_rate_limit.json",
+        "chat",
+        429,
+        Reading(
+            error="tokens: Rate limit reached for gpt-4o in organization org-REDACTED on tokens per min (TPM): "
+            "Limit 30000, Used 29812, Requested 1432. Please try again in 2.488s. "
+            "Visit https://platform.openai.com/account/rate-limits to learn more.",
+            complete=True,
+        ),
+    ),
+    (
+        "openai_error_invalid_key.json",
+        "responses",
+        401,
+        Reading(
+            error="invalid_request_error: Incorrect API key provided: "
+            "sk-proj-********************************************wxyz. "
+            "You can find your API key at https://platform.openai.com/account/api-keys.",
+            complete=True,
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "api", "status", "expected"), BODIES, ids=[b[0] for b in BODIES])
+def test_read_response_body(name: str, api: str, status: int, expected: Reading) -> None:
+    assert read_response_body(api, fixture(name), status) == expected
+
+
+def test_failed_response_body() -> None:
+    body = {"id": "resp_1", "status": "failed", "error": {"code": "server_error", "message": "boom"}}
+    reading = read_response_body("responses", json.dumps(body).encode(), 200)
+    assert (reading.stop_reason, reading.error) == ("failed", "server_error: boom")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        (b"", 200, "malformed JSON response: Expecting value: line 1 column 1 (char 0)"),
+        (b'{"id": "msg_1", "usage": {', 200, "malformed JSON response: Expecting property name enclosed in "),
+        (b"[1, 2]", 200, "malformed JSON response: not a JSON object"),
+        (b"\xff\xfe\x00", 200, "malformed JSON response: "),
+        (b"[" * 100_000, 200, "malformed JSON response: "),
+        (b"<html><body>502 Bad Gateway</body></html>", 502, "HTTP 502"),
+        (b'{"detail": "Not Found"}', 404, "HTTP 404"),
+        (b"", 500, "HTTP 500"),
+        (b'{"error": "upstream connect error"}', 503, "upstream connect error"),
+        (b'{"error": {"message": "no type at all"}}', 400, "error: no type at all"),
+    ],
+)
+def test_unusable_bodies(body: bytes, status: int, error: str) -> None:
+    for api in ("messages", "count_tokens", "chat", "responses"):
+        reading = read_response_body(api, body, status)
+        assert reading.error is not None
+        assert reading.error.startswith(error)
+        assert reading.usage == Usage()
+
+
+def test_unknown_api_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="unknown API kind 'embeddings'"):
+        StreamReader("embeddings")
+    with pytest.raises(ValueError, match="unknown API kind"):
+        read_response_body("embeddings", b"{}", 200)
+
+
+# --- robustness and speed ----------------------------------------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+KEYS = st.sampled_from(
+    [
+        "type",
+        "message",
+        "usage",
+        "delta",
+        "error",
+        "response",
+        "choices",
+        "input_tokens",
+        "output_tokens",
+        "cache_creation",
+        "prompt_tokens",
+        "prompt_tokens_details",
+        "model",
+        "id",
+        "status",
+        "finish_reason",
+        "stop_reason",
+        "service_tier",
+    ]
+)
+PAYLOADS = st.recursive(
+    JSON,
+    lambda inner: st.dictionaries(KEYS, inner, max_size=6) | st.lists(inner, max_size=3),
+    max_leaves=30,
+)
+EVENT_NAMES = st.sampled_from(
+    [
+        None,
+        "message_start",
+        "message_delta",
+        "message_stop",
+        "content_block_delta",
+        "error",
+        "ping",
+        "response.created",
+        "response.completed",
+        "response.failed",
+        "response.output_text.delta",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["messages", "count_tokens", "chat", "responses"]),
+    st.lists(st.tuples(EVENT_NAMES, PAYLOADS | st.just("[DONE]") | st.text(max_size=10)), max_size=12),
+    st.integers(1, 64),
+)
+def test_stream_reader_never_raises(api: str, records: list[tuple[str | None, Any]], size: int) -> None:
+    stream = sse(*records)
+    reader = StreamReader(api)
+    for i in range(0, len(stream), size):
+        reader.feed(stream[i : i + size])
+    partial = reader.reading
+    final = reader.finish()
+    assert final.complete or final.error is not None
+    assert partial.usage_seen <= final.usage_seen
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["messages", "count_tokens", "chat", "responses"]),
+    PAYLOADS.map(lambda v: json.dumps(v).encode()) | st.binary(max_size=64),
+    st.sampled_from([200, 201, 400, 429, 500, 529]),
+)
+def test_read_response_body_never_raises(api: str, body: bytes, status: int) -> None:
+    reading = read_response_body(api, body, status)
+    if status >= 400:
+        assert reading.error
+
+
+@pytest.mark.parametrize(
+    ("api", "record"),
+    [
+        ("messages", b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"hi"}}'),
+        (
+            "chat",
+            b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o","service_tier":"default",'
+            b'"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}],"usage":null}',
+        ),
+        ("responses", b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"x"}'),
+    ],
+)
+def test_hot_path_is_fast(api: str, record: bytes) -> None:
+    stream = (record + b"\n\n") * 50_000
+    chunks = [stream[i : i + 16384] for i in range(0, len(stream), 16384)]
+    reader = StreamReader(api)
+    start = time.perf_counter()
+    for piece in chunks:
+        reader.feed(piece)
+    elapsed = time.perf_counter() - start
+    # The target is well under 1 ms an event; 50 µs leaves room for a slow CI machine.
+    assert elapsed / 50_000 < 50e-6

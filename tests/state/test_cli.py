@@ -1,0 +1,430 @@
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from state import db as state_db
+from state.cli import main
+
+NOW = datetime.now(UTC)
+ANTHROPIC = "api.anthropic.com"
+OPENAI = "api.openai.com"
+
+
+def _call(call_id: str, started_at: datetime, **columns: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": call_id,
+        "started_at": started_at.isoformat(),
+        "client": "alice",
+        "host": ANTHROPIC,
+        "path": "/v1/messages",
+        "provider": "anthropic",
+        "api": "messages",
+        "model": "claude-sonnet-4-5",
+        "stream": 1,
+        "status": 200,
+    }
+    return row | columns
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    path = tmp_path / "sluice.db"
+    db = state_db.connect(path)
+    db["calls"].insert_all(
+        [
+            _call(
+                "old",
+                NOW - timedelta(days=10),
+                input_tokens=1_234_567,
+                cache_read_tokens=2_000_000,
+                cache_write_5m_tokens=10,
+                cache_write_1h_tokens=5,
+                output_tokens=999,
+                cost_usd=1.5,
+            ),
+            _call("recent", NOW - timedelta(hours=1), input_tokens=10, output_tokens=20, cost_usd=0.0123),
+            _call(
+                "openai",
+                NOW - timedelta(hours=1),
+                client="bob",
+                host=OPENAI,
+                path="/v1/chat/completions",
+                provider="openai",
+                api="chat",
+                model="gpt-5",
+                input_tokens=50,
+                cache_read_tokens=7,
+                output_tokens=70,
+                reasoning_tokens=20,
+                cost_usd=0.00001,
+            ),
+            _call("limited", NOW - timedelta(minutes=5), client="bob", status=429, error="rate_limit_error"),
+            _call(
+                "counted",
+                NOW - timedelta(minutes=5),
+                path="/v1/messages/count_tokens",
+                api="count_tokens",
+                counted_tokens=42,
+                cost_usd=0.0,
+            ),
+        ]
+    )
+    db.close()
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_usage_json_is_exact(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "usage", "--db", str(db_path), "--by", "provider", "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out) == [
+        {
+            "provider": "anthropic",
+            "calls": 4,
+            "input_tokens": 1_234_577,
+            "cache_read_tokens": 2_000_000,
+            "cache_write_tokens": 15,
+            "cache_write_5m_tokens": 10,
+            "cache_write_1h_tokens": 5,
+            "output_tokens": 1019,
+            "reasoning_tokens": 0,
+            "cost_usd": 1.5123,
+            "unpriced_calls": 1,
+            "errors": 1,
+        },
+        {
+            "provider": "openai",
+            "calls": 1,
+            "input_tokens": 50,
+            "cache_read_tokens": 7,
+            "cache_write_tokens": 0,
+            "cache_write_5m_tokens": 0,
+            "cache_write_1h_tokens": 0,
+            "output_tokens": 70,
+            "reasoning_tokens": 20,
+            "cost_usd": 1e-05,
+            "unpriced_calls": 0,
+            "errors": 0,
+        },
+    ]
+    assert '"input_tokens": 1234577,' in out  # integers, not floats
+
+
+def test_usage_csv_is_exact(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "usage", "--db", str(db_path), "--by", "client,api", "--csv")
+    assert code == 0
+    assert out == (
+        "client,api,calls,input_tokens,cache_read_tokens,cache_write_tokens,cache_write_5m_tokens,"
+        "cache_write_1h_tokens,output_tokens,reasoning_tokens,cost_usd,unpriced_calls,errors\n"
+        "alice,count_tokens,1,0,0,0,0,0,0,0,0.0,0,0\n"
+        "alice,messages,2,1234577,2000000,15,10,5,1019,0,1.5123,0,0\n"
+        "bob,chat,1,50,7,0,0,0,70,20,1e-05,0,0\n"
+        "bob,messages,1,0,0,0,0,0,0,0,0.0,1,1\n"
+    )
+
+
+def test_usage_table_shows_exact_numbers_and_a_total(
+    db_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "60")  # narrower than the table: nothing may be cut
+    code, out, _ = run(capsys, "usage", "--db", str(db_path))
+    assert code == 0
+    for text in [
+        "Usage by day, model",
+        "claude-sonnet-4-5",
+        "gpt-5",
+        "1,234,567",
+        "2,000,000",
+        "2,000,007",  # total cache read
+        "1,234,627",  # total input
+        "$1.5000",
+        "$0.0123",
+        "$0.00001",  # too small for four decimals: more are shown
+        "$1.5123",
+        "Total",
+    ]:
+        assert text in out, text
+    assert "…" not in out
+    total_line = next(line for line in out.splitlines() if "Total" in line)
+    assert [cell.strip() for cell in total_line.split("│")[3:-1]] == [
+        "5",
+        "1,234,627",
+        "2,000,007",
+        "15",
+        "1,089",
+        "20",
+        "$1.5123",
+        "1",
+        "1",
+    ]
+
+
+def test_usage_since_filters(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "usage", "--db", str(db_path), "--by", "model", "--since", "7d", "--json")
+    assert code == 0
+    assert [(row["model"], row["calls"], row["input_tokens"]) for row in json.loads(out)] == [
+        ("claude-sonnet-4-5", 3, 10),
+        ("gpt-5", 1, 50),
+    ]
+    code, out, _ = run(capsys, "usage", "--db", str(db_path), "--since", "30m", "--json", "--by", "api")
+    assert [(row["api"], row["calls"]) for row in json.loads(out)] == [("count_tokens", 1), ("messages", 1)]
+
+
+def test_usage_until_a_date_includes_that_day(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old_day = (NOW - timedelta(days=10)).date().isoformat()
+    code, out, _ = run(capsys, "usage", "--db", str(db_path), "--until", old_day, "--by", "day", "--json")
+    assert code == 0
+    assert [(row["day"], row["calls"]) for row in json.loads(out)] == [(old_day, 1)]
+
+
+def test_usage_with_nothing_in_range(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "usage", "--db", str(db_path), "--since", "1m")
+    assert code == 0
+    assert out.startswith("No calls since ")
+    assert "(5 recorded in" in out
+
+
+def test_usage_of_an_empty_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "empty.db"
+    state_db.connect(path).close()
+    code, out, _ = run(capsys, "usage", "--db", str(path))
+    assert code == 0
+    assert out == f"No calls recorded in {path} yet: point a client at the proxy, then run this again.\n"
+    assert run(capsys, "usage", "--db", str(path), "--json")[:2] == (0, "[]\n")
+    assert run(capsys, "usage", "--db", str(path), "--csv")[1].count("\n") == 1  # the header only
+
+
+@pytest.mark.parametrize("command", ["usage", "quota"])
+def test_a_missing_database_is_an_error_and_is_not_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    path = tmp_path / "nowhere.db"
+    code, out, err = run(capsys, command, "--db", str(path))
+    assert code == 1
+    assert out == ""
+    assert err.startswith(f"sluice: error: no database at {path}")
+    assert not path.exists()
+
+
+def test_a_file_that_is_not_a_database_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("not sqlite at all, just some text that is long enough to have a header" * 20)
+    code, _, err = run(capsys, "usage", "--db", str(path))
+    assert code == 1
+    assert err.startswith(f"sluice: error: cannot open {path} as a sluice database")
+
+
+def test_the_database_comes_from_sluice_db_by_default(
+    db_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLUICE_DB", str(db_path))
+    code, out, _ = run(capsys, "usage", "--by", "api", "--json")
+    assert code == 0
+    assert len(json.loads(out)) == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["usage", "--by", "colour"], "cannot group by colour"),
+        (["usage", "--since", "last week"], "not a time: 'last week'"),
+        (["usage", "--json", "--csv"], "not allowed with argument"),
+        (["quota", "--json", "--statusline"], "not allowed with argument"),
+        ([], "required"),
+    ],
+)
+def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def _rate_limits(path: Path, credential: str, headers: dict[str, str], observed_at: datetime) -> None:
+    db = state_db.connect(path)
+    host = OPENAI if any(name.startswith("x-") for name in headers) else ANTHROPIC
+    db["rate_limits"].insert_all(
+        {
+            "host": host,
+            "credential": credential,
+            "header": name,
+            "value": value,
+            "observed_at": observed_at.isoformat(),
+            "call_id": f"{credential}-call",
+        }
+        for name, value in headers.items()
+    )
+    db.close()
+
+
+def _epoch(moment: datetime) -> str:
+    return str(int(moment.timestamp()))
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_quota_reads_every_family(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seen = NOW - timedelta(minutes=3)
+    _rate_limits(
+        db_path,
+        "key-1",
+        {
+            "anthropic-ratelimit-requests-limit": "50",
+            "anthropic-ratelimit-requests-remaining": "49",
+            "anthropic-ratelimit-requests-reset": _rfc3339(NOW + timedelta(hours=1)),
+            "anthropic-ratelimit-tokens-limit": "40000",
+            "anthropic-ratelimit-tokens-remaining": "38000",
+        },
+        seen,
+    )
+    _rate_limits(
+        db_path,
+        "oauth-max",
+        {
+            "anthropic-ratelimit-unified-status": "allowed_warning",
+            "anthropic-ratelimit-unified-representative-claim": "five_hour",
+            "anthropic-ratelimit-unified-5h-utilization": "0.42",
+            "anthropic-ratelimit-unified-5h-reset": _epoch(NOW + timedelta(hours=2, minutes=10, seconds=30)),
+            "anthropic-ratelimit-unified-7d_opus-utilization": "0.9",
+            "anthropic-ratelimit-unified-overage-status": "rejected",
+            "anthropic-ratelimit-unified-overage-disabled-reason": "org_level_disabled",
+            "anthropic-ratelimit-unified-upgrade-paths": "max_20x",
+        },
+        seen,
+    )
+    _rate_limits(
+        db_path,
+        "sk-1",
+        {
+            "x-ratelimit-limit-tokens": "150000",
+            "x-ratelimit-remaining-tokens": "149984",
+            "x-ratelimit-reset-tokens": "6m0s",
+        },
+        seen,
+    )
+    code, out, _ = run(capsys, "quota", "--db", str(db_path))
+    assert code == 0
+    for text in [
+        f"{ANTHROPIC} · key-1 · seen 3m ago",
+        "requests │ 49 / 50 left (2% used)",
+        "tokens   │ 38,000 / 40,000 left (5% used)",
+        f"({_rfc3339(NOW + timedelta(hours=1))[11:19]} UTC)",
+        f"{ANTHROPIC} · oauth-max",
+        "allowed_warning · claim five_hour",
+        "42% used",
+        "in 2h10m",
+        "7d_opus",
+        "90% used",
+        "rejected · disabled: org_level_disabled",
+        "anthropic-ratelimit-unified-upgrade-paths │ max_20x",
+        f"{OPENAI} · sk-1",
+        "149,984 / 150,000 left (<1% used)",
+    ]:
+        assert text in out, text
+    assert re.search(r"in (2m5\ds|3m) ", out)  # a 6m0s reset observed 3 minutes ago
+
+
+def test_quota_json_is_the_normalized_structure(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seen = datetime(2026, 11, 23, 3, 45, 50, tzinfo=UTC)
+    _rate_limits(
+        db_path,
+        "sk-1",
+        {"x-ratelimit-limit-requests": "60", "x-ratelimit-reset-requests": "1s", "x-custom-ratelimit": "7"},
+        seen,
+    )
+    code, out, _ = run(capsys, "quota", "--db", str(db_path), "--json")
+    assert code == 0
+    assert json.loads(out) == [
+        {
+            "host": OPENAI,
+            "credential": "sk-1",
+            "call_id": "sk-1-call",
+            "observed_at": "2026-11-23T03:45:50+00:00",
+            "limits": [
+                {
+                    "provider": "openai",
+                    "name": "requests",
+                    "limit": 60,
+                    "remaining": None,
+                    "reset_at": "2026-11-23T03:45:51+00:00",
+                    "observed_at": "2026-11-23T03:45:50+00:00",
+                }
+            ],
+            "unified": None,
+            "retry_at": None,
+            "other": [
+                {"header": "x-custom-ratelimit", "value": "7", "observed_at": "2026-11-23T03:45:50+00:00"}
+            ],
+        }
+    ]
+
+
+def test_quota_statusline(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _rate_limits(
+        db_path,
+        "oauth-max",
+        {
+            "anthropic-ratelimit-unified-status": "allowed",
+            "anthropic-ratelimit-unified-reset": _epoch(NOW + timedelta(hours=2, minutes=10, seconds=30)),
+            "anthropic-ratelimit-unified-5h-utilization": "0.42",
+            "anthropic-ratelimit-unified-5h-reset": _epoch(NOW + timedelta(hours=2, minutes=10, seconds=30)),
+            "anthropic-ratelimit-unified-7d-utilization": "0.13",
+            "anthropic-ratelimit-unified-7d-reset": _epoch(NOW + timedelta(days=3)),
+        },
+        NOW,
+    )
+    code, out, _ = run(capsys, "quota", "--db", str(db_path), "--statusline")
+    assert (code, out) == (0, "5h 42% · 7d 13% · resets 2h10m\n")
+    _rate_limits(db_path, "sk-1", {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "15"}, NOW)
+    code, out, _ = run(capsys, "quota", "--db", str(db_path), "--statusline")
+    assert out == "oauth-max: 5h 42% · 7d 13% · resets 2h10m | sk-1: req 75%\n"
+    code, out, _ = run(capsys, "quota", "--db", str(db_path), "--statusline", "--credential", "sk-1")
+    assert out == "req 75%\n"
+
+
+def test_quota_with_nothing_recorded(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "quota", "--db", str(db_path)) == (
+        0,
+        f"No rate-limit headers recorded in {db_path} yet.\n",
+        "",
+    )
+    assert run(capsys, "quota", "--db", str(db_path), "--json")[1] == "[]\n"
+    assert run(capsys, "quota", "--db", str(db_path), "--statusline")[1] == "no rate limits seen\n"
+
+
+def test_the_sluice_console_script(db_path: Path, tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "sluice"
+    assert script.exists(), "the sluice console script is not installed: pip install -e ."
+    done = subprocess.run(
+        [str(script), "usage", "--db", str(db_path), "--by", "client", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert [(row["client"], row["calls"]) for row in json.loads(done.stdout)] == [("alice", 3), ("bob", 2)]
+    missing = subprocess.run(
+        [str(script), "quota", "--db", str(tmp_path / "missing.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert missing.returncode == 1
+    assert "no database at" in missing.stderr
