@@ -28,9 +28,12 @@ class Call:
     api: str
     started: float
     client: str | None = None
+    user_id: str | None = None
     credential: str = "none"
     session_id: str | None = None
     request_model: str | None = None
+    request_read: bool = False  # the request body was parsed (by the rewrite step) already
+    client_asked_usage: bool = True
     stream: bool = False
     request_bytes: int = 0
     rules_applied: list[str] = field(default_factory=list)

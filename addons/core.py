@@ -9,13 +9,17 @@ from pathlib import Path
 from mitmproxy import ctx, exceptions
 
 from addons.calls import Call
-from rules.config import Config, ConfigError, load_config
+from rules.config import Config, ConfigError, Upstream, load_config
 from state import db as sluice_db
 from state.writer import CallRecord, RecordWriter
 
 log = logging.getLogger("sluice")
 
 DEFAULT_KEEP_BODY = 4 * 1024 * 1024
+
+# The providers' own API hosts: their traffic gets the provider's header policy even when no
+# `[[upstreams]]` entry names them.
+PROVIDER_HOSTS = {"api.anthropic.com": "anthropic", "api.openai.com": "openai"}
 
 
 class SluiceCore:
@@ -25,6 +29,7 @@ class SluiceCore:
         self.writer: RecordWriter | None = None
         self._db_path: str | None = None
         self.calls: dict[str, Call] = {}
+        self._upstreams: dict[str, Upstream] = {}
         # Run at shutdown before the writer drains, so calls still in flight get their rows.
         self.shutdown_hooks: list[Callable[[], None]] = []
 
@@ -56,6 +61,7 @@ class SluiceCore:
             except ConfigError as e:
                 raise exceptions.OptionsError(f"sluice_config: {e}") from None
             self.config_dir = Path(path).expanduser().resolve().parent if path else None
+            self._upstreams = {upstream.host: upstream for upstream in self.config.upstreams}
         if "sluice_db" in updated and ctx.options.sluice_db != self._db_path:
             self._open_writer(ctx.options.sluice_db)
 
@@ -69,6 +75,15 @@ class SluiceCore:
         self._db_path = path
         self.writer = RecordWriter(lambda: sluice_db.connect(path))
         self.writer.start()
+
+    def upstream_for(self, host: str) -> Upstream | None:
+        """The `[[upstreams]]` entry for a host (case-insensitive), if the operator configured one."""
+        return self._upstreams.get(host.lower())
+
+    def provider_for(self, host: str) -> str | None:
+        """Which provider's API a host serves: configured upstreams first, then the providers' own hosts."""
+        upstream = self.upstream_for(host)
+        return upstream.provider if upstream else PROVIDER_HOSTS.get(host.lower())
 
     @property
     def keep_body(self) -> int:

@@ -19,6 +19,8 @@ from addons.calls import Call, build_record, fingerprint
 from addons.core import SluiceCore
 from addons.decoding import make_decoder
 from rules.endpoints import classify
+from rules.rewrite import is_usage_only_chunk
+from rules.stream_filter import SSERecordFilter
 from rules.usage import Reading, StreamReader, read_response_body
 
 log = logging.getLogger("sluice")
@@ -67,7 +69,7 @@ class Meter:
         raw = flow.request.raw_content or b""
         call.request_bytes = len(raw)
         call.answered_locally = flow.response is not None
-        if call.request_model is None:
+        if not call.request_read:
             _read_request_fields(call, flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -79,22 +81,27 @@ class Meter:
             return
         call.stream = True
         call.reader = StreamReader(call.api)
+        encoding = flow.response.headers.get("content-encoding", "")
         try:
-            call.decoder = make_decoder(flow.response.headers.get("content-encoding", ""))
+            call.decoder = make_decoder(encoding)
         except ValueError as e:
             call.notes.append(f"usage not read: {e}")
             call.reader = None
         if self.core.keep_body > 0:
             call.body_copy = bytearray()
-        flow.response.stream = self._tee(call)
+        flow.response.stream = self._tee(call, encoded=encoding.strip().lower() not in ("", "identity"))
 
-    def _tee(self, call: Call) -> Callable[[bytes], bytes]:
+    def _tee(self, call: Call, encoded: bool) -> Callable[[bytes], bytes | list[bytes]]:
         keep = self.core.keep_body
+        # sluice asked for stream usage on the client's behalf: cut the extra chunk back out. Only on
+        # bytes in the clear; an encoded stream passes whole (fails open).
+        cut = SSERecordFilter(is_usage_only_chunk) if not call.client_asked_usage and not encoded else None
 
-        def tee(chunk: bytes) -> bytes:
-            # b"" marks the end; returning it emits nothing. Any other chunk goes out exactly as it came.
+        def tee(chunk: bytes) -> bytes | list[bytes]:
+            # b"" marks the end of the body. Never return b"" before then: on HTTP/1.1 an empty chunk
+            # ends the chunked body early. An empty list emits nothing.
             if not chunk:
-                return chunk
+                return cut.close() if cut is not None else chunk
             call.response_bytes += len(chunk)
             if call.body_copy is not None:
                 if len(call.body_copy) + len(chunk) <= keep:
@@ -112,6 +119,9 @@ class Meter:
                     call.notes.append(f"usage parser stopped: {e!r}")
                     call.final_reading = call.reader.reading
                     call.reader = None
+            if cut is not None:
+                passed = cut.feed(chunk)
+                return passed if passed else []
             return chunk
 
         return tee

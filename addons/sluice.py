@@ -2,6 +2,9 @@
 
 mitmproxy puts only this file's folder on sys.path; the repository root is added so the `addons`, `rules`
 and `state` packages import the same way whether or not sluice is pip-installed.
+
+Order matters: mitmproxy calls each hook on these addons in list order. Request side: rewrite the body,
+filter headers, then meter what goes upstream. Response side: filter headers, then tee the stream.
 """
 
 import sys
@@ -12,7 +15,9 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from addons.core import SluiceCore  # noqa: E402
+from addons.headers import Headers  # noqa: E402
 from addons.meter import Meter  # noqa: E402
+from addons.rewrite import Rewrite  # noqa: E402
 
 core = SluiceCore()
-addons = [core, Meter(core)]
+addons = [core, Rewrite(core), Headers(core), Meter(core)]

@@ -463,7 +463,7 @@ def _has_value(data: str, quoted_key: str) -> bool:
         after = data[start + len(quoted_key) : start + len(quoted_key) + 64].lstrip()
         if not after:
             return True  # cannot tell cheaply: parse
-        if after[0] == ":" and not after[1:].startswith("null"):
+        if after[0] == ":" and not after[1:].lstrip().startswith("null"):
             return True
         start = data.find(quoted_key, start + 1)
     return False

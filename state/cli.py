@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as e:
         print(f"sluice: error: {e}", file=sys.stderr)
         return 1
+    except sqlite3.Error as e:  # e.g. locked by a writer for longer than the busy timeout
+        print(f"sluice: error: reading {args.db}: {e}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # The reader went away (`sluice usage --csv | head`). Point stdout at devnull so that the
         # interpreter's final flush does not fail again (https://docs.python.org/3/library/signal.html#note-on-sigpipe).
@@ -100,6 +103,16 @@ def open_database(path: str) -> sqlite_utils.Database:
     if not file.is_file():
         raise CliError(f"{path} is not a file")
     try:
+        # Look before migrating: a read command must not add sluice's tables to some other database.
+        probe = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            is_sluice = probe.execute(
+                "select 1 from sqlite_master where type = 'table' and name = '_sluice_migrations'"
+            ).fetchone()
+        finally:
+            probe.close()
+        if not is_sluice:
+            raise CliError(f"cannot open {path} as a sluice database: it has no sluice tables")
         return state_db.connect(file)
     except sqlite3.Error as e:
         raise CliError(f"cannot open {path} as a sluice database: {e}") from e

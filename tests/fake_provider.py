@@ -43,6 +43,7 @@ import brotli
 import zstandard
 
 Provider = Literal["anthropic", "openai"]
+_Ending = Literal["keep-alive", "close", "cut"]
 Encoding = Literal["gzip", "br", "zstd"]
 
 ANTHROPIC_HOST = "api.anthropic.com"
@@ -974,13 +975,14 @@ class FakeProvider:
 
     # Serving.
 
-    def _take(self, path: str) -> Behaviour:
+    def _take(self, path: str) -> tuple[Behaviour, int]:
+        """The behaviour for a request to `path`, and how many requests were served including it."""
         with self._lock:
             self._served += 1
             for index, candidate in enumerate(self._queue):
                 if candidate.path is None or candidate.path == path:
-                    return self._queue.pop(index)
-        return self.default
+                    return self._queue.pop(index), self._served
+            return self.default, self._served
 
     def _on_sni(self, sock: Any, server_name: str | None, context: ssl.SSLContext) -> None:
         if server_name:
@@ -1005,6 +1007,7 @@ class FakeProvider:
 
     def _handle(self, raw: socket.socket) -> None:
         conn: socket.socket = raw
+        ending: _Ending = "cut"
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             raw.settimeout(60)
@@ -1021,37 +1024,39 @@ class FakeProvider:
                 with self._lock:
                     self._connections.add(conn)
             rfile = _Reader(conn)
-            while not self._stopping.is_set():
+            ending = "keep-alive"
+            while ending == "keep-alive" and not self._stopping.is_set():
                 request = _read_request(rfile, self.tls, sni)
-                if request is None or not self._respond(conn, request):
-                    break
+                ending = "close" if request is None else self._respond(conn, request)
         except (OSError, ValueError, _ClientGone):
-            pass  # the peer went away or spoke garbage: not the fake's bug
+            ending = "cut"  # the peer went away or spoke garbage: not the fake's bug
         except Exception:
+            ending = "cut"
             with self._lock:
                 self._errors.append(traceback.format_exc())
         finally:
-            _shutdown(conn)
+            if ending == "close":
+                _close_orderly(conn)
+            else:
+                _shutdown(conn)
             with self._lock:
                 self._connections.discard(conn)
                 self._threads.discard(threading.current_thread())
 
-    def _respond(self, conn: socket.socket, request: RecordedRequest) -> bool:
-        """Answer one request; True when the connection may carry another."""
+    def _respond(self, conn: socket.socket, request: RecordedRequest) -> _Ending:
+        """Answer one request; say whether the connection carries on, ends cleanly, or was cut."""
         with self._lock:
             self._requests.append(request)
-        behaviour = self._take(request.path)
-        with self._lock:
-            served = self._served
+        behaviour, served = self._take(request.path)
         plan = _Responder(request, behaviour, served).plan(self.accepted_credentials)
         sent = SentResponse(plan.status, plan.headers, b"", plan.streamed)
         request.response = sent
         if behaviour.delay and self._stopping.wait(behaviour.delay):
-            return False
+            return "cut"
         if behaviour.reset_before_response:
             sent.outcome = "reset"
             _reset(conn)
-            return False
+            return "cut"
         head = f"HTTP/1.1 {plan.status} {_reason(plan.status)}\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in plan.headers) + "\r\n"
         try:
@@ -1059,12 +1064,12 @@ class FakeProvider:
             finished = self._send_units(conn, plan, behaviour, sent)
         except _ClientGone:
             sent.outcome = "client-gone"
-            return False
+            return "cut"
         if not finished:
-            return False
+            return "cut"
         sent.outcome = "complete"
         client_close = (request.header("connection") or "").lower() == "close"
-        return not (behaviour.close_connection or client_close)
+        return "close" if behaviour.close_connection or client_close else "keep-alive"
 
     def _send_units(self, conn: socket.socket, plan: _Plan, b: Behaviour, sent: SentResponse) -> bool:
         encoder = _Encoder(b.encoding) if plan.streamed else None
@@ -1124,6 +1129,15 @@ def _shutdown(conn: socket.socket) -> None:
     with contextlib.suppress(OSError):
         conn.shutdown(socket.SHUT_RDWR)
     conn.close()
+
+
+def _close_orderly(conn: socket.socket) -> None:
+    """End a connection the way a healthy server does: TLS close_notify first (RFC 8446 §6.1), then FIN."""
+    if isinstance(conn, ssl.SSLSocket):
+        with contextlib.suppress(OSError, ValueError):
+            conn.settimeout(0.5)
+            conn.unwrap()
+    _shutdown(conn)
 
 
 def _reset(conn: socket.socket) -> None:

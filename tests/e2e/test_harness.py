@@ -299,19 +299,22 @@ def test_queued_behaviours_match_by_path_and_fall_back_to_the_default(
 # The fake's transport faults, seen on the wire without a proxy in between.
 
 
-def _raw_exchange(fake: FakeProvider, ca: CertAuthority, body: dict[str, Any]) -> list[tuple[float, bytes]]:
-    """POST /v1/messages over raw TLS; every recv() with its arrival time, until the fake closes."""
-    context = ssl.create_default_context(cafile=str(ca.ca_cert))
+def _raw_exchange(
+    fake: FakeProvider, ca: CertAuthority | None, body: dict[str, Any]
+) -> list[tuple[float, bytes]]:
+    """POST /v1/messages over a raw socket (TLS when `ca` is given); each recv() with its arrival time."""
     payload = json.dumps(body).encode()
     head = (
         f"POST /v1/messages HTTP/1.1\r\nHost: api.anthropic.com\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
     ).encode()
     reads = []
-    with (
-        socket.create_connection(("127.0.0.1", fake.port), timeout=5) as raw,
-        context.wrap_socket(raw, server_hostname="api.anthropic.com") as conn,
-    ):
+    with socket.create_connection(("127.0.0.1", fake.port), timeout=5) as raw:
+        conn = raw
+        if ca is not None:
+            context = ssl.create_default_context(cafile=str(ca.ca_cert))
+            # Report a missing close_notify instead of passing it off as a clean end.
+            conn = context.wrap_socket(raw, server_hostname="api.anthropic.com", suppress_ragged_eofs=False)
         conn.sendall(head + payload)
         while data := conn.recv(65536):
             reads.append((time.monotonic(), data))
@@ -352,9 +355,23 @@ def test_stall_pauses_the_stream(fake: FakeProvider, test_ca: CertAuthority) -> 
     assert max(gaps) >= 0.45
 
 
-def test_reset_is_a_tcp_reset(fake: FakeProvider, test_ca: CertAuthority) -> None:
-    fake.next(reset_after=2)
+def test_reset_is_a_tcp_reset(plain_fake: FakeProvider) -> None:
+    plain_fake.next(reset_after=2)
     with pytest.raises(ConnectionResetError):
+        _raw_exchange(plain_fake, None, {**MESSAGE, "stream": True})
+
+
+def test_truncate_closes_before_the_terminal_frame(plain_fake: FakeProvider) -> None:
+    plain_fake.next(truncate_after=3)
+    wire = b"".join(data for _, data in _raw_exchange(plain_fake, None, {**MESSAGE, "stream": True}))
+    assert wire.count(b"event: ") == 3
+    assert b"message_stop" not in wire
+    assert not wire.endswith(b"0\r\n\r\n")
+
+
+def test_a_cut_tls_stream_has_no_close_notify(fake: FakeProvider, test_ca: CertAuthority) -> None:
+    fake.next(truncate_after=3)
+    with pytest.raises(ssl.SSLEOFError):
         _raw_exchange(fake, test_ca, {**MESSAGE, "stream": True})
 
 

@@ -128,8 +128,6 @@ STREAMS = [
             usage_seen=True,
             complete=True,
         ),
-        b'data: {"id":"chatcmpl-C1aRedacted7hK2mP9qL4xV8nB3","object":"chat.completion.chunk","created":1754301422,'
-        b'"model":"o4-mini-2025-04-16","service_tier":"default","system_fingerprint":null,'
         b'"choices":[{"index":0,"delta":{"content":"The"}',
     ),
     (
@@ -153,8 +151,6 @@ STREAMS = [
             usage=Usage(service_tier="default"),
             error="server_error: The server had an error while processing your request. Sorry about that!",
         ),
-        b'data: {"id":"chatcmpl-C1cRedacted9Pq1Wd4Rf7Tg0Yh","object":"chat.completion.chunk","created":1754301611,'
-        b'"model":"gpt-4o-2024-08-06","service_tier":"default","system_fingerprint":"fp_07871e2ad8",'
         b'"choices":[{"index":0,"delta":{"content":"Once upon"}',
     ),
     (
@@ -215,8 +211,8 @@ STREAMS = [
             model="gpt-5-mini-2025-08-07",
             response_id="resp_68a4Redacted8c0d2e4f6a8b0c2d4e6f8a0b",
             usage=Usage(service_tier="auto"),
-            error="rate_limit_exceeded: Rate limit reached for gpt-5-mini in organization org-REDACTED on tokens "
-            "per min (TPM): Limit 200000, Used 199120, Requested 4211. Please try again in 999ms.",
+            error="rate_limit_exceeded: Rate limit reached for gpt-5-mini in organization org-REDACTED "
+            "on tokens per min (TPM): Limit 200000, Used 199120, Requested 4211. Please try again in 999ms.",
         ),
         None,
     ),
@@ -414,7 +410,10 @@ STOP = ("message_stop", {"type": "message_stop"})
                     {
                         "input_tokens": 10,
                         "cache_creation_input_tokens": 300,
-                        "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
+                        "cache_creation": {
+                            "ephemeral_5m_input_tokens": 100,
+                            "ephemeral_1h_input_tokens": 200,
+                        },
                         "output_tokens": 1,
                     }
                 ),
@@ -428,7 +427,10 @@ STOP = ("message_stop", {"type": "message_stop"})
                 message_start(
                     {
                         "cache_creation_input_tokens": 300,
-                        "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
+                        "cache_creation": {
+                            "ephemeral_5m_input_tokens": 100,
+                            "ephemeral_1h_input_tokens": 200,
+                        },
                     }
                 ),
                 message_delta({"cache_creation_input_tokens": 450}),
@@ -516,7 +518,11 @@ def test_anthropic_only_the_first_delta_marks_output() -> None:
             id="cached over prompt clamps at zero",
         ),
         pytest.param(
-            {"prompt_tokens": False, "completion_tokens": "5", "prompt_tokens_details": {"cached_tokens": None}},
+            {
+                "prompt_tokens": False,
+                "completion_tokens": "5",
+                "prompt_tokens_details": {"cached_tokens": None},
+            },
             Usage(),
             id="nonsense values ignored",
         ),
@@ -543,7 +549,9 @@ USAGE = {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
 
 
 def test_chat_role_only_chunk_is_not_output() -> None:
-    stream = sse((None, {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}), chunk("Hi"))
+    stream = sse(
+        (None, {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}), chunk("Hi")
+    )
     records = [r + b"\n\n" for r in stream.split(b"\n\n") if r]
     assert read_stream("chat", *records)[1] == [False, True]
 
@@ -551,7 +559,9 @@ def test_chat_role_only_chunk_is_not_output() -> None:
 @pytest.mark.parametrize(
     "late_chunk",
     [
-        pytest.param('{"choices":[{"index":0,"delta":{},"finish_reason": "length"}],"usage": null}', id="spaced"),
+        pytest.param(
+            '{"choices":[{"index":0,"delta":{},"finish_reason": "length"}],"usage": null}', id="spaced"
+        ),
         pytest.param('{"choices":[{"index":0,"delta":{},"finish_reason" :\t "length"}]}', id="tab"),
     ],
 )
@@ -578,7 +588,9 @@ def test_chat_content_that_mentions_usage_is_not_usage() -> None:
 
 def test_chat_azure_empty_first_chunk_does_not_hide_model() -> None:
     filters = {"id": "", "model": "", "object": "", "created": 0, "choices": [], "prompt_filter_results": []}
-    reading, _ = read_stream("chat", sse((None, filters), chunk("Hi"), chunk(finish="stop", usage=USAGE), DONE))
+    reading, _ = read_stream(
+        "chat", sse((None, filters), chunk("Hi"), chunk(finish="stop", usage=USAGE), DONE)
+    )
     assert (reading.model, reading.response_id) == ("gpt-4o", "chatcmpl-1")
 
 
@@ -626,7 +638,9 @@ def test_chat_stream_errors(record: tuple[str | None, Any], error: str) -> None:
             Usage(input_tokens=904, cache_read_tokens=4096, output_tokens=700, reasoning_tokens=600),
             id="cached and reasoning",
         ),
-        pytest.param({"input_tokens": 7, "output_tokens": 2}, Usage(input_tokens=7, output_tokens=2), id="bare"),
+        pytest.param(
+            {"input_tokens": 7, "output_tokens": 2}, Usage(input_tokens=7, output_tokens=2), id="bare"
+        ),
         pytest.param({"input_tokens": "7", "output_tokens": True}, Usage(), id="nonsense values ignored"),
     ],
 )
@@ -738,8 +752,8 @@ BODIES = [
         "chat",
         429,
         Reading(
-            error="tokens: Rate limit reached for gpt-4o in organization org-REDACTED on tokens per min (TPM): "
-            "Limit 30000, Used 29812, Requested 1432. Please try again in 2.488s. "
+            error="tokens: Rate limit reached for gpt-4o in organization org-REDACTED on tokens per min "
+            "(TPM): Limit 30000, Used 29812, Requested 1432. Please try again in 2.488s. "
             "Visit https://platform.openai.com/account/rate-limits to learn more.",
             complete=True,
         ),
@@ -882,13 +896,19 @@ def test_read_response_body_never_raises(api: str, body: bytes, status: int) -> 
 @pytest.mark.parametrize(
     ("api", "record"),
     [
-        ("messages", b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"hi"}}'),
+        (
+            "messages",
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"hi"}}',
+        ),
         (
             "chat",
             b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o","service_tier":"default",'
             b'"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}],"usage":null}',
         ),
-        ("responses", b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"x"}'),
+        (
+            "responses",
+            b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"x"}',
+        ),
     ],
 )
 def test_hot_path_is_fast(api: str, record: bytes) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -219,12 +220,28 @@ def test_a_missing_database_is_an_error_and_is_not_created(
     assert not path.exists()
 
 
-def test_a_file_that_is_not_a_database_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_file_that_is_not_a_database_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("not sqlite at all, just some text that is long enough to have a header" * 20)
     code, _, err = run(capsys, "usage", "--db", str(path))
     assert code == 1
     assert err.startswith(f"sluice: error: cannot open {path} as a sluice database")
+
+
+def test_another_sqlite_database_is_not_taken_for_a_sluice_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as other:
+        other.execute("create table notes (text)")
+    code, _, err = run(capsys, "usage", "--db", str(path))
+    assert code == 1
+    assert err == f"sluice: error: cannot open {path} as a sluice database: it has no sluice tables\n"
+    with sqlite3.connect(path) as other:
+        tables = [row[0] for row in other.execute("select name from sqlite_master where type = 'table'")]
+    assert tables == ["notes"]
 
 
 def test_the_database_comes_from_sluice_db_by_default(
@@ -390,7 +407,9 @@ def test_quota_statusline(db_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     )
     code, out, _ = run(capsys, "quota", "--db", str(db_path), "--statusline")
     assert (code, out) == (0, "5h 42% · 7d 13% · resets 2h10m\n")
-    _rate_limits(db_path, "sk-1", {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "15"}, NOW)
+    _rate_limits(
+        db_path, "sk-1", {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "15"}, NOW
+    )
     code, out, _ = run(capsys, "quota", "--db", str(db_path), "--statusline")
     assert out == "oauth-max: 5h 42% · 7d 13% · resets 2h10m | sk-1: req 75%\n"
     code, out, _ = run(capsys, "quota", "--db", str(db_path), "--statusline", "--credential", "sk-1")

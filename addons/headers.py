@@ -1,0 +1,75 @@
+"""Allow-lists for the headers that cross the proxy, both ways, on provider traffic.
+
+Applies to flows for a provider host (the providers' own API hosts and every `[[upstreams]]` host) and to
+metered calls on any host. Everything else — a CI job's package downloads through the same proxy — passes
+untouched. The policies are built once per configuration (rules/headers.py); a bad pattern stops start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import ctx, exceptions, http
+
+from addons.core import SluiceCore
+from rules.headers import HeaderAllowList, build_policy, filter_headers
+
+log = logging.getLogger("sluice")
+
+PROVIDERS = ("anthropic", "openai")
+
+
+class Headers:
+    def __init__(self, core: SluiceCore) -> None:
+        self.core = core
+        self.request_policy: dict[str, HeaderAllowList] = {}
+        self.response_policy: dict[str, HeaderAllowList] = {}
+
+    def configure(self, updated: set[str]) -> None:
+        if "sluice_config" not in updated:
+            return
+        rules = self.core.config.rules
+        try:
+            self.request_policy = {p: build_policy(p, "request", rules.request_headers) for p in PROVIDERS}
+            self.response_policy = {p: build_policy(p, "response", rules.response_headers) for p in PROVIDERS}
+        except ValueError as e:
+            raise exceptions.OptionsError(f"sluice_config {ctx.options.sluice_config}: rules: {e}") from None
+
+    def _provider(self, flow: http.HTTPFlow) -> str | None:
+        call = self.core.calls.get(flow.id)
+        if call is not None:
+            return call.provider
+        return self.core.provider_for(flow.request.pretty_host)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or not flow.live or _is_upgrade(flow.request):
+            return
+        provider = self._provider(flow)
+        if provider is None:
+            return
+        kept, dropped = filter_headers(flow.request.headers.fields, self.request_policy[provider])
+        if dropped:
+            flow.request.headers.fields = tuple(kept)
+            self._note(flow, "request", dropped)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        # Response headers leave right after this hook, so the filter must run here, not in `response`.
+        if flow.response is None or not flow.live or _is_upgrade(flow.request):
+            return
+        provider = self._provider(flow)
+        if provider is None:
+            return
+        kept, dropped = filter_headers(flow.response.headers.fields, self.response_policy[provider])
+        if dropped:
+            flow.response.headers.fields = tuple(kept)
+            self._note(flow, "response", dropped)
+
+    def _note(self, flow: http.HTTPFlow, direction: str, dropped: list[str]) -> None:
+        call = self.core.calls.get(flow.id)
+        if call is not None:
+            names = ",".join(sorted(dropped, key=str.lower))
+            call.rules_applied.append(f"{direction}_headers_dropped:{names}")
+
+
+def _is_upgrade(request: http.Request) -> bool:
+    return "upgrade" in request.headers.get("connection", "").lower()
