@@ -276,7 +276,8 @@ _TERMINAL_NAME = {
 }
 # A chat chunk's delta fields that carry output (the role-only first chunk carries none).
 _CHAT_OUTPUT_FIELDS = ("content", "tool_calls", "refusal", "reasoning", "reasoning_content", "function_call")
-# Chat chunks always parsed, for id and model, before the cheap substring filter takes over.
+# Chat chunks parsed whole: the first few (id, model) and all up to the first output (time to first token).
+# After that a chunk is parsed only if a cheap substring test says it may carry usage, an error or a finish.
 _CHAT_HEAD_CHUNKS = 2
 
 

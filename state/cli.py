@@ -54,6 +54,11 @@ class CliError(Exception):
     """A failure the user can act on: printed as `sluice: error: ...`, exit status 1."""
 
 
+
+def clock() -> datetime:
+    """Now, in UTC; the tests pin it."""
+    return datetime.now(UTC)
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -274,7 +279,7 @@ def run_quota(args: argparse.Namespace) -> int:
         quotas = report.quota(database, host=args.host, credential=args.credential)
     finally:
         database.close()
-    now = datetime.now(UTC)
+    now = clock()
     if args.format == "json":
         _write_json([quota.to_dict() for quota in quotas])
     elif args.format == "statusline":

@@ -112,9 +112,34 @@ def _migration_2_views(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_3_credentials(db: sqlite_utils.Database) -> None:
+    # One row per upstream credential (state/credentials.py). Never the secret: `fingerprint` is
+    # `sha256:` + 16 hex digits of it, `label` the config reference (`keys[0] env:ANTHROPIC_KEY_1`).
+    # `state` is active | cooling | disabled; times are epoch seconds; `position` is the order in the
+    # config, null once the config no longer lists the credential.
+    db["credentials"].create(  # type: ignore[union-attr]
+        {
+            "host": str,
+            "fingerprint": str,
+            "label": str,
+            "kind": str,
+            "position": int,
+            "state": str,
+            "reason": str,
+            "cooling_until": float,
+            "changed_at": float,
+            "configured_at": float,
+        },
+        pk=("host", "fingerprint"),
+        not_null={"host", "fingerprint", "label", "kind", "state"},
+        defaults={"kind": "key", "state": "active"},
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1_calls_and_rate_limits,
     _migration_2_views,
+    _migration_3_credentials,
 ]
 
 

@@ -242,6 +242,15 @@ class Proxy:
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
+    def tracebacks(self) -> list[str]:
+        """Python tracebacks in the log (an addon crash shows up here, not as a failed request).
+
+        Stopping mitmdump while a client still holds a connection open logs a `CancelledError` traceback
+        from asyncio; close clients first (`with anthropic_client(proxy) as client:`).
+        """
+        blocks = self.log_text().split("Traceback (most recent call last):")[1:]
+        return ["Traceback (most recent call last):" + block.split("\n\n")[0] for block in blocks]
+
     def wait_for_log(self, text: str, timeout: float = 5.0) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -5,15 +5,14 @@ import pytest
 from rules.rewrite import is_usage_only_chunk
 from rules.stream_filter import SSERecordFilter
 
+USAGE_RECORD = b'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}\n\n'
 CHUNKS = (
     b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"Hi"}}],"usage":null}\n\n'
     b'data: {"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}\n\n'
-    b'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}\n\n'
-    b"data: [DONE]\n\n"
+    + USAGE_RECORD
+    + b"data: [DONE]\n\n"
 )
-WITHOUT_USAGE = CHUNKS.replace(
-    b'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}\n\n', b""
-)
+WITHOUT_USAGE = CHUNKS.replace(USAGE_RECORD, b"")
 
 
 def run(splits: list[int], payload: bytes = CHUNKS) -> bytes:

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -864,7 +863,7 @@ EVENT_NAMES = st.sampled_from(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     st.sampled_from(["messages", "count_tokens", "chat", "responses"]),
     st.lists(st.tuples(EVENT_NAMES, PAYLOADS | st.just("[DONE]") | st.text(max_size=10)), max_size=12),
@@ -881,7 +880,7 @@ def test_stream_reader_never_raises(api: str, records: list[tuple[str | None, An
     assert partial.usage_seen <= final.usage_seen
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     st.sampled_from(["messages", "count_tokens", "chat", "responses"]),
     PAYLOADS.map(lambda v: json.dumps(v).encode()) | st.binary(max_size=64),
@@ -891,33 +890,3 @@ def test_read_response_body_never_raises(api: str, body: bytes, status: int) -> 
     reading = read_response_body(api, body, status)
     if status >= 400:
         assert reading.error
-
-
-@pytest.mark.parametrize(
-    ("api", "record"),
-    [
-        (
-            "messages",
-            b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"hi"}}',
-        ),
-        (
-            "chat",
-            b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o","service_tier":"default",'
-            b'"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}],"usage":null}',
-        ),
-        (
-            "responses",
-            b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"x"}',
-        ),
-    ],
-)
-def test_hot_path_is_fast(api: str, record: bytes) -> None:
-    stream = (record + b"\n\n") * 50_000
-    chunks = [stream[i : i + 16384] for i in range(0, len(stream), 16384)]
-    reader = StreamReader(api)
-    start = time.perf_counter()
-    for piece in chunks:
-        reader.feed(piece)
-    elapsed = time.perf_counter() - start
-    # The target is well under 1 ms an event; 50 µs leaves room for a slow CI machine.
-    assert elapsed / 50_000 < 50e-6

@@ -11,10 +11,16 @@ from typing import Any
 
 import pytest
 
+from state import cli
 from state import db as state_db
 from state.cli import main
 
 NOW = datetime.now(UTC)
+
+
+@pytest.fixture(autouse=True)
+def _pinned_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "clock", lambda: NOW)
 ANTHROPIC = "api.anthropic.com"
 OPENAI = "api.openai.com"
 

@@ -1,0 +1,104 @@
+"""Who is calling: matches the client key a request presents against `[[clients]]`.
+
+On a host sluice swaps credentials for, a request without a known client key is answered by sluice itself —
+401 in the provider's own envelope — and the upstream is never contacted. Elsewhere a known key still
+attributes the call to its client. Keys are held only as SHA-256 digests (rules/clients.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from mitmproxy import ctx, exceptions, http
+
+from addons.core import SluiceCore
+from addons.meter import call_for
+from rules.clients import KnownClient, digest, match_client, presented_key
+from rules.config import ConfigError, resolve_secret
+from rules.envelopes import error_body
+
+log = logging.getLogger("sluice")
+
+REFUSAL = (
+    "sluice: this proxy needs a client key issued by its operator, sent as x-api-key or "
+    "Authorization: Bearer; the key in this request is missing or unknown."
+)
+
+
+class Gate:
+    def __init__(self, core: SluiceCore) -> None:
+        self.core = core
+        self.clients: list[KnownClient] = []
+
+    def configure(self, updated: set[str]) -> None:
+        if "sluice_config" not in updated:
+            return
+        clients = []
+        for index, client in enumerate(self.core.config.clients):
+            field = f"clients[{index}].key"
+            try:
+                secret, inline = resolve_secret(client.key, field=field, base_dir=self.core.config_dir)
+            except ConfigError as e:
+                raise exceptions.OptionsError(f"sluice_config {ctx.options.sluice_config}: {e}") from None
+            if inline:
+                log.warning(
+                    "sluice: %s (client %s) is written inline in the config; prefer env:NAME or file:PATH",
+                    field,
+                    client.name,
+                )
+            clients.append(KnownClient(client.name, digest(secret.get_secret_value()), client.user_id))
+        self.clients = clients
+        swapping = [u.host for u in self.core.config.upstreams if u.keys or u.oauth]
+        if swapping and not clients:
+            log.warning(
+                "sluice: credentials are swapped for %s but no [[clients]] are configured: every request "
+                "to those hosts will be refused with 401",
+                ", ".join(swapping),
+            )
+
+    def running(self) -> None:
+        swapping = any(u.keys or u.oauth for u in self.core.config.upstreams)
+        host = ctx.options.listen_host
+        if swapping and not _is_loopback(host):
+            log.warning(
+                "sluice: WARNING: listening on %s with credential swap enabled: anyone who can reach this "
+                "port and holds a client key spends your provider credentials. Use --listen-host 127.0.0.1 "
+                "unless every network on that address is yours.",
+                host or "every interface",
+            )
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or not flow.live:
+            return
+        client = match_client(presented_key(flow.request.headers), self.clients) if self.clients else None
+        call = call_for(self.core, flow)
+        if call is not None and client is not None:
+            call.client = client.name
+            call.user_id = client.user_id
+        upstream = self.core.upstream_for(flow.request.pretty_host)
+        if upstream is None or not (upstream.keys or upstream.oauth) or client is not None:
+            return
+        flow.response = http.Response.make(
+            401,
+            error_body(upstream.provider, 401, REFUSAL),
+            {"content-type": "application/json", "x-should-retry": "false"},
+        )
+        if call is not None:
+            call.answered_locally = True
+            call.notes.append("refused: no known client key")
+        log.info(
+            "sluice: flow %s: refused %s %s: no known client key",
+            flow.id,
+            flow.request.method,
+            flow.request.pretty_url,
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

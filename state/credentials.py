@@ -1,0 +1,1050 @@
+"""Upstream credentials: the pool each upstream host draws from, and the store of OAuth tokens.
+
+**Pool** (`CredentialPool`, table `credentials` in the main database). Each upstream host has an ordered
+list of credentials (API keys and/or one OAuth credential) and every request takes the FIRST usable one:
+a provider's prompt cache lives per key, so spreading requests would throw cache hits away. A credential
+is `active`, `cooling` until a time (429, 529) or `disabled` with the provider's reason (401, 403). The
+state lives in SQLite so it survives restarts and is shared by every mitmdump process on the same file.
+A row names a credential by host + `fingerprint(secret)` + a display label; the secret itself is never
+stored, so a key whose secret changes is a new credential that starts out active.
+
+`choose()` runs per request on the event loop, so it reads an in-memory view that is reloaded from the
+database at most every `refresh_every` seconds, or at once after this process changed something. State
+changes are rare (a 429, a 529, a 401) and are written synchronously in one small `BEGIN IMMEDIATE`
+transaction. If the database refuses the write, this process still honours the change and says so.
+
+**OAuth store** (`OAuthStore`, a separate SQLite file with mode 0600, `<db stem>.secrets.db`). Refresh
+tokens rotate and are single-use: two refreshes with the same token get `invalid_grant`, and a reuse may
+revoke the whole token family (RFC 9700 §4.14.2). So there is exactly one refresh per expiry:
+
+1. in-process single-flight: one refresh task per credential, which every caller awaits (shielded, so a
+   cancelled caller does not cancel the refresh);
+2. across processes: a lease row taken under `BEGIN IMMEDIATE` that lapses after `lease_s`, so a crashed
+   holder blocks the others for at most that long; the others poll for the version to change;
+3. compare-and-swap on `version` when the new tokens are stored;
+4. on `invalid_grant`, the store is re-read before the credential is declared dead: another process may
+   have rotated the token after our lease lapsed.
+
+The HTTP call to the token endpoint is injected (`refresh_fn`), so this module does no HTTP.
+
+Seeding rule (`OAuthStore.seed`): the credentials file seeds the store when the store has never seen the
+file's token, that is, when the fingerprint of its refresh token (or of its access token, for a long-lived
+token with no refresh token) is neither a token the store was seeded with nor one it obtained by
+refreshing. sluice never writes the file, so a token the store has seen is one it already holds or has
+already spent, and the store's copy is at least as new; an unseen token comes from a new login and wins.
+This holds across restarts, across processes, and when a file is restored from an old backup.
+
+Nothing here logs, raises or stores a secret outside the secrets file: credentials are named by label or
+fingerprint, and provider messages are scrubbed of anything that looks like a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import sqlite_utils
+
+log = logging.getLogger("sluice")
+
+Kind = Literal["key", "oauth"]
+StateName = Literal["active", "cooling", "disabled"]
+RefreshFn = Callable[[str], Awaitable["TokenResponse"]]
+
+# Cooldowns when the provider names no retry time. Anthropic's SDKs and OpenAI's retry after ~0.5-8 s with
+# backoff; a pool can afford to rest a key longer, since the next key takes over at once.
+RATE_LIMITED_COOLDOWN_S = 60.0
+OVERLOADED_COOLDOWN_S = 30.0
+# A broken header must not shelve a key forever; Anthropic's longest window (7 days) is the ceiling.
+MAX_COOLDOWN_S = 7 * 24 * 3600.0
+REASON_MAX_CHARS = 300
+BUSY_TIMEOUT_MS = 10_000
+
+
+class CredentialDead(Exception):
+    """An OAuth credential cannot be used again without operator action (new login, or a reset)."""
+
+
+class CredentialUnavailable(Exception):
+    """An OAuth credential has no valid access token now, but may have again: a refresh failed transiently."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class TokenRefused(Exception):
+    """Raised by `refresh_fn` when the token endpoint answers with an OAuth error (RFC 6749 §5.2), such as
+    `invalid_grant`. Terminal: retrying the same refresh token cannot succeed. Any other exception raised
+    by `refresh_fn` (network, timeout, 5xx, 429) is treated as transient."""
+
+    def __init__(self, error_code: str, message: str = "") -> None:
+        super().__init__(f"{error_code}: {message}" if message else error_code)
+        self.error_code = error_code
+        self.message = message
+
+
+# -- naming credentials -----------------------------------------------------------------------------------
+
+
+def fingerprint(secret: str) -> str:
+    """A stable, non-reversible name for a secret: tells credentials apart, useless to an attacker.
+
+    Same form as the `credential` column of `calls` and `rate_limits`, so the tables join on it.
+    """
+    return "sha256:" + hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def describe_reference(field_name: str, reference: str) -> str:
+    """The display label of a configured secret: `keys[0] env:ANTHROPIC_KEY_1`, or `keys[0] (inline)`
+    for a literal, whose text is the secret itself."""
+    if reference.startswith(("env:", "file:")):
+        return f"{field_name} {reference}"
+    return f"{field_name} (inline)"
+
+
+# Runs of token characters long enough to be a credential. Provider messages are short prose; OpenAI's
+# 401 echoes a masked key, and a careless proxy in between could echo more.
+_TOKEN_LIKE = re.compile(r"[A-Za-z0-9_\-]{24,}")
+
+
+def scrub(text: str, limit: int = REASON_MAX_CHARS) -> str:
+    """`text` with anything token-shaped cut to its first 6 characters, and at most `limit` characters."""
+    cleaned = _TOKEN_LIKE.sub(lambda match: match.group()[:6] + "…", " ".join(text.split()))
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+# -- cooldowns ---------------------------------------------------------------------------------------------
+
+_SECONDS = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _seconds(value: str | None) -> float | None:
+    if value is None or not _SECONDS.fullmatch(value.strip()):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def parse_cooldown(headers: Mapping[str, str], now: float, default_s: float) -> float:
+    """How long to rest a credential after a 429 or 529, in seconds, from the response's headers.
+
+    In order: `retry-after-ms` (milliseconds; Anthropic and OpenAI send it and their SDKs prefer it),
+    `retry-after` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3), then, for Anthropic's subscription
+    limits, `anthropic-ratelimit-unified-reset` (epoch seconds) when `-unified-status` is `rejected`.
+    A missing or malformed value falls through to the next; `default_s` when none is usable. The result
+    is capped at MAX_COOLDOWN_S. Header names are compared case-insensitively.
+    """
+    lowered = {name.lower(): value.strip() for name, value in headers.items()}
+    milliseconds = _seconds(lowered.get("retry-after-ms"))
+    if milliseconds is not None:
+        return min(milliseconds / 1000, MAX_COOLDOWN_S)
+    retry_after = lowered.get("retry-after")
+    if retry_after is not None:
+        delay = _seconds(retry_after)
+        if delay is None:
+            delay = _http_date_delay(retry_after, now)
+        if delay is not None:
+            return min(delay, MAX_COOLDOWN_S)
+    if lowered.get("anthropic-ratelimit-unified-status") == "rejected":
+        reset = _seconds(lowered.get("anthropic-ratelimit-unified-reset"))
+        if reset is not None and reset > now:
+            return min(reset - now, MAX_COOLDOWN_S)
+    return default_s
+
+
+def _http_date_delay(value: str, now: float) -> float | None:
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:  # `-0000` parses naive; HTTP-dates are always GMT
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, moment.timestamp() - now)
+
+
+# -- the pool ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialEntry:
+    """One configured credential of an upstream, as the addon builds it from the config."""
+
+    label: str
+    fingerprint: str
+    kind: Kind = "key"
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialState:
+    """A credential's row, as `sluice credentials` shows it. `state` is the effective state at read time:
+    a cooldown that has passed reads as `active`. `position` is None once the config no longer lists it."""
+
+    host: str
+    label: str
+    fingerprint: str
+    kind: Kind
+    position: int | None
+    state: StateName
+    reason: str | None
+    cooling_until: float | None
+    changed_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """The credential to use, or why there is none: `retry_after_s` is the wait until the soonest cooling
+    credential is usable (None when every one is disabled); `reasons` has one line per credential."""
+
+    credential: CredentialEntry | None = None
+    retry_after_s: float | None = None
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Status:
+    state: StateName
+    reason: str | None = None
+    until: float | None = None
+
+    def usable(self, now: float) -> bool:
+        return self.state == "active" or (self.state == "cooling" and (self.until or 0.0) <= now)
+
+
+_ACTIVE = _Status("active")
+
+
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """A read-then-write transaction: `BEGIN IMMEDIATE` takes the write lock up front, so it waits on
+    `busy_timeout` instead of failing on upgrade the way a deferred `BEGIN` does under contention."""
+    conn.execute("begin immediate")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("rollback")
+        raise
+    conn.execute("commit")
+
+
+_POOL_COLUMNS = "host, fingerprint, label, kind, position, state, reason, cooling_until, changed_at"
+
+
+class CredentialPool:
+    """The credential pools of every upstream host, over the main database.
+
+    Give it a connection of its own (`state.db.connect(path)`): it runs `BEGIN IMMEDIATE` on it. Methods
+    are thread-safe. `choose` is cheap enough for the event loop; `report`, `cool_down`, `disable` write
+    only on a change of state, synchronously (wrap them in `asyncio.to_thread` to keep even that off the
+    loop); `sync_config`, `states` and `reset` are for start-up and the CLI.
+    """
+
+    def __init__(
+        self,
+        db: sqlite_utils.Database,
+        *,
+        clock: Callable[[], float] = time.time,
+        refresh_every: float = 1.0,
+    ) -> None:
+        self._conn = db.conn
+        self._clock = clock
+        self._refresh_every = refresh_every
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[CredentialEntry, ...]] = {}
+        self._view: dict[tuple[str, str], _Status] = {}
+        # Changes the database refused: this process honours them anyway, over whatever it reloads.
+        self._unsaved: dict[tuple[str, str], _Status] = {}
+        self._loaded_at: float | None = None
+
+    def sync_config(self, host: str, entries: Sequence[CredentialEntry]) -> None:
+        """Declare `host`'s credentials, in the config's order. New ones start active; known ones keep
+        their state. Raises ValueError when two entries hold the same secret."""
+        seen: dict[str, str] = {}
+        for entry in entries:
+            if entry.fingerprint in seen:
+                raise ValueError(f"{host}: {seen[entry.fingerprint]} and {entry.label} hold the same secret")
+            seen[entry.fingerprint] = entry.label
+        now = self._clock()
+        with self._lock:
+            with _immediate(self._conn):
+                self._conn.execute(
+                    "update credentials set position = null where host = ? and position is not null", (host,)
+                )
+                self._conn.executemany(
+                    """
+                    insert into credentials (host, fingerprint, label, kind, position, state, changed_at,
+                                             configured_at)
+                    values (?, ?, ?, ?, ?, 'active', ?, ?)
+                    on conflict (host, fingerprint) do update set
+                        label = excluded.label, kind = excluded.kind, position = excluded.position,
+                        configured_at = excluded.configured_at
+                    """,
+                    [
+                        (host, entry.fingerprint, entry.label, entry.kind, position, now, now)
+                        for position, entry in enumerate(entries)
+                    ],
+                )
+            self._entries[host] = tuple(entries)
+            self._loaded_at = None
+
+    def choose(self, host: str, now: float | None = None) -> Choice:
+        """The first usable credential of `host`, or why none is usable."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            self._reload_if_stale()
+            entries = self._entries.get(host, ())
+            view = self._view
+        if not entries:
+            return Choice(reasons=(f"no credentials configured for {host}",))
+        soonest: float | None = None
+        reasons: list[str] = []
+        for entry in entries:
+            status = view.get((host, entry.fingerprint), _ACTIVE)
+            if status.usable(now):
+                return Choice(credential=entry)
+            if status.state == "cooling":
+                wait = (status.until or now) - now
+                soonest = wait if soonest is None else min(soonest, wait)
+                reasons.append(f"{entry.label}: cooling for {math.ceil(wait)}s ({status.reason})")
+            else:
+                reasons.append(f"{entry.label}: disabled ({status.reason})")
+        return Choice(retry_after_s=soonest, reasons=tuple(reasons))
+
+    def report(
+        self,
+        host: str,
+        fingerprint: str,
+        status: int,
+        headers: Mapping[str, str] | None = None,
+        message: str | None = None,
+        now: float | None = None,
+    ) -> CredentialState | None:
+        """Apply an upstream answer given to a swapped credential: 429 cools it (60 s unless the headers
+        say), 529 cools it (30 s unless the headers say), 401 and 403 disable it with the provider's
+        `message`. Other statuses change nothing. Returns the new state, or None when nothing changed."""
+        now = self._clock() if now is None else now
+        headers = headers or {}
+        if status == 429:
+            seconds = parse_cooldown(headers, now, RATE_LIMITED_COOLDOWN_S)
+            return self.cool_down(host, fingerprint, seconds, _reason(status, message, "rate limited"), now)
+        if status == 529:
+            seconds = parse_cooldown(headers, now, OVERLOADED_COOLDOWN_S)
+            return self.cool_down(host, fingerprint, seconds, _reason(status, message, "overloaded"), now)
+        if status in (401, 403):
+            return self.disable(host, fingerprint, _reason(status, message, "refused"), now)
+        return None
+
+    def cool_down(
+        self, host: str, fingerprint: str, seconds: float, reason: str, now: float | None = None
+    ) -> CredentialState | None:
+        """Rest a credential for `seconds`. A disabled credential stays disabled; a longer cooldown
+        already in place is kept."""
+        now = self._clock() if now is None else now
+        until = now + max(0.0, seconds)
+        new = _Status("cooling", scrub(reason), until)
+
+        def decide(current: _Status) -> _Status | None:
+            if current.state == "disabled":
+                return None
+            if current.state == "cooling" and (current.until or 0.0) >= until:
+                return None
+            return new
+
+        return self._change(host, fingerprint, decide, now)
+
+    def disable(
+        self, host: str, fingerprint: str, reason: str, now: float | None = None
+    ) -> CredentialState | None:
+        """Take a credential out of the pool until `reset` or until its secret changes."""
+        now = self._clock() if now is None else now
+        new = _Status("disabled", scrub(reason))
+        return self._change(
+            host, fingerprint, lambda current: None if current.state == "disabled" else new, now
+        )
+
+    def reset(self, host: str, label_or_fingerprint: str) -> list[CredentialState]:
+        """Make the credentials of `host` with this label (or fingerprint) active again; for the CLI.
+        Returns the credentials reset, empty when none matched. For an OAuth credential, also clear the
+        store's failure (`OAuthStore.clear_failure(host)`), or its dead refresh token is tried once more
+        and fails again."""
+        now = self._clock()
+        with self._lock:
+            with _immediate(self._conn):
+                rows = self._conn.execute(
+                    f"select {_POOL_COLUMNS} from credentials "
+                    "where host = ? and (label = ? or fingerprint = ?)",
+                    (host, label_or_fingerprint, label_or_fingerprint),
+                ).fetchall()
+                self._conn.executemany(
+                    """
+                    update credentials set state = 'active', reason = null, cooling_until = null,
+                        changed_at = ?
+                    where host = ? and fingerprint = ?
+                    """,
+                    [(now, host, row[1]) for row in rows],
+                )
+            for row in rows:
+                self._unsaved.pop((host, row[1]), None)
+            self._loaded_at = None
+        return [_state_from_row((*row[:5], "active", None, None, now), now) for row in rows]
+
+    def states(self, now: float | None = None) -> list[CredentialState]:
+        """Every credential the database knows, by host and configured order, read fresh."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            rows = self._conn.execute(
+                f"""
+                select {_POOL_COLUMNS} from credentials
+                order by host, position is null, position, changed_at desc
+                """
+            ).fetchall()
+        return [_state_from_row(row, now) for row in rows]
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    def _reload_if_stale(self) -> None:
+        mono = time.monotonic()
+        if self._loaded_at is not None and mono - self._loaded_at < self._refresh_every:
+            return
+        self._loaded_at = mono
+        try:
+            rows = self._conn.execute(
+                "select host, fingerprint, state, reason, cooling_until from credentials "
+                "where state != 'active'"
+            ).fetchall()
+        except sqlite3.Error as e:
+            # Fail open on the last view: a database hiccup must not stop requests.
+            log.warning("sluice: could not reload credential states (%s); using the last known ones", e)
+            return
+        view = {(host, fp): _status(state, reason, until) for host, fp, state, reason, until in rows}
+        for key, status in self._unsaved.items():
+            view[key] = status
+        self._view = view
+
+    def _change(
+        self, host: str, fingerprint: str, decide: Callable[[_Status], _Status | None], now: float
+    ) -> CredentialState | None:
+        entry = next((e for e in self._entries.get(host, ()) if e.fingerprint == fingerprint), None)
+        label = entry.label if entry else fingerprint
+        kind: Kind = entry.kind if entry else "key"
+        key = (host, fingerprint)
+        with self._lock:
+            try:
+                with _immediate(self._conn):
+                    row = self._conn.execute(
+                        f"select {_POOL_COLUMNS} from credentials where host = ? and fingerprint = ?", key
+                    ).fetchone()
+                    current = _status(row[5], row[6], row[7]) if row else _ACTIVE
+                    new = decide(current)
+                    if new is None:
+                        return None
+                    self._conn.execute(
+                        """
+                        insert into credentials (host, fingerprint, label, kind, state, reason, cooling_until,
+                                                 changed_at)
+                        values (?, ?, ?, ?, ?, ?, ?, ?)
+                        on conflict (host, fingerprint) do update set
+                            state = excluded.state, reason = excluded.reason,
+                            cooling_until = excluded.cooling_until, changed_at = excluded.changed_at
+                        """,
+                        (host, fingerprint, label, kind, new.state, new.reason, new.until, now),
+                    )
+                self._unsaved.pop(key, None)
+                position = row[4] if row else None
+            except sqlite3.Error as e:
+                new = decide(self._view.get(key, _ACTIVE))
+                if new is None:
+                    return None
+                self._unsaved[key] = new
+                position = None
+                log.error(
+                    "sluice: could not record credential %s %s as %s (%s); only this process will honour it",
+                    host,
+                    label,
+                    new.state,
+                    e,
+                )
+            self._loaded_at = None
+        return CredentialState(
+            host, label, fingerprint, kind, position, new.state, new.reason, new.until, now
+        )
+
+
+def _reason(status: int, message: str | None, fallback: str) -> str:
+    return f"{status} {message.strip() if message and message.strip() else fallback}"
+
+
+def _state_from_row(row: Sequence[object], now: float) -> CredentialState:
+    host, fp, label, kind, position, state, reason, until, changed_at = row
+    status = _status(state, reason, until)
+    if status.state == "cooling" and status.usable(now):
+        status = _ACTIVE
+    return CredentialState(
+        host=str(host),
+        label=str(label),
+        fingerprint=str(fp),
+        kind="oauth" if kind == "oauth" else "key",
+        position=position if isinstance(position, int) else None,
+        state=status.state,
+        reason=status.reason,
+        cooling_until=status.until,
+        changed_at=_float(changed_at),
+    )
+
+
+def _status(state: object, reason: object, until: object) -> _Status:
+    name: StateName = "cooling" if state == "cooling" else "disabled" if state == "disabled" else "active"
+    return _Status(name, None if reason is None else str(reason), _float(until))
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+# -- OAuth tokens ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthTokens:
+    """Tokens as a credentials file holds them. `expires_at` is epoch seconds, None when unknown."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    expires_at: float | None = None
+    scopes: tuple[str, ...] = ()
+
+    @property
+    def identity(self) -> str:
+        """The fingerprint that names this login: of the refresh token, else of the access token. Use it
+        as the pool fingerprint of the OAuth credential, so a new login is a new credential."""
+        return fingerprint(self.refresh_token or self.access_token)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenResponse:
+    """A token endpoint's answer (RFC 6749 §5.1). `refresh_token` None keeps the old one."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    expires_in: float = 3600.0
+
+
+# Epoch values above this are milliseconds: 1e11 seconds is the year 5138, 1e11 ms is 1973.
+_EPOCH_MS_THRESHOLD = 100_000_000_000
+
+
+def parse_oauth_credentials(text: str) -> OAuthTokens:
+    """Read a credentials file's text. Accepted shapes:
+
+    - Claude Code's `.credentials.json`: `{"claudeAiOauth": {"accessToken", "refreshToken", "expiresAt"
+      (epoch milliseconds), "scopes"}}`;
+    - a flat `{"access_token", "refresh_token", "expires_at"}` (epoch seconds; milliseconds are detected);
+    - a bare long-lived token (for example from `claude setup-token`): no refresh, no known expiry.
+
+    Raises ValueError naming the missing or malformed field, never a value.
+    """
+    stripped = text.strip()
+    if not stripped:
+        raise ValueError("the OAuth credentials are empty")
+    if not stripped.startswith("{"):
+        if any(char.isspace() for char in stripped):
+            raise ValueError("the OAuth credentials are neither JSON nor a single token")
+        return OAuthTokens(access_token=stripped)
+    try:
+        data = json.loads(stripped)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"the OAuth credentials are not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise ValueError("the OAuth credentials must be a JSON object")
+    nested = data.get("claudeAiOauth")
+    if isinstance(nested, dict):
+        return _tokens_from(nested, "claudeAiOauth.", "accessToken", "refreshToken", "expiresAt", "scopes")
+    return _tokens_from(data, "", "access_token", "refresh_token", "expires_at", "scope")
+
+
+def _tokens_from(
+    data: dict[str, object], prefix: str, access: str, refresh: str, expires: str, scopes: str
+) -> OAuthTokens:
+    access_token = data.get(access)
+    if not isinstance(access_token, str) or not access_token.strip():
+        raise ValueError(f"the OAuth credentials have no {prefix}{access}")
+    refresh_token = data.get(refresh)
+    if refresh_token is not None and not isinstance(refresh_token, str):
+        raise ValueError(f"{prefix}{refresh} must be a string")
+    expires_at = data.get(expires)
+    if expires_at is not None and (
+        isinstance(expires_at, bool)
+        or not isinstance(expires_at, int | float)
+        or not math.isfinite(expires_at)
+    ):
+        raise ValueError(f"{prefix}{expires} must be a number (epoch time)")
+    if expires_at is not None and expires_at > _EPOCH_MS_THRESHOLD:
+        expires_at = expires_at / 1000
+    raw_scopes = data.get(scopes)
+    scope_list = raw_scopes.split() if isinstance(raw_scopes, str) else raw_scopes
+    return OAuthTokens(
+        access_token=access_token.strip(),
+        refresh_token=(refresh_token.strip() or None) if refresh_token else None,
+        expires_at=None if expires_at is None else float(expires_at),
+        scopes=tuple(str(s) for s in scope_list) if isinstance(scope_list, list) else (),
+    )
+
+
+# -- the secrets file --------------------------------------------------------------------------------------
+
+
+def secrets_path_for(db_path: str | os.PathLike[str]) -> Path:
+    """Where the OAuth store lives for a main database: `sluice.db` → `sluice.secrets.db`, beside it."""
+    path = Path(db_path).expanduser()
+    return path.with_name(f"{path.stem}.secrets.db")
+
+
+def _secrets_1_tokens(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        create table oauth_tokens (
+            key text primary key,          -- the upstream host
+            access_token text not null,
+            refresh_token text,            -- null for a long-lived token
+            expires_at real,               -- epoch seconds; null when unknown (never refreshed ahead)
+            version integer not null,      -- +1 on every store: the compare-and-swap token
+            lease_owner text,              -- process holding the refresh lease
+            lease_until real,              -- epoch seconds the lease lapses at
+            seed_fingerprint text not null,
+            seeded_at real not null,
+            refreshed_at real,
+            failed_reason text,            -- set when the token endpoint refused for good
+            failed_at real
+        )
+        """
+    )
+    # Fingerprints of every refresh (or long-lived access) token the store was seeded with or obtained:
+    # the seeding rule in the module docstring.
+    conn.execute(
+        """
+        create table oauth_seen (
+            key text not null, fingerprint text not null, seen_at real not null,
+            primary key (key, fingerprint)
+        )
+        """
+    )
+
+
+SECRETS_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_secrets_1_tokens]
+
+
+def open_secrets_db(
+    path: str | os.PathLike[str], *, busy_timeout_ms: int = BUSY_TIMEOUT_MS
+) -> sqlite3.Connection:
+    """Open (creating with mode 0600) and migrate the secrets file.
+
+    The file is created by `os.open(..., 0o600)` before SQLite touches it, whatever the umask, and a file
+    that already exists with group or other bits loses them. SQLite gives its `-wal` and `-shm` files the
+    database file's mode.
+    """
+    file = Path(path).expanduser()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    for candidate in (file, file.with_name(file.name + "-wal"), file.with_name(file.name + "-shm")):
+        if candidate is file:
+            fd = os.open(candidate, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                if os.fstat(fd).st_mode & 0o077:
+                    os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
+        elif candidate.exists() and candidate.stat().st_mode & 0o077:
+            candidate.chmod(0o600)
+    conn = sqlite3.connect(
+        str(file), timeout=busy_timeout_ms / 1000, check_same_thread=False, isolation_level=None
+    )
+    conn.execute(f"pragma busy_timeout = {int(busy_timeout_ms)}")
+    conn.execute("pragma journal_mode = wal")
+    conn.execute("pragma synchronous = normal")
+    version = conn.execute("pragma user_version").fetchone()[0]
+    if version < len(SECRETS_MIGRATIONS):
+        with _immediate(conn):
+            version = conn.execute("pragma user_version").fetchone()[0]  # another process may have won
+            for migration in SECRETS_MIGRATIONS[version:]:
+                migration(conn)
+            conn.execute(f"pragma user_version = {len(SECRETS_MIGRATIONS)}")
+    return conn
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthStatus:
+    """What may be shown about a stored OAuth credential: never a token."""
+
+    key: str
+    expires_at: float | None
+    has_refresh_token: bool
+    version: int
+    seed_fingerprint: str
+    seeded_at: float
+    refreshed_at: float | None
+    failed_reason: str | None
+    lease_until: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _TokenRow:
+    access_token: str = field(repr=False)
+    refresh_token: str | None = field(repr=False)
+    expires_at: float | None
+    version: int
+    lease_owner: str | None
+    lease_until: float | None
+    failed_reason: str | None
+
+    def fresh(self, now: float, skew_s: float) -> bool:
+        """Good for a while yet: no refresh needed."""
+        return self.expires_at is None or now < self.expires_at - skew_s
+
+    def valid(self, now: float) -> bool:
+        """Not expired: usable while a refresh is under way."""
+        return self.expires_at is None or now < self.expires_at
+
+
+_ROW_COLUMNS = "access_token, refresh_token, expires_at, version, lease_owner, lease_until, failed_reason"
+
+LeaseOutcome = Literal["taken", "busy", "changed"]
+
+
+class OAuthStore:
+    """OAuth tokens over the secrets file, refreshed ahead of expiry, once per expiry across processes.
+
+    One instance per process, keyed by upstream host. `seed`, `clear_failure` and `status` are
+    synchronous (start-up, CLI); `access_token` is a coroutine for the event loop: it does its SQLite work
+    in `asyncio.to_thread` and never blocks the loop.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        skew_s: float = 300.0,
+        lease_s: float = 30.0,
+        refresh_timeout_s: float = 20.0,
+        poll_s: float = 0.05,
+        transient_backoff_s: float = 10.0,
+    ) -> None:
+        self._conn = open_secrets_db(path)
+        self._clock = clock  # wall clock: leases are compared across processes
+        self._skew_s = skew_s
+        self._lease_s = lease_s
+        self._refresh_timeout_s = min(refresh_timeout_s, lease_s)
+        self._poll_s = poll_s
+        self._transient_backoff_s = transient_backoff_s
+        self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._db_lock = threading.Lock()
+        self._cache: dict[str, _TokenRow] = {}
+        self._inflight: dict[str, asyncio.Task[_TokenRow]] = {}
+        self._backoff_until: dict[str, float] = {}  # time.monotonic() before which no refresh is tried
+
+    def close(self) -> None:
+        with self._db_lock:
+            self._conn.close()
+
+    def seed(self, key: str, tokens: OAuthTokens) -> bool:
+        """Offer the credentials file's tokens; True when the store took them (see the seeding rule)."""
+        identity = tokens.identity
+        now = self._clock()
+        with self._db_lock, _immediate(self._conn):
+            exists = self._conn.execute("select 1 from oauth_tokens where key = ?", (key,)).fetchone()
+            seen = self._conn.execute(
+                "select 1 from oauth_seen where key = ? and fingerprint = ?", (key, identity)
+            ).fetchone()
+            if exists and seen:
+                return False
+            self._conn.execute(
+                """
+                insert into oauth_tokens (key, access_token, refresh_token, expires_at, version,
+                                          seed_fingerprint, seeded_at)
+                values (?, ?, ?, ?, 1, ?, ?)
+                on conflict (key) do update set
+                    access_token = excluded.access_token, refresh_token = excluded.refresh_token,
+                    expires_at = excluded.expires_at, version = oauth_tokens.version + 1,
+                    lease_owner = null, lease_until = null, seed_fingerprint = excluded.seed_fingerprint,
+                    seeded_at = excluded.seeded_at, refreshed_at = null, failed_reason = null,
+                    failed_at = null
+                """,
+                (key, tokens.access_token, tokens.refresh_token, tokens.expires_at, identity, now),
+            )
+            self._conn.execute("insert or ignore into oauth_seen values (?, ?, ?)", (key, identity, now))
+        self._cache.pop(key, None)
+        self._backoff_until.pop(key, None)
+        log.info("sluice: OAuth credential for %s seeded from its credentials file (%s)", key, identity)
+        return True
+
+    def clear_failure(self, key: str) -> bool:
+        """Forget that the token endpoint refused this credential, so the next request tries again."""
+        with self._db_lock, _immediate(self._conn):
+            cursor = self._conn.execute(
+                "update oauth_tokens set failed_reason = null, failed_at = null "
+                "where key = ? and failed_reason is not null",
+                (key,),
+            )
+        self._cache.pop(key, None)
+        self._backoff_until.pop(key, None)
+        return cursor.rowcount > 0
+
+    def status(self, key: str) -> OAuthStatus | None:
+        with self._db_lock:
+            row = self._conn.execute(
+                """
+                select expires_at, refresh_token is not null, version, seed_fingerprint, seeded_at,
+                       refreshed_at, failed_reason, lease_until
+                from oauth_tokens where key = ?
+                """,
+                (key,),
+            ).fetchone()
+        if row is None:
+            return None
+        return OAuthStatus(key, row[0], bool(row[1]), row[2], row[3], row[4], row[5], row[6], row[7])
+
+    async def access_token(self, key: str, refresh_fn: RefreshFn) -> str:
+        """A valid access token for `key`, refreshing it when it is within `skew_s` of expiry.
+
+        While the current token is still valid, it is returned at once and the refresh runs in the
+        background; once it has expired, callers wait for the one refresh in flight (in this process or
+        another). Raises CredentialDead when the token endpoint refused for good (disable the credential
+        with its message), CredentialUnavailable when the token expired and a refresh failed transiently.
+        """
+        now = self._clock()
+        row = self._cache.get(key)
+        if row is None:
+            row = await asyncio.to_thread(self._read, key)
+            if row is None:
+                raise CredentialDead(f"no OAuth tokens stored for {key}: seed them from the credentials file")
+            self._cache[key] = row
+        if row.fresh(now, self._skew_s):
+            return row.access_token
+        if row.refresh_token is None:
+            if row.valid(now):
+                return row.access_token
+            raise CredentialDead(
+                f"the OAuth access token for {key} has expired and there is no refresh token"
+            )
+        if row.valid(now):
+            if time.monotonic() >= self._backoff_until.get(key, 0.0):
+                self._refresh_task(key, refresh_fn)
+            return row.access_token
+        refreshed = await asyncio.shield(self._refresh_task(key, refresh_fn))
+        return refreshed.access_token
+
+    # -- the refresh -----------------------------------------------------------------------------------
+
+    def _refresh_task(self, key: str, refresh_fn: RefreshFn) -> asyncio.Task[_TokenRow]:
+        loop = asyncio.get_running_loop()
+        task = self._inflight.get(key)
+        if task is None or task.done() or task.get_loop() is not loop:
+            task = loop.create_task(self._obtain(key, refresh_fn), name=f"sluice oauth refresh {key}")
+            self._inflight[key] = task
+            task.add_done_callback(partial(self._refresh_done, key))
+        return task
+
+    def _refresh_done(self, key: str, task: asyncio.Task[_TokenRow]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here: a background refresh may have no awaiting caller
+
+    async def _obtain(self, key: str, refresh_fn: RefreshFn) -> _TokenRow:
+        """Until the stored token is fresh: take the lease and refresh, or wait for whoever holds it."""
+        while True:
+            row = await asyncio.to_thread(self._read, key)
+            if row is None:
+                raise CredentialDead(f"no OAuth tokens stored for {key}: seed them from the credentials file")
+            self._cache[key] = row
+            if row.fresh(self._clock(), self._skew_s):
+                return row
+            if row.failed_reason is not None:
+                raise CredentialDead(row.failed_reason)
+            if row.refresh_token is None:
+                raise CredentialDead(
+                    f"the OAuth access token for {key} expires and there is no refresh token"
+                )
+            wait = self._backoff_until.get(key, 0.0) - time.monotonic()
+            if wait > 0:
+                raise CredentialUnavailable(
+                    f"the OAuth access token for {key} has expired and the last refresh failed; "
+                    f"retrying in {math.ceil(wait)}s",
+                    wait,
+                )
+            outcome, leased = await asyncio.to_thread(self._take_lease, key, row.version)
+            if outcome == "taken" and leased is not None and leased.refresh_token is not None:
+                stored = await self._refresh(key, leased, leased.refresh_token, refresh_fn)
+                if stored is not None:
+                    return stored
+            elif outcome == "busy":
+                await self._wait_for_change(key, row.version)
+
+    async def _refresh(
+        self, key: str, row: _TokenRow, refresh_token: str, refresh_fn: RefreshFn
+    ) -> _TokenRow | None:
+        """Call the token endpoint while holding the lease. None: the store changed meanwhile; re-read."""
+        try:
+            response = await asyncio.wait_for(refresh_fn(refresh_token), self._refresh_timeout_s)
+        except TokenRefused as refused:
+            # Before calling it dead: another process may have rotated the token after our lease lapsed,
+            # which is exactly why ours was refused.
+            current = await asyncio.to_thread(self._read, key)
+            if current is not None and current.version != row.version:
+                await asyncio.to_thread(self._release, key)
+                log.info(
+                    "sluice: OAuth refresh for %s was refused, but another process had refreshed it", key
+                )
+                return None
+            detail = refused.message or "no description"
+            reason = scrub(f"the token endpoint refused the refresh: {refused.error_code}: {detail}")
+            if not await asyncio.to_thread(self._mark_failed, key, row.version, reason):
+                return None
+            self._backoff_until[key] = time.monotonic() + self._transient_backoff_s
+            log.error("sluice: OAuth credential for %s is dead: %s", key, reason)
+            raise CredentialDead(reason) from None
+        except Exception as error:
+            await asyncio.to_thread(self._release, key)
+            self._backoff_until[key] = time.monotonic() + self._transient_backoff_s
+            what = scrub(f"{type(error).__name__}: {error}")
+            log.warning(
+                "sluice: refreshing the OAuth token for %s failed (%s); retrying in %.0fs",
+                key,
+                what,
+                self._transient_backoff_s,
+            )
+            if row.valid(self._clock()):
+                return row
+            raise CredentialUnavailable(
+                f"the OAuth access token for {key} has expired and refreshing it failed ({what})",
+                self._transient_backoff_s,
+            ) from None
+        except BaseException:
+            self._release(key)  # cancelled (shutdown): free the lease now rather than make others wait it out
+            raise
+        stored = await asyncio.to_thread(self._store, key, row.version, response)
+        if stored is None:
+            log.warning("sluice: OAuth tokens for %s changed while refreshing; keeping the stored ones", key)
+        return stored
+
+    async def _wait_for_change(self, key: str, version: int) -> None:
+        """Poll until the version moves, the lease is released or lapses, or the credential failed."""
+        give_up = time.monotonic() + self._lease_s + 1.0
+        while time.monotonic() < give_up:
+            await asyncio.sleep(self._poll_s)
+            current = await asyncio.to_thread(self._read, key)
+            if (
+                current is None
+                or current.version != version
+                or current.failed_reason is not None
+                or current.lease_owner is None
+                or (current.lease_until or 0.0) <= self._clock()
+            ):
+                return
+
+    # -- SQLite, called through asyncio.to_thread ------------------------------------------------------
+
+    def _read(self, key: str) -> _TokenRow | None:
+        with self._db_lock:
+            row = self._conn.execute(
+                f"select {_ROW_COLUMNS} from oauth_tokens where key = ?", (key,)
+            ).fetchone()
+        return None if row is None else _TokenRow(*row)
+
+    def _take_lease(self, key: str, version: int) -> tuple[LeaseOutcome, _TokenRow | None]:
+        now = self._clock()
+        with self._db_lock, _immediate(self._conn):
+            found = self._conn.execute(
+                f"select {_ROW_COLUMNS} from oauth_tokens where key = ?", (key,)
+            ).fetchone()
+            row = None if found is None else _TokenRow(*found)
+            if row is None or row.version != version or row.failed_reason is not None:
+                return "changed", row
+            if row.lease_owner not in (None, self._owner) and (row.lease_until or 0.0) > now:
+                return "busy", row
+            self._conn.execute(
+                "update oauth_tokens set lease_owner = ?, lease_until = ? where key = ?",
+                (self._owner, now + self._lease_s, key),
+            )
+        return "taken", row
+
+    def _store(self, key: str, version: int, response: TokenResponse) -> _TokenRow | None:
+        """Compare-and-swap on `version`: the new tokens land only if nobody stored others meanwhile."""
+        now = self._clock()
+        with self._db_lock, _immediate(self._conn):
+            cursor = self._conn.execute(
+                """
+                update oauth_tokens set
+                    access_token = ?, refresh_token = coalesce(?, refresh_token), expires_at = ?,
+                    version = version + 1, refreshed_at = ?, failed_reason = null, failed_at = null,
+                    lease_owner = case when lease_owner = ? then null else lease_owner end,
+                    lease_until = case when lease_owner = ? then null else lease_until end
+                where key = ? and version = ?
+                """,
+                (
+                    response.access_token,
+                    response.refresh_token,
+                    now + response.expires_in,
+                    now,
+                    self._owner,
+                    self._owner,
+                    key,
+                    version,
+                ),
+            )
+            if cursor.rowcount != 1:
+                self._release_locked(key)
+                return None
+            if response.refresh_token:
+                self._conn.execute(
+                    "insert or ignore into oauth_seen values (?, ?, ?)",
+                    (key, fingerprint(response.refresh_token), now),
+                )
+            found = self._conn.execute(
+                f"select {_ROW_COLUMNS} from oauth_tokens where key = ?", (key,)
+            ).fetchone()
+        row = _TokenRow(*found)
+        self._cache[key] = row
+        return row
+
+    def _mark_failed(self, key: str, version: int, reason: str) -> bool:
+        with self._db_lock, _immediate(self._conn):
+            cursor = self._conn.execute(
+                """
+                update oauth_tokens set failed_reason = ?, failed_at = ?, lease_owner = null,
+                    lease_until = null
+                where key = ? and version = ?
+                """,
+                (reason, self._clock(), key, version),
+            )
+            if cursor.rowcount != 1:
+                self._release_locked(key)
+        return cursor.rowcount == 1
+
+    def _release(self, key: str) -> None:
+        with self._db_lock:
+            self._release_locked(key)
+
+    def _release_locked(self, key: str) -> None:
+        self._conn.execute(
+            "update oauth_tokens set lease_owner = null, lease_until = null "
+            "where key = ? and lease_owner = ?",
+            (key, self._owner),
+        )

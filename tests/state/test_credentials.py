@@ -1,0 +1,587 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import stat
+import time
+from email.utils import format_datetime
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from state import db as sluice_db
+from state.credentials import (
+    Choice,
+    CredentialDead,
+    CredentialEntry,
+    CredentialPool,
+    CredentialUnavailable,
+    OAuthStore,
+    OAuthTokens,
+    TokenRefused,
+    TokenResponse,
+    describe_reference,
+    fingerprint,
+    parse_cooldown,
+    parse_oauth_credentials,
+    scrub,
+    secrets_path_for,
+)
+
+HOST = "api.anthropic.com"
+NOW = 1_800_000_000.0
+SECRETS = ["sk-ant-api03-" + "a" * 40, "sk-ant-api03-" + "b" * 40, "sk-ant-api03-" + "c" * 40]
+
+
+class Clock:
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def entries(secrets: list[str] = SECRETS) -> list[CredentialEntry]:
+    return [
+        CredentialEntry(describe_reference(f"keys[{i}]", f"env:ANTHROPIC_KEY_{i + 1}"), fingerprint(secret))
+        for i, secret in enumerate(secrets)
+    ]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "sluice.db"
+
+
+def make_pool(db_path: Path, clock: Clock, **kwargs: float) -> CredentialPool:
+    pool = CredentialPool(sluice_db.connect(db_path), clock=clock, **kwargs)
+    pool.sync_config(HOST, entries())
+    return pool
+
+
+def chosen(choice: Choice) -> str | None:
+    return choice.credential.label if choice.credential else None
+
+
+# -- labels and cooldowns -------------------------------------------------------------------------------
+
+
+def test_labels_name_the_reference_never_a_literal():
+    assert describe_reference("keys[0]", "env:ANTHROPIC_KEY_1") == "keys[0] env:ANTHROPIC_KEY_1"
+    assert describe_reference("keys[1]", "file:~/keys/two") == "keys[1] file:~/keys/two"
+    assert describe_reference("keys[2]", SECRETS[0]) == "keys[2] (inline)"
+    assert fingerprint(SECRETS[0]).startswith("sha256:") and SECRETS[0] not in fingerprint(SECRETS[0])
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after-ms": "1500"}, 1.5),
+        ({"Retry-After-Ms": "250.5", "retry-after": "9"}, 0.2505),  # ms wins, names are case-insensitive
+        ({"retry-after": "7"}, 7.0),
+        ({"Retry-After": "0"}, 0.0),
+        ({"retry-after": format_datetime(datetime.fromtimestamp(NOW + 120, UTC), usegmt=True)}, 120.0),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date in the past: retry now
+        ({"retry-after": "soon"}, 60.0),
+        ({"retry-after": "-5"}, 60.0),
+        ({"retry-after-ms": "nan", "retry-after": "3"}, 3.0),
+        ({"retry-after": "99999999999"}, 7 * 24 * 3600.0),  # capped
+        ({}, 60.0),
+        (
+            {
+                "anthropic-ratelimit-unified-status": "rejected",
+                "anthropic-ratelimit-unified-reset": str(int(NOW + 3600)),
+            },
+            3600.0,
+        ),
+        (
+            {
+                "anthropic-ratelimit-unified-status": "allowed_warning",
+                "anthropic-ratelimit-unified-reset": str(int(NOW + 3600)),
+            },
+            60.0,
+        ),
+    ],
+)
+def test_parse_cooldown(headers, expected):
+    assert parse_cooldown(headers, NOW, 60.0) == pytest.approx(expected)
+
+
+def test_scrub_cuts_token_shaped_text():
+    message = f"Incorrect API key provided: {SECRETS[0]}. See https://platform.openai.com/account/api-keys"
+    cleaned = scrub(message)
+    assert SECRETS[0] not in cleaned and "Incorrect API key provided: sk-ant…" in cleaned
+    assert "platform.openai.com/account/api-keys" in cleaned
+    assert len(scrub("x " * 500)) <= 300
+
+
+# -- the pool -------------------------------------------------------------------------------------------
+
+
+def test_first_usable_credential_in_order_with_failover(db_path):
+    clock = Clock()
+    pool = make_pool(db_path, clock)
+    labels = [entry.label for entry in entries()]
+    assert chosen(pool.choose(HOST)) == labels[0]
+    assert chosen(pool.choose(HOST)) == labels[0]  # sticky: the prompt cache lives per key
+
+    pool.report(HOST, fingerprint(SECRETS[0]), 429, {"retry-after": "10"}, "Number of request tokens exceeded")
+    assert chosen(pool.choose(HOST)) == labels[1]
+    pool.report(HOST, fingerprint(SECRETS[1]), 529, {}, "Overloaded")
+    assert chosen(pool.choose(HOST)) == labels[2]
+
+    clock.now += 10
+    assert chosen(pool.choose(HOST)) == labels[0]  # back to the first once its cooldown is over
+
+
+def test_overload_defaults_to_thirty_seconds(db_path):
+    clock = Clock()
+    pool = make_pool(db_path, clock)
+    state = pool.report(HOST, fingerprint(SECRETS[0]), 529, {})
+    assert state is not None and state.state == "cooling" and state.cooling_until == NOW + 30
+    assert state.reason == "529 overloaded"
+
+
+def test_all_cooling_gives_the_soonest_retry(db_path):
+    clock = Clock()
+    pool = make_pool(db_path, clock)
+    for secret, seconds in zip(SECRETS, ["30", "5", "12"], strict=True):
+        pool.report(HOST, fingerprint(secret), 429, {"retry-after": seconds})
+    choice = pool.choose(HOST)
+    assert choice.credential is None and choice.retry_after_s == pytest.approx(5)
+    assert len(choice.reasons) == 3 and "cooling for 5s (429 rate limited)" in choice.reasons[1]
+
+
+def test_401_disables_with_the_providers_reason(db_path):
+    clock = Clock()
+    pool = make_pool(db_path, clock)
+    for secret in SECRETS:
+        pool.report(HOST, fingerprint(secret), 401, {}, "invalid x-api-key")
+    choice = pool.choose(HOST)
+    assert choice.credential is None and choice.retry_after_s is None
+    assert choice.reasons[0] == "keys[0] env:ANTHROPIC_KEY_1: disabled (401 invalid x-api-key)"
+
+    # A later 429 does not bring a disabled key back, and time does not either.
+    assert pool.report(HOST, fingerprint(SECRETS[0]), 429, {}) is None
+    clock.now += 86400
+    assert pool.choose(HOST).credential is None
+    assert [s.state for s in pool.states()] == ["disabled"] * 3
+
+
+def test_403_disables_and_success_changes_nothing(db_path):
+    pool = make_pool(db_path, Clock())
+    assert pool.report(HOST, fingerprint(SECRETS[0]), 200, {}) is None
+    assert pool.report(HOST, fingerprint(SECRETS[0]), 500, {"retry-after": "5"}) is None
+    state = pool.report(HOST, fingerprint(SECRETS[0]), 403, {}, None)
+    assert state is not None and state.state == "disabled" and state.reason == "403 refused"
+
+
+def test_a_longer_cooldown_is_not_shortened(db_path):
+    pool = make_pool(db_path, Clock())
+    pool.report(HOST, fingerprint(SECRETS[0]), 429, {"retry-after": "100"})
+    assert pool.report(HOST, fingerprint(SECRETS[0]), 429, {"retry-after": "5"}) is None
+    assert pool.states()[0].cooling_until == NOW + 100
+
+
+def test_state_survives_a_restart(db_path):
+    clock = Clock()
+    pool = make_pool(db_path, clock)
+    pool.report(HOST, fingerprint(SECRETS[0]), 401, {}, "invalid x-api-key")
+    pool.report(HOST, fingerprint(SECRETS[1]), 429, {"retry-after": "60"})
+
+    restarted = make_pool(db_path, clock)
+    assert chosen(restarted.choose(HOST)) == "keys[2] env:ANTHROPIC_KEY_3"
+    states = {s.label: s for s in restarted.states()}
+    assert states["keys[0] env:ANTHROPIC_KEY_1"].reason == "401 invalid x-api-key"
+    assert states["keys[1] env:ANTHROPIC_KEY_2"].state == "cooling"
+    assert [s.position for s in restarted.states()] == [0, 1, 2]
+
+
+def test_two_processes_see_each_others_changes_within_the_refresh_interval(db_path):
+    clock = Clock()
+    first = make_pool(db_path, clock, refresh_every=0.2)
+    second = make_pool(db_path, clock, refresh_every=0.2)
+    assert chosen(second.choose(HOST)) == "keys[0] env:ANTHROPIC_KEY_1"
+
+    first.report(HOST, fingerprint(SECRETS[0]), 429, {"retry-after": "60"})
+    assert chosen(first.choose(HOST)) == "keys[1] env:ANTHROPIC_KEY_2"  # the writer sees it at once
+    time.sleep(0.25)
+    assert chosen(second.choose(HOST)) == "keys[1] env:ANTHROPIC_KEY_2"
+
+    second.reset(HOST, "keys[0] env:ANTHROPIC_KEY_1")
+    time.sleep(0.25)
+    assert chosen(first.choose(HOST)) == "keys[0] env:ANTHROPIC_KEY_1"
+
+
+def test_a_new_secret_under_the_same_label_is_a_new_credential(db_path):
+    clock = Clock()
+    pool = make_pool(db_path, clock)
+    pool.report(HOST, fingerprint(SECRETS[0]), 401, {}, "invalid x-api-key")
+    rotated = ["sk-ant-api03-" + "d" * 40, *SECRETS[1:]]
+    pool.sync_config(HOST, entries(rotated))
+    choice = pool.choose(HOST)
+    assert choice.credential is not None and choice.credential.fingerprint == fingerprint(rotated[0])
+    # the old secret's row stays, disabled and no longer configured
+    old = next(s for s in pool.states() if s.fingerprint == fingerprint(SECRETS[0]))
+    assert old.state == "disabled" and old.position is None
+
+
+def test_reset_by_label_or_fingerprint(db_path):
+    pool = make_pool(db_path, Clock())
+    pool.report(HOST, fingerprint(SECRETS[0]), 401, {}, "invalid x-api-key")
+    pool.report(HOST, fingerprint(SECRETS[1]), 429, {})
+    assert pool.reset(HOST, "no such label") == []
+    [reset] = pool.reset(HOST, "keys[0] env:ANTHROPIC_KEY_1")
+    assert reset.state == "active" and reset.reason is None
+    assert [s.label for s in pool.reset(HOST, fingerprint(SECRETS[1]))] == ["keys[1] env:ANTHROPIC_KEY_2"]
+    assert [s.state for s in pool.states()] == ["active"] * 3
+
+
+def test_the_same_secret_twice_is_a_config_error(db_path):
+    pool = CredentialPool(sluice_db.connect(db_path))
+    with pytest.raises(ValueError, match=r"keys\[0\] env:ANTHROPIC_KEY_1 and keys\[1\] env:ANTHROPIC_KEY_2"):
+        pool.sync_config(HOST, entries([SECRETS[0], SECRETS[0]]))
+
+
+def test_unknown_host_has_no_credentials(db_path):
+    choice = make_pool(db_path, Clock()).choose("api.openai.com")
+    assert choice == Choice(reasons=("no credentials configured for api.openai.com",))
+
+
+def test_a_refused_write_is_still_honoured_by_this_process(db_path):
+    pool = make_pool(db_path, Clock())
+    pool.choose(HOST)
+    os.chmod(db_path, 0o444)  # the handle stays open; SQLite refuses to write through it once read-only...
+    pool._conn.close()  # ...so force the failure the same way on every platform: a closed connection
+    state = pool.report(HOST, fingerprint(SECRETS[0]), 401, {}, "invalid x-api-key")
+    assert state is not None and state.state == "disabled"
+    assert chosen(pool.choose(HOST)) == "keys[1] env:ANTHROPIC_KEY_2"
+
+
+def test_no_secret_reaches_the_main_database(db_path):
+    clock = Clock()
+    pool = make_pool(db_path, clock)
+    pool.report(HOST, fingerprint(SECRETS[0]), 401, {}, f"Incorrect API key provided: {SECRETS[0]}")
+    pool.report(HOST, fingerprint(SECRETS[1]), 429, {"retry-after": "3"}, "rate limited")
+    store = OAuthStore(secrets_path_for(db_path), clock=clock)
+    store.seed(HOST, OAuthTokens("sk-ant-oat01-" + "x" * 40, "sk-ant-ort01-" + "y" * 40, NOW + 3600))
+
+    main_bytes = b"".join(
+        path.read_bytes() for path in db_path.parent.iterdir() if path.name.startswith("sluice.db")
+    )
+    for secret in [*SECRETS, "sk-ant-oat01-" + "x" * 40, "sk-ant-ort01-" + "y" * 40]:
+        assert secret.encode() not in main_bytes
+    assert fingerprint(SECRETS[0]).encode() in main_bytes
+
+
+# -- OAuth credentials files ----------------------------------------------------------------------------
+
+
+def test_parse_claude_code_credentials():
+    text = json.dumps(
+        {
+            "claudeAiOauth": {
+                "accessToken": "sk-ant-oat01-abc",
+                "refreshToken": "sk-ant-ort01-def",
+                "expiresAt": 1_800_000_000_000,
+                "scopes": ["user:inference", "user:profile"],
+                "subscriptionType": "max",
+            }
+        }
+    )
+    tokens = parse_oauth_credentials(text)
+    assert tokens == OAuthTokens("sk-ant-oat01-abc", "sk-ant-ort01-def", 1_800_000_000.0, ("user:inference", "user:profile"))
+    assert "sk-ant" not in repr(tokens)
+
+
+def test_parse_flat_and_long_lived_credentials():
+    flat = parse_oauth_credentials('{"access_token": "at", "refresh_token": "rt", "expires_at": 1800000000}')
+    assert (flat.access_token, flat.refresh_token, flat.expires_at) == ("at", "rt", 1_800_000_000.0)
+    bare = parse_oauth_credentials("sk-ant-oat01-long-lived\n")
+    assert (bare.access_token, bare.refresh_token, bare.expires_at) == ("sk-ant-oat01-long-lived", None, None)
+    assert bare.identity == fingerprint("sk-ant-oat01-long-lived")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty"),
+        ("{not json", "not valid JSON"),
+        ("[1]", "must be a JSON object"),
+        ('{"claudeAiOauth": {"refreshToken": "sk-ant-ort01-secret"}}', "no claudeAiOauth.accessToken"),
+        ('{"access_token": "sk-secret", "expires_at": "tomorrow"}', "expires_at must be a number"),
+        ("two words", "neither JSON nor a single token"),
+    ],
+)
+def test_bad_credentials_files_name_the_field_not_the_value(text, message):
+    with pytest.raises(ValueError, match=message) as raised:
+        parse_oauth_credentials(text)
+    assert "secret" not in str(raised.value)
+
+
+# -- the OAuth store ------------------------------------------------------------------------------------
+
+EXPIRED = OAuthTokens("access-1", "refresh-1", NOW - 10)
+
+
+class FakeTokenEndpoint:
+    """Rotates like a real one: each refresh token works once."""
+
+    def __init__(self, delay: float = 0.05) -> None:
+        self.calls: list[str] = []
+        self.delay = delay
+        self.spent: set[str] = set()
+
+    async def __call__(self, refresh_token: str) -> TokenResponse:
+        self.calls.append(refresh_token)
+        await asyncio.sleep(self.delay)
+        if refresh_token in self.spent:
+            raise TokenRefused("invalid_grant", "Refresh token not found or invalid")
+        self.spent.add(refresh_token)
+        n = len(self.spent) + 1
+        return TokenResponse(f"access-{n}", f"refresh-{n}", 3600)
+
+
+def make_store(tmp_path: Path, clock: Clock, **kwargs: float) -> OAuthStore:
+    return OAuthStore(tmp_path / "sluice.secrets.db", clock=clock, poll_s=0.01, **kwargs)
+
+
+def test_secrets_file_is_private_whatever_the_umask(tmp_path):
+    previous = os.umask(0)
+    try:
+        OAuthStore(tmp_path / "a.secrets.db")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a.secrets.db").stat().st_mode) == 0o600
+
+    loose = tmp_path / "b.secrets.db"
+    loose.touch(mode=0o644)
+    os.chmod(loose, 0o644)
+    OAuthStore(loose).seed(HOST, EXPIRED)
+    for path in tmp_path.glob("b.secrets.db*"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+    assert secrets_path_for(tmp_path / "sluice.db") == tmp_path / "sluice.secrets.db"
+
+
+def test_seeding_takes_only_tokens_the_store_has_never_seen(tmp_path):
+    clock = Clock()
+    endpoint = FakeTokenEndpoint(delay=0)
+    store = make_store(tmp_path, clock)
+    assert store.seed(HOST, EXPIRED) is True
+    assert asyncio.run(store.access_token(HOST, endpoint)) == "access-2"
+
+    # A restart with the same (now spent) file keeps the rotated tokens.
+    restarted = make_store(tmp_path, clock)
+    assert restarted.seed(HOST, EXPIRED) is False
+    assert asyncio.run(restarted.access_token(HOST, endpoint)) == "access-2"
+
+    # A new login wins...
+    relogin = OAuthTokens("access-new", "refresh-new", NOW + 3600)
+    assert restarted.seed(HOST, relogin) is True
+    assert asyncio.run(restarted.access_token(HOST, endpoint)) == "access-new"
+    # ...and a file restored from an old backup does not.
+    assert restarted.seed(HOST, EXPIRED) is False
+    assert asyncio.run(restarted.access_token(HOST, endpoint)) == "access-new"
+    assert endpoint.calls == ["refresh-1"]
+
+
+def test_fifty_concurrent_requests_on_an_expired_token_refresh_once(tmp_path):
+    clock = Clock()
+    endpoint = FakeTokenEndpoint()
+    store = make_store(tmp_path, clock)
+    store.seed(HOST, EXPIRED)
+
+    async def burst() -> list[str]:
+        return await asyncio.gather(*(store.access_token(HOST, endpoint) for _ in range(50)))
+
+    assert asyncio.run(burst()) == ["access-2"] * 50
+    assert endpoint.calls == ["refresh-1"]
+    status = store.status(HOST)
+    assert status is not None and status.expires_at == NOW + 3600 and status.version == 2
+
+
+def test_refresh_ahead_of_expiry_serves_the_current_token_meanwhile(tmp_path):
+    clock = Clock()
+    endpoint = FakeTokenEndpoint()
+    store = make_store(tmp_path, clock)
+    store.seed(HOST, OAuthTokens("access-1", "refresh-1", NOW + 120))  # inside the 5 min skew
+
+    async def scenario() -> tuple[list[str], str]:
+        first = await asyncio.gather(*(store.access_token(HOST, endpoint) for _ in range(10)))
+        await asyncio.sleep(0.2)
+        return first, await store.access_token(HOST, endpoint)
+
+    during, after = asyncio.run(scenario())
+    assert during == ["access-1"] * 10 and after == "access-2"
+    assert endpoint.calls == ["refresh-1"]
+
+
+def test_a_response_without_refresh_token_keeps_the_old_one(tmp_path):
+    clock = Clock()
+    store = make_store(tmp_path, clock)
+    store.seed(HOST, EXPIRED)
+    seen: list[str] = []
+
+    async def endpoint(refresh_token: str) -> TokenResponse:
+        seen.append(refresh_token)
+        return TokenResponse(f"access-{len(seen) + 1}", None, 3600)
+
+    assert asyncio.run(store.access_token(HOST, endpoint)) == "access-2"
+    clock.now += 3600
+    assert asyncio.run(store.access_token(HOST, endpoint)) == "access-3"
+    assert seen == ["refresh-1", "refresh-1"]
+
+
+def test_genuine_invalid_grant_kills_the_credential_once(tmp_path):
+    clock = Clock()
+    store = make_store(tmp_path, clock)
+    store.seed(HOST, EXPIRED)
+    calls: list[str] = []
+
+    async def revoked(refresh_token: str) -> TokenResponse:
+        calls.append(refresh_token)
+        raise TokenRefused("invalid_grant", "Refresh token has been revoked")
+
+    async def burst() -> list[BaseException | str]:
+        return await asyncio.gather(*(store.access_token(HOST, revoked) for _ in range(20)), return_exceptions=True)
+
+    results = asyncio.run(burst())
+    assert all(isinstance(r, CredentialDead) for r in results)
+    assert "invalid_grant: Refresh token has been revoked" in str(results[0])
+    assert calls == ["refresh-1"]
+
+    # Another process (a new store on the same file) does not spend the dead token again...
+    other = make_store(tmp_path, clock)
+    with pytest.raises(CredentialDead, match="revoked"):
+        asyncio.run(other.access_token(HOST, revoked))
+    assert calls == ["refresh-1"]
+    # ...until the operator clears the failure, or logs in again.
+    assert other.clear_failure(HOST) is True
+    assert asyncio.run(other.access_token(HOST, FakeTokenEndpoint(delay=0))) == "access-2"
+
+
+def test_invalid_grant_after_another_process_rotated_is_not_fatal(tmp_path):
+    clock = Clock()
+    slow = make_store(tmp_path, Clock(), lease_s=0.1)  # its lease lapses while it waits on the endpoint
+    fast = make_store(tmp_path, clock)
+    slow.seed(HOST, EXPIRED)
+    endpoint = FakeTokenEndpoint(delay=0)
+
+    async def slow_endpoint(refresh_token: str) -> TokenResponse:
+        await asyncio.sleep(0.15)
+        # Meanwhile the other process finds the lease lapsed and rotates the token...
+        assert await fast.access_token(HOST, endpoint) == "access-2"
+        # ...so this refresh, with the same token, is refused.
+        return await endpoint(refresh_token)
+
+    assert asyncio.run(slow.access_token(HOST, slow_endpoint)) == "access-2"
+    assert endpoint.calls == ["refresh-1", "refresh-1"]
+    status = slow.status(HOST)
+    assert status is not None and status.failed_reason is None and status.version == 2
+
+
+def test_a_lost_compare_and_swap_keeps_the_stored_tokens(tmp_path):
+    clock = Clock()
+    store = make_store(tmp_path, clock)
+    store.seed(HOST, EXPIRED)
+
+    async def endpoint_that_races(refresh_token: str) -> TokenResponse:
+        # Someone stores other tokens while this refresh is in flight (a new login, say).
+        store.seed(HOST, OAuthTokens("access-login", "refresh-login", NOW + 3600))
+        return TokenResponse("access-mine", "refresh-mine", 3600)
+
+    assert asyncio.run(store.access_token(HOST, endpoint_that_races)) == "access-login"
+
+
+def test_a_transient_failure_keeps_a_valid_token_and_never_disables(tmp_path):
+    clock = Clock()
+    store = make_store(tmp_path, clock, transient_backoff_s=60)
+    store.seed(HOST, OAuthTokens("access-1", "refresh-1", NOW + 60))
+    calls: list[str] = []
+
+    async def down(refresh_token: str) -> TokenResponse:
+        calls.append(refresh_token)
+        raise ConnectionError(f"token endpoint unreachable while sending {refresh_token}")
+
+    async def scenario() -> str:
+        token = await store.access_token(HOST, down)
+        await asyncio.sleep(0.05)  # let the background refresh fail
+        return token
+
+    assert asyncio.run(scenario()) == "access-1"
+    assert asyncio.run(store.access_token(HOST, down)) == "access-1"  # backing off: no second attempt
+    assert calls == ["refresh-1"]
+
+    clock.now += 120  # expired, still backing off
+    with pytest.raises(CredentialUnavailable) as raised:
+        asyncio.run(store.access_token(HOST, down))
+    assert raised.value.retry_after_s > 0
+    status = store.status(HOST)
+    assert status is not None and status.failed_reason is None and status.lease_until is None
+
+
+def test_an_expired_long_lived_token_is_dead(tmp_path):
+    clock = Clock()
+    store = make_store(tmp_path, clock)
+    store.seed(HOST, OAuthTokens("sk-ant-oat01-long", None, NOW + 10))
+    assert asyncio.run(store.access_token(HOST, FakeTokenEndpoint())) == "sk-ant-oat01-long"
+    clock.now += 20
+    with pytest.raises(CredentialDead, match="no refresh token"):
+        asyncio.run(store.access_token(HOST, FakeTokenEndpoint()))
+
+
+def test_an_unseeded_credential_is_dead(tmp_path):
+    with pytest.raises(CredentialDead, match="seed"):
+        asyncio.run(make_store(tmp_path, Clock()).access_token(HOST, FakeTokenEndpoint()))
+
+
+# -- two real processes ---------------------------------------------------------------------------------
+
+
+async def _counting_refresh(refresh_token: str, log_path: str) -> TokenResponse:
+    with open(log_path, "a", encoding="utf-8") as log:  # O_APPEND: one short write per line is atomic
+        log.write(f"{os.getpid()} {refresh_token}\n")
+    await asyncio.sleep(0.3)
+    return TokenResponse("access-2", "refresh-2", 3600)
+
+
+def _process_main(secrets_path: str, log_path: str, barrier: object, results: object) -> None:
+    store = OAuthStore(secrets_path, poll_s=0.02)
+
+    async def refresh(refresh_token: str) -> TokenResponse:
+        return await _counting_refresh(refresh_token, log_path)
+
+    async def waiters() -> list[str]:
+        outcomes = await asyncio.gather(
+            *(store.access_token(HOST, refresh) for _ in range(25)), return_exceptions=True
+        )
+        return [o if isinstance(o, str) else f"{type(o).__name__}: {o}" for o in outcomes]
+
+    barrier.wait()  # type: ignore[attr-defined]
+    results.put(asyncio.run(waiters()))  # type: ignore[attr-defined]
+
+
+def test_two_processes_refresh_an_expired_token_exactly_once(tmp_path):
+    secrets_path = tmp_path / "sluice.secrets.db"
+    log_path = tmp_path / "refreshes.log"
+    OAuthStore(secrets_path).seed(HOST, OAuthTokens("access-1", "refresh-1", time.time() - 10))
+
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    results = context.Queue()
+    processes = [
+        context.Process(target=_process_main, args=(str(secrets_path), str(log_path), barrier, results))
+        for _ in range(2)
+    ]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=20) for _ in processes]
+    for process in processes:
+        process.join(timeout=10)
+        assert process.exitcode == 0
+
+    assert outcomes == [["access-2"] * 25, ["access-2"] * 25]
+    assert len(log_path.read_text().splitlines()) == 1
