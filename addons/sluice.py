@@ -3,8 +3,9 @@
 mitmproxy puts only this file's folder on sys.path; the repository root is added so the `addons`, `rules`
 and `state` packages import the same way whether or not sluice is pip-installed.
 
-Order matters: mitmproxy calls each hook on these addons in list order. Request side: rewrite the body,
-filter headers, then meter what goes upstream. Response side: filter headers, then tee the stream.
+Order matters: mitmproxy calls each hook on these addons in list order. Request side: who is calling (gate),
+rewrite the body, filter headers, meter what goes upstream, and last put the real credential on. Response
+side: filter headers, tee the stream, take the real credential off again and judge it by the answer.
 """
 
 import sys
@@ -15,9 +16,11 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from addons.core import SluiceCore  # noqa: E402
+from addons.credentials import Credentials  # noqa: E402
+from addons.gate import Gate  # noqa: E402
 from addons.headers import Headers  # noqa: E402
 from addons.meter import Meter  # noqa: E402
 from addons.rewrite import Rewrite  # noqa: E402
 
 core = SluiceCore()
-addons = [core, Rewrite(core), Headers(core), Meter(core)]
+addons = [core, Gate(core), Rewrite(core), Headers(core), Meter(core), Credentials(core)]

@@ -41,6 +41,8 @@ class OAuth(_Model):
     token_url: str | None = None
     client_id: str | None = None
     scope: str | None = None
+    # RFC 6749 §6 says form-encoded; Anthropic's token endpoint (the one Claude Code uses) takes JSON.
+    token_format: Literal["form", "json"] = "json"
 
 
 class Upstream(_Model):

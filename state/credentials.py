@@ -276,7 +276,8 @@ class CredentialPool:
 
     def sync_config(self, host: str, entries: Sequence[CredentialEntry]) -> None:
         """Declare `host`'s credentials, in the config's order. New ones start active; known ones keep
-        their state. Raises ValueError when two entries hold the same secret."""
+        their state. Raises ValueError when two entries hold the same secret, sqlite3.Error when the
+        database refuses (the pool is then usable in memory, without the shared state)."""
         seen: dict[str, str] = {}
         for entry in entries:
             if entry.fingerprint in seen:
@@ -284,6 +285,8 @@ class CredentialPool:
             seen[entry.fingerprint] = entry.label
         now = self._clock()
         with self._lock:
+            self._entries[host] = tuple(entries)
+            self._loaded_at = None
             with _immediate(self._conn):
                 self._conn.execute(
                     "update credentials set position = null where host = ? and position is not null", (host,)
@@ -302,8 +305,6 @@ class CredentialPool:
                         for position, entry in enumerate(entries)
                     ],
                 )
-            self._entries[host] = tuple(entries)
-            self._loaded_at = None
 
     def choose(self, host: str, now: float | None = None) -> Choice:
         """The first usable credential of `host`, or why none is usable."""
@@ -433,6 +434,7 @@ class CredentialPool:
         except sqlite3.Error as e:
             # Fail open on the last view: a database hiccup must not stop requests.
             log.warning("sluice: could not reload credential states (%s); using the last known ones", e)
+            self._view = {**self._view, **self._unsaved}
             return
         view = {(host, fp): _status(state, reason, until) for host, fp, state, reason, until in rows}
         for key, status in self._unsaved.items():
@@ -564,7 +566,7 @@ def parse_oauth_credentials(text: str) -> OAuthTokens:
     stripped = text.strip()
     if not stripped:
         raise ValueError("the OAuth credentials are empty")
-    if not stripped.startswith("{"):
+    if not stripped.startswith(("{", "[", '"')):
         if any(char.isspace() for char in stripped):
             raise ValueError("the OAuth credentials are neither JSON nor a single token")
         return OAuthTokens(access_token=stripped)
@@ -745,6 +747,7 @@ class OAuthStore:
         refresh_timeout_s: float = 20.0,
         poll_s: float = 0.05,
         transient_backoff_s: float = 10.0,
+        recheck_s: float = 30.0,
     ) -> None:
         self._conn = open_secrets_db(path)
         self._clock = clock  # wall clock: leases are compared across processes
@@ -753,9 +756,12 @@ class OAuthStore:
         self._refresh_timeout_s = min(refresh_timeout_s, lease_s)
         self._poll_s = poll_s
         self._transient_backoff_s = transient_backoff_s
+        self._recheck_s = recheck_s
         self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._db_lock = threading.Lock()
-        self._cache: dict[str, _TokenRow] = {}
+        # The last row read per key, and when (time.monotonic()): re-read at most every `recheck_s` while
+        # fresh, so a new login seeded or a failure cleared by another process is seen without a restart.
+        self._cache: dict[str, tuple[_TokenRow, float]] = {}
         self._inflight: dict[str, asyncio.Task[_TokenRow]] = {}
         self._backoff_until: dict[str, float] = {}  # time.monotonic() before which no refresh is tried
 
@@ -828,13 +834,11 @@ class OAuthStore:
         another). Raises CredentialDead when the token endpoint refused for good (disable the credential
         with its message), CredentialUnavailable when the token expired and a refresh failed transiently.
         """
+        cached = self._cache.get(key)
+        row = (
+            cached[0] if cached and time.monotonic() - cached[1] < self._recheck_s else await self._load(key)
+        )
         now = self._clock()
-        row = self._cache.get(key)
-        if row is None:
-            row = await asyncio.to_thread(self._read, key)
-            if row is None:
-                raise CredentialDead(f"no OAuth tokens stored for {key}: seed them from the credentials file")
-            self._cache[key] = row
         if row.fresh(now, self._skew_s):
             return row.access_token
         if row.refresh_token is None:
@@ -870,10 +874,7 @@ class OAuthStore:
     async def _obtain(self, key: str, refresh_fn: RefreshFn) -> _TokenRow:
         """Until the stored token is fresh: take the lease and refresh, or wait for whoever holds it."""
         while True:
-            row = await asyncio.to_thread(self._read, key)
-            if row is None:
-                raise CredentialDead(f"no OAuth tokens stored for {key}: seed them from the credentials file")
-            self._cache[key] = row
+            row = await self._load(key)
             if row.fresh(self._clock(), self._skew_s):
                 return row
             if row.failed_reason is not None:
@@ -904,18 +905,15 @@ class OAuthStore:
         try:
             response = await asyncio.wait_for(refresh_fn(refresh_token), self._refresh_timeout_s)
         except TokenRefused as refused:
-            # Before calling it dead: another process may have rotated the token after our lease lapsed,
-            # which is exactly why ours was refused.
-            current = await asyncio.to_thread(self._read, key)
-            if current is not None and current.version != row.version:
-                await asyncio.to_thread(self._release, key)
+            detail = refused.message or "no description"
+            reason = scrub(f"the token endpoint refused the refresh: {refused.error_code}: {detail}")
+            # Re-read before calling it dead, atomically: `_mark_failed` marks only the version we spent.
+            # Another process may have rotated the token after our lease lapsed, which is exactly why ours
+            # was refused; then its tokens are good, and the caller re-reads and uses them.
+            if not await asyncio.to_thread(self._mark_failed, key, row.version, reason):
                 log.info(
                     "sluice: OAuth refresh for %s was refused, but another process had refreshed it", key
                 )
-                return None
-            detail = refused.message or "no description"
-            reason = scrub(f"the token endpoint refused the refresh: {refused.error_code}: {detail}")
-            if not await asyncio.to_thread(self._mark_failed, key, row.version, reason):
                 return None
             self._backoff_until[key] = time.monotonic() + self._transient_backoff_s
             log.error("sluice: OAuth credential for %s is dead: %s", key, reason)
@@ -942,7 +940,18 @@ class OAuthStore:
         stored = await asyncio.to_thread(self._store, key, row.version, response)
         if stored is None:
             log.warning("sluice: OAuth tokens for %s changed while refreshing; keeping the stored ones", key)
+        else:
+            self._cache[key] = (stored, time.monotonic())
         return stored
+
+    async def _load(self, key: str) -> _TokenRow:
+        """Read the stored row off the loop, and remember it (on the loop: the cache has one writer)."""
+        row = await asyncio.to_thread(self._read, key)
+        if row is None:
+            self._cache.pop(key, None)
+            raise CredentialDead(f"no OAuth tokens stored for {key}: seed them from the credentials file")
+        self._cache[key] = (row, time.monotonic())
+        return row
 
     async def _wait_for_change(self, key: str, version: int) -> None:
         """Poll until the version moves, the lease is released or lapses, or the credential failed."""
@@ -963,10 +972,10 @@ class OAuthStore:
 
     def _read(self, key: str) -> _TokenRow | None:
         with self._db_lock:
-            row = self._conn.execute(
+            found = self._conn.execute(
                 f"select {_ROW_COLUMNS} from oauth_tokens where key = ?", (key,)
             ).fetchone()
-        return None if row is None else _TokenRow(*row)
+        return None if found is None else _TokenRow(*found)
 
     def _take_lease(self, key: str, version: int) -> tuple[LeaseOutcome, _TokenRow | None]:
         now = self._clock()
@@ -1020,11 +1029,10 @@ class OAuthStore:
             found = self._conn.execute(
                 f"select {_ROW_COLUMNS} from oauth_tokens where key = ?", (key,)
             ).fetchone()
-        row = _TokenRow(*found)
-        self._cache[key] = row
-        return row
+        return _TokenRow(*found)
 
     def _mark_failed(self, key: str, version: int, reason: str) -> bool:
+        """Record a terminal refusal, unless the tokens changed since `version` (compare-and-swap)."""
         with self._db_lock, _immediate(self._conn):
             cursor = self._conn.execute(
                 """

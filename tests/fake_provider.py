@@ -186,7 +186,11 @@ class Behaviour:
 
 @dataclass
 class SentResponse:
-    """What the fake answered: the status, headers and the body before any content-encoding."""
+    """What the fake answered: status, headers, and the body before content-encoding.
+
+    For a stream, `body` holds the SSE records actually sent (so far); for a plain response, the whole
+    body the fake meant to send, cut or not. `outcome` says how the response ended.
+    """
 
     status: int
     headers: list[tuple[str, str]]
@@ -242,8 +246,9 @@ class _Sse:
 class _Plan:
     status: int
     headers: list[tuple[str, str]]
-    units: list[bytes]
+    units: list[bytes]  # plain responses: already content-encoded; streams: encoded as they are sent
     streamed: bool
+    body: bytes = b""  # plain responses: the body before content-encoding
 
 
 class _ClientGone(Exception):
@@ -482,7 +487,7 @@ class _Responder:
         if self.b.close_connection:
             headers.append(("connection", "close"))
         units = [encoded[: len(encoded) // 2], encoded[len(encoded) // 2 :]] if self.b.split else [encoded]
-        return _Plan(status, self._finish_headers(headers), units, streamed=False)
+        return _Plan(status, self._finish_headers(headers), units, streamed=False, body=body)
 
     def _stream(self, records: list[_Sse]) -> _Plan:
         if self.b.malformed and records:
@@ -841,8 +846,10 @@ class FakeProvider:
         certfile: str | Path | None = None,
         keyfile: str | Path | None = None,
         ca_pem: str | Path | None = None,
+        record_requests: bool = True,
     ) -> None:
         self.host = host
+        self.record_requests = record_requests
         self._port = port
         self.ca_pem = Path(ca_pem) if ca_pem else None
         self._ssl: ssl.SSLContext | None = None
@@ -862,6 +869,7 @@ class FakeProvider:
         self._requests: list[RecordedRequest] = []
         self._errors: list[str] = []
         self._served = 0
+        self._accepted = 0
         self.default = Behaviour()
         self.accepted_credentials: set[str] | None = None
 
@@ -946,6 +954,7 @@ class FakeProvider:
             self._requests.clear()
             self._errors.clear()
             self._served = 0
+            self._accepted = 0
         self.default = Behaviour()
         self.accepted_credentials = None
 
@@ -958,6 +967,16 @@ class FakeProvider:
     def requests(self) -> list[RecordedRequest]:
         with self._lock:
             return list(self._requests)
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted since the last reset.
+
+        mitmproxy connects upstream eagerly (at CONNECT, before any request: `connection_strategy=eager`),
+        so "the upstream was never contacted" is `fake.requests == []`, not `fake.connections == 0`.
+        """
+        with self._lock:
+            return self._accepted
 
     @property
     def errors(self) -> list[str]:
@@ -1003,6 +1022,7 @@ class FakeProvider:
             )
             with self._lock:
                 self._threads.add(thread)
+                self._accepted += 1
             thread.start()
 
     def _handle(self, raw: socket.socket) -> None:
@@ -1045,11 +1065,12 @@ class FakeProvider:
 
     def _respond(self, conn: socket.socket, request: RecordedRequest) -> _Ending:
         """Answer one request; say whether the connection carries on, ends cleanly, or was cut."""
-        with self._lock:
-            self._requests.append(request)
+        if self.record_requests:
+            with self._lock:
+                self._requests.append(request)
         behaviour, served = self._take(request.path)
         plan = _Responder(request, behaviour, served).plan(self.accepted_credentials)
-        sent = SentResponse(plan.status, plan.headers, b"", plan.streamed)
+        sent = SentResponse(plan.status, plan.headers, plan.body, plan.streamed)
         request.response = sent
         if behaviour.delay and self._stopping.wait(behaviour.delay):
             return "cut"
@@ -1073,7 +1094,6 @@ class FakeProvider:
 
     def _send_units(self, conn: socket.socket, plan: _Plan, b: Behaviour, sent: SentResponse) -> bool:
         encoder = _Encoder(b.encoding) if plan.streamed else None
-        body = bytearray()
         for index in range(len(plan.units) + 1):
             if b.stall_after == index and self._stopping.wait(b.stall_seconds):
                 return False
@@ -1088,13 +1108,12 @@ class FakeProvider:
             if index == len(plan.units):
                 break
             unit = plan.units[index]
-            body += unit
-            sent.body = bytes(body)
             if encoder is None:
                 _send(conn, unit)
                 if b.split and index == 0:
                     time.sleep(b.split_delay)
                 continue
+            sent.body += unit
             payload = encoder.feed(unit)
             if b.split and len(payload) > 1:
                 # Two HTTP chunks, two TCP writes: the record arrives in two pieces.
@@ -1166,7 +1185,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         certdir = args.certdir or Path(tempfile.mkdtemp(prefix="fake-provider-"))
         ca = make_test_ca(certdir)
         kwargs = {"certfile": ca.leaf_cert, "keyfile": ca.leaf_key, "ca_pem": ca.ca_cert}
-    fake = FakeProvider(host=args.host, port=args.port, **kwargs)
+    fake = FakeProvider(host=args.host, port=args.port, record_requests=False, **kwargs)
     fake.set_default(event_delay=args.event_delay, split=args.split)
     with fake:
         print(f"fake provider listening at {fake.base_url}", flush=True)

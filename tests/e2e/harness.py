@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import ipaddress
 import os
+import secrets
 import signal
 import socket
 import sqlite3
@@ -175,9 +176,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def mitmdump_path() -> Path:
-    """The `mitmdump` of the interpreter running the tests (the venv's, not whatever is on PATH)."""
-    return Path(sys.executable).parent / "mitmdump"
+def mitmdump_path(program: str = "mitmdump") -> Path:
+    """`mitmdump` or `mitmweb` beside the interpreter running the tests (the venv's, not one on PATH)."""
+    return Path(sys.executable).parent / program
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -209,6 +210,8 @@ class Proxy:
         db_path: Path | None,
         mode: str | None,
         args: list[str],
+        web_port: int | None = None,
+        web_token: str | None = None,
     ) -> None:
         self.process = process
         self.port = port
@@ -217,6 +220,8 @@ class Proxy:
         self.db_path = db_path
         self.mode = mode
         self.args = args
+        self.web_port = web_port
+        self.web_token = web_token
         self.confdir = workdir / "mitm"
 
     @property
@@ -227,6 +232,11 @@ class Proxy:
     def ca_pem(self) -> Path:
         """mitmproxy's own CA, which clients must trust to talk TLS through the proxy."""
         return self.confdir / "mitmproxy-ca-cert.pem"
+
+    @property
+    def web_url(self) -> str | None:
+        """mitmweb's UI (None under mitmdump); requests need `?token=<web_token>`."""
+        return f"http://127.0.0.1:{self.web_port}" if self.web_port else None
 
     @property
     def reverse(self) -> bool:
@@ -302,13 +312,15 @@ def start_proxy(
     env: dict[str, str] | None = None,
     set_db: bool = True,
     upstream_ca: Path | None = None,
+    program: str = "mitmdump",
 ) -> Proxy:
     """Start `mitmdump` on a free loopback port, with `fake` standing in for the provider hosts.
 
     Runs in `workdir` (its cwd, so a default `./sluice.db` lands there). With `addon`, loads
     `addons/sluice.py` with `sluice_db=<workdir>/sluice.db` (unless `set_db=False`) and, given
     `config_toml`, `sluice_config=<workdir>/sluice.toml`. Returns once the port accepts connections and
-    mitmproxy has written its CA; raises with the log tail otherwise.
+    mitmproxy has written its CA; raises with the log tail otherwise. `program="mitmweb"` runs the web UI
+    instead, on another free port (`proxy.web_url`), without opening a browser.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     trusted = upstream_ca or fake.ca_pem
@@ -316,7 +328,7 @@ def start_proxy(
     for _attempt in range(3):
         port = free_port()
         args = [
-            str(mitmdump_path()),
+            str(mitmdump_path(program)),
             "--listen-host",
             "127.0.0.1",
             "--listen-port",
@@ -328,6 +340,11 @@ def start_proxy(
         ]
         if trusted:
             args += ["--set", f"ssl_verify_upstream_trusted_ca={trusted}"]
+        web_port = web_token = None
+        if program == "mitmweb":
+            web_port, web_token = free_port(), secrets.token_hex(8)
+            args += ["--set", "web_open_browser=false", "--set", "web_host=127.0.0.1"]
+            args += ["--set", f"web_port={web_port}", "--set", f"web_password={web_token}"]
         if mode:
             args += ["--mode", mode]
         db_path: Path | None = None
@@ -368,6 +385,8 @@ def start_proxy(
             db_path=db_path,
             mode=mode,
             args=args,
+            web_port=web_port,
+            web_token=web_token,
         )
         try:
             _wait_until_ready(proxy)

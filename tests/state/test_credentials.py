@@ -4,10 +4,11 @@ import asyncio
 import json
 import multiprocessing
 import os
+import sqlite3
 import stat
 import time
-from email.utils import format_datetime
 from datetime import UTC, datetime
+from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
@@ -128,7 +129,9 @@ def test_first_usable_credential_in_order_with_failover(db_path):
     assert chosen(pool.choose(HOST)) == labels[0]
     assert chosen(pool.choose(HOST)) == labels[0]  # sticky: the prompt cache lives per key
 
-    pool.report(HOST, fingerprint(SECRETS[0]), 429, {"retry-after": "10"}, "Number of request tokens exceeded")
+    pool.report(
+        HOST, fingerprint(SECRETS[0]), 429, {"retry-after": "10"}, "Number of request tokens exceeded"
+    )
     assert chosen(pool.choose(HOST)) == labels[1]
     pool.report(HOST, fingerprint(SECRETS[1]), 529, {}, "Overloaded")
     assert chosen(pool.choose(HOST)) == labels[2]
@@ -251,14 +254,20 @@ def test_unknown_host_has_no_credentials(db_path):
     assert choice == Choice(reasons=("no credentials configured for api.openai.com",))
 
 
-def test_a_refused_write_is_still_honoured_by_this_process(db_path):
-    pool = make_pool(db_path, Clock())
-    pool.choose(HOST)
-    os.chmod(db_path, 0o444)  # the handle stays open; SQLite refuses to write through it once read-only...
-    pool._conn.close()  # ...so force the failure the same way on every platform: a closed connection
-    state = pool.report(HOST, fingerprint(SECRETS[0]), 401, {}, "invalid x-api-key")
-    assert state is not None and state.state == "disabled"
-    assert chosen(pool.choose(HOST)) == "keys[1] env:ANTHROPIC_KEY_2"
+def test_a_refused_write_is_still_honoured_by_this_process(db_path, caplog):
+    make_pool(db_path, Clock())
+    pool = CredentialPool(sluice_db.connect(db_path, busy_timeout_ms=50), clock=Clock())
+    pool.sync_config(HOST, entries())
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("begin immediate")  # another process sits on the write lock
+    try:
+        state = pool.report(HOST, fingerprint(SECRETS[0]), 401, {}, "invalid x-api-key")
+        assert state is not None and state.state == "disabled"
+        assert chosen(pool.choose(HOST)) == "keys[1] env:ANTHROPIC_KEY_2"
+        assert "only this process will honour it" in caplog.text
+    finally:
+        blocker.execute("rollback")
+    assert [s.state for s in pool.states()] == ["active"] * 3  # the database never heard of it
 
 
 def test_no_secret_reaches_the_main_database(db_path):
@@ -293,7 +302,9 @@ def test_parse_claude_code_credentials():
         }
     )
     tokens = parse_oauth_credentials(text)
-    assert tokens == OAuthTokens("sk-ant-oat01-abc", "sk-ant-ort01-def", 1_800_000_000.0, ("user:inference", "user:profile"))
+    assert tokens == OAuthTokens(
+        "sk-ant-oat01-abc", "sk-ant-ort01-def", 1_800_000_000.0, ("user:inference", "user:profile")
+    )
     assert "sk-ant" not in repr(tokens)
 
 
@@ -388,6 +399,18 @@ def test_seeding_takes_only_tokens_the_store_has_never_seen(tmp_path):
     assert endpoint.calls == ["refresh-1"]
 
 
+def test_a_new_login_seeded_by_another_process_is_picked_up(tmp_path):
+    clock = Clock()
+    serving = make_store(tmp_path, clock, recheck_s=0.05)
+    serving.seed(HOST, OAuthTokens("access-1", "refresh-1", NOW + 3600))
+    assert asyncio.run(serving.access_token(HOST, FakeTokenEndpoint())) == "access-1"
+
+    make_store(tmp_path, clock).seed(HOST, OAuthTokens("access-new", "refresh-new", NOW + 3600))
+    assert asyncio.run(serving.access_token(HOST, FakeTokenEndpoint())) == "access-1"  # cached
+    time.sleep(0.06)
+    assert asyncio.run(serving.access_token(HOST, FakeTokenEndpoint())) == "access-new"
+
+
 def test_fifty_concurrent_requests_on_an_expired_token_refresh_once(tmp_path):
     clock = Clock()
     endpoint = FakeTokenEndpoint()
@@ -446,7 +469,9 @@ def test_genuine_invalid_grant_kills_the_credential_once(tmp_path):
         raise TokenRefused("invalid_grant", "Refresh token has been revoked")
 
     async def burst() -> list[BaseException | str]:
-        return await asyncio.gather(*(store.access_token(HOST, revoked) for _ in range(20)), return_exceptions=True)
+        return await asyncio.gather(
+            *(store.access_token(HOST, revoked) for _ in range(20)), return_exceptions=True
+        )
 
     results = asyncio.run(burst())
     assert all(isinstance(r, CredentialDead) for r in results)
@@ -465,13 +490,13 @@ def test_genuine_invalid_grant_kills_the_credential_once(tmp_path):
 
 def test_invalid_grant_after_another_process_rotated_is_not_fatal(tmp_path):
     clock = Clock()
-    slow = make_store(tmp_path, Clock(), lease_s=0.1)  # its lease lapses while it waits on the endpoint
+    slow = make_store(tmp_path, clock)
     fast = make_store(tmp_path, clock)
     slow.seed(HOST, EXPIRED)
     endpoint = FakeTokenEndpoint(delay=0)
 
     async def slow_endpoint(refresh_token: str) -> TokenResponse:
-        await asyncio.sleep(0.15)
+        clock.now += 60  # the process stalls (suspended, swapping) past its 30 s lease
         # Meanwhile the other process finds the lease lapsed and rotates the token...
         assert await fast.access_token(HOST, endpoint) == "access-2"
         # ...so this refresh, with the same token, is refused.
@@ -496,15 +521,17 @@ def test_a_lost_compare_and_swap_keeps_the_stored_tokens(tmp_path):
     assert asyncio.run(store.access_token(HOST, endpoint_that_races)) == "access-login"
 
 
-def test_a_transient_failure_keeps_a_valid_token_and_never_disables(tmp_path):
+def test_a_transient_failure_keeps_a_valid_token_and_never_disables(tmp_path, caplog):
     clock = Clock()
     store = make_store(tmp_path, clock, transient_backoff_s=60)
-    store.seed(HOST, OAuthTokens("access-1", "refresh-1", NOW + 60))
+    refresh_token = "sk-ant-ort01-" + "r" * 40
+    store.seed(HOST, OAuthTokens("access-1", refresh_token, NOW + 60))
     calls: list[str] = []
 
     async def down(refresh_token: str) -> TokenResponse:
         calls.append(refresh_token)
-        raise ConnectionError(f"token endpoint unreachable while sending {refresh_token}")
+        # a careless HTTP client library might echo the request body
+        raise ConnectionError(f"token endpoint unreachable (sent refresh_token={refresh_token})")
 
     async def scenario() -> str:
         token = await store.access_token(HOST, down)
@@ -513,12 +540,19 @@ def test_a_transient_failure_keeps_a_valid_token_and_never_disables(tmp_path):
 
     assert asyncio.run(scenario()) == "access-1"
     assert asyncio.run(store.access_token(HOST, down)) == "access-1"  # backing off: no second attempt
-    assert calls == ["refresh-1"]
+    assert calls == [refresh_token]
+    assert "ConnectionError" in caplog.text and refresh_token not in caplog.text
 
     clock.now += 120  # expired, still backing off
     with pytest.raises(CredentialUnavailable) as raised:
         asyncio.run(store.access_token(HOST, down))
     assert raised.value.retry_after_s > 0
+
+    clock.now += 1  # backoff is measured on the monotonic clock; expire it
+    store._backoff_until.clear()
+    with pytest.raises(CredentialUnavailable, match="ConnectionError") as raised:
+        asyncio.run(store.access_token(HOST, down))
+    assert refresh_token not in str(raised.value) and len(calls) == 2
     status = store.status(HOST)
     assert status is not None and status.failed_reason is None and status.lease_until is None
 
@@ -548,7 +582,7 @@ async def _counting_refresh(refresh_token: str, log_path: str) -> TokenResponse:
     return TokenResponse("access-2", "refresh-2", 3600)
 
 
-def _process_main(secrets_path: str, log_path: str, barrier: object, results: object) -> None:
+def _process_main(secrets_path, log_path, barrier, results):
     store = OAuthStore(secrets_path, poll_s=0.02)
 
     async def refresh(refresh_token: str) -> TokenResponse:
@@ -560,8 +594,8 @@ def _process_main(secrets_path: str, log_path: str, barrier: object, results: ob
         )
         return [o if isinstance(o, str) else f"{type(o).__name__}: {o}" for o in outcomes]
 
-    barrier.wait()  # type: ignore[attr-defined]
-    results.put(asyncio.run(waiters()))  # type: ignore[attr-defined]
+    barrier.wait()
+    results.put(asyncio.run(waiters()))
 
 
 def test_two_processes_refresh_an_expired_token_exactly_once(tmp_path):

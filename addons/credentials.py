@@ -1,0 +1,341 @@
+"""Swaps the client's placeholder key for a real upstream credential, from a pool, and hides it again.
+
+The real credential goes onto the request at the end of sluice's `request` hooks and comes off again in
+`responseheaders` (or `error`, or at shutdown) — before mitmweb's view, `-w` saving or the console dumper
+look at the flow again (they run after script addons). The client, the database and the logs only ever see
+the placeholder and a fingerprint.
+
+Pool policy (state/credentials.py): always the first usable credential (prompt caches live per key); 429
+and 529 cool it down, 401/403 disable it. A client whose call failed because of *our* credential is told
+to retry (429, short `retry-after`, `x-should-retry: true`) while another credential is usable, so its own
+retry lands on the next one; sluice never retries on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+
+from mitmproxy import ctx, exceptions, http
+
+from addons.core import SluiceCore
+from rules.config import ConfigError, OAuth, Upstream, resolve_secret
+from rules.envelopes import error_body
+from rules.usage import read_response_body
+from state import db as sluice_db
+from state.credentials import (
+    CredentialDead,
+    CredentialEntry,
+    CredentialPool,
+    CredentialUnavailable,
+    OAuthStore,
+    TokenRefused,
+    TokenResponse,
+    describe_reference,
+    fingerprint,
+    parse_oauth_credentials,
+    secrets_path_for,
+)
+
+log = logging.getLogger("sluice")
+
+OAUTH_BETA = "oauth-2025-04-20"  # Anthropic requires it on requests carrying an OAuth bearer token
+RETRY_SOON_S = 1
+CREDENTIAL_HEADERS = ("x-api-key", "authorization")
+
+
+@dataclass(slots=True)
+class Swapped:
+    """What the flow carried before the swap, to put back once the request has left."""
+
+    flow: http.HTTPFlow
+    host: str
+    entry: CredentialEntry
+    original: tuple[tuple[bytes, bytes], ...]
+
+
+class Credentials:
+    def __init__(self, core: SluiceCore) -> None:
+        self.core = core
+        self.pool: CredentialPool | None = None
+        self.oauth: OAuthStore | None = None
+        self._keys: dict[tuple[str, str], str] = {}
+        self._oauth_config: dict[str, OAuth] = {}
+        self._swapped: dict[str, Swapped] = {}  # real credential on the request right now
+        self._sent: dict[str, Swapped] = {}  # restored, waiting for the response to judge the credential
+        core.shutdown_hooks.append(self._restore_all)
+
+    # -- configuration -----------------------------------------------------------------------------
+
+    def configure(self, updated: set[str]) -> None:
+        if not {"sluice_config", "sluice_db"} & updated:
+            return
+        upstreams = [u for u in self.core.config.upstreams if u.keys or u.oauth]
+        if not upstreams:
+            self.pool = None
+            return
+        db_path = ctx.options.sluice_db
+        try:
+            self.pool = self.pool or CredentialPool(sluice_db.connect(db_path))
+            if any(u.oauth for u in upstreams):
+                self.oauth = self.oauth or OAuthStore(secrets_path_for(db_path))
+            keys: dict[tuple[str, str], str] = {}
+            for index, upstream in enumerate(self.core.config.upstreams):
+                if upstream.keys or upstream.oauth:
+                    entries = self._entries(index, upstream, keys)
+                    self.pool.sync_config(upstream.host, entries)
+        except (ConfigError, ValueError) as e:
+            raise exceptions.OptionsError(f"sluice_config {ctx.options.sluice_config}: {e}") from None
+        self._keys = keys
+        self._oauth_config = {u.host: u.oauth for u in upstreams if u.oauth}
+
+    def _entries(
+        self, index: int, upstream: Upstream, keys: dict[tuple[str, str], str]
+    ) -> list[CredentialEntry]:
+        entries = []
+        for position, reference in enumerate(upstream.keys):
+            field = f"upstreams[{index}].keys[{position}]"
+            secret, inline = resolve_secret(reference, field=field, base_dir=self.core.config_dir)
+            if inline:
+                log.warning(
+                    "sluice: %s is a key written inline in the config; prefer env:NAME or file:PATH", field
+                )
+            value = secret.get_secret_value()
+            entry = CredentialEntry(
+                describe_reference(f"keys[{position}]", reference), fingerprint(value), "key"
+            )
+            keys[(upstream.host, entry.fingerprint)] = value
+            entries.append(entry)
+        if upstream.oauth is not None and self.oauth is not None:
+            field = f"upstreams[{index}].oauth.credentials"
+            text, inline = resolve_secret(
+                upstream.oauth.credentials, field=field, base_dir=self.core.config_dir
+            )
+            if inline:
+                raise ConfigError(f"{field}: name the credentials as file:PATH or env:NAME")
+            try:
+                tokens = parse_oauth_credentials(text.get_secret_value())
+            except ValueError as e:
+                raise ConfigError(f"{field}: {e}") from None
+            self.oauth.seed(upstream.host, tokens)
+            entries.append(CredentialEntry("oauth", tokens.identity, "oauth"))
+        return entries
+
+    # -- the swap ----------------------------------------------------------------------------------
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or not flow.live or self.pool is None:
+            return
+        host = flow.request.pretty_host
+        upstream = self.core.upstream_for(host)
+        if upstream is None or not (upstream.keys or upstream.oauth):
+            return
+        # Each pass either returns with a credential or takes one out of the pool, so this ends.
+        for _ in range(len(upstream.keys) + 2):
+            choice = self.pool.choose(host)
+            entry = choice.credential
+            if entry is None:
+                self._answer_unavailable(flow, upstream, choice.retry_after_s, choice.reasons)
+                return
+            try:
+                secret = await self._secret(host, entry)
+            except CredentialDead as e:
+                await asyncio.to_thread(self.pool.disable, host, entry.fingerprint, str(e))
+                continue
+            except CredentialUnavailable as e:
+                await asyncio.to_thread(self.pool.cool_down, host, entry.fingerprint, e.retry_after_s, str(e))
+                continue
+            self._swap(flow, upstream, entry, secret)
+            return
+        self._answer_unavailable(flow, upstream, None, ("no credential could be used",))
+
+    async def _secret(self, host: str, entry: CredentialEntry) -> str:
+        if entry.kind == "key":
+            return self._keys[(host, entry.fingerprint)]
+        assert self.oauth is not None  # an oauth entry exists only when the store does
+        config = self._oauth_config[host]
+        return await self.oauth.access_token(host, lambda token: self._refresh(config, token))
+
+    def _swap(self, flow: http.HTTPFlow, upstream: Upstream, entry: CredentialEntry, secret: str) -> None:
+        headers = flow.request.headers
+        self._swapped[flow.id] = Swapped(flow, upstream.host, entry, tuple(headers.fields))
+        for name in CREDENTIAL_HEADERS:
+            headers.pop(name, None)
+        if upstream.provider == "anthropic" and entry.kind == "key":
+            headers["x-api-key"] = secret
+        else:
+            headers["authorization"] = f"Bearer {secret}"
+        if upstream.provider == "anthropic" and entry.kind == "oauth":
+            betas = [b.strip() for b in headers.get("anthropic-beta", "").split(",") if b.strip()]
+            if OAUTH_BETA not in betas:
+                headers["anthropic-beta"] = ",".join([*betas, OAUTH_BETA])
+        call = self.core.calls.get(flow.id)
+        if call is not None:
+            call.credential = entry.label
+
+    def _answer_unavailable(
+        self, flow: http.HTTPFlow, upstream: Upstream, retry_after_s: float | None, reasons: tuple[str, ...]
+    ) -> None:
+        detail = "; ".join(reasons)
+        if retry_after_s is not None:
+            wait = max(1, math.ceil(retry_after_s))
+            message = (
+                f"sluice: every credential for {upstream.host} is cooling down ({detail}); retry in {wait}s"
+            )
+            headers = {"retry-after": str(wait), "x-should-retry": "true"}
+            status = 429
+        else:
+            message = f"sluice: no usable credential for {upstream.host}: {detail}"
+            headers = {"x-should-retry": "false"}
+            status = 503
+        flow.response = http.Response.make(
+            status,
+            error_body(upstream.provider, status, message),
+            {"content-type": "application/json", **headers},
+        )
+        call = self.core.calls.get(flow.id)
+        if call is not None:
+            call.answered_locally = True
+            call.notes.append(message)
+        log.warning("sluice: flow %s: %s", flow.id, message)
+
+    # -- after the request has left ---------------------------------------------------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        swapped = self._restore(flow)
+        if swapped is not None:
+            self._sent[flow.id] = swapped
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        swapped = self._sent.pop(flow.id, None) or self._restore(flow)
+        if swapped is None or flow.response is None or self.pool is None:
+            return
+        status = flow.response.status_code
+        if status not in (401, 403, 429, 529):
+            return
+        upstream = self.core.upstream_for(swapped.host)
+        if upstream is None:
+            return
+        message = read_response_body("messages", flow.response.content or b"", status).error
+        await asyncio.to_thread(
+            self.pool.report,
+            swapped.host,
+            swapped.entry.fingerprint,
+            status,
+            dict(flow.response.headers),
+            message,
+        )
+        another = self.pool.choose(swapped.host).credential
+        if another is None:
+            return
+        if status in (401, 403):
+            # Our credential failed, not the client's: have the client retry onto the next one.
+            text = (
+                f"sluice: upstream credential {swapped.entry.label} was refused ({status}); "
+                f"retry to use the next credential"
+            )
+            flow.response = http.Response.make(
+                429,
+                error_body(upstream.provider, 429, text),
+                {
+                    "content-type": "application/json",
+                    "retry-after": str(RETRY_SOON_S),
+                    "x-should-retry": "true",
+                },
+            )
+        else:
+            # Another credential is usable now: no need for the client to sit out this one's cooldown.
+            flow.response.headers["retry-after"] = str(RETRY_SOON_S)
+            flow.response.headers.pop("retry-after-ms", None)
+            flow.response.headers["x-should-retry"] = "true"
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._sent.pop(flow.id, None)
+        self._restore(flow)
+
+    def _restore(self, flow: http.HTTPFlow) -> Swapped | None:
+        swapped = self._swapped.pop(flow.id, None)
+        if swapped is not None:
+            flow.request.headers.fields = swapped.original
+        return swapped
+
+    def _restore_all(self) -> None:
+        """At shutdown mitmproxy saves flows still in flight: none may leave with a real credential."""
+        for swapped in list(self._swapped.values()):
+            self._restore(swapped.flow)
+        self._sent.clear()
+
+    # -- OAuth refresh ----------------------------------------------------------------------------
+
+    async def _refresh(self, config: OAuth, refresh_token: str) -> TokenResponse:
+        if not config.token_url or not config.client_id:
+            raise TokenRefused("not_configured", "oauth.token_url and oauth.client_id are needed to refresh")
+        return await asyncio.to_thread(_post_refresh, config, refresh_token, _upstream_ssl_context())
+
+
+def _upstream_ssl_context() -> ssl.SSLContext:
+    """The token endpoint is verified like upstream servers are (mitmproxy's upstream CA options)."""
+    cafile = ctx.options.ssl_verify_upstream_trusted_ca
+    context = ssl.create_default_context(cafile=cafile or None)
+    if ctx.options.ssl_insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _post_refresh(config: OAuth, refresh_token: str, context: ssl.SSLContext) -> TokenResponse:
+    """RFC 6749 §6 refresh request. Raises TokenRefused for a 4xx answer, OSError for anything transient."""
+    fields = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": config.client_id}
+    if config.scope:
+        fields["scope"] = config.scope
+    if config.token_format == "json":
+        body, content_type = json.dumps(fields).encode(), "application/json"
+    else:
+        body, content_type = urllib.parse.urlencode(fields).encode(), "application/x-www-form-urlencoded"
+    request = urllib.request.Request(
+        str(config.token_url),
+        data=body,
+        method="POST",
+        headers={"content-type": content_type, "accept": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=20, context=context) as answer:
+            payload = json.loads(answer.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        detail = _oauth_error(e.read())
+        if 400 <= e.code < 500:
+            raise TokenRefused(detail[0] or f"http_{e.code}", detail[1]) from None
+        raise OSError(f"token endpoint answered {e.code}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise OSError(f"token endpoint sent no JSON: {e}") from None
+    access = payload.get("access_token") if isinstance(payload, dict) else None
+    if not isinstance(access, str) or not access:
+        raise OSError("token endpoint answer has no access_token")
+    refresh = payload.get("refresh_token")
+    expires_in = payload.get("expires_in")
+    return TokenResponse(
+        access_token=access,
+        refresh_token=refresh if isinstance(refresh, str) and refresh else None,
+        expires_in=float(expires_in) if isinstance(expires_in, int | float) else 3600.0,
+    )
+
+
+def _oauth_error(body: bytes) -> tuple[str, str]:
+    """RFC 6749 §5.2 error response: `error` and `error_description`."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "", body[:200].decode("utf-8", "replace")
+    if not isinstance(data, dict):
+        return "", ""
+    error = data.get("error")
+    if isinstance(error, dict):  # some providers nest it
+        return str(error.get("type", "")), str(error.get("message", ""))
+    return str(error or ""), str(data.get("error_description", ""))
