@@ -48,6 +48,8 @@ log = logging.getLogger("sluice")
 
 OAUTH_BETA = "oauth-2025-04-20"  # Anthropic requires it on requests carrying an OAuth bearer token
 RETRY_SOON_S = 1
+# Below the OAuth store's own 20 s limit, so a late answer (carrying a rotated, single-use token) is not lost.
+REFRESH_TIMEOUT_S = 15
 CREDENTIAL_HEADERS = ("x-api-key", "authorization")
 
 
@@ -125,7 +127,8 @@ class Credentials:
             except ValueError as e:
                 raise ConfigError(f"{field}: {e}") from None
             self.oauth.seed(upstream.host, tokens)
-            entries.append(CredentialEntry("oauth", tokens.identity, "oauth"))
+            label = describe_reference("oauth", upstream.oauth.credentials)
+            entries.append(CredentialEntry(label, tokens.identity, "oauth"))
         return entries
 
     # -- the swap ----------------------------------------------------------------------------------
@@ -306,11 +309,12 @@ def _post_refresh(config: OAuth, refresh_token: str, context: ssl.SSLContext) ->
         headers={"content-type": content_type, "accept": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=20, context=context) as answer:
+        with urllib.request.urlopen(request, timeout=REFRESH_TIMEOUT_S, context=context) as answer:
             payload = json.loads(answer.read() or b"{}")
     except urllib.error.HTTPError as e:
         detail = _oauth_error(e.read())
-        if 400 <= e.code < 500:
+        # 408 and 429 are "not now", not "never": the refresh token is still good.
+        if 400 <= e.code < 500 and e.code not in (408, 429):
             raise TokenRefused(detail[0] or f"http_{e.code}", detail[1]) from None
         raise OSError(f"token endpoint answered {e.code}") from None
     except (ValueError, UnicodeDecodeError) as e:

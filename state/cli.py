@@ -29,6 +29,7 @@ from rich.text import Text
 
 from state import db as state_db
 from state import report
+from state.credentials import CredentialPool, OAuthStore, secrets_path_for
 from state.ratelimits import QuotaSummary, format_duration, format_percent, statusline
 
 DEFAULT_DB = "sluice.db"
@@ -54,10 +55,10 @@ class CliError(Exception):
     """A failure the user can act on: printed as `sluice: error: ...`, exit status 1."""
 
 
-
 def clock() -> datetime:
     """Now, in UTC; the tests pin it."""
     return datetime.now(UTC)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
@@ -391,10 +392,107 @@ def _count(value: int | None) -> str:
 
 # ── shared ────────────────────────────────────────
 
+
 # Every subcommand, in the order `sluice --help` lists them. A new one (`clients`, `credentials`) is an
 # `_add_<name>(subparsers, common)` function that adds its parser with `parents=[common]` (for --db) and sets
 # `handler=`, appended here.
-SUBCOMMANDS: tuple[Callable[[Subparsers, argparse.ArgumentParser], None], ...] = (_add_usage, _add_quota)
+def _add_credentials(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "credentials",
+        parents=[common],
+        help="each upstream credential's state: active, cooling down, disabled; OAuth expiry",
+        description="The upstream credential pool as sluice sees it. Never prints a key or token.",
+    )
+    parser.add_argument("--json", dest="format", action="store_const", const="json", help="print JSON")
+    parser.add_argument(
+        "--reset",
+        nargs=2,
+        metavar=("HOST", "LABEL"),
+        help="make a cooling or disabled credential active again (LABEL as listed, or its fingerprint)",
+    )
+    parser.set_defaults(handler=run_credentials, format="table")
+
+
+def run_credentials(args: argparse.Namespace) -> int:
+    database = open_database(args.db)
+    secrets = secrets_path_for(args.db)
+    store = OAuthStore(secrets) if secrets.exists() else None
+    try:
+        pool = CredentialPool(database)
+        if args.reset:
+            host, label = args.reset
+            reset = pool.reset(host, label)
+            if not reset:
+                raise CliError(f"no credential {label!r} for {host}")
+            for state in reset:
+                if state.kind == "oauth" and store is not None:
+                    store.clear_failure(host)
+                print(f"{host} {state.label}: active again")
+            return 0
+        states = pool.states()
+        oauth = {host: store.status(host) for host in {s.host for s in states}} if store else {}
+    finally:
+        database.close()
+        if store is not None:
+            store.close()
+    now = clock()
+    rows = []
+    for state in states:
+        status = oauth.get(state.host) if state.kind == "oauth" else None
+        rows.append(
+            {
+                "host": state.host,
+                "label": state.label,
+                "fingerprint": state.fingerprint,
+                "kind": state.kind,
+                "configured": state.position is not None,
+                "state": state.state,
+                "reason": state.reason,
+                "cooling_until": _iso(state.cooling_until),
+                "oauth_expires_at": _iso(status.expires_at if status else None),
+                "oauth_failed": status.failed_reason if status else None,
+            }
+        )
+    if args.format == "json":
+        _write_json(rows)
+        return 0
+    if not rows:
+        print("no upstream credentials configured yet")
+        return 0
+    table = Table(title="Upstream credentials")
+    for column in ("Host", "Credential", "State", "Why", "Until", "OAuth expires"):
+        table.add_column(column)
+    for state in states:
+        status = oauth.get(state.host) if state.kind == "oauth" else None
+        until = datetime.fromtimestamp(state.cooling_until, UTC) if state.cooling_until else None
+        expires = datetime.fromtimestamp(status.expires_at, UTC) if status and status.expires_at else None
+        table.add_row(
+            state.host,
+            state.label + ("" if state.position is not None else " (no longer configured)"),
+            state.state,
+            state.reason or (status.failed_reason if status else None) or "",
+            f"in {format_duration(until - now)} ({_utc_text(until, now)})" if until and until > now else "",
+            _expiry_text(expires, now) if expires else "",
+        )
+    _print_table(Console(), table)
+    return 0
+
+
+def _iso(epoch: float | None) -> str | None:
+    return datetime.fromtimestamp(epoch, UTC).isoformat() if epoch is not None else None
+
+
+def _expiry_text(moment: datetime, now: datetime) -> str:
+    if moment > now:
+        return f"in {format_duration(moment - now)} ({_utc_text(moment, now)})"
+    return f"expired {format_duration(now - moment)} ago"
+
+
+SUBCOMMANDS: tuple[Callable[[Subparsers, argparse.ArgumentParser], None], ...] = (
+    _add_usage,
+    _add_quota,
+    _add_credentials,
+)
 
 
 def _console() -> Console:

@@ -735,6 +735,12 @@ class OAuthStore:
     One instance per process, keyed by upstream host. `seed`, `clear_failure` and `status` are
     synchronous (start-up, CLI); `access_token` is a coroutine for the event loop: it does its SQLite work
     in `asyncio.to_thread` and never blocks the loop.
+
+    `skew_s`: refresh this long before expiry. `lease_s`: how long a refresh lease holds others off; a
+    call to the token endpoint is abandoned (as transient) after `refresh_timeout_s`, at most `lease_s`,
+    so that two refreshes never overlap. `poll_s`: how often a waiter re-reads the store.
+    `transient_backoff_s`: after a transient failure, no new attempt from this process for this long.
+    `recheck_s`: how stale the in-memory copy of a still-fresh token may be.
     """
 
     def __init__(

@@ -21,6 +21,8 @@ NOW = datetime.now(UTC)
 @pytest.fixture(autouse=True)
 def _pinned_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "clock", lambda: NOW)
+
+
 ANTHROPIC = "api.anthropic.com"
 OPENAI = "api.openai.com"
 
@@ -453,3 +455,35 @@ def test_the_sluice_console_script(db_path: Path, tmp_path: Path) -> None:
     )
     assert missing.returncode == 1
     assert "no database at" in missing.stderr
+
+
+def test_credentials_lists_states_and_resets(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from state.credentials import CredentialEntry, CredentialPool
+
+    pool = CredentialPool(state_db.connect(db_path))
+    entries = [
+        CredentialEntry("keys[0] env:K1", "sha256:aaaa", "key"),
+        CredentialEntry("keys[1] env:K2", "sha256:bbbb"),
+    ]
+    pool.sync_config("api.anthropic.com", entries)
+    pool.report("api.anthropic.com", "sha256:aaaa", 401, {}, "invalid x-api-key")
+    pool.report("api.anthropic.com", "sha256:bbbb", 429, {"retry-after": "120"}, "rate limited")
+
+    assert main(["credentials", "--db", str(db_path), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(c["label"], c["state"]) for c in listed] == [
+        ("keys[0] env:K1", "disabled"),
+        ("keys[1] env:K2", "cooling"),
+    ]
+    assert "invalid x-api-key" in listed[0]["reason"]
+    assert listed[1]["cooling_until"] is not None
+
+    assert main(["credentials", "--db", str(db_path)]) == 0
+    table = capsys.readouterr().out
+    assert "disabled" in table and "keys[1] env:K2" in table
+
+    assert main(["credentials", "--db", str(db_path), "--reset", "api.anthropic.com", "keys[0] env:K1"]) == 0
+    assert "active again" in capsys.readouterr().out
+    assert main(["credentials", "--db", str(db_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["state"] == "active"
+    assert main(["credentials", "--db", str(db_path), "--reset", "api.anthropic.com", "nope"]) == 1
