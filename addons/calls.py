@@ -34,6 +34,7 @@ class Call:
     request_model: str | None = None
     request_read: bool = False  # the request body was parsed (by the rewrite step) already
     client_asked_usage: bool = True
+    budget_hold: float | None = None  # USD reserved for this call, when its client has a budget
     stream: bool = False
     request_bytes: int = 0
     rules_applied: list[str] = field(default_factory=list)
@@ -73,6 +74,7 @@ def build_record(
     rate_limits: list[tuple[str, str]],
     headers_at: float | None,
     ended: float,
+    budget_without_usage: str = "refund",
 ) -> CallRecord:
     usage = reading.usage
     model = reading.model or call.request_model
@@ -135,5 +137,23 @@ def build_record(
     if row["rules_applied"] == "[]":
         row["rules_applied"] = None
     return CallRecord(
-        row=row, rate_limits=rate_limits, host=call.host, credential=call.credential, observed_at=iso(ended)
+        row=row,
+        rate_limits=rate_limits,
+        host=call.host,
+        credential=call.credential,
+        observed_at=iso(ended),
+        budget=_settlement(call, reading, cost, status, budget_without_usage),
     )
+
+
+def _settlement(
+    call: Call, reading: Reading, cost: float | None, status: int | None, without_usage: str
+) -> tuple[str, float] | None:
+    """What the call's budget hold becomes: its actual cost, or refunded when nothing was used."""
+    if call.budget_hold is None:
+        return None
+    if reading.usage_seen:
+        return ("settled", cost or 0.0)
+    if without_usage == "charge_estimate" and call.stream and status == 200 and not call.answered_locally:
+        return ("settled", call.budget_hold)
+    return ("refunded", 0.0)

@@ -173,6 +173,7 @@ class Meter:
             rate_limits=rate_limits,
             headers_at=call.headers_at,
             ended=ended,
+            budget_without_usage=self.core.config.budget_without_usage,
         )
         self.core.record(record)
         annotate(flow, record.row)
@@ -191,6 +192,7 @@ class Meter:
                     rate_limits=[],
                     headers_at=call.headers_at,
                     ended=time.time(),
+                    budget_without_usage=self.core.config.budget_without_usage,
                 )
                 self.core.record(record)
         self.core.calls.clear()

@@ -3,9 +3,10 @@
 mitmproxy puts only this file's folder on sys.path; the repository root is added so the `addons`, `rules`
 and `state` packages import the same way whether or not sluice is pip-installed.
 
-Order matters: mitmproxy calls each hook on these addons in list order. Request side: who is calling (gate),
-rewrite the body, filter headers, meter what goes upstream, and last put the real credential on. Response
-side: filter headers, tee the stream, take the real credential off again and judge it by the answer.
+Order matters: mitmproxy calls each hook on these addons in list order. Request side: who is calling
+(gate), rewrite the body, admit against the client's budget, filter headers, meter what goes upstream,
+and last put the real credential on. Response side: filter headers, tee the stream, take the real
+credential off again and judge it by the answer.
 """
 
 import sys
@@ -15,6 +16,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from addons.budget import Budget  # noqa: E402
 from addons.core import SluiceCore  # noqa: E402
 from addons.credentials import Credentials  # noqa: E402
 from addons.gate import Gate  # noqa: E402
@@ -23,4 +25,4 @@ from addons.meter import Meter  # noqa: E402
 from addons.rewrite import Rewrite  # noqa: E402
 
 core = SluiceCore()
-addons = [core, Gate(core), Rewrite(core), Headers(core), Meter(core), Credentials(core)]
+addons = [core, Gate(core), Rewrite(core), Budget(core), Headers(core), Meter(core), Credentials(core)]

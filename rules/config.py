@@ -93,6 +93,9 @@ class Config(_Model):
     upstreams: list[Upstream] = []
     rules: Rules = Rules()
     idle_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    # What a budget hold becomes when a stream ends without any usage frame: released ("refund") or
+    # charged at its estimate ("charge_estimate"; the provider may have billed tokens nobody saw).
+    budget_without_usage: Literal["refund", "charge_estimate"] = "refund"
 
     @field_validator("clients")
     @classmethod

@@ -29,6 +29,7 @@ from rich.text import Text
 
 from state import db as state_db
 from state import report
+from state.budgets import BudgetLedger
 from state.credentials import CredentialPool, OAuthStore, secrets_path_for
 from state.ratelimits import QuotaSummary, format_duration, format_percent, statusline
 
@@ -488,10 +489,54 @@ def _expiry_text(moment: datetime, now: datetime) -> str:
     return f"expired {format_duration(now - moment)} ago"
 
 
+def _add_clients(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "clients",
+        parents=[common],
+        help="each budgeted client's spend, reservations, limit and reset time",
+        description="Budgets as sluice enforces them, for the current period of each client (UTC).",
+    )
+    parser.add_argument("--json", dest="format", action="store_const", const="json", help="print JSON")
+    parser.set_defaults(handler=run_clients, format="table")
+
+
+def run_clients(args: argparse.Namespace) -> int:
+    database = open_database(args.db)
+    try:
+        budgets = BudgetLedger(database).status()
+    finally:
+        database.close()
+    if args.format == "json":
+        _write_json([budget.to_dict() for budget in budgets])
+        return 0
+    if not budgets:
+        print("no client budgets configured")
+        return 0
+    now = clock()
+    table = Table(title="Client budgets")
+    for column in ("Client", "Limit", "Spent", "Reserved", "Left", "Resets"):
+        table.add_column(column, justify="left" if column in ("Client", "Resets") else "right")
+    for budget in budgets:
+        left = max(0.0, budget.limit_usd - budget.spent_usd - budget.reserved_usd)
+        scope = "total" if budget.period == "total" else f"/{budget.period}"
+        resets = budget.resets_at
+        table.add_row(
+            budget.client,
+            f"${budget.limit_usd:,.2f} {scope}",
+            f"${budget.spent_usd:,.4f}",
+            f"${budget.reserved_usd:,.4f}",
+            f"${left:,.4f}",
+            f"in {format_duration(resets - now)} ({_utc_text(resets, now)})" if resets else "never",
+        )
+    _print_table(Console(), table)
+    return 0
+
+
 SUBCOMMANDS: tuple[Callable[[Subparsers, argparse.ArgumentParser], None], ...] = (
     _add_usage,
     _add_quota,
     _add_credentials,
+    _add_clients,
 )
 
 

@@ -136,10 +136,38 @@ def _migration_3_credentials(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_4_budgets(db: sqlite_utils.Database) -> None:
+    # The configured budgets, so `sluice clients` can show limits without the config file.
+    db["budgets"].create(  # type: ignore[union-attr]
+        {"client": str, "usd": float, "period": str, "updated_at": float},
+        pk="client",
+        not_null={"client", "usd", "period"},
+    )
+    # One row per admitted call of a budgeted client: held (estimate) until settled (actual cost),
+    # refunded (failed before usage) or expired (left behind by a crashed process).
+    db["budget_holds"].create(  # type: ignore[union-attr]
+        {
+            "id": str,
+            "client": str,
+            "period_key": str,
+            "amount_usd": float,
+            "estimate_usd": float,
+            "state": str,
+            "created_at": float,
+            "settled_at": float,
+        },
+        pk="id",
+        not_null={"id", "client", "period_key", "amount_usd", "state", "created_at"},
+    )
+    db["budget_holds"].create_index(["client", "period_key", "state"])  # type: ignore[union-attr]
+    db["budget_holds"].create_index(["state", "created_at"])  # type: ignore[union-attr]
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1_calls_and_rate_limits,
     _migration_2_views,
     _migration_3_credentials,
+    _migration_4_budgets,
 ]
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import sqlite_utils
 
+from state.budgets import SETTLE_SQL
 from state.db import CALL_COLUMNS
 
 log = logging.getLogger("sluice")
@@ -47,6 +48,8 @@ class CallRecord:
     host: str = ""
     credential: str = ""
     observed_at: str = ""
+    # Settle this call's budget hold with the row: ("settled", cost) or ("refunded", 0.0).
+    budget: tuple[str, float] | None = None
 
 
 @dataclass(slots=True)
@@ -186,12 +189,20 @@ class RecordWriter:
             for record in batch
             for header, value in record.rate_limits
         ]
+        settled_at = time.time()
+        settle_rows = [
+            (record.budget[0], record.budget[1], settled_at, record.row["id"])
+            for record in batch
+            if record.budget is not None
+        ]
         conn = db.conn
         conn.execute("begin immediate")
         try:
             conn.executemany(_CALL_SQL, call_rows)
             if limit_rows:
                 conn.executemany(_RATE_LIMIT_SQL, limit_rows)
+            if settle_rows:
+                conn.executemany(SETTLE_SQL, settle_rows)
             conn.execute("commit")
         except BaseException:
             if conn.in_transaction:

@@ -487,3 +487,18 @@ def test_credentials_lists_states_and_resets(db_path: Path, capsys: pytest.Captu
     assert main(["credentials", "--db", str(db_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["state"] == "active"
     assert main(["credentials", "--db", str(db_path), "--reset", "api.anthropic.com", "nope"]) == 1
+
+
+def test_clients_shows_budgets(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from state.budgets import BudgetLedger
+
+    ledger = BudgetLedger(state_db.connect(db_path))
+    ledger.sync_budgets({"alice": (20.0, "day"), "bob": (5.0, "total")})
+    assert ledger.admit("x1", "alice", 1.5, 20.0, "day").admitted
+    assert main(["clients", "--db", str(db_path), "--json"]) == 0
+    listed = {c["client"]: c for c in json.loads(capsys.readouterr().out)}
+    assert listed["alice"]["reserved_usd"] == 1.5 and listed["alice"]["remaining_usd"] == 18.5
+    assert listed["bob"]["resets_at"] is None
+    assert main(["clients", "--db", str(db_path)]) == 0
+    out = capsys.readouterr().out
+    assert "$20.00 /day" in out and "never" in out

@@ -1,0 +1,200 @@
+"""Per-client budgets: reserve an estimate before a call, settle to the actual cost, refund on failure.
+
+Every admitted call holds a row in `budget_holds`. Admission is one `BEGIN IMMEDIATE` transaction that sums
+the client's settled and held amounts for the current period and inserts the new hold only if
+`spent + reserved + estimate <= limit` — so concurrent requests, in one process or several sharing the
+database, can never together pass a check that only one of them could. Settlement is done by the writer
+thread in the same transaction that writes the call's row (`settle_sql`), so a call's cost is never missing
+from both the holds and the calls table.
+
+Periods are calendar periods in UTC: `day` (midnight UTC), `week` (Monday 00:00 UTC), `month` (the 1st),
+`total` (never resets). A hold belongs to the period it was admitted in; it does not move. A hold left
+behind by a crashed process expires after `hold_ttl_s` and stops counting.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlite_utils
+
+Period = str  # "day" | "week" | "month" | "total"
+
+HOLD_TTL_S = 6 * 3600.0
+
+# Run by the writer thread inside its batch transaction: (state, amount_usd, settled_at, id).
+SETTLE_SQL = """
+update budget_holds set state = ?, amount_usd = ?, settled_at = ?
+where id = ? and state = 'held'
+"""
+
+
+def period_bounds(period: Period, now: datetime) -> tuple[datetime | None, datetime | None]:
+    """Start and end (exclusive) of the period containing `now`; (None, None) for `total`."""
+    now = now.astimezone(UTC)
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return day, day + timedelta(days=1)
+    if period == "week":
+        start = day - timedelta(days=day.weekday())
+        return start, start + timedelta(days=7)
+    if period == "month":
+        start = day.replace(day=1)
+        following = (start + timedelta(days=32)).replace(day=1)
+        return start, following
+    if period == "total":
+        return None, None
+    raise ValueError(f"unknown budget period {period!r}")
+
+
+def period_key(period: Period, now: datetime) -> str:
+    start, _ = period_bounds(period, now)
+    return f"{period}:{start.date().isoformat() if start else 'all'}"
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    admitted: bool
+    client: str
+    limit_usd: float
+    period: Period
+    spent_usd: float
+    reserved_usd: float
+    estimate_usd: float
+    resets_at: datetime | None
+
+    def refusal(self) -> str:
+        """The message a refused client reads: which budget, how much is used, when it resets."""
+        resets = f"; it resets at {self.resets_at.isoformat()}" if self.resets_at else "; it does not reset"
+        scope = "in total" if self.period == "total" else f"per {self.period}"
+        return (
+            f"sluice: budget exhausted for client {self.client}: ${self.limit_usd:.2f} {scope}, "
+            f"${self.spent_usd:.4f} spent and ${self.reserved_usd:.4f} reserved by calls in flight, "
+            f"this call needs up to ${self.estimate_usd:.4f}{resets}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClientBudget:
+    client: str
+    limit_usd: float
+    period: Period
+    spent_usd: float
+    reserved_usd: float
+    resets_at: datetime | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "client": self.client,
+            "limit_usd": self.limit_usd,
+            "period": self.period,
+            "spent_usd": self.spent_usd,
+            "reserved_usd": self.reserved_usd,
+            "remaining_usd": max(0.0, self.limit_usd - self.spent_usd - self.reserved_usd),
+            "resets_at": self.resets_at.isoformat() if self.resets_at else None,
+        }
+
+
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    # A deferred BEGIN that later writes fails under contention whatever the busy timeout (WIRE.md).
+    conn.execute("begin immediate")
+    try:
+        yield
+    except BaseException:
+        conn.execute("rollback")
+        raise
+    conn.execute("commit")
+
+
+class BudgetLedger:
+    """Budgets over the main database. Give it its own connection; methods are blocking (use a thread)."""
+
+    def __init__(
+        self,
+        db: sqlite_utils.Database,
+        *,
+        clock: Callable[[], float] = time.time,
+        hold_ttl_s: float = HOLD_TTL_S,
+    ) -> None:
+        self._conn = db.conn
+        self._clock = clock
+        self._hold_ttl_s = hold_ttl_s
+        # One connection serves every worker thread; its transactions must not interleave.
+        self._lock = threading.Lock()
+
+    def sync_budgets(self, budgets: Mapping[str, tuple[float, Period]]) -> None:
+        """Record the configured budgets (client → (usd, period)) so reports can show them."""
+        now = self._clock()
+        with self._lock, _immediate(self._conn):
+            self._conn.execute("delete from budgets")
+            self._conn.executemany(
+                "insert into budgets (client, usd, period, updated_at) values (?, ?, ?, ?)",
+                [(client, usd, period, now) for client, (usd, period) in budgets.items()],
+            )
+
+    def admit(
+        self, call_id: str, client: str, estimate_usd: float, limit_usd: float, period: Period
+    ) -> Admission:
+        """Reserve `estimate_usd` for this call if the budget allows it; one immediate transaction."""
+        now = self._clock()
+        moment = datetime.fromtimestamp(now, UTC)
+        key = period_key(period, moment)
+        _, resets_at = period_bounds(period, moment)
+        with self._lock, _immediate(self._conn):
+            self._expire_stale(now)
+            spent, reserved = self._sums(client, key)
+            admitted = spent + reserved + estimate_usd <= limit_usd + 1e-12
+            if admitted:
+                self._conn.execute(
+                    """
+                    insert or ignore into budget_holds
+                        (id, client, period_key, amount_usd, estimate_usd, state, created_at)
+                    values (?, ?, ?, ?, ?, 'held', ?)
+                    """,
+                    (call_id, client, key, estimate_usd, estimate_usd, now),
+                )
+        return Admission(admitted, client, limit_usd, period, spent, reserved, estimate_usd, resets_at)
+
+    def refund(self, call_id: str) -> None:
+        """Release a hold now (the call never reached the provider)."""
+        with self._lock, _immediate(self._conn):
+            self._conn.execute(SETTLE_SQL, ("refunded", 0.0, self._clock(), call_id))
+
+    def status(self) -> list[ClientBudget]:
+        """Each budgeted client's spend and reservations in its current period."""
+        now = self._clock()
+        moment = datetime.fromtimestamp(now, UTC)
+        result = []
+        with self._lock, _immediate(self._conn):
+            rows = self._conn.execute("select client, usd, period from budgets order by client").fetchall()
+            self._expire_stale(now)
+            for client, usd, period in rows:
+                spent, reserved = self._sums(client, period_key(period, moment))
+                _, resets_at = period_bounds(period, moment)
+                result.append(ClientBudget(client, float(usd), period, spent, reserved, resets_at))
+        return result
+
+    def _sums(self, client: str, key: str) -> tuple[float, float]:
+        spent, reserved = self._conn.execute(
+            """
+            select coalesce(sum(case when state = 'settled' then amount_usd end), 0),
+                   coalesce(sum(case when state = 'held' then amount_usd end), 0)
+            from budget_holds where client = ? and period_key = ?
+            """,
+            (client, key),
+        ).fetchone()
+        return float(spent), float(reserved)
+
+    def _expire_stale(self, now: float) -> None:
+        self._conn.execute(
+            "update budget_holds set state = 'expired', settled_at = ? "
+            "where state = 'held' and created_at < ?",
+            (now, now - self._hold_ttl_s),
+        )

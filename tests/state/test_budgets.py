@@ -1,0 +1,118 @@
+import multiprocessing
+import sqlite3
+import threading
+from datetime import UTC, datetime
+
+import pytest
+
+from state import db as sluice_db
+from state.budgets import BudgetLedger, period_bounds, period_key
+from state.writer import CallRecord, RecordWriter
+
+NOW = datetime(2026, 11, 25, 15, 30, tzinfo=UTC).timestamp()  # a Wednesday
+
+
+def ledger(path, clock=lambda: NOW, **kw):
+    return BudgetLedger(sluice_db.connect(path), clock=clock, **kw)
+
+
+@pytest.mark.parametrize(
+    ("period", "start", "end"),
+    [
+        ("day", "2026-11-25T00:00:00+00:00", "2026-11-26T00:00:00+00:00"),
+        ("week", "2026-11-23T00:00:00+00:00", "2026-11-30T00:00:00+00:00"),
+        ("month", "2026-11-01T00:00:00+00:00", "2026-12-01T00:00:00+00:00"),
+    ],
+)
+def test_period_bounds(period, start, end):
+    got = period_bounds(period, datetime.fromtimestamp(NOW, UTC))
+    assert (got[0].isoformat(), got[1].isoformat()) == (start, end)
+
+
+def test_total_never_resets():
+    assert period_bounds("total", datetime.fromtimestamp(NOW, UTC)) == (None, None)
+    assert period_key("total", datetime.fromtimestamp(NOW, UTC)) == "total:all"
+
+
+def test_admit_until_spent_then_refuse_with_reason(tmp_path):
+    budgets = ledger(tmp_path / "s.db")
+    assert budgets.admit("c1", "alice", 0.6, 1.0, "day").admitted
+    refused = budgets.admit("c2", "alice", 0.6, 1.0, "day")
+    assert not refused.admitted
+    message = refused.refusal()
+    assert "alice" in message and "$1.00 per day" in message and "2026-11-26T00:00:00+00:00" in message
+    assert refused.reserved_usd == pytest.approx(0.6)
+
+
+def test_settle_and_refund_through_the_writer(tmp_path):
+    path = tmp_path / "s.db"
+    budgets = ledger(path)
+    budgets.sync_budgets({"alice": (1.0, "day")})
+    assert budgets.admit("c1", "alice", 0.6, 1.0, "day").admitted
+    assert budgets.admit("c2", "alice", 0.3, 1.0, "day").admitted
+    writer = RecordWriter(lambda: sluice_db.connect(path))
+    writer.start()
+    row = {"started_at": "2026-11-25T15:30:00+00:00", "host": "h", "path": "/v1/messages", "stream": 0}
+    writer.put(CallRecord(row={**row, "id": "c1"}, budget=("settled", 0.05)))
+    writer.put(CallRecord(row={**row, "id": "c2"}, budget=("refunded", 0.0)))
+    writer.close()
+    [status] = budgets.status()
+    assert (status.spent_usd, status.reserved_usd) == (pytest.approx(0.05), 0.0)
+    assert budgets.admit("c3", "alice", 0.9, 1.0, "day").admitted
+
+
+def test_a_new_period_starts_empty_and_old_holds_do_not_leak_into_it(tmp_path):
+    now = [NOW]
+    budgets = ledger(tmp_path / "s.db", clock=lambda: now[0])
+    assert budgets.admit("c1", "alice", 1.0, 1.0, "day").admitted
+    assert not budgets.admit("c2", "alice", 0.1, 1.0, "day").admitted
+    now[0] = NOW + 86_400
+    assert budgets.admit("c3", "alice", 1.0, 1.0, "day").admitted
+
+
+def test_holds_of_a_crashed_process_expire(tmp_path):
+    now = [NOW]
+    budgets = ledger(tmp_path / "s.db", clock=lambda: now[0], hold_ttl_s=60)
+    assert budgets.admit("c1", "alice", 1.0, 1.0, "total").admitted
+    now[0] += 61
+    assert budgets.admit("c2", "alice", 1.0, 1.0, "total").admitted
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        assert conn.execute("select state from budget_holds where id = 'c1'").fetchone() == ("expired",)
+
+
+def test_fifty_concurrent_admissions_never_overspend(tmp_path):
+    budgets = ledger(tmp_path / "s.db")
+    assert budgets.admit("seed", "alice", 0.95, 1.0, "day").admitted  # nearly spent
+    results = []
+    barrier = threading.Barrier(50)
+
+    def attempt(i):
+        barrier.wait()
+        results.append(budgets.admit(f"c{i}", "alice", 0.01, 1.0, "day").admitted)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(results) == 5
+    [_, reserved] = budgets._sums("alice", period_key("day", datetime.fromtimestamp(NOW, UTC)))
+    assert reserved <= 1.0 + 1e-9
+
+
+def _admit_many(path: str, prefix: str, count: int, out) -> None:
+    budgets = BudgetLedger(sluice_db.connect(path), clock=lambda: NOW)
+    out.put(sum(budgets.admit(f"{prefix}{i}", "alice", 0.01, 1.0, "day").admitted for i in range(count)))
+
+
+def test_two_processes_share_one_budget(tmp_path):
+    path = str(tmp_path / "s.db")
+    ledger(path).admit("seed", "alice", 0.9, 1.0, "day")
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    workers = [context.Process(target=_admit_many, args=(path, p, 25, out)) for p in ("a", "b")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert out.get(timeout=5) + out.get(timeout=5) == 10
