@@ -3,6 +3,8 @@
 It speaks the providers' real wire formats (JSON bodies, SSE streams, error envelopes, rate-limit headers)
 over HTTP/1.1, with TLS or without, from a background thread of the test process. Each test scripts what
 the next request gets with `fake.next(...)`; everything the fake received is kept in `fake.requests`.
+It also plays the OAuth token endpoint (`POST /v1/oauth/token`): `fake.grant(refresh, access, new_refresh)`
+lets one refresh token be exchanged, once; any other gets `invalid_grant`.
 
 The HTTP/1.1 side is written by hand on purpose: the faults a proxy must survive (an SSE record split across
 two TCP writes, a stream cut before its terminal frame, a stall, a TCP reset) need control over every write,
@@ -37,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import brotli
 import zstandard
@@ -49,6 +51,13 @@ Encoding = Literal["gzip", "br", "zstd"]
 ANTHROPIC_HOST = "api.anthropic.com"
 OPENAI_HOST = "api.openai.com"
 PROVIDER_HOSTS = (ANTHROPIC_HOST, OPENAI_HOST)
+# Where Claude Code refreshes its OAuth tokens (RFC 6749 §6); the fake serves `OAUTH_TOKEN_PATH` there.
+OAUTH_HOST = "console.anthropic.com"
+OAUTH_TOKEN_PATH = "/v1/oauth/token"
+# A host that is not a provider's own API (a gateway in front of one): `.test` never resolves for real.
+GATEWAY_HOST = "gateway.sluice.test"
+# Every name the harness resolves to the fake.
+TEST_HOSTS = (*PROVIDER_HOSTS, OAUTH_HOST, GATEWAY_HOST)
 
 DEFAULT_TEXT = "Hello from the fake provider."
 MAX_HEADER_BYTES = 64 * 1024
@@ -421,6 +430,19 @@ class _Responder:
         if payload is None:
             return self._error(404, self._not_found_message())
         return self._generate(payload)
+
+    def token(self, status: int, answer: dict[str, Any]) -> _Plan:
+        """The OAuth token endpoint's JSON answer: no API headers, never cached (RFC 6749 §5.1)."""
+        body = _dumps(answer).encode()
+        headers = [
+            ("date", formatdate(usegmt=True)),
+            ("server", "fake-provider"),
+            ("content-type", "application/json"),
+            ("cache-control", "no-store"),
+            ("pragma", "no-cache"),
+            ("content-length", str(len(body))),
+        ]
+        return _Plan(status, headers, [body], streamed=False, body=body)
 
     # Plumbing.
 
@@ -872,6 +894,9 @@ class FakeProvider:
         self._accepted = 0
         self.default = Behaviour()
         self.accepted_credentials: set[str] | None = None
+        # The OAuth token endpoint: refresh token -> the token response it is exchanged for, once
+        # (refresh tokens rotate and are single-use). Any other refresh token gets `invalid_grant`.
+        self.oauth_grants: dict[str, dict[str, Any]] = {}
 
     # Lifecycle.
 
@@ -918,7 +943,7 @@ class FakeProvider:
     def base_url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
-    def hosts_env(self, hosts: Iterable[str] = PROVIDER_HOSTS) -> str:
+    def hosts_env(self, hosts: Iterable[str] = TEST_HOSTS) -> str:
         """The SLUICE_TEST_HOSTS value that sends `hosts` to this fake."""
         return ",".join(f"{name}={self.host}:{self.port}" for name in hosts)
 
@@ -957,6 +982,8 @@ class FakeProvider:
             self._accepted = 0
         self.default = Behaviour()
         self.accepted_credentials = None
+        with self._lock:
+            self.oauth_grants = {}
 
     def clear(self) -> None:
         """Forget the recorded requests only."""
@@ -984,6 +1011,40 @@ class FakeProvider:
         with self._lock:
             return list(self._errors)
 
+    @property
+    def token_requests(self) -> list[RecordedRequest]:
+        """The requests made to the OAuth token endpoint (also in `requests`)."""
+        return [r for r in self.requests if r.path == OAUTH_TOKEN_PATH]
+
+    def grant(
+        self, refresh_token: str, access_token: str, new_refresh_token: str | None, expires_in: int = 3600
+    ) -> None:
+        """Let the token endpoint exchange `refresh_token`, once, for these tokens."""
+        answer: dict[str, Any] = {"token_type": "Bearer", "access_token": access_token}
+        answer["expires_in"] = expires_in
+        if new_refresh_token is not None:
+            answer["refresh_token"] = new_refresh_token
+        with self._lock:
+            self.oauth_grants[refresh_token] = answer
+
+    def _redeem(self, request: RecordedRequest) -> tuple[int, dict[str, Any]]:
+        """The token endpoint's answer to a refresh request (RFC 6749 §5.1 and §5.2)."""
+        content_type = (request.header("content-type") or "").lower()
+        try:
+            if "json" in content_type:
+                fields = json.loads(request.body or b"{}")
+            else:
+                fields = {k: v[-1] for k, v in parse_qs(request.body.decode("ascii")).items()}
+        except (ValueError, UnicodeDecodeError):
+            fields = None
+        if not isinstance(fields, dict) or fields.get("grant_type") != "refresh_token":
+            return 400, {"error": "unsupported_grant_type", "error_description": "Expected refresh_token."}
+        with self._lock:
+            answer = self.oauth_grants.pop(str(fields.get("refresh_token")), None)
+        if answer is None:
+            return 400, {"error": "invalid_grant", "error_description": "Refresh token not found or invalid"}
+        return 200, answer
+
     def wait_for_requests(self, n: int, timeout: float = 5.0) -> list[RecordedRequest]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -999,7 +1060,8 @@ class FakeProvider:
         with self._lock:
             self._served += 1
             for index, candidate in enumerate(self._queue):
-                if candidate.path is None or candidate.path == path:
+                # A behaviour for "any path" is meant for the API, not for the OAuth token endpoint.
+                if candidate.path == path or (candidate.path is None and path != OAUTH_TOKEN_PATH):
                     return self._queue.pop(index), self._served
             return self.default, self._served
 
@@ -1069,7 +1131,12 @@ class FakeProvider:
             with self._lock:
                 self._requests.append(request)
         behaviour, served = self._take(request.path)
-        plan = _Responder(request, behaviour, served).plan(self.accepted_credentials)
+        responder = _Responder(request, behaviour, served)
+        # The token endpoint answers grants unless a behaviour was queued for its path explicitly.
+        if request.path == OAUTH_TOKEN_PATH and behaviour.path != OAUTH_TOKEN_PATH:
+            plan = responder.token(*self._redeem(request))
+        else:
+            plan = responder.plan(self.accepted_credentials)
         sent = SentResponse(plan.status, plan.headers, plan.body, plan.streamed)
         request.response = sent
         if behaviour.delay and self._stopping.wait(behaviour.delay):

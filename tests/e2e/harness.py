@@ -1,8 +1,10 @@
 """End-to-end harness: a real `mitmdump` process, real clients, and the fake provider behind it.
 
 The proxy is never told where the fake is. `sitecustomize/sitecustomize.py`, put on the subprocess's
-PYTHONPATH, makes `api.anthropic.com` and `api.openai.com` resolve to the fake's loopback port, so every flow
-keeps its real host and port (`api.anthropic.com:443`) and the TLS handshake carries the real SNI; the fake's
+PYTHONPATH, makes `api.anthropic.com` and `api.openai.com` resolve to the fake's loopback port (and also
+`console.anthropic.com`, where OAuth tokens are refreshed, and `gateway.sluice.test`, a host that is not a
+provider's own API), so every flow keeps its real host and port (`api.anthropic.com:443`) and the TLS
+handshake carries the real SNI; the fake's
 leaf certificate is signed by a per-session test CA that mitmdump is told to trust upstream.
 
 Nothing here imports pytest: the fixtures live in `conftest.py`.
@@ -42,7 +44,16 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ADDON_SCRIPT = REPO_ROOT / "addons" / "sluice.py"
 SITECUSTOMIZE_DIR = Path(__file__).resolve().parent / "sitecustomize"
-LEAF_NAMES = ("api.anthropic.com", "api.openai.com", "localhost", "127.0.0.1")
+# The provider hosts, the OAuth token host and a non-provider gateway host (TEST_HOSTS in
+# tests/fake_provider.py), then the loopback names.
+LEAF_NAMES = (
+    "api.anthropic.com",
+    "api.openai.com",
+    "console.anthropic.com",
+    "gateway.sluice.test",
+    "localhost",
+    "127.0.0.1",
+)
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 CLIENT_TIMEOUT = 10.0
