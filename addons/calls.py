@@ -45,6 +45,8 @@ class Call:
     final_reading: Reading | None = None  # what the parser had read when it was stopped
     decoder: StreamDecoder | None = None
     headers_at: float | None = None
+    ended_by: str | None = None  # why sluice ended the call itself (idle timeout)
+    last_byte_at: float | None = None  # time.monotonic() of the last response chunk (idle watchdog)
     response_bytes: int = 0
     first_output_at: float | None = None
     body_copy: bytearray | None = None
@@ -109,7 +111,7 @@ def build_record(
         "model": model,
         "stream": int(call.stream),
         "status": status,
-        "error": error or reading.error,
+        "error": call.ended_by or error or reading.error,
         "request_id": request_id,
         "response_id": reading.response_id,
         "stop_reason": reading.stop_reason,

@@ -103,6 +103,7 @@ class Meter:
             if not chunk:
                 return cut.close() if cut is not None else chunk
             call.response_bytes += len(chunk)
+            call.last_byte_at = time.monotonic()
             if call.body_copy is not None:
                 if len(call.body_copy) + len(chunk) <= keep:
                     call.body_copy += chunk

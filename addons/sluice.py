@@ -23,6 +23,16 @@ from addons.gate import Gate  # noqa: E402
 from addons.headers import Headers  # noqa: E402
 from addons.meter import Meter  # noqa: E402
 from addons.rewrite import Rewrite  # noqa: E402
+from addons.watchdog import Watchdog  # noqa: E402
 
 core = SluiceCore()
-addons = [core, Gate(core), Rewrite(core), Budget(core), Headers(core), Meter(core), Credentials(core)]
+addons = [
+    core,
+    Gate(core),
+    Rewrite(core),
+    Budget(core),
+    Headers(core),
+    Meter(core),
+    Watchdog(core),
+    Credentials(core),
+]

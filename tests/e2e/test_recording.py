@@ -262,7 +262,9 @@ def test_cumulative_message_delta_usage_is_the_last_value_not_a_sum(
 def test_thinking_blocks_stream_through_and_are_recorded(fake: FakeProvider, sluice_proxy: Proxy) -> None:
     since = len(sluice_proxy.rows())
     usage = Usage(input_tokens=30, output_tokens=120)
-    fake.next(usage=usage, thinking="Let me think about this carefully.", text="The answer.", message_deltas=3)
+    fake.next(
+        usage=usage, thinking="Let me think about this carefully.", text="The answer.", message_deltas=3
+    )
     with anthropic_client(sluice_proxy) as client, client.messages.stream(**MESSAGE) as stream:
         final = stream.get_final_message()
 
@@ -372,7 +374,9 @@ def test_openai_chat_stream_without_usage_is_metered_and_the_client_never_sees_t
     assert first.json()["stream_options"] == {"include_usage": True}
     # ...and cut exactly that chunk back out: the rest is the fake's bytes.
     usage_records = [
-        data for _, data in sse_records(first.response.body) if data != "[DONE]" and not json.loads(data)["choices"]
+        data
+        for _, data in sse_records(first.response.body)
+        if data != "[DONE]" and not json.loads(data)["choices"]
     ]
     assert len(usage_records) == 1
     assert received == without_records(first.response.body, usage_records)
@@ -451,7 +455,9 @@ def test_openai_responses_are_recorded(fake: FakeProvider, sluice_proxy: Proxy, 
 def test_curl_call_is_relayed_and_recorded(fake: FakeProvider, sluice_proxy: Proxy, stream: bool) -> None:
     since = len(sluice_proxy.rows())
     fake.next(usage=CLAUDE_USAGE)
-    result = curl_json(sluice_proxy, ANTHROPIC_URL, {**MESSAGE, "stream": stream}, *(["-N"] if stream else []))
+    result = curl_json(
+        sluice_proxy, ANTHROPIC_URL, {**MESSAGE, "stream": stream}, *(["-N"] if stream else [])
+    )
 
     [seen] = fake.requests
     assert (result.status, result.returncode) == (200, 0)
@@ -587,7 +593,9 @@ def test_malformed_request_body_is_forwarded_and_noted(fake: FakeProvider, sluic
 # 8. Bad responses.
 
 
-def test_malformed_json_response_reaches_the_client_untouched(fake: FakeProvider, sluice_proxy: Proxy) -> None:
+def test_malformed_json_response_reaches_the_client_untouched(
+    fake: FakeProvider, sluice_proxy: Proxy
+) -> None:
     since = len(sluice_proxy.rows())
     fake.next(malformed=True)
     result = curl_json(sluice_proxy, ANTHROPIC_URL, MESSAGE)
@@ -606,7 +614,8 @@ def test_truncated_stream_is_recorded_with_partial_usage(fake: FakeProvider, slu
     fake.next(usage=CLAUDE_USAGE, truncate_after=5)
     with (
         anthropic_client(sluice_proxy) as client,
-        pytest.raises((anthropic.APIError, Exception)),
+        # The cut reaches the client as a cut, not as a clean end of the body.
+        pytest.raises(Exception, match="incomplete chunked read"),
         client.messages.stream(**MESSAGE) as stream,
     ):
         stream.get_final_message()
@@ -619,7 +628,7 @@ def test_truncated_stream_is_recorded_with_partial_usage(fake: FakeProvider, slu
     assert (row["cache_write_5m_tokens"], row["cache_write_1h_tokens"]) == (310, 420)
     assert row["output_tokens"] != CLAUDE_USAGE.output_tokens  # the final count never arrived
     assert row["error"], "a stream cut before message_stop must say so"
-    assert "message_stop" in row["error"] or "connection lost" in row["error"]
+    assert any(word in row["error"] for word in ("message_stop", "incomplete", "ended")), row["error"]
 
 
 def test_in_stream_error_event_is_recorded(fake: FakeProvider, sluice_proxy: Proxy) -> None:
@@ -642,7 +651,7 @@ def test_in_stream_error_event_is_recorded(fake: FakeProvider, sluice_proxy: Pro
 def test_upstream_reset_mid_stream_is_recorded(fake: FakeProvider, sluice_proxy: Proxy) -> None:
     since = len(sluice_proxy.rows())
     fake.next(usage=GPT_USAGE, reset_after=6, text="one two three four five six")
-    with openai_client(sluice_proxy) as client, pytest.raises(Exception):  # noqa: B017, PT011
+    with openai_client(sluice_proxy) as client, pytest.raises(openai.APIConnectionError):
         list(client.responses.create(model="gpt-5", input="hi", stream=True))
 
     assert fake.requests[0].response.outcome == "reset"
@@ -660,7 +669,7 @@ def test_upstream_reset_mid_anthropic_stream_keeps_partial_usage(
     fake.next(usage=CLAUDE_USAGE, reset_after=5)
     with (
         anthropic_client(sluice_proxy) as client,
-        pytest.raises(Exception),  # noqa: B017, PT011
+        pytest.raises(Exception, match="incomplete chunked read"),
         client.messages.stream(**MESSAGE) as stream,
     ):
         stream.get_final_message()
@@ -685,7 +694,9 @@ def test_client_disconnect_mid_stream_still_writes_the_row(fake: FakeProvider, s
     assert (row["stream"], row["status"]) == (1, 200)
     assert (row["input_tokens"], row["cache_read_tokens"]) == (1234, 5678)
     assert row["error"] and row["error"].startswith("connection lost")
-    assert row["response_id"] == json.loads(sse_records(fake.requests[0].response.body)[0][1])["message"]["id"]
+    assert (
+        row["response_id"] == json.loads(sse_records(fake.requests[0].response.body)[0][1])["message"]["id"]
+    )
 
 
 ERRORS = [
@@ -811,7 +822,9 @@ def test_openai_rate_limits_are_recorded(fake: FakeProvider, sluice_proxy: Proxy
     row = one_new_row(sluice_proxy, since)
     sent = rate_limit_headers(seen)
     assert set(sent) == {
-        f"x-ratelimit-{part}-{kind}" for part in ("limit", "remaining", "reset") for kind in ("requests", "tokens")
+        f"x-ratelimit-{part}-{kind}"
+        for part in ("limit", "remaining", "reset")
+        for kind in ("requests", "tokens")
     }
     assert json.loads(row["rate_limits"]) == sent
     table = _rate_limit_table(sluice_proxy.db_path, "api.openai.com", row["credential"])

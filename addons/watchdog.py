@@ -1,0 +1,138 @@
+"""Ends streams whose upstream has gone silent, with a proper error event instead of a hang.
+
+A streamed call that receives no byte for `idle_timeout_s` (config, default 60 s; Anthropic sends `ping`
+events well within that) is ended by sluice. When the client reads an HTTP/1.1 chunked body in the clear
+(no content-encoding), it is sent an `error` record in the provider's own format and the last chunk, so its
+SDK raises its normal stream error; then the stalled upstream connection is closed. Otherwise (HTTP/2
+client, compressed stream) only the upstream is closed and the client sees the stream cut. The call's row
+is written either way, with the partial usage and the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from mitmproxy import ctx, http
+from mitmproxy.proxy import commands
+from mitmproxy.proxy.layers.tls import ClientTLSLayer
+
+from addons.calls import Call
+from addons.core import SluiceCore
+from rules.envelopes import sse_error_event
+
+log = logging.getLogger("sluice")
+
+
+class Watchdog:
+    def __init__(self, core: SluiceCore) -> None:
+        self.core = core
+        self.flows: dict[str, http.HTTPFlow] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def running(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._watch(), name="sluice idle watchdog")
+
+    def done(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        call = self.core.calls.get(flow.id)
+        if call is not None and call.reader is not None:
+            call.last_byte_at = time.monotonic()
+            self.flows[flow.id] = flow
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.flows.pop(flow.id, None)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.flows.pop(flow.id, None)
+
+    async def _watch(self) -> None:
+        while True:
+            limit = self.core.config.idle_timeout_s
+            await asyncio.sleep(min(1.0, limit / 4))
+            now = time.monotonic()
+            for flow_id, flow in list(self.flows.items()):
+                call = self.core.calls.get(flow_id)
+                if call is None or call.finished:
+                    self.flows.pop(flow_id, None)
+                elif call.last_byte_at is not None and now - call.last_byte_at > limit:
+                    self.flows.pop(flow_id, None)
+                    try:
+                        await self._end(flow, call, limit)
+                    except Exception as e:  # the watchdog must outlive any one flow
+                        log.warning("sluice: flow %s: could not end the idle stream: %r", flow_id, e)
+
+    async def _end(self, flow: http.HTTPFlow, call: Call, limit: float) -> None:
+        message = f"sluice: the upstream sent nothing for {limit:g}s; the stream was ended"
+        log.warning("sluice: flow %s: %s", flow.id, message)
+        call.notes.append(f"idle timeout after {limit:g}s")
+        call.ended_by = message
+        proxyserver = ctx.master.addons.get("proxyserver")
+        handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
+        if handler is None:
+            return
+        if _can_end_cleanly(flow):
+            # A blank line first closes any half-sent record; the error record; then the last chunk.
+            record = b"\n\n" + sse_error_event(call.provider, 504, message)
+            if call.reader is not None:
+                call.reader.feed(record)
+            _send_to_client(handler, flow, f"{len(record):x}\r\n".encode() + record + b"\r\n0\r\n\r\n")
+        transport = handler.transports.get(flow.server_conn)
+        if transport is not None and transport.writer is not None:
+            with contextlib.suppress(OSError):
+                transport.writer.close()
+
+
+def _can_end_cleanly(flow: http.HTTPFlow) -> bool:
+    """The client reads an HTTP/1.1 chunked body in the clear: an error record and a last chunk fit."""
+    response = flow.response
+    return (
+        response is not None
+        and flow.request.http_version == "HTTP/1.1"
+        and "chunked" in response.headers.get("transfer-encoding", "").lower()
+        and not response.headers.get("content-encoding")
+    )
+
+
+def _send_to_client(handler: Any, flow: http.HTTPFlow, plaintext: bytes) -> None:
+    """Write bytes to the client as if they came through the HTTP layer, TLS-wrapped where it is TLS.
+
+    mitmproxy has no injection command for HTTP streams; its client TLS layer does the encryption so the
+    TLS record sequence stays intact.
+    """
+    tls = _client_tls_layer(handler.layer, flow.client_conn)
+    commands_out = (
+        tls.send_data(plaintext) if tls is not None else [commands.SendData(flow.client_conn, plaintext)]
+    )
+    for command in commands_out:
+        if isinstance(command, commands.SendData):
+            transport = handler.transports.get(command.connection)
+            if transport is not None and transport.writer is not None:
+                transport.writer.write(command.data)
+
+
+def _client_tls_layer(root: Any, client: Any) -> ClientTLSLayer | None:
+    """The TLS layer that speaks to this client, found by walking mitmproxy's layer tree."""
+    pending, seen = [root], set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ClientTLSLayer) and current.conn == client:
+            return current
+        pending.extend(getattr(current, name, None) for name in ("layer", "child_layer"))
+        # Mode layers hand events on through a bound method of their child.
+        pending.append(getattr(getattr(current, "_handle_event", None), "__self__", None))
+        streams = getattr(current, "streams", None)
+        if isinstance(streams, dict):
+            pending.extend(streams.values())
+    return None
