@@ -404,7 +404,11 @@ def test_an_expired_token_is_refreshed_once_for_50_concurrent_requests(
     assert texts == [DEFAULT_TEXT] * 50
     [refresh] = fake.token_requests
     assert refresh.header("host") == "console.anthropic.com"
-    assert refresh.json() == {"grant_type": "refresh_token", "refresh_token": OLD_REFRESH, "client_id": CLIENT_ID}
+    assert refresh.json() == {
+        "grant_type": "refresh_token",
+        "refresh_token": OLD_REFRESH,
+        "client_id": CLIENT_ID,
+    }
     calls = api_requests(fake)
     assert len(calls) == 50
     for seen in calls:
@@ -544,9 +548,7 @@ def test_an_unset_env_reference_stops_start_up_naming_the_field(
     fake: FakeProvider, start_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
     assert "SLUICE_E2E_NEVER_SET" not in os.environ
-    config = CLIENTS + ANTHROPIC_POOL.replace(
-        '"env:SLUICE_E2E_ANT_2"', '"env:SLUICE_E2E_NEVER_SET"'
-    )
+    config = CLIENTS + ANTHROPIC_POOL.replace('"env:SLUICE_E2E_ANT_2"', '"env:SLUICE_E2E_NEVER_SET"')
     workdir = tmp_path / "bad-config"
 
     # mitmproxy reports the script's error, may open its port for a moment, then exits with status 1

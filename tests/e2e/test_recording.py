@@ -105,7 +105,7 @@ def assert_priced(row: dict[str, Any], usage: Usage, service_tier: str | None = 
     assert row["cost_usd"] == pytest.approx(cost, rel=1e-9), row["cost_note"]
 
 
-def notes(row: dict[str, Any]) -> list[str]:
+def rules_applied(row: dict[str, Any]) -> list[str]:
     return json.loads(row["rules_applied"] or "[]")
 
 
@@ -370,8 +370,9 @@ def test_openai_chat_stream_without_usage_is_metered_and_the_client_never_sees_t
         chunks = list(client.chat.completions.create(**CHAT, stream=True))
 
     first, second = fake.requests
-    # sluice asked for the usage on the client's behalf...
+    # sluice asked for the usage on the client's behalf, in the clear so the extra chunk can be cut...
     assert first.json()["stream_options"] == {"include_usage": True}
+    assert first.header("accept-encoding") == "identity"
     # ...and cut exactly that chunk back out: the rest is the fake's bytes.
     usage_records = [
         data
@@ -393,7 +394,7 @@ def test_openai_chat_stream_without_usage_is_metered_and_the_client_never_sees_t
         assert (row["input_tokens"], row["cache_read_tokens"]) == (40, 60)
         assert (row["output_tokens"], row["reasoning_tokens"]) == (25, 12)
         assert_priced(row, GPT_USAGE, "default")
-        assert "stream_usage" in notes(row)
+        assert "stream_usage" in rules_applied(row)
         assert_timings(row)
 
 
@@ -516,7 +517,7 @@ def test_anthropic_stream_reaches_the_client_while_the_provider_is_still_sending
 ) -> None:
     since = len(sluice_proxy.rows())
     # message_start, ping, content_block_start, then the provider goes quiet.
-    fake.next(usage=CLAUDE_USAGE, stall_after=3, stall_seconds=2)
+    fake.next(usage=CLAUDE_USAGE, stall_after=3, stall_seconds=3)
     with (
         anthropic_client(sluice_proxy) as client,
         client.messages.create(**MESSAGE, stream=True) as stream,
@@ -538,7 +539,7 @@ def test_anthropic_stream_reaches_the_client_while_the_provider_is_still_sending
 
 def test_compressed_openai_stream_is_not_buffered_either(fake: FakeProvider, sluice_proxy: Proxy) -> None:
     since = len(sluice_proxy.rows())
-    fake.next(usage=GPT_USAGE, encoding="gzip", stall_after=3, stall_seconds=2, text="one two three four")
+    fake.next(usage=GPT_USAGE, encoding="gzip", stall_after=3, stall_seconds=3, text="one two three four")
     with openai_client(sluice_proxy) as client:
         stream = client.responses.create(model="gpt-5", input="hi", stream=True)
         with stream:
@@ -586,7 +587,7 @@ def test_malformed_request_body_is_forwarded_and_noted(fake: FakeProvider, sluic
     assert json.loads(result.body)["error"]["message"] == "Request body is not valid JSON."
     row = one_new_row(sluice_proxy, since)
     assert row["status"] == 400
-    assert any("request body is not JSON" in note for note in notes(row)), row["rules_applied"]
+    assert any("request body is not JSON" in note for note in rules_applied(row)), row["rules_applied"]
     assert row["error"] and "invalid_request_error" in row["error"]
 
 
@@ -682,7 +683,7 @@ def test_upstream_reset_mid_anthropic_stream_keeps_partial_usage(
 
 def test_client_disconnect_mid_stream_still_writes_the_row(fake: FakeProvider, sluice_proxy: Proxy) -> None:
     since = len(sluice_proxy.rows())
-    fake.next(usage=CLAUDE_USAGE, stall_after=4, stall_seconds=3)
+    fake.next(usage=CLAUDE_USAGE, stall_after=4, stall_seconds=10)
     with anthropic_client(sluice_proxy) as client:
         stream = client.messages.create(**MESSAGE, stream=True)
         events = iter(stream)
@@ -786,7 +787,6 @@ def test_anthropic_rate_limits_are_recorded_per_credential_and_the_key_never_sto
     # Every rate-limit header of each response, the unified family included, in the row.
     for row, request in ((row1, first), (row2, second), (row3, third)):
         sent = rate_limit_headers(request)
-        assert len(sent) == 24
         assert any(name.startswith("anthropic-ratelimit-unified-") for name in sent)
         assert json.loads(row["rate_limits"]) == sent
     # One fingerprint per key; never the key.

@@ -128,7 +128,7 @@ def test_shutdown_drains_queued_rows_and_records_the_call_in_flight(
     fake: FakeProvider, start_proxy: StartProxy
 ) -> None:
     proxy = start_proxy()
-    fake.next(usage=CLAUDE_USAGE, stall_after=4, stall_seconds=4)
+    fake.next(usage=CLAUDE_USAGE, stall_after=4, stall_seconds=10)
     n = 20
     with anthropic_client(proxy) as client:
         stream = client.messages.create(**MESSAGE, stream=True)
