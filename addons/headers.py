@@ -42,29 +42,26 @@ class Headers:
         return self.core.provider_for(flow.request.pretty_host)
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or not flow.live or _is_upgrade(flow.request):
-            return
-        provider = self._provider(flow)
-        if provider is None:
-            return
-        kept, dropped = filter_headers(flow.request.headers.fields, self.request_policy[provider])
-        if dropped:
-            flow.request.headers.fields = tuple(kept)
-            self._note(flow, "request", dropped)
+        if flow.response is None:
+            self._filter(flow, flow.request, "request", self.request_policy)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # Response headers leave right after this hook, so the filter must run here, not in `response`.
-        if flow.response is None or not flow.live or _is_upgrade(flow.request):
+        if flow.response is not None:
+            self._filter(flow, flow.response, "response", self.response_policy)
+
+    def _filter(
+        self, flow: http.HTTPFlow, message: http.Message, direction: str, policies: dict[str, HeaderAllowList]
+    ) -> None:
+        if not flow.live or _is_upgrade(flow.request):
             return
         provider = self._provider(flow)
         if provider is None:
             return
-        kept, dropped = filter_headers(flow.response.headers.fields, self.response_policy[provider])
-        if dropped:
-            flow.response.headers.fields = tuple(kept)
-            self._note(flow, "response", dropped)
-
-    def _note(self, flow: http.HTTPFlow, direction: str, dropped: list[str]) -> None:
+        kept, dropped = filter_headers(message.headers.fields, policies[provider])
+        if not dropped:
+            return
+        message.headers.fields = tuple(kept)
         call = self.core.calls.get(flow.id)
         if call is not None:
             names = ",".join(sorted(dropped, key=str.lower))

@@ -33,7 +33,7 @@ import threading
 import time
 import traceback
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import formatdate
@@ -897,6 +897,10 @@ class FakeProvider:
         # The OAuth token endpoint: refresh token -> the token response it is exchanged for, once
         # (refresh tokens rotate and are single-use). Any other refresh token gets `invalid_grant`.
         self.oauth_grants: dict[str, dict[str, Any]] = {}
+        # Picks the behaviour from the request itself (its body, its headers), before the queue is looked
+        # at; returning None falls back to the queue and the default. For concurrent tests, where which
+        # request takes which queued behaviour would be a race.
+        self.choose: Callable[[RecordedRequest], Behaviour | None] | None = None
 
     # Lifecycle.
 
@@ -984,6 +988,7 @@ class FakeProvider:
         self.accepted_credentials = None
         with self._lock:
             self.oauth_grants = {}
+        self.choose = None
 
     def clear(self) -> None:
         """Forget the recorded requests only."""
@@ -1055,10 +1060,12 @@ class FakeProvider:
 
     # Serving.
 
-    def _take(self, path: str) -> tuple[Behaviour, int]:
+    def _take(self, path: str, chosen: Behaviour | None = None) -> tuple[Behaviour, int]:
         """The behaviour for a request to `path`, and how many requests were served including it."""
         with self._lock:
             self._served += 1
+            if chosen is not None:
+                return chosen, self._served
             for index, candidate in enumerate(self._queue):
                 # A behaviour for "any path" is meant for the API, not for the OAuth token endpoint.
                 if candidate.path == path or (candidate.path is None and path != OAUTH_TOKEN_PATH):
@@ -1130,7 +1137,7 @@ class FakeProvider:
         if self.record_requests:
             with self._lock:
                 self._requests.append(request)
-        behaviour, served = self._take(request.path)
+        behaviour, served = self._take(request.path, self.choose(request) if self.choose else None)
         responder = _Responder(request, behaviour, served)
         # The token endpoint answers grants unless a behaviour was queued for its path explicitly.
         if request.path == OAUTH_TOKEN_PATH and behaviour.path != OAUTH_TOKEN_PATH:

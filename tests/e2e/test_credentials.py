@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -374,7 +375,11 @@ def test_a_disabled_key_stays_disabled_after_a_restart(fake: FakeProvider, start
 
 
 async def _concurrent_messages(proxies: list[Proxy], per_proxy: int, betas: str) -> list[str]:
-    clients = [async_anthropic_client(proxy, ALICE_KEY) for proxy in proxies]
+    # Generous timeouts: 50 TLS tunnels at once through mitmdump on a busy 2-core machine are slow.
+    clients = [
+        async_anthropic_client(proxy, ALICE_KEY, timeout=60, httpx_kwargs={"timeout": 60})
+        for proxy in proxies
+    ]
     try:
         calls = [
             client.messages.create(**MESSAGE, extra_headers={"anthropic-beta": betas})
@@ -501,7 +506,18 @@ keys = ["env:SLUICE_E2E_GATEWAY"]
     fake.next(status=429)  # the upstream judged the credential: cooled down, rewritten for the client
     post_message(proxy, f"authorization: Bearer {ALICE_KEY}", url=gateway)
     proxy.wait_for_rows(7)
+    # A call still waiting for its response when mitmdump stops: `-w` saves it at shutdown.
+    fake.next(delay=30)
+    arrived = len(fake.requests) + 1
+    held = {**CHAT, "model": "gpt-in-flight-at-shutdown"}
+    chat_url = "https://api.openai.com/v1/chat/completions"
+    in_flight = threading.Thread(
+        target=post_message, args=(proxy, f"x-api-key: {ALICE_KEY}"), kwargs={"url": chat_url, "body": held}
+    )
+    in_flight.start()
+    assert fake.wait_for_requests(arrived)[-1].header("authorization") == f"Bearer {OAI_KEY}"
     assert proxy.stop() == 0
+    in_flight.join()
 
     # The real credentials did go upstream...
     sent = json.dumps([[r.headers, r.body.decode()] for r in fake.requests])
@@ -512,6 +528,7 @@ keys = ["env:SLUICE_E2E_GATEWAY"]
     saved = flows_file.read_bytes()
     assert ALICE_KEY in log and "gateway.sluice.test" in log
     assert ALICE_KEY.encode() in saved and b"api.openai.com" in saved
+    assert b"gpt-in-flight-at-shutdown" in saved
 
     main_db = sorted(proxy.workdir.glob("sluice.db*"))
     secrets_db = sorted(proxy.workdir.glob("sluice.secrets.db*"))

@@ -97,7 +97,7 @@ def test_two_proxies_share_one_database(fake: FakeProvider, start_proxy: StartPr
     shared = tmp_path / "shared" / "sluice.db"
     one = start_proxy(set_db=False, extra_args=_shared_db_args(shared))
     two = start_proxy(set_db=False, extra_args=_shared_db_args(shared))
-    n = 6
+    n = 5
     errors: list[BaseException] = []
     threads = [threading.Thread(target=_calls_through, args=(p, n, errors)) for p in (one, two)]
     for thread in threads:

@@ -1,0 +1,254 @@
+"""The processes a benchmark run starts (bench upstream, two mitmdumps, py-spy) and how it stops them.
+
+Each child runs in a session of its own, so a terminal's Ctrl-C reaches only the benchmark, which then
+stops every child itself: SIGINT first (mitmproxy runs its addons' `done`, so sluice drains its queue and
+the lag addon writes its samples), SIGKILL if that takes too long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SLUICE_SCRIPT = ROOT / "addons" / "sluice.py"
+BARE_SCRIPT = ROOT / "bench" / "bare_stream.py"
+LOOPLAG_SCRIPT = ROOT / "bench" / "looplag.py"
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+# Proxy settings in the environment would send mitmdump's own upstream connections elsewhere.
+_PROXY_ENV = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not measure what it set out to (a process died, a response was wrong)."""
+
+
+def clean_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_ENV}
+    env.update(extra)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (every thread)."""
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.exists():
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    import psutil  # not on Linux: the `bench` extra installs it
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+class Child:
+    """A process this benchmark started."""
+
+    def __init__(
+        self, name: str, args: list[str], *, env: dict[str, str], log: Path, stdout_pipe: bool = False
+    ) -> None:
+        self.name = name
+        self.log = log
+        with log.open("ab") as sink:
+            self.process = subprocess.Popen(
+                args,
+                cwd=log.parent,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if stdout_pipe else sink,
+                stderr=sink,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise BenchError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def start_upstream(workdir: Path, cert: Path, key: Path) -> tuple[Child, int]:
+    """bench/upstream.py in its own process; returns it and the port it listens on."""
+    args = [sys.executable, "-m", "bench.upstream", "--cert", str(cert), "--key", str(key)]
+    child = Child("bench upstream", args, env=clean_env({"PYTHONPATH": str(ROOT)}), log=workdir / "upstream.log",
+                  stdout_pipe=True)
+    assert child.process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(child.process.stdout, selectors.EVENT_READ)
+        ready = selector.select(START_TIMEOUT_S)
+    line = child.process.stdout.readline().decode().strip() if ready else ""
+    if not line.startswith("port "):
+        child.stop()
+        raise BenchError(f"bench upstream did not start ({line!r}):\n{child.log_tail()}")
+    return child, int(line.split()[1])
+
+
+@dataclass
+class Proxy:
+    """One running mitmdump: how to reach it, and when each phase loaded it (for the lag samples)."""
+
+    name: str  # "bare" | "sluice"
+    child: Child
+    port: int
+    client_tls: ssl.SSLContext  # trusts this mitmdump's own CA
+    lag_file: Path
+    windows: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+    def window(self, phase: str, start: float, end: float) -> None:
+        """A span of `time.monotonic()` during which `phase` loaded this proxy."""
+        self.windows.setdefault(phase, []).append((start, end))
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.child.pid)
+
+
+def start_mitmdump(
+    name: str,
+    workdir: Path,
+    *,
+    scripts: Sequence[Path],
+    sets: Sequence[str],
+    env: dict[str, str],
+    upstream_ca: Path,
+) -> Proxy:
+    """mitmdump on a free loopback port with `scripts` and bench/looplag.py; returns once it accepts."""
+    from tests.e2e.harness import mitmdump_path
+
+    home = workdir / name
+    home.mkdir()
+    confdir = home / "mitm"
+    lag_file = home / "looplag.json"
+    port = _free_port()
+    args = [str(mitmdump_path()), "--listen-host", "127.0.0.1", "--listen-port", str(port)]
+    args += ["--set", f"confdir={confdir}", "--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"]
+    # The console flow dump costs both proxies alike and is no part of what is measured.
+    args += ["--set", "flow_detail=0", "--set", "termlog_verbosity=warn"]
+    for script in [*scripts, LOOPLAG_SCRIPT]:
+        args += ["-s", str(script)]
+    for setting in [*sets, f"bench_looplag_file={lag_file}"]:
+        args += ["--set", setting]
+    child = Child(f"mitmdump ({name})", args, env=env, log=home / "mitmdump.log")
+    ca = confdir / "mitmproxy-ca-cert.pem"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            child.check_alive()
+        except BenchError:
+            child.stop()
+            raise
+        if ca.exists() and _accepts(port):
+            context = ssl.create_default_context(cafile=str(ca))
+            context.set_alpn_protocols(["http/1.1"])
+            return Proxy(name, child, port, context, lag_file)
+        time.sleep(0.05)
+    child.stop()
+    raise BenchError(f"mitmdump ({name}) not ready after {START_TIMEOUT_S}s:\n{child.log_tail()}")
+
+
+class Profiler:
+    """`--profile DIR`: py-spy samples each mitmdump, GIL holders only (so idle threads do not count),
+    through the first round of every phase, into DIR/<proxy>-<phase>.txt: collapsed stacks, as
+    flamegraph.pl and speedscope read them. Sampling slows the proxies: a profiled run's figures compare
+    only with another profiled run's."""
+
+    def __init__(self, out_dir: Path | None) -> None:
+        self.out_dir = out_dir
+        self.files: list[Path] = []
+        self._program: str | None = None
+        if out_dir is not None:
+            here = str(Path(sys.executable).parent)
+            self._program = shutil.which("py-spy", path=here) or shutil.which("py-spy")
+            if self._program is None:
+                raise BenchError("--profile needs py-spy: pip install -e '.[bench]'")
+            out_dir.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def record(self, proxy: Proxy, phase: str) -> Iterator[None]:
+        path = self.out_dir / f"{proxy.name}-{phase}.txt" if self.out_dir is not None else None
+        if path is None or self._program is None or path in self.files:
+            yield
+            return
+        self.files.append(path)
+        args = [self._program, "record", "--pid", str(proxy.child.pid), "--format", "raw", "--nolineno"]
+        args += ["--gil", "--nonblocking", "--rate", "250", "--output", str(path)]
+        spy = Child(f"py-spy ({proxy.name})", args, env=clean_env({}), log=path.with_suffix(".log"))
+        time.sleep(0.5)  # attaching takes a moment
+        try:
+            yield
+        finally:
+            spy.stop(timeout=30)
+
+
+def top_frames(collapsed: Path, count: int = 12) -> dict[str, object]:
+    """The functions most samples were in (self) and under (inclusive), as shares of all samples."""
+    own: dict[str, int] = {}
+    under: dict[str, int] = {}
+    total = 0
+    with contextlib.suppress(OSError):
+        for line in collapsed.read_text().splitlines():
+            stack, _, samples = line.rpartition(" ")
+            if not stack or not samples.isdigit():
+                continue
+            weight = int(samples)
+            frames = stack.split(";")
+            total += weight
+            own[frames[-1]] = own.get(frames[-1], 0) + weight
+            for frame in set(frames):
+                under[frame] = under.get(frame, 0) + weight
+
+    def top(table: dict[str, int], keep: tuple[str, ...] = ()) -> list[tuple[str, float]]:
+        ranked = sorted(table.items(), key=lambda item: -item[1])
+        if keep:
+            ranked = [item for item in ranked if any(part in item[0] for part in keep)]
+        return [(frame, round(weight / total, 4)) for frame, weight in ranked[:count]] if total else []
+
+    return {
+        "samples": total,
+        "self": top(own),
+        # sluice's own code: which hook, which rule
+        "sluice_inclusive": top(under, ("(addons/", "(rules/", "(state/")),
+    }

@@ -1,0 +1,121 @@
+"""How big and how long each measurement is (full and quick), and the configuration sluice runs with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PROVIDER_HOST = "api.anthropic.com"
+CLIENT_NAME = "bench"
+CLIENT_USER_ID = "bench-user-0001"
+
+# The operator's configuration: every rule family switched on. Secrets are env references; the values are
+# generated per run and given to the sluice mitmdump only.
+SLUICE_CONFIG = """\
+[[clients]]
+name = "bench"
+key = "env:SLUICE_BENCH_CLIENT_KEY"
+user_id = "bench-user-0001"
+
+[[upstreams]]
+host = "api.anthropic.com"
+provider = "anthropic"
+keys = ["env:SLUICE_BENCH_KEY_1", "env:SLUICE_BENCH_KEY_2", "env:SLUICE_BENCH_KEY_3"]
+
+[rules]
+cache_control_max = 4
+max_tokens_default = 8192
+model_aliases = { sonnet = "claude-sonnet-4-5", opus = "claude-opus-4-1", haiku = "claude-haiku-4-5" }
+
+[[rules.system_blocks]]
+name = "house-rules"
+text = "Follow the team's engineering handbook: small commits, tests with every change, no secrets in code."
+cache = "5m"
+
+[[rules.system_blocks]]
+name = "opus-review"
+text = "You are reviewing; be terse."
+models = ["claude-opus-*"]
+
+[rules.request_headers]
+allow = ["x-client-request-id"]
+deny = ["anthropic-dangerous-direct-browser-access"]
+
+[rules.response_headers]
+allow = ["x-envoy-upstream-service-time"]
+"""
+UPSTREAM_KEY_ENV = ("SLUICE_BENCH_KEY_1", "SLUICE_BENCH_KEY_2", "SLUICE_BENCH_KEY_3")
+CLIENT_KEY_ENV = "SLUICE_BENCH_CLIENT_KEY"
+
+
+@dataclass(frozen=True)
+class Settings:
+    rounds: int  # alternating rounds of every phase
+    warmup_requests: int
+    latency_requests: int  # per round, one connection, back to back
+    throughput_concurrency: int
+    throughput_warmup_s: float
+    throughput_s: float
+    small_request_bytes: int  # the request of the latency, throughput and stream phases
+    stream_events: int
+    stream_interval_us: int  # a paced stream sends one event every this often
+    single_streams: int  # streams per round, one after another
+    many_streams: int  # concurrent streams
+    many_stream_waves: int  # streams per round on each of the concurrent connections
+    agent_request_bytes: int
+    agent_requests: int
+    huge_request_bytes: int
+    huge_requests: int
+    bulk_stream_bytes: int
+    writer_rows: int
+    rewrite_iterations: int
+    rewrite_budget_s: float  # per body and function: the in-process timing stops early past this
+    deadline_s: float  # the whole run, start-up included
+
+
+FULL = Settings(
+    rounds=3,
+    warmup_requests=50,
+    latency_requests=400,
+    throughput_concurrency=16,
+    throughput_warmup_s=1.0,
+    throughput_s=8.0,
+    small_request_bytes=6_000,
+    stream_events=100,
+    stream_interval_us=20_000,  # 50 events/s: a fast model's pace
+    single_streams=6,
+    many_streams=20,
+    many_stream_waves=2,
+    agent_request_bytes=100_000,
+    agent_requests=60,
+    huge_request_bytes=2_000_000,
+    huge_requests=8,
+    bulk_stream_bytes=200_000_000,
+    writer_rows=50_000,
+    rewrite_iterations=200,
+    rewrite_budget_s=10.0,
+    deadline_s=1_800.0,
+)
+
+QUICK = Settings(
+    rounds=1,
+    warmup_requests=5,
+    latency_requests=30,
+    throughput_concurrency=16,
+    throughput_warmup_s=0.3,
+    throughput_s=1.0,
+    small_request_bytes=6_000,
+    stream_events=15,
+    stream_interval_us=10_000,
+    single_streams=2,
+    many_streams=20,
+    many_stream_waves=1,
+    agent_request_bytes=20_000,
+    agent_requests=5,
+    huge_request_bytes=200_000,
+    huge_requests=3,
+    bulk_stream_bytes=4_000_000,
+    writer_rows=2_000,
+    rewrite_iterations=5,
+    rewrite_budget_s=2.0,
+    deadline_s=55.0,
+)
