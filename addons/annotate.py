@@ -1,4 +1,18 @@
-"""What a person sees in mitmweb and saved flows: a one-line summary comment on each metered flow."""
+"""What a person sees in mitmweb and saved flows: a one-line summary comment on each metered flow, and a
+mark on the calls that need a look.
+
+Flags, most pressing first; the first one picks the mark (the emoji in the flow list), every one is written
+as a `#tag` at the start of the comment:
+
+- `#budget` (💸 `:money_with_wings:`): sluice refused the call, the client's budget is spent;
+- `#rate-limited` (⌛ `:hourglass:`): the provider answered 429 or 529, or a stream ended in a rate-limit or
+  overloaded error;
+- `#error` (❌ `:x:`): any other failure: HTTP status ≥ 400, an error event, a cut stream, a lost connection;
+- `#cache-miss` (💔 `:broken_heart:`): a call that continues a conversation read nothing from the prompt
+  cache (addons/cache_health.py).
+
+Filter them in mitmweb or mitmdump with `~marked`, `~marker hourglass`, or `~comment "#cache-miss"`.
+"""
 
 from __future__ import annotations
 
@@ -34,5 +48,41 @@ def summarize(row: Mapping[str, Any]) -> str:
     return " · ".join(parts)
 
 
+# Flag → mark, in order of precedence.
+MARKS = {
+    "budget": ":money_with_wings:",
+    "rate-limited": ":hourglass:",
+    "error": ":x:",
+    "cache-miss": ":broken_heart:",
+}
+BUDGET_REFUSAL = "note:refused: budget exhausted"
+RATE_LIMIT_STATUSES = (429, 529)
+RATE_LIMIT_ERRORS = ("rate_limit_error", "overloaded_error", "rate_limit_exceeded")
+
+
+def flags(row: Mapping[str, Any]) -> list[str]:
+    """The flags of one call's row, most pressing first (see MARKS)."""
+    found = []
+    status = row.get("status")
+    error = str(row.get("error") or "")
+    failed = bool(error) or (isinstance(status, int) and status >= 400)
+    if BUDGET_REFUSAL in str(row.get("rules_applied") or ""):
+        found.append("budget")
+    elif status in RATE_LIMIT_STATUSES or error.startswith(RATE_LIMIT_ERRORS):
+        found.append("rate-limited")
+    elif failed:
+        found.append("error")
+    if row.get("cache_status") == "miss":
+        found.append("cache-miss")
+    return found
+
+
 def annotate(flow: http.HTTPFlow, row: Mapping[str, Any]) -> None:
-    flow.comment = summarize(row)
+    """Comment every metered flow; mark a flagged one (unless someone marked it already)."""
+    tags = flags(row)
+    summary = summarize(row)
+    if row.get("cache_status") == "miss" and row.get("cache_note"):
+        summary += f" · cache miss: {row['cache_note']}"
+    flow.comment = " ".join([*(f"#{tag}" for tag in tags), summary])
+    if tags and not flow.marked:
+        flow.marked = MARKS[tags[0]]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from mitmproxy import http
 
@@ -22,6 +22,7 @@ from rules.endpoints import classify
 from rules.rewrite import is_usage_only_chunk
 from rules.stream_filter import SSERecordFilter
 from rules.usage import Reading, StreamReader, read_response_body
+from state.writer import CallRecord
 
 log = logging.getLogger("sluice")
 
@@ -57,9 +58,15 @@ def _presented_credential(headers: http.Headers) -> str:
     return fingerprint(key) if key else "none"
 
 
+# Called with each finished call's record before it is queued and the flow annotated; may replace
+# `record.row` with one carrying more columns (cache health).
+type BeforeRecord = Callable[[http.HTTPFlow, Call, Reading, CallRecord], None]
+
+
 class Meter:
-    def __init__(self, core: SluiceCore) -> None:
+    def __init__(self, core: SluiceCore, before_record: Sequence[BeforeRecord] = ()) -> None:
         self.core = core
+        self.before_record = list(before_record)
         core.shutdown_hooks.append(self._finish_in_flight)
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -176,6 +183,11 @@ class Meter:
             ended=ended,
             budget_without_usage=self.core.config.budget_without_usage,
         )
+        for hook in self.before_record:
+            try:
+                hook(flow, call, reading, record)
+            except Exception as e:  # an observer must not cost the call its row
+                log.warning("sluice: flow %s: %r failed: %r", call.flow_id, hook, e)
         self.core.record(record)
         annotate(flow, record.row)
 

@@ -7,6 +7,10 @@ Order matters: mitmproxy calls each hook on these addons in list order. Request 
 (gate), rewrite the body, admit against the client's budget, filter headers, meter what goes upstream,
 and last put the real credential on. Response side: filter headers, tee the stream, take the real
 credential off again and judge it by the answer.
+
+What mitmweb shows: the original request body is held just before the rewrite and what changed is kept on
+the flow just after it (changes); each call's prompt-cache health is judged as its row is built
+(cache_health, through the meter's `before_record`); the "LLM" contentview renders both.
 """
 
 import sys
@@ -16,7 +20,10 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from addons import contentview  # noqa: E402
 from addons.budget import Budget  # noqa: E402
+from addons.cache_health import CacheHealth  # noqa: E402
+from addons.changes import KeepOriginal, RequestChanges  # noqa: E402
 from addons.core import SluiceCore  # noqa: E402
 from addons.credentials import Credentials  # noqa: E402
 from addons.gate import Gate  # noqa: E402
@@ -26,13 +33,19 @@ from addons.rewrite import Rewrite  # noqa: E402
 from addons.watchdog import Watchdog  # noqa: E402
 
 core = SluiceCore()
+original = KeepOriginal()
+cache_health = CacheHealth(core)
+contentview.register()
 addons = [
     core,
     Gate(core),
+    original,
     Rewrite(core),
+    RequestChanges(core, original),
     Budget(core),
     Headers(core),
-    Meter(core),
+    Meter(core, before_record=[cache_health.before_record]),
+    cache_health,
     Watchdog(core),
     Credentials(core),
 ]

@@ -7,6 +7,7 @@ the lag addon writes its samples), SIGKILL if that takes too long.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import selectors
@@ -67,6 +68,17 @@ def cpu_seconds(pid: int) -> float:
     return float(times.user + times.system)
 
 
+_LIVE: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """The last resort, should an interrupt land while the children are being stopped."""
+    for process in list(_LIVE):
+        if process.poll() is None:
+            process.kill()
+
+
 class Child:
     """A process this benchmark started."""
 
@@ -85,6 +97,7 @@ class Child:
                 stderr=sink,
                 start_new_session=True,
             )
+        _LIVE.add(self.process)
 
     @property
     def pid(self) -> int:
@@ -109,13 +122,19 @@ class Child:
                 self.process.wait()
         if self.process.stdout is not None:
             self.process.stdout.close()
+        _LIVE.discard(self.process)
 
 
 def start_upstream(workdir: Path, cert: Path, key: Path) -> tuple[Child, int]:
     """bench/upstream.py in its own process; returns it and the port it listens on."""
     args = [sys.executable, "-m", "bench.upstream", "--cert", str(cert), "--key", str(key)]
-    child = Child("bench upstream", args, env=clean_env({"PYTHONPATH": str(ROOT)}), log=workdir / "upstream.log",
-                  stdout_pipe=True)
+    child = Child(
+        "bench upstream",
+        args,
+        env=clean_env({"PYTHONPATH": str(ROOT)}),
+        log=workdir / "upstream.log",
+        stdout_pipe=True,
+    )
     assert child.process.stdout is not None
     with selectors.DefaultSelector() as selector:
         selector.register(child.process.stdout, selectors.EVENT_READ)

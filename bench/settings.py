@@ -117,5 +117,5 @@ QUICK = Settings(
     writer_rows=2_000,
     rewrite_iterations=5,
     rewrite_budget_s=2.0,
-    deadline_s=55.0,
+    deadline_s=240.0,  # a bound, not the expected time (~15 s idle); CI machines are shared
 )

@@ -111,14 +111,17 @@ _REQUEST_COMMON = (
     "authorization",
     "idempotency-key",
     "x-stainless-*",
+    # A client-chosen id both providers log for support lookups (Claude Code, OpenAI SDKs).
+    "x-client-request-id",
 )
 _REQUEST_BY_PROVIDER = {
     # anthropic-version, anthropic-beta (verbatim), anthropic-workspace-id, ...; Claude Code's own
-    # x-claude-code-* and x-app. https://docs.claude.com/en/api/versioning, .../api/beta-headers
-    "anthropic": ("x-api-key", "anthropic-*", "x-claude-code-*", "x-app"),
-    # OpenAI-Organization, OpenAI-Project, OpenAI-Beta; X-Client-Request-Id for request tracing.
+    # families (x-claude-code-*, x-claude-1p-request-class, x-claude-remote-*, x-anthropic-*), x-app and
+    # x-client-app. https://docs.claude.com/en/api/versioning, .../api/beta-headers
+    "anthropic": ("x-api-key", "anthropic-*", "x-anthropic-*", "x-claude-*", "x-app", "x-client-app"),
+    # OpenAI-Organization, OpenAI-Project, OpenAI-Beta.
     # https://platform.openai.com/docs/api-reference/debugging-requests
-    "openai": ("openai-*", "x-client-request-id"),
+    "openai": ("openai-*",),
 }
 _RESPONSE_COMMON = (
     "content-type",

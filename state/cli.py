@@ -1,6 +1,6 @@
 """`sluice`: reports over the sluice database (the `sluice` console script).
 
-    sluice usage [--db PATH] [--by DIMS] [--since WHEN] [--until WHEN] [--json | --csv]
+    sluice usage [--db PATH] [--by DIMS] [--since WHEN] [--until WHEN] [--json | --csv | --html FILE]
     sluice quota [--db PATH] [--host HOST] [--credential NAME] [--json | --statusline]
 
 Every subcommand registers in SUBCOMMANDS, in one place. Reading never creates a database: a missing file is
@@ -13,6 +13,7 @@ import argparse
 import csv
 import json
 import os
+import select
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from state import db as state_db
-from state import report
+from state import html_report, report
 from state.budgets import BudgetLedger
 from state.credentials import CredentialPool, OAuthStore, secrets_path_for
 from state.ratelimits import QuotaSummary, format_duration, format_percent, statusline
@@ -46,6 +47,9 @@ _GROUP_TITLES = {
     "host": "Host",
     "provider": "Provider",
     "api": "API",
+    "hour": "Hour (UTC)",
+    "session": "Session",
+    "block": "5h block (UTC)",
 }
 # Wide enough for any table of ours: measuring against it gives a table's natural width.
 _UNBOUNDED_WIDTH = 100_000
@@ -160,12 +164,20 @@ def _add_usage(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
         "--json", dest="format", action="store_const", const="json", help="print a JSON list of groups"
     )
     output.add_argument("--csv", dest="format", action="store_const", const="csv", help="print CSV")
+    output.add_argument(
+        "--html",
+        metavar="FILE",
+        help="write a self-contained HTML page (inline SVG charts of spend and tokens over time, by model and "
+        "by client; no scripts, nothing fetched) to FILE; --by does not apply",
+    )
     parser.set_defaults(handler=run_usage, format="table")
 
 
 def run_usage(args: argparse.Namespace) -> int:
     database = open_database(args.db)
     try:
+        if args.html:
+            return _write_usage_html(database, args)
         usage = report.usage(database, group_by=args.by, since=args.since, until=args.until)
         if args.format == "json":
             _write_json([row.to_dict() for row in usage.rows])
@@ -180,9 +192,21 @@ def run_usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_usage_html(database: sqlite_utils.Database, args: argparse.Namespace) -> int:
+    page = html_report.render(database, since=args.since, until=args.until, now=clock())
+    target = Path(args.html).expanduser()
+    try:
+        target.write_text(page, encoding="utf-8")
+    except OSError as e:
+        raise CliError(f"cannot write {args.html}: {e.strerror or e}") from e
+    print(f"wrote {args.html}")
+    return 0
+
+
 def _write_usage_csv(usage: report.UsageReport) -> None:
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow([*usage.group_by, *report.USAGE_COLUMNS])
+    spans = ["first_call_at", "last_call_at"] if set(usage.group_by) & set(report.SPAN_DIMENSIONS) else []
+    writer.writerow([*usage.group_by, *spans, *report.USAGE_COLUMNS])
     for row in usage.rows:
         writer.writerow(["" if value is None else value for value in row.to_dict().values()])
 
@@ -202,14 +226,20 @@ def _usage_table(usage: report.UsageReport) -> Table:
     )
     for name in usage.group_by:
         table.add_column(_GROUP_TITLES[name], no_wrap=True)
+    spans = bool(set(usage.group_by) & set(report.SPAN_DIMENSIONS))
+    if spans:
+        table.add_column("First call", no_wrap=True)
+        table.add_column("Last call", no_wrap=True)
     for title in ("Calls", "Input", "Cache read", "Cache write", "Output", "Reasoning", "Cost"):
         table.add_column(title, justify="right", no_wrap=True)
     table.add_column("Unpriced", justify="right", no_wrap=True)
     table.add_column("Errors", justify="right", no_wrap=True)
     for index, row in enumerate(usage.rows):
         keys = [Text("(none)", style="dim") if value is None else Text(value) for value in row.group.values()]
+        if spans:
+            keys += [Text(_stored_time_text(row.first_call_at)), Text(_stored_time_text(row.last_call_at))]
         table.add_row(*keys, *_usage_cells(row), end_section=index == len(usage.rows) - 1)
-    blanks = [Text("")] * (len(usage.group_by) - 1)
+    blanks = [Text("")] * (len(usage.group_by) - 1 + (2 if spans else 0))
     table.add_row(Text("Total"), *blanks, *_usage_cells(usage.total), style="bold")
     return table
 
@@ -229,6 +259,18 @@ def _usage_cells(row: report.UsageRow) -> list[Text]:
         Text(f"{row.unpriced_calls:,}", style="yellow" if row.unpriced_calls else ""),
         Text(f"{row.errors:,}", style="red" if row.errors else ""),
     ]
+
+
+def _stored_time_text(text: str | None) -> str:
+    """A stored ISO time as `2026-11-20 09:12 UTC`."""
+    if not text:
+        return ""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def format_usd(amount: Decimal) -> str:
@@ -276,6 +318,10 @@ def _add_quota(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def run_quota(args: argparse.Namespace) -> int:
+    if args.format == "statusline":
+        # Claude Code's statusLine runs the command with a JSON description of the session on stdin; the
+        # line does not depend on it, but it is read so the writer never meets a closed pipe.
+        _drain_stdin()
     database = open_database(args.db)
     try:
         quotas = report.quota(database, host=args.host, credential=args.credential)
@@ -296,6 +342,30 @@ def run_quota(args: argparse.Namespace) -> int:
                 console.print()
             _print_table(console, _quota_table(quota, now))
     return 0
+
+
+def _drain_stdin(limit: int = 1 << 20, wait_s: float = 0.5) -> None:
+    """Read and discard what is waiting on a piped stdin, without ever blocking on a terminal or on a pipe
+    whose writer keeps it open and sends nothing (at most `wait_s` for each read)."""
+    stream = sys.stdin
+    try:
+        if stream is None or stream.isatty():
+            return
+        descriptor = stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        return  # no real stdin (closed, or replaced by a test runner)
+    read = 0
+    while read < limit:
+        try:
+            ready, _, _ = select.select([descriptor], [], [], wait_s)
+            if not ready:
+                return
+            chunk = os.read(descriptor, 65536)
+        except (OSError, ValueError):
+            return
+        if not chunk:
+            return
+        read += len(chunk)
 
 
 def quota_statusline(quotas: Sequence[report.CredentialQuota], now: datetime) -> str:

@@ -53,6 +53,10 @@ CALL_COLUMNS: dict[str, type] = {
     "rules_applied": str,
     "rate_limits": str,
     "session_id": str,
+    # Prompt-cache health (rules/cache_health.py): hit | write | miss | none, NULL when not judged; for a
+    # miss, the likely cause.
+    "cache_status": str,
+    "cache_note": str,
 }
 
 
@@ -163,11 +167,91 @@ def _migration_4_budgets(db: sqlite_utils.Database) -> None:
     db["budget_holds"].create_index(["state", "created_at"])  # type: ignore[union-attr]
 
 
+def _migration_5_cache_health_and_views(db: sqlite_utils.Database) -> None:
+    # Databases created before these columns existed get them; newer ones have them from migration 1,
+    # which creates `calls` with every column of CALL_COLUMNS.
+    calls = db["calls"]
+    for column in ("cache_status", "cache_note"):
+        if column not in calls.columns_dict:
+            calls.add_column(column, str)  # type: ignore[union-attr]
+    db.create_view(
+        "sessions",
+        """
+        select session_id, min(started_at) as first_call_at, max(started_at) as last_call_at,
+               group_concat(distinct client) as clients,
+               group_concat(distinct model) as models,
+               count(*) as calls,
+               sum(coalesce(input_tokens, 0)) as input_tokens,
+               sum(coalesce(cache_read_tokens, 0)) as cache_read_tokens,
+               sum(coalesce(cache_write_5m_tokens, 0) + coalesce(cache_write_1h_tokens, 0))
+                   as cache_write_tokens,
+               sum(coalesce(output_tokens, 0)) as output_tokens,
+               round(sum(coalesce(cost_usd, 0)), 6) as cost_usd,
+               sum(case when cache_status = 'miss' then 1 else 0 end) as cache_misses,
+               sum(case when coalesce(error, '') != '' or coalesce(status, 0) >= 400 then 1 else 0 end)
+                   as errors
+        from calls
+        where session_id is not null
+        group by session_id
+        order by first_call_at desc
+        """,
+        replace=True,
+    )
+    db.create_view(
+        "model_usage",
+        """
+        select coalesce(provider, '') as provider, coalesce(model, '') as model,
+               count(*) as calls,
+               sum(coalesce(input_tokens, 0)) as input_tokens,
+               sum(coalesce(cache_read_tokens, 0)) as cache_read_tokens,
+               sum(coalesce(cache_write_5m_tokens, 0) + coalesce(cache_write_1h_tokens, 0))
+                   as cache_write_tokens,
+               sum(coalesce(output_tokens, 0)) as output_tokens,
+               round(sum(coalesce(cost_usd, 0)), 6) as cost_usd,
+               round(1.0 * sum(coalesce(cache_read_tokens, 0)) / nullif(sum(coalesce(input_tokens, 0)
+                   + coalesce(cache_read_tokens, 0) + coalesce(cache_write_5m_tokens, 0)
+                   + coalesce(cache_write_1h_tokens, 0)), 0), 4) as cache_read_share,
+               round(avg(ttft_ms), 1) as avg_ttft_ms,
+               round(avg(duration_ms), 1) as avg_duration_ms,
+               sum(case when coalesce(error, '') != '' or coalesce(status, 0) >= 400 then 1 else 0 end)
+                   as errors,
+               min(started_at) as first_call_at, max(started_at) as last_call_at
+        from calls
+        where coalesce(api, '') != 'count_tokens'
+        group by 1, 2
+        order by cost_usd desc
+        """,
+        replace=True,
+    )
+    db.create_view(
+        "cache_misses",
+        """
+        select id, started_at, client, session_id, model, credential, cache_note,
+               input_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cost_usd
+        from calls
+        where cache_status = 'miss'
+        order by started_at desc
+        """,
+        replace=True,
+    )
+    db.create_view(
+        "errors",
+        """
+        select id, started_at, client, host, path, model, status, error, request_id, rules_applied
+        from calls
+        where coalesce(error, '') != '' or coalesce(status, 0) >= 400
+        order by started_at desc
+        """,
+        replace=True,
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1_calls_and_rate_limits,
     _migration_2_views,
     _migration_3_credentials,
     _migration_4_budgets,
+    _migration_5_cache_health_and_views,
 ]
 
 

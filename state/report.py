@@ -26,8 +26,16 @@ GROUP_BY_COLUMNS: dict[str, str] = {
     "host": "host",
     "provider": "provider",
     "api": "api",
+    "hour": "strftime('%Y-%m-%dT%H:00Z', started_at)",
+    "session": "session_id",
+    # Claude subscription-style 5-hour windows (`five_hour_blocks`), by the start of each.
+    "block": "sluice_block(started_at)",
 }
 DEFAULT_GROUP_BY = ("day", "model")
+# Dimensions whose rows also say when their first and last calls started.
+SPAN_DIMENSIONS = ("session", "block")
+BLOCK_LENGTH = timedelta(hours=5)
+_BLOCK = "sluice_block"
 
 # The measures of a usage row, in the order reports show them.
 USAGE_COLUMNS = (
@@ -67,14 +75,24 @@ class UsageRow:
     cost_usd: Decimal = field(default_factory=Decimal)
     unpriced_calls: int = 0
     errors: int = 0
+    first_call_at: str | None = None  # ISO start of the group's first and last calls
+    last_call_at: str | None = None
 
     @property
     def cache_write_tokens(self) -> int:
         return self.cache_write_5m_tokens + self.cache_write_1h_tokens
 
+    @property
+    def has_span(self) -> bool:
+        return any(name in self.group for name in SPAN_DIMENSIONS)
+
     def to_dict(self) -> dict[str, Any]:
-        """Group values then measures, JSON-ready: integers for tokens, a float for the cost."""
+        """Group values then measures, JSON-ready: integers for tokens, a float for the cost. Grouped by
+        session or block, also when the group's first and last calls started."""
         record: dict[str, Any] = dict(self.group)
+        if self.has_span:
+            record["first_call_at"] = self.first_call_at
+            record["last_call_at"] = self.last_call_at
         for column in USAGE_COLUMNS:
             value = getattr(self, column)
             record[column] = float(value) if isinstance(value, Decimal) else value
@@ -170,11 +188,19 @@ def usage(
     """
     dimensions = parse_group_by(",".join(group_by))
     _register_decimal_sum(db)
+    if "block" in dimensions:
+        _register_blocks(db)
     keys = ", ".join(f'{GROUP_BY_COLUMNS[name]} as "{name}"' for name in dimensions)
     positions = ", ".join(str(n) for n in range(1, len(dimensions) + 1))
+    order = positions
+    if "session" in dimensions:
+        # Sessions in the order they began, not by their random ids.
+        order = f"min(min(started_at)) over (partition by session_id), {positions}"
     where, params = _time_filter(since, until)
     sql = f"""
         select {keys},
+            min(started_at) as first_call_at,
+            max(started_at) as last_call_at,
             count(*) as calls,
             sum(coalesce(input_tokens, 0)) as input_tokens,
             sum(coalesce(cache_read_tokens, 0)) as cache_read_tokens,
@@ -189,7 +215,7 @@ def usage(
         from calls
         {where}
         group by {positions}
-        order by {positions}
+        order by {order}
     """
     rows = tuple(_usage_row(record, dimensions) for record in db.query(sql, params))
     return UsageReport(
@@ -300,7 +326,54 @@ def _usage_row(record: dict[str, Any], dimensions: tuple[str, ...]) -> UsageRow:
         for column in USAGE_COLUMNS
         if column not in ("cost_usd", "cache_write_tokens")
     }
-    return UsageRow(group=group, cost_usd=Decimal(record["cost_usd"] or 0), **counts)
+    return UsageRow(
+        group=group,
+        cost_usd=Decimal(record["cost_usd"] or 0),
+        first_call_at=record["first_call_at"],
+        last_call_at=record["last_call_at"],
+        **counts,
+    )
+
+
+def five_hour_blocks(starts: Iterable[datetime]) -> list[datetime]:
+    """The start of the 5-hour block of each call time (given in ascending order), as ccusage counts them.
+
+    A block starts at the hour (UTC) of the first call after a gap, and holds every call that starts within
+    BLOCK_LENGTH of that; the first call after that opens the next block (so does any call more than
+    BLOCK_LENGTH after the previous one). This mirrors how Claude's subscription limits open a 5-hour window
+    with the first message sent after the last window ran out.
+    """
+    blocks: list[datetime] = []
+    current: datetime | None = None
+    previous: datetime | None = None
+    for moment in starts:
+        moment = moment.astimezone(UTC)
+        if (
+            current is None
+            or moment - current >= BLOCK_LENGTH
+            or (previous is not None and moment - previous >= BLOCK_LENGTH)
+        ):
+            current = moment.replace(minute=0, second=0, microsecond=0)
+        blocks.append(current)
+        previous = moment
+    return blocks
+
+
+def block_label(start: datetime) -> str:
+    return start.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def _register_blocks(db: sqlite_utils.Database) -> None:
+    """`sluice_block(started_at)`: the block of a call, computed over every call in the database (a block's
+    start does not depend on the --since/--until window)."""
+    texts = [row[0] for row in db.execute("select distinct started_at from calls order by started_at")]
+    timed = [(text, moment) for text in texts if (moment := _parse_stored_time(text)) is not None]
+    timed.sort(key=lambda pair: pair[1])
+    labels = {
+        text: block_label(start)
+        for (text, _), start in zip(timed, five_hour_blocks(m for _, m in timed), strict=True)
+    }
+    db.conn.create_function(_BLOCK, 1, labels.get, deterministic=True)
 
 
 class _DecimalSum:

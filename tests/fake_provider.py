@@ -897,6 +897,8 @@ class FakeProvider:
         # The OAuth token endpoint: refresh token -> the token response it is exchanged for, once
         # (refresh tokens rotate and are single-use). Any other refresh token gets `invalid_grant`.
         self.oauth_grants: dict[str, dict[str, Any]] = {}
+        # Seconds the token endpoint takes to answer: a wide window for concurrent callers to pile up in.
+        self.oauth_delay = 0.0
         # Picks the behaviour from the request itself (its body, its headers), before the queue is looked
         # at; returning None falls back to the queue and the default. For concurrent tests, where which
         # request takes which queued behaviour would be a race.
@@ -988,6 +990,7 @@ class FakeProvider:
         self.accepted_credentials = None
         with self._lock:
             self.oauth_grants = {}
+        self.oauth_delay = 0.0
         self.choose = None
 
     def clear(self) -> None:
@@ -1044,6 +1047,8 @@ class FakeProvider:
             fields = None
         if not isinstance(fields, dict) or fields.get("grant_type") != "refresh_token":
             return 400, {"error": "unsupported_grant_type", "error_description": "Expected refresh_token."}
+        if self.oauth_delay:
+            self._stopping.wait(self.oauth_delay)
         with self._lock:
             answer = self.oauth_grants.pop(str(fields.get("refresh_token")), None)
         if answer is None:

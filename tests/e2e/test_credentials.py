@@ -403,11 +403,13 @@ def test_an_expired_token_is_refreshed_once_for_50_concurrent_requests(
     proxy = start_proxy(config_toml=oauth_config(credentials), env=ENV)
     fake.grant(OLD_REFRESH, NEW_ACCESS, NEW_REFRESH)
     fake.accepted_credentials = {NEW_ACCESS}
+    fake.oauth_delay = 1.0  # the refresh is still under way while the 50 requests arrive
 
     texts = asyncio.run(_concurrent_messages([proxy], 50, CLIENT_BETAS))
 
     assert texts == [DEFAULT_TEXT] * 50
     [refresh] = fake.token_requests
+    assert all(seen.received_at > refresh.received_at for seen in api_requests(fake))
     assert refresh.header("host") == "console.anthropic.com"
     assert refresh.json() == {
         "grant_type": "refresh_token",
@@ -438,11 +440,13 @@ def test_two_proxies_sharing_a_database_refresh_an_expired_token_once(
     assert first.db_path == second.db_path
     fake.grant(OLD_REFRESH, NEW_ACCESS, NEW_REFRESH)  # single use: a second refresh would be refused
     fake.accepted_credentials = {NEW_ACCESS}
+    fake.oauth_delay = 1.0  # both processes find the token expired while the one refresh is under way
 
     texts = asyncio.run(_concurrent_messages([first, second], 25, CLIENT_BETAS))
 
     assert texts == [DEFAULT_TEXT] * 50
-    assert len(fake.token_requests) == 1
+    [refresh] = fake.token_requests
+    assert all(seen.received_at > refresh.received_at for seen in api_requests(fake))
     assert {r.header("authorization") for r in api_requests(fake)} == {f"Bearer {NEW_ACCESS}"}
     states = credential_states(first.db_path)
     assert [s["state"] for s in states.values()] == ["active"]

@@ -389,19 +389,25 @@ def test_openai_chat_stream_without_usage_is_metered_and_the_client_never_sees_t
         assert_timings(row)
 
 
-async def _async_chat_chunks(proxy: Proxy) -> list[Any]:
+async def _async_chat_chunks(proxy: Proxy, extra: dict[str, Any]) -> list[Any]:
     async with async_openai_client(proxy) as client:
-        stream = await client.chat.completions.create(**CHAT, stream=True)
+        stream = await client.chat.completions.create(**CHAT, stream=True, **extra)
         return [chunk async for chunk in stream]
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"stream_options": {"include_usage": False}}],
+    ids=["no-stream-options", "include-usage-false"],
+)
 def test_async_openai_chat_stream_without_usage_gets_no_empty_choices(
-    fake: FakeProvider, sluice_proxy: Proxy
+    fake: FakeProvider, sluice_proxy: Proxy, extra: dict[str, Any]
 ) -> None:
     since = len(sluice_proxy.rows())
     fake.next(usage=GPT_USAGE, text="async words here")
-    chunks = asyncio.run(_async_chat_chunks(sluice_proxy))
+    chunks = asyncio.run(_async_chat_chunks(sluice_proxy, extra))
 
+    assert fake.requests[0].json()["stream_options"] == {"include_usage": True}
     assert chunks and all(chunk.choices for chunk in chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "async words here"
     row = one_new_row(sluice_proxy, since)
@@ -556,20 +562,47 @@ def test_compressed_openai_stream_is_not_buffered_either(fake: FakeProvider, slu
 # 7. Request bodies nothing applies to go upstream byte for byte.
 
 
-def test_request_body_is_forwarded_byte_for_byte(fake: FakeProvider, sluice_proxy: Proxy) -> None:
-    since = len(sluice_proxy.rows())
-    body = (
+UNTOUCHED_BODIES = {
+    "anthropic-messages": (
+        ANTHROPIC_URL,
         b'{  "messages" :[ {"role":"user",\n\t"content": "caf\\u00e9 \\ud83d\\ude00 \\"q\\" \\/ slash"}],'
-        b'\r\n "max_tokens":  1.0e2 , "model":"claude-opus-4-1"   ,"metadata":{"user_id":"u-1"}}\n'
-    )
-    result = curl_json(sluice_proxy, ANTHROPIC_URL, body)
+        b'\r\n "max_tokens":  1.0e2 , "model":"claude-opus-4-1"   ,"metadata":{"user_id":"u-1"}}\n',
+        "claude-opus-4-1",
+    ),
+    "anthropic-stream": (
+        ANTHROPIC_URL,
+        b'{"stream" : true,"model":"claude-opus-4-1","max_tokens":100000000000000000000000001,'
+        b'"messages":[{"role":"user","content":[{"type":"text","text":"\\u0000\\t\\u2028"}]}]}',
+        "claude-opus-4-1",
+    ),
+    "openai-chat": (
+        CHAT_URL,
+        b'{"temperature":0.10, "messages":[{"content":"\\u00fcber","role":"user"}],\n"model":"gpt-4o-mini"}',
+        "gpt-4o-mini",
+    ),
+    "openai-responses-stream": (
+        "https://api.openai.com/v1/responses",
+        b'{ "input" : "hi\\n", "stream":true, "model" : "gpt-5", "top_p": 1E0 }',
+        "gpt-5",
+    ),
+}
 
-    assert result.status == 200
+
+@pytest.mark.parametrize("case", list(UNTOUCHED_BODIES))
+def test_request_body_is_forwarded_byte_for_byte(fake: FakeProvider, sluice_proxy: Proxy, case: str) -> None:
+    since = len(sluice_proxy.rows())
+    url, body, model = UNTOUCHED_BODIES[case]
+    result = curl_json(sluice_proxy, url, body)
+
+    assert (result.status, result.returncode) == (200, 0)
     [seen] = fake.requests
     assert seen.body == body
+    assert result.body == seen.response.body
     row = one_new_row(sluice_proxy, since)
-    assert (row["model"], row["status"]) == (MODEL, 200)
+    assert (row["model"], row["status"], row["error"]) == (model, 200, None)
     assert row["request_bytes"] == len(body)
+    body_rules = [e for e in rules_applied(row) if not e.startswith("note:") and "_headers_dropped:" not in e]
+    assert body_rules == []
 
 
 def test_malformed_request_body_is_forwarded_and_noted(fake: FakeProvider, sluice_proxy: Proxy) -> None:

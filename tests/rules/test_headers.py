@@ -63,6 +63,12 @@ def test_bad_patterns_are_refused(pattern: str) -> None:
         ("Idempotency-Key", True),
         ("x-claude-code-session-id", True),
         ("x-app", True),
+        # What Claude Code sends beyond its x-claude-code-* family.
+        ("x-client-request-id", True),
+        ("x-claude-1p-request-class", True),
+        ("x-claude-remote-session-id", True),
+        ("x-anthropic-additional-protection", True),
+        ("x-client-app", True),
         # Not the provider's business.
         ("Cookie", False),
         ("X-Forwarded-For", False),

@@ -1,0 +1,108 @@
+"""The load generator's HTTP client: what Claude Code does behind HTTPS_PROXY, and nothing more.
+
+CONNECT api.anthropic.com:443 through the proxy, TLS with the proxy's certificate for that name, then
+HTTP/1.1 keep-alive requests on the tunnel. Written on asyncio streams rather than an HTTP library so the
+client spends as little CPU as possible beside the proxy under test, and so a streamed body can be timed
+chunk by chunk as it comes off the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+from bench.processes import BenchError, Proxy
+from bench.settings import PROVIDER_HOST
+
+REQUEST_TIMEOUT_S = 60.0
+READ_LIMIT = 1024 * 1024
+MAX_CHUNKS = 100_000_000  # a response of more chunks than this is a bug, not a benchmark
+
+
+def request_head(path: str, headers: Sequence[tuple[str, str]], length: int) -> bytes:
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return f"POST {path} HTTP/1.1\r\n{lines}content-length: {length}\r\n\r\n".encode("latin-1")
+
+
+class Connection:
+    def __init__(self, proxy: Proxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.proxy = proxy
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, proxy: Proxy) -> Connection:
+        async with asyncio.timeout(REQUEST_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, limit=READ_LIMIT)
+            writer.write(
+                f"CONNECT {PROVIDER_HOST}:443 HTTP/1.1\r\nhost: {PROVIDER_HOST}:443\r\n\r\n".encode()
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                writer.close()
+                raise BenchError(f"{proxy.name}: CONNECT refused: {head[:200]!r}")
+            await writer.start_tls(proxy.client_tls, server_hostname=PROVIDER_HOST)
+        return cls(proxy, reader, writer)
+
+    async def send(self, head: bytes, body: bytes) -> None:
+        self.writer.write(head + body)
+        await self.writer.drain()
+
+    async def read_head(self) -> dict[str, str]:
+        """The response's headers (lower-cased names); raises BenchError for anything but 200."""
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        if status_line.split(" ")[1] != "200":
+            body = b""
+            with contextlib.suppress(Exception):
+                body = b"".join([chunk async for chunk in self.chunks(headers)])
+            raise BenchError(f"{self.proxy.name}: the call failed: {status_line}: {body[:300]!r}")
+        return headers
+
+    async def chunks(self, headers: dict[str, str]) -> AsyncIterator[bytes]:
+        """The body as it arrives: HTTP/1.1 chunks (RFC 9112 §7.1), or one piece for a Content-Length."""
+        if "content-length" in headers:
+            yield await self.reader.readexactly(int(headers["content-length"]))
+            return
+        if "chunked" not in headers.get("transfer-encoding", ""):
+            raise BenchError(f"{self.proxy.name}: a response without framing: {headers}")
+        for _ in range(MAX_CHUNKS):
+            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                while await self.reader.readuntil(b"\r\n") != b"\r\n":
+                    pass  # trailers
+                return
+            data = await self.reader.readexactly(size + 2)
+            yield data[:-2]
+        raise BenchError(f"{self.proxy.name}: a response of more than {MAX_CHUNKS} chunks")
+
+    async def call(self, head: bytes, body: bytes) -> bytes:
+        """One request and its whole response body."""
+        async with asyncio.timeout(REQUEST_TIMEOUT_S):
+            await self.send(head, body)
+            headers = await self.read_head()
+            return b"".join([chunk async for chunk in self.chunks(headers)])
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def connections(proxy: Proxy, count: int) -> AsyncIterator[list[Connection]]:
+    opened = await asyncio.gather(*(Connection.open(proxy) for _ in range(count)), return_exceptions=True)
+    good = [conn for conn in opened if isinstance(conn, Connection)]
+    try:
+        for failure in opened:
+            if isinstance(failure, BaseException):
+                raise failure
+        yield good
+    finally:
+        await asyncio.gather(*(conn.close() for conn in good))

@@ -1,0 +1,318 @@
+"""From samples to figures: percentiles, sluice/bare, sluice-bare, the targets of issue #7, and the table."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import sqlite3
+import ssl
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.processes import ROOT, BenchError, Proxy
+from bench.settings import Settings
+
+# Phases whose event-loop lag the target speaks of: traffic a proxy should carry without falling behind
+# (one client back to back, paced streams). Saturation (every connection sending as fast as it can) keeps
+# the loop busy by design; its lag is reported apart.
+LAG_UNDER_LOAD = ("latency", "stream1", "stream20")
+LAG_SATURATED = ("throughput",)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100), linear between the closest ranks; None without values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def scaled(value: float | None, factor: float) -> float | None:
+    return None if value is None else value * factor
+
+
+def machine_info() -> dict[str, Any]:
+    import mitmproxy.version
+
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpus": os.cpu_count(),
+        "cpus_usable": usable,
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "mitmproxy": mitmproxy.version.VERSION,
+        "openssl": ssl.OPENSSL_VERSION,
+        "sqlite": sqlite3.sqlite_version,
+        "sluice_commit": _git_revision(),
+        "load_average_at_start": _load_average(),
+    }
+
+
+def _load_average() -> list[float] | None:
+    with contextlib.suppress(OSError, AttributeError):
+        return [round(load, 2) for load in os.getloadavg()]
+    return None
+
+
+def _git_revision() -> str | None:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=5)
+        if done.returncode:
+            raise OSError(done.stderr)
+        return done.stdout.strip()
+
+    try:
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "addons", "rules", "state")
+        return git("rev-parse", "--short", "HEAD") + ("+changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@dataclass
+class Figure:
+    label: str
+    unit: str
+    bare: float | None
+    sluice: float | None
+    # ("ratio_min", x): sluice/bare >= x; ("added_max", x): sluice - bare <= x; ("max" | "min", x): sluice
+    target: tuple[str, float] | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.bare is None or self.sluice is None or self.bare == 0:
+            return None
+        return self.sluice / self.bare
+
+    @property
+    def added(self) -> float | None:
+        return None if self.bare is None or self.sluice is None else self.sluice - self.bare
+
+    def target_text(self) -> str:
+        if self.target is None:
+            return ""
+        kind, value = self.target
+        return {
+            "ratio_min": f">= {value:g} x bare",
+            "added_max": f"<= bare + {value:g} {self.unit}",
+            "max": f"<= {value:g} {self.unit}",
+            "min": f">= {value:,.0f} {self.unit}",
+        }[kind]
+
+    @property
+    def passed(self) -> bool | None:
+        if self.target is None:
+            return None
+        kind, value = self.target
+        measured = {"ratio_min": self.ratio, "added_max": self.added}.get(kind, self.sluice)
+        if measured is None:
+            return None
+        return measured >= value if kind in ("ratio_min", "min") else measured <= value
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "unit": self.unit,
+            "bare": self.bare,
+            "sluice": self.sluice,
+            "ratio": self.ratio,
+            "added": self.added,
+            "target": self.target_text() or None,
+            "result": {True: "PASS", False: "MISS", None: None}[self.passed],
+            "note": self.note or None,
+        }
+
+
+def lag_samples(proxy: Proxy, phases: Sequence[str]) -> list[float]:
+    """The lateness samples bench/looplag.py took while one of `phases` loaded the proxy."""
+    windows = [window for phase in phases for window in proxy.windows.get(phase, [])]
+    if not windows:
+        return []
+    try:
+        data = json.loads(proxy.lag_file.read_text())
+    except (OSError, ValueError) as e:
+        raise BenchError(
+            f"{proxy.name}: no event-loop lag samples ({e}):\n{proxy.child.log_tail()}"
+        ) from None
+    return [lag for at, lag in data["samples"] if any(start <= at <= end for start, end in windows)]
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:g} MB" if n >= 1_000_000 else f"{n / 1e3:g} KB"
+
+
+def build_figures(raw: dict[str, Any], proxies: dict[str, Proxy], s: Settings) -> dict[str, Figure]:
+    """Every figure of issue #7 (plus a few that explain them); None where a phase did not run."""
+
+    def both(phase: str, fn: Callable[[dict[str, list[Any]]], float | None]) -> tuple[float | None, ...]:
+        return tuple(fn(raw[name][phase]) if raw[name].get(phase) else None for name in ("bare", "sluice"))
+
+    def pct_ms(phase: str, part: str, q: float) -> tuple[float | None, ...]:
+        return both(phase, lambda d: scaled(percentile(d[part], q), 1e3))
+
+    def per_unit(phase: str, factor: float) -> tuple[float | None, ...]:
+        def fn(d: dict[str, list[Any]]) -> float | None:
+            pairs = [(c, u) for c, u in zip(d["cpu_s"], d["units"], strict=True) if c is not None and u]
+            return sum(c for c, _ in pairs) / sum(u for _, u in pairs) * factor if pairs else None
+
+        return both(phase, fn)
+
+    f: dict[str, Figure] = {}
+    f["throughput_rps"] = Figure(
+        f"non-streaming throughput, {s.throughput_concurrency} connections",
+        "req/s",
+        *both("throughput", lambda d: mean(d["rps"])),
+        ("ratio_min", 0.9),
+        f"mean of {s.rounds} x {s.throughput_s:g} s",
+    )
+    f["cpu_per_request_ms"] = Figure(
+        "mitmdump CPU per request (throughput phase)", "ms", *per_unit("throughput", 1e3), note="user+system"
+    )
+    f["latency_p50_ms"] = Figure(
+        "request latency p50, 1 connection",
+        "ms",
+        *pct_ms("latency", "latency", 50),
+        ("added_max", 0.5),
+        f"{s.rounds * s.latency_requests} requests of {_size(s.small_request_bytes)}",
+    )
+    f["latency_p99_ms"] = Figure("request latency p99, 1 connection", "ms", *pct_ms("latency", "latency", 99))
+    for phase, count in (("stream1", 1), ("stream20", s.many_streams)):
+        label = f"{count} stream{'s' if count > 1 else ''}"
+        f[f"{phase}_ttfb_p50_ms"] = Figure(f"stream TTFB p50, {label}", "ms", *pct_ms(phase, "ttfb", 50))
+        f[f"{phase}_ttfb_p99_ms"] = Figure(f"stream TTFB p99, {label}", "ms", *pct_ms(phase, "ttfb", 99))
+        f[f"{phase}_event_p50_ms"] = Figure(
+            f"per-event latency p50, {label}", "ms", *pct_ms(phase, "events", 50)
+        )
+        f[f"{phase}_event_p99_ms"] = Figure(
+            f"per-event latency p99, {label}",
+            "ms",
+            *pct_ms(phase, "events", 99),
+            ("added_max", 1.0),
+            f"one event every {s.stream_interval_us / 1000:g} ms",
+        )
+    f["cpu_per_event_us"] = Figure(
+        f"mitmdump CPU per streamed event ({s.many_streams} streams)", "us", *per_unit("stream20", 1e6)
+    )
+    mb = _size(s.bulk_stream_bytes)
+    f["bulk_rss_growth_mb"] = Figure(
+        f"peak RSS growth over idle, {mb} stream",
+        "MB",
+        *both("bulk", lambda d: max(d["growth"]) / 2**20),
+        ("max", 16.0),
+        "worst round",
+    )
+    f["bulk_mb_per_s"] = Figure(
+        f"relay speed, {mb} stream", "MB/s", *both("bulk", lambda d: mean(d["mb_per_s"]))
+    )
+    for phase, size in (("agent", s.agent_request_bytes), ("huge", s.huge_request_bytes)):
+        rewrite = raw.get("rewrite", {}).get(phase)
+        reference = scaled(percentile(rewrite["reference"], 50), 1e3) if rewrite else None
+        f[f"rewrite_{phase}_inprocess_ms"] = Figure(
+            f"apply_request_rules p50, {_size(size)} request (in-process)",
+            "ms",
+            None,
+            scaled(percentile(rewrite["rewrite"], 50), 1e3) if rewrite else None,
+            note=f"json.loads+dumps alone: {reference:.2f} ms" if reference is not None else "",
+        )
+        f[f"{phase}_request_latency_p50_ms"] = Figure(
+            f"request latency p50, {_size(size)} request", "ms", *pct_ms(phase, "latency", 50)
+        )
+    writer = raw.get("writer")
+    f["writer_rows_per_s"] = Figure(
+        "database rows written (RecordWriter)",
+        "rows/s",
+        None,
+        writer["rows_per_s"] if writer else None,
+        ("min", 20_000),
+        f"{writer['rows']} rows, 24 rate-limit headers each" if writer else "",
+    )
+    lag = {name: lag_samples(proxy, LAG_UNDER_LOAD) for name, proxy in proxies.items()}
+    saturated = {name: lag_samples(proxy, LAG_SATURATED) for name, proxy in proxies.items()}
+    huge = {name: lag_samples(proxy, ("huge",)) for name, proxy in proxies.items()}
+    f["loop_lag_p99_ms"] = Figure(
+        "event-loop lag p99 under load",
+        "ms",
+        scaled(percentile(lag.get("bare", []), 99), 1e3),
+        scaled(percentile(lag.get("sluice", []), 99), 1e3),
+        ("max", 5.0),
+        f"1 connection and paced streams; {len(lag.get('sluice', []))} samples",
+    )
+    f["loop_lag_p99_saturated_ms"] = Figure(
+        f"event-loop lag p99 at saturation ({s.throughput_concurrency} connections)",
+        "ms",
+        scaled(percentile(saturated.get("bare", []), 99), 1e3),
+        scaled(percentile(saturated.get("sluice", []), 99), 1e3),
+    )
+    f["loop_lag_max_huge_ms"] = Figure(
+        f"event-loop lag max, {_size(s.huge_request_bytes)} requests",
+        "ms",
+        scaled(max(huge.get("bare", []), default=None), 1e3),
+        scaled(max(huge.get("sluice", []), default=None), 1e3),
+    )
+    return f
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if abs(value) >= 100 else f"{value:.2f}"
+
+
+def print_report(report: dict[str, Any], figures: dict[str, Figure]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    m = report["machine"]
+    console = Console(width=max(150, Console().width))
+    title = (
+        f"sluice benchmark ({report['mode']}, {report['seconds']:.0f} s) · {m['cpu_model']} "
+        f"· {m['cpus']} CPUs · Python {m['python']} · mitmproxy {m['mitmproxy']} "
+        f"· sluice {m['sluice_commit']} · load {m['load_average_at_start']}"
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("figure", "bare", "sluice", "sluice/bare", "sluice-bare", "target", "result", "note"):
+        table.add_column(column, justify="right" if column in ("bare", "sluice", "sluice/bare") else "left")
+    for figure in figures.values():
+        table.add_row(
+            figure.label,
+            _number(figure.bare),
+            _number(figure.sluice),
+            "-" if figure.ratio is None else f"{figure.ratio:.2f}",
+            "-" if figure.added is None else f"{figure.added:+.2f} {figure.unit}",
+            figure.target_text(),
+            {True: "[green]PASS[/]", False: "[red]MISS[/]", None: ""}[figure.passed],
+            figure.note,
+            style=None if figure.target else "dim",
+        )
+    console.print(table)
+    for name, frames in report.get("profiles", {}).items():
+        console.print(f"[bold]{name}[/] ({frames['samples']} samples): sluice code, inclusive")
+        for frame, share in frames["sluice_inclusive"][:10]:
+            console.print(f"  {share:6.1%}  {frame}")
+    if report.get("profiles"):
+        console.print("[yellow]Profiled run: py-spy slowed the proxies; compare it only with profiled runs.")
+    console.print(
+        "Latency percentiles are each proxy's own; sluice-bare is the difference of the two percentiles. "
+        "Client, upstream and both proxies share this machine's CPUs."
+    )

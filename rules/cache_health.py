@@ -1,0 +1,355 @@
+"""Prompt-cache health: did a call that continues a conversation read the prefix the previous call cached?
+
+A prompt cache entry is keyed by the exact prompt prefix up to a breakpoint, in prompt order tools → system →
+messages (https://docs.claude.com/en/docs/build-with-claude/prompt-caching). A conversation's next turn
+re-sends that prefix and adds to it, so it should read it back (`cache_read_input_tokens` > 0). When it
+reads nothing, the likely causes are the ones this module can tell from the requests themselves:
+
+- the prefix changed: some block before the cached breakpoint is not byte-identical any more (a timestamp in
+  the system prompt, a reordered tool list, a rule that injects text differing per turn); or `tool_choice` /
+  `thinking` changed, which invalidates the messages part of the cache;
+- the TTL expired: longer since the previous call than the cache lives (5 minutes, or 1 hour with
+  `"ttl": "1h"`; OpenAI keeps its automatic cache for about 5 minutes of inactivity, or 24 hours with
+  `prompt_cache_retention: "24h"`);
+- the credential switched: caches are per organization, so a call carried by another upstream credential
+  starts cold;
+- no breakpoint is left, or none lies within the 20 blocks the API looks back from a breakpoint.
+
+A prompt is read into a `PromptShape`: one digest per block, chained (each digest covers every block before
+it), so two prompts share a prefix exactly as far as their digests agree. `cache_control` markers are left
+out of the digests — moving a breakpoint forward is how a conversation is cached, not a change of prefix.
+Only 8 bytes of digest per block are kept, so a long conversation costs a few kilobytes of memory.
+
+Pure and stdlib only. Fails open: a body it cannot read gives no shape, and the call is not judged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from rules.cache_control import find_cache_breakpoints
+
+JSONObject = dict[str, Any]
+
+TTL_SECONDS = {"5m": 300, "1h": 3600, "24h": 86_400}
+DEFAULT_TTL_SECONDS = 300
+# "The system automatically checks for cache hits at all previous content block boundaries (up to
+# approximately 20 blocks before your explicit breakpoint)."
+LOOKBACK_BLOCKS = 20
+DIGEST_BYTES = 8
+
+# cache_status values
+HIT, WRITE, MISS, NONE = "hit", "write", "miss", "none"
+
+
+@dataclass(frozen=True, slots=True)
+class PromptShape:
+    """What the cache sees of one request.
+
+    `chain[i*8:(i+1)*8]` is the digest of blocks 0..i; `labels[i]` names block i (`system[2]`,
+    `messages[3].content[0]`); `breakpoints` are the positions of blocks carrying a `cache_control`
+    (Anthropic); `cacheable` is how many blocks the provider may cache: up to the last breakpoint, or the
+    whole prompt for OpenAI's automatic caching. `settings` digests what invalidates the messages part
+    without being a block (`tool_choice`, `thinking`); `messages_start` is the position of the first message
+    block. `first_user` digests the first user message, which names the conversation.
+    """
+
+    provider: str
+    chain: bytes
+    labels: tuple[str, ...]
+    breakpoints: tuple[int, ...]
+    cacheable: int
+    ttl_seconds: int
+    settings: str
+    messages_start: int
+    first_user: str
+
+    @property
+    def blocks(self) -> int:
+        return len(self.chain) // DIGEST_BYTES
+
+    def digest_at(self, position: int) -> bytes:
+        return self.chain[position * DIGEST_BYTES : (position + 1) * DIGEST_BYTES]
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """The last judged call of a conversation, as later calls compare against it (no labels: memory)."""
+
+    chain: bytes  # digests of the cacheable blocks only
+    breakpoints: tuple[int, ...]
+    ttl_seconds: int
+    settings: str
+    messages_start: int
+    started: float  # epoch seconds
+    credential: str
+    cached: bool  # the call read or wrote the cache: the next call should read it
+
+    @property
+    def blocks(self) -> int:
+        return len(self.chain) // DIGEST_BYTES
+
+    def digest_at(self, position: int) -> bytes:
+        return self.chain[position * DIGEST_BYTES : (position + 1) * DIGEST_BYTES]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheVerdict:
+    """`status` is hit, write, miss or none (None: not judged); `note` says why a miss happened."""
+
+    status: str | None
+    note: str | None = None
+
+
+NOT_JUDGED = CacheVerdict(None)
+
+
+def read_prompt_shape(provider: str, api: str, body: object) -> PromptShape | None:
+    """The cacheable shape of a request body; None when there is nothing to judge. Never raises."""
+    if not isinstance(body, dict):
+        return None
+    try:
+        if provider == "anthropic" and api == "messages":
+            return _anthropic_shape(body)
+        if provider == "openai" and api in ("chat", "responses"):
+            return _openai_shape(body, api)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return None
+
+
+def conversation_key(
+    provider: str, model: str | None, session_id: str | None, client: str | None, shape: PromptShape
+) -> str:
+    """Names a conversation: Claude Code's session id when sent, else the client; with the model and the
+    first user message in both cases.
+
+    Claude Code's sub-agents and side calls (titles, summaries on a smaller model) share its session id but
+    not its model or first message; without those two, every alternation between them would read as a miss.
+    """
+    who = f"session:{session_id}" if session_id else f"client:{client or ''}"
+    text = "\x1f".join((provider, model or "", who, shape.first_user))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def remember(shape: PromptShape, *, started: float, credential: str, cached: bool) -> Turn:
+    """What to keep of a judged call for the next one of its conversation."""
+    keep = shape.cacheable
+    return Turn(
+        chain=shape.chain[: keep * DIGEST_BYTES],
+        breakpoints=tuple(b for b in shape.breakpoints if b < keep),
+        ttl_seconds=shape.ttl_seconds,
+        settings=shape.settings,
+        messages_start=shape.messages_start,
+        started=started,
+        credential=credential,
+        cached=cached,
+    )
+
+
+def judge_cache(
+    previous: Turn | None,
+    shape: PromptShape,
+    *,
+    started: float,
+    credential: str,
+    cache_read: int | None,
+    cache_write: int | None,
+    ok: bool,
+) -> CacheVerdict:
+    """hit (read something), write (wrote, nothing to read yet), none (neither, nothing expected), or miss:
+    the previous call of the conversation read or wrote the cache and this one read nothing, with the likely
+    causes in `note`. A call that failed (`ok` False) is not judged."""
+    if not ok:
+        return NOT_JUDGED
+    if (cache_read or 0) > 0:
+        return CacheVerdict(HIT)
+    if previous is None or not previous.cached:
+        return CacheVerdict(WRITE if (cache_write or 0) > 0 else NONE)
+    return CacheVerdict(MISS, "; ".join(_causes(previous, shape, started, credential)))
+
+
+def _causes(previous: Turn, shape: PromptShape, started: float, credential: str) -> list[str]:
+    causes = []
+    if previous.credential != credential:
+        causes.append(f"credential switched ({previous.credential} → {credential})")
+    diverged = _first_difference(previous, shape)
+    if diverged is not None and diverged < shape.blocks:
+        causes.append(f"prefix changed at {shape.labels[diverged]}")
+    elif diverged is not None:
+        causes.append("prefix changed: the prompt is shorter than the cached prefix")
+    elif previous.settings != shape.settings and previous.blocks > previous.messages_start:
+        causes.append("prefix changed: tool_choice or thinking settings differ")
+    elapsed = started - previous.started
+    if elapsed > previous.ttl_seconds:
+        causes.append(
+            f"TTL expired ({_duration(elapsed)} since the previous call; cache TTL "
+            f"{_duration(previous.ttl_seconds)})"
+        )
+    if shape.provider == "anthropic" and diverged is None:
+        if not shape.breakpoints:
+            causes.append("no cache_control breakpoint in this request")
+        elif not _reachable(previous.breakpoints, shape.breakpoints):
+            causes.append(f"no breakpoint within {LOOKBACK_BLOCKS} blocks after the cached prefix")
+    return causes or ["cause unknown: same prefix and credential, within the TTL"]
+
+
+def _first_difference(previous: Turn, shape: PromptShape) -> int | None:
+    """The first cached block this prompt does not repeat exactly; None when it repeats them all."""
+    for position in range(previous.blocks):
+        if position >= shape.blocks:
+            return position
+        if shape.digest_at(position) != previous.digest_at(position):
+            return position
+    return None
+
+
+def _reachable(cached: tuple[int, ...], current: tuple[int, ...]) -> bool:
+    """Some breakpoint of this request lies at or within LOOKBACK_BLOCKS after a cached breakpoint."""
+    if not cached:
+        return True  # nothing known to compare with (automatic caching): do not guess
+    return any(0 <= b - p < LOOKBACK_BLOCKS for b in current for p in cached)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        hours, rest = divmod(seconds, 3600)
+        return f"{hours}h{rest // 60:02d}m" if rest // 60 else f"{hours}h"
+    if seconds >= 60:
+        minutes, rest = divmod(seconds, 60)
+        return f"{minutes}m{rest:02d}s" if rest else f"{minutes}m"
+    return f"{seconds}s"
+
+
+# --- reading prompts ------------------------------------------------------------------------------------
+
+
+class _Chain:
+    def __init__(self) -> None:
+        self.digest = b""
+        self.parts: list[bytes] = []
+        self.labels: list[str] = []
+
+    def add(self, label: str, role: str, block: object) -> None:
+        text = role + "\x1f" + json.dumps(block, ensure_ascii=False, separators=(",", ":"))
+        self.digest = hashlib.sha256(self.digest + text.encode("utf-8", "surrogatepass")).digest()[
+            :DIGEST_BYTES
+        ]
+        self.parts.append(self.digest)
+        self.labels.append(label)
+
+    @property
+    def size(self) -> int:
+        return len(self.labels)
+
+
+def _without_marker(block: object) -> object:
+    """A block as the cache keys it: without its `cache_control`, nested content blocks likewise."""
+    if not isinstance(block, dict):
+        return block
+    stripped = {key: value for key, value in block.items() if key != "cache_control"}
+    if isinstance(stripped.get("content"), list):
+        stripped["content"] = [_without_marker(child) for child in stripped["content"]]
+    source = stripped.get("source")
+    if isinstance(source, dict) and isinstance(source.get("content"), list):
+        stripped["source"] = {**source, "content": [_without_marker(c) for c in source["content"]]}
+    return stripped
+
+
+def _anthropic_shape(body: JSONObject) -> PromptShape:
+    chain = _Chain()
+    positions: dict[tuple[str | int, ...], int] = {}
+    tools = body.get("tools")
+    for index, tool in enumerate(tools if isinstance(tools, list) else []):
+        positions[("tools", index)] = chain.size
+        chain.add(f"tools[{index}]", "tool", _without_marker(tool))
+    system = body.get("system")
+    if isinstance(system, str):
+        chain.add("system", "system", system)
+    elif isinstance(system, list):
+        for index, block in enumerate(system):
+            positions[("system", index)] = chain.size
+            chain.add(f"system[{index}]", "system", _without_marker(block))
+    messages_start = chain.size
+    first_user = ""
+    messages = body.get("messages")
+    for index, message in enumerate(messages if isinstance(messages, list) else []):
+        if not isinstance(message, dict):
+            chain.add(f"messages[{index}]", "", message)
+            continue
+        role = str(message.get("role"))
+        content = message.get("content")
+        if not first_user and role == "user":
+            first_user = _digest_text(content)
+        if isinstance(content, list):
+            for position, block in enumerate(content):
+                positions[("messages", index, "content", position)] = chain.size
+                chain.add(f"messages[{index}].content[{position}]", role, _without_marker(block))
+        else:
+            chain.add(f"messages[{index}].content", role, content)
+    breakpoints: list[int] = []
+    ttls: list[int] = []
+    for point in find_cache_breakpoints(body):
+        # A nested block's marker caches the top-level block that holds it; the request-level marker
+        # (automatic caching) the last block.
+        at = positions.get(point.path[:4] if point.path[:1] == ("messages",) else point.path[:2])
+        if not point.path:
+            at = chain.size - 1
+        if at is not None and at >= 0:
+            breakpoints.append(at)
+            ttls.append(TTL_SECONDS.get(point.ttl, DEFAULT_TTL_SECONDS))
+    breakpoints.sort()
+    settings = _digest_text([body.get("tool_choice"), body.get("thinking")])
+    return PromptShape(
+        provider="anthropic",
+        chain=b"".join(chain.parts),
+        labels=tuple(chain.labels),
+        breakpoints=tuple(breakpoints),
+        cacheable=breakpoints[-1] + 1 if breakpoints else 0,
+        ttl_seconds=max(ttls, default=DEFAULT_TTL_SECONDS),
+        settings=settings,
+        messages_start=messages_start,
+        first_user=first_user,
+    )
+
+
+def _openai_shape(body: JSONObject, api: str) -> PromptShape:
+    chain = _Chain()
+    tools = body.get("tools")
+    for index, tool in enumerate(tools if isinstance(tools, list) else []):
+        chain.add(f"tools[{index}]", "tool", tool)
+    first_user = ""
+    if api == "responses" and isinstance(body.get("instructions"), str):
+        chain.add("instructions", "system", body["instructions"])
+    messages_start = chain.size
+    items = body.get("messages") if api == "chat" else body.get("input")
+    name = "messages" if api == "chat" else "input"
+    if isinstance(items, str):
+        chain.add(name, "user", items)
+        first_user = _digest_text(items)
+    for index, item in enumerate(items if isinstance(items, list) else []):
+        role = str(item.get("role", item.get("type", ""))) if isinstance(item, dict) else ""
+        if not first_user and role == "user" and isinstance(item, dict):
+            first_user = _digest_text(item.get("content"))
+        chain.add(f"{name}[{index}]", role, item)
+    retention = body.get("prompt_cache_retention")
+    return PromptShape(
+        provider="openai",
+        chain=b"".join(chain.parts),
+        labels=tuple(chain.labels),
+        breakpoints=(),
+        cacheable=chain.size,
+        ttl_seconds=TTL_SECONDS["24h"] if retention == "24h" else DEFAULT_TTL_SECONDS,
+        settings="",  # OpenAI's automatic cache is keyed by the prompt alone
+        messages_start=messages_start,
+        first_user=first_user,
+    )
+
+
+def _digest_text(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
