@@ -106,7 +106,7 @@ def test_two_proxies_share_one_database(fake: FakeProvider, start_proxy: StartPr
         thread.join(60)
     assert not errors, errors
 
-    found = wait_for_rows(shared, 2 * n)
+    wait_for_rows(shared, 2 * n)
     one.stop()
     two.stop()
     found = rows(shared)
