@@ -159,8 +159,9 @@ class Meter:
         if flow.response is not None and call.body_copy is not None and flow.response.raw_content is None:
             flow.response.raw_content = bytes(call.body_copy)
         message = flow.error.msg if flow.error else "connection lost"
-        if reading.complete:
-            # The provider finished (terminal frame seen); the client hung up before the body's end marker.
+        if reading.complete or reading.error:
+            # The provider had already finished, or already said what went wrong (an in-stream error
+            # event, on which SDKs hang up at once): its word is the call's outcome, not the hang-up.
             call.notes.append(f"connection closed after the final event: {message}")
             self._finish(flow, call, reading, error=None)
         else:

@@ -164,6 +164,8 @@ class Behaviour:
     # Response headers to set after the generated ones: a name replaces every header of that name
     # (case-insensitive); a None value removes it.
     headers: Sequence[tuple[str, str | None]] = ()
+    # Response headers appended last, as given: repeated names stay repeated, nothing is replaced.
+    added_headers: Sequence[tuple[str, str]] = ()
     # The generated response.
     text: str = DEFAULT_TEXT
     thinking: str | None = None
@@ -494,7 +496,7 @@ class _Responder:
             headers = [(k, v) for k, v in headers if k.lower() != name.lower()]
             if value is not None:
                 headers.append((name, value))
-        return headers
+        return headers + list(self.b.added_headers)
 
     def _plain(
         self, status: int, body: bytes, content_type: str, extra: Sequence[tuple[str, str]] = ()
