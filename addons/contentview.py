@@ -31,7 +31,13 @@ from state.pricing import price_call
 from state.ratelimits import statusline, summarize
 
 RULE = "━━"
+FACT_WIDTH = 6  # "limits": the facts of a response line up the same way whichever are present
 TEXT_INDENT = "      "
+_CACHE_WORDS = {
+    "hit": "hit: read from the prompt cache",
+    "write": "written: nothing cached to read yet",
+    "none": "not used",
+}
 # Above the JSON view (1) for the metered endpoints, so it is what mitmweb shows first.
 PRIORITY = 2.0
 
@@ -253,12 +259,15 @@ def _cache_facts(notes: Mapping[str, Any]) -> list[tuple[str, str]]:
     cache = notes.get("cache")
     if not isinstance(cache, Mapping) or not isinstance(cache.get("status"), str):
         return []
-    note = cache.get("note")
-    return [("cache", f"{cache['status']}: {note}" if isinstance(note, str) and note else cache["status"])]
+    status, note = cache["status"], cache.get("note")
+    if isinstance(note, str) and note:
+        return [("cache", f"{status}: {note}")]
+    return [("cache", _CACHE_WORDS.get(status, status))]
 
 
 def _facts(facts: Sequence[tuple[str, str]]) -> list[str]:
     width = max((len(name) for name, _ in facts), default=0)
+    width = max(width, FACT_WIDTH)
     return [f"{name.ljust(width)}  {value}" for name, value in facts]
 
 

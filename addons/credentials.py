@@ -263,6 +263,11 @@ class Credentials:
         self._sent.pop(flow.id, None)
         self._restore(flow)
 
+    def client_headers(self, flow_id: str) -> tuple[tuple[bytes, bytes], ...] | None:
+        """The request headers as the client sent them, while a real credential is on that flow's request."""
+        swapped = self._swapped.get(flow_id)
+        return swapped.original if swapped is not None else None
+
     def _restore(self, flow: http.HTTPFlow) -> Swapped | None:
         swapped = self._swapped.pop(flow.id, None)
         if swapped is not None:

@@ -10,7 +10,8 @@ credential off again and judge it by the answer.
 
 What mitmweb shows: the original request body is held just before the rewrite and what changed is kept on
 the flow just after it (changes); each call's prompt-cache health is judged as its row is built
-(cache_health, through the meter's `before_record`); the "LLM" contentview renders both.
+(cache_health, through the meter's `before_record`); the "LLM" contentview renders both. The credential
+mask keeps the real credential out of the live updates mitmweb sends to open browser tabs.
 """
 
 import sys
@@ -25,11 +26,13 @@ from addons.budget import Budget  # noqa: E402
 from addons.cache_health import CacheHealth  # noqa: E402
 from addons.changes import KeepOriginal, RequestChanges  # noqa: E402
 from addons.core import SluiceCore  # noqa: E402
+from addons.credential_mask import CredentialMask  # noqa: E402
 from addons.credentials import Credentials  # noqa: E402
 from addons.gate import Gate  # noqa: E402
 from addons.headers import Headers  # noqa: E402
 from addons.meter import Meter  # noqa: E402
 from addons.rewrite import Rewrite  # noqa: E402
+from addons.upstream_errors import UpstreamErrors  # noqa: E402
 from addons.watchdog import Watchdog  # noqa: E402
 
 core = SluiceCore()
@@ -47,5 +50,7 @@ addons = [
     Meter(core, before_record=[cache_health.before_record]),
     cache_health,
     Watchdog(core),
-    Credentials(core),
+    UpstreamErrors(core),
+    credentials := Credentials(core),
+    CredentialMask(credentials),
 ]

@@ -227,7 +227,7 @@ def build_figures(raw: dict[str, Any], proxies: dict[str, Proxy], s: Settings) -
         rewrite = raw.get("rewrite", {}).get(phase)
         reference = scaled(percentile(rewrite["reference"], 50), 1e3) if rewrite else None
         f[f"rewrite_{phase}_inprocess_ms"] = Figure(
-            f"apply_request_rules p50, {_size(size)} request (in-process)",
+            f"apply_request_rules p50, {_size(size)} request (in-process CPU)",
             "ms",
             None,
             scaled(percentile(rewrite["rewrite"], 50), 1e3) if rewrite else None,
@@ -243,7 +243,9 @@ def build_figures(raw: dict[str, Any], proxies: dict[str, Proxy], s: Settings) -
         None,
         writer["rows_per_s"] if writer else None,
         ("min", 20_000),
-        f"{writer['rows']} rows, 24 rate-limit headers each" if writer else "",
+        f"{writer['rows']} rows with 24 rate-limit headers; {writer['rows_per_cpu_s']:,.0f} per CPU-second"
+        if writer
+        else "",
     )
     lag = {name: lag_samples(proxy, LAG_UNDER_LOAD) for name, proxy in proxies.items()}
     saturated = {name: lag_samples(proxy, LAG_SATURATED) for name, proxy in proxies.items()}

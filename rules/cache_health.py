@@ -284,7 +284,10 @@ def _anthropic_shape(body: JSONObject) -> PromptShape:
         role = str(message.get("role"))
         content = message.get("content")
         if not first_user and role == "user":
-            first_user = _digest_text(content)
+            # Without markers: the first turn's breakpoint moves on to later turns.
+            first_user = _digest_text(
+                [_without_marker(block) for block in content] if isinstance(content, list) else content
+            )
         if isinstance(content, list):
             for position, block in enumerate(content):
                 positions[("messages", index, "content", position)] = chain.size

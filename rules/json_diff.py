@@ -133,5 +133,8 @@ def _key(value: Any) -> str:
 
 
 def _same(before: Any, after: Any) -> bool:
-    # `1 == True` and `1 == 1.0` in Python, but not in JSON: a changed type is a change.
+    """Equal scalars of the same JSON type (`1 == True` and `1 == 1.0` in Python, not in JSON). Containers
+    are never taken as the same here: their `==` would hide such a change inside them; they are walked."""
+    if isinstance(before, dict | list) or isinstance(after, dict | list):
+        return False
     return type(before) is type(after) and before == after

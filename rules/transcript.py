@@ -303,7 +303,14 @@ class _ResponsesStream(_NoParts):
             if isinstance(payload.get("item"), Mapping):
                 self.items[index] = json.loads(json.dumps(payload["item"]))  # our own copy to fill in
             return
-        item = self.items.setdefault(index, {"type": "message", "content": []})
+        # A delta for an item whose `output_item.added` was not seen: the delta says what the item is.
+        if "reasoning" in kind:
+            default: JSONObject = {"type": "reasoning", "summary": []}
+        elif "call" in kind:
+            default = {"type": "function_call" if "function" in kind else "custom_tool_call"}
+        else:
+            default = {"type": "message", "content": []}
+        item = self.items.setdefault(index, default)
         delta = payload.get("delta")
         if not isinstance(delta, str):
             return

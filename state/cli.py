@@ -167,8 +167,8 @@ def _add_usage(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
     output.add_argument(
         "--html",
         metavar="FILE",
-        help="write a self-contained HTML page (inline SVG charts of spend and tokens over time, by model and "
-        "by client; no scripts, nothing fetched) to FILE; --by does not apply",
+        help="write a self-contained HTML page (inline SVG charts of spend and tokens over time, by model "
+        "and by client; no scripts, nothing fetched) to FILE; --by does not apply",
     )
     parser.set_defaults(handler=run_usage, format="table")
 

@@ -9,10 +9,9 @@ carries a `<title>`, which browsers show as a tooltip.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from html import escape
 
 import sqlite_utils
@@ -36,6 +35,9 @@ OTHER = "other"
 CHART_WIDTH = 960
 CHART_HEIGHT = 300
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 80, 20, 16, 56
+
+type _Formatter = Callable[[float], str]
+type _Measure = Callable[[report.UsageRow], float]
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }
@@ -80,6 +82,14 @@ def render(
     by_model = report.usage(db, group_by=(unit, "model"), since=since, until=until)
     by_client = report.usage(db, group_by=(unit, "client"), since=since, until=until)
     buckets = _buckets([row.group[unit] for row in by_model.rows], hourly)
+    # One colour per model (client) in every chart: by rank of spend, then name.
+    colours = {
+        dimension: {
+            series.name: PALETTE[index % len(PALETTE)]
+            for index, series in enumerate(_series(usage.rows, unit, dimension, buckets, _cost, keep=10_000))
+        }
+        for usage, dimension in ((by_model, "model"), (by_client, "client"))
+    }
     for title, measure, fmt in (
         ("Spend", _cost, _usd),
         ("Tokens (input, cache read and write, output)", _tokens, _count),
@@ -87,7 +97,7 @@ def render(
         for usage, dimension in ((by_model, "model"), (by_client, "client")):
             series = _series(usage.rows, unit, dimension, buckets, measure)
             sections.append(f"<h2>{escape(title)} by {dimension}, per {unit} (UTC)</h2>")
-            sections.append(bar_chart(buckets, series, fmt, hourly))
+            sections.append(bar_chart(buckets, series, fmt, hourly, colours[dimension]))
     total = everything.total
     window = _window_text(since, until)
     return f"""<!DOCTYPE html>
@@ -120,7 +130,11 @@ def render(
 
 
 def bar_chart(
-    buckets: Sequence[str], series: Sequence[Series], fmt: _Formatter, hourly: bool = False
+    buckets: Sequence[str],
+    series: Sequence[Series],
+    fmt: _Formatter,
+    hourly: bool = False,
+    colours: Mapping[str, str] | None = None,
 ) -> str:
     """Stacked bars, one per bucket, one colour per series, with a y axis, x labels and a legend."""
     if not buckets or not series or all(s.total == 0 for s in series):
@@ -153,7 +167,7 @@ def bar_chart(
                 continue
             height = plot_h * value / top
             y -= height
-            colour = _colour(position, one.name)
+            colour = _colour(position, one.name, colours)
             parts.append(
                 f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{height:.1f}" fill="{colour}">'
                 f"<title>{escape(bucket)} · {escape(one.name)}: {escape(fmt(value))}</title></rect>"
@@ -168,7 +182,7 @@ def bar_chart(
             )
     parts.append("</svg>")
     legend = "".join(
-        f'<span><i style="background:{_colour(position, one.name)}"></i>{escape(one.name)} '
+        f'<span><i style="background:{_colour(position, one.name, colours)}"></i>{escape(one.name)} '
         f"({escape(fmt(one.total))})</span>"
         for position, one in enumerate(series)
     )
@@ -176,7 +190,7 @@ def bar_chart(
 
 
 def nice_ceiling(value: float) -> float:
-    """The smallest 1, 2, 2.5 or 5 × 10^n at or above `value` (1 for nothing), for the top of an axis."""
+    """The smallest 1, 2, 2.5 or 5 times 10^n at or above `value` (1 for nothing), for the top of an axis."""
     if value <= 0:
         return 1.0
     power = 10 ** math.floor(math.log10(value))
@@ -184,14 +198,6 @@ def nice_ceiling(value: float) -> float:
         if value <= step * power * (1 + 1e-12):
             return float(step * power)
     return float(10 * power)
-
-
-type _Formatter = _Fmt
-
-
-class _Fmt:
-    def __call__(self, value: float) -> str:  # pragma: no cover - protocol only
-        raise NotImplementedError
 
 
 def _usd(value: float) -> str:
@@ -224,6 +230,7 @@ def _series(
     dimension: str,
     buckets: Sequence[str],
     measure: _Measure,
+    keep: int = MAX_SERIES,
 ) -> list[Series]:
     position = {bucket: index for index, bucket in enumerate(buckets)}
     values: dict[str, list[float]] = {}
@@ -234,20 +241,12 @@ def _series(
             continue
         values.setdefault(name, [0.0] * len(buckets))[position[bucket]] += measure(row)
     ranked = sorted(values.items(), key=lambda item: (-sum(item[1]), item[0]))
-    kept = [Series(name, tuple(v)) for name, v in ranked[:MAX_SERIES]]
-    rest = ranked[MAX_SERIES:]
+    kept = [Series(name, tuple(v)) for name, v in ranked[:keep]]
+    rest = ranked[keep:]
     if rest:
         summed = tuple(sum(v[i] for _, v in rest) for i in range(len(buckets)))
         kept.append(Series(f"{OTHER} ({len(rest)})", summed))
     return kept
-
-
-type _Measure = _MeasureFn
-
-
-class _MeasureFn:
-    def __call__(self, row: report.UsageRow) -> float:  # pragma: no cover - protocol only
-        raise NotImplementedError
 
 
 def _buckets(labels: Sequence[str | None], hourly: bool) -> list[str]:
@@ -261,7 +260,7 @@ def _buckets(labels: Sequence[str | None], hourly: bool) -> list[str]:
         first, last = parse(present[0]), parse(present[-1])
     except ValueError:
         return present
-    out = []
+    out: list[str] = []
     moment = first
     while moment <= last and len(out) < 10_000:
         out.append(moment.strftime("%Y-%m-%dT%H:00Z") if hourly else moment.date().isoformat())
@@ -270,7 +269,13 @@ def _buckets(labels: Sequence[str | None], hourly: bool) -> list[str]:
 
 
 def _spans_two_days_or_less(day_rows: Sequence[report.UsageRow]) -> bool:
-    return 0 < len([row for row in day_rows if row.group.get("day")]) <= 2
+    days = sorted(day for row in day_rows if (day := row.group.get("day")))
+    if not days:
+        return False
+    try:
+        return (datetime.fromisoformat(days[-1]) - datetime.fromisoformat(days[0])).days <= 1
+    except ValueError:
+        return False
 
 
 def _table(usage: report.UsageReport, dimension: str) -> str:
@@ -296,8 +301,12 @@ def _table(usage: report.UsageReport, dimension: str) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _colour(position: int, name: str) -> str:
-    return "#bab0ac" if name.startswith(OTHER) else PALETTE[position % len(PALETTE)]
+def _colour(position: int, name: str, colours: Mapping[str, str] | None) -> str:
+    if name.startswith(OTHER):
+        return "#bab0ac"
+    if colours is not None:
+        return colours.get(name, "#bab0ac")
+    return PALETTE[position % len(PALETTE)]
 
 
 def _window_text(since: datetime | None, until: datetime | None) -> str:
@@ -311,6 +320,3 @@ def _window_text(since: datetime | None, until: datetime | None) -> str:
     if until:
         return f"calls before {text(until)}"
     return "all recorded calls"
-
-
-__all__ = ["Decimal", "bar_chart", "nice_ceiling", "render"]

@@ -158,6 +158,9 @@ class RecordWriter:
                 time.sleep(delay)
                 delay = min(delay * 2, self._retry_max_s)
                 db = None  # reopen: the file may have been replaced, or the handle be in a bad state
+            except Exception as e:  # a record sqlite cannot take must not stop the thread or block others
+                log.error("sluice: a batch of call records was refused (%r); writing them one by one", e)
+                self._write_singly(db)
 
     def _accept(self, item: CallRecord | object) -> bool:
         """Take one queued item; True when it is the stop signal."""
@@ -181,11 +184,41 @@ class RecordWriter:
                 overflow,
             )
 
+    def _write_singly(self, db: sqlite_utils.Database | None) -> None:
+        """Write the pending records one transaction each; drop (and name) only those that fail."""
+        if db is None:
+            return
+        batch_max, self._batch_max = self._batch_max, 1
+        try:
+            for _ in range(min(batch_max, len(self._pending))):
+                try:
+                    self._write(db)
+                except (sqlite3.Error, OSError):
+                    raise
+                except Exception as e:
+                    record = self._pending.popleft()
+                    self.stats.dropped += 1
+                    self._done(1)
+                    log.error(
+                        "sluice: call record %s could not be stored and is dropped: %r",
+                        record.row.get("id"),
+                        e,
+                    )
+        finally:
+            self._batch_max = batch_max
+
     def _write(self, db: sqlite_utils.Database) -> None:
         batch = [self._pending[i] for i in range(min(self._batch_max, len(self._pending)))]
-        call_rows = [tuple(record.row.get(column) for column in CALL_COLUMNS) for record in batch]
+        call_rows = [tuple(_cell(record.row.get(column)) for column in CALL_COLUMNS) for record in batch]
         limit_rows = [
-            (record.host, record.credential, header, value, record.observed_at, record.row["id"])
+            (
+                record.host,
+                record.credential,
+                _cell(header),
+                _cell(value),
+                record.observed_at,
+                record.row["id"],
+            )
             for record in batch
             for header, value in record.rate_limits
         ]
@@ -221,3 +254,23 @@ class RecordWriter:
             if self._in_flight <= 0:
                 self._in_flight = 0
                 self._idle.notify_all()
+
+
+_INT64 = 2**63
+
+
+def _cell(value: Any) -> Any:
+    """A value SQLite will take: text that is valid UTF-8, integers that fit in 64 bits.
+
+    Header values can carry bytes that are not UTF-8 (mitmproxy keeps them as surrogate escapes) and a
+    provider can send absurd numbers; neither may cost the call its row.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return value
+    if isinstance(value, int) and not -_INT64 <= value < _INT64:
+        return None
+    return value

@@ -138,6 +138,55 @@ def read_all(conn: ssl.SSLSocket, limit: int = 64 << 20) -> bytes:
     return data
 
 
+class _Buffered:
+    def __init__(self, conn: ssl.SSLSocket) -> None:
+        self.conn = conn
+        self.data = b""
+
+    def fill(self) -> None:
+        piece = self.conn.recv(65536)
+        if not piece:
+            raise ConnectionError(f"peer closed after {len(self.data)} bytes of the message")
+        self.data += piece
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.data:
+            self.fill()
+        line, self.data = self.data.split(b"\r\n", 1)
+        return line
+
+    def take(self, size: int) -> bytes:
+        while len(self.data) < size:
+            self.fill()
+        taken, self.data = self.data[:size], self.data[size:]
+        return taken
+
+
+def read_response(conn: ssl.SSLSocket) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Read exactly one HTTP/1.1 response by its own framing (RFC 9112 §6): status, raw headers, body.
+
+    Raises ConnectionError when the peer closes before the framing says the message is complete.
+    """
+    reader = _Buffered(conn)
+    status_line = reader.line()
+    headers: list[tuple[bytes, bytes]] = []
+    while line := reader.line():
+        name, _, value = line.partition(b":")
+        headers.append((name, value.strip(b" \t")))
+    if any(n.lower() == b"transfer-encoding" and b"chunked" in v.lower() for n, v in headers):
+        body = b""
+        while size := int(reader.line().split(b";")[0], 16):
+            body += reader.take(size)
+            if reader.take(2) != b"\r\n":
+                raise ValueError("chunk not followed by CRLF")
+        while reader.line():  # trailers, then the blank line
+            pass
+    else:
+        length = next((int(v) for n, v in headers if n.lower() == b"content-length"), 0)
+        body = reader.take(length)
+    return int(status_line.split()[1]), headers, body
+
+
 def parse_response(raw: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Status, raw header pairs and the de-chunked body of one HTTP/1.1 response."""
     head, _, rest = raw.partition(b"\r\n\r\n")

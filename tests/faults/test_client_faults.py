@@ -23,6 +23,7 @@ from tests.faults.support import (
     curl_post,
     is_error_envelope,
     open_tunnel,
+    read_response,
     read_until,
     request_bytes,
 )
@@ -213,3 +214,38 @@ def test_client_hanging_up_mid_upload_reaches_nobody(fake: FakeProvider, proxy: 
     still_serving(proxy, fake)
     assert len(fake.requests) == 1  # only the call that proved the proxy still serves
     assert fake.requests[0].json() == MESSAGE
+
+
+# Header bytes that are not UTF-8 (obs-text, RFC 9110 §5.5): legal on the wire, and must never stop recording.
+
+
+def test_non_utf8_header_bytes_are_recorded_and_recording_goes_on(
+    fake: FakeProvider, proxy: Proxy, since: int
+) -> None:
+    body = json.dumps(MESSAGE).encode()
+    headers = [
+        (b"x-api-key", b"sk-ant-faults"),
+        (b"content-type", b"application/json"),
+        (b"x-claude-code-session-id", b"session-\xb4\xff-1"),  # sluice records this header as session_id
+    ]
+    fake.next(usage=USAGE)
+    # An upstream request id with the same kind of bytes (recorded as request_id).
+    fake.next(usage=USAGE, headers=[("request-id", "req_\xe9\xff")])
+    for n in range(2):
+        conn = open_tunnel(proxy)
+        try:
+            conn.sendall(request_bytes("POST", ANTHROPIC_HOST, "/v1/messages", headers[: 3 - n], body))
+            status, _, _ = read_response(conn)
+        finally:
+            conn.close()
+        assert status == 200
+    with anthropic_client(proxy) as client:  # and ordinary calls after them
+        fake.next(usage=USAGE, times=3)
+        for _ in range(3):
+            client.messages.create(**MESSAGE)
+
+    found = proxy.wait_for_rows(5, since=since)
+    assert len(found) == 5
+    assert all(row["status"] == 200 and row["input_tokens"] == USAGE.input_tokens for row in found)
+    assert found[0]["session_id"].startswith("session-")
+    assert found[1]["request_id"].startswith("req_")

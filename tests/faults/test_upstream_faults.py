@@ -15,7 +15,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.e2e.harness import CurlResult, Proxy, _http_module, anthropic_client, openai_client
+from tests.e2e.harness import CurlResult, Proxy, _http_module, anthropic_client, free_port, openai_client
 from tests.fake_provider import FakeProvider, Usage
 from tests.faults.support import (
     CHAT,
@@ -379,3 +379,23 @@ def test_sdk_retries_on_retry_after_through_the_proxy(
     assert rejected.response.status == status and answered.response.status == 200
     rows = new_rows(proxy, since, 2)
     assert sorted(row["status"] for row in rows) == [200, status]
+
+
+# Upstream unreachable (nothing listens): a prompt connection error, never a hang or a crash.
+
+
+@pytest.mark.parametrize("mode", [None, "reverse:https://api.anthropic.com"], ids=["regular", "reverse"])
+def test_unreachable_upstream_fails_the_call_promptly(
+    fake: FakeProvider, start_proxy: Callable[..., Proxy], mode: str | None
+) -> None:
+    nowhere = f"api.anthropic.com=127.0.0.1:{free_port()}"
+    proxy = start_proxy(mode=mode, env={"SLUICE_TEST_HOSTS": f"{fake.hosts_env()},{nowhere}"})
+    with anthropic_client(proxy) as client:
+        how, error = ending(lambda: client.messages.create(**MESSAGE))
+
+    # mitmproxy connects upstream as the client connects (connection_strategy=eager), so the failure
+    # reaches the client as a failed connection before any request is read: nothing to answer or record.
+    assert how in ("cut", "status"), (how, error)
+    assert fake.requests == []
+    proxy.stop()
+    assert_no_tracebacks(proxy)

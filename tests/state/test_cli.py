@@ -502,3 +502,123 @@ def test_clients_shows_budgets(db_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["clients", "--db", str(db_path)]) == 0
     out = capsys.readouterr().out
     assert "$20.00 /day" in out and "never" in out
+
+
+# ── seeing it: sessions, 5-hour blocks, the HTML page, Claude Code's status line ──
+
+
+@pytest.fixture
+def sessions_db(tmp_path: Path) -> Path:
+    path = tmp_path / "sessions.db"
+    db = state_db.connect(path)
+    start = datetime(2026, 11, 20, 9, 12, tzinfo=UTC)
+    db["calls"].insert_all(
+        [
+            _call("s1-a", start, session_id="sess-1", input_tokens=100, output_tokens=10, cost_usd=0.25),
+            _call("s1-b", start + timedelta(hours=2), session_id="sess-1", output_tokens=20, cost_usd=0.5),
+            _call(
+                "s2-a", start + timedelta(hours=6), session_id="sess-2", model="claude-opus-4-1", cost_usd=1.0
+            ),
+            _call("none", start + timedelta(hours=6, minutes=5), client="bob", cost_usd=0.125),
+        ]
+    )
+    db.close()
+    return path
+
+
+def test_usage_by_session(sessions_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "usage", "--db", str(sessions_db), "--by", "session", "--json")
+    assert (code, err) == (0, "")
+    rows = json.loads(out)
+    assert [
+        (r["session"], r["calls"], r["cost_usd"], r["first_call_at"], r["last_call_at"]) for r in rows
+    ] == [
+        ("sess-1", 2, 0.75, "2026-11-20T09:12:00+00:00", "2026-11-20T11:12:00+00:00"),
+        ("sess-2", 1, 1.0, "2026-11-20T15:12:00+00:00", "2026-11-20T15:12:00+00:00"),
+        (None, 1, 0.125, "2026-11-20T15:17:00+00:00", "2026-11-20T15:17:00+00:00"),
+    ]
+    code, out, _ = run(capsys, "usage", "--db", str(sessions_db), "--by", "session")
+    lines = out.splitlines()
+    assert any(
+        "sess-1" in line
+        and "2026-11-20 09:12 UTC" in line
+        and "2026-11-20 11:12 UTC" in line
+        and "$0.7500" in line
+        for line in lines
+    )
+    assert any("(none)" in line and "$0.1250" in line for line in lines)
+
+
+def test_usage_by_block(sessions_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "usage", "--db", str(sessions_db), "--by", "block,model", "--csv")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0].startswith("block,model,first_call_at,last_call_at,calls,")
+    rows = [line.split(",")[:5] for line in out.splitlines()[1:]]
+    assert rows == [
+        [
+            "2026-11-20T09:00Z",
+            "claude-sonnet-4-5",
+            "2026-11-20T09:12:00+00:00",
+            "2026-11-20T11:12:00+00:00",
+            "2",
+        ],
+        [
+            "2026-11-20T15:00Z",
+            "claude-opus-4-1",
+            "2026-11-20T15:12:00+00:00",
+            "2026-11-20T15:12:00+00:00",
+            "1",
+        ],
+        [
+            "2026-11-20T15:00Z",
+            "claude-sonnet-4-5",
+            "2026-11-20T15:17:00+00:00",
+            "2026-11-20T15:17:00+00:00",
+            "1",
+        ],
+    ]
+    code, out, _ = run(capsys, "usage", "--db", str(sessions_db), "--by", "block")
+    assert "5h block (UTC)" in out and "2026-11-20T15:00Z" in out
+
+
+def test_usage_html_is_one_self_contained_page(
+    sessions_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = tmp_path / "report.html"
+    code, out, err = run(capsys, "usage", "--db", str(sessions_db), "--html", str(page))
+    assert (code, out, err) == (0, f"wrote {page}\n", "")
+    html = page.read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>") and html.count("<svg") == 4
+    for name in ("claude-sonnet-4-5", "claude-opus-4-1", "alice", "bob", "$1.88"):
+        assert name in html
+    lowered = html.lower()
+    for fetches in ("<script", "src=", "href=", "@import", "url(", "http://", "https://"):
+        assert fetches not in lowered, fetches
+    code, _, err = run(
+        capsys, "usage", "--db", str(sessions_db), "--html", str(tmp_path / "no" / "dir" / "r.html")
+    )
+    assert code == 1 and err.startswith("sluice: error: cannot write")
+
+
+def test_html_and_json_are_exclusive(sessions_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["usage", "--db", str(sessions_db), "--html", "x.html", "--json"])
+    assert exited.value.code == 2
+
+
+def test_statusline_ignores_what_claude_code_pipes_in(db_path: Path) -> None:
+    """Claude Code runs the statusLine command with a JSON description of the session on stdin."""
+    script = Path(sys.executable).parent / "sluice"
+    session = json.dumps(
+        {"session_id": "abc", "model": {"id": "claude-opus-4-1"}, "workspace": {"current_dir": "/"}}
+    )
+    for stdin in (session, "", "x" * 200_000):
+        done = subprocess.run(
+            [str(script), "quota", "--db", str(db_path), "--statusline"],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (done.returncode, done.stdout, done.stderr) == (0, "no rate limits seen\n", "")

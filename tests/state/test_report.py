@@ -369,3 +369,67 @@ def test_rate_limit_rows_without_a_readable_time_are_left_out(db: sqlite_utils.D
     )
     [observation] = report.rate_limit_observations(db)
     assert list(observation.headers) == ["anthropic-ratelimit-requests-limit"]
+
+
+# --- sessions and 5-hour blocks --------------------------------------------------------------------------
+
+
+def _at(text: str) -> datetime:
+    return datetime.fromisoformat(f"2026-11-20T{text}:00+00:00")
+
+
+@pytest.mark.parametrize(
+    ("times", "starts"),
+    [
+        ([], []),
+        # one block from the hour of the first call, for five hours
+        (["09:12", "10:00", "13:59"], ["09:00", "09:00", "09:00"]),
+        # the first call at or after 14:00 opens the next block, at its own hour
+        (["09:12", "13:59", "14:00", "18:59"], ["09:00", "09:00", "14:00", "14:00"]),
+        # a gap of five hours or more always opens a block
+        (["09:12", "14:30"], ["09:00", "14:00"]),
+        (["00:05", "00:06", "07:59"], ["00:00", "00:00", "07:00"]),
+    ],
+)
+def test_five_hour_blocks(times: list[str], starts: list[str]) -> None:
+    assert report.five_hour_blocks(_at(t) for t in times) == [_at(s) for s in starts]
+
+
+def test_usage_by_block_counts_blocks_over_all_calls(db: sqlite_utils.Database) -> None:
+    db["calls"].insert_all(
+        [
+            call(_at("09:12"), cost_usd=0.1),
+            call(_at("12:00"), cost_usd=0.2, model="claude-opus-4-1"),
+            call(_at("15:30"), cost_usd=0.4),
+        ]
+    )
+    usage = report.usage(db, group_by=["block"])
+    assert [(r.group["block"], r.calls, r.cost_usd, r.first_call_at, r.last_call_at) for r in usage.rows] == [
+        ("2026-11-20T09:00Z", 2, Decimal("0.3"), _at("09:12").isoformat(), _at("12:00").isoformat()),
+        ("2026-11-20T15:00Z", 1, Decimal("0.4"), _at("15:30").isoformat(), _at("15:30").isoformat()),
+    ]
+    # --since cuts calls, not blocks: the block still starts at 09:00
+    later = report.usage(db, group_by=["block", "model"], since=_at("10:00"))
+    assert [(r.group["block"], r.group["model"], r.calls) for r in later.rows] == [
+        ("2026-11-20T09:00Z", "claude-opus-4-1", 1),
+        ("2026-11-20T15:00Z", "claude-sonnet-4-5", 1),
+    ]
+
+
+def test_usage_by_session_in_the_order_sessions_began(db: sqlite_utils.Database) -> None:
+    db["calls"].insert_all(
+        [
+            call(_at("10:00"), session_id="zzz-early", cost_usd=0.1),
+            call(_at("11:00"), session_id="aaa-late", cost_usd=0.2),
+            call(_at("12:00"), session_id="zzz-early", cost_usd=0.3),
+            call(_at("12:30")),
+        ]
+    )
+    rows = report.usage(db, group_by=["session"]).rows
+    assert [(r.group["session"], r.calls, r.first_call_at) for r in rows] == [
+        ("zzz-early", 2, _at("10:00").isoformat()),
+        ("aaa-late", 1, _at("11:00").isoformat()),
+        (None, 1, _at("12:30").isoformat()),
+    ]
+    assert list(rows[0].to_dict())[:3] == ["session", "first_call_at", "last_call_at"]
+    assert "first_call_at" not in report.usage(db, group_by=["model"]).rows[0].to_dict()

@@ -132,3 +132,18 @@ def test_latest_rate_limit_wins(db_path):
     writer.close()
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("select value from rate_limits").fetchall() == [("41",)]
+
+
+def test_values_sqlite_cannot_take_do_not_cost_the_row(db_path):
+    writer = RecordWriter(lambda: sluice_db.connect(db_path))
+    writer.start()
+    odd = _record(1, session_id="caf\udce9-session", output_tokens=10**30)
+    odd.rate_limits = [("x-ratelimit-remaining-requests", "9\udcff")]
+    odd.host, odd.credential, odd.observed_at = "h", "c", "2026-11-23T10:00:00+00:00"
+    writer.put(odd)
+    writer.put(_record(2))
+    writer.close()
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute("select session_id, output_tokens from calls order by input_tokens").fetchall()
+    assert rows == [("caf\ufffd-session", None), (None, None)]
+    assert writer.stats.dropped == 0

@@ -1,0 +1,94 @@
+"""When the upstream fails before answering, the client gets an error in the provider's own envelope.
+
+mitmproxy answers a request whose upstream could not be reached, reset the connection or closed it before a
+response with its own HTML error page (`make_error_response` in its HTTP/1 layer), which no SDK can read:
+they expect `{"type":"error",...}` or `{"error":{...}}`. mitmproxy has no hook to replace that page, so
+this addon registers the envelope in the `error` hook and a thin wrapper around the HTTP/1 server layer's
+`send` writes it instead of the HTML page for that one request. Everything else — HTTP/2 clients, flows
+that already have a response, non-provider traffic — keeps mitmproxy's behaviour.
+
+The status follows what the providers themselves send for a failing backend: 502 for a connection that
+failed or broke, 504 for a timeout; with `x-should-retry: true` so the SDKs' own retry takes over.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections import OrderedDict
+from collections.abc import Generator
+from typing import Any
+
+from mitmproxy import http
+from mitmproxy.connection import ConnectionState
+from mitmproxy.net.http import http1
+from mitmproxy.proxy import commands
+from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.proxy.layers.http._events import ResponseProtocolError
+
+from addons.core import SluiceCore
+from rules.envelopes import error_body
+
+log = logging.getLogger("sluice")
+
+# id(request object) → (that object, the bytes to send instead of mitmproxy's error page). The HTTP/1
+# server layer holds the very request object the flow has, which is how the two are matched; the weak
+# reference makes sure a recycled id() never matches another request.
+_ENVELOPES: OrderedDict[int, tuple[weakref.ref[http.Request], bytes]] = OrderedDict()
+_MAX_PENDING = 1024  # errors whose page is never sent (the client had already gone) must not pile up
+
+
+def _install() -> None:
+    original = _http1.Http1Server.send
+    if getattr(original, "_sluice_envelopes", False):
+        return
+
+    def send(self: Any, event: Any) -> Generator[commands.Command, Any, None]:
+        if isinstance(event, ResponseProtocolError) and self.request is not None:
+            entry = _ENVELOPES.pop(id(self.request), None)
+            if (
+                entry is not None
+                and entry[0]() is self.request
+                and not self.response
+                and self.conn.state & ConnectionState.CAN_WRITE
+            ):
+                yield commands.SendData(self.conn, entry[1])
+                yield commands.CloseConnection(self.conn)
+                return
+        yield from original(self, event)
+
+    send._sluice_envelopes = True  # type: ignore[attr-defined]
+    _http1.Http1Server.send = send  # type: ignore[method-assign]
+
+
+class UpstreamErrors:
+    def __init__(self, core: SluiceCore) -> None:
+        self.core = core
+        _install()
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        # A streamed response has already reached the client; mitmproxy then only closes the connection.
+        if flow.error is None or (flow.response is not None and flow.response.stream):
+            return
+        call = self.core.calls.get(flow.id)
+        provider = call.provider if call is not None else self.core.provider_for(flow.request.pretty_host)
+        if provider is None or flow.request.http_version not in ("HTTP/1.1", "HTTP/1.0"):
+            return
+        reason = flow.error.msg
+        status = 504 if "timeout" in reason.lower() or "timed out" in reason.lower() else 502
+        message = f"sluice: the upstream {flow.request.pretty_host} failed before answering: {reason}"
+        response = http.Response.make(
+            status,
+            error_body(provider, status, message),
+            {"content-type": "application/json", "x-should-retry": "true", "connection": "close"},
+        )
+        response.http_version = flow.request.http_version
+        _ENVELOPES[id(flow.request)] = (weakref.ref(flow.request), http1.assemble_response(response))
+        while len(_ENVELOPES) > _MAX_PENDING:
+            _ENVELOPES.popitem(last=False)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        _ENVELOPES.pop(id(flow.request), None)
+
+    def done(self) -> None:
+        _ENVELOPES.clear()

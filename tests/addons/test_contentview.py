@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy import contentviews, http
+from mitmproxy.test import taddons, tflow, tutils
+
+from addons.contentview import LLMContentview, register
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+REQUEST = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 1024,
+    "system": [
+        {"type": "text", "text": "You are Claude."},
+        {"type": "text", "text": "Be kind.", "cache_control": {"type": "ephemeral"}},
+    ],
+    "messages": [{"role": "user", "content": "What is the weather in Zürich?"}],
+    "tools": [{"name": "get_weather", "description": "Get the weather.", "input_schema": {}}],
+}
+
+
+@pytest.fixture(autouse=True)
+def _registered() -> Iterator[None]:
+    register()
+    with taddons.context():  # prettify_message reads options
+        yield
+
+
+def flow(
+    path: str = "/v1/messages",
+    request: Any = REQUEST,
+    response: bytes | None = None,
+    content_type: str = "application/json",
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> http.HTTPFlow:
+    content = request if isinstance(request, bytes) else json.dumps(request).encode()
+    response_headers = http.Headers(content_type=content_type, **(headers or {}))
+    return tflow.tflow(
+        req=tutils.treq(method=b"POST", path=path.encode(), content=content),
+        resp=tutils.tresp(status_code=status, content=response, headers=response_headers)
+        if response is not None
+        else False,
+    )
+
+
+def shown(message: http.Message, f: http.HTTPFlow) -> tuple[str | None, str]:
+    result = contentviews.prettify_message(message, f)
+    return result.view_name, result.text
+
+
+def test_the_view_is_chosen_for_metered_calls_only() -> None:
+    f = flow(response=(FIXTURES / "anthropic_message.json").read_bytes())
+    assert shown(f.request, f)[0] == "LLM"
+    assert shown(f.response, f)[0] == "LLM"  # type: ignore[arg-type]
+    other = flow(path="/v1/models", response=b'{"data": []}')
+    assert shown(other.request, other)[0] != "LLM"
+    assert shown(other.response, other)[0] == "JSON"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("path", "fixture", "content_type", "expected"),
+    [
+        (
+            "/v1/messages",
+            "anthropic_messages_stream.sse",
+            "text/event-stream",
+            [
+                "LLM response · anthropic messages · HTTP 200 · streamed (20 events)",
+                "stop    tool_use",
+                "━━ thinking ━━",
+                "      Je vérifie la météo à Zürich pour vous 🌦️ — un instant (天気を確認します).",
+                "━━ tool call: get_weather (toolu_01T1x8fJ4kQ9vZ2mR7wN3pLb) ━━",
+                '        "location": "Zürich, CH",',
+            ],
+        ),
+        (
+            "/v1/chat/completions",
+            "openai_chat_stream_usage.sse",
+            "text/event-stream",
+            [
+                "LLM response · openai chat",
+                '      The integral of x² from 0 to 3 is 9 — see the "usage" note.',
+            ],
+        ),
+        (
+            "/v1/responses",
+            "openai_responses_stream_completed.sse",
+            "text/event-stream",
+            [
+                "LLM response · openai responses",
+                "      Prime numbers below 20: 2, 3, 5, 7, 11, 13, 17, 19 — eight in all ✓",
+            ],
+        ),
+        (
+            "/v1/messages",
+            "anthropic_message.json",
+            "application/json",
+            [
+                "whole body",
+                "━━ text ━━",
+                "      They meet after 1.5 hours (90 minutes), 180 km from the first station.",
+            ],
+        ),
+    ],
+)
+def test_responses_show_the_reassembled_turn(
+    path: str, fixture: str, content_type: str, expected: list[str]
+) -> None:
+    f = flow(path=path, response=(FIXTURES / fixture).read_bytes(), content_type=content_type)
+    name, text = shown(f.response, f)  # type: ignore[arg-type]
+    assert name == "LLM"
+    for line in expected:
+        assert line in text
+    assert "usage   in " in text and " · $" in text
+
+
+def test_a_response_shows_its_rate_limits_cache_verdict_and_error() -> None:
+    f = flow(
+        response=(FIXTURES / "anthropic_stream_overloaded.sse").read_bytes(),
+        content_type="text/event-stream",
+        headers={
+            "anthropic-ratelimit-unified-5h-utilization": "0.42",
+            "anthropic-ratelimit-unified-status": "allowed",
+        },
+    )
+    f.metadata["sluice"] = {"cache": {"status": "miss", "note": "prefix changed at system[0]"}}
+    text = shown(f.response, f)[1]  # type: ignore[arg-type]
+    assert "limits  5h 42%" in text
+    assert "cache   miss: prefix changed at system[0]" in text
+    assert "error   overloaded_error" in text
+
+
+def test_an_error_response_and_a_count() -> None:
+    error = flow(response=(FIXTURES / "anthropic_error_overloaded.json").read_bytes(), status=529)
+    assert "error   overloaded_error: Overloaded" in shown(error.response, error)[1]  # type: ignore[arg-type]
+    count = flow(
+        path="/v1/messages/count_tokens", response=(FIXTURES / "anthropic_count_tokens.json").read_bytes()
+    )
+    assert "input tokens (not billed)" in shown(count.response, count)[1]  # type: ignore[arg-type]
+
+
+def test_a_request_marks_what_sluice_changed() -> None:
+    f = flow()
+    f.metadata["sluice"] = {
+        "rules": ["system_block:policy", "max_tokens"],
+        "changes": [
+            {"op": "added", "path": "system[1]", "after": '{"type":"text","text":"Be kind."}'},
+            {"op": "added", "path": "max_tokens", "after": "1024"},
+            {
+                "op": "removed",
+                "path": "messages[0].content[0].cache_control",
+                "before": '{"type":"ephemeral"}',
+            },
+        ],
+    }
+    text = shown(f.request, f)[1]
+    lines = text.splitlines()
+    assert "sluice changed this request: system_block:policy, max_tokens" in lines
+    assert '  + system[1]: {"type":"text","text":"Be kind."}' in lines
+    assert '  - messages[0].content[0].cache_control: {"type":"ephemeral"}' in lines
+    assert "+ max_tokens  1024" in lines
+    assert "  model       claude-sonnet-4-5" in lines
+    assert "  system[0] · text" in lines
+    assert "+ system[1] · text · [cache 5m]  ◀ added by sluice" in lines
+    assert "      Be kind." in lines
+    assert "  tools[0] · tool get_weather" in lines
+    assert "~ messages[0].content · user · text  ◀ changed by sluice" in lines
+
+
+def test_a_request_sluice_left_alone_says_so() -> None:
+    f = flow()
+    assert "sluice changed nothing in this request." in shown(f.request, f)[1]
+
+
+@pytest.mark.parametrize(("body", "message"), [(b"not json", "request"), (b'{"a":1}', None)])
+def test_unreadable_bodies_fall_back_to_another_view(body: bytes, message: str | None) -> None:
+    f = flow(request=body, response=b"<html>bad gateway</html>", content_type="text/html", status=502)
+    request_view = shown(f.request, f)[0]
+    assert request_view in ("Raw", "LLM")
+    assert shown(f.response, f)[0] != "LLM"  # type: ignore[arg-type]
+
+
+def test_render_priority_needs_a_flow_and_data() -> None:
+    from mitmproxy.contentviews import Metadata
+
+    view = LLMContentview()
+    assert view.render_priority(b"{}", Metadata()) < 0
+    f = flow()
+    assert view.render_priority(b"", Metadata(flow=f, http_message=f.request)) < 0
+    assert view.render_priority(b"{}", Metadata(flow=f, http_message=f.request)) > 1
