@@ -6,7 +6,6 @@ and shows in mitmweb). Turned into one `calls` row when the call ends, whichever
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,11 +50,6 @@ class Call:
     first_output_at: float | None = None
     body_copy: bytearray | None = None
     finished: bool = False
-
-
-def fingerprint(secret: str) -> str:
-    """A stable, non-reversible label for a credential: enough to tell keys apart, useless to an attacker."""
-    return "sha256:" + hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def iso(timestamp: float) -> str:

@@ -15,13 +15,14 @@ from collections.abc import Callable, Sequence
 from mitmproxy import http
 
 from addons.annotate import annotate
-from addons.calls import Call, build_record, fingerprint
+from addons.calls import Call, build_record
 from addons.core import SluiceCore
 from addons.decoding import make_decoder
 from rules.endpoints import classify
 from rules.rewrite import is_usage_only_chunk
 from rules.stream_filter import SSERecordFilter
 from rules.usage import Reading, StreamReader, read_response_body
+from state.credentials import fingerprint
 from state.writer import CallRecord
 
 log = logging.getLogger("sluice")

@@ -14,15 +14,15 @@ behind by a crashed process expires after `hold_ttl_s` and stops counting.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import sqlite_utils
+
+from state.db import immediate
 
 Period = str  # "day" | "week" | "month" | "total"
 
@@ -101,18 +101,6 @@ class ClientBudget:
         }
 
 
-@contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    # A deferred BEGIN that later writes fails under contention whatever the busy timeout (WIRE.md).
-    conn.execute("begin immediate")
-    try:
-        yield
-    except BaseException:
-        conn.execute("rollback")
-        raise
-    conn.execute("commit")
-
-
 class BudgetLedger:
     """Budgets over the main database. Give it its own connection; methods are blocking (use a thread)."""
 
@@ -132,7 +120,7 @@ class BudgetLedger:
     def sync_budgets(self, budgets: Mapping[str, tuple[float, Period]]) -> None:
         """Record the configured budgets (client → (usd, period)) so reports can show them."""
         now = self._clock()
-        with self._lock, _immediate(self._conn):
+        with self._lock, immediate(self._conn):
             self._conn.execute("delete from budgets")
             self._conn.executemany(
                 "insert into budgets (client, usd, period, updated_at) values (?, ?, ?, ?)",
@@ -147,7 +135,7 @@ class BudgetLedger:
         moment = datetime.fromtimestamp(now, UTC)
         key = period_key(period, moment)
         _, resets_at = period_bounds(period, moment)
-        with self._lock, _immediate(self._conn):
+        with self._lock, immediate(self._conn):
             self._expire_stale(now)
             spent, reserved = self._sums(client, key)
             admitted = spent + reserved + estimate_usd <= limit_usd + 1e-12
@@ -164,7 +152,7 @@ class BudgetLedger:
 
     def refund(self, call_id: str) -> None:
         """Release a hold now (the call never reached the provider)."""
-        with self._lock, _immediate(self._conn):
+        with self._lock, immediate(self._conn):
             self._conn.execute(SETTLE_SQL, ("refunded", 0.0, self._clock(), call_id))
 
     def status(self) -> list[ClientBudget]:
@@ -172,7 +160,7 @@ class BudgetLedger:
         now = self._clock()
         moment = datetime.fromtimestamp(now, UTC)
         result = []
-        with self._lock, _immediate(self._conn):
+        with self._lock, immediate(self._conn):
             rows = self._conn.execute("select client, usd, period from budgets order by client").fetchall()
             self._expire_stale(now)
             for client, usd, period in rows:

@@ -41,7 +41,6 @@ fingerprint, and provider messages are scrubbed of anything that looks like a to
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -52,7 +51,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -61,6 +60,8 @@ from pathlib import Path
 from typing import Literal
 
 import sqlite_utils
+
+from state.db import immediate
 
 log = logging.getLogger("sluice")
 
@@ -231,20 +232,6 @@ class _Status:
 _ACTIVE = _Status("active")
 
 
-@contextlib.contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """A read-then-write transaction: `BEGIN IMMEDIATE` takes the write lock up front, so it waits on
-    `busy_timeout` instead of failing on upgrade the way a deferred `BEGIN` does under contention."""
-    conn.execute("begin immediate")
-    try:
-        yield
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("rollback")
-        raise
-    conn.execute("commit")
-
-
 _POOL_COLUMNS = "host, fingerprint, label, kind, position, state, reason, cooling_until, changed_at"
 
 
@@ -287,7 +274,7 @@ class CredentialPool:
         with self._lock:
             self._entries[host] = tuple(entries)
             self._loaded_at = None
-            with _immediate(self._conn):
+            with immediate(self._conn):
                 self._conn.execute(
                     "update credentials set position = null where host = ? and position is not null", (host,)
                 )
@@ -388,7 +375,7 @@ class CredentialPool:
         and fails again."""
         now = self._clock()
         with self._lock:
-            with _immediate(self._conn):
+            with immediate(self._conn):
                 rows = self._conn.execute(
                     f"select {_POOL_COLUMNS} from credentials "
                     "where host = ? and (label = ? or fingerprint = ?)",
@@ -450,7 +437,7 @@ class CredentialPool:
         key = (host, fingerprint)
         with self._lock:
             try:
-                with _immediate(self._conn):
+                with immediate(self._conn):
                     row = self._conn.execute(
                         f"select {_POOL_COLUMNS} from credentials where host = ? and fingerprint = ?", key
                     ).fetchone()
@@ -682,7 +669,7 @@ def open_secrets_db(
     conn.execute("pragma synchronous = normal")
     version = conn.execute("pragma user_version").fetchone()[0]
     if version < len(SECRETS_MIGRATIONS):
-        with _immediate(conn):
+        with immediate(conn):
             version = conn.execute("pragma user_version").fetchone()[0]  # another process may have won
             for migration in SECRETS_MIGRATIONS[version:]:
                 migration(conn)
@@ -779,7 +766,7 @@ class OAuthStore:
         """Offer the credentials file's tokens; True when the store took them (see the seeding rule)."""
         identity = tokens.identity
         now = self._clock()
-        with self._db_lock, _immediate(self._conn):
+        with self._db_lock, immediate(self._conn):
             exists = self._conn.execute("select 1 from oauth_tokens where key = ?", (key,)).fetchone()
             seen = self._conn.execute(
                 "select 1 from oauth_seen where key = ? and fingerprint = ?", (key, identity)
@@ -808,7 +795,7 @@ class OAuthStore:
 
     def clear_failure(self, key: str) -> bool:
         """Forget that the token endpoint refused this credential, so the next request tries again."""
-        with self._db_lock, _immediate(self._conn):
+        with self._db_lock, immediate(self._conn):
             cursor = self._conn.execute(
                 "update oauth_tokens set failed_reason = null, failed_at = null "
                 "where key = ? and failed_reason is not null",
@@ -985,7 +972,7 @@ class OAuthStore:
 
     def _take_lease(self, key: str, version: int) -> tuple[LeaseOutcome, _TokenRow | None]:
         now = self._clock()
-        with self._db_lock, _immediate(self._conn):
+        with self._db_lock, immediate(self._conn):
             found = self._conn.execute(
                 f"select {_ROW_COLUMNS} from oauth_tokens where key = ?", (key,)
             ).fetchone()
@@ -1003,7 +990,7 @@ class OAuthStore:
     def _store(self, key: str, version: int, response: TokenResponse) -> _TokenRow | None:
         """Compare-and-swap on `version`: the new tokens land only if nobody stored others meanwhile."""
         now = self._clock()
-        with self._db_lock, _immediate(self._conn):
+        with self._db_lock, immediate(self._conn):
             cursor = self._conn.execute(
                 """
                 update oauth_tokens set
@@ -1039,7 +1026,7 @@ class OAuthStore:
 
     def _mark_failed(self, key: str, version: int, reason: str) -> bool:
         """Record a terminal refusal, unless the tokens changed since `version` (compare-and-swap)."""
-        with self._db_lock, _immediate(self._conn):
+        with self._db_lock, immediate(self._conn):
             cursor = self._conn.execute(
                 """
                 update oauth_tokens set failed_reason = ?, failed_at = ?, lease_owner = null,

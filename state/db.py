@@ -7,7 +7,8 @@ waits for a lock instead of failing, and read-then-write sections use `BEGIN IMM
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlite_utils
@@ -255,6 +256,20 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
 ]
 
 
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """A read-then-write transaction: `BEGIN IMMEDIATE` takes the write lock up front, so it waits on
+    `busy_timeout` instead of failing on upgrade the way a deferred `BEGIN` does under contention."""
+    conn.execute("begin immediate")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("rollback")
+        raise
+    conn.execute("commit")
+
+
 def connect(
     path: str | Path | None = None, *, memory: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS
 ) -> sqlite_utils.Database:
@@ -282,15 +297,10 @@ def migrate(db: sqlite_utils.Database) -> None:
     for number, migration in enumerate(MIGRATIONS, start=1):
         if conn.execute("select 1 from _sluice_migrations where id = ?", (number,)).fetchone():
             continue
-        conn.execute("begin immediate")
-        try:
+        with immediate(conn):
             # Another process may have applied it while we waited for the lock.
             if not conn.execute("select 1 from _sluice_migrations where id = ?", (number,)).fetchone():
                 migration(db)
                 conn.execute(
                     "insert into _sluice_migrations (id, applied_at) values (?, datetime('now'))", (number,)
                 )
-            conn.execute("commit")
-        except BaseException:
-            conn.execute("rollback")
-            raise
