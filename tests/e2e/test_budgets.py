@@ -14,7 +14,7 @@ import anthropic
 import pytest
 
 from tests.e2e.harness import Proxy, anthropic_client, async_anthropic_client, curl
-from tests.fake_provider import FakeProvider
+from tests.fake_provider import FakeProvider, Usage
 
 pytestmark = pytest.mark.e2e
 
@@ -23,6 +23,9 @@ REAL_KEY = "sk-ant-real-budget-key-0001"
 MODEL = "claude-sonnet-4-6"
 # A max_tokens of 1000 at $15/MTok output reserves about $0.015 a call; the fake's default usage (21 in,
 # 9 out) costs about $0.0002.
+# A call that uses all of its max_tokens costs what was reserved for it, so settling it frees no room:
+# how many calls fit a budget then does not depend on which finish first.
+FULL_USE = Usage(input_tokens=20, output_tokens=1000)
 REQUEST: dict[str, Any] = {
     "model": MODEL,
     "max_tokens": 1000,
@@ -101,9 +104,9 @@ def test_over_budget_is_refused_by_sluice_without_contacting_the_upstream(
 def test_fifty_concurrent_calls_on_a_nearly_spent_budget_never_overspend(
     fake: FakeProvider, start_proxy
 ) -> None:
-    limit = 0.05  # room for three holds of ~$0.015 while they are all in flight
+    limit = 0.05  # room for three calls of ~$0.015
     proxy = start_proxy(config_toml=config(limit), env=ENV)
-    fake.set_default(delay=1.0)
+    fake.set_default(delay=0.5, usage=FULL_USE)
 
     async def burst() -> list[BaseException | Any]:
         async with async_anthropic_client(proxy, api_key=CLIENT_KEY) as client:
@@ -115,7 +118,7 @@ def test_fifty_concurrent_calls_on_a_nearly_spent_budget_never_overspend(
     admitted = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, anthropic.RateLimitError)]
     assert len(admitted) + len(refused) == 50
-    assert 1 <= len(admitted) <= 3
+    assert len(admitted) == 3
     assert len(fake.requests) == len(admitted)
     rows = proxy.wait_for_rows(50)
     assert sum(row["cost_usd"] or 0 for row in rows) <= limit
@@ -181,7 +184,7 @@ def test_two_proxies_share_one_budget(fake: FakeProvider, start_proxy, tmp_path:
         )
         for name in ("a", "b")
     ]
-    fake.set_default(delay=1.0)
+    fake.set_default(delay=0.5, usage=FULL_USE)
 
     async def burst(proxy: Proxy) -> list[BaseException | Any]:
         async with async_anthropic_client(proxy, api_key=CLIENT_KEY) as client:
@@ -195,5 +198,5 @@ def test_two_proxies_share_one_budget(fake: FakeProvider, start_proxy, tmp_path:
 
     results = asyncio.run(both())
     admitted = [r for r in results if not isinstance(r, BaseException)]
-    assert 1 <= len(admitted) <= 3
+    assert len(admitted) == 3
     assert len(fake.requests) == len(admitted)
