@@ -15,7 +15,7 @@ Content-Length, and leaves it alone when Transfer-Encoding is present).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from rules.config import HeaderPolicy
@@ -77,17 +77,30 @@ def _glob_match(pattern: str, name: str) -> bool:
     return True
 
 
+# Every call carries the same few dozen header names, and matching one name against every glob is most of
+# the filter's cost: a policy remembers its verdicts, for at most this many names (a client that invents a
+# new name per request cannot grow the memory without bound; past it, names are matched afresh).
+VERDICTS_MAX = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class HeaderAllowList:
     """A compiled policy: a header passes when some `allow` rule matches it and no `deny` rule does."""
 
     allow: tuple[HeaderRule, ...]
     deny: tuple[HeaderRule, ...] = ()
+    _verdicts: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def permits(self, name: str) -> bool:
-        return any(rule.matches(name) for rule in self.allow) and not any(
-            rule.matches(name) for rule in self.deny
-        )
+        lowered = name.lower()
+        verdict = self._verdicts.get(lowered)
+        if verdict is None:
+            verdict = any(rule.matches(lowered) for rule in self.allow) and not any(
+                rule.matches(lowered) for rule in self.deny
+            )
+            if len(self._verdicts) < VERDICTS_MAX:
+                self._verdicts[lowered] = verdict
+        return verdict
 
 
 def _rules(patterns: Iterable[str]) -> tuple[HeaderRule, ...]:

@@ -210,18 +210,7 @@ class RecordWriter:
     def _write(self, db: sqlite_utils.Database) -> None:
         batch = [self._pending[i] for i in range(min(self._batch_max, len(self._pending)))]
         call_rows = [tuple(_cell(record.row.get(column)) for column in CALL_COLUMNS) for record in batch]
-        limit_rows = [
-            (
-                record.host,
-                record.credential,
-                _cell(header),
-                _cell(value),
-                record.observed_at,
-                record.row["id"],
-            )
-            for record in batch
-            for header, value in record.rate_limits
-        ]
+        limit_rows = _newest_rate_limits(batch)
         settled_at = time.time()
         settle_rows = [
             (record.budget[0], record.budget[1], settled_at, record.row["id"])
@@ -274,3 +263,28 @@ def _cell(value: Any) -> Any:
     if isinstance(value, int) and not -_INT64 <= value < _INT64:
         return None
     return value
+
+
+def _newest_rate_limits(batch: Sequence[CallRecord]) -> list[tuple[Any, ...]]:
+    """One `rate_limits` row per (host, credential, header): the newest in the batch.
+
+    `_RATE_LIMIT_SQL` keeps only the newest observation anyway, so upserting every call's copy of the same
+    24 headers only to overwrite them again costs a statement each for nothing. Ties go to the later record,
+    as they would in sequential upserts (`>=`).
+    """
+    newest: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for record in batch:
+        for header, value in record.rate_limits:
+            row = (
+                record.host,
+                record.credential,
+                _cell(header),
+                _cell(value),
+                record.observed_at,
+                record.row["id"],
+            )
+            key = row[:3]
+            current = newest.get(key)
+            if current is None or record.observed_at >= current[4]:
+                newest[key] = row
+    return list(newest.values())

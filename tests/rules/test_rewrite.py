@@ -370,8 +370,24 @@ def test_numbers_and_strings_round_trip_exactly() -> None:
     for number in ["0.10", "1e400", "-0.0", '"neg":-0', "9" * 5000, "NaN", "1.50", "2E-3"]:
         assert number in out
     assert '"model":"claude-haiku-4-5"' in out
-    assert "café \\ud800 \\n \u2028" in out
+    # No rule touched "s": it goes out exactly as the client escaped it.
+    assert '"s":"caf\\u00e9 \\ud800 \\n \\u2028 \\"q\\""' in out
     assert parse_json(out)["s"] == parse_json(body)["s"]
+
+
+def test_members_no_rule_touched_keep_the_clients_bytes() -> None:
+    messages = '[ {"role": "user", "content": "caf\\u00e9"} ]'
+    body = f'{{\n  "model": "fast",\n  "messages": {messages},\n  "n": 1.50\n}}'
+    result = apply_request_rules(body.encode(), ctx(rules=Rules(model_aliases={"fast": "claude-haiku-4-5"})))
+    assert result.body == f'{{"model":"claude-haiku-4-5","messages":{messages},"n":1.50}}'.encode()
+
+
+def test_a_changed_member_with_a_lone_surrogate_is_written_back_escaped() -> None:
+    body = '{"model":"m","system":"\\ud800","messages":[]}'
+    rules = Rules(system_blocks=[SystemBlock(name="p", text="policy")])
+    result = apply_request_rules(body.encode(), ctx(rules=rules))
+    assert result.body is not None
+    assert b'{"type":"text","text":"\\ud800"}' in result.body
 
 
 def test_dump_json_is_compact_and_keeps_order() -> None:
