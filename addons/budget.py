@@ -9,7 +9,6 @@ contacted. The hold is settled when the call's row is written (addons/calls.py, 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from datetime import UTC, datetime
@@ -50,13 +49,8 @@ class Budget:
         if call is None or call.client not in self.limits or call.api == "count_tokens":
             return
         usd, period = self.limits[call.client]
-        raw = flow.request.raw_content or b""
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
         input_tokens, output_tokens = estimate_tokens(
-            call.api, body if isinstance(body, dict) else None, len(raw)
+            call.api, call.request_json, len(flow.request.raw_content or b"")
         )
         priced = price_call(
             call.provider, call.request_model, input_tokens=input_tokens, output_tokens=output_tokens

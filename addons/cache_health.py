@@ -12,7 +12,6 @@ is never called a miss.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import OrderedDict
 
@@ -52,13 +51,9 @@ class CacheHealth:
         call = self.core.calls.get(flow.id)
         if call is None or call.api not in ("messages", "chat", "responses"):
             return
-        raw = flow.request.raw_content or b""
-        if not raw or len(raw) > MAX_BODY_BYTES:
-            return
-        try:
-            body = json.loads(flow.request.get_content(strict=False) or b"")
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return  # fails open: the call is recorded, just not judged
+        body = call.request_json  # as the rewrite parsed and left it: what goes upstream
+        if body is None:
+            return  # fails open: a body the rewrite could not read is recorded, just not judged
         shape = read_prompt_shape(call.provider, call.api, body)
         if shape is not None:
             key = conversation_key(call.provider, call.request_model, call.session_id, call.client, shape)

@@ -32,6 +32,9 @@ class Call:
     session_id: str | None = None
     request_model: str | None = None
     request_read: bool = False  # the request body was parsed (by the rewrite step) already
+    # The JSON body as the client sent it and as it went upstream (rules/rewrite.py's objects, shared).
+    request_json_before: dict[str, Any] | None = None
+    request_json: dict[str, Any] | None = None
     client_asked_usage: bool = True
     budget_hold: float | None = None  # USD reserved for this call, when its client has a budget
     stream: bool = False

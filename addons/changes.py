@@ -1,7 +1,7 @@
 """What mitmweb shows of sluice beyond the flow's comment: what sluice changed in each request.
 
-`KeepOriginal` runs before the rewrite and holds the request body as the client sent it; `RequestChanges`
-runs right after and, when the body changed, keeps the difference (rules/json_diff.py) on the flow:
+`RequestChanges` runs right after the rewrite and, when the body changed, keeps the difference
+(rules/json_diff.py) between the objects the rewrite parsed and produced on the flow:
 
     flow.metadata["sluice"] = {
         "rules": ["system_block:policy", "cache_control_cap:5->4"],   # what the rewrite applied
@@ -19,14 +19,12 @@ summary and flags show) unless the user chose the columns with `--set web_column
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from mitmproxy import ctx, http
 
 from addons.core import SluiceCore
-from rules.endpoints import classify
 from rules.json_diff import diff_json
 
 log = logging.getLogger("sluice")
@@ -42,25 +40,11 @@ def sluice_metadata(flow: http.HTTPFlow) -> dict[str, Any]:
     return meta
 
 
-class KeepOriginal:
-    """Before the rewrite: the request body as the client sent it (a reference, not a copy)."""
-
-    def __init__(self) -> None:
-        self.bodies: dict[str, bytes] = {}
-
-    def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or not flow.live:
-            return
-        if classify(flow.request.method, flow.request.path) is not None and flow.request.raw_content:
-            self.bodies[flow.id] = flow.request.raw_content
-
-
 class RequestChanges:
     """After the rewrite: what changed in the request body, kept on the flow for the contentview."""
 
-    def __init__(self, core: SluiceCore, original: KeepOriginal) -> None:
+    def __init__(self, core: SluiceCore) -> None:
         self.core = core
-        self.original = original
 
     def running(self) -> None:
         options = ctx.options
@@ -70,20 +54,17 @@ class RequestChanges:
                 options.update(web_columns=[*columns, "comment"])
 
     def request(self, flow: http.HTTPFlow) -> None:
-        before = self.original.bodies.pop(flow.id, None)
-        after = flow.request.raw_content
-        if before is None or after is None or after is before or after == before:
-            return
         call = self.core.calls.get(flow.id)
+        if call is None or call.request_json_before is None or call.request_json is None:
+            return
+        before, after = call.request_json_before, call.request_json
+        if before is after:  # the rules share what they do not change, and never mutate
+            return
         try:
-            changes = diff_json(json.loads(before), json.loads(after))
-        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            changes = diff_json(before, after)
+        except RecursionError as e:
             log.debug("sluice: flow %s: request change not shown: %r", flow.id, e)
             return
         meta = sluice_metadata(flow)
         meta["changes"] = [change.to_dict() for change in changes]
-        if call is not None:
-            meta["rules"] = list(call.rules_applied)
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        self.original.bodies.pop(flow.id, None)
+        meta["rules"] = list(call.rules_applied)

@@ -50,6 +50,8 @@ class Rewrite:
         else:
             result = apply_request_rules(raw, context)
         call.request_read = result.note is None
+        call.request_json_before = result.parsed
+        call.request_json = result.rewritten
         call.request_model = result.model
         call.stream = result.stream
         call.client_asked_usage = result.client_asked_usage

@@ -8,9 +8,9 @@ Order matters: mitmproxy calls each hook on these addons in list order. Request 
 and last put the real credential on. Response side: filter headers, tee the stream, take the real
 credential off again and judge it by the answer.
 
-What mitmweb shows: the original request body is held just before the rewrite and what changed is kept on
-the flow just after it (changes); each call's prompt-cache health is judged as its row is built
-(cache_health, through the meter's `before_record`); the "LLM" contentview renders both. The credential
+What mitmweb shows: what the rewrite changed is kept on the flow just after it (changes); each call's
+prompt-cache health is judged as its row is built (cache_health, through the meter's `before_record`);
+the "LLM" contentview renders both. The credential
 mask keeps the real credential out of the live updates mitmweb sends to open browser tabs.
 """
 
@@ -24,7 +24,7 @@ if _ROOT not in sys.path:
 from addons import contentview  # noqa: E402
 from addons.budget import Budget  # noqa: E402
 from addons.cache_health import CacheHealth  # noqa: E402
-from addons.changes import KeepOriginal, RequestChanges  # noqa: E402
+from addons.changes import RequestChanges  # noqa: E402
 from addons.core import SluiceCore  # noqa: E402
 from addons.credential_mask import CredentialMask  # noqa: E402
 from addons.credentials import Credentials  # noqa: E402
@@ -36,15 +36,13 @@ from addons.upstream_errors import UpstreamErrors  # noqa: E402
 from addons.watchdog import Watchdog  # noqa: E402
 
 core = SluiceCore()
-original = KeepOriginal()
 cache_health = CacheHealth(core)
 contentview.register()
 addons = [
     core,
     Gate(core),
-    original,
     Rewrite(core),
-    RequestChanges(core, original),
+    RequestChanges(core),
     Budget(core),
     Headers(core),
     Meter(core, before_record=[cache_health.before_record]),

@@ -235,7 +235,9 @@ class _Chain:
         self.labels: list[str] = []
 
     def add(self, label: str, role: str, block: object) -> None:
-        text = role + "\x1f" + json.dumps(block, ensure_ascii=False, separators=(",", ":"))
+        text = (
+            role + "\x1f" + json.dumps(block, ensure_ascii=False, separators=(",", ":"), default=_number_text)
+        )
         self.digest = hashlib.sha256(self.digest + text.encode("utf-8", "surrogatepass")).digest()[
             :DIGEST_BYTES
         ]
@@ -356,3 +358,11 @@ def _openai_shape(body: JSONObject, api: str) -> PromptShape:
 def _digest_text(value: object) -> str:
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _number_text(value: object) -> object:
+    """A number kept as its exact text (rules/rewrite.py's RawNumber) hashes as that text."""
+    text = getattr(value, "text", None)
+    if isinstance(text, str):
+        return text
+    raise TypeError(f"not JSON: {type(value).__name__}")

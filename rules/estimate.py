@@ -27,8 +27,20 @@ def estimate_tokens(
     input_tokens = -(-body_bytes // BYTES_PER_TOKEN)
     output_tokens = default_output
     for name in _OUTPUT_FIELDS.get(api, ()):
-        value = body.get(name) if body is not None else None
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        value = _whole_number(body.get(name) if body is not None else None)
+        if value is not None and value > 0:
             output_tokens = value
             break
     return input_tokens, output_tokens
+
+
+def _whole_number(value: object) -> int | None:
+    """An int, or a number kept as its exact text (rules/rewrite.py's RawNumber) that spells one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    text = getattr(value, "text", None)
+    if isinstance(text, str) and text.isdigit() and len(text) < 19:
+        return int(text)
+    return None

@@ -11,10 +11,11 @@ Pure and stdlib only; never mutates its inputs.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Any, Literal
+
+from rules.rewrite import dump_json
 
 Op = Literal["added", "removed", "changed"]
 
@@ -77,10 +78,7 @@ def path_is_within(path: str, ancestor: str) -> bool:
 
 
 def compact(value: Any, limit: int = VALUE_LIMIT) -> str:
-    try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    except (TypeError, ValueError):
-        text = repr(value)
+    text = _key(value)
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
@@ -126,8 +124,9 @@ def _add(out: list[Change], limit: int, change: Change) -> None:
 
 
 def _key(value: Any) -> str:
+    """Compact JSON, numbers exactly as the client wrote them (the rewrite's own serializer)."""
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return dump_json(value).decode("utf-8")
     except (TypeError, ValueError):
         return repr(value)
 

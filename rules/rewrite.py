@@ -527,6 +527,10 @@ class RuleResult:
     client_asked_usage: bool = True
     model: str | None = None
     stream: bool = False
+    # The body as parsed (numbers as RawNumber) before and after the rules; `rewritten is parsed` when
+    # nothing changed. None when the body was not read. For later readers, so nothing parses it twice.
+    parsed: JSONObject | None = None
+    rewritten: JSONObject | None = None
 
 
 _RULE_SETS: dict[tuple[str, str], frozenset[str]] = {
@@ -634,8 +638,16 @@ def _apply(
 
     stream = body.get("stream") is True
     if not applied:
-        return RuleResult(None, model=model, stream=stream)
-    return RuleResult(dump(body), applied, client_asked_usage=client_asked_usage, model=model, stream=stream)
+        return RuleResult(None, model=model, stream=stream, parsed=original, rewritten=original)
+    return RuleResult(
+        dump(body),
+        applied,
+        client_asked_usage=client_asked_usage,
+        model=model,
+        stream=stream,
+        parsed=original,
+        rewritten=body,
+    )
 
 
 def _step(before: JSONObject, after: JSONObject) -> tuple[JSONObject, bool]:

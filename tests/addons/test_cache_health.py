@@ -9,6 +9,7 @@ from addons.cache_health import CacheHealth
 from addons.calls import Call, build_record
 from addons.changes import METADATA_KEY
 from addons.core import SluiceCore
+from rules.rewrite import parse_json
 from rules.usage import Reading, Usage
 
 T0 = 1_800_000_000.0
@@ -53,6 +54,7 @@ class Harness:
         flow.live = True
         call = Call(flow.id, "api.anthropic.com", "POST", "/v1/messages", "anthropic", "messages", started)
         call.session_id, call.credential, call.request_model = session, credential, request.get("model")
+        call.request_json = parse_json(json.dumps(request))  # what the rewrite step leaves on the call
         self.core.calls[flow.id] = call
         self.health.request(flow)
         reading = Reading(

@@ -5,8 +5,9 @@ import json
 from mitmproxy.test import taddons, tflow, tutils
 
 from addons.calls import Call
-from addons.changes import METADATA_KEY, KeepOriginal, RequestChanges, sluice_metadata
+from addons.changes import METADATA_KEY, RequestChanges, sluice_metadata
 from addons.core import SluiceCore
+from rules.rewrite import parse_json
 
 BODY = {"model": "claude-sonnet-4-5", "system": [{"type": "text", "text": "a"}], "messages": []}
 
@@ -18,17 +19,20 @@ def live_flow(body: bytes, path: bytes = b"/v1/messages") -> tflow.http.HTTPFlow
 
 
 def run(body: bytes, rewritten: bytes | None, path: bytes = b"/v1/messages") -> tflow.http.HTTPFlow:
+    """What the rewrite step leaves: the parsed body before and after (one object if unchanged)."""
     core = SluiceCore()
-    original = KeepOriginal()
-    changes = RequestChanges(core, original)
+    changes = RequestChanges(core)
     flow = live_flow(body, path)
-    core.calls[flow.id] = Call(flow.id, "h", "POST", "/v1/messages", "anthropic", "messages", 0.0)
-    core.calls[flow.id].rules_applied.append("system_block:policy")
-    original.request(flow)
-    if rewritten is not None:
-        flow.request.content = rewritten  # what the rewrite addon does
+    call = core.calls[flow.id] = Call(flow.id, "h", "POST", "/v1/messages", "anthropic", "messages", 0.0)
+    call.rules_applied.append("system_block:policy")
+    try:
+        call.request_json_before = parse_json(body.decode())
+    except ValueError:
+        pass  # the rewrite could not read it either
+    else:
+        after = parse_json(rewritten.decode()) if rewritten is not None else None
+        call.request_json = after if after is not None else call.request_json_before
     changes.request(flow)
-    assert original.bodies == {}  # nothing is held past the request
     return flow
 
 
@@ -54,11 +58,12 @@ def test_a_body_that_is_not_json_is_not_diffed() -> None:
     assert METADATA_KEY not in flow.metadata
 
 
-def test_other_requests_are_not_held() -> None:
-    original = KeepOriginal()
-    flow = live_flow(b"{}", path=b"/v1/models")
-    original.request(flow)
-    assert original.bodies == {}
+def test_numbers_are_shown_as_the_client_wrote_them() -> None:
+    flow = run(
+        b'{"model":"m","temperature":0.10,"messages":[]}',
+        b'{"model":"m","temperature":0.10,"messages":[],"max_tokens":1e3}',
+    )
+    assert flow.metadata[METADATA_KEY]["changes"] == [{"op": "added", "path": "max_tokens", "after": "1e3"}]
 
 
 def test_sluice_metadata_replaces_a_foreign_value() -> None:
@@ -69,7 +74,7 @@ def test_sluice_metadata_replaces_a_foreign_value() -> None:
 
 
 def test_mitmweb_gets_the_comment_column_unless_columns_were_chosen() -> None:
-    changes = RequestChanges(SluiceCore(), KeepOriginal())
+    changes = RequestChanges(SluiceCore())
     with taddons.context(changes) as tctx:
         tctx.options.add_option("web_columns", list, ["path", "status"], "columns")  # as mitmweb declares it
         changes.running()
