@@ -12,6 +12,7 @@ is never called a miss.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 
@@ -20,6 +21,7 @@ from mitmproxy import http
 from addons.calls import Call
 from addons.changes import sluice_metadata
 from addons.core import SluiceCore
+from addons.rewrite import OFF_LOOP_BYTES
 from rules.cache_health import (
     PromptShape,
     Turn,
@@ -34,8 +36,6 @@ from state.writer import CallRecord
 log = logging.getLogger("sluice")
 
 MAX_CONVERSATIONS = 4096
-# A body larger than this is not read for its shape (the parse would hold up every flow).
-MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 class CacheHealth:
@@ -45,7 +45,7 @@ class CacheHealth:
         self.conversations: OrderedDict[str, Turn] = OrderedDict()
         self.pending: dict[str, tuple[str, PromptShape]] = {}
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not flow.live:
             return
         call = self.core.calls.get(flow.id)
@@ -54,7 +54,11 @@ class CacheHealth:
         body = call.request_json  # as the rewrite parsed and left it: what goes upstream
         if body is None:
             return  # fails open: a body the rewrite could not read is recorded, just not judged
-        shape = read_prompt_shape(call.provider, call.api, body)
+        if len(flow.request.raw_content or b"") >= OFF_LOOP_BYTES:
+            # Hashing a large prompt's blocks takes tens of ms: keep it off the loop (it is pure).
+            shape = await asyncio.to_thread(read_prompt_shape, call.provider, call.api, body)
+        else:
+            shape = read_prompt_shape(call.provider, call.api, body)
         if shape is not None:
             key = conversation_key(call.provider, call.request_model, call.session_id, call.client, shape)
             self.pending[flow.id] = (key, shape)

@@ -11,6 +11,7 @@ Pure and stdlib only; never mutates its inputs.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Any, Literal
@@ -101,8 +102,11 @@ def _diff(before: Any, after: Any, path: str, out: list[Change], limit: int) -> 
 
 
 def _diff_lists(before: list[Any], after: list[Any], path: str, out: list[Change], limit: int) -> None:
-    old = [_key(item) for item in before]
-    new = [_key(item) for item in after]
+    # The rewrite shares every item it did not change, so an item present in both lists as the very same
+    # object is keyed by identity; only the few it rebuilt are serialized to be aligned.
+    shared = {id(item) for item in before} & {id(item) for item in after}
+    old = [_align_key(item, shared) for item in before]
+    new = [_align_key(item, shared) for item in after]
     matcher = SequenceMatcher(None, old, new, autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":
@@ -131,9 +135,29 @@ def _key(value: Any) -> str:
         return repr(value)
 
 
+def _align_key(value: Any, shared: set[int]) -> str:
+    """A key that is equal for equal items: identity for shared objects, else JSON from the C encoder."""
+    if id(value) in shared:
+        return f"#{id(value)}"
+    try:
+        return "=" + json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_number_key)
+    except (TypeError, ValueError):
+        return "=" + repr(value)
+
+
+def _number_key(value: Any) -> Any:
+    text = getattr(value, "text", None)
+    if isinstance(text, str):
+        return {"$number": text}
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
 def _same(before: Any, after: Any) -> bool:
     """Equal scalars of the same JSON type (`1 == True` and `1 == 1.0` in Python, not in JSON). Containers
-    are never taken as the same here: their `==` would hide such a change inside them; they are walked."""
+    are never taken as the same here: their `==` would hide such a change inside them; they are walked —
+    unless they are the very same object, which the rewrite shares only where it changed nothing."""
+    if before is after:
+        return True
     if isinstance(before, dict | list) or isinstance(after, dict | list):
         return False
     return type(before) is type(after) and before == after

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -56,7 +57,7 @@ class Harness:
         call.session_id, call.credential, call.request_model = session, credential, request.get("model")
         call.request_json = parse_json(json.dumps(request))  # what the rewrite step leaves on the call
         self.core.calls[flow.id] = call
-        self.health.request(flow)
+        asyncio.run(self.health.request(flow))
         reading = Reading(
             model="claude-sonnet-4-5",
             usage=Usage(
@@ -116,11 +117,11 @@ def test_count_tokens_and_unreadable_bodies_are_left_alone() -> None:
     flow = tflow.tflow(req=tutils.treq(method=b"POST", path=b"/v1/messages", content=b"not json"))
     flow.live = True
     h.core.calls[flow.id] = Call(flow.id, "h", "POST", "/v1/messages", "anthropic", "messages", T0)
-    h.health.request(flow)
+    asyncio.run(h.health.request(flow))
     counted = tflow.tflow(req=tutils.treq(method=b"POST", path=b"/v1/messages/count_tokens", content=b"{}"))
     counted.live = True
     h.core.calls[counted.id] = Call(
         counted.id, "h", "POST", "/v1/messages/count_tokens", "anthropic", "count_tokens", T0
     )
-    h.health.request(counted)
+    asyncio.run(h.health.request(counted))
     assert h.health.pending == {}
