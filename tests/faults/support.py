@@ -5,13 +5,11 @@ Nothing here imports pytest or starts a proxy: the fixtures are in `conftest.py`
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import ssl
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +18,12 @@ from tests.e2e.harness import CLIENT_TIMEOUT, CurlResult, Proxy, curl
 ANTHROPIC_HOST = "api.anthropic.com"
 OPENAI_HOST = "api.openai.com"
 CLAUDE_MODEL = "claude-sonnet-4-6"
-GPT_MODEL = "gpt-4o-mini"
 MESSAGE: dict[str, Any] = {
     "model": CLAUDE_MODEL,
     "max_tokens": 64,
     "messages": [{"role": "user", "content": "hi"}],
 }
-CHAT: dict[str, Any] = {"model": GPT_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+CHAT: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 # mitmproxy's own error page: what a client must never get where the provider's envelope belongs.
 MITMPROXY_ERROR_PAGE = b"<html>"
 
@@ -35,10 +32,6 @@ def assert_no_tracebacks(proxy: Proxy) -> None:
     """The proxy's log so far has no Python traceback (an addon crash shows up there, not in the client)."""
     found = proxy.tracebacks()
     assert not found, "tracebacks in the mitmdump log:\n" + "\n\n".join(found)
-
-
-def provider_of(host: str) -> str:
-    return "anthropic" if "anthropic" in host else "openai"
 
 
 def is_error_envelope(provider: str, body: bytes) -> bool:
@@ -127,17 +120,6 @@ def read_until(conn: ssl.SSLSocket, marker: bytes, limit: int = 1 << 20) -> byte
     return data
 
 
-def read_all(conn: ssl.SSLSocket, limit: int = 64 << 20) -> bytes:
-    data = b""
-    with contextlib.suppress(ssl.SSLError, ConnectionError):
-        while len(data) < limit:
-            piece = conn.recv(65536)
-            if not piece:
-                break
-            data += piece
-    return data
-
-
 class _Buffered:
     def __init__(self, conn: ssl.SSLSocket) -> None:
         self.conn = conn
@@ -187,25 +169,6 @@ def read_response(conn: ssl.SSLSocket) -> tuple[int, list[tuple[bytes, bytes]], 
     return int(status_line.split()[1]), headers, body
 
 
-def parse_response(raw: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Status, raw header pairs and the de-chunked body of one HTTP/1.1 response."""
-    head, _, rest = raw.partition(b"\r\n\r\n")
-    status_line, *lines = head.split(b"\r\n")
-    headers = [(name, value.strip()) for name, _, value in (line.partition(b":") for line in lines)]
-    if any(n.lower() == b"transfer-encoding" and b"chunked" in v.lower() for n, v in headers):
-        body = b""
-        while rest:
-            size_line, _, rest = rest.partition(b"\r\n")
-            size = int(size_line.split(b";")[0], 16)
-            if size == 0:
-                break
-            body += rest[:size]
-            rest = rest[size + 2 :]
-        return int(status_line.split()[1]), headers, body
-    length = next((int(v) for n, v in headers if n.lower() == b"content-length"), None)
-    return int(status_line.split()[1]), headers, rest if length is None else rest[:length]
-
-
 # Waiting without timed assertions: poll a condition up to a generous bound.
 
 
@@ -216,12 +179,3 @@ def wait_until(condition: Any, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return bool(condition())
-
-
-@contextlib.contextmanager
-def closing_all(*clients: Any) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for client in clients:
-            client.close()

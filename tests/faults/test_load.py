@@ -21,14 +21,18 @@ from tests.faults.support import MESSAGE, assert_no_tracebacks, rss_bytes, wait_
 pytestmark = pytest.mark.e2e
 
 MiB = 1024 * 1024
-# Endings a fault may have besides a normal answer; "hang" and "wrong-answer" are never acceptable.
+# Faults the client must not notice (its full answer arrives), and those it must see as an HTTP status.
+# Every other fault may end as a status, a cut or a stream error; never a hang or a wrong answer.
 ANSWERED = {"none", "split", "slow", "gzip", "br"}
 STATUS = {"rate-limited": 429, "overloaded": (529, 503), "server-error": 500}
-# RSS growth allowed from the middle of the run to its end. A leak of the smallest thing sluice keeps per
-# call (its Call record and the flow it is keyed by: several KiB with headers and bodies) over the second
-# half of the run — 250 calls by default, 5,000 under --soak — would be ~2.5 MiB / ~50 MiB; the bounds
-# leave room for allocator noise (arenas freed late, the writer's batch) below that.
-GROWTH_BOUND = {False: 16 * MiB, True: 40 * MiB}
+# RSS growth allowed from the middle of the run to its end. Measured here: mitmdump's RSS creeps by about
+# 1 KiB per call with or without sluice (10,000 calls: +5 MiB over the second half), and tracemalloc shows
+# the Python heap flat over it (+165 KiB, sluice's bounded cache-health table): allocator and TLS memory,
+# not a reference kept. A leaked flow or call record is 10 KiB or more with its headers and bodies, so
+# 50 MiB over the soak's second half (5,000 calls): the soak bound is well below that. The default run is
+# still warming up at its middle (250 calls to go), so its bound only catches a gross leak, such as every
+# call's body kept (64 KiB a call and up).
+GROWTH_BOUND = {False: 16 * MiB, True: 20 * MiB}
 
 
 def test_load_with_faults_gives_every_call_exactly_one_row(
