@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from addons.decoding import StreamDecoder
-from rules.usage import Reading, StreamReader
-from state.pricing import price_call
+from rules.usage import Reading, StreamReader, Usage
+from state.pricing import Priced, price_call
 from state.writer import CallRecord
 
 
@@ -59,6 +59,22 @@ def iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="microseconds")
 
 
+def price_usage(provider: str | None, model: str | None, usage: Usage) -> Priced:
+    """The price of what a response reported, at today's prices (state/pricing.py)."""
+    return price_call(
+        provider,
+        model,
+        input_tokens=usage.input_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_5m_tokens=usage.cache_write_5m_tokens,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
+        output_tokens=usage.output_tokens,
+        web_search_requests=usage.web_search_requests,
+        service_tier=usage.service_tier,
+        speed=usage.speed,
+    )
+
+
 def _ms(start: float, end: float | None) -> float | None:
     return None if end is None else round((end - start) * 1000, 3)
 
@@ -82,18 +98,7 @@ def build_record(
     elif call.answered_locally:
         cost, cost_note = (0.0, "answered by sluice; upstream not contacted")
     else:
-        priced = price_call(
-            call.provider,
-            model,
-            input_tokens=usage.input_tokens,
-            cache_read_tokens=usage.cache_read_tokens,
-            cache_write_5m_tokens=usage.cache_write_5m_tokens,
-            cache_write_1h_tokens=usage.cache_write_1h_tokens,
-            output_tokens=usage.output_tokens,
-            web_search_requests=usage.web_search_requests,
-            service_tier=usage.service_tier,
-            speed=usage.speed,
-        )
+        priced = price_usage(call.provider, model, usage)
         cost, cost_note = priced.cost_usd, priced.note
     ttft_at = call.first_output_at if call.stream else headers_at
     row: dict[str, Any] = {

@@ -23,11 +23,11 @@ from typing import Any
 from mitmproxy import contentviews, http
 from mitmproxy.contentviews import Contentview, Metadata
 
+from addons.calls import price_usage
 from addons.changes import METADATA_KEY
 from rules.endpoints import Endpoint, classify
 from rules.json_diff import Change, path_is_within
 from rules.transcript import Entry, Part, is_event_stream, outline_request, reassemble
-from state.pricing import price_call
 from state.ratelimits import statusline, summarize
 
 RULE = "━━"
@@ -135,18 +135,7 @@ def _usage_text(endpoint: Endpoint, reading: Any) -> str:
         text += f" (reasoning {_n(usage.reasoning_tokens)})"
     if usage.web_search_requests:
         text += f" · {usage.web_search_requests} web searches"
-    priced = price_call(
-        endpoint.provider,
-        reading.model,
-        input_tokens=usage.input_tokens,
-        cache_read_tokens=usage.cache_read_tokens,
-        cache_write_5m_tokens=usage.cache_write_5m_tokens,
-        cache_write_1h_tokens=usage.cache_write_1h_tokens,
-        output_tokens=usage.output_tokens,
-        web_search_requests=usage.web_search_requests,
-        service_tier=usage.service_tier,
-        speed=usage.speed,
-    )
+    priced = price_usage(endpoint.provider, reading.model, usage)
     if priced.cost_usd is None:
         return f"{text} · cost unknown ({priced.note})"
     return f"{text} · ${priced.cost_usd:.4f}"
