@@ -65,6 +65,19 @@ class WriterStats:
 
 _STOP = object()
 
+# Errors that are one record's fault (a value no database can bind, a constraint it breaks), as opposed
+# to the database's (locked, full, read-only, corrupt: sqlite3.OperationalError, DatabaseError, OSError),
+# which are waited out. A record's fault must cost only that record, never the rows queued behind it.
+_RECORD_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.ProgrammingError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    ValueError,
+    TypeError,
+    OverflowError,
+)
+
 
 class RecordWriter:
     def __init__(
@@ -143,7 +156,13 @@ class RecordWriter:
                     db = self._open_db()
                 self._write(db)
                 delay = self._retry_initial_s
-            except (sqlite3.Error, OSError) as e:
+            except _RECORD_ERRORS as e:
+                if db is None:
+                    raise  # not a record's fault: opening failed; cannot happen for these types
+                # The batch holds a record the database will not take; the database itself is fine.
+                log.error("sluice: a batch of call records was refused (%r); writing them one by one", e)
+                self._write_singly(db)
+            except Exception as e:  # the database is locked, full, read-only, corrupt or gone
                 self.stats.failures += 1
                 self.stats.last_error = str(e)
                 self._shed_overflow()
@@ -158,9 +177,6 @@ class RecordWriter:
                 time.sleep(delay)
                 delay = min(delay * 2, self._retry_max_s)
                 db = None  # reopen: the file may have been replaced, or the handle be in a bad state
-            except Exception as e:  # a record sqlite cannot take must not stop the thread or block others
-                log.error("sluice: a batch of call records was refused (%r); writing them one by one", e)
-                self._write_singly(db)
 
     def _accept(self, item: CallRecord | object) -> bool:
         """Take one queued item; True when it is the stop signal."""
@@ -193,9 +209,7 @@ class RecordWriter:
             for _ in range(min(batch_max, len(self._pending))):
                 try:
                     self._write(db)
-                except (sqlite3.Error, OSError):
-                    raise
-                except Exception as e:
+                except _RECORD_ERRORS as e:
                     record = self._pending.popleft()
                     self.stats.dropped += 1
                     self._done(1)
@@ -204,6 +218,8 @@ class RecordWriter:
                         record.row.get("id"),
                         e,
                     )
+                except Exception:
+                    return  # the database itself is in trouble: the main loop waits it out and retries
         finally:
             self._batch_max = batch_max
 

@@ -147,3 +147,56 @@ def test_values_sqlite_cannot_take_do_not_cost_the_row(db_path):
         rows = conn.execute("select session_id, output_tokens from calls order by input_tokens").fetchall()
     assert rows == [("caf\ufffd-session", None), (None, None)]
     assert writer.stats.dropped == 0
+
+
+def test_a_locked_database_during_the_one_by_one_fallback_does_not_stop_the_writer(db_path):
+    sluice_db.connect(db_path)
+    writer = RecordWriter(lambda: sluice_db.connect(db_path, busy_timeout_ms=50), retry_initial_s=0.05)
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    writer.start()
+    bad = _record(1)
+    bad.row = {**bad.row, "input_tokens": object()}  # a value no database takes: forces the fallback
+    blocker.execute("begin exclusive")  # ...which then meets a locked database
+    writer.put(bad)
+    writer.put(_record(2))
+    time.sleep(0.5)
+    blocker.execute("rollback")
+    blocker.close()
+    assert writer.flush(timeout=10)
+    writer.close()
+    assert _count(db_path) == 1  # the good record landed; only the bad one was dropped
+    assert writer.stats.dropped == 1
+
+
+class _LockedOnce:
+    """A connection that reports "database is locked" on exactly one BEGIN (the `nth`)."""
+
+    def __init__(self, conn, nth):
+        self._conn, self._nth, self._begins = conn, nth, 0
+
+    def execute(self, sql, *args):
+        if sql.startswith("begin"):
+            self._begins += 1
+            if self._begins == self._nth:
+                raise sqlite3.OperationalError("database is locked")
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+def test_database_trouble_during_the_one_by_one_fallback_is_waited_out(db_path):
+    real = sluice_db.connect(db_path)
+
+    class Db:
+        conn = _LockedOnce(real.conn, nth=2)  # 1: the batch (a bad record), 2: the first record on its own
+
+    writer = RecordWriter(lambda: Db(), retry_initial_s=0.01)
+    writer.start()
+    bad = _record(1)
+    bad.row = {**bad.row, "input_tokens": object()}
+    writer.put(bad)
+    writer.put(_record(2))
+    assert writer.flush(timeout=10)
+    writer.close()
+    assert _count(db_path) == 1 and writer.stats.dropped == 1
