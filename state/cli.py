@@ -464,9 +464,6 @@ def _count(value: int | None) -> str:
 # ── shared ────────────────────────────────────────
 
 
-# Every subcommand, in the order `sluice --help` lists them. A new one (`clients`, `credentials`) is an
-# `_add_<name>(subparsers, common)` function that adds its parser with `parents=[common]` (for --db) and sets
-# `handler=`, appended here.
 def _add_credentials(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "credentials",
@@ -542,7 +539,7 @@ def run_credentials(args: argparse.Namespace) -> int:
             state.label + ("" if state.position is not None else " (no longer configured)"),
             state.state,
             state.reason or (status.failed_reason if status else None) or "",
-            f"in {format_duration(until - now)} ({_utc_text(until, now)})" if until and until > now else "",
+            _reset_text(until, now) if until and until > now else "",
             _expiry_text(expires, now) if expires else "",
         )
     _print_table(Console(), table)
@@ -555,7 +552,7 @@ def _iso(epoch: float | None) -> str | None:
 
 def _expiry_text(moment: datetime, now: datetime) -> str:
     if moment > now:
-        return f"in {format_duration(moment - now)} ({_utc_text(moment, now)})"
+        return _reset_text(moment, now)
     return f"expired {format_duration(now - moment)} ago"
 
 
@@ -596,12 +593,15 @@ def run_clients(args: argparse.Namespace) -> int:
             f"${budget.spent_usd:,.4f}",
             f"${budget.reserved_usd:,.4f}",
             f"${left:,.4f}",
-            f"in {format_duration(resets - now)} ({_utc_text(resets, now)})" if resets else "never",
+            _reset_text(resets, now) if resets else "never",
         )
     _print_table(Console(), table)
     return 0
 
 
+# Every subcommand, in the order `sluice --help` lists them. A new one is an `_add_<name>(subparsers,
+# common)` function that adds its parser with `parents=[common]` (for --db) and sets `handler=`,
+# appended here.
 SUBCOMMANDS: tuple[Callable[[Subparsers, argparse.ArgumentParser], None], ...] = (
     _add_usage,
     _add_quota,
