@@ -18,6 +18,7 @@ from addons.annotate import annotate
 from addons.calls import Call, build_record
 from addons.core import SluiceCore
 from addons.decoding import make_decoder
+from rules.clients import presented_key
 from rules.endpoints import classify
 from rules.rewrite import is_usage_only_chunk
 from rules.stream_filter import SSERecordFilter
@@ -52,10 +53,7 @@ def call_for(core: SluiceCore, flow: http.HTTPFlow) -> Call | None:
 
 
 def _presented_credential(headers: http.Headers) -> str:
-    key = headers.get("x-api-key")
-    if not key:
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        key = token.strip() if scheme.lower() == "bearer" else ""
+    key = presented_key(headers)
     return fingerprint(key) if key else "none"
 
 

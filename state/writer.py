@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import sqlite_utils
@@ -60,7 +60,6 @@ class WriterStats:
     dropped: int = 0
     last_error: str | None = None
     pending: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 _STOP = object()
