@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from mitmproxy import ctx, http
 
 from addons.core import SluiceCore
-from rules.envelopes import error_body
 from rules.estimate import estimate_tokens
 from state import db as sluice_db
 from state.budgets import BudgetLedger
@@ -63,11 +62,9 @@ class Budget:
             call.budget_hold = estimate
             return
         message = admission.refusal()
-        headers = {"content-type": "application/json", "x-should-retry": "false"}
+        headers = {"x-should-retry": "false"}
         if admission.resets_at is not None:
             wait = (admission.resets_at - datetime.now(UTC)).total_seconds()
             headers["retry-after"] = str(max(1, math.ceil(wait)))
-        flow.response = http.Response.make(429, error_body(call.provider, 429, message), headers)
-        call.answered_locally = True
-        call.notes.append("refused: budget exhausted")
+        self.core.answer(flow, call.provider, 429, message, headers, "refused: budget exhausted")
         log.info("sluice: flow %s: %s", flow.id, message)

@@ -7,10 +7,11 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from mitmproxy import ctx, exceptions
+from mitmproxy import ctx, exceptions, http
 
 from addons.calls import Call
 from rules.config import Config, ConfigError, Upstream, load_config
+from rules.envelopes import error_body
 from state import db as sluice_db
 from state.pricing import price_call
 from state.writer import CallRecord, RecordWriter
@@ -86,6 +87,25 @@ class SluiceCore:
         """Which provider's API a host serves: configured upstreams first, then the providers' own hosts."""
         upstream = self.upstream_for(host)
         return upstream.provider if upstream else PROVIDER_HOSTS.get(host.lower())
+
+    def answer(
+        self,
+        flow: http.HTTPFlow,
+        provider: str,
+        status: int,
+        message: str,
+        headers: dict[str, str],
+        note: str,
+    ) -> None:
+        """Answer the request in sluice's name, in the provider's own error envelope; the upstream is never
+        contacted. The call's row says why (`note`)."""
+        flow.response = http.Response.make(
+            status, error_body(provider, status, message), {"content-type": "application/json", **headers}
+        )
+        call = self.calls.get(flow.id)
+        if call is not None:
+            call.answered_locally = True
+            call.notes.append(note)
 
     @property
     def keep_body(self) -> int:

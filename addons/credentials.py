@@ -198,15 +198,7 @@ class Credentials:
             message = f"sluice: no usable credential for {upstream.host}: {detail}"
             headers = {"x-should-retry": "false"}
             status = 503
-        flow.response = http.Response.make(
-            status,
-            error_body(upstream.provider, status, message),
-            {"content-type": "application/json", **headers},
-        )
-        call = self.core.calls.get(flow.id)
-        if call is not None:
-            call.answered_locally = True
-            call.notes.append(message)
+        self.core.answer(flow, upstream.provider, status, message, headers, message)
         log.warning("sluice: flow %s: %s", flow.id, message)
 
     # -- after the request has left ---------------------------------------------------------------

@@ -16,7 +16,6 @@ from addons.core import SluiceCore
 from addons.meter import call_for
 from rules.clients import KnownClient, digest, match_client, presented_key
 from rules.config import ConfigError, resolve_secret
-from rules.envelopes import error_body
 
 log = logging.getLogger("sluice")
 
@@ -79,14 +78,9 @@ class Gate:
         upstream = self.core.upstream_for(flow.request.pretty_host)
         if upstream is None or not (upstream.keys or upstream.oauth) or client is not None:
             return
-        flow.response = http.Response.make(
-            401,
-            error_body(upstream.provider, 401, REFUSAL),
-            {"content-type": "application/json", "x-should-retry": "false"},
+        self.core.answer(
+            flow, upstream.provider, 401, REFUSAL, {"x-should-retry": "false"}, "refused: no known client key"
         )
-        if call is not None:
-            call.answered_locally = True
-            call.notes.append("refused: no known client key")
         log.info(
             "sluice: flow %s: refused %s %s: no known client key",
             flow.id,
