@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, exceptions, http, optmanager
 
 from addons.calls import Call
 from rules.config import Config, ConfigError, Upstream, load_config
@@ -23,6 +23,20 @@ DEFAULT_KEEP_BODY = 4 * 1024 * 1024
 # The providers' own API hosts: their traffic gets the provider's header policy even when no
 # `[[upstreams]]` entry names them.
 PROVIDER_HOSTS = {"api.anthropic.com": "anthropic", "api.openai.com": "openai"}
+
+
+def connect_lazily(options: optmanager.OptManager) -> None:
+    """Make `connection_strategy=lazy` sluice's default, unless the operator chose a strategy.
+
+    mitmproxy's own default, eager, connects upstream as soon as a client opens its tunnel: a provider that
+    cannot be reached then fails the tunnel before any request exists, so the client sees a dropped
+    connection instead of an answer and the call gets no row. Lazily, the failure belongs to the request,
+    which sluice answers in the provider's envelope and records. `--set connection_strategy=eager` still
+    wins: an explicit choice is a value set on the option, the default is not.
+    """
+    option = options._options.get("connection_strategy")
+    if option is not None and option.value is optmanager.unset:
+        options.update(connection_strategy="lazy")
 
 
 class SluiceCore:
@@ -55,6 +69,7 @@ class SluiceCore:
             DEFAULT_KEEP_BODY,
             "Bytes of each streamed LLM response kept so mitmweb and saved flows can show it (0: none).",
         )
+        connect_lazily(loader.master.options)
 
     def configure(self, updated: set[str]) -> None:
         if "sluice_config" in updated:

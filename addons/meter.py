@@ -158,6 +158,10 @@ class Meter:
         if flow.response is not None and call.body_copy is not None and flow.response.raw_content is None:
             flow.response.raw_content = bytes(call.body_copy)
         message = flow.error.msg if flow.error else "connection lost"
+        if flow.server_conn.timestamp_tcp_setup is None and flow.client_conn.timestamp_end is None:
+            # Never connected while the client still waits: the upstream could not be reached at all.
+            self._finish(flow, call, reading, error=f"upstream unreachable: {message}")
+            return
         if reading.complete or reading.error:
             # The provider had already finished, or already said what went wrong (an in-stream error
             # event, on which SDKs hang up at once): its word is the call's outcome, not the hang-up.

@@ -28,6 +28,7 @@ from addons.changes import RequestChanges  # noqa: E402
 from addons.core import SluiceCore  # noqa: E402
 from addons.credential_mask import CredentialMask  # noqa: E402
 from addons.credentials import Credentials  # noqa: E402
+from addons.framing import Framing  # noqa: E402
 from addons.gate import Gate  # noqa: E402
 from addons.headers import Headers  # noqa: E402
 from addons.meter import Meter  # noqa: E402
@@ -45,6 +46,7 @@ addons = [
     RequestChanges(core),
     Budget(core),
     Headers(core),
+    Framing(),
     Meter(core, before_record=[cache_health.before_record]),
     cache_health,
     Watchdog(core),

@@ -3,9 +3,9 @@
 mitmproxy answers a request whose upstream could not be reached, reset the connection or closed it before a
 response with its own HTML error page (`make_error_response` in its HTTP/1 layer), which no SDK can read:
 they expect `{"type":"error",...}` or `{"error":{...}}`. mitmproxy has no hook to replace that page, so
-this addon registers the envelope in the `error` hook and a thin wrapper around the HTTP/1 server layer's
-`send` writes it instead of the HTML page for that one request. Everything else — HTTP/2 clients, flows
-that already have a response, non-provider traffic — keeps mitmproxy's behaviour.
+this addon registers the envelope in the `error` hook, and thin wrappers around the client-side HTTP/1 and
+HTTP/2 layers write it instead of the HTML page for that one request. Everything else — HTTP/3 clients,
+flows that already have a response, non-provider traffic — keeps mitmproxy's behaviour.
 
 The status follows what the providers themselves send for a failing backend: 502 for a connection that
 failed or broke, 504 for a timeout; with `x-should-retry: true` so the SDKs' own retry takes over.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Generator
 from typing import Any
 
@@ -23,8 +23,13 @@ from mitmproxy import http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands
-from mitmproxy.proxy.layers.http import _http1
-from mitmproxy.proxy.layers.http._events import ResponseProtocolError
+from mitmproxy.proxy.layers.http import _http1, _http2
+from mitmproxy.proxy.layers.http._events import (
+    ResponseData,
+    ResponseEndOfMessage,
+    ResponseHeaders,
+    ResponseProtocolError,
+)
 
 from addons.core import SluiceCore
 from rules.envelopes import error_body
@@ -35,10 +40,19 @@ log = logging.getLogger("sluice")
 # server layer holds the very request object the flow has, which is how the two are matched; the weak
 # reference makes sure a recycled id() never matches another request.
 _ENVELOPES: OrderedDict[int, tuple[weakref.ref[http.Request], bytes]] = OrderedDict()
+# HTTP/2: the stream layer knows the stream id, the flow does not; the error event it sends carries the
+# flow's error message, so (client connection id, message) finds the envelope. Two streams of one connection
+# failing with the same message get the same envelope, so which one pops which does not matter.
+_H2_ENVELOPES: OrderedDict[tuple[str, str], deque[http.Response]] = OrderedDict()
 _MAX_PENDING = 1024  # errors whose page is never sent (the client had already gone) must not pile up
 
 
 def _install() -> None:
+    _install_http1()
+    _install_http2()
+
+
+def _install_http1() -> None:
     original = _http1.Http1Server.send
     if getattr(original, "_sluice_envelopes", False):
         return
@@ -61,6 +75,42 @@ def _install() -> None:
     _http1.Http1Server.send = send  # type: ignore[method-assign]
 
 
+def _install_http2() -> None:
+    original = _http2.Http2Server._handle_event
+    if getattr(original, "_sluice_envelopes", False):
+        return
+
+    def handle_event(self: Any, event: Any) -> Generator[commands.Command, Any, None]:
+        if isinstance(event, ResponseProtocolError):
+            response = _pop_h2(self.context.client.id, event.message)
+            stream = self.h2_conn.streams.get(event.stream_id)
+            if (
+                response is not None
+                and stream is not None
+                and self.is_open_for_us(event.stream_id)
+                and not stream.state_machine.headers_sent
+            ):
+                # The same three events an answer from the upstream would be, framed by mitmproxy itself.
+                yield from original(self, ResponseHeaders(event.stream_id, response, end_stream=False))
+                yield from original(self, ResponseData(event.stream_id, response.raw_content or b""))
+                yield from original(self, ResponseEndOfMessage(event.stream_id))
+                return
+        yield from original(self, event)
+
+    handle_event._sluice_envelopes = True  # type: ignore[attr-defined]
+    _http2.Http2Server._handle_event = handle_event  # type: ignore[method-assign]
+
+
+def _pop_h2(client_id: str, message: str) -> http.Response | None:
+    waiting = _H2_ENVELOPES.get((client_id, message))
+    if not waiting:
+        return None
+    response = waiting.popleft()
+    if not waiting:
+        del _H2_ENVELOPES[(client_id, message)]
+    return response
+
+
 class UpstreamErrors:
     def __init__(self, core: SluiceCore) -> None:
         self.core = core
@@ -72,17 +122,23 @@ class UpstreamErrors:
             return
         call = self.core.calls.get(flow.id)
         provider = call.provider if call is not None else self.core.provider_for(flow.request.pretty_host)
-        if provider is None or flow.request.http_version not in ("HTTP/1.1", "HTTP/1.0"):
+        version = flow.request.http_version
+        if provider is None or version not in ("HTTP/1.1", "HTTP/1.0", "HTTP/2.0"):
             return
         reason = flow.error.msg
         status = 504 if "timeout" in reason.lower() or "timed out" in reason.lower() else 502
         message = f"sluice: the upstream {flow.request.pretty_host} failed before answering: {reason}"
-        response = http.Response.make(
-            status,
-            error_body(provider, status, message),
-            {"content-type": "application/json", "x-should-retry": "true", "connection": "close"},
-        )
-        response.http_version = flow.request.http_version
+        headers = {"content-type": "application/json", "x-should-retry": "true"}
+        if version != "HTTP/2.0":
+            headers["connection"] = "close"  # HTTP/1: the connection's state after the failure is unknown
+        response = http.Response.make(status, error_body(provider, status, message), headers)
+        response.http_version = version
+        if version == "HTTP/2.0":
+            _H2_ENVELOPES.setdefault((flow.client_conn.id, reason), deque()).append(response)
+            _H2_ENVELOPES.move_to_end((flow.client_conn.id, reason))
+            while len(_H2_ENVELOPES) > _MAX_PENDING:
+                _H2_ENVELOPES.popitem(last=False)
+            return
         _ENVELOPES[id(flow.request)] = (weakref.ref(flow.request), http1.assemble_response(response))
         while len(_ENVELOPES) > _MAX_PENDING:
             _ENVELOPES.popitem(last=False)
@@ -92,3 +148,4 @@ class UpstreamErrors:
 
     def done(self) -> None:
         _ENVELOPES.clear()
+        _H2_ENVELOPES.clear()

@@ -1009,8 +1009,8 @@ class FakeProvider:
     def connections(self) -> int:
         """TCP connections accepted since the last reset.
 
-        mitmproxy connects upstream eagerly (at CONNECT, before any request: `connection_strategy=eager`),
-        so "the upstream was never contacted" is `fake.requests == []`, not `fake.connections == 0`.
+        With `connection_strategy=eager` mitmproxy connects upstream at CONNECT, before any request, so
+        "the upstream was never contacted" is `fake.requests == []`, not `fake.connections == 0`.
         """
         with self._lock:
             return self._accepted

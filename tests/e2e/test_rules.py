@@ -580,6 +580,8 @@ def test_response_headers_outside_the_allow_list_never_reach_the_client(
 
 @pytest.mark.parametrize("key", [BOB_KEY, ALICE_KEY], ids=["untouched", "rewritten"])
 def test_a_chunked_upload_still_arrives_whole(fake: FakeProvider, proxy: Proxy, key: str) -> None:
+    # curl speaks HTTP/2 to the proxy and drops the chunked header (HTTP/2 frames the body itself), so the
+    # body reaches sluice with no length at all; the HTTP/1.1 upstream must still get it framed.
     body = json.dumps(message(system="Base.", metadata={"user_id": "u-1"})).encode()
     result = post(proxy, body, "Transfer-Encoding: chunked", key=key)
 

@@ -159,6 +159,21 @@ def test_upstream_failing_before_the_answer_gets_a_provider_error_envelope(
     assert row["error"].startswith("connection lost")
 
 
+@pytest.mark.parametrize("version", ["--http1.1", "--http2"])
+def test_the_envelope_reaches_http1_and_http2_clients_alike(
+    fake: FakeProvider, proxy: Proxy, since: int, version: str
+) -> None:
+    fake.next(reset_before_response=True)
+    result = _curl_post(proxy, ANTHROPIC_URL, json.dumps(MESSAGE).encode(), version)
+
+    assert result.returncode == 0, result.stderr
+    assert result.status == 502
+    assert is_error_envelope("anthropic", result.body), result.body[:300]
+    assert dict(result.headers)["x-should-retry"] == "true"
+    [row] = new_rows(proxy, since)
+    assert row["error"].startswith("connection lost")
+
+
 # Upstream goes silent: the idle timeout (1 s here) ends the stream with an error event.
 
 
@@ -381,11 +396,11 @@ def test_sdk_retries_on_retry_after_through_the_proxy(
     assert sorted(row["status"] for row in rows) == [200, status]
 
 
-# Upstream unreachable (nothing listens): a prompt connection error, never a hang or a crash.
+# Upstream unreachable (nothing listens): the proxy answers for it at once, never a hang or a crash.
 
 
 @pytest.mark.parametrize("mode", [None, "reverse:https://api.anthropic.com"], ids=["regular", "reverse"])
-def test_unreachable_upstream_fails_the_call_promptly(
+def test_unreachable_upstream_gets_a_provider_error_envelope_and_a_row(
     fake: FakeProvider, start_proxy: Callable[..., Proxy], mode: str | None
 ) -> None:
     nowhere = f"api.anthropic.com=127.0.0.1:{free_port()}"
@@ -393,9 +408,42 @@ def test_unreachable_upstream_fails_the_call_promptly(
     with anthropic_client(proxy) as client:
         how, error = ending(lambda: client.messages.create(**MESSAGE))
 
-    # mitmproxy connects upstream as the client connects (connection_strategy=eager), so the failure
-    # reaches the client as a failed connection before any request is read: nothing to answer or record.
-    assert how in ("cut", "status"), (how, error)
+    # sluice connects upstream when the request is ready (connection_strategy=lazy), so the failure
+    # belongs to a request it can answer: a 502 the SDK retries, in Anthropic's envelope.
+    assert how == "status", (how, error)
+    assert error.status_code == 502
+    assert is_error_envelope("anthropic", error.response.content), error.response.content[:300]
+    assert error.response.headers["x-should-retry"] == "true"
+    calls = 1
+    if not proxy.reverse:  # in reverse mode the client speaks plain HTTP/1.1 to the proxy
+        over_http2 = _curl_post(proxy, ANTHROPIC_URL, json.dumps(MESSAGE).encode(), "--http2")
+        assert (over_http2.status, over_http2.returncode) == (502, 0), over_http2.stderr
+        assert is_error_envelope("anthropic", over_http2.body), over_http2.body[:300]
+        calls += 1
     assert fake.requests == []
+    rows = new_rows(proxy, 0, calls)
+    for row in rows:
+        assert row["status"] is None  # no upstream answer; what the client got is the envelope
+        assert row["error"].startswith("upstream unreachable: "), row["error"]
     proxy.stop()
+    assert_no_tracebacks(proxy)
+
+
+def test_an_explicit_eager_connection_strategy_is_respected(
+    fake: FakeProvider, start_proxy: Callable[..., Proxy]
+) -> None:
+    nowhere = f"api.anthropic.com=127.0.0.1:{free_port()}"
+    proxy = start_proxy(
+        extra_args=["--set", "connection_strategy=eager"],
+        env={"SLUICE_TEST_HOSTS": f"{fake.hosts_env()},{nowhere}"},
+    )
+    with anthropic_client(proxy) as client:
+        how, error = ending(lambda: client.messages.create(**MESSAGE))
+
+    # Eagerly, mitmproxy connects as the client opens its tunnel: the failure is the tunnel's, before any
+    # request exists (README, "Failing upstreams"). Still prompt, and still no crash.
+    assert how == "cut", (how, error)
+    assert fake.requests == []
+    proxy.stop()  # drains the writer: a row, had there been one, is in the database now
+    assert proxy.rows() == []
     assert_no_tracebacks(proxy)
