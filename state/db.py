@@ -270,6 +270,9 @@ def immediate(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("commit")
 
 
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
+
+
 def connect(
     path: str | Path | None = None, *, memory: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS
 ) -> sqlite_utils.Database:
@@ -286,6 +289,9 @@ def connect(
         db.execute(f"pragma busy_timeout = {int(busy_timeout_ms)}")
         db.execute("pragma journal_mode = wal")
         db.execute("pragma synchronous = normal")
+        # A checkpointed WAL is reused from its start but keeps its size on disk; cap what it keeps, so a
+        # burst of writes (the rows held while the disk was full, say) does not hold that space for good.
+        db.execute(f"pragma journal_size_limit = {WAL_SIZE_LIMIT}")
     migrate(db)
     return db
 

@@ -3,8 +3,12 @@
 A synchronous commit inside a mitmproxy hook stalls every flow, so hooks only `put()`. The thread groups
 whatever has queued up into one `BEGIN IMMEDIATE` transaction. When the database refuses (locked past the
 busy timeout, disk full, read-only), records stay in memory up to `buffer_limit` and are retried with
-backoff; a loud warning says so. Rows are keyed by the call id and inserted with `insert or ignore`, so a
-retried batch never duplicates a row.
+backoff; a loud warning says so. Each failure also quarters the next transaction (down to
+`MIN_RETRY_BATCH` records, doubling back after each success): a disk with a little space left still takes
+small transactions when one of thousands of records would never fit. Not smaller than that: every
+transaction rewrites whole pages of the table and its indexes, so a record a transaction would take
+several times the space in the WAL. Rows are keyed by the call id and
+inserted with `insert or ignore`, so a retried batch never duplicates a row.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class WriterStats:
 
 
 _STOP = object()
+MIN_RETRY_BATCH = 64
 
 # Errors that are one record's fault (a value no database can bind, a constraint it breaks), as opposed
 # to the database's (locked, full, read-only, corrupt: sqlite3.OperationalError, DatabaseError, OSError),
@@ -90,6 +95,7 @@ class RecordWriter:
     ) -> None:
         self._open_db = open_db
         self._batch_max = batch_max
+        self._batch_size = batch_max  # shrinks while the database refuses, grows back as it accepts
         self._buffer_limit = buffer_limit
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
@@ -155,6 +161,7 @@ class RecordWriter:
                     db = self._open_db()
                 self._write(db)
                 delay = self._retry_initial_s
+                self._batch_size = min(self._batch_max, self._batch_size * 2)
             except _RECORD_ERRORS as e:
                 if db is None:
                     raise  # not a record's fault: opening failed; cannot happen for these types
@@ -164,6 +171,7 @@ class RecordWriter:
             except Exception as e:  # the database is locked, full, read-only, corrupt or gone
                 self.stats.failures += 1
                 self.stats.last_error = str(e)
+                self._batch_size = max(min(MIN_RETRY_BATCH, self._batch_max), self._batch_size // 4)
                 self._shed_overflow()
                 log.warning(
                     "sluice: database write failed (%s); %d records held in memory, retrying in %.1fs",
@@ -203,9 +211,9 @@ class RecordWriter:
         """Write the pending records one transaction each; drop (and name) only those that fail."""
         if db is None:
             return
-        batch_max, self._batch_max = self._batch_max, 1
+        batch_size, self._batch_size = self._batch_size, 1
         try:
-            for _ in range(min(batch_max, len(self._pending))):
+            for _ in range(min(batch_size, len(self._pending))):
                 try:
                     self._write(db)
                 except _RECORD_ERRORS as e:
@@ -220,10 +228,10 @@ class RecordWriter:
                 except Exception:
                     return  # the database itself is in trouble: the main loop waits it out and retries
         finally:
-            self._batch_max = batch_max
+            self._batch_size = batch_size
 
     def _write(self, db: sqlite_utils.Database) -> None:
-        batch = [self._pending[i] for i in range(min(self._batch_max, len(self._pending)))]
+        batch = [self._pending[i] for i in range(min(self._batch_size, len(self._pending)))]
         call_rows = [tuple(_cell(record.row.get(column)) for column in CALL_COLUMNS) for record in batch]
         limit_rows = _newest_rate_limits(batch)
         settled_at = time.time()

@@ -194,7 +194,8 @@ def fill(directory: Path) -> Path:
 def test_disk_full_keeps_rows_in_memory_and_writes_them_when_space_returns(
     fake: FakeProvider, start_proxy: StartProxy, tmp_path: Path, soak: bool
 ) -> None:
-    with small_tmpfs(tmp_path / "small-disk", "4m") as disk:
+    # Room, once freed, for every row the soak's longer run holds (~2,000 at 2 KB and more in the WAL).
+    with small_tmpfs(tmp_path / "small-disk", "16m" if soak else "4m") as disk:
         db_path = disk / "sluice.db"
         proxy = start_proxy(set_db=False, extra_args=["--set", f"sluice_db={db_path}"])
         try:  # the proxy must be gone before the disk is unmounted

@@ -200,3 +200,42 @@ def test_database_trouble_during_the_one_by_one_fallback_is_waited_out(db_path):
     assert writer.flush(timeout=10)
     writer.close()
     assert _count(db_path) == 1 and writer.stats.dropped == 1
+
+
+class _RoomFor:
+    """A connection on a disk with room for transactions of at most `rows` records; logs every size tried."""
+
+    def __init__(self, conn, rows):
+        self._conn, self._rows, self.tried = conn, rows, []
+
+    def executemany(self, sql, rows):
+        rows = list(rows)
+        if sql.lstrip().startswith("insert or ignore into calls"):
+            self.tried.append(len(rows))
+            if len(rows) > self._rows:
+                raise sqlite3.OperationalError("database or disk is full")
+        return self._conn.executemany(sql, rows)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+def test_a_nearly_full_disk_still_takes_smaller_transactions(db_path):
+    real = sluice_db.connect(db_path)
+    conn = _RoomFor(real.conn, rows=300)
+
+    class Db:
+        pass
+
+    Db.conn = conn
+    writer = RecordWriter(lambda: Db(), batch_max=2000, retry_initial_s=0.01)
+    for i in range(1500):  # queued before the thread starts: the first transaction holds all of them
+        writer.put(_record(i))
+    writer.start()
+    assert writer.flush(timeout=10)
+    writer.close()
+
+    assert _count(db_path) == 1500
+    # 1500 refused, then a quarter each time until one fits; after each success the size doubles again.
+    assert conn.tried[:4] == [1500, 500, 125, 250]
+    assert max(conn.tried[1:]) <= 500
