@@ -30,6 +30,8 @@ class Call:
     user_id: str | None = None
     credential: str = "none"
     session_id: str | None = None
+    # The client's request headers, first value by lower-cased name, as they arrived (before any rule).
+    request_headers: dict[str, str] = field(default_factory=dict)
     request_model: str | None = None
     request_read: bool = False  # the request body was parsed (by the rewrite step) already
     # The JSON body as the client sent it and as it went upstream (rules/rewrite.py's objects, shared).

@@ -13,6 +13,9 @@ Only strings, lists and dicts: the metadata is saved with the flow (`-w`), and t
 (addons/contentview.py) reads it back, from a live flow or a saved one. The request body itself is never
 copied: the difference holds only what changed, each value cut to a few hundred characters.
 
+Working out the difference costs about as much as the rewrite itself, so it is only done where it can be
+seen: in mitmweb or the mitmproxy console, or when flows are saved (`-w`). A plain mitmdump skips it.
+
 Under mitmweb, `RequestChanges` also adds the Comment column to the flow list (where sluice's per-call
 summary and flags show) unless the user chose the columns with `--set web_columns=...`.
 """
@@ -23,6 +26,7 @@ import logging
 from typing import Any
 
 from mitmproxy import ctx, http
+from mitmproxy.tools.dump import DumpMaster
 
 from addons.core import SluiceCore
 from rules.json_diff import diff_json
@@ -45,6 +49,11 @@ class RequestChanges:
 
     def __init__(self, core: SluiceCore) -> None:
         self.core = core
+        self.shown = True  # someone can see the difference: a UI, or flows saved to a file
+
+    def configure(self, updated: set[str]) -> None:
+        saving = "save_stream_file" in ctx.options and bool(ctx.options.save_stream_file)
+        self.shown = saving or not isinstance(ctx.master, DumpMaster)
 
     def running(self) -> None:
         options = ctx.options
@@ -54,6 +63,8 @@ class RequestChanges:
                 options.update(web_columns=[*columns, "comment"])
 
     def request(self, flow: http.HTTPFlow) -> None:
+        if not self.shown:
+            return
         call = self.core.calls.get(flow.id)
         if call is None or call.request_json_before is None or call.request_json is None:
             return

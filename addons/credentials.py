@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from mitmproxy import ctx, exceptions, http
 
 from addons.core import SluiceCore
+from addons.fields import with_headers
 from rules.config import ConfigError, OAuth, Upstream, resolve_secret
 from rules.envelopes import error_body
 from rules.usage import read_response_body
@@ -50,7 +51,6 @@ OAUTH_BETA = "oauth-2025-04-20"  # Anthropic requires it on requests carrying an
 RETRY_SOON_S = 1
 # Below the OAuth store's own 20 s limit, so a late answer (carrying a rotated, single-use token) is not lost.
 REFRESH_TIMEOUT_S = 15
-CREDENTIAL_HEADERS = ("x-api-key", "authorization")
 
 
 @dataclass(slots=True)
@@ -136,7 +136,8 @@ class Credentials:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not flow.live or self.pool is None:
             return
-        host = flow.request.pretty_host
+        call = self.core.calls.get(flow.id)
+        host = call.host if call is not None else flow.request.pretty_host
         upstream = self.core.upstream_for(host)
         if upstream is None or not (upstream.keys or upstream.oauth):
             return
@@ -169,12 +170,11 @@ class Credentials:
     def _swap(self, flow: http.HTTPFlow, upstream: Upstream, entry: CredentialEntry, secret: str) -> None:
         headers = flow.request.headers
         self._swapped[flow.id] = Swapped(flow, upstream.host, entry, tuple(headers.fields))
-        for name in CREDENTIAL_HEADERS:
-            headers.pop(name, None)
         if upstream.provider == "anthropic" and entry.kind == "key":
-            headers["x-api-key"] = secret
+            credential = {b"x-api-key": secret.encode(), b"authorization": None}
         else:
-            headers["authorization"] = f"Bearer {secret}"
+            credential = {b"x-api-key": None, b"authorization": b"Bearer " + secret.encode()}
+        headers.fields = with_headers(headers.fields, credential)
         if upstream.provider == "anthropic" and entry.kind == "oauth":
             betas = [b.strip() for b in headers.get("anthropic-beta", "").split(",") if b.strip()]
             if OAUTH_BETA not in betas:

@@ -70,12 +70,13 @@ class Gate:
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not flow.live:
             return
-        client = match_client(presented_key(flow.request.headers), self.clients) if self.clients else None
         call = call_for(self.core, flow)
+        headers = call.request_headers if call is not None else flow.request.headers
+        client = match_client(presented_key(headers), self.clients) if self.clients else None
         if call is not None and client is not None:
             call.client = client.name
             call.user_id = client.user_id
-        upstream = self.core.upstream_for(flow.request.pretty_host)
+        upstream = self.core.upstream_for(call.host if call is not None else flow.request.pretty_host)
         if upstream is None or not (upstream.keys or upstream.oauth) or client is not None:
             return
         self.core.answer(

@@ -35,12 +35,6 @@ class Headers:
         except ValueError as e:
             raise exceptions.OptionsError(f"sluice_config {ctx.options.sluice_config}: rules: {e}") from None
 
-    def _provider(self, flow: http.HTTPFlow) -> str | None:
-        call = self.core.calls.get(flow.id)
-        if call is not None:
-            return call.provider
-        return self.core.provider_for(flow.request.pretty_host)
-
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is None:
             self._filter(flow, flow.request, "request", self.request_policy)
@@ -53,16 +47,21 @@ class Headers:
     def _filter(
         self, flow: http.HTTPFlow, message: http.Message, direction: str, policies: dict[str, HeaderAllowList]
     ) -> None:
-        if not flow.live or _is_upgrade(flow.request):
+        if not flow.live:
             return
-        provider = self._provider(flow)
-        if provider is None:
+        call = self.core.calls.get(flow.id)
+        if call is not None:
+            provider: str | None = call.provider
+            upgrade = "upgrade" in call.request_headers.get("connection", "").lower()
+        else:
+            provider = self.core.provider_for(flow.request.pretty_host)
+            upgrade = _is_upgrade(flow.request)
+        if provider is None or upgrade:
             return
         kept, dropped = filter_headers(message.headers.fields, policies[provider])
         if not dropped:
             return
         message.headers.fields = tuple(kept)
-        call = self.core.calls.get(flow.id)
         if call is not None:
             names = ",".join(sorted(dropped, key=str.lower))
             call.rules_applied.append(f"{direction}_headers_dropped:{names}")

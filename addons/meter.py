@@ -18,6 +18,7 @@ from addons.annotate import annotate
 from addons.calls import Call, build_record
 from addons.core import SluiceCore
 from addons.decoding import make_decoder
+from addons.fields import header_values
 from rules.clients import presented_key
 from rules.endpoints import classify
 from rules.rewrite import is_usage_only_chunk
@@ -29,6 +30,7 @@ from state.writer import CallRecord
 log = logging.getLogger("sluice")
 
 RATE_LIMIT_MARKER = "ratelimit"  # anthropic-ratelimit-*, anthropic-ratelimit-unified-*, x-ratelimit-*
+_STREAM_HEADERS = frozenset({b"content-type", b"content-encoding"})
 
 
 def call_for(core: SluiceCore, flow: http.HTTPFlow) -> Call | None:
@@ -37,6 +39,7 @@ def call_for(core: SluiceCore, flow: http.HTTPFlow) -> Call | None:
     if call is None and flow.live:
         endpoint = classify(flow.request.method, flow.request.path)
         if endpoint is not None:
+            headers = header_values(flow.request.headers.fields)
             call = Call(
                 flow_id=flow.id,
                 host=flow.request.pretty_host,
@@ -45,14 +48,15 @@ def call_for(core: SluiceCore, flow: http.HTTPFlow) -> Call | None:
                 provider=endpoint.provider,
                 api=endpoint.api,
                 started=flow.request.timestamp_start,
-                session_id=flow.request.headers.get("x-claude-code-session-id"),
-                credential=_presented_credential(flow.request.headers),
+                session_id=headers.get("x-claude-code-session-id"),
+                credential=_presented_credential(headers),
+                request_headers=headers,
             )
             core.calls[flow.id] = call
     return call
 
 
-def _presented_credential(headers: http.Headers) -> str:
+def _presented_credential(headers: dict[str, str]) -> str:
     key = presented_key(headers)
     return fingerprint(key) if key else "none"
 
@@ -83,11 +87,12 @@ class Meter:
         if call is None or flow.response is None or call.answered_locally:
             return
         call.headers_at = time.time()
-        if not flow.response.headers.get("content-type", "").startswith("text/event-stream"):
+        headers = header_values(flow.response.headers.fields, _STREAM_HEADERS)
+        if not headers.get("content-type", "").startswith("text/event-stream"):
             return
         call.stream = True
         call.reader = StreamReader(call.api)
-        encoding = flow.response.headers.get("content-encoding", "")
+        encoding = headers.get("content-encoding", "")
         try:
             call.decoder = make_decoder(encoding)
         except ValueError as e:
@@ -173,15 +178,23 @@ class Meter:
     def _finish(self, flow: http.HTTPFlow, call: Call, reading: Reading, error: str | None) -> None:
         call.finished = True
         response = flow.response
-        headers = response.headers if response is not None else http.Headers()
-        rate_limits = [(k.lower(), v) for k, v in headers.items(multi=True) if RATE_LIMIT_MARKER in k.lower()]
+        rate_limits: list[tuple[str, str]] = []
+        ids: dict[str, str] = {}
+        if response is not None:
+            for raw_name, raw_value in response.headers.fields:
+                name = raw_name.decode("utf-8", "surrogateescape").lower()
+                if RATE_LIMIT_MARKER in name:
+                    rate_limits.append((name, raw_value.decode("utf-8", "surrogateescape")))
+                elif name in ("request-id", "x-request-id"):
+                    ids.setdefault(name, raw_value.decode("utf-8", "surrogateescape"))
+        request_id = ids.get("request-id") or ids.get("x-request-id")
         ended = (response.timestamp_end if response is not None else None) or time.time()
         record = build_record(
             call,
             reading,
             status=response.status_code if response is not None else None,
             error=error,
-            request_id=headers.get("request-id") or headers.get("x-request-id"),
+            request_id=request_id,
             rate_limits=rate_limits,
             headers_at=call.headers_at,
             ended=ended,

@@ -11,6 +11,7 @@ import asyncio
 from mitmproxy import http
 
 from addons.core import SluiceCore
+from addons.fields import with_headers
 from addons.meter import call_for
 from rules.rewrite import RuleContext, apply_request_rules, should_strip_billing_block
 
@@ -43,7 +44,7 @@ class Rewrite:
             strip_billing_block=should_strip_billing_block(
                 call.host, upstream.strip_billing_header if upstream else None
             ),
-            content_encoding=flow.request.headers.get("content-encoding"),
+            content_encoding=call.request_headers.get("content-encoding"),
         )
         if len(raw) >= OFF_LOOP_BYTES:
             result = await asyncio.to_thread(apply_request_rules, raw, context)  # pure: safe on a thread
@@ -59,8 +60,14 @@ class Rewrite:
         if result.note:
             call.notes.append(result.note)
         if result.body is not None:
-            flow.request.content = result.body  # also sets Content-Length
+            # The rules read only bodies without a Content-Encoding: the new bytes go as they are.
+            flow.request.raw_content = result.body
+            changes: dict[bytes, bytes | None] = {}
+            if "transfer-encoding" not in call.request_headers:
+                changes[b"content-length"] = str(len(result.body)).encode()
             if not result.client_asked_usage:
                 # The usage-only chunk is cut out of the stream before the client sees it; that needs
                 # the SSE bytes in the clear.
-                flow.request.headers["accept-encoding"] = "identity"
+                changes[b"accept-encoding"] = b"identity"
+            if changes:
+                flow.request.headers.fields = with_headers(flow.request.headers.fields, changes)

@@ -12,6 +12,8 @@ What mitmweb shows: what the rewrite changed is kept on the flow just after it (
 prompt-cache health is judged as its row is built (cache_health, through the meter's `before_record`);
 the "LLM" contentview renders both. The credential
 mask keeps the real credential out of the live updates mitmweb sends to open browser tabs.
+
+mitmproxy sees one addon, `sluice` (addons/chain.py), which calls the parts' hooks in this order.
 """
 
 import sys
@@ -24,6 +26,7 @@ if _ROOT not in sys.path:
 from addons import contentview  # noqa: E402
 from addons.budget import Budget  # noqa: E402
 from addons.cache_health import CacheHealth  # noqa: E402
+from addons.chain import Chain  # noqa: E402
 from addons.changes import RequestChanges  # noqa: E402
 from addons.core import SluiceCore  # noqa: E402
 from addons.credential_mask import CredentialMask  # noqa: E402
@@ -39,7 +42,7 @@ from addons.watchdog import Watchdog  # noqa: E402
 core = SluiceCore()
 cache_health = CacheHealth(core)
 contentview.register()
-addons = [
+parts = [
     core,
     Gate(core),
     Rewrite(core),
@@ -54,3 +57,4 @@ addons = [
     credentials := Credentials(core),
     CredentialMask(credentials),
 ]
+addons = [Chain("sluice", parts)]

@@ -95,7 +95,10 @@ def count_cache_breakpoints(body: JSONObject) -> int:
 
 
 def cap_cache_control(
-    body: JSONObject, limit: int = ANTHROPIC_MAX_BREAKPOINTS, sluice_paths: Collection[BlockPath] = ()
+    body: JSONObject,
+    limit: int = ANTHROPIC_MAX_BREAKPOINTS,
+    sluice_paths: Collection[BlockPath] = (),
+    breakpoints: list[Breakpoint] | None = None,
 ) -> JSONObject:
     """Remove `cache_control` markers until at most `limit` remain.
 
@@ -114,13 +117,29 @@ def cap_cache_control(
 
     The last breakpoint in prompt order is never dropped, since it covers the longest prefix, unless
     `limit` is 0, which the operator sets to turn caching off: then every marker goes.
+
+    `breakpoints`, when given, must be `find_cache_breakpoints(body)` (a caller that has them saves a walk).
     """
-    breakpoints = find_cache_breakpoints(body)
+    found = find_cache_breakpoints(body) if breakpoints is None else breakpoints
+    return without_markers(body, breakpoints_over_cap(found, limit, sluice_paths))
+
+
+def breakpoints_over_cap(
+    breakpoints: list[Breakpoint],
+    limit: int = ANTHROPIC_MAX_BREAKPOINTS,
+    sluice_paths: Collection[BlockPath] = (),
+) -> list[Breakpoint]:
+    """The breakpoints `cap_cache_control` removes, in the order it gives them up."""
     excess = len(breakpoints) - max(limit, 0)
     if excess <= 0:
-        return body
+        return []
+    return drop_order(breakpoints, sluice_paths, keep_last=limit > 0)[:excess]
+
+
+def without_markers(body: JSONObject, breakpoints: Collection[Breakpoint]) -> JSONObject:
+    """`body` without the markers of `breakpoints` (found in it); the very same object when there are none."""
     result = body
-    for breakpoint in drop_order(breakpoints, sluice_paths, keep_last=limit > 0)[:excess]:
+    for breakpoint in breakpoints:
         result = _update_at(result, breakpoint.path, _without_marker)
     return result
 
@@ -141,7 +160,7 @@ def drop_order(
     return ours + tools[:-1] + system[:-1] + messages + tools[-1:] + system[-1:] + request
 
 
-def fix_ttl_order(body: JSONObject) -> JSONObject:
+def fix_ttl_order(body: JSONObject, breakpoints: list[Breakpoint] | None = None) -> JSONObject:
     """Make every 5m breakpoint that precedes a 1h breakpoint a 1h one.
 
     The API rejects a 1h breakpoint after a 5m one in prompt order. Upgrading the earlier markers, rather
@@ -152,9 +171,11 @@ def fix_ttl_order(body: JSONObject) -> JSONObject:
       into 5m would quietly expire a long prefix that somebody wanted kept for an hour.
 
     Fails open: a body already in a valid order is returned as the very same object; a marker that is not
-    an object (which the API rejects anyway) is left alone.
+    an object (which the API rejects anyway) is left alone. `breakpoints`, when given, must be
+    `find_cache_breakpoints(body)`.
     """
-    breakpoints = find_cache_breakpoints(body)
+    if breakpoints is None:
+        breakpoints = find_cache_breakpoints(body)
     last_long = max((i for i, bp in enumerate(breakpoints) if bp.ttl == "1h"), default=0)
     result = body
     for breakpoint in breakpoints[:last_long]:

@@ -90,6 +90,10 @@ class HeaderAllowList:
     allow: tuple[HeaderRule, ...]
     deny: tuple[HeaderRule, ...] = ()
     _verdicts: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # By the name exactly as it arrives (str or bytes, any casing): (kept, lower-cased, as text).
+    _by_raw_name: dict[str | bytes, tuple[bool, str, str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def permits(self, name: str) -> bool:
         lowered = name.lower()
@@ -101,6 +105,24 @@ class HeaderAllowList:
             if len(self._verdicts) < VERDICTS_MAX:
                 self._verdicts[lowered] = verdict
         return verdict
+
+    def verdict(self, name: str | bytes) -> tuple[bool, str, str]:
+        """Whether `filter_headers` keeps a header of this name on its own (framing kept, hop-by-hop
+        dropped, the rest as the policy says), with the name lower-cased and as text."""
+        found = self._by_raw_name.get(name)
+        if found is None:
+            text = _text(name)
+            lowered = text.lower()
+            if lowered in FRAMING_HEADERS:
+                keep = True
+            elif lowered in HOP_BY_HOP_HEADERS:
+                keep = False
+            else:
+                keep = self.permits(lowered)
+            found = (keep, lowered, text)
+            if len(self._by_raw_name) < VERDICTS_MAX:
+                self._by_raw_name[name] = found
+        return found
 
 
 def _rules(patterns: Iterable[str]) -> tuple[HeaderRule, ...]:
@@ -214,8 +236,12 @@ def connection_listed(pairs: Iterable[tuple[str | bytes, str | bytes]]) -> froze
     listed: set[str] = set()
     for name, value in pairs:
         if _text(name).lower() == "connection":
-            listed.update(token.strip().lower() for token in _text(value).split(",") if token.strip())
+            listed.update(_tokens(value))
     return frozenset(listed)
+
+
+def _tokens(value: str | bytes) -> list[str]:
+    return [token.strip().lower() for token in _text(value).split(",") if token.strip()]
 
 
 def filter_headers[H: (str, bytes)](
@@ -229,22 +255,28 @@ def filter_headers[H: (str, bytes)](
     (the caller's to keep consistent with the body; see the module docstring). Fails closed: anything
     not allowed is dropped.
     """
-    also_hop_by_hop = connection_listed(pairs)
     kept: list[tuple[H, H]] = []
     dropped: list[str] = []
     seen_dropped: set[str] = set()
+    listed: set[str] = set()
     for name, value in pairs:
-        text = _text(name)
-        lowered = text.lower()
-        if lowered in FRAMING_HEADERS:
-            keep = True
-        elif lowered in HOP_BY_HOP_HEADERS or lowered in also_hop_by_hop:
-            keep = False
-        else:
-            keep = policy.permits(text)
+        keep, lowered, text = policy.verdict(name)
+        if lowered == "connection":
+            listed.update(_tokens(value))
         if keep:
             kept.append((name, value))
         elif lowered not in seen_dropped:
             seen_dropped.add(lowered)
             dropped.append(text)
+    if listed - FRAMING_HEADERS:  # rare: a Connection header naming more hop-by-hop headers
+        still: list[tuple[H, H]] = []
+        for name, value in kept:
+            _, lowered, text = policy.verdict(name)
+            if lowered in listed and lowered not in FRAMING_HEADERS:
+                if lowered not in seen_dropped:
+                    seen_dropped.add(lowered)
+                    dropped.append(text)
+            else:
+                still.append((name, value))
+        kept = still
     return kept, dropped

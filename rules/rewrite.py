@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from rules.cache_control import BlockPath, cap_cache_control, count_cache_breakpoints, fix_ttl_order
+from rules.cache_control import (
+    BlockPath,
+    breakpoints_over_cap,
+    find_cache_breakpoints,
+    fix_ttl_order,
+    without_markers,
+)
 from rules.config import Rules, SystemBlock
 
 JSONObject = dict[str, Any]
@@ -621,11 +627,15 @@ def _apply(
             applied.append("max_tokens")
 
     if "cache" in rule_set:
-        before = count_cache_breakpoints(body)
-        body, changed = _step(body, cap_cache_control(body, rules.cache_control_max, sluice_paths))
-        if changed:
-            applied.append(f"cache_control_cap:{before}->{count_cache_breakpoints(body)}")
-        body, changed = _step(body, fix_ttl_order(body))
+        # One walk for both rules: capping removes markers only, so the paths of the rest stay valid.
+        found = find_cache_breakpoints(body)
+        over = breakpoints_over_cap(found, rules.cache_control_max, sluice_paths)
+        if over:
+            body = without_markers(body, over)
+            applied.append(f"cache_control_cap:{len(found)}->{len(found) - len(over)}")
+            dropped = {bp.path for bp in over}
+            found = [bp for bp in found if bp.path not in dropped]
+        body, changed = _step(body, fix_ttl_order(body, found))
         if changed:
             applied.append("cache_ttl_order")
 

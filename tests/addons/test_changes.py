@@ -100,3 +100,27 @@ def test_the_changes_survive_a_saved_flow() -> None:
     buffer.seek(0)
     [loaded] = list(flow_io.FlowReader(buffer).stream())
     assert loaded.metadata[METADATA_KEY] == flow.metadata[METADATA_KEY]
+
+
+def test_a_plain_mitmdump_skips_the_difference_unless_flows_are_saved(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from mitmproxy import options
+    from mitmproxy.tools.dump import DumpMaster
+
+    async def shown(*settings: str) -> bool:
+        master = DumpMaster(options.Options(), with_termlog=False, with_dumper=False)
+        changes = RequestChanges(SluiceCore())
+        master.addons.add(changes)
+        if settings:
+            master.options.set(*settings)
+        changes.configure(set())
+        return changes.shown
+
+    assert asyncio.run(shown()) is False
+    assert asyncio.run(shown(f"save_stream_file={tmp_path / 'flows'}")) is True
+    with taddons.context() as tctx:  # any other master: mitmweb, the console
+        changes = RequestChanges(SluiceCore())
+        tctx.master.addons.add(changes)
+        changes.configure(set())
+        assert changes.shown is True

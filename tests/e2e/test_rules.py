@@ -652,3 +652,22 @@ def test_the_row_lists_every_edit_applied(fake: FakeProvider, proxy: Proxy) -> N
     assert texts(received["system"])[-1] == POLICY
     assert len(breakpoints(received)) == 4
     assert applied(one_call(proxy, since)) == ["system_block:policy", "user_id", "cache_control_cap:5->4"]
+
+
+# What sluice changed travels with saved flows (`-w`), for the contentview to show later.
+
+
+def test_flows_saved_with_w_carry_what_sluice_changed(start_proxy: ProxyFactory, tmp_path: Path) -> None:
+    from mitmproxy import io
+
+    saved = tmp_path / "flows.mitm"
+    proxy = start_proxy(config_toml=CONFIG, env=ENV, extra_args=["-w", str(saved)])
+    assert post(proxy, message(system=[{"type": "text", "text": "Base."}]), key=ALICE_KEY).status == 200
+    proxy.wait_for_rows(1)
+    proxy.stop()
+
+    with saved.open("rb") as file:
+        [flow] = list(io.FlowReader(file).stream())
+    sluice = flow.metadata["sluice"]
+    assert "system_block:policy" in sluice["rules"]
+    assert {"op": "added", "path": "system[1]"}.items() <= sluice["changes"][0].items()

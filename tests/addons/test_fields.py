@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from addons.fields import header_values, with_headers
+
+FIELDS = (
+    (b"Host", b"api.anthropic.com"),
+    (b"X-Api-Key", b"sk-client"),
+    (b"Accept", b"a"),
+    (b"x-api-key", b"second"),
+    (b"User-Agent", b"caf\xc3\xa9"),
+)
+
+
+def test_header_values_are_the_first_value_per_lower_cased_name() -> None:
+    assert header_values(FIELDS) == {
+        "host": "api.anthropic.com",
+        "x-api-key": "sk-client",
+        "accept": "a",
+        "user-agent": "café",
+    }
+    assert header_values(FIELDS, frozenset({b"accept", b"x-api-key"})) == {
+        "x-api-key": "sk-client",
+        "accept": "a",
+    }
+
+
+def test_with_headers_replaces_in_place_drops_repeats_and_appends_the_new() -> None:
+    changed = with_headers(FIELDS, {b"x-api-key": b"real", b"authorization": None, b"content-length": b"7"})
+    assert changed == (
+        (b"Host", b"api.anthropic.com"),
+        (b"X-Api-Key", b"real"),  # first occurrence's place and casing
+        (b"Accept", b"a"),
+        (b"User-Agent", b"caf\xc3\xa9"),
+        (b"content-length", b"7"),
+    )
+
+
+def test_with_headers_removes_every_occurrence() -> None:
+    assert with_headers(FIELDS, {b"x-api-key": None}) == (FIELDS[0], FIELDS[2], FIELDS[4])
