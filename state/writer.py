@@ -278,6 +278,8 @@ def _cell(value: Any) -> Any:
     provider can send absurd numbers; neither may cost the call its row.
     """
     if isinstance(value, str):
+        if value.isascii():  # nearly every value: checked without copying it
+            return value
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
