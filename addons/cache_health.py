@@ -23,6 +23,7 @@ from addons.changes import sluice_metadata
 from addons.core import SluiceCore
 from addons.rewrite import OFF_LOOP_BYTES
 from rules.cache_health import (
+    BlockDigests,
     PromptShape,
     Turn,
     conversation_key,
@@ -44,6 +45,7 @@ class CacheHealth:
         self.max_conversations = max_conversations
         self.conversations: OrderedDict[str, Turn] = OrderedDict()
         self.pending: dict[str, tuple[str, PromptShape]] = {}
+        self.digests = BlockDigests()
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not flow.live:
@@ -56,9 +58,9 @@ class CacheHealth:
             return  # fails open: a body the rewrite could not read is recorded, just not judged
         if len(flow.request.raw_content or b"") >= OFF_LOOP_BYTES:
             # Hashing a large prompt's blocks takes tens of ms: keep it off the loop (it is pure).
-            shape = await asyncio.to_thread(read_prompt_shape, call.provider, call.api, body)
+            shape = await asyncio.to_thread(read_prompt_shape, call.provider, call.api, body, self.digests)
         else:
-            shape = read_prompt_shape(call.provider, call.api, body)
+            shape = read_prompt_shape(call.provider, call.api, body, self.digests)
         if shape is not None:
             key = conversation_key(call.provider, call.request_model, call.session_id, call.client, shape)
             self.pending[flow.id] = (key, shape)

@@ -13,7 +13,7 @@ from mitmproxy import http
 from addons.core import SluiceCore
 from addons.fields import with_headers
 from addons.meter import call_for
-from rules.rewrite import RuleContext, apply_request_rules, should_strip_billing_block
+from rules.rewrite import MemberMemo, RuleContext, apply_request_rules, should_strip_billing_block
 
 # Bodies this large are rewritten on a worker thread. Parsing and writing back 2 MB takes ~25 ms of CPU;
 # on the event loop that stalls every other flow (streams included) for as long, while off it the
@@ -25,6 +25,7 @@ OFF_LOOP_BYTES = 256 * 1024
 class Rewrite:
     def __init__(self, core: SluiceCore) -> None:
         self.core = core
+        self.members = MemberMemo()
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not flow.live:
@@ -45,6 +46,7 @@ class Rewrite:
                 call.host, upstream.strip_billing_header if upstream else None
             ),
             content_encoding=call.request_headers.get("content-encoding"),
+            memo=self.members,
         )
         if len(raw) >= OFF_LOOP_BYTES:
             result = await asyncio.to_thread(apply_request_rules, raw, context)  # pure: safe on a thread

@@ -28,6 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import json.encoder
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -109,15 +111,19 @@ class CacheVerdict:
 NOT_JUDGED = CacheVerdict(None)
 
 
-def read_prompt_shape(provider: str, api: str, body: object) -> PromptShape | None:
-    """The cacheable shape of a request body; None when there is nothing to judge. Never raises."""
+def read_prompt_shape(
+    provider: str, api: str, body: object, memo: BlockDigests | None = None
+) -> PromptShape | None:
+    """The cacheable shape of a request body; None when there is nothing to judge. Never raises.
+
+    With a `memo`, a `tools` or `system` list seen before (the very object) reuses its block digests."""
     if not isinstance(body, dict):
         return None
     try:
         if provider == "anthropic" and api == "messages":
-            return _anthropic_shape(body)
+            return _anthropic_shape(body, memo)
         if provider == "openai" and api in ("chat", "responses"):
-            return _openai_shape(body, api)
+            return _openai_shape(body, api, memo)
     except (TypeError, ValueError, RecursionError):
         return None
     return None
@@ -230,23 +236,72 @@ def _duration(seconds: float) -> str:
 # --- reading prompts ------------------------------------------------------------------------------------
 
 
-class _Chain:
+class BlockDigests:
+    """Block digests of whole `tools` and `system` lists, by the list object.
+
+    The rewrite hands an unchanged large member from one call to the next as the very same parsed object
+    (rules.rewrite.MemberMemo), so an agent's tool list, tens of kilobytes sent on every turn, is digested
+    once. Each entry holds its list, so an id is never reused while it is remembered. Bounded; thread-safe.
+    """
+
+    MAX_LISTS = 64
+
     def __init__(self) -> None:
+        self._lists: OrderedDict[int, tuple[list[Any], tuple[bytes, ...]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, blocks: list[Any]) -> tuple[bytes, ...] | None:
+        with self._lock:
+            entry = self._lists.get(id(blocks))
+            if entry is None or entry[0] is not blocks:
+                return None
+            self._lists.move_to_end(id(blocks))
+            return entry[1]
+
+    def put(self, blocks: list[Any], digests: tuple[bytes, ...]) -> None:
+        with self._lock:
+            self._lists[id(blocks)] = (blocks, digests)
+            self._lists.move_to_end(id(blocks))
+            while len(self._lists) > self.MAX_LISTS:
+                self._lists.popitem(last=False)
+
+
+class _Chain:
+    def __init__(self, memo: BlockDigests | None = None) -> None:
         self.digest = b""
         self.parts: list[bytes] = []
         self.labels: list[str] = []
+        self.memo = memo
 
     def add(self, label: str, role: str, block: object) -> None:
-        text = role + "\x1f" + _BLOCK_ENCODER(block)
-        self.digest = hashlib.sha256(self.digest + text.encode("utf-8", "surrogatepass")).digest()[
-            :DIGEST_BYTES
-        ]
+        self._fold(label, _block_digest(role, block))
+
+    def add_blocks(self, name: str, role: str, blocks: list[Any], *, strip_markers: bool) -> None:
+        """Every block of a list, as `name[i]`; a list seen before (the very object) is not digested again."""
+        digests = self.memo.get(blocks) if self.memo is not None else None
+        if digests is None:
+            digests = tuple(
+                _block_digest(role, _without_marker(block) if strip_markers else block) for block in blocks
+            )
+            if self.memo is not None:
+                self.memo.put(blocks, digests)
+        for index, digest in enumerate(digests):
+            self._fold(f"{name}[{index}]", digest)
+
+    def _fold(self, label: str, block_digest: bytes) -> None:
+        # Chained: each digest covers every block before it.
+        self.digest = hashlib.sha256(self.digest + block_digest).digest()[:DIGEST_BYTES]
         self.parts.append(self.digest)
         self.labels.append(label)
 
     @property
     def size(self) -> int:
         return len(self.labels)
+
+
+def _block_digest(role: str, block: object) -> bytes:
+    text = role + "\x1f" + _BLOCK_ENCODER(block)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:16]
 
 
 def _without_marker(block: object) -> object:
@@ -277,20 +332,19 @@ def _children_without_marker(children: list[Any]) -> list[Any]:
     return children if all(new is old for new, old in zip(stripped, children, strict=True)) else stripped
 
 
-def _anthropic_shape(body: JSONObject) -> PromptShape:
-    chain = _Chain()
+def _anthropic_shape(body: JSONObject, memo: BlockDigests | None) -> PromptShape:
+    chain = _Chain(memo)
     positions: dict[tuple[str | int, ...], int] = {}
     tools = body.get("tools")
-    for index, tool in enumerate(tools if isinstance(tools, list) else []):
-        positions[("tools", index)] = chain.size
-        chain.add(f"tools[{index}]", "tool", _without_marker(tool))
+    if isinstance(tools, list):
+        positions.update((("tools", index), chain.size + index) for index in range(len(tools)))
+        chain.add_blocks("tools", "tool", tools, strip_markers=True)
     system = body.get("system")
     if isinstance(system, str):
         chain.add("system", "system", system)
     elif isinstance(system, list):
-        for index, block in enumerate(system):
-            positions[("system", index)] = chain.size
-            chain.add(f"system[{index}]", "system", _without_marker(block))
+        positions.update((("system", index), chain.size + index) for index in range(len(system)))
+        chain.add_blocks("system", "system", system, strip_markers=True)
     messages_start = chain.size
     first_user = ""
     messages = body.get("messages")
@@ -337,11 +391,11 @@ def _anthropic_shape(body: JSONObject) -> PromptShape:
     )
 
 
-def _openai_shape(body: JSONObject, api: str) -> PromptShape:
-    chain = _Chain()
+def _openai_shape(body: JSONObject, api: str, memo: BlockDigests | None) -> PromptShape:
+    chain = _Chain(memo)
     tools = body.get("tools")
-    for index, tool in enumerate(tools if isinstance(tools, list) else []):
-        chain.add(f"tools[{index}]", "tool", tool)
+    if isinstance(tools, list):
+        chain.add_blocks("tools", "tool", tools, strip_markers=False)
     first_user = ""
     if api == "responses" and isinstance(body.get("instructions"), str):
         chain.add("instructions", "system", body["instructions"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -81,12 +82,54 @@ _WHITESPACE = re.compile(r"[ \t\n\r]*")  # RFC 8259 §2: insignificant whitespac
 Spans = dict[str, tuple[int, int]]
 
 
-def parse_object_with_spans(text: str) -> tuple[JSONObject, Spans] | None:
+class MemberMemo:
+    """The parsed values of large members that come back verbatim, call after call: an agent's `tools` and
+    `system`, the same tens of kilobytes on every turn of a conversation.
+
+    A member's extent is only known once it is parsed, so the memo keeps the exact text of recent values
+    per member name and checks whether the request repeats one at the member's position (a prefix compare
+    in C). A JSON array or object ends at its own closing bracket, so the same text there is the same value.
+    Values are shared between calls: the rules never mutate what they are given. Bounded; thread-safe (large
+    bodies are rewritten on worker threads).
+    """
+
+    MEMBERS = frozenset({"tools", "system", "instructions"})
+    MIN_CHARS = 1024
+    PER_MEMBER = 8
+
+    def __init__(self) -> None:
+        self._recent: dict[str, list[tuple[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def find(self, key: str, text: str, start: int) -> tuple[Any, int] | None:
+        """(value, end) of a remembered value of `key` that `text` repeats at `start`."""
+        if key not in self.MEMBERS or text[start : start + 1] not in ("[", "{"):
+            return None
+        with self._lock:
+            recent = self._recent.get(key, [])
+            for index, (raw, value) in enumerate(recent):
+                if text.startswith(raw, start):
+                    if index:
+                        recent.insert(0, recent.pop(index))
+                    return value, start + len(raw)
+        return None
+
+    def remember(self, key: str, raw: str, value: Any) -> None:
+        if key not in self.MEMBERS or len(raw) < self.MIN_CHARS or not isinstance(value, list | dict):
+            return
+        with self._lock:
+            recent = self._recent.setdefault(key, [])
+            recent.insert(0, (raw, value))
+            del recent[self.PER_MEMBER :]
+
+
+def parse_object_with_spans(text: str, memo: MemberMemo | None = None) -> tuple[JSONObject, Spans] | None:
     """`parse_json` of a JSON object, also returning where each member's value lies in `text`.
 
     Lets a rewrite copy the members no rule touched straight from the client's text instead of
     re-serializing them (on an agent's request they are nearly all of it: messages, tools). Keys and values
-    are parsed by the C scanner with `parse_json`'s exact settings. Returns None for anything but a
+    are parsed by the C scanner with `parse_json`'s exact settings; with a `memo`, a large member the
+    request repeats verbatim is not parsed again (see MemberMemo). Returns None for anything but a
     well-formed object; the caller then calls `parse_json`, which raises the right error.
     """
     index = _skip_whitespace(text, 0)
@@ -102,7 +145,13 @@ def parse_object_with_spans(text: str) -> tuple[JSONObject, Spans] | None:
             if text[index : index + 1] != ":":
                 return None
             start = _skip_whitespace(text, index + 1)
-            value, index = _DECODER.raw_decode(text, start)
+            known = memo.find(key, text, start) if memo is not None else None
+            if known is not None:
+                value, index = known
+            else:
+                value, index = _DECODER.raw_decode(text, start)
+                if memo is not None:
+                    memo.remember(key, text[start:index], value)
             pairs.append((key, value))
             spans[key] = (start, index)
             index = _skip_whitespace(text, index)
@@ -515,6 +564,7 @@ class RuleContext:
     user_id: str | None = None
     strip_billing_block: bool = False
     content_encoding: str | None = None  # the request's Content-Encoding header, if any
+    memo: MemberMemo | None = None  # the addon's, shared by its calls: large repeated members parsed once
 
 
 @dataclass(frozen=True, slots=True)
@@ -569,7 +619,7 @@ def apply_request_rules(raw: bytes, ctx: RuleContext) -> RuleResult:
     except UnicodeDecodeError:
         return RuleResult(None, note="body is not UTF-8")
     try:
-        found = parse_object_with_spans(text)
+        found = parse_object_with_spans(text, ctx.memo)
         parsed, spans = found if found is not None else (parse_json(text), None)
     except _DuplicateKeyError:
         return RuleResult(None, note="body has duplicate keys")

@@ -287,3 +287,24 @@ def test_remember_keeps_only_the_cacheable_digests() -> None:
         shape_of({"messages": [{"role": "user", "content": "x"}]}), started=T0, credential="k", cached=False
     )
     assert nothing.blocks == 0
+
+
+def test_a_tools_list_seen_before_reuses_its_digests(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import rules.cache_health as cache_health
+
+    tools = [{"name": f"t{i}", "input_schema": {}} for i in range(5)]
+    first = {"model": "m", "tools": tools, "messages": [{"role": "user", "content": "one"}]}
+    second = {**first, "messages": [*first["messages"], {"role": "user", "content": "two"}]}
+    memo = cache_health.BlockDigests()
+    fresh = read_prompt_shape("anthropic", "messages", second)
+    read_prompt_shape("anthropic", "messages", first, memo)
+
+    digested: list[object] = []
+    real = cache_health._block_digest
+    monkeypatch.setattr(
+        cache_health, "_block_digest", lambda role, block: digested.append(block) or real(role, block)
+    )
+    remembered = read_prompt_shape("anthropic", "messages", second, memo)
+
+    assert remembered == fresh  # the same shape, digest for digest
+    assert len(digested) == 2  # only the two messages: the five tools came from the memo
