@@ -237,33 +237,53 @@ def _duration(seconds: float) -> str:
 
 
 class BlockDigests:
-    """Block digests of whole `tools` and `system` lists, by the list object.
+    """Block digests of `tools` and `system` lists and of their blocks, by the object.
 
     The rewrite hands an unchanged large member from one call to the next as the very same parsed object
     (rules.rewrite.MemberMemo), so an agent's tool list, tens of kilobytes sent on every turn, is digested
-    once. Each entry holds its list, so an id is never reused while it is remembered. Bounded; thread-safe.
+    once; a system list sluice rebuilt around the client's blocks (to inject its own) still finds the
+    client's blocks. Each entry holds its object, so an id is never reused while it is remembered.
+    Bounded; thread-safe.
     """
 
     MAX_LISTS = 64
+    MAX_BLOCKS = 2048
 
     def __init__(self) -> None:
-        self._lists: OrderedDict[int, tuple[list[Any], tuple[bytes, ...]]] = OrderedDict()
+        self._lists: OrderedDict[int, tuple[object, tuple[bytes, ...]]] = OrderedDict()
+        self._blocks: OrderedDict[int, tuple[object, bytes]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, blocks: list[Any]) -> tuple[bytes, ...] | None:
-        with self._lock:
-            entry = self._lists.get(id(blocks))
-            if entry is None or entry[0] is not blocks:
-                return None
-            self._lists.move_to_end(id(blocks))
-            return entry[1]
+        return _lookup(self._lists, self._lock, blocks)
 
     def put(self, blocks: list[Any], digests: tuple[bytes, ...]) -> None:
-        with self._lock:
-            self._lists[id(blocks)] = (blocks, digests)
-            self._lists.move_to_end(id(blocks))
-            while len(self._lists) > self.MAX_LISTS:
-                self._lists.popitem(last=False)
+        _store(self._lists, self._lock, blocks, digests, self.MAX_LISTS)
+
+    def get_block(self, block: object) -> bytes | None:
+        return _lookup(self._blocks, self._lock, block)
+
+    def put_block(self, block: object, digest: bytes) -> None:
+        _store(self._blocks, self._lock, block, digest, self.MAX_BLOCKS)
+
+
+def _lookup[V](table: OrderedDict[int, tuple[object, V]], lock: threading.Lock, key: object) -> V | None:
+    with lock:
+        entry = table.get(id(key))
+        if entry is None or entry[0] is not key:
+            return None
+        table.move_to_end(id(key))
+        return entry[1]
+
+
+def _store[V](
+    table: OrderedDict[int, tuple[object, V]], lock: threading.Lock, key: object, value: V, limit: int
+) -> None:
+    with lock:
+        table[id(key)] = (key, value)
+        table.move_to_end(id(key))
+        while len(table) > limit:
+            table.popitem(last=False)
 
 
 class _Chain:
@@ -278,13 +298,20 @@ class _Chain:
 
     def add_blocks(self, name: str, role: str, blocks: list[Any], *, strip_markers: bool) -> None:
         """Every block of a list, as `name[i]`; a list seen before (the very object) is not digested again."""
-        digests = self.memo.get(blocks) if self.memo is not None else None
+        memo = self.memo
+        digests = memo.get(blocks) if memo is not None else None
         if digests is None:
-            digests = tuple(
-                _block_digest(role, _without_marker(block) if strip_markers else block) for block in blocks
-            )
-            if self.memo is not None:
-                self.memo.put(blocks, digests)
+            found = []
+            for block in blocks:
+                digest = memo.get_block(block) if memo is not None and isinstance(block, dict) else None
+                if digest is None:
+                    digest = _block_digest(role, _without_marker(block) if strip_markers else block)
+                    if memo is not None and isinstance(block, dict):
+                        memo.put_block(block, digest)
+                found.append(digest)
+            digests = tuple(found)
+            if memo is not None:
+                memo.put(blocks, digests)
         for index, digest in enumerate(digests):
             self._fold(f"{name}[{index}]", digest)
 

@@ -308,3 +308,29 @@ def test_a_tools_list_seen_before_reuses_its_digests(monkeypatch) -> None:  # ty
 
     assert remembered == fresh  # the same shape, digest for digest
     assert len(digested) == 2  # only the two messages: the five tools came from the memo
+
+
+def test_a_rebuilt_system_list_still_reuses_the_clients_block_digests(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import rules.cache_health as cache_health
+
+    client_blocks = [{"type": "text", "text": f"client block {i}"} for i in range(3)]
+    ours = {"type": "text", "text": "operator policy"}
+    memo = cache_health.BlockDigests()
+    turn = {
+        "model": "m",
+        "system": [*client_blocks, dict(ours)],
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    read_prompt_shape("anthropic", "messages", turn, memo)
+
+    rebuilt = {**turn, "system": [*client_blocks, dict(ours)]}  # a new list, as the rewrite builds per call
+    fresh = read_prompt_shape("anthropic", "messages", rebuilt)
+    digested: list[object] = []
+    real = cache_health._block_digest
+    monkeypatch.setattr(
+        cache_health, "_block_digest", lambda role, block: digested.append(block) or real(role, block)
+    )
+    shape = read_prompt_shape("anthropic", "messages", rebuilt, memo)
+
+    assert shape == fresh
+    assert digested == [ours, "hi"]  # the operator's new block object and the message; not the client's three
