@@ -1,9 +1,9 @@
-"""Swaps the client's placeholder key for a real upstream credential, from a pool, and hides it again.
+"""Swaps the client's placeholder key for a real upstream credential, from a pool, on the wire only.
 
-The real credential goes onto the request at the end of sluice's `request` hooks and comes off again in
-`responseheaders` (or `error`, or at shutdown) — before mitmweb's view, `-w` saving or the console dumper
-look at the flow again (they run after script addons). The client, the database and the logs only ever see
-the placeholder and a fingerprint.
+The real credential never goes onto the flow: at the end of sluice's `request` hooks the headers to send are
+registered with addons/wire_headers.py, which writes them into the request as mitmproxy sends it upstream.
+mitmweb (live updates, REST API, dumps), `-w`, the console dumper, other addons, the client, the database
+and the logs only ever see the placeholder and a fingerprint.
 
 Pool policy (state/credentials.py): always the first usable credential (prompt caches live per key); 429
 and 529 cool it down, 401/403 disable it. A client whose call failed because of *our* credential is told
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from mitmproxy import ctx, exceptions, http
 
+from addons import wire_headers
 from addons.core import SluiceCore
 from addons.fields import with_headers
 from rules.config import ConfigError, OAuth, Upstream, resolve_secret
@@ -55,12 +56,10 @@ REFRESH_TIMEOUT_S = 15
 
 @dataclass(slots=True)
 class Swapped:
-    """What the flow carried before the swap, to put back once the request has left."""
+    """Which credential a call went upstream with, to judge it by the answer."""
 
-    flow: http.HTTPFlow
     host: str
     entry: CredentialEntry
-    original: tuple[tuple[bytes, bytes], ...]
 
 
 class Credentials:
@@ -70,9 +69,8 @@ class Credentials:
         self.oauth: OAuthStore | None = None
         self._keys: dict[tuple[str, str], str] = {}
         self._oauth_config: dict[str, OAuth] = {}
-        self._swapped: dict[str, Swapped] = {}  # real credential on the request right now
-        self._sent: dict[str, Swapped] = {}  # restored, waiting for the response to judge the credential
-        core.shutdown_hooks.append(self._restore_all)
+        self._sent: dict[str, Swapped] = {}  # gone upstream with a pool credential, answer pending
+        wire_headers.install()
 
     # -- configuration -----------------------------------------------------------------------------
 
@@ -169,16 +167,16 @@ class Credentials:
 
     def _swap(self, flow: http.HTTPFlow, upstream: Upstream, entry: CredentialEntry, secret: str) -> None:
         headers = flow.request.headers
-        self._swapped[flow.id] = Swapped(flow, upstream.host, entry, tuple(headers.fields))
         if upstream.provider == "anthropic" and entry.kind == "key":
-            credential = {b"x-api-key": secret.encode(), b"authorization": None}
+            changes: dict[bytes, bytes | None] = {b"x-api-key": secret.encode(), b"authorization": None}
         else:
-            credential = {b"x-api-key": None, b"authorization": b"Bearer " + secret.encode()}
-        headers.fields = with_headers(headers.fields, credential)
+            changes = {b"x-api-key": None, b"authorization": b"Bearer " + secret.encode()}
         if upstream.provider == "anthropic" and entry.kind == "oauth":
             betas = [b.strip() for b in headers.get("anthropic-beta", "").split(",") if b.strip()]
             if OAUTH_BETA not in betas:
-                headers["anthropic-beta"] = ",".join([*betas, OAUTH_BETA])
+                changes[b"anthropic-beta"] = ",".join([*betas, OAUTH_BETA]).encode()
+        wire_headers.send_with(flow.request, with_headers(headers.fields, changes))
+        self._sent[flow.id] = Swapped(upstream.host, entry)
         call = self.core.calls.get(flow.id)
         if call is not None:
             call.credential = entry.label
@@ -204,12 +202,11 @@ class Credentials:
     # -- after the request has left ---------------------------------------------------------------
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        swapped = self._restore(flow)
-        if swapped is not None:
-            self._sent[flow.id] = swapped
+        wire_headers.forget(flow.request)  # sent by now
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        swapped = self._sent.pop(flow.id, None) or self._restore(flow)
+        wire_headers.forget(flow.request)
+        swapped = self._sent.pop(flow.id, None)
         if swapped is None or flow.response is None or self.pool is None:
             return
         status = flow.response.status_code
@@ -252,25 +249,8 @@ class Credentials:
             flow.response.headers["x-should-retry"] = "true"
 
     def error(self, flow: http.HTTPFlow) -> None:
+        wire_headers.forget(flow.request)  # e.g. the upstream could not be reached: never sent
         self._sent.pop(flow.id, None)
-        self._restore(flow)
-
-    def client_headers(self, flow_id: str) -> tuple[tuple[bytes, bytes], ...] | None:
-        """The request headers as the client sent them, while a real credential is on that flow's request."""
-        swapped = self._swapped.get(flow_id)
-        return swapped.original if swapped is not None else None
-
-    def _restore(self, flow: http.HTTPFlow) -> Swapped | None:
-        swapped = self._swapped.pop(flow.id, None)
-        if swapped is not None:
-            flow.request.headers.fields = swapped.original
-        return swapped
-
-    def _restore_all(self) -> None:
-        """At shutdown mitmproxy saves flows still in flight: none may leave with a real credential."""
-        for swapped in list(self._swapped.values()):
-            self._restore(swapped.flow)
-        self._sent.clear()
 
     # -- OAuth refresh ----------------------------------------------------------------------------
 

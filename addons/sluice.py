@@ -5,13 +5,12 @@ and `state` packages import the same way whether or not sluice is pip-installed.
 
 Order matters: mitmproxy calls each hook on these addons in list order. Request side: who is calling
 (gate), rewrite the body, admit against the client's budget, filter headers, meter what goes upstream,
-and last put the real credential on. Response side: filter headers, tee the stream, take the real
-credential off again and judge it by the answer.
+and last choose the real credential, which is written into the request only as it is sent (never onto the
+flow). Response side: filter headers, tee the stream, judge the credential by the answer.
 
 What mitmweb shows: what the rewrite changed is kept on the flow just after it (changes); each call's
 prompt-cache health is judged as its row is built (cache_health, through the meter's `before_record`);
-the "LLM" contentview renders both. The credential
-mask keeps the real credential out of the live updates mitmweb sends to open browser tabs.
+the "LLM" contentview renders both.
 
 mitmproxy sees one addon, `sluice` (addons/chain.py), which calls the parts' hooks in this order.
 """
@@ -29,7 +28,6 @@ from addons.cache_health import CacheHealth  # noqa: E402
 from addons.chain import Chain  # noqa: E402
 from addons.changes import RequestChanges  # noqa: E402
 from addons.core import SluiceCore  # noqa: E402
-from addons.credential_mask import CredentialMask  # noqa: E402
 from addons.credentials import Credentials  # noqa: E402
 from addons.framing import Framing  # noqa: E402
 from addons.gate import Gate  # noqa: E402
@@ -54,7 +52,6 @@ parts = [
     cache_health,
     Watchdog(core),
     UpstreamErrors(core),
-    credentials := Credentials(core),
-    CredentialMask(credentials),
+    Credentials(core),
 ]
 addons = [Chain("sluice", parts)]

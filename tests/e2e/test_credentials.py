@@ -587,3 +587,59 @@ def test_an_unset_env_reference_stops_start_up_naming_the_field(
     assert "SLUICE_E2E_NEVER_SET" in log
     assert_no_secret(log)
     assert ALICE_KEY not in log
+
+
+def test_mitmweb_never_holds_the_real_key_while_a_call_is_in_flight(
+    fake: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    """The request has gone upstream with the real key and the answer is still pending: whatever mitmweb
+    serves then — the flow list, one flow, a dump of every flow — carries only the client's key."""
+    import urllib.request
+
+    proxy = start_proxy(program="mitmweb", config_toml=SWAP_CONFIG, env=ENV)
+    fake.next(delay=3.0)
+    call = threading.Thread(target=post_message, args=(proxy, f"x-api-key: {ALICE_KEY}"))
+    call.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not api_requests(fake) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        [sent] = api_requests(fake)
+        assert sent.header("x-api-key") == ANT_KEY_1  # upstream got the real key, and is still answering
+
+        def fetch(path: str) -> str:
+            url = f"{proxy.web_url}{path}?token={proxy.web_token}"
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                return answer.read().decode("latin-1")
+
+        flows = json.loads(fetch("/flows"))
+        [flow] = [f for f in flows if f.get("request", {}).get("path") == "/v1/messages"]
+        assert flow.get("response") is None  # really in flight
+        served = fetch("/flows") + fetch(f"/flows/{flow['id']}/request/content.data") + fetch("/flows/dump")
+        assert_no_secret(served)
+    finally:
+        call.join(timeout=15)
+
+
+def test_the_real_key_reaches_an_http2_upstream(
+    fake: FakeProvider, start_proxy: ProxyFactory, test_ca: Any
+) -> None:
+    """The providers' own APIs speak HTTP/2; mitmproxy's HTTP/2 client side must carry the real key too."""
+    from tests.h2_upstream import H2Upstream
+
+    with H2Upstream(test_ca.leaf_cert, test_ca.leaf_key) as upstream:
+        proxy = start_proxy(
+            config_toml=POOL_CONFIG,
+            env={**ENV, "SLUICE_TEST_HOSTS": f"{fake.hosts_env()},{upstream.hosts_env()}"},
+        )
+        result = post_message(proxy, f"x-api-key: {ALICE_KEY}")
+
+        assert result.status == 200, result.body
+        assert json.loads(result.body)["content"][0]["text"] == "over h2"
+        [received] = upstream.received
+        assert received.header("x-api-key") == ANT_KEY_1
+        assert received.header(":method") == "POST"
+        [row] = proxy.wait_for_rows(1)
+        assert (row["status"], row["output_tokens"], row["credential"]) == (200, 3, LABEL_1)
+        proxy.stop()
+        assert_no_secret(proxy.log_text())
