@@ -12,6 +12,7 @@ not support, is not wrapped.)
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections.abc import Generator
 from typing import Any
@@ -48,8 +49,11 @@ def _on_the_wire(event: Any) -> Any:
     entry = _PENDING.get(id(event.request))
     if entry is None or entry[0]() is not event.request:
         return event
-    wire = event.request.copy()  # the body is shared (bytes), not copied
-    wire.headers.fields = entry[1]
+    # A shallow copy with headers of its own: the body and everything else are shared, not copied
+    # (`Request.copy()` serializes the whole request, ~90 µs).
+    wire = copy.copy(event.request)
+    wire.data = copy.copy(event.request.data)
+    wire.data.headers = http.Headers(entry[1])
     return RequestHeaders(event.stream_id, wire, event.end_stream)
 
 

@@ -46,3 +46,16 @@ def test_a_request_gone_from_memory_never_matches_a_new_one_at_the_same_address(
         assert wire_headers._on_the_wire(event) is event
     finally:
         wire_headers.forget(request)
+
+
+def test_the_copy_shares_nothing_it_could_change_back_into_the_flow() -> None:
+    request = tutils.treq(headers=((b"x-api-key", b"sk-client"),))
+    wire_headers.send_with(request, REAL)
+    try:
+        sent = wire_headers._on_the_wire(RequestHeaders(1, request, end_stream=False)).request
+        sent.headers["x-extra"] = "added on the wire"
+        sent.path = "/elsewhere"
+        assert request.headers.fields == ((b"x-api-key", b"sk-client"),)
+        assert request.path != "/elsewhere"
+    finally:
+        wire_headers.forget(request)
