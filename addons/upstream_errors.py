@@ -32,6 +32,7 @@ from mitmproxy.proxy.layers.http._events import (
 )
 
 from addons.core import SluiceCore
+from addons.layer_patch import Method, patch_once
 from rules.envelopes import error_body
 
 log = logging.getLogger("sluice")
@@ -48,15 +49,11 @@ _MAX_PENDING = 1024  # errors whose page is never sent (the client had already g
 
 
 def _install() -> None:
-    _install_http1()
-    _install_http2()
+    patch_once(_http1.Http1Server, "send", _envelope_over_http1)
+    patch_once(_http2.Http2Server, "_handle_event", _envelope_over_http2)
 
 
-def _install_http1() -> None:
-    original = _http1.Http1Server.send
-    if getattr(original, "_sluice_envelopes", False):
-        return
-
+def _envelope_over_http1(original: Method) -> Method:
     def send(self: Any, event: Any) -> Generator[commands.Command, Any, None]:
         if isinstance(event, ResponseProtocolError) and self.request is not None:
             entry = _ENVELOPES.pop(id(self.request), None)
@@ -71,15 +68,10 @@ def _install_http1() -> None:
                 return
         yield from original(self, event)
 
-    send._sluice_envelopes = True  # type: ignore[attr-defined]
-    _http1.Http1Server.send = send  # type: ignore[method-assign]
+    return send
 
 
-def _install_http2() -> None:
-    original = _http2.Http2Server._handle_event
-    if getattr(original, "_sluice_envelopes", False):
-        return
-
+def _envelope_over_http2(original: Method) -> Method:
     def handle_event(self: Any, event: Any) -> Generator[commands.Command, Any, None]:
         if isinstance(event, ResponseProtocolError):
             response = _pop_h2(self.context.client.id, event.message)
@@ -97,8 +89,7 @@ def _install_http2() -> None:
                 return
         yield from original(self, event)
 
-    handle_event._sluice_envelopes = True  # type: ignore[attr-defined]
-    _http2.Http2Server._handle_event = handle_event  # type: ignore[method-assign]
+    return handle_event
 
 
 def _pop_h2(client_id: str, message: str) -> http.Response | None:

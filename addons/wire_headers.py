@@ -22,6 +22,8 @@ from mitmproxy.proxy import commands
 from mitmproxy.proxy.layers.http import _http1, _http2
 from mitmproxy.proxy.layers.http._events import RequestHeaders
 
+from addons.layer_patch import Method, patch_once
+
 Fields = tuple[tuple[bytes, bytes], ...]
 
 # id(request object) → (that object, the header fields to send in its place). The weak reference makes sure
@@ -58,17 +60,12 @@ def _on_the_wire(event: Any) -> Any:
 
 
 def install() -> None:
-    _wrap(_http1.Http1Client, "send")  # HTTP/1.1 upstreams: every request event passes here
-    _wrap(_http2.Http2Client, "_handle_event")  # HTTP/2 upstreams: likewise
+    patch_once(_http1.Http1Client, "send", _rewired)  # HTTP/1.1 upstreams: every request event passes here
+    patch_once(_http2.Http2Client, "_handle_event", _rewired)  # HTTP/2 upstreams: likewise
 
 
-def _wrap(layer: type, method: str) -> None:
-    original = getattr(layer, method)
-    if getattr(original, "_sluice_wire", False):
-        return
-
+def _rewired(original: Method) -> Method:
     def wrapped(self: Any, event: Any) -> Generator[commands.Command, Any, None]:
         yield from original(self, _on_the_wire(event))
 
-    wrapped._sluice_wire = True  # type: ignore[attr-defined]
-    setattr(layer, method, wrapped)
+    return wrapped
