@@ -89,7 +89,6 @@ class HeaderAllowList:
 
     allow: tuple[HeaderRule, ...]
     deny: tuple[HeaderRule, ...] = ()
-    _verdicts: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
     # By the name exactly as it arrives (str or bytes, any casing): (kept, lower-cased, as text).
     _by_raw_name: dict[str | bytes, tuple[bool, str, str]] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -97,14 +96,9 @@ class HeaderAllowList:
 
     def permits(self, name: str) -> bool:
         lowered = name.lower()
-        verdict = self._verdicts.get(lowered)
-        if verdict is None:
-            verdict = any(rule.matches(lowered) for rule in self.allow) and not any(
-                rule.matches(lowered) for rule in self.deny
-            )
-            if len(self._verdicts) < VERDICTS_MAX:
-                self._verdicts[lowered] = verdict
-        return verdict
+        return any(rule.matches(lowered) for rule in self.allow) and not any(
+            rule.matches(lowered) for rule in self.deny
+        )
 
     def verdict(self, name: str | bytes) -> tuple[bool, str, str]:
         """Whether `filter_headers` keeps a header of this name on its own (framing kept, hop-by-hop
