@@ -49,8 +49,22 @@ DIGEST_BYTES = 8
 HIT, WRITE, MISS, NONE = "hit", "write", "miss", "none"
 
 
+class _Chained:
+    """A `chain` of block digests, DIGEST_BYTES a block, each covering every block before it."""
+
+    __slots__ = ()
+    chain: bytes
+
+    @property
+    def blocks(self) -> int:
+        return len(self.chain) // DIGEST_BYTES
+
+    def digest_at(self, position: int) -> bytes:
+        return self.chain[position * DIGEST_BYTES : (position + 1) * DIGEST_BYTES]
+
+
 @dataclass(frozen=True, slots=True)
-class PromptShape:
+class PromptShape(_Chained):
     """What the cache sees of one request.
 
     `chain[i*8:(i+1)*8]` is the digest of blocks 0..i; `labels[i]` names block i (`system[2]`,
@@ -71,16 +85,9 @@ class PromptShape:
     messages_start: int
     first_user: str
 
-    @property
-    def blocks(self) -> int:
-        return len(self.chain) // DIGEST_BYTES
-
-    def digest_at(self, position: int) -> bytes:
-        return self.chain[position * DIGEST_BYTES : (position + 1) * DIGEST_BYTES]
-
 
 @dataclass(frozen=True, slots=True)
-class Turn:
+class Turn(_Chained):
     """The last judged call of a conversation, as later calls compare against it (no labels: memory)."""
 
     chain: bytes  # digests of the cacheable blocks only
@@ -91,13 +98,6 @@ class Turn:
     started: float  # epoch seconds
     credential: str
     cached: bool  # the call read or wrote the cache: the next call should read it
-
-    @property
-    def blocks(self) -> int:
-        return len(self.chain) // DIGEST_BYTES
-
-    def digest_at(self, position: int) -> bytes:
-        return self.chain[position * DIGEST_BYTES : (position + 1) * DIGEST_BYTES]
 
 
 @dataclass(frozen=True, slots=True)
