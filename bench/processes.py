@@ -22,30 +22,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The test harness's: proxy settings stripped from the environment, a free loopback port, the venv's mitmdump.
+from tests.e2e.harness import clean_env, free_port, mitmdump_path
+
 ROOT = Path(__file__).resolve().parents[1]
 SLUICE_SCRIPT = ROOT / "addons" / "sluice.py"
 BARE_SCRIPT = ROOT / "bench" / "bare_stream.py"
 LOOPLAG_SCRIPT = ROOT / "bench" / "looplag.py"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
-# Proxy settings in the environment would send mitmdump's own upstream connections elsewhere.
-_PROXY_ENV = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
 class BenchError(RuntimeError):
     """The benchmark could not measure what it set out to (a process died, a response was wrong)."""
-
-
-def clean_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_ENV}
-    env.update(extra)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _accepts(port: int) -> bool:
@@ -175,13 +164,11 @@ def start_mitmdump(
     upstream_ca: Path,
 ) -> Proxy:
     """mitmdump on a free loopback port with `scripts` and bench/looplag.py; returns once it accepts."""
-    from tests.e2e.harness import mitmdump_path
-
     home = workdir / name
     home.mkdir()
     confdir = home / "mitm"
     lag_file = home / "looplag.json"
-    port = _free_port()
+    port = free_port()
     args = [str(mitmdump_path()), "--listen-host", "127.0.0.1", "--listen-port", str(port)]
     args += ["--set", f"confdir={confdir}", "--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"]
     # The console flow dump costs both proxies alike and is no part of what is measured.

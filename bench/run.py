@@ -41,7 +41,6 @@ from bench.processes import (
     BenchError,
     Profiler,
     Proxy,
-    clean_env,
     start_mitmdump,
     start_upstream,
     top_frames,
@@ -57,6 +56,7 @@ from bench.settings import (
     UPSTREAM_KEY_ENV,
     Settings,
 )
+from tests.e2e.harness import clean_env
 
 PROXY_PHASES = ("latency", "throughput", "stream1", "stream20", "agent", "huge", "bulk")
 LOCAL_PHASES = ("rewrite", "writer")
