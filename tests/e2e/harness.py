@@ -471,13 +471,8 @@ def anthropic_client(
     """
     import anthropic
 
-    http = _http_module(anthropic)
-    return anthropic.Anthropic(
-        api_key=api_key,
-        base_url=kwargs.pop("base_url", _anthropic_base_url(proxy)),
-        http_client=http.Client(**_httpx_kwargs(proxy, httpx_kwargs)),
-        max_retries=kwargs.pop("max_retries", 0),
-        **kwargs,
+    return _sdk_client(
+        anthropic, anthropic.Anthropic, _anthropic_base_url(proxy), proxy, api_key, httpx_kwargs, kwargs
     )
 
 
@@ -490,13 +485,15 @@ def async_anthropic_client(
 ) -> anthropic.AsyncAnthropic:
     import anthropic
 
-    http = _http_module(anthropic)
-    return anthropic.AsyncAnthropic(
-        api_key=api_key,
-        base_url=kwargs.pop("base_url", _anthropic_base_url(proxy)),
-        http_client=http.AsyncClient(**_httpx_kwargs(proxy, httpx_kwargs)),
-        max_retries=kwargs.pop("max_retries", 0),
-        **kwargs,
+    return _sdk_client(
+        anthropic,
+        anthropic.AsyncAnthropic,
+        _anthropic_base_url(proxy),
+        proxy,
+        api_key,
+        httpx_kwargs,
+        kwargs,
+        asynchronous=True,
     )
 
 
@@ -505,14 +502,7 @@ def openai_client(
 ) -> openai.OpenAI:
     import openai
 
-    http = _http_module(openai)
-    return openai.OpenAI(
-        api_key=api_key,
-        base_url=kwargs.pop("base_url", _openai_base_url(proxy)),
-        http_client=http.Client(**_httpx_kwargs(proxy, httpx_kwargs)),
-        max_retries=kwargs.pop("max_retries", 0),
-        **kwargs,
-    )
+    return _sdk_client(openai, openai.OpenAI, _openai_base_url(proxy), proxy, api_key, httpx_kwargs, kwargs)
 
 
 def async_openai_client(
@@ -520,11 +510,36 @@ def async_openai_client(
 ) -> openai.AsyncOpenAI:
     import openai
 
-    http = _http_module(openai)
-    return openai.AsyncOpenAI(
+    return _sdk_client(
+        openai,
+        openai.AsyncOpenAI,
+        _openai_base_url(proxy),
+        proxy,
+        api_key,
+        httpx_kwargs,
+        kwargs,
+        asynchronous=True,
+    )
+
+
+def _sdk_client(
+    sdk: Any,
+    client_class: Any,
+    base_url: str,
+    proxy: Proxy,
+    api_key: str | None,
+    httpx_kwargs: dict[str, Any] | None,
+    kwargs: dict[str, Any],
+    *,
+    asynchronous: bool = False,
+) -> Any:
+    """`client_class` (sync or async) on an HTTP client of the same kind, set up for `proxy`."""
+    http = _http_module(sdk)
+    http_client_class = http.AsyncClient if asynchronous else http.Client
+    return client_class(
         api_key=api_key,
-        base_url=kwargs.pop("base_url", _openai_base_url(proxy)),
-        http_client=http.AsyncClient(**_httpx_kwargs(proxy, httpx_kwargs)),
+        base_url=kwargs.pop("base_url", base_url),
+        http_client=http_client_class(**_httpx_kwargs(proxy, httpx_kwargs)),
         max_retries=kwargs.pop("max_retries", 0),
         **kwargs,
     )
