@@ -1,6 +1,7 @@
 """Shared pieces of the fault suite: raw tunnels through the proxy, envelope checks, log and memory probes.
 
-Nothing here imports pytest or starts a proxy: the fixtures are in `conftest.py` (the e2e ones, re-exported).
+Nothing here imports pytest or starts a proxy: the fixtures are in `conftest.py` (the e2e ones, re-exported,
+and the fault modules' shared proxy with a 1 s idle timeout).
 """
 
 from __future__ import annotations
@@ -179,3 +180,10 @@ def wait_until(condition: Any, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return bool(condition())
+
+
+def new_rows(proxy: Proxy, since: int, n: int = 1) -> list[dict[str, Any]]:
+    """Exactly `n` rows written after the first `since` (waits for them)."""
+    found = proxy.wait_for_rows(n, since=since)
+    assert len(found) == n, f"expected exactly {n} new rows, got {found}"
+    return found

@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
@@ -19,9 +17,9 @@ from tests.fake_provider import FakeProvider, Usage
 from tests.faults.support import (
     ANTHROPIC_HOST,
     MESSAGE,
-    assert_no_tracebacks,
     curl_post,
     is_error_envelope,
+    new_rows,
     open_tunnel,
     read_response,
     read_until,
@@ -34,26 +32,6 @@ USAGE = Usage(input_tokens=512, cache_read_tokens=64, output_tokens=12)
 ANTHROPIC_URL = "https://api.anthropic.com/v1/messages"
 CHAT_URL = "https://api.openai.com/v1/chat/completions"
 TWENTY_MB = 20 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def proxy(module_start_proxy: Callable[..., Proxy]) -> Iterator[Proxy]:
-    proxy = module_start_proxy(config_toml="idle_timeout_s = 1\n")
-    yield proxy
-    proxy.stop()
-    assert_no_tracebacks(proxy)
-
-
-@pytest.fixture
-def since(proxy: Proxy) -> Iterator[int]:
-    yield len(proxy.rows())
-    assert_no_tracebacks(proxy)
-
-
-def new_row(proxy: Proxy, since: int) -> dict[str, Any]:
-    found = proxy.wait_for_rows(1, since=since)
-    assert len(found) == 1, found
-    return found[0]
 
 
 def digest(data: bytes) -> str:
@@ -118,7 +96,7 @@ def test_request_body_reaches_the_upstream_byte_for_byte(
     assert result.body == seen.response.body  # and the upstream's own answer back
     if status >= 400:
         assert is_error_envelope("anthropic" if "anthropic" in url else "openai", result.body)
-    row = new_row(proxy, since)
+    [row] = new_rows(proxy, since)
     assert (row["status"], row["request_bytes"]) == (status, len(body))
 
 
@@ -145,7 +123,7 @@ def test_non_json_answer_reaches_the_client_untouched(
     assert (result.status, result.returncode) == (status, 0), result.stderr
     assert result.body == body
     assert result.header("content-type") == content_type
-    row = new_row(proxy, since)
+    [row] = new_rows(proxy, since)
     assert row["status"] == status
 
 
@@ -175,7 +153,7 @@ def test_client_hanging_up_mid_stream_still_gets_its_row(
     finally:
         conn.close()  # no close_notify, no last chunk: the client is simply gone
 
-    row = new_row(proxy, since)
+    [row] = new_rows(proxy, since)
     assert (row["stream"], row["status"]) == (1, 200)
     assert row["error"].startswith("connection lost")
     if encoding is None:
@@ -196,7 +174,7 @@ def test_client_hanging_up_before_the_answer_still_gets_its_row(
     finally:
         conn.close()
 
-    row = new_row(proxy, since)
+    [row] = new_rows(proxy, since)
     assert row["status"] is None
     assert row["error"].startswith("connection lost")
     still_serving(proxy, fake)

@@ -8,7 +8,7 @@ exactly one row saying what happened, and the proxy's log never shows a Python t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anthropic
@@ -25,6 +25,7 @@ from tests.faults.support import (
     assert_no_tracebacks,
     curl_post,
     is_error_envelope,
+    new_rows,
 )
 
 pytestmark = pytest.mark.e2e
@@ -39,28 +40,6 @@ _http = _http_module(anthropic)
 # wrapped as APIConnectionError). A timeout is a hang, never an acceptable ending.
 CUT = (_http.TransportError, anthropic.APIConnectionError, openai.APIConnectionError)
 HANG = (_http.TimeoutException, anthropic.APITimeoutError, openai.APITimeoutError)
-
-
-@pytest.fixture(scope="module")
-def proxy(module_start_proxy: Callable[..., Proxy]) -> Iterator[Proxy]:
-    """One sluice proxy for the module, with a 1 s idle-stream timeout; its shutdown must be clean too."""
-    proxy = module_start_proxy(config_toml="idle_timeout_s = 1\n")
-    yield proxy
-    proxy.stop()
-    assert_no_tracebacks(proxy)
-
-
-@pytest.fixture
-def since(proxy: Proxy) -> Iterator[int]:
-    """Rows already in the shared database; after the test, the log must still be free of tracebacks."""
-    yield len(proxy.rows())
-    assert_no_tracebacks(proxy)
-
-
-def new_rows(proxy: Proxy, since: int, n: int = 1) -> list[dict[str, Any]]:
-    found = proxy.wait_for_rows(n, since=since)
-    assert len(found) == n, f"expected exactly {n} new rows, got {found}"
-    return found
 
 
 # The three metered streaming APIs, each read to the end by its own SDK.
