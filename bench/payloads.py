@@ -6,6 +6,10 @@ contents, with cache breakpoints on the system prompt, the last tool and the las
 have that shape (and some non-ASCII text), grown to the size asked for by adding turns, so the rewrite rules
 do the work they would do on real traffic: alias the model, inject the operator's system block, stamp the
 user id, cap five breakpoints to four.
+
+Like a real conversation, no two requests are the same: the last message (the turn's new tool result)
+carries a stamp, `TURN_STAMP` wide, that `stamped` makes unique per request; everything before it repeats
+from the previous request, as an agent re-sends its conversation on every turn.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 CLIENT_MODEL = "sonnet"  # an alias in the benchmark config: sluice rewrites it to the real model
 UPSTREAM_MODEL = "claude-sonnet-4-5"
 BILLING_BLOCK = "x-anthropic-billing-header: cc_version=2.0.14.abc; cc_entrypoint=cli"
+TURN_STAMP = b"turn-000000000000"  # in every body's last message; `stamped` writes a request number over it
 
 _VOCABULARY = (
     "the agent reads file writes patch runs tests then checks output and retries when a step fails "
@@ -140,7 +145,16 @@ def agent_request(target_bytes: int, *, stream: bool, seed: int = 7) -> bytes:
         index += 1
     last = body["messages"][-1]["content"][-1]
     last["cache_control"] = {"type": "ephemeral"}
+    key = "text" if last["type"] == "text" else "content"
+    last[key] = f"{TURN_STAMP.decode()} {last[key]}"
     return _dump(body)
+
+
+def stamped(body: bytes, number: int) -> bytes:
+    """`body` (from agent_request) with request `number` in its last message: a new turn, same length."""
+    stamp = f"turn-{number:0{len(TURN_STAMP) - 5}d}".encode()
+    at = body.rfind(TURN_STAMP)
+    return body[:at] + stamp + body[at + len(TURN_STAMP) :]
 
 
 def _dump(value: Any) -> bytes:

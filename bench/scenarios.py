@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.client import REQUEST_TIMEOUT_S, Connection, connections, request_head
-from bench.payloads import UPSTREAM_MODEL, agent_request, client_headers
+from bench.payloads import UPSTREAM_MODEL, agent_request, client_headers, stamped
 from bench.processes import BenchError, Proxy
 from bench.settings import CLIENT_NAME, CLIENT_USER_ID, PROVIDER_HOST, SLUICE_CONFIG, Settings
 
@@ -42,6 +42,7 @@ class Workload:
     small_stream: bytes = field(init=False)
     agent: bytes = field(init=False)
     huge: bytes = field(init=False)
+    sent: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -49,6 +50,11 @@ class Workload:
         self.small_stream = agent_request(s.small_request_bytes, stream=True)
         self.agent = agent_request(s.agent_request_bytes, stream=False)
         self.huge = agent_request(s.huge_request_bytes, stream=False)
+
+    def turn(self, body: bytes) -> bytes:
+        """`body` as the next turn of its conversation: the same prefix, a new last message."""
+        self.sent += 1
+        return stamped(body, self.sent)
 
     def head(self, body: bytes, *, stream: bool = False, query: str = "") -> bytes:
         path = f"{MESSAGES_PATH}&{query}" if query else MESSAGES_PATH
@@ -63,11 +69,13 @@ async def sequential(proxy: Proxy, work: Workload, body: bytes, count: int, phas
     head = work.head(body)
     samples = []
     async with connections(proxy, 1) as (conn,):
-        await conn.call(head, body)  # the connection's first request pays for things the others do not
+        # The connection's first request pays for things the others do not.
+        await conn.call(head, work.turn(body))
         cpu, start = proxy.cpu_seconds(), time.monotonic()
         for _ in range(count):
+            request = work.turn(body)
             t0 = time.perf_counter()
-            response = await conn.call(head, body)
+            response = await conn.call(head, request)
             samples.append(time.perf_counter() - t0)
             if proxy.name == "sluice" and UPSTREAM_MODEL.encode() not in response:
                 raise BenchError(f"sluice did not apply its rules (no model alias): {response[:200]!r}")
@@ -94,7 +102,7 @@ async def throughput(proxy: Proxy, work: Workload) -> dict[str, Any]:
             for _ in range(MAX_REQUESTS_PER_WORKER):
                 if time.monotonic() >= end:
                     return
-                await conn.call(head, work.small)
+                await conn.call(head, work.turn(work.small))
                 if begin <= time.monotonic() <= end:
                     completed += 1
 
@@ -119,8 +127,9 @@ async def streams(proxy: Proxy, work: Workload, concurrency: int, per_connection
         await asyncio.sleep(index * s.stream_interval_us / 1e6 / concurrency)
         for _ in range(per_connection):
             async with asyncio.timeout(limit):
+                request = work.turn(work.small_stream)
                 sent = time.monotonic_ns()
-                await conn.send(head, work.small_stream)
+                await conn.send(head, request)
                 headers = await conn.read_head()
                 first, count = True, 0
                 async for chunk in conn.chunks(headers):
@@ -199,7 +208,7 @@ async def bulk(proxy: Proxy, work: Workload) -> dict[str, Any]:
         with sampler:
             start = time.monotonic()
             async with asyncio.timeout(REQUEST_TIMEOUT_S + size / 2e6):
-                await conn.send(head, work.small_stream)
+                await conn.send(head, work.turn(work.small_stream))
                 async for chunk in conn.chunks(await conn.read_head()):
                     received += len(chunk)
             elapsed = time.monotonic() - start
