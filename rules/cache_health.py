@@ -28,13 +28,12 @@ from __future__ import annotations
 import hashlib
 import json
 import json.encoder
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from rules.cache_control import find_cache_breakpoints
+from rules.rewrite import ParsedObject
 
 JSONObject = dict[str, Any]
 
@@ -111,19 +110,18 @@ class CacheVerdict:
 NOT_JUDGED = CacheVerdict(None)
 
 
-def read_prompt_shape(
-    provider: str, api: str, body: object, memo: BlockDigests | None = None
-) -> PromptShape | None:
+def read_prompt_shape(provider: str, api: str, body: object) -> PromptShape | None:
     """The cacheable shape of a request body; None when there is nothing to judge. Never raises.
 
-    With a `memo`, a `tools` or `system` list seen before (the very object) reuses its block digests."""
+    A block parsed by rules/rewrite.py keeps its digest: one seen before (the very object) is not
+    digested again."""
     if not isinstance(body, dict):
         return None
     try:
         if provider == "anthropic" and api == "messages":
-            return _anthropic_shape(body, memo)
+            return _anthropic_shape(body)
         if provider == "openai" and api in ("chat", "responses"):
-            return _openai_shape(body, api, memo)
+            return _openai_shape(body, api)
     except (TypeError, ValueError, RecursionError):
         return None
     return None
@@ -236,84 +234,18 @@ def _duration(seconds: float) -> str:
 # --- reading prompts ------------------------------------------------------------------------------------
 
 
-class BlockDigests:
-    """Block digests of `tools` and `system` lists and of their blocks, by the object.
-
-    The rewrite hands an unchanged large member from one call to the next as the very same parsed object
-    (rules.rewrite.MemberMemo), so an agent's tool list, tens of kilobytes sent on every turn, is digested
-    once; a system list sluice rebuilt around the client's blocks (to inject its own) still finds the
-    client's blocks. Each entry holds its object, so an id is never reused while it is remembered.
-    Bounded; thread-safe.
-    """
-
-    MAX_LISTS = 64
-    MAX_BLOCKS = 2048
-
-    def __init__(self) -> None:
-        self._lists: OrderedDict[int, tuple[object, tuple[bytes, ...]]] = OrderedDict()
-        self._blocks: OrderedDict[int, tuple[object, bytes]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, blocks: list[Any]) -> tuple[bytes, ...] | None:
-        return _lookup(self._lists, self._lock, blocks)
-
-    def put(self, blocks: list[Any], digests: tuple[bytes, ...]) -> None:
-        _store(self._lists, self._lock, blocks, digests, self.MAX_LISTS)
-
-    def get_block(self, block: object) -> bytes | None:
-        return _lookup(self._blocks, self._lock, block)
-
-    def put_block(self, block: object, digest: bytes) -> None:
-        _store(self._blocks, self._lock, block, digest, self.MAX_BLOCKS)
-
-
-def _lookup[V](table: OrderedDict[int, tuple[object, V]], lock: threading.Lock, key: object) -> V | None:
-    with lock:
-        entry = table.get(id(key))
-        if entry is None or entry[0] is not key:
-            return None
-        table.move_to_end(id(key))
-        return entry[1]
-
-
-def _store[V](
-    table: OrderedDict[int, tuple[object, V]], lock: threading.Lock, key: object, value: V, limit: int
-) -> None:
-    with lock:
-        table[id(key)] = (key, value)
-        table.move_to_end(id(key))
-        while len(table) > limit:
-            table.popitem(last=False)
-
-
 class _Chain:
-    def __init__(self, memo: BlockDigests | None = None) -> None:
+    def __init__(self) -> None:
         self.digest = b""
         self.parts: list[bytes] = []
         self.labels: list[str] = []
-        self.memo = memo
 
-    def add(self, label: str, role: str, block: object) -> None:
-        self._fold(label, _block_digest(role, block))
+    def add(self, label: str, role: str, block: object, *, strip_markers: bool = False) -> None:
+        self._fold(label, _digest_of(role, block, strip_markers))
 
     def add_blocks(self, name: str, role: str, blocks: list[Any], *, strip_markers: bool) -> None:
-        """Every block of a list, as `name[i]`; a list seen before (the very object) is not digested again."""
-        memo = self.memo
-        digests = memo.get(blocks) if memo is not None else None
-        if digests is None:
-            found = []
-            for block in blocks:
-                digest = memo.get_block(block) if memo is not None and isinstance(block, dict) else None
-                if digest is None:
-                    digest = _block_digest(role, _without_marker(block) if strip_markers else block)
-                    if memo is not None and isinstance(block, dict):
-                        memo.put_block(block, digest)
-                found.append(digest)
-            digests = tuple(found)
-            if memo is not None:
-                memo.put(blocks, digests)
-        for index, digest in enumerate(digests):
-            self._fold(f"{name}[{index}]", digest)
+        for index, block in enumerate(blocks):
+            self._fold(f"{name}[{index}]", _digest_of(role, block, strip_markers))
 
     def _fold(self, label: str, block_digest: bytes) -> None:
         # Chained: each digest covers every block before it.
@@ -324,6 +256,20 @@ class _Chain:
     @property
     def size(self) -> int:
         return len(self.labels)
+
+
+def _digest_of(role: str, block: object, strip_markers: bool) -> bytes:
+    """A block's digest (without its markers, if asked), kept on the parsed object: an agent's tools,
+    system blocks and earlier messages come back as the very same objects call after call (MemberMemo in
+    rules/rewrite.py), and are digested once."""
+    if type(block) is not ParsedObject:
+        return _block_digest(role, _without_marker(block) if strip_markers else block)
+    kept: tuple[str, bool, bytes] | None = getattr(block, "digest", None)
+    if kept is not None and kept[0] == role and kept[1] == strip_markers:
+        return kept[2]
+    digest = _block_digest(role, _without_marker(block) if strip_markers else block)
+    block.digest = (role, strip_markers, digest)
+    return digest
 
 
 def _block_digest(role: str, block: object) -> bytes:
@@ -359,8 +305,8 @@ def _children_without_marker(children: list[Any]) -> list[Any]:
     return children if all(new is old for new, old in zip(stripped, children, strict=True)) else stripped
 
 
-def _anthropic_shape(body: JSONObject, memo: BlockDigests | None) -> PromptShape:
-    chain = _Chain(memo)
+def _anthropic_shape(body: JSONObject) -> PromptShape:
+    chain = _Chain()
     positions: dict[tuple[str | int, ...], int] = {}
     tools = body.get("tools")
     if isinstance(tools, list):
@@ -389,7 +335,7 @@ def _anthropic_shape(body: JSONObject, memo: BlockDigests | None) -> PromptShape
         if isinstance(content, list):
             for position, block in enumerate(content):
                 positions[("messages", index, "content", position)] = chain.size
-                chain.add(f"messages[{index}].content[{position}]", role, _without_marker(block))
+                chain.add(f"messages[{index}].content[{position}]", role, block, strip_markers=True)
         else:
             chain.add(f"messages[{index}].content", role, content)
     breakpoints: list[int] = []
@@ -418,8 +364,8 @@ def _anthropic_shape(body: JSONObject, memo: BlockDigests | None) -> PromptShape
     )
 
 
-def _openai_shape(body: JSONObject, api: str, memo: BlockDigests | None) -> PromptShape:
-    chain = _Chain(memo)
+def _openai_shape(body: JSONObject, api: str) -> PromptShape:
+    chain = _Chain()
     tools = body.get("tools")
     if isinstance(tools, list):
         chain.add_blocks("tools", "tool", tools, strip_markers=False)

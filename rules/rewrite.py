@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -49,12 +50,22 @@ class RawNumber:
     text: str
 
 
+class ParsedObject(dict[str, Any]):
+    """A JSON object as the parser builds it: a dict, plus `digest`, a slot for what a reader derived from
+    it (the prompt-cache digest of a block, rules/cache_health.py). Nothing mutates a parsed body (rules
+    return new objects), so whatever is kept there stays true for as long as the object lives; a MemberMemo
+    shares it, and so what was derived, between the calls that repeat it."""
+
+    __slots__ = ("digest",)
+    digest: tuple[str, bool, bytes]  # (role, markers left out, digest); unset until a reader sets it
+
+
 class _DuplicateKeyError(ValueError):
     pass
 
 
 def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> JSONObject:
-    result = dict(pairs)
+    result = ParsedObject(pairs)
     if len(result) != len(pairs):
         # Re-serializing would silently keep only the last value; forwarding untouched keeps them all.
         raise _DuplicateKeyError("duplicate keys")
@@ -83,22 +94,32 @@ Spans = dict[str, tuple[int, int]]
 
 
 class MemberMemo:
-    """The parsed values of large members that come back verbatim, call after call: an agent's `tools` and
-    `system`, the same tens of kilobytes on every turn of a conversation.
+    """The parsed values of what an agent sends again, verbatim, call after call: its `tools` and `system`
+    (the same tens of kilobytes on every turn) and every message of the conversation so far (a turn re-sends
+    them all and adds one or two).
 
-    A member's extent is only known once it is parsed, so the memo keeps the exact text of recent values
-    per member name and checks whether the request repeats one at the member's position (a prefix compare
-    in C). A JSON array or object ends at its own closing bracket, so the same text there is the same value.
-    Values are shared between calls: the rules never mutate what they are given. Bounded; thread-safe (large
-    bodies are rewritten on worker threads).
+    A value's extent is only known once it is parsed, so the memo keeps the exact text of recent values and
+    checks whether the request repeats one at the same place (a prefix compare in C): a JSON array or object
+    ends at its own closing bracket, so the same text there is the same value. Members are remembered per
+    name; the elements of `messages` and `input` by the first ELEMENT_KEY_CHARS of their text (which holds
+    a tool call's id or the start of a message's text), the most recent ELEMENT_CHARS_MAX characters of
+    them. Values are shared between calls: the rules never mutate what they are given. Bounded;
+    thread-safe (large bodies are rewritten on worker threads).
     """
 
     MEMBERS = frozenset({"tools", "system", "instructions"})
     MIN_CHARS = 1024
     PER_MEMBER = 8
+    ELEMENTS = frozenset({"messages", "input"})
+    ELEMENT_MIN_CHARS = 128  # shorter ones cost less to parse than to look up; and the key lies within
+    ELEMENT_KEY_CHARS = 128
+    PER_ELEMENT_KEY = 4
+    ELEMENT_CHARS_MAX = 8 * 1024 * 1024
 
     def __init__(self) -> None:
         self._recent: dict[str, list[tuple[str, Any]]] = {}
+        self._elements: OrderedDict[str, list[tuple[str, Any]]] = OrderedDict()
+        self._element_chars = 0
         self._lock = threading.Lock()
 
     def find(self, key: str, text: str, start: int) -> tuple[Any, int] | None:
@@ -106,13 +127,7 @@ class MemberMemo:
         if key not in self.MEMBERS or text[start : start + 1] not in ("[", "{"):
             return None
         with self._lock:
-            recent = self._recent.get(key, [])
-            for index, (raw, value) in enumerate(recent):
-                if text.startswith(raw, start):
-                    if index:
-                        recent.insert(0, recent.pop(index))
-                    return value, start + len(raw)
-        return None
+            return _repeated(self._recent.get(key, []), text, start)
 
     def remember(self, key: str, raw: str, value: Any) -> None:
         if key not in self.MEMBERS or len(raw) < self.MIN_CHARS or not isinstance(value, list | dict):
@@ -121,6 +136,58 @@ class MemberMemo:
             recent = self._recent.setdefault(key, [])
             recent.insert(0, (raw, value))
             del recent[self.PER_MEMBER :]
+
+    def parse_elements(self, text: str, start: int) -> tuple[list[Any], int]:
+        """(list, end) of the JSON array at `start`, its remembered elements not parsed again; raises
+        ValueError where the array is malformed."""
+        items: list[Any] = []
+        index = _skip_whitespace(text, start + 1)
+        if text[index : index + 1] == "]":
+            return items, index + 1
+        while True:
+            key = text[index : index + self.ELEMENT_KEY_CHARS]
+            with self._lock:
+                candidates = self._elements.get(key)
+                found = _repeated(candidates, text, index) if candidates else None
+                if found is not None:
+                    self._elements.move_to_end(key)
+            if found is None:
+                value, end = _DECODER.raw_decode(text, index)
+                if end - index >= self.ELEMENT_MIN_CHARS and text[index] in "[{":
+                    self._keep_element(key, text[index:end], value)
+            else:
+                value, end = found
+            items.append(value)
+            index = _skip_whitespace(text, end)
+            if text[index : index + 1] == "]":
+                return items, index + 1
+            if text[index : index + 1] != ",":
+                raise ValueError(f"expected ',' or ']' at {index}")
+            index = _skip_whitespace(text, index + 1)
+
+    def _keep_element(self, key: str, raw: str, value: Any) -> None:
+        with self._lock:
+            candidates = self._elements.setdefault(key, [])
+            self._elements.move_to_end(key)
+            candidates.insert(0, (raw, value))
+            self._element_chars += len(raw)
+            for old, _ in candidates[self.PER_ELEMENT_KEY :]:
+                self._element_chars -= len(old)
+            del candidates[self.PER_ELEMENT_KEY :]
+            while self._element_chars > self.ELEMENT_CHARS_MAX and self._elements:
+                _, evicted = self._elements.popitem(last=False)
+                self._element_chars -= sum(len(old) for old, _ in evicted)
+
+
+def _repeated(recent: list[tuple[str, Any]], text: str, start: int) -> tuple[Any, int] | None:
+    """The remembered (value, end) whose text `text` repeats at `start`, moved to the front; the caller
+    holds the memo's lock."""
+    for index, (raw, value) in enumerate(recent):
+        if text.startswith(raw, start):
+            if index:
+                recent.insert(0, recent.pop(index))
+            return value, start + len(raw)
+    return None
 
 
 def parse_object_with_spans(text: str, memo: MemberMemo | None = None) -> tuple[JSONObject, Spans] | None:
@@ -148,6 +215,8 @@ def parse_object_with_spans(text: str, memo: MemberMemo | None = None) -> tuple[
             known = memo.find(key, text, start) if memo is not None else None
             if known is not None:
                 value, index = known
+            elif memo is not None and key in memo.ELEMENTS and text[start : start + 1] == "[":
+                value, index = memo.parse_elements(text, start)
             else:
                 value, index = _DECODER.raw_decode(text, start)
                 if memo is not None:
@@ -178,9 +247,7 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 def dump_json(value: Any) -> bytes:
     """Compact, deterministic UTF-8 JSON (RFC 8259 §8.1); raises TypeError/ValueError on non-JSON data."""
-    parts: list[str] = []
-    _dump(value, parts)
-    return _utf8("".join(parts))
+    return _utf8(_dump_text(value))
 
 
 def dump_json_spliced(value: JSONObject, original: JSONObject, text: str, spans: Spans) -> bytes:
@@ -194,9 +261,52 @@ def dump_json_spliced(value: JSONObject, original: JSONObject, text: str, spans:
         if span is not None and key in original and original[key] is item:
             parts.append(text[span[0] : span[1]])
         else:
-            _dump(item, parts)
+            parts.append(_dump_text(item))
     parts.append("}")
     return _utf8("".join(parts))
+
+
+class _NotExact(TypeError):
+    """A number the C encoder would not write back exactly as the client wrote it."""
+
+
+def _exact_number(value: object) -> int | float:
+    # The C encoder's fallback for what it does not know: a RawNumber becomes the int or float whose
+    # own text is exactly the client's (0.5, 42), else the slow path writes the text itself (1e400, 0.10).
+    if isinstance(value, RawNumber):
+        text = value.text
+        try:
+            number: int | float = int(text) if text.lstrip("-").isdigit() else float(text)
+        except ValueError:  # an integer over the digit limit
+            raise _NotExact(text) from None
+        if repr(number) == text:
+            return number
+        raise _NotExact(text)
+    raise TypeError(f"not JSON-serializable: {type(value).__name__}")
+
+
+def _c_encoder() -> Callable[[Any], str] | None:
+    make = getattr(json.encoder, "c_make_encoder", None)  # not in typeshed: CPython's C accelerator
+    if make is None:
+        return None
+    # markers None: parsed JSON has no cycles; allow_nan False: NaN is not JSON.
+    encode = make(None, _exact_number, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+    return lambda value: "".join(encode(value, 0))
+
+
+_C_DUMP = _c_encoder()
+
+
+def _dump_text(value: Any) -> str:
+    """Compact JSON text of a value: the C encoder where it writes every number exactly, else `_dump`."""
+    if _C_DUMP is not None:
+        try:
+            return _C_DUMP(value)
+        except _NotExact:
+            pass
+    parts: list[str] = []
+    _dump(value, parts)
+    return "".join(parts)
 
 
 def _utf8(text: str) -> bytes:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from rules.cache_health import (
     read_prompt_shape,
     remember,
 )
+from rules.rewrite import parse_json
 
 EPHEMERAL = {"type": "ephemeral"}
 T0 = 1_800_000_000.0
@@ -289,48 +291,61 @@ def test_remember_keeps_only_the_cacheable_digests() -> None:
     assert nothing.blocks == 0
 
 
-def test_a_tools_list_seen_before_reuses_its_digests(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def _counting_digests(monkeypatch) -> list[object]:  # type: ignore[no-untyped-def]
     import rules.cache_health as cache_health
-
-    tools = [{"name": f"t{i}", "input_schema": {}} for i in range(5)]
-    first = {"model": "m", "tools": tools, "messages": [{"role": "user", "content": "one"}]}
-    second = {**first, "messages": [*first["messages"], {"role": "user", "content": "two"}]}
-    memo = cache_health.BlockDigests()
-    fresh = read_prompt_shape("anthropic", "messages", second)
-    read_prompt_shape("anthropic", "messages", first, memo)
 
     digested: list[object] = []
     real = cache_health._block_digest
     monkeypatch.setattr(
         cache_health, "_block_digest", lambda role, block: digested.append(block) or real(role, block)
     )
-    remembered = read_prompt_shape("anthropic", "messages", second, memo)
+    return digested
+
+
+def test_blocks_parsed_before_keep_their_digests(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    tools = parse_json(json.dumps([{"name": f"t{i}", "input_schema": {}} for i in range(5)]))
+    earlier = parse_json(json.dumps({"role": "user", "content": [{"type": "text", "text": "one"}]}))
+    first = {"model": "m", "tools": tools, "messages": [earlier]}
+    later = {"role": "user", "content": [{"type": "text", "text": "two", "cache_control": EPHEMERAL}]}
+    second = {**first, "messages": [earlier, parse_json(json.dumps(later))]}
+    fresh = read_prompt_shape("anthropic", "messages", json.loads(json.dumps(second)))  # plain dicts
+    read_prompt_shape("anthropic", "messages", first)
+
+    digested = _counting_digests(monkeypatch)
+    remembered = read_prompt_shape("anthropic", "messages", second)
 
     assert remembered == fresh  # the same shape, digest for digest
-    assert len(digested) == 2  # only the two messages: the five tools came from the memo
+    assert digested == [{"type": "text", "text": "two"}]  # only the new block: the rest were digested before
+    assert read_prompt_shape("anthropic", "messages", second) == fresh and len(digested) == 1
+
+
+def test_a_kept_digest_is_for_its_role_and_marker_handling() -> None:
+    block = parse_json('{"type": "text", "text": "same", "cache_control": {"type": "ephemeral"}}')
+    as_user = read_prompt_shape("anthropic", "messages", {"messages": [{"role": "user", "content": [block]}]})
+    as_assistant = read_prompt_shape(
+        "anthropic", "messages", {"messages": [{"role": "assistant", "content": [block]}]}
+    )
+    unparsed = read_prompt_shape(
+        "anthropic", "messages", {"messages": [{"role": "assistant", "content": [dict(block)]}]}
+    )
+    assert as_user is not None and as_assistant is not None
+    assert as_user.chain != as_assistant.chain and as_assistant == unparsed
 
 
 def test_a_rebuilt_system_list_still_reuses_the_clients_block_digests(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import rules.cache_health as cache_health
-
-    client_blocks = [{"type": "text", "text": f"client block {i}"} for i in range(3)]
+    client_blocks = parse_json(json.dumps([{"type": "text", "text": f"client block {i}"} for i in range(3)]))
     ours = {"type": "text", "text": "operator policy"}
-    memo = cache_health.BlockDigests()
     turn = {
         "model": "m",
         "system": [*client_blocks, dict(ours)],
         "messages": [{"role": "user", "content": "hi"}],
     }
-    read_prompt_shape("anthropic", "messages", turn, memo)
+    read_prompt_shape("anthropic", "messages", turn)
 
     rebuilt = {**turn, "system": [*client_blocks, dict(ours)]}  # a new list, as the rewrite builds per call
-    fresh = read_prompt_shape("anthropic", "messages", rebuilt)
-    digested: list[object] = []
-    real = cache_health._block_digest
-    monkeypatch.setattr(
-        cache_health, "_block_digest", lambda role, block: digested.append(block) or real(role, block)
-    )
-    shape = read_prompt_shape("anthropic", "messages", rebuilt, memo)
+    fresh = read_prompt_shape("anthropic", "messages", json.loads(json.dumps(rebuilt)))  # plain dicts
+    digested = _counting_digests(monkeypatch)
+    shape = read_prompt_shape("anthropic", "messages", rebuilt)
 
     assert shape == fresh
     assert digested == [ours, "hi"]  # the operator's new block object and the message; not the client's three

@@ -375,6 +375,29 @@ def test_numbers_and_strings_round_trip_exactly() -> None:
     assert parse_json(out)["s"] == parse_json(body)["s"]
 
 
+def test_numbers_in_a_member_a_rule_changed_are_written_as_the_client_wrote_them() -> None:
+    numbers = [
+        "0.10",
+        "1e400",
+        "-0.0",
+        "-0",
+        "9" * 5000,
+        "NaN",
+        "-Infinity",
+        "1.50",
+        "2E-3",
+        "0.5",
+        "42",
+        "-7",
+    ]
+    items = ",".join(f'"n{index}":{number}' for index, number in enumerate(numbers))
+    body = '{"model":"m","metadata":{' + items + ',"list":[1,2.25,{"deep":1E+2}]}}'
+    result = apply_request_rules(body.encode(), ctx(user_id="alice"))
+    assert result.body is not None and result.applied == ["user_id"]
+    expected = '{"model":"m","metadata":{' + items + ',"list":[1,2.25,{"deep":1E+2}],"user_id":"alice"}}'
+    assert result.body.decode() == expected
+
+
 def test_members_no_rule_touched_keep_the_clients_bytes() -> None:
     messages = '[ {"role": "user", "content": "caf\\u00e9"} ]'
     body = f'{{\n  "model": "fast",\n  "messages": {messages},\n  "n": 1.50\n}}'
@@ -393,6 +416,12 @@ def test_a_changed_member_with_a_lone_surrogate_is_written_back_escaped() -> Non
 def test_dump_json_is_compact_and_keeps_order() -> None:
     value = {"b": [1, 2.5, True, None], "a": {"é": RawNumber("1e5")}}
     assert dump_json(value) == '{"b":[1,2.5,true,null],"a":{"é":1e5}}'.encode()
+    exact = {"a": [RawNumber("0.5"), RawNumber("-3"), (1, "x")], "s": 'é \ud800 \u2028 "q"'}
+    assert dump_json(exact) == '{"a":[0.5,-3,[1,"x"]],"s":"é \\ud800 \u2028 \\"q\\""}'.encode()
+    with pytest.raises(TypeError):
+        dump_json({"a": object()})
+    with pytest.raises(ValueError):
+        dump_json({"a": float("nan")})
 
 
 # --- apply_request_rules ------------------------------------------------------------------------------
