@@ -1,9 +1,10 @@
 """Flags calls that continue a conversation but read nothing from the prompt cache (rules/cache_health.py).
 
-At `request` (after the rewrite: the body as it goes upstream) the prompt's shape is read and the call is
-put in its conversation. When the call's record is built (Meter's `before_record`), it is judged against
-the conversation's previous call: `cache_status` and `cache_note` go into the row, and onto the flow's
-`metadata["sluice"]["cache"]` for the contentview; annotate.py marks a miss in the flow list.
+Right after `request` (after the rewrite: the body as it goes upstream), while the request travels, the
+prompt's shape is read and the call put in its conversation. When the call's record is built (Meter's
+`before_record`), it is judged against the conversation's previous call: `cache_status` and `cache_note` go
+into the row, and onto the flow's `metadata["sluice"]["cache"]` for the contentview; annotate.py marks a
+miss in the flow list.
 
 Conversations are remembered in memory only, the most recent `MAX_CONVERSATIONS` of them (least recently
 used first out): a restarted proxy starts with none, so the first call of each conversation after a restart
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from typing import Any
 
 from mitmproxy import http
 
@@ -23,7 +25,6 @@ from addons.changes import sluice_metadata
 from addons.core import SluiceCore
 from addons.rewrite import OFF_LOOP_BYTES
 from rules.cache_health import (
-    BlockDigests,
     PromptShape,
     Turn,
     conversation_key,
@@ -44,10 +45,9 @@ class CacheHealth:
         self.core = core
         self.max_conversations = max_conversations
         self.conversations: OrderedDict[str, Turn] = OrderedDict()
-        self.pending: dict[str, tuple[str, PromptShape]] = {}
-        self.digests = BlockDigests()
+        self.pending: dict[str, asyncio.Future[tuple[str, PromptShape] | None]] = {}
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not flow.live:
             return
         call = self.core.calls.get(flow.id)
@@ -56,18 +56,27 @@ class CacheHealth:
         body = call.request_json  # as the rewrite parsed and left it: what goes upstream
         if body is None:
             return  # fails open: a body the rewrite could not read is recorded, just not judged
+        # The shape is only needed once the call ends: it is read after this hook, while the request is
+        # on its way upstream, not before (responseheaders waits for it).
         if len(flow.request.raw_content or b"") >= OFF_LOOP_BYTES:
-            # Hashing a large prompt's blocks takes tens of ms: keep it off the loop (it is pure).
-            shape = await asyncio.to_thread(read_prompt_shape, call.provider, call.api, body, self.digests)
+            # Hashing a large prompt's blocks takes tens of ms: off the loop (it is pure).
+            self.pending[flow.id] = asyncio.ensure_future(asyncio.to_thread(_conversation_shape, call, body))
         else:
-            shape = read_prompt_shape(call.provider, call.api, body, self.digests)
-        if shape is not None:
-            key = conversation_key(call.provider, call.request_model, call.session_id, call.client, shape)
-            self.pending[flow.id] = (key, shape)
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[tuple[str, PromptShape] | None] = loop.create_future()
+            loop.call_soon(_settle, future, call, body)
+            self.pending[flow.id] = future
+
+    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+        future = self.pending.get(flow.id)
+        if future is not None and not future.done():
+            await asyncio.wait([future])
 
     def before_record(self, flow: http.HTTPFlow, call: Call, reading: Reading, record: CallRecord) -> None:
         """Meter's hook: judge the finished call and put the verdict into its row and onto the flow."""
-        pending = self.pending.pop(call.flow_id, None)
+        future = self.pending.pop(call.flow_id, None)
+        # Not done only when the call failed before its response headers: such a call is not judged.
+        pending = future.result() if future is not None and future.done() else None
         if pending is None:
             return
         key, shape = pending
@@ -109,3 +118,20 @@ class CacheHealth:
         self.conversations.move_to_end(key)
         while len(self.conversations) > self.max_conversations:
             self.conversations.popitem(last=False)
+
+
+def _conversation_shape(call: Call, body: dict[str, Any]) -> tuple[str, PromptShape] | None:
+    shape = read_prompt_shape(call.provider, call.api, body)
+    if shape is None:
+        return None
+    return conversation_key(call.provider, call.request_model, call.session_id, call.client, shape), shape
+
+
+def _settle(future: asyncio.Future[tuple[str, PromptShape] | None], call: Call, body: dict[str, Any]) -> None:
+    if future.done():
+        return
+    try:
+        future.set_result(_conversation_shape(call, body))
+    except Exception as e:  # fails open: the call is recorded, just not judged (and nothing waits forever)
+        log.warning("sluice: flow %s: prompt shape not read: %r", call.flow_id, e)
+        future.set_result(None)

@@ -37,6 +37,22 @@ class Harness:
         self.core = SluiceCore()
         self.health = CacheHealth(self.core, max_conversations)
 
+    def in_flight(self, request: dict[str, Any]) -> tuple[tflow.http.HTTPFlow, Call]:
+        """A live flow and its call, as the rewrite step leaves them, before any hook of this addon."""
+        flow = tflow.tflow(req=tutils.treq(method=b"POST", path=b"/v1/messages", content=b"{}"))
+        flow.live = True
+        call = Call(flow.id, "api.anthropic.com", "POST", "/v1/messages", "anthropic", "messages", T0)
+        call.request_json = parse_json(json.dumps(request))
+        self.core.calls[flow.id] = call
+        return flow, call
+
+    async def send(self, flow: tflow.http.HTTPFlow) -> None:
+        """The request hook, then the response's headers, as mitmproxy calls them."""
+        self.health.request(flow)
+        await asyncio.sleep(0)  # the request is on its way
+        flow.response = tutils.tresp()
+        await self.health.responseheaders(flow)
+
     def call(
         self,
         request: dict[str, Any],
@@ -57,7 +73,7 @@ class Harness:
         call.session_id, call.credential, call.request_model = session, credential, request.get("model")
         call.request_json = parse_json(json.dumps(request))  # what the rewrite step leaves on the call
         self.core.calls[flow.id] = call
-        asyncio.run(self.health.request(flow))
+        asyncio.run(self.send(flow))
         reading = Reading(
             model="claude-sonnet-4-5",
             usage=Usage(
@@ -117,11 +133,61 @@ def test_count_tokens_and_unreadable_bodies_are_left_alone() -> None:
     flow = tflow.tflow(req=tutils.treq(method=b"POST", path=b"/v1/messages", content=b"not json"))
     flow.live = True
     h.core.calls[flow.id] = Call(flow.id, "h", "POST", "/v1/messages", "anthropic", "messages", T0)
-    asyncio.run(h.health.request(flow))
+    asyncio.run(h.send(flow))
     counted = tflow.tflow(req=tutils.treq(method=b"POST", path=b"/v1/messages/count_tokens", content=b"{}"))
     counted.live = True
     h.core.calls[counted.id] = Call(
         counted.id, "h", "POST", "/v1/messages/count_tokens", "anthropic", "count_tokens", T0
     )
-    asyncio.run(h.health.request(counted))
+    asyncio.run(h.send(counted))
     assert h.health.pending == {}
+
+
+def test_the_shape_is_read_after_the_request_hook_and_awaited_by_the_response_headers() -> None:
+    h = Harness()
+    flow, _ = h.in_flight(body(2))
+
+    async def hooks() -> tuple[bool, bool]:
+        h.health.request(flow)
+        read_in_the_hook = h.health.pending[flow.id].done()
+        flow.response = tutils.tresp()
+        await h.health.responseheaders(flow)  # at once: no turn of the loop in between
+        return read_in_the_hook, h.health.pending[flow.id].done()
+
+    assert asyncio.run(hooks()) == (False, True)
+
+
+def test_a_shape_that_cannot_be_read_leaves_the_call_unjudged_and_nothing_waiting(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import addons.cache_health as addon
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(addon, "read_prompt_shape", broken)
+    h = Harness()
+    row, flow = h.call(body(1), write=2000)
+    assert row.get("cache_status") is None and METADATA_KEY not in flow.metadata
+    assert h.health.pending == {}
+
+
+def test_a_call_that_fails_before_its_response_is_not_judged() -> None:
+    h = Harness()
+    flow, call = h.in_flight(body(1))
+
+    async def request_only() -> None:
+        h.health.request(flow)  # and the connection drops before the shape was read
+
+    asyncio.run(request_only())
+    record = build_record(
+        call,
+        Reading(),
+        status=None,
+        error="connection lost",
+        request_id=None,
+        rate_limits=[],
+        headers_at=None,
+        ended=T0,
+    )
+    h.health.before_record(flow, call, Reading(), record)
+    h.health.error(flow)
+    assert record.row.get("cache_status") is None and h.health.pending == {}
