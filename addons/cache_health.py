@@ -108,10 +108,19 @@ class CacheHealth:
             log.info("sluice: flow %s: prompt cache miss: %s", flow.id, verdict.note)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        self.pending.pop(flow.id, None)  # a call the meter did not finish (never metered) leaves nothing
+        self._forget(flow.id)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self.pending.pop(flow.id, None)
+        self._forget(flow.id)
+
+    def _forget(self, flow_id: str) -> None:
+        """A call the meter did not finish leaves nothing behind. The meter may build a row once the
+        response has left (addons/meter.py): it scheduled that before this hook ran, so forgetting is
+        scheduled after it."""
+        try:
+            asyncio.get_running_loop().call_soon(self.pending.pop, flow_id, None)
+        except RuntimeError:
+            self.pending.pop(flow_id, None)
 
     def _remember(self, key: str, turn: Turn) -> None:
         self.conversations[key] = turn

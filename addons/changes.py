@@ -26,7 +26,6 @@ import logging
 from typing import Any
 
 from mitmproxy import ctx, http
-from mitmproxy.tools.dump import DumpMaster
 
 from addons.core import SluiceCore
 from rules.json_diff import diff_json
@@ -49,11 +48,6 @@ class RequestChanges:
 
     def __init__(self, core: SluiceCore) -> None:
         self.core = core
-        self.shown = True  # someone can see the difference: a UI, or flows saved to a file
-
-    def configure(self, updated: set[str]) -> None:
-        saving = "save_stream_file" in ctx.options and bool(ctx.options.save_stream_file)
-        self.shown = saving or not isinstance(ctx.master, DumpMaster)
 
     def running(self) -> None:
         options = ctx.options
@@ -63,7 +57,7 @@ class RequestChanges:
                 options.update(web_columns=[*columns, "comment"])
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if not self.shown:
+        if not self.core.flows_shown:
             return
         call = self.core.calls.get(flow.id)
         if call is None or call.request_json_before is None or call.request_json is None:

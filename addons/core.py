@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http, optmanager
+from mitmproxy.tools.dump import DumpMaster
 
 from addons.calls import Call
 from rules.config import Config, ConfigError, Upstream, load_config
@@ -49,6 +50,9 @@ class SluiceCore:
         self._upstreams: dict[str, Upstream] = {}
         # Run at shutdown before the writer drains, so calls still in flight get their rows.
         self.shutdown_hooks: list[Callable[[], None]] = []
+        # Someone can see what sluice notes on a flow (comment, marks, metadata) while it is live: a UI
+        # (mitmweb, the console), or flows saved as they pass (`-w`). A plain mitmdump shows none of it.
+        self.flows_shown = True
 
     def load(self, loader):  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -72,6 +76,8 @@ class SluiceCore:
         connect_lazily(loader.master.options)
 
     def configure(self, updated: set[str]) -> None:
+        saving = "save_stream_file" in ctx.options and bool(ctx.options.save_stream_file)
+        self.flows_shown = saving or not isinstance(ctx.master, DumpMaster)
         if "sluice_config" in updated:
             path = ctx.options.sluice_config
             try:

@@ -7,6 +7,7 @@ down — it gets exactly one row, with the partial usage seen so far and what we
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -70,6 +71,8 @@ class Meter:
     def __init__(self, core: SluiceCore, before_record: Sequence[BeforeRecord] = ()) -> None:
         self.core = core
         self.before_record = list(before_record)
+        # Answered calls whose rows are built after their response left (see `response`), by flow id.
+        self.deferred: dict[str, tuple[http.HTTPFlow, Call]] = {}
         core.shutdown_hooks.append(self._finish_in_flight)
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -142,17 +145,37 @@ class Meter:
         call = self.core.calls.pop(flow.id, None)
         if call is None or call.finished or flow.response is None:
             return
+        if call.body_copy is not None and flow.response.raw_content is None:
+            flow.response.raw_content = bytes(call.body_copy)
+        if self.core.flows_shown:
+            self._finish_response(flow, call)  # the comment and marks must be on the flow as it leaves
+            return
+        # A plain mitmdump: no one sees the flow's comment, so the row is built once the response has left
+        # (this hook returns, mitmproxy sends it, then the loop runs what was scheduled meanwhile).
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._finish_response(flow, call)
+            return
+        self.deferred[flow.id] = (flow, call)
+        loop.call_soon(self._finish_deferred, flow.id)
+
+    def _finish_deferred(self, flow_id: str) -> None:
+        deferred = self.deferred.pop(flow_id, None)
+        if deferred is not None:
+            self._finish_response(*deferred)
+
+    def _finish_response(self, flow: http.HTTPFlow, call: Call) -> None:
+        response = flow.response
         if call.reader is not None:
             reading = call.reader.finish()
         elif call.final_reading is not None:
             reading = call.final_reading
-        elif flow.response.stream:
+        elif response is None or response.stream:
             reading = Reading()
         else:
-            call.response_bytes = len(flow.response.raw_content or b"")
-            reading = _read_buffered(call.api, flow.response)
-        if call.body_copy is not None and flow.response.raw_content is None:
-            flow.response.raw_content = bytes(call.body_copy)
+            call.response_bytes = len(response.raw_content or b"")
+            reading = _read_buffered(call.api, response)
         self._finish(flow, call, reading, error=None)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -209,6 +232,8 @@ class Meter:
         annotate(flow, record.row)
 
     def _finish_in_flight(self) -> None:
+        for flow_id in list(self.deferred):
+            self._finish_deferred(flow_id)
         for call in list(self.core.calls.values()):
             if not call.finished:
                 call.finished = True

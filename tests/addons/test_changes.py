@@ -18,9 +18,12 @@ def live_flow(body: bytes, path: bytes = b"/v1/messages") -> tflow.http.HTTPFlow
     return flow
 
 
-def run(body: bytes, rewritten: bytes | None, path: bytes = b"/v1/messages") -> tflow.http.HTTPFlow:
+def run(
+    body: bytes, rewritten: bytes | None, path: bytes = b"/v1/messages", *, shown: bool = True
+) -> tflow.http.HTTPFlow:
     """What the rewrite step leaves: the parsed body before and after (one object if unchanged)."""
     core = SluiceCore()
+    core.flows_shown = shown
     changes = RequestChanges(core)
     flow = live_flow(body, path)
     call = core.calls[flow.id] = Call(flow.id, "h", "POST", "/v1/messages", "anthropic", "messages", 0.0)
@@ -102,25 +105,7 @@ def test_the_changes_survive_a_saved_flow() -> None:
     assert loaded.metadata[METADATA_KEY] == flow.metadata[METADATA_KEY]
 
 
-def test_a_plain_mitmdump_skips_the_difference_unless_flows_are_saved(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import asyncio
-
-    from mitmproxy import options
-    from mitmproxy.tools.dump import DumpMaster
-
-    async def shown(*settings: str) -> bool:
-        master = DumpMaster(options.Options(), with_termlog=False, with_dumper=False)
-        changes = RequestChanges(SluiceCore())
-        master.addons.add(changes)
-        if settings:
-            master.options.set(*settings)
-        changes.configure(set())
-        return changes.shown
-
-    assert asyncio.run(shown()) is False
-    assert asyncio.run(shown(f"save_stream_file={tmp_path / 'flows'}")) is True
-    with taddons.context() as tctx:  # any other master: mitmweb, the console
-        changes = RequestChanges(SluiceCore())
-        tctx.master.addons.add(changes)
-        changes.configure(set())
-        assert changes.shown is True
+def test_nothing_is_worked_out_where_no_one_can_see_it() -> None:
+    after = {**BODY, "max_tokens": 4096}
+    flow = run(json.dumps(BODY).encode(), json.dumps(after).encode(), shown=False)
+    assert METADATA_KEY not in flow.metadata

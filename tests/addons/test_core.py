@@ -24,3 +24,27 @@ def test_without_the_option_nothing_happens() -> None:
     with taddons.context() as tctx:
         connect_lazily(tctx.options)
         assert "connection_strategy" not in tctx.options
+
+
+def test_flows_are_shown_by_a_ui_or_when_saved_not_by_a_plain_mitmdump(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from mitmproxy import options
+    from mitmproxy.tools.dump import DumpMaster
+
+    async def shown(*settings: str) -> bool:
+        master = DumpMaster(options.Options(), with_termlog=False, with_dumper=False)
+        core = SluiceCore()
+        master.addons.add(core)
+        if settings:
+            master.options.set(*settings)
+        core.configure(set())
+        return core.flows_shown
+
+    assert asyncio.run(shown()) is False
+    assert asyncio.run(shown(f"save_stream_file={tmp_path / 'flows'}")) is True
+    with taddons.context() as tctx:  # any other master: mitmweb, the console
+        core = SluiceCore()
+        tctx.master.addons.add(core)
+        core.configure(set())
+        assert core.flows_shown is True

@@ -668,6 +668,7 @@ def test_flows_saved_with_w_carry_what_sluice_changed(start_proxy: ProxyFactory,
 
     with saved.open("rb") as file:
         [flow] = list(io.FlowReader(file).stream())
+    assert " · in " in flow.comment and " · out " in flow.comment  # the summary, as it left: see addons/meter
     sluice = flow.metadata["sluice"]
     assert "system_block:policy" in sluice["rules"]
     assert {"op": "added", "path": "system[1]"}.items() <= sluice["changes"][0].items()
