@@ -90,6 +90,7 @@ _DECODER = json.JSONDecoder(
     parse_constant=RawNumber,
 )
 _WHITESPACE = re.compile(r"[ \t\n\r]*")  # RFC 8259 §2: insignificant whitespace
+MARKER = '"cache_control"'
 Spans = dict[str, tuple[int, int]]
 
 
@@ -103,8 +104,10 @@ class MemberMemo:
     ends at its own closing bracket, so the same text there is the same value. Members are remembered per
     name; the elements of `messages` and `input` by the first ELEMENT_KEY_CHARS of their text (which holds
     a tool call's id or the start of a message's text), the most recent ELEMENT_CHARS_MAX characters of
-    them. Values are shared between calls: the rules never mutate what they are given. Bounded;
-    thread-safe (large bodies are rewritten on worker threads).
+    them. A message carrying a cache breakpoint is not remembered: the client moves that marker on at its
+    next turn, so the same text never comes back (and keeping what never returns only churns memory and
+    the garbage collector). Values are shared between calls: the rules never mutate what they are given.
+    Bounded; thread-safe (large bodies are rewritten on worker threads).
     """
 
     MEMBERS = frozenset({"tools", "system", "instructions"})
@@ -114,7 +117,7 @@ class MemberMemo:
     ELEMENT_MIN_CHARS = 128  # shorter ones cost less to parse than to look up; and the key lies within
     ELEMENT_KEY_CHARS = 128
     PER_ELEMENT_KEY = 4
-    ELEMENT_CHARS_MAX = 8 * 1024 * 1024
+    ELEMENT_CHARS_MAX = 4 * 1024 * 1024
 
     def __init__(self) -> None:
         self._recent: dict[str, list[tuple[str, Any]]] = {}
@@ -154,7 +157,9 @@ class MemberMemo:
             if found is None:
                 value, end = _DECODER.raw_decode(text, index)
                 if end - index >= self.ELEMENT_MIN_CHARS and text[index] in "[{":
-                    self._keep_element(key, text[index:end], value)
+                    raw = text[index:end]
+                    if MARKER not in raw:
+                        self._keep_element(key, raw, value)
             else:
                 value, end = found
             items.append(value)

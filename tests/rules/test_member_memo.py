@@ -163,3 +163,15 @@ def test_rules_give_the_same_bytes_over_a_growing_conversation_with_and_without_
             }
         ).encode()
         assert apply_request_rules(raw, remembering).body == apply_request_rules(raw, plain).body
+
+
+def test_a_message_carrying_a_breakpoint_is_not_remembered() -> None:
+    memo = MemberMemo()
+    marked = message(1)
+    marked["content"][0]["cache_control"] = {"type": "ephemeral"}  # type: ignore[index]
+    text = json.dumps({"messages": [message(0), marked]})
+    first, _ = parse_object_with_spans(text, memo)  # type: ignore[misc]
+    second, _ = parse_object_with_spans(text, memo)  # type: ignore[misc]
+    assert second["messages"][0] is first["messages"][0]
+    assert second["messages"][1] is not first["messages"][1]  # the client moves its marker on next turn
+    assert second == parse_json(text)
