@@ -111,7 +111,7 @@ class MemberMemo:
     """
 
     MEMBERS = frozenset({"tools", "system", "instructions"})
-    MIN_CHARS = 1024
+    MIN_CHARS = 128  # smaller ones cost less to parse than to look up
     PER_MEMBER = 8
     ELEMENTS = frozenset({"messages", "input"})
     ELEMENT_MIN_CHARS = 128  # shorter ones cost less to parse than to look up; and the key lies within
@@ -421,13 +421,24 @@ def _inject(
 
 
 def _anthropic_block(block: SystemBlock) -> JSONObject:
-    # https://docs.claude.com/en/api/messages (system: TextBlockParam[]; cache_control.ttl "5m" | "1h")
-    result: JSONObject = {"type": "text", "text": block.text}
-    if block.cache == "1h":
-        result["cache_control"] = {"type": "ephemeral", "ttl": "1h"}
-    elif block.cache == "5m":
-        result["cache_control"] = {"type": "ephemeral"}
-    return result
+    """The operator's block as the API takes it: one object per configured block, shared by every call
+    (nothing mutates a body), so what a reader derives from it (its prompt-cache digest) is kept."""
+    key = (block.text, block.cache)
+    found = _ANTHROPIC_BLOCKS.get(key)
+    if found is None:
+        # https://docs.claude.com/en/api/messages (system: TextBlockParam[]; cache_control.ttl "5m" | "1h")
+        found = ParsedObject(type="text", text=block.text)
+        if block.cache == "1h":
+            found["cache_control"] = {"type": "ephemeral", "ttl": "1h"}
+        elif block.cache == "5m":
+            found["cache_control"] = {"type": "ephemeral"}
+        if len(_ANTHROPIC_BLOCKS) < _ANTHROPIC_BLOCKS_MAX:  # configurations are small; reloads add a few
+            _ANTHROPIC_BLOCKS[key] = found
+    return found
+
+
+_ANTHROPIC_BLOCKS: dict[tuple[str, str | None], JSONObject] = {}
+_ANTHROPIC_BLOCKS_MAX = 1024
 
 
 def _new_blocks(blocks: Sequence[SystemBlock], present: set[str]) -> list[SystemBlock]:

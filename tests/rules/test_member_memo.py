@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from rules.config import Rules
+from rules.config import Rules, SystemBlock
 from rules.rewrite import MemberMemo, RuleContext, apply_request_rules, parse_json, parse_object_with_spans
 
 TOOLS = [
@@ -175,3 +175,19 @@ def test_a_message_carrying_a_breakpoint_is_not_remembered() -> None:
     assert second["messages"][0] is first["messages"][0]
     assert second["messages"][1] is not first["messages"][1]  # the client moves its marker on next turn
     assert second == parse_json(text)
+
+
+def test_the_operators_system_block_is_one_object_that_no_rule_changes() -> None:
+    block = SystemBlock(name="policy", text="Be careful.", cache="5m")
+    raw = json.dumps({"model": "m", "system": [{"type": "text", "text": "s"}]}).encode()
+
+    def ours(cap: int) -> dict[str, object]:
+        rules = Rules(system_blocks=[block], cache_control_max=cap)
+        context = RuleContext(provider="anthropic", api="messages", host="api.anthropic.com", rules=rules)
+        result = apply_request_rules(raw, context)
+        assert result.rewritten is not None
+        return result.rewritten["system"][-1]  # type: ignore[no-any-return]
+
+    assert ours(4) is ours(4)  # shared between calls: its prompt-cache digest is kept
+    assert ours(0) == {"type": "text", "text": "Be careful."}  # a cap of none drops our marker too...
+    assert ours(4)["cache_control"] == {"type": "ephemeral"}  # ...on a copy: the shared block keeps it
