@@ -232,8 +232,27 @@ class RecordWriter:
 
     def _write(self, db: sqlite_utils.Database) -> None:
         batch = [self._pending[i] for i in range(min(self._batch_size, len(self._pending)))]
-        call_rows = [tuple(_cell(record.row.get(column)) for column in CALL_COLUMNS) for record in batch]
+        try:
+            self._commit(db, batch, storable=False)
+        except (UnicodeEncodeError, OverflowError):
+            # Text that is not UTF-8, or an integer over 64 bits: the batch again, every value made storable
+            # (checking every value of every row up front would cost most of the writer's time).
+            self._commit(db, batch, storable=True)
+        for _ in batch:
+            self._pending.popleft()
+        self.stats.written += len(batch)
+        self.stats.batches += 1
+        self.stats.pending = len(self._pending)
+        self._done(len(batch))
+
+    def _commit(self, db: sqlite_utils.Database, batch: list[CallRecord], *, storable: bool) -> None:
+        if storable:
+            call_rows = [tuple(_cell(record.row.get(column)) for column in CALL_COLUMNS) for record in batch]
+        else:
+            call_rows = [tuple(map(record.row.get, CALL_COLUMNS)) for record in batch]
         limit_rows = _newest_rate_limits(batch)
+        if storable:
+            limit_rows = [tuple(_cell(value) for value in row) for row in limit_rows]
         settled_at = time.time()
         settle_rows = [
             (record.budget[0], record.budget[1], settled_at, record.row["id"])
@@ -253,12 +272,6 @@ class RecordWriter:
             if conn.in_transaction:
                 conn.execute("rollback")
             raise
-        for _ in batch:
-            self._pending.popleft()
-        self.stats.written += len(batch)
-        self.stats.batches += 1
-        self.stats.pending = len(self._pending)
-        self._done(len(batch))
 
     def _done(self, count: int) -> None:
         with self._idle:
@@ -295,21 +308,17 @@ def _newest_rate_limits(batch: Sequence[CallRecord]) -> list[tuple[Any, ...]]:
 
     `_RATE_LIMIT_SQL` keeps only the newest observation anyway, so upserting every call's copy of the same
     24 headers only to overwrite them again costs a statement each for nothing. Ties go to the later record,
-    as they would in sequential upserts (`>=`).
+    as they would in sequential upserts (`>=`). Only the winners become rows.
     """
-    newest: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    newest: dict[tuple[str, str, str], tuple[str, str, CallRecord]] = {}
     for record in batch:
+        host, credential, observed_at = record.host, record.credential, record.observed_at
         for header, value in record.rate_limits:
-            row = (
-                record.host,
-                record.credential,
-                _cell(header),
-                _cell(value),
-                record.observed_at,
-                record.row["id"],
-            )
-            key = row[:3]
+            key = (host, credential, header)
             current = newest.get(key)
-            if current is None or record.observed_at >= current[4]:
-                newest[key] = row
-    return list(newest.values())
+            if current is None or observed_at >= current[0]:
+                newest[key] = (observed_at, value, record)
+    return [
+        (host, credential, header, value, observed_at, record.row["id"])
+        for (host, credential, header), (observed_at, value, record) in newest.items()
+    ]
