@@ -62,7 +62,7 @@ def machine_info() -> dict[str, Any]:
         "mitmproxy": mitmproxy.version.VERSION,
         "openssl": ssl.OPENSSL_VERSION,
         "sqlite": sqlite3.sqlite_version,
-        "sluice_commit": _git_revision(),
+        "sluice_commit": git_revision(),
         "load_average_at_start": _load_average(),
     }
 
@@ -73,9 +73,11 @@ def _load_average() -> list[float] | None:
     return None
 
 
-def _git_revision() -> str | None:
+def git_revision(root: Path = ROOT) -> str | None:
+    """The checkout's short commit, `+changes` when its addons, rules or state differ from it."""
+
     def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=5)
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5)
         if done.returncode:
             raise OSError(done.stderr)
         return done.stdout.strip()
@@ -292,6 +294,11 @@ def print_report(report: dict[str, Any], figures: dict[str, Figure]) -> None:
         f"· {m['cpus']} CPUs · Python {m['python']} · mitmproxy {m['mitmproxy']} "
         f"· sluice {m['sluice_commit']} · load {m['load_average_at_start']}"
     )
+    baseline = report.get("baseline")
+    if baseline:  # --against: the "bare" column is another sluice
+        title += (
+            f"\nbare column: sluice {baseline['commit']} at {baseline['path']}, with the same configuration"
+        )
     table = Table(title=title, title_justify="left")
     for column in ("figure", "bare", "sluice", "sluice/bare", "sluice-bare", "target", "result", "note"):
         table.add_column(column, justify="right" if column in ("bare", "sluice", "sluice/bare") else "left")

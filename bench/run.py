@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.run --quick            # smoke run, tiny sizes, under a minute
     .venv/bin/python -m bench.run --json out.json    # also write every figure as JSON
     .venv/bin/python -m bench.run --profile prof/    # py-spy both proxies through each phase
+    .venv/bin/python -m bench.run --against ../prev  # another checkout's sluice in bare's place
 
 It starts, all on 127.0.0.1: the bench upstream (bench/upstream.py, a fake Anthropic API in a process of its
 own), a BARE mitmdump (bench/bare_stream.py only: it streams `text/event-stream`, as any LLM proxy must)
@@ -45,7 +46,7 @@ from bench.processes import (
     start_upstream,
     top_frames,
 )
-from bench.report import build_figures, machine_info, print_report
+from bench.report import build_figures, git_revision, machine_info, print_report
 from bench.scenarios import Workload, bulk, measure_rewrite, measure_writer, sequential, streams, throughput
 from bench.settings import (
     CLIENT_KEY_ENV,
@@ -105,7 +106,9 @@ async def measure(
     return raw
 
 
-def _start_proxies(workdir: Path, work: Workload, stack: contextlib.ExitStack) -> dict[str, Proxy]:
+def _start_proxies(
+    workdir: Path, work: Workload, stack: contextlib.ExitStack, against: Path | None = None
+) -> dict[str, Proxy]:
     from tests.e2e.harness import SITECUSTOMIZE_DIR, make_test_ca
 
     ca = make_test_ca(workdir / "ca")
@@ -122,8 +125,14 @@ def _start_proxies(workdir: Path, work: Workload, stack: contextlib.ExitStack) -
     config = workdir / "sluice.toml"
     config.write_text(SLUICE_CONFIG)
     sluice_sets = [f"sluice_config={config}", f"sluice_db={workdir / 'sluice.db'}"]
+    baseline: tuple[list[Path], list[str]] = ([BARE_SCRIPT], [])
+    if against is not None:  # another sluice in bare's place: a before/after of a change in one run
+        baseline = (
+            [against / "addons" / "sluice.py"],
+            [f"sluice_config={config}", f"sluice_db={workdir / 'against.db'}"],
+        )
     proxies = {}
-    for name, scripts, sets in (("bare", [BARE_SCRIPT], []), ("sluice", [SLUICE_SCRIPT], sluice_sets)):
+    for name, scripts, sets in (("bare", *baseline), ("sluice", [SLUICE_SCRIPT], sluice_sets)):
         proxy = start_mitmdump(name, workdir, scripts=scripts, sets=sets, env=env, upstream_ca=ca.ca_cert)
         stack.callback(proxy.child.stop)
         proxies[name] = proxy
@@ -131,7 +140,13 @@ def _start_proxies(workdir: Path, work: Workload, stack: contextlib.ExitStack) -
 
 
 def run(
-    settings: Settings, *, mode: str, only: Sequence[str], keep: bool, profile_dir: Path | None
+    settings: Settings,
+    *,
+    mode: str,
+    only: Sequence[str],
+    keep: bool,
+    profile_dir: Path | None,
+    against: Path | None = None,
 ) -> dict[str, Any]:
     """One whole benchmark; returns the report (and prints the table)."""
     started = time.monotonic()
@@ -153,7 +168,7 @@ def run(
         profiler = Profiler(profile_dir)
         if set(only) & set(PROXY_PHASES):
             with contextlib.ExitStack() as stack:
-                proxies = _start_proxies(workdir, work, stack)
+                proxies = _start_proxies(workdir, work, stack, against)
                 raw.update(asyncio.run(measure(proxies, work, only, deadline, profiler)))
                 for proxy in proxies.values():
                     proxy.child.stop()  # mitmproxy's `done`: the lag addon writes its samples
@@ -166,6 +181,8 @@ def run(
             "seconds": round(time.monotonic() - started, 1),
             "figures": {key: figure.as_json() for key, figure in figures.items()},
         }
+        if against is not None:
+            report["baseline"] = {"path": str(against), "commit": git_revision(against)}
         if profiler.files:
             report["profiles"] = {path.name: top_frames(path) for path in profiler.files}
         print_report(report, figures)
@@ -196,6 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="DIR",
+        help="in bare's place, the sluice of another checkout (a `git worktree` of the previous commit, say) "
+        "with the same configuration: a change's before/after in one run, on the same machine state",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -209,6 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(only) - set(PROXY_PHASES + LOCAL_PHASES)
     if unknown:
         parser.error(f"--only: unknown phases {', '.join(sorted(unknown))}")
+    if args.against is not None:
+        args.against = args.against.resolve()
+        if not (args.against / "addons" / "sluice.py").is_file():
+            parser.error(f"--against: no addons/sluice.py in {args.against}")
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         report = run(
@@ -217,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             only=only,
             keep=args.keep,
             profile_dir=args.profile,
+            against=args.against,
         )
     except KeyboardInterrupt:
         print("bench: interrupted; every process it started is stopped", file=sys.stderr)

@@ -81,3 +81,44 @@ def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
         assert (figure["result"] in ("PASS", "MISS")) == (key in TARGETED), (key, figure)
     # The table went to stdout with a verdict for every target.
     assert done.stdout.count("PASS") + done.stdout.count("MISS") >= len(TARGETED)
+
+
+def test_against_another_checkout_puts_its_sluice_in_bares_place(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--quick",
+            "--only",
+            "latency",
+            "--against",
+            ".",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    report = json.loads(out.read_text())
+    assert report["baseline"] == {"path": str(REPO_ROOT), "commit": report["machine"]["sluice_commit"]}
+    latency = report["figures"]["latency_p50_ms"]
+    assert isinstance(latency["bare"], float) and isinstance(latency["sluice"], float)
+    assert "bare column: sluice" in done.stdout
+
+
+def test_against_a_folder_without_sluice_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--against", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "no addons/sluice.py" in done.stderr
