@@ -173,6 +173,9 @@ def run(
                 for proxy in proxies.values():
                     proxy.child.stop()  # mitmproxy's `done`: the lag addon writes its samples
         figures = build_figures(raw, proxies, settings)
+        if against is not None:
+            for figure in figures.values():
+                figure.target = None  # the targets are for sluice over bare mitmdump, not over a sluice
         report: dict[str, Any] = {
             "mode": mode,
             "machine": machine,

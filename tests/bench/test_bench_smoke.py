@@ -110,6 +110,7 @@ def test_against_another_checkout_puts_its_sluice_in_bares_place(tmp_path: Path)
     latency = report["figures"]["latency_p50_ms"]
     assert isinstance(latency["bare"], float) and isinstance(latency["sluice"], float)
     assert "bare column: sluice" in done.stdout
+    assert all(figure["result"] is None for figure in report["figures"].values())  # targets are over bare
 
 
 def test_against_a_folder_without_sluice_is_refused(tmp_path: Path) -> None:
