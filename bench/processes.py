@@ -99,7 +99,16 @@ class Child:
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:
-            raise BenchError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            raise BenchError(f"{self.name} exited with {self.process.returncode}:\n{self.log_summary()}")
+
+    def log_summary(self, lines: int = 15) -> str:
+        """The log without traceback frames: what was logged, and each exception's own line."""
+        with contextlib.suppress(OSError):
+            text = self.log.read_text(errors="replace").splitlines()
+            frames = (" ", "Traceback", "During handling")
+            said = [line for line in text if line and not line.startswith(frames)]
+            return "\n".join(said[-lines:])
+        return ""
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         if self.process.poll() is None:

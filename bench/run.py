@@ -62,6 +62,7 @@ from tests.e2e.harness import clean_env
 PROXY_PHASES = ("latency", "throughput", "stream1", "stream20", "agent", "huge", "bulk")
 LOCAL_PHASES = ("rewrite", "writer")
 PAUSE_S = 0.1  # between two runs of a phase: the previous proxy's last writes settle
+STARTUP_GRACE_S = 1.0  # for a mitmdump that failed its first requests to finish exiting
 
 
 def _phases(work: Workload) -> dict[str, Callable[[Proxy], Awaitable[dict[str, Any]]]]:
@@ -85,9 +86,16 @@ async def measure(
     raw: dict[str, dict[str, dict[str, list[Any]]]] = {name: {} for name in proxies}
     # Warm both up: imports, caches, the pricing table, the credential pool's first read.
     for proxy in proxies.values():
-        await sequential(proxy, work, work.small, s.warmup_requests, "warmup")
-        await streams(proxy, work, 2, 1, "warmup")
-        await sequential(proxy, work, work.agent, 1, "warmup")
+        try:
+            await sequential(proxy, work, work.small, s.warmup_requests, "warmup")
+            await streams(proxy, work, 2, 1, "warmup")
+            await sequential(proxy, work, work.agent, 1, "warmup")
+        except Exception:
+            # mitmdump listens before its scripts have loaded: one that fails to start (a script error,
+            # an `--against` checkout that does not import) dies here. Say so, with its log.
+            await asyncio.sleep(STARTUP_GRACE_S)
+            proxy.child.check_alive()
+            raise
     for phase, run_phase in _phases(work).items():
         if phase not in only:
             continue
