@@ -117,6 +117,8 @@ class CacheHealth:
         """A call the meter did not finish leaves nothing behind. The meter may build a row once the
         response has left (addons/meter.py): it scheduled that before this hook ran, so forgetting is
         scheduled after it."""
+        if flow_id not in self.pending:
+            return
         try:
             asyncio.get_running_loop().call_soon(self.pending.pop, flow_id, None)
         except RuntimeError:

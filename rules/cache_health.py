@@ -26,14 +26,11 @@ Pure and stdlib only. Fails open: a body it cannot read gives no shape, and the 
 from __future__ import annotations
 
 import hashlib
-import json
-import json.encoder
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from rules.cache_control import find_cache_breakpoints
-from rules.rewrite import ParsedObject
+from rules.rewrite import ParsedObject, compact_encoder
 
 JSONObject = dict[str, Any]
 
@@ -410,19 +407,5 @@ def _number_text(value: object) -> object:
     raise TypeError(f"not JSON: {type(value).__name__}")
 
 
-def _compact_encoder(default: Callable[[object], object]) -> Callable[[object], str]:
-    """Compact JSON text of a value, `ensure_ascii=False`, built once.
-
-    `json.dumps` with options builds a new encoder per call, and `JSONEncoder.encode` a new C encoder per
-    call: ~40% of the cost of digesting a small block, paid for every block of every prompt. The C encoder
-    itself is reusable (no circular-reference markers: parsed JSON has no cycles).
-    """
-    make = getattr(json.encoder, "c_make_encoder", None)  # not in typeshed: CPython's C accelerator
-    if make is None:  # no C accelerator: the pure-Python encoder
-        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=default).encode
-    encode = make(None, default, json.encoder.encode_basestring, None, ":", ",", False, False, True)
-    return lambda value: "".join(encode(value, 0))
-
-
-_BLOCK_ENCODER = _compact_encoder(_number_text)
-_TEXT_ENCODER = _compact_encoder(str)
+_BLOCK_ENCODER = compact_encoder(_number_text, allow_nan=True)
+_TEXT_ENCODER = compact_encoder(str, allow_nan=True)
