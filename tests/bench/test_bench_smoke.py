@@ -54,16 +54,21 @@ TARGETED = {
 }
 
 
-def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--json", str(out)],
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m bench.run --quick ARGS` from the repository, as the README runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
+
+
+def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = bench("--json", str(out))
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     report = json.loads(out.read_text())
 
@@ -85,25 +90,7 @@ def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
 
 def test_against_another_checkout_puts_its_sluice_in_bares_place(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.run",
-            "--quick",
-            "--only",
-            "latency",
-            "--against",
-            ".",
-            "--json",
-            str(out),
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    done = bench("--only", "latency", "--against", ".", "--json", str(out))
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     report = json.loads(out.read_text())
     assert report["baseline"] == {"path": str(REPO_ROOT), "commit": report["machine"]["sluice_commit"]}
@@ -114,12 +101,5 @@ def test_against_another_checkout_puts_its_sluice_in_bares_place(tmp_path: Path)
 
 
 def test_against_a_folder_without_sluice_is_refused(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--against", str(tmp_path)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = bench("--against", str(tmp_path))
     assert done.returncode == 2 and "no addons/sluice.py" in done.stderr
