@@ -14,7 +14,8 @@ Only strings, lists and dicts: the metadata is saved with the flow (`-w`), and t
 copied: the difference holds only what changed, each value cut to a few hundred characters.
 
 Working out the difference costs about as much as the rewrite itself, so it is only done where it can be
-seen: in mitmweb or the mitmproxy console, or when flows are saved (`-w`). A plain mitmdump skips it.
+seen: in mitmweb or the mitmproxy console, when flows are saved (`-w`), or when mitmdump prints bodies
+(`flow_detail` 3 or more). A plain mitmdump skips it.
 
 Under mitmweb, `RequestChanges` also adds the Comment column to the flow list (where sluice's per-call
 summary and flags show) unless the user chose the columns with `--set web_columns=...`.

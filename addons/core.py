@@ -51,7 +51,8 @@ class SluiceCore:
         # Run at shutdown before the writer drains, so calls still in flight get their rows.
         self.shutdown_hooks: list[Callable[[], None]] = []
         # Someone can see what sluice notes on a flow (comment, marks, metadata) while it is live: a UI
-        # (mitmweb, the console), or flows saved as they pass (`-w`). A plain mitmdump shows none of it.
+        # (mitmweb, the console), flows saved as they pass (`-w`), or mitmdump printing bodies
+        # (`flow_detail` >= 3). A plain mitmdump shows none of it.
         self.flows_shown = True
 
     def load(self, loader):  # type: ignore[no-untyped-def]
@@ -76,8 +77,11 @@ class SluiceCore:
         connect_lazily(loader.master.options)
 
     def configure(self, updated: set[str]) -> None:
-        saving = "save_stream_file" in ctx.options and bool(ctx.options.save_stream_file)
-        self.flows_shown = saving or not isinstance(ctx.master, DumpMaster)
+        options = ctx.options
+        saving = "save_stream_file" in options and bool(options.save_stream_file)
+        # From flow_detail 3, mitmdump prints bodies through the contentviews, sluice's LLM view included.
+        printing = "flow_detail" in options and options.flow_detail >= 3
+        self.flows_shown = saving or printing or not isinstance(ctx.master, DumpMaster)
         if "sluice_config" in updated:
             path = ctx.options.sluice_config
             try:

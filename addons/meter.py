@@ -150,8 +150,8 @@ class Meter:
         if self.core.flows_shown:
             self._finish_response(flow, call)  # the comment and marks must be on the flow as it leaves
             return
-        # A plain mitmdump: no one sees the flow's comment, so the row is built once the response has left
-        # (this hook returns, mitmproxy sends it, then the loop runs what was scheduled meanwhile).
+        # A plain mitmdump: no one sees the flow's comment or LLM view, so the row is built once the response
+        # has left (this hook returns, mitmproxy sends it, then the loop runs what was scheduled meanwhile).
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

@@ -26,14 +26,14 @@ def test_without_the_option_nothing_happens() -> None:
         assert "connection_strategy" not in tctx.options
 
 
-def test_flows_are_shown_by_a_ui_or_when_saved_not_by_a_plain_mitmdump(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_flows_are_shown_by_a_ui_when_saved_or_printed_not_by_a_plain_mitmdump(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import asyncio
 
     from mitmproxy import options
     from mitmproxy.tools.dump import DumpMaster
 
     async def shown(*settings: str) -> bool:
-        master = DumpMaster(options.Options(), with_termlog=False, with_dumper=False)
+        master = DumpMaster(options.Options(), with_termlog=False, with_dumper=True)
         core = SluiceCore()
         master.addons.add(core)
         if settings:
@@ -42,6 +42,8 @@ def test_flows_are_shown_by_a_ui_or_when_saved_not_by_a_plain_mitmdump(tmp_path)
         return core.flows_shown
 
     assert asyncio.run(shown()) is False
+    assert asyncio.run(shown("flow_detail=2")) is False  # request lines and headers only
+    assert asyncio.run(shown("flow_detail=3")) is True  # bodies printed through the LLM contentview
     assert asyncio.run(shown(f"save_stream_file={tmp_path / 'flows'}")) is True
     with taddons.context() as tctx:  # any other master: mitmweb, the console
         core = SluiceCore()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -672,3 +673,17 @@ def test_flows_saved_with_w_carry_what_sluice_changed(start_proxy: ProxyFactory,
     sluice = flow.metadata["sluice"]
     assert "system_block:policy" in sluice["rules"]
     assert {"op": "added", "path": "system[1]"}.items() <= sluice["changes"][0].items()
+
+
+def test_mitmdump_printing_bodies_shows_what_sluice_changed_and_the_cache_verdict(
+    start_proxy: ProxyFactory,
+) -> None:
+    proxy = start_proxy(config_toml=CONFIG, env=ENV, extra_args=["--set", "flow_detail=3"])
+    assert post(proxy, message(system=[{"type": "text", "text": "Base."}]), key=ALICE_KEY).status == 200
+    proxy.wait_for_rows(1)
+    proxy.stop()
+
+    printed = proxy.log_text()
+    assert "sluice changed this request: system_block:policy" in printed  # the request, in the LLM view
+    assert "sluice changed nothing in this request" not in printed
+    assert re.search(r"cache +(written|not used|hit)", printed)  # the response's verdict, printed as it left
