@@ -240,8 +240,13 @@ def parse_object_with_spans(text: str, memo: MemberMemo | None = None) -> tuple[
 
 
 def _skip_whitespace(text: str, index: int) -> int:
+    if text[index : index + 1] not in _WHITESPACE_CHARS:  # compact JSON, as SDKs send it: no regex needed
+        return index
     match = _WHITESPACE.match(text, index)
     return match.end() if match else index
+
+
+_WHITESPACE_CHARS = frozenset(" \t\n\r")
 
 
 # One encoder, built once: `JSONEncoder.encode` on a str is the C string escaper (json.dumps with
