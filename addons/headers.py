@@ -8,6 +8,7 @@ untouched. The policies are built once per configuration (rules/headers.py); a b
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from mitmproxy import ctx, exceptions, http
 
@@ -51,12 +52,10 @@ class Headers:
             return
         call = self.core.calls.get(flow.id)
         if call is not None:
-            provider: str | None = call.provider
-            upgrade = "upgrade" in call.request_headers.get("connection", "").lower()
+            provider, headers = call.provider, call.request_headers  # read once, as the call began
         else:
-            provider = self.core.provider_for(flow.request.pretty_host)
-            upgrade = _is_upgrade(flow.request)
-        if provider is None or upgrade:
+            provider, headers = self.core.provider_for(flow.request.pretty_host), flow.request.headers
+        if provider is None or _is_upgrade(headers):
             return
         kept, dropped = filter_headers(message.headers.fields, policies[provider])
         if not dropped:
@@ -67,5 +66,5 @@ class Headers:
             call.rules_applied.append(f"{direction}_headers_dropped:{names}")
 
 
-def _is_upgrade(request: http.Request) -> bool:
-    return "upgrade" in request.headers.get("connection", "").lower()
+def _is_upgrade(request_headers: Mapping[str, str]) -> bool:
+    return "upgrade" in request_headers.get("connection", "").lower()
