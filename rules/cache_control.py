@@ -98,7 +98,6 @@ def cap_cache_control(
     body: JSONObject,
     limit: int = ANTHROPIC_MAX_BREAKPOINTS,
     sluice_paths: Collection[BlockPath] = (),
-    breakpoints: list[Breakpoint] | None = None,
 ) -> JSONObject:
     """Remove `cache_control` markers until at most `limit` remain.
 
@@ -117,11 +116,8 @@ def cap_cache_control(
 
     The last breakpoint in prompt order is never dropped, since it covers the longest prefix, unless
     `limit` is 0, which the operator sets to turn caching off: then every marker goes.
-
-    `breakpoints`, when given, must be `find_cache_breakpoints(body)` (a caller that has them saves a walk).
     """
-    found = find_cache_breakpoints(body) if breakpoints is None else breakpoints
-    return without_markers(body, breakpoints_over_cap(found, limit, sluice_paths))
+    return without_markers(body, breakpoints_over_cap(find_cache_breakpoints(body), limit, sluice_paths))
 
 
 def breakpoints_over_cap(

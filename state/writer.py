@@ -6,9 +6,9 @@ busy timeout, disk full, read-only), records stay in memory up to `buffer_limit`
 backoff; a loud warning says so. Each failure also quarters the next transaction (down to
 `MIN_RETRY_BATCH` records, doubling back after each success): a disk with a little space left still takes
 small transactions when one of thousands of records would never fit. Not smaller than that: every
-transaction rewrites whole pages of the table and its indexes, so a record a transaction would take
-several times the space in the WAL. Rows are keyed by the call id and
-inserted with `insert or ignore`, so a retried batch never duplicates a row.
+transaction rewrites whole pages of the table and its indexes, so one record per transaction would take
+several times its own size in the WAL. Rows are keyed by the call id and inserted with `insert or ignore`,
+so a retried batch never duplicates a row.
 """
 
 from __future__ import annotations
