@@ -12,6 +12,7 @@ from mitmproxy.tools.dump import DumpMaster
 
 from addons.calls import Call
 from rules.config import Config, ConfigError, Upstream, load_config
+from rules.destination import Destination, normalize_host
 from rules.envelopes import error_body
 from state import db as sluice_db
 from state.pricing import price_call
@@ -38,6 +39,17 @@ def connect_lazily(options: optmanager.OptManager) -> None:
     option = options._options.get("connection_strategy")
     if option is not None and option.value is optmanager.unset:
         options.update(connection_strategy="lazy")
+
+
+def destination(flow: http.HTTPFlow) -> Destination:
+    """Where mitmproxy sends this request: the scheme, host and port it opens its upstream connection with.
+
+    mitmproxy connects to `request.scheme/host/port` (`make_server_connection`), which it sets from the
+    CONNECT target, an absolute-form URL or the reverse-mode spec, and only for a request that names no
+    other from its Host header. `pretty_host` is the Host header: what the client wrote, not where it goes.
+    """
+    request = flow.request
+    return Destination.of(request.scheme, request.host, request.port)
 
 
 class SluiceCore:
@@ -105,13 +117,21 @@ class SluiceCore:
         self.writer.start()
 
     def upstream_for(self, host: str) -> Upstream | None:
-        """The `[[upstreams]]` entry for a host (case-insensitive), if the operator configured one."""
-        return self._upstreams.get(host.lower())
+        """The `[[upstreams]]` entry for a host name (any case, trailing dot or not), if configured.
+
+        Pass a destination's host (`destination(flow).host`), never what the request's Host header says.
+        """
+        return self._upstreams.get(normalize_host(host))
+
+    def swapping_upstream(self, host: str) -> Upstream | None:
+        """The `[[upstreams]]` entry for a host name, if sluice swaps credentials for it."""
+        upstream = self.upstream_for(host)
+        return upstream if upstream is not None and (upstream.keys or upstream.oauth) else None
 
     def provider_for(self, host: str) -> str | None:
         """Which provider's API a host serves: configured upstreams first, then the providers' own hosts."""
         upstream = self.upstream_for(host)
-        return upstream.provider if upstream else PROVIDER_HOSTS.get(host.lower())
+        return upstream.provider if upstream else PROVIDER_HOSTS.get(normalize_host(host))
 
     def answer(
         self,

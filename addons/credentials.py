@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from mitmproxy import ctx, exceptions, http
 
 from addons import wire_headers
-from addons.core import SluiceCore
+from addons.core import SluiceCore, destination
 from addons.fields import with_headers
 from rules.config import ConfigError, OAuth, Upstream, resolve_secret
+from rules.destination import Destination, credential_refusal
 from rules.envelopes import error_body
 from rules.usage import read_response_body
 from state import db as sluice_db
@@ -134,11 +135,13 @@ class Credentials:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not flow.live or self.pool is None:
             return
-        call = self.core.calls.get(flow.id)
-        host = call.host if call is not None else flow.request.pretty_host
-        upstream = self.core.upstream_for(host)
-        if upstream is None or not (upstream.keys or upstream.oauth):
+        going_to = destination(flow)
+        upstream = self.core.swapping_upstream(going_to.host)
+        if upstream is None:
             return
+        if credential_refusal(going_to, upstream.host, upstream.port) is not None:
+            return  # addons/confine.py has answered it already; a credential never goes there
+        host = upstream.host
         # Each pass either returns with a credential or takes one out of the pool, so this ends.
         for _ in range(len(upstream.keys) + 2):
             choice = self.pool.choose(host)
@@ -154,7 +157,7 @@ class Credentials:
             except CredentialUnavailable as e:
                 await asyncio.to_thread(self.pool.cool_down, host, entry.fingerprint, e.retry_after_s, str(e))
                 continue
-            self._swap(flow, upstream, entry, secret)
+            self._swap(flow, upstream, entry, secret, going_to)
             return
         self._answer_unavailable(flow, upstream, None, ("no credential could be used",))
 
@@ -165,7 +168,14 @@ class Credentials:
         config = self._oauth_config[host]
         return await self.oauth.access_token(host, lambda token: self._refresh(config, token))
 
-    def _swap(self, flow: http.HTTPFlow, upstream: Upstream, entry: CredentialEntry, secret: str) -> None:
+    def _swap(
+        self,
+        flow: http.HTTPFlow,
+        upstream: Upstream,
+        entry: CredentialEntry,
+        secret: str,
+        going_to: Destination,
+    ) -> None:
         headers = flow.request.headers
         if upstream.provider == "anthropic" and entry.kind == "key":
             changes: dict[bytes, bytes | None] = {b"x-api-key": secret.encode(), b"authorization": None}
@@ -175,7 +185,7 @@ class Credentials:
             betas = [b.strip() for b in headers.get("anthropic-beta", "").split(",") if b.strip()]
             if OAUTH_BETA not in betas:
                 changes[b"anthropic-beta"] = ",".join([*betas, OAUTH_BETA]).encode()
-        wire_headers.send_with(flow.request, with_headers(headers.fields, changes))
+        wire_headers.send_with(flow.request, with_headers(headers.fields, changes), going_to)
         self._sent[flow.id] = Swapped(upstream.host, entry)
         call = self.core.calls.get(flow.id)
         if call is not None:

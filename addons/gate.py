@@ -12,7 +12,7 @@ import logging
 
 from mitmproxy import ctx, exceptions, http
 
-from addons.core import SluiceCore
+from addons.core import SluiceCore, destination
 from addons.meter import call_for
 from rules.clients import KnownClient, digest, match_client, presented_key
 from rules.config import ConfigError, resolve_secret
@@ -76,8 +76,9 @@ class Gate:
         if call is not None and client is not None:
             call.client = client.name
             call.user_id = client.user_id
-        upstream = self.core.upstream_for(call.host if call is not None else flow.request.pretty_host)
-        if upstream is None or not (upstream.keys or upstream.oauth) or client is not None:
+        # Keyed on where the request goes (addons/confine.py has made sure its Host agrees).
+        upstream = self.core.swapping_upstream(destination(flow).host)
+        if upstream is None or client is not None:
             return
         self.core.answer(
             flow, upstream.provider, 401, REFUSAL, {"x-should-retry": "false"}, "refused: no known client key"

@@ -8,12 +8,11 @@ untouched. The policies are built once per configuration (rules/headers.py); a b
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 
 from mitmproxy import ctx, exceptions, http
 
-from addons.core import SluiceCore
-from rules.headers import HeaderAllowList, build_policy, filter_headers
+from addons.core import SluiceCore, destination
+from rules.headers import HeaderAllowList, build_policy, filter_headers, is_upgrade_request
 
 log = logging.getLogger("sluice")
 
@@ -51,20 +50,19 @@ class Headers:
         if not flow.live:
             return
         call = self.core.calls.get(flow.id)
-        if call is not None:
-            provider, headers = call.provider, call.request_headers  # read once, as the call began
-        else:
-            provider, headers = self.core.provider_for(flow.request.pretty_host), flow.request.headers
-        if provider is None or _is_upgrade(headers):
+        provider = call.provider if call is not None else self.core.provider_for(destination(flow).host)
+        if provider is None:
             return
-        kept, dropped = filter_headers(message.headers.fields, policies[provider])
+        # Provider traffic is filtered whatever it claims to be. A genuine upgrade (an upgrade request, and
+        # then only the 101 answering it) keeps what the protocol switch needs: a client that writes
+        # `Connection: upgrade` cannot turn the allow-lists off (cookies up, set-cookie back).
+        upgrade = is_upgrade_request(flow.request.headers.fields) and (
+            message is flow.request or (flow.response is not None and flow.response.status_code == 101)
+        )
+        kept, dropped = filter_headers(message.headers.fields, policies[provider], upgrade=upgrade)
         if not dropped:
             return
         message.headers.fields = tuple(kept)
         if call is not None:
             names = ",".join(sorted(dropped, key=str.lower))
             call.rules_applied.append(f"{direction}_headers_dropped:{names}")
-
-
-def _is_upgrade(request_headers: Mapping[str, str]) -> bool:
-    return "upgrade" in request_headers.get("connection", "").lower()

@@ -17,7 +17,7 @@ from mitmproxy import http
 
 from addons.annotate import annotate
 from addons.calls import Call, build_record
-from addons.core import SluiceCore
+from addons.core import SluiceCore, destination
 from addons.decoding import make_decoder
 from addons.fields import header_values
 from rules.clients import presented_key
@@ -43,7 +43,7 @@ def call_for(core: SluiceCore, flow: http.HTTPFlow) -> Call | None:
             headers = header_values(flow.request.headers.fields)
             call = Call(
                 flow_id=flow.id,
-                host=flow.request.pretty_host,
+                host=destination(flow).authority,  # where it really went, not its Host header
                 method=flow.request.method,
                 path=flow.request.path.split("?", 1)[0],
                 provider=endpoint.provider,

@@ -10,7 +10,7 @@ import asyncio
 
 from mitmproxy import http
 
-from addons.core import SluiceCore
+from addons.core import SluiceCore, destination
 from addons.fields import with_headers
 from addons.meter import call_for
 from rules.rewrite import MemberMemo, RuleContext, apply_request_rules, should_strip_billing_block
@@ -33,17 +33,18 @@ class Rewrite:
         call = call_for(self.core, flow)
         if call is None:
             return
-        upstream = self.core.upstream_for(call.host)
+        host = destination(flow).host
+        upstream = self.core.upstream_for(host)
         raw = flow.request.raw_content or b""
         context = RuleContext(
             provider=call.provider,
             api=call.api,
-            host=call.host,
+            host=host,
             rules=self.core.config.rules,
             client=call.client,
             user_id=call.user_id,
             strip_billing_block=should_strip_billing_block(
-                call.host, upstream.strip_billing_header if upstream else None
+                host, upstream.strip_billing_header if upstream else None
             ),
             content_encoding=call.request_headers.get("content-encoding"),
             memo=self.members,

@@ -3,10 +3,12 @@
 mitmproxy puts only this file's folder on sys.path; the repository root is added so the `addons`, `rules`
 and `state` packages import the same way whether or not sluice is pip-installed.
 
-Order matters: mitmproxy calls each hook on these addons in list order. Request side: who is calling
-(gate), rewrite the body, admit against the client's budget, filter headers, meter what goes upstream,
-and last choose the real credential, which is written into the request only as it is sent (never onto the
-flow). Response side: filter headers, tee the stream, judge the credential by the answer.
+Order matters: mitmproxy calls each hook on these addons in list order. Request side: a request that
+involves a credential host goes exactly where it says, over TLS (confine), who is calling (gate), rewrite
+the body, admit against the client's budget, filter headers, meter what goes upstream, and last choose
+the real credential, which is written into the request only as it is sent (never onto the flow) and only
+onto a connection to that host. Response side: filter headers, tee the stream, judge the credential by
+the answer.
 
 What mitmweb shows: what the rewrite changed is kept on the flow just after it (changes); each call's
 prompt-cache health is judged as its row is built (cache_health, through the meter's `before_record`);
@@ -27,6 +29,7 @@ from addons.budget import Budget  # noqa: E402
 from addons.cache_health import CacheHealth  # noqa: E402
 from addons.chain import Chain  # noqa: E402
 from addons.changes import RequestChanges  # noqa: E402
+from addons.confine import Confinement  # noqa: E402
 from addons.core import SluiceCore  # noqa: E402
 from addons.credentials import Credentials  # noqa: E402
 from addons.framing import Framing  # noqa: E402
@@ -42,6 +45,7 @@ cache_health = CacheHealth(core)
 contentview.register()
 parts = [
     core,
+    Confinement(core),
     Gate(core),
     Rewrite(core),
     RequestChanges(core),

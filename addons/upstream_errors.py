@@ -31,7 +31,7 @@ from mitmproxy.proxy.layers.http._events import (
     ResponseProtocolError,
 )
 
-from addons.core import SluiceCore
+from addons.core import SluiceCore, destination
 from addons.layer_patch import Method, patch_once
 from rules.envelopes import error_body
 
@@ -112,13 +112,13 @@ class UpstreamErrors:
         if flow.error is None or (flow.response is not None and flow.response.stream):
             return
         call = self.core.calls.get(flow.id)
-        provider = call.provider if call is not None else self.core.provider_for(flow.request.pretty_host)
+        provider = call.provider if call is not None else self.core.provider_for(destination(flow).host)
         version = flow.request.http_version
         if provider is None or version not in ("HTTP/1.1", "HTTP/1.0", "HTTP/2.0"):
             return
         reason = flow.error.msg
         status = 504 if "timeout" in reason.lower() or "timed out" in reason.lower() else 502
-        message = f"sluice: the upstream {flow.request.pretty_host} failed before answering: {reason}"
+        message = f"sluice: the upstream {destination(flow).authority} failed before answering: {reason}"
         headers = {"content-type": "application/json", "x-should-retry": "true"}
         if version != "HTTP/2.0":
             headers["connection"] = "close"  # HTTP/1: the connection's state after the failure is unknown

@@ -8,32 +8,46 @@ moment of sending, so thin wrappers around its upstream-side HTTP/1 and HTTP/2 l
 request with the registered headers instead of the flow's own request object. The copy lives only as long
 as the connection layer needs it. (An HTTP/3 upstream, which mitmproxy only uses in QUIC modes sluice does
 not support, is not wrapped.)
+
+The wrappers also check, at the last moment, that the connection the request is about to be written on
+goes where the credential may go: the host and port it was chosen for, over TLS, with that server name in
+the TLS handshake. Something that moved the request after sluice chose (another addon, `map_remote`) gets
+the request without any credential header instead, and the log says so.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import weakref
 from collections.abc import Generator
 from typing import Any
 
 from mitmproxy import http
+from mitmproxy.connection import Server
 from mitmproxy.proxy import commands
 from mitmproxy.proxy.layers.http import _http1, _http2
 from mitmproxy.proxy.layers.http._events import RequestHeaders
 
 from addons.layer_patch import Method, patch_once
+from rules.destination import Destination, normalize_host
+
+log = logging.getLogger("sluice")
 
 Fields = tuple[tuple[bytes, bytes], ...]
 
-# id(request object) → (that object, the header fields to send in its place). The weak reference makes sure
-# a recycled id() never matches another request.
-_PENDING: dict[int, tuple[weakref.ref[http.Request], Fields]] = {}
+# Never written onto a connection that goes anywhere but the destination a credential was chosen for.
+CREDENTIAL_HEADERS = frozenset({b"x-api-key", b"authorization", b"x-goog-api-key"})
+
+# id(request object) → (that object, the header fields to send in its place, where they may go). The weak
+# reference makes sure a recycled id() never matches another request.
+_PENDING: dict[int, tuple[weakref.ref[http.Request], Fields, Destination]] = {}
 
 
-def send_with(request: http.Request, fields: Fields) -> None:
-    """Send `request` upstream with `fields` as its headers, leaving the request's own headers as they are."""
-    _PENDING[id(request)] = (weakref.ref(request), fields)
+def send_with(request: http.Request, fields: Fields, destination: Destination) -> None:
+    """Send `request` upstream with `fields` as its headers, leaving the request's own headers as they are,
+    provided the connection it is written on goes to `destination` over TLS."""
+    _PENDING[id(request)] = (weakref.ref(request), fields, destination)
 
 
 def forget(request: http.Request) -> None:
@@ -45,18 +59,43 @@ def pending() -> int:
     return len(_PENDING)
 
 
-def _on_the_wire(event: Any) -> Any:
+def _on_the_wire(event: Any, server: Server) -> Any:
     if not isinstance(event, RequestHeaders):
         return event
     entry = _PENDING.get(id(event.request))
     if entry is None or entry[0]() is not event.request:
         return event
+    fields = entry[1]
+    wrong = _wrong_connection(server, entry[2])
+    if wrong is not None:
+        log.error(
+            "sluice: credential withheld from %s %s: %s", event.request.method, event.request.url, wrong
+        )
+        fields = tuple(
+            (name, value)
+            for name, value in event.request.headers.fields
+            if name.lower() not in CREDENTIAL_HEADERS
+        )
     # A shallow copy with headers of its own: the body and everything else are shared, not copied
     # (`Request.copy()` serializes the whole request, ~90 µs).
     wire = copy.copy(event.request)
     wire.data = copy.copy(event.request.data)
-    wire.data.headers = http.Headers(entry[1])
+    wire.data.headers = http.Headers(fields)
     return RequestHeaders(event.stream_id, wire, event.end_stream)
+
+
+def _wrong_connection(server: Server, destination: Destination) -> str | None:
+    """Why `server` is not a connection the credential chosen for `destination` may be written on."""
+    if server.address is None:
+        return "the connection has no address"
+    host, port = normalize_host(str(server.address[0])), server.address[1]
+    if (host, port) != (destination.host, destination.port):
+        return f"the connection goes to {host}:{port}, the credential is for {destination.authority}"
+    if not server.tls or not destination.tls:
+        return "the connection is not TLS"
+    if server.sni is not None and normalize_host(server.sni) != destination.host:
+        return f"the TLS server name is {server.sni}, not {destination.host}"
+    return None
 
 
 def install() -> None:
@@ -66,6 +105,6 @@ def install() -> None:
 
 def _rewired(original: Method) -> Method:
     def wrapped(self: Any, event: Any) -> Generator[commands.Command, Any, None]:
-        yield from original(self, _on_the_wire(event))
+        yield from original(self, _on_the_wire(event, self.context.server))
 
     return wrapped

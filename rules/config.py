@@ -12,7 +12,17 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from rules.destination import normalize_host
 
 Provider = Literal["anthropic", "openai"]
 Ttl = Literal["5m", "1h"]
@@ -46,19 +56,43 @@ class OAuth(_Model):
 
 
 class Upstream(_Model):
+    """Where sluice puts real credentials on the wire: a host name and the TLS port they may go to.
+
+    `host = "gateway.internal:8443"` names a port other than 443; credentials never go to any other port,
+    nor over cleartext (rules/destination.py).
+    """
+
     host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 443
     provider: Provider
     keys: list[str] = []
     oauth: OAuth | None = None
     # None means "decide by host": strip only when the host is not the provider's own API.
     strip_billing_header: bool | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _split_port(cls, data: object) -> object:
+        """`host = "name:port"` is the same as `host = "name"` with `port = port`."""
+        if not isinstance(data, dict) or not isinstance(data.get("host"), str):
+            return data
+        name, colon, port = data["host"].rpartition(":")
+        if not colon or ":" in name or "/" in data["host"]:
+            return data  # no port; several colons are not a host name, and `_bare_host` says so
+        if "port" in data:
+            raise ValueError("give the port once: in host (name:port) or in port")
+        if not port.isdigit():
+            raise ValueError("host: the port after ':' must be a number")
+        return {**data, "host": name, "port": int(port)}
+
     @field_validator("host")
     @classmethod
     def _bare_host(cls, value: str) -> str:
-        if "/" in value or ":" in value or value != value.strip():
-            raise ValueError("a bare host name such as api.anthropic.com (no scheme, port or path)")
-        return value.lower()
+        if any(char in value for char in "/:@?#[] \t") or not value.strip("."):
+            raise ValueError(
+                "a bare host name such as api.anthropic.com, optionally with :port (no scheme or path)"
+            )
+        return normalize_host(value)
 
 
 class SystemBlock(_Model):

@@ -238,8 +238,24 @@ def _tokens(value: str | bytes) -> list[str]:
     return [token.strip().lower() for token in _text(value).split(",") if token.strip()]
 
 
+def is_upgrade_request(pairs: Iterable[tuple[str | bytes, str | bytes]]) -> bool:
+    """An upgrade request carries an Upgrade header and lists `upgrade` in Connection (RFC 9110 §7.8).
+
+    `Connection: upgrade` alone upgrades nothing; and it is only an upgrade once the server answers 101.
+    """
+    pairs = list(pairs)
+    has_upgrade = any(_text(name).lower() == "upgrade" for name, _ in pairs)
+    return has_upgrade and "upgrade" in connection_listed(pairs)
+
+
+def _kept_for_upgrade(lowered: str) -> bool:
+    # What a protocol switch needs on both hops: Connection and Upgrade (RFC 9110 §7.8) and the WebSocket
+    # handshake's own fields (RFC 6455 §4.1, §4.2.2).
+    return lowered in ("connection", "upgrade") or lowered.startswith("sec-websocket-")
+
+
 def filter_headers[H: (str, bytes)](
-    pairs: Sequence[tuple[H, H]], policy: HeaderAllowList
+    pairs: Sequence[tuple[H, H]], policy: HeaderAllowList, *, upgrade: bool = False
 ) -> tuple[list[tuple[H, H]], list[str]]:
     """Keep the headers `policy` permits; returns (kept pairs, dropped names).
 
@@ -247,7 +263,8 @@ def filter_headers[H: (str, bytes)](
     once each, in first-seen casing (for logs and mitmweb). Always removed: hop-by-hop headers and every
     name a Connection header lists. Always kept: the framing headers Content-Length and Transfer-Encoding
     (the caller's to keep consistent with the body; see the module docstring). Fails closed: anything
-    not allowed is dropped.
+    not allowed is dropped. With `upgrade` (a genuine upgrade request, or the 101 that answers one), the
+    headers the protocol switch needs are kept too, and everything else is filtered as always.
     """
     kept: list[tuple[H, H]] = []
     dropped: list[str] = []
@@ -257,6 +274,8 @@ def filter_headers[H: (str, bytes)](
         keep, lowered, text = policy.verdict(name)
         if lowered == "connection":
             listed.update(_tokens(value))
+        if upgrade and _kept_for_upgrade(lowered):
+            keep = True
         if keep:
             kept.append((name, value))
         elif lowered not in seen_dropped:
@@ -266,7 +285,11 @@ def filter_headers[H: (str, bytes)](
         still: list[tuple[H, H]] = []
         for name, value in kept:
             _, lowered, text = policy.verdict(name)
-            if lowered in listed and lowered not in FRAMING_HEADERS:
+            if (
+                lowered in listed
+                and lowered not in FRAMING_HEADERS
+                and not (upgrade and _kept_for_upgrade(lowered))
+            ):
                 if lowered not in seen_dropped:
                     seen_dropped.add(lowered)
                     dropped.append(text)

@@ -1,18 +1,37 @@
 from __future__ import annotations
 
+import pytest
+from mitmproxy.connection import Server
 from mitmproxy.proxy.layers.http._events import RequestData, RequestHeaders
 from mitmproxy.test import tutils
 
 from addons import wire_headers
+from rules.destination import Destination
 
 REAL = ((b"host", b"api.anthropic.com"), (b"x-api-key", b"sk-ant-REAL"))
+ANTHROPIC = Destination.of("https", "api.anthropic.com", 443)
+
+
+def server(
+    host: str = "api.anthropic.com", port: int = 443, *, tls: bool = True, sni: str | None = None
+) -> Server:
+    """The upstream connection a request is about to be written on, as mitmproxy's client layer holds it."""
+    connection = Server(address=(host, port))
+    connection.tls = tls
+    connection.sni = sni if sni is not None else (host if tls else None)
+    return connection
+
+
+ON_THE_RIGHT_CONNECTION = server()
 
 
 def test_a_registered_request_is_sent_as_a_copy_with_the_registered_headers() -> None:
     request = tutils.treq(headers=((b"host", b"api.anthropic.com"), (b"x-api-key", b"sk-client")))
-    wire_headers.send_with(request, REAL)
+    wire_headers.send_with(request, REAL, ANTHROPIC)
     try:
-        sent = wire_headers._on_the_wire(RequestHeaders(1, request, end_stream=False))
+        sent = wire_headers._on_the_wire(
+            RequestHeaders(1, request, end_stream=False), ON_THE_RIGHT_CONNECTION
+        )
         assert sent.request is not request
         assert sent.request.headers.fields == REAL
         assert (sent.stream_id, sent.end_stream) == (1, False)
@@ -25,37 +44,79 @@ def test_a_registered_request_is_sent_as_a_copy_with_the_registered_headers() ->
 
 def test_other_requests_and_events_pass_unchanged() -> None:
     registered, other = tutils.treq(), tutils.treq()
-    wire_headers.send_with(registered, REAL)
+    wire_headers.send_with(registered, REAL, ANTHROPIC)
     try:
         event = RequestHeaders(3, other, end_stream=True)
-        assert wire_headers._on_the_wire(event) is event
+        assert wire_headers._on_the_wire(event, ON_THE_RIGHT_CONNECTION) is event
         data = RequestData(3, b"body")
-        assert wire_headers._on_the_wire(data) is data
+        assert wire_headers._on_the_wire(data, ON_THE_RIGHT_CONNECTION) is data
     finally:
         wire_headers.forget(registered)
 
 
 def test_a_request_gone_from_memory_never_matches_a_new_one_at_the_same_address() -> None:
     request = tutils.treq()
-    wire_headers.send_with(request, REAL)
+    wire_headers.send_with(request, REAL, ANTHROPIC)
     key = id(request)
-    _, fields = wire_headers._PENDING[key]
-    wire_headers._PENDING[key] = (lambda: None, fields)  # type: ignore[assignment]  # as if collected
+    _, fields, going_to = wire_headers._PENDING[key]
+    wire_headers._PENDING[key] = (lambda: None, fields, going_to)  # type: ignore[assignment]  # as if collected
     try:
         event = RequestHeaders(1, request, end_stream=True)
-        assert wire_headers._on_the_wire(event) is event
+        assert wire_headers._on_the_wire(event, ON_THE_RIGHT_CONNECTION) is event
     finally:
         wire_headers.forget(request)
 
 
 def test_the_copy_shares_nothing_it_could_change_back_into_the_flow() -> None:
     request = tutils.treq(headers=((b"x-api-key", b"sk-client"),))
-    wire_headers.send_with(request, REAL)
+    wire_headers.send_with(request, REAL, ANTHROPIC)
     try:
-        sent = wire_headers._on_the_wire(RequestHeaders(1, request, end_stream=False)).request
+        sent = wire_headers._on_the_wire(
+            RequestHeaders(1, request, end_stream=False), ON_THE_RIGHT_CONNECTION
+        ).request
         sent.headers["x-extra"] = "added on the wire"
         sent.path = "/elsewhere"
         assert request.headers.fields == ((b"x-api-key", b"sk-client"),)
         assert request.path != "/elsewhere"
+    finally:
+        wire_headers.forget(request)
+
+
+@pytest.mark.parametrize(
+    "connection",
+    [
+        server("127.0.0.1", 9000),  # moved after the credential was chosen (another addon, map_remote)
+        server("api.anthropic.com", 8443),  # another port
+        server("api.anthropic.com", 443, tls=False),  # cleartext
+        server("api.anthropic.com", 443, sni="attacker.example"),  # another name in the TLS handshake
+        server("api.anthropic.com.evil.example", 443),
+        Server(address=None),
+    ],
+    ids=["other-host", "other-port", "cleartext", "other-sni", "suffix-host", "no-address"],
+)
+def test_a_connection_that_goes_elsewhere_gets_the_request_without_any_credential(connection: Server) -> None:
+    request = tutils.treq(
+        headers=(
+            (b"host", b"api.anthropic.com"),
+            (b"x-api-key", b"sk-client"),
+            (b"Authorization", b"Bearer c"),
+        )
+    )
+    wire_headers.send_with(request, REAL, ANTHROPIC)
+    try:
+        sent = wire_headers._on_the_wire(RequestHeaders(1, request, end_stream=True), connection).request
+        assert sent.headers.fields == ((b"host", b"api.anthropic.com"),)
+        assert b"sk-ant-REAL" not in bytes(repr(sent.headers.fields), "latin-1")
+    finally:
+        wire_headers.forget(request)
+
+
+def test_the_destination_compares_without_case_or_trailing_dot() -> None:
+    request = tutils.treq(headers=((b"x-api-key", b"sk-client"),))
+    wire_headers.send_with(request, REAL, ANTHROPIC)
+    try:
+        connection = server("API.Anthropic.COM.", 443, sni="api.anthropic.com.")
+        sent = wire_headers._on_the_wire(RequestHeaders(1, request, end_stream=True), connection).request
+        assert sent.headers.fields == REAL
     finally:
         wire_headers.forget(request)

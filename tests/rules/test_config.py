@@ -83,3 +83,32 @@ def test_secret_references(tmp_path, monkeypatch):
     assert (value.get_secret_value(), inline) == ("literal", True)
     with pytest.raises(ConfigError, match=r"clients\[0\]\.key: environment variable NOPE_X is not set"):
         resolve_secret("env:NOPE_X", field="clients[0].key")
+
+
+@pytest.mark.parametrize(
+    ("host", "name", "port"),
+    [
+        ("api.anthropic.com", "api.anthropic.com", 443),
+        ("Gateway.Internal.:8443", "gateway.internal", 8443),
+        ("gateway.internal:443", "gateway.internal", 443),
+    ],
+)
+def test_an_upstream_names_its_host_and_tls_port(host: str, name: str, port: int) -> None:
+    [upstream] = parse_config(f"[[upstreams]]\nhost = '{host}'\nprovider = 'openai'\n").upstreams
+    assert (upstream.host, upstream.port) == (name, port)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("host = 'gateway.internal:8443'\nport = 8443", "give the port once"),
+        ("host = 'gateway.internal:x'", "the port after ':' must be a number"),
+        ("host = 'gateway.internal:70000'", "upstreams[0].port: Input should be less than or equal to 65535"),
+        ("host = 'a:1:2'", "a bare host name"),
+        ("host = 'user@gateway.internal'", "a bare host name"),
+    ],
+)
+def test_an_upstream_port_is_given_once_and_valid(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(f"[[upstreams]]\n{text}\nprovider = 'openai'\n", "sluice.toml")
+    assert message in str(e.value)

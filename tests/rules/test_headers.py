@@ -9,6 +9,7 @@ from rules.headers import (
     default_request_policy,
     default_response_policy,
     filter_headers,
+    is_upgrade_request,
 )
 
 
@@ -234,3 +235,37 @@ def test_replaced_defaults_are_exactly_the_operators() -> None:
 def test_bad_operator_pattern_fails_at_build_time() -> None:
     with pytest.raises(ValueError, match="'x foo'"):
         build_policy("openai", "response", HeaderPolicy(allow=["x foo"]))
+
+
+@pytest.mark.parametrize(
+    ("pairs", "upgrade"),
+    [
+        ([("Connection", "Upgrade"), ("Upgrade", "websocket")], True),
+        ([("connection", "keep-alive, upgrade"), ("upgrade", "websocket")], True),
+        ([("Connection", "keep-alive, Upgrade")], False),  # no Upgrade header: nothing to switch to
+        ([("Upgrade", "websocket")], False),  # Upgrade not listed in Connection (RFC 9110 §7.8)
+        ([("Connection", "close"), ("Upgrade", "websocket")], False),
+        ([], False),
+    ],
+)
+def test_an_upgrade_request_needs_both_upgrade_and_connection_upgrade(
+    pairs: list[tuple[str, str]], upgrade: bool
+) -> None:
+    assert is_upgrade_request(pairs) is upgrade
+
+
+def test_a_genuine_upgrade_keeps_what_the_switch_needs_and_still_filters_the_rest() -> None:
+    pairs = [
+        ("Host", "api.openai.com"),
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+        ("Cookie", "session=1"),
+        ("X-Forwarded-For", "10.0.0.1"),
+    ]
+    kept, dropped = filter_headers(pairs, default_request_policy("openai"), upgrade=True)
+    assert kept == pairs[:5]
+    assert dropped == ["Cookie", "X-Forwarded-For"]
+    kept, _ = filter_headers(pairs, default_request_policy("openai"))
+    assert kept == [("Host", "api.openai.com")]

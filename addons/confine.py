@@ -1,0 +1,78 @@
+"""Confinement: a request involving a host sluice holds credentials for goes exactly there, or nowhere.
+
+Runs first on every request. Where the request's connection really goes (addons/core.py `destination`) and
+what the request itself names (each Host header, HTTP/2's `:authority`, an absolute-form target) must agree
+whenever either side is a host sluice swaps credentials for; and a credential host is reached only over TLS
+on its configured port. Anything else is answered here, in the provider's envelope, and nothing is sent
+upstream: 421 Misdirected Request (RFC 9110 §15.5.20) for a disagreement, 403 for cleartext or another port.
+Fails closed. Traffic that involves no credential host passes untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import http
+from mitmproxy.net.http import url
+from mitmproxy.proxy.mode_specs import ReverseMode
+
+from addons.core import SluiceCore, destination
+from addons.meter import call_for
+from rules.destination import credential_refusal, misdirection
+
+log = logging.getLogger("sluice")
+
+
+def stated_authorities(request: http.Request) -> list[tuple[str, int | None]]:
+    """Every server the request names itself, as (host, port or None), in mitmproxy's own parsing.
+
+    A value mitmproxy cannot parse is kept whole, as a host no destination equals.
+    """
+    values = list(request.headers.get_all("host"))
+    if request.authority:  # HTTP/2 and HTTP/3 `:authority`, or an absolute-form target inside a tunnel
+        values.append(request.authority)
+    return [url.parse_authority(value, check=False) for value in values]
+
+
+def upstream_server_name(flow: http.HTTPFlow) -> str | None:
+    """The TLS server name mitmproxy will send upstream, where the client chose it.
+
+    In regular and upstream-proxy modes mitmproxy reuses the client's SNI for its own handshake upstream
+    (its tlsconfig addon: `server.sni = client.sni or address`); reverse mode names the spec's host itself.
+    """
+    if isinstance(flow.client_conn.proxy_mode, ReverseMode):
+        return None
+    return flow.client_conn.sni
+
+
+class Confinement:
+    def __init__(self, core: SluiceCore) -> None:
+        self.core = core
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or not flow.live:
+            return
+        going_to = destination(flow)
+        stated = stated_authorities(flow.request)
+        upstream = self.core.swapping_upstream(going_to.host)
+        named = [u for host, _ in stated if (u := self.core.swapping_upstream(host)) is not None]
+        if upstream is None and not named:
+            return
+        status, reason = 421, misdirection(going_to, stated, upstream_server_name(flow))
+        if reason is None and upstream is not None:
+            status, reason = 403, credential_refusal(going_to, upstream.host, upstream.port)
+        if reason is None:
+            return
+        provider = (upstream or named[0]).provider
+        call_for(self.core, flow)  # a metered call gets its row, saying why it was refused
+        self.core.answer(
+            flow,
+            provider,
+            status,
+            f"sluice: {reason}; the request was not sent",
+            {"x-should-retry": "false"},
+            f"refused: {reason}",
+        )
+        log.warning(
+            "sluice: flow %s: refused %s %s: %s", flow.id, flow.request.method, going_to.authority, reason
+        )

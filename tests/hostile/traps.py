@@ -1,0 +1,148 @@
+"""Servers an attacker would point sluice at, on loopback: they keep every byte they receive.
+
+A `Trap` listens on 127.0.0.1 (plain TCP, or TLS with the test CA's leaf certificate, which mitmdump trusts
+upstream, as a real attacker's host would have a valid certificate of its own). It reads whatever arrives,
+answers each request head with a small 200 so that a client and mitmproxy finish normally, and keeps all of
+it: tests assert, byte for byte, that no real credential is in `received`.
+
+`Tunnel` is an upstream HTTP proxy for `--mode upstream:`: it honours CONNECT by opening a TCP tunnel to the
+address it is given (mapped through `routes`, since this process does not resolve the test host names),
+and keeps the bytes it saw in the clear (the CONNECT lines, any absolute-form request) in `received`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+ANSWER = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"
+)
+
+
+class Trap:
+    def __init__(self, *, certfile: Path | None = None, keyfile: Path | None = None) -> None:
+        self.received = bytearray()
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._context: ssl.SSLContext | None = None
+        if certfile is not None:
+            self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._context.load_cert_chain(str(certfile), str(keyfile))
+            self._context.set_alpn_protocols(["http/1.1"])
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def tls(self) -> bool:
+        return self._context is not None
+
+    def __enter__(self) -> Trap:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._listener.close()
+
+    def holds(self, secret: str) -> bool:
+        with self._lock:
+            return secret.encode() in self.received
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with self._lock:
+            self.connections += 1
+        conn.settimeout(10)
+        with contextlib.suppress(OSError), conn:
+            if self._context is not None:
+                conn = self._context.wrap_socket(conn, server_side=True)
+            seen = bytearray()
+            while chunk := conn.recv(65536):
+                seen += chunk
+                with self._lock:
+                    self.received += chunk
+                if b"\r\n\r\n" in seen:
+                    conn.sendall(ANSWER)
+                    return
+
+
+class Tunnel:
+    """A CONNECT proxy that keeps what it can read: everything but the TLS inside its tunnels."""
+
+    def __init__(self, routes: dict[tuple[str, int], tuple[str, int]]) -> None:
+        self.routes = routes
+        self.received = bytearray()
+        self.connects: list[str] = []
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> Tunnel:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._listener.close()
+
+    def holds(self, secret: str) -> bool:
+        with self._lock:
+            return secret.encode() in self.received
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        client.settimeout(10)
+        with contextlib.suppress(OSError), client:
+            head = bytearray()
+            while b"\r\n\r\n" not in head and (chunk := client.recv(65536)):
+                head += chunk
+            with self._lock:
+                self.received += head
+            line = bytes(head).split(b"\r\n", 1)[0].decode("latin-1")
+            method, _, rest = line.partition(" ")
+            if method != "CONNECT":
+                client.sendall(ANSWER)  # an absolute-form request in the clear: kept above, answered here
+                return
+            authority = rest.split(" ", 1)[0]
+            with self._lock:
+                self.connects.append(authority)
+            host, _, port = authority.rpartition(":")
+            target = self.routes.get((host.strip("[]").lower(), int(port)), (host, int(port)))
+            with socket.create_connection(target, timeout=10) as server:
+                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                after = bytes(head).split(b"\r\n\r\n", 1)[1]
+                if after:
+                    server.sendall(after)
+                _pipe_both_ways(client, server)
+
+
+def _pipe_both_ways(a: socket.socket, b: socket.socket) -> None:
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    other = threading.Thread(target=pump, args=(b, a), daemon=True)
+    other.start()
+    pump(a, b)
+    other.join(10)
