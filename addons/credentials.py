@@ -21,7 +21,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mitmproxy import ctx, exceptions, http
 
@@ -57,10 +57,11 @@ REFRESH_TIMEOUT_S = 15
 
 @dataclass(slots=True)
 class Swapped:
-    """Which credential a call went upstream with, to judge it by the answer."""
+    """Which credential a call went upstream with, to judge it by the answer (and to keep it out of it)."""
 
     host: str
     entry: CredentialEntry
+    secret: str = field(repr=False)
 
 
 class Credentials:
@@ -186,7 +187,7 @@ class Credentials:
             if OAUTH_BETA not in betas:
                 changes[b"anthropic-beta"] = ",".join([*betas, OAUTH_BETA]).encode()
         wire_headers.send_with(flow.request, with_headers(headers.fields, changes), going_to)
-        self._sent[flow.id] = Swapped(upstream.host, entry)
+        self._sent[flow.id] = Swapped(upstream.host, entry, secret)
         call = self.core.calls.get(flow.id)
         if call is not None:
             call.credential = entry.label
@@ -210,6 +211,10 @@ class Credentials:
         log.warning("sluice: flow %s: %s", flow.id, message)
 
     # -- after the request has left ---------------------------------------------------------------
+
+    def sent_with(self, flow: http.HTTPFlow) -> Swapped | None:
+        """The credential this flow went upstream with, until its answer has been judged."""
+        return self._sent.get(flow.id)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         wire_headers.forget(flow.request)  # sent by now

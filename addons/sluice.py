@@ -7,8 +7,8 @@ Order matters: mitmproxy calls each hook on these addons in list order. Request 
 involves a credential host goes exactly where it says, over TLS (confine), who is calling (gate), rewrite
 the body, admit against the client's budget, filter headers, meter what goes upstream, and last choose
 the real credential, which is written into the request only as it is sent (never onto the flow) and only
-onto a connection to that host. Response side: filter headers, tee the stream, judge the credential by
-the answer.
+onto a connection to that host. Response side: filter headers, scrub an echoed credential out of the
+answer, tee the stream, judge the credential by the answer.
 
 What mitmweb shows: what the rewrite changed is kept on the flow just after it (changes); each call's
 prompt-cache health is judged as its row is built (cache_health, through the meter's `before_record`);
@@ -32,6 +32,7 @@ from addons.changes import RequestChanges  # noqa: E402
 from addons.confine import Confinement  # noqa: E402
 from addons.core import SluiceCore  # noqa: E402
 from addons.credentials import Credentials  # noqa: E402
+from addons.echo import EchoScrub  # noqa: E402
 from addons.framing import Framing  # noqa: E402
 from addons.gate import Gate  # noqa: E402
 from addons.headers import Headers  # noqa: E402
@@ -42,6 +43,7 @@ from addons.watchdog import Watchdog  # noqa: E402
 
 core = SluiceCore()
 cache_health = CacheHealth(core)
+credentials = Credentials(core)
 contentview.register()
 parts = [
     core,
@@ -52,10 +54,11 @@ parts = [
     Budget(core),
     Headers(core),
     Framing(),
+    EchoScrub(core, credentials),
     Meter(core, before_record=[cache_health.before_record]),
     cache_health,
     Watchdog(core),
     UpstreamErrors(core),
-    Credentials(core),
+    credentials,
 ]
 addons = [Chain("sluice", parts)]
