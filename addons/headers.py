@@ -56,9 +56,10 @@ class Headers:
         # Provider traffic is filtered whatever it claims to be. A genuine upgrade (an upgrade request, and
         # then only the 101 answering it) keeps what the protocol switch needs: a client that writes
         # `Connection: upgrade` cannot turn the allow-lists off (cookies up, set-cookie back).
-        upgrade = is_upgrade_request(flow.request.headers.fields) and (
-            message is flow.request or (flow.response is not None and flow.response.status_code == 101)
-        )
+        if isinstance(message, http.Response):
+            upgrade = message.status_code == 101 and is_upgrade_request(flow.request.headers.fields)
+        else:
+            upgrade = is_upgrade_request(message.headers.fields)
         kept, dropped = filter_headers(message.headers.fields, policies[provider], upgrade=upgrade)
         if not dropped:
             return
