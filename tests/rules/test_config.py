@@ -83,3 +83,25 @@ def test_secret_references(tmp_path, monkeypatch):
     assert (value.get_secret_value(), inline) == ("literal", True)
     with pytest.raises(ConfigError, match=r"clients\[0\]\.key: environment variable NOPE_X is not set"):
         resolve_secret("env:NOPE_X", field="clients[0].key")
+
+
+def test_unknown_models_can_be_priced_as_a_named_model_per_provider():
+    config = parse_config('budget_price_unknown_models_as = { anthropic = "claude-opus-4-1" }\n')
+    assert config.budget_price_unknown_models_as == {"anthropic": "claude-opus-4-1"}
+    assert Config().budget_price_unknown_models_as == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            'budget_price_unknown_models_as = { google = "gemini-2.5-pro" }',
+            "budget_price_unknown_models_as.google",
+        ),
+        ('budget_price_unknown_models_as = { openai = "" }', "budget_price_unknown_models_as.openai"),
+        ('budget_price_unknown_models_as = "claude-opus-4-1"', "budget_price_unknown_models_as"),
+    ],
+)
+def test_bad_unknown_model_prices_are_refused(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(text, "sluice.toml")
