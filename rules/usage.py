@@ -88,9 +88,13 @@ class _AnthropicFields:
     def overwrite(self, usage: Mapping[str, object]) -> None:
         """Cumulative semantics: every field the frame carries replaces the previous value; none is added."""
         for name, path in _ANTHROPIC_COUNTS:
-            count = _tokens(_dig(usage, path), ".".join(path), self.suspect)
+            shown = ".".join(path)
+            count = _tokens(_dig(usage, path), shown, self.suspect)
             if count is not None:
                 self.counts[name] = count
+            elif shown in self.suspect:
+                # The frame did carry this count, absurdly: what an earlier frame said is no longer it.
+                self.counts.pop(name, None)
         for name, path in _ANTHROPIC_TEXTS:
             text = _text(_dig(usage, path))
             if text is not None:

@@ -463,8 +463,8 @@ STOP = ("message_stop", {"type": "message_stop"})
                 message_start({"input_tokens": 10, "output_tokens": 1}),
                 message_delta({"input_tokens": None, "output_tokens": -3}),
             ],
-            Usage(input_tokens=10, output_tokens=1, suspect="output_tokens=-3"),
-            id="null and negative do not overwrite; negative is suspect",
+            Usage(input_tokens=10, suspect="output_tokens=-3"),
+            id="null does not overwrite; negative is suspect and replaces the count",
         ),
         pytest.param(
             [
