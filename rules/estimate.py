@@ -79,10 +79,12 @@ def _whole_number(value: object) -> int | None:
     if isinstance(value, int):
         return min(value, MAX_ESTIMATE_TOKENS)
     text = getattr(value, "text", None)
-    if isinstance(text, str):
-        digits = text[1:] if text.startswith("-") else text
-        if digits.isascii() and digits.isdigit():
-            if text.startswith("-"):
-                return -1
-            return MAX_ESTIMATE_TOKENS if len(digits) > 10 else min(int(digits), MAX_ESTIMATE_TOKENS)
-    return None
+    if not isinstance(text, str):
+        return None
+    negative = text.startswith("-")
+    digits = text[1:] if negative else text
+    if not (digits.isascii() and digits.isdigit()):
+        return None  # a fraction, an exponent, NaN
+    if negative:
+        return -1
+    return MAX_ESTIMATE_TOKENS if len(digits) > 10 else min(int(digits), MAX_ESTIMATE_TOKENS)

@@ -7,6 +7,8 @@ their usage into one `Usage`.
 
 Fails open: provider input never raises here. Whatever cannot be read is left None, and a body or stream that
 says nothing usable records why in `Reading.error`. Only the API kind, which the caller chooses, is validated.
+A token count that no real call has (negative, not an integer, over MAX_TOKENS_PER_CALL) is left None too,
+and named in `Usage.suspect` so that the call is not priced from what is left (addons/calls.py).
 """
 
 from __future__ import annotations
