@@ -4,6 +4,12 @@ Runs after the gate (who is calling) and the rewrite (the model and max_tokens t
 with). Over budget, sluice answers itself — 429 in the provider's envelope, naming the budget, the period and
 when it resets, with `x-should-retry: false` so SDKs do not hammer it — and the upstream is never
 contacted. The hold is settled when the call's row is written (addons/calls.py, state/budgets.py).
+
+Fails closed: a call is admitted only with a positive estimate it can afford (state/pricing.py's
+`estimate_call`). A model genai-prices has no price for is refused with 403 naming the option
+`budget_price_unknown_models_as`, which prices such models as a known one, both for the hold and when
+the call is settled. A body sluice could not read (not JSON, duplicate keys, compressed, nested too deep)
+is estimated at the provider's highest known prices.
 """
 
 from __future__ import annotations
@@ -13,13 +19,14 @@ import logging
 import math
 from datetime import UTC, datetime
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 
 from addons.core import SluiceCore
-from rules.estimate import estimate_tokens
 from state import db as sluice_db
 from state.budgets import BudgetLedger
-from state.pricing import price_call
+from state.pricing import estimate_call, highest_prices, price_call
+
+UNKNOWN_MODELS_OPTION = "budget_price_unknown_models_as"
 
 log = logging.getLogger("sluice")
 
@@ -34,6 +41,7 @@ class Budget:
         if not {"sluice_config", "sluice_db"} & updated:
             return
         self.limits = {c.name: (c.budget.usd, c.budget.period) for c in self.core.config.clients if c.budget}
+        self._check_stand_ins()
         if not self.limits:
             self.ledger = None
             return
@@ -48,13 +56,29 @@ class Budget:
         if call is None or call.client not in self.limits or call.api == "count_tokens":
             return
         usd, period = self.limits[call.client]
-        input_tokens, output_tokens = estimate_tokens(
-            call.api, call.request_json, len(flow.request.raw_content or b"")
+        stand_in = self.core.config.budget_price_unknown_models_as.get(call.provider)
+        call.price_unknown_as = stand_in
+        # `request_json` is None exactly when the rewrite could not read the body; `request_model` is then
+        # None too, which is why such a body once cost nothing here.
+        found = estimate_call(
+            call.provider,
+            call.api,
+            call.request_model,
+            call.request_json,
+            len(flow.request.raw_content or b""),
+            unknown_model_as=stand_in,
+            option=UNKNOWN_MODELS_OPTION,
         )
-        priced = price_call(
-            call.provider, call.request_model, input_tokens=input_tokens, output_tokens=output_tokens
-        )
-        estimate = priced.cost_usd or 0.0
+        if found.cost_usd is None:
+            message = found.refusal or "sluice: this call's cost cannot be estimated"
+            headers = {"x-should-retry": "false"}
+            note = f"refused: {found.reason or 'cost cannot be estimated'}"
+            self.core.answer(flow, call.provider, 403, message, headers, note)
+            log.info("sluice: flow %s: %s", flow.id, message)
+            return
+        if found.note:
+            call.notes.append(f"budget estimate: {found.note}")
+        estimate = found.cost_usd
         admission = await asyncio.to_thread(
             self.ledger.admit, call.flow_id, call.client, estimate, usd, period
         )
@@ -68,3 +92,16 @@ class Budget:
             headers["retry-after"] = str(max(1, math.ceil(wait)))
         self.core.answer(flow, call.provider, 429, message, headers, "refused: budget exhausted")
         log.info("sluice: flow %s: %s", flow.id, message)
+
+    def _check_stand_ins(self) -> None:
+        """Fail start-up when a model named to price unknown models as has no price itself (a typo would
+        otherwise refuse every such call at run time), and read the providers' highest prices now."""
+        for provider, model in self.core.config.budget_price_unknown_models_as.items():
+            priced = price_call(provider, model, input_tokens=1_000, output_tokens=1_000)
+            if priced.cost_usd is None or priced.cost_usd <= 0:
+                reason = priced.note or "no price"
+                raise exceptions.OptionsError(
+                    f"sluice_config: {UNKNOWN_MODELS_OPTION}.{provider} = {model!r}: {reason}"
+                )
+        for provider in ("anthropic", "openai"):
+            highest_prices(provider)

@@ -13,7 +13,7 @@ from typing import Any
 
 from addons.decoding import StreamDecoder
 from rules.usage import Reading, StreamReader, Usage
-from state.pricing import Priced, price_call
+from state.pricing import Priced, price_as, price_call
 from state.writer import CallRecord
 
 
@@ -39,6 +39,8 @@ class Call:
     request_json: dict[str, Any] | None = None
     client_asked_usage: bool = True
     budget_hold: float | None = None  # USD reserved for this call, when its client has a budget
+    # The model this budgeted call is priced as if its own has no price (`budget_price_unknown_models_as`).
+    price_unknown_as: str | None = None
     stream: bool = False
     request_bytes: int = 0
     rules_applied: list[str] = field(default_factory=list)
@@ -61,20 +63,31 @@ def iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="microseconds")
 
 
-def price_usage(provider: str | None, model: str | None, usage: Usage) -> Priced:
-    """The price of what a response reported, at today's prices (state/pricing.py)."""
-    return price_call(
-        provider,
-        model,
-        input_tokens=usage.input_tokens,
-        cache_read_tokens=usage.cache_read_tokens,
-        cache_write_5m_tokens=usage.cache_write_5m_tokens,
-        cache_write_1h_tokens=usage.cache_write_1h_tokens,
-        output_tokens=usage.output_tokens,
-        web_search_requests=usage.web_search_requests,
-        service_tier=usage.service_tier,
-        speed=usage.speed,
-    )
+def price_usage(
+    provider: str | None, model: str | None, usage: Usage, unknown_model_as: str | None = None
+) -> Priced:
+    """The price of what a response reported, at today's prices (state/pricing.py). Usage the provider
+    reported absurdly (rules/usage.py's `suspect`) is not priced at all: a cost from the counts that were
+    believable would be too low, one from the rest absurd. A model with no price is priced as
+    `unknown_model_as` when given (a budgeted call, `budget_price_unknown_models_as`), with a note."""
+    if usage.suspect:
+        return Priced(None, f"suspect usage: {usage.suspect}; not priced")
+
+    def price(name: str | None) -> Priced:
+        return price_call(
+            provider,
+            name,
+            input_tokens=usage.input_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_5m_tokens=usage.cache_write_5m_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            output_tokens=usage.output_tokens,
+            web_search_requests=usage.web_search_requests,
+            service_tier=usage.service_tier,
+            speed=usage.speed,
+        )
+
+    return price_as(price(model), unknown_model_as, price)
 
 
 def _ms(start: float, end: float | None) -> float | None:
@@ -100,7 +113,7 @@ def build_record(
     elif call.answered_locally:
         cost, cost_note = (0.0, "answered by sluice; upstream not contacted")
     else:
-        priced = price_usage(call.provider, model, usage)
+        priced = price_usage(call.provider, model, usage, call.price_unknown_as)
         cost, cost_note = priced.cost_usd, priced.note
     ttft_at = call.first_output_at if call.stream else headers_at
     row: dict[str, Any] = {
@@ -155,11 +168,15 @@ def build_record(
 def _settlement(
     call: Call, reading: Reading, cost: float | None, status: int | None, without_usage: str
 ) -> tuple[str, float] | None:
-    """What the call's budget hold becomes: its actual cost, or refunded when nothing was used."""
+    """What the call's budget hold becomes: its actual cost, or refunded when nothing was used.
+
+    Usage seen but no cost (a model with no price, suspect counts): the hold settles at its estimate, the
+    most the call could have cost, never at nothing.
+    """
     if call.budget_hold is None:
         return None
     if reading.usage_seen:
-        return ("settled", cost or 0.0)
+        return ("settled", call.budget_hold if cost is None else cost)
     if without_usage == "charge_estimate" and call.stream and status == 200 and not call.answered_locally:
         return ("settled", call.budget_hold)
     return ("refunded", 0.0)

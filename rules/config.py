@@ -130,6 +130,10 @@ class Config(_Model):
     # What a budget hold becomes when a stream ends without any usage frame: released ("refund") or
     # charged at its estimate ("charge_estimate"; the provider may have billed tokens nobody saw).
     budget_without_usage: Literal["refund", "charge_estimate"] = "refund"
+    # A budgeted client's call to a model genai-prices has no price for is refused, unless its provider is
+    # named here with a model whose prices it is then estimated and charged at (e.g. anthropic =
+    # "claude-opus-4-1"). Checked at start-up: the named model must have a price (addons/budget.py).
+    budget_price_unknown_models_as: dict[Provider, Annotated[str, Field(min_length=1)]] = {}
 
     @field_validator("clients")
     @classmethod

@@ -7,6 +7,8 @@ their usage into one `Usage`.
 
 Fails open: provider input never raises here. Whatever cannot be read is left None, and a body or stream that
 says nothing usable records why in `Reading.error`. Only the API kind, which the caller chooses, is validated.
+A token count that no real call has (negative, not an integer, over MAX_TOKENS_PER_CALL) is left None too,
+and named in `Usage.suspect` so that the call is not priced from what is left (addons/calls.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,16 @@ class Usage:
     web_search_requests: int | None = None
     service_tier: str | None = None
     speed: str | None = None
+    # Counts the provider sent that cannot be a real call's (see MAX_TOKENS_PER_CALL), as "name=value";
+    # they are left None above and the call is not priced from them.
+    suspect: str | None = None
+
+
+# Over this many tokens in one call a reported count is not believed. The largest context windows are
+# around 10^7 tokens and no model writes more than a few 10^5 in one answer, so 10^9 is two orders of
+# magnitude past anything real; it is also far below what a float carries exactly and SQLite's INTEGER
+# holds, so a count that passes can be stored and priced.
+MAX_TOKENS_PER_CALL = 10**9
 
 
 @dataclass(slots=True)
@@ -73,13 +85,18 @@ _ANTHROPIC_TEXTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 class _AnthropicFields:
     counts: dict[str, int] = field(default_factory=dict)
     texts: dict[str, str] = field(default_factory=dict)
+    suspect: dict[str, str] = field(default_factory=dict)
 
     def overwrite(self, usage: Mapping[str, object]) -> None:
         """Cumulative semantics: every field the frame carries replaces the previous value; none is added."""
         for name, path in _ANTHROPIC_COUNTS:
-            count = _count(_dig(usage, path))
+            shown = ".".join(path)
+            count = _tokens(_dig(usage, path), shown, self.suspect)
             if count is not None:
                 self.counts[name] = count
+            elif shown in self.suspect:
+                # The frame did carry this count, absurdly: what an earlier frame said is no longer it.
+                self.counts.pop(name, None)
         for name, path in _ANTHROPIC_TEXTS:
             text = _text(_dig(usage, path))
             if text is not None:
@@ -100,6 +117,7 @@ class _AnthropicFields:
             web_search_requests=counts.get("web_search"),
             service_tier=self.texts.get("service_tier"),
             speed=self.texts.get("speed"),
+            suspect=_suspect_text(self.suspect),
         )
 
 
@@ -129,23 +147,31 @@ def read_anthropic_usage(usage: Mapping[str, object]) -> Usage:
 
 def read_openai_chat_usage(usage: Mapping[str, object]) -> Usage:
     """A Chat Completions `usage`: `prompt_tokens` includes cached tokens, `completion_tokens` reasoning."""
-    cached = _count(_dig(usage, ("prompt_tokens_details", "cached_tokens")))
+    suspect: dict[str, str] = {}
+    cached = _tokens(_dig(usage, ("prompt_tokens_details", "cached_tokens")), "cached_tokens", suspect)
     return Usage(
-        input_tokens=_uncached(_count(usage.get("prompt_tokens")), cached),
+        input_tokens=_uncached(_tokens(usage.get("prompt_tokens"), "prompt_tokens", suspect), cached),
         cache_read_tokens=cached,
-        output_tokens=_count(usage.get("completion_tokens")),
-        reasoning_tokens=_count(_dig(usage, ("completion_tokens_details", "reasoning_tokens"))),
+        output_tokens=_tokens(usage.get("completion_tokens"), "completion_tokens", suspect),
+        reasoning_tokens=_tokens(
+            _dig(usage, ("completion_tokens_details", "reasoning_tokens")), "reasoning_tokens", suspect
+        ),
+        suspect=_suspect_text(suspect),
     )
 
 
 def read_openai_responses_usage(usage: Mapping[str, object]) -> Usage:
     """A Responses `usage`: `input_tokens` includes cached tokens, `output_tokens` reasoning."""
-    cached = _count(_dig(usage, ("input_tokens_details", "cached_tokens")))
+    suspect: dict[str, str] = {}
+    cached = _tokens(_dig(usage, ("input_tokens_details", "cached_tokens")), "cached_tokens", suspect)
     return Usage(
-        input_tokens=_uncached(_count(usage.get("input_tokens")), cached),
+        input_tokens=_uncached(_tokens(usage.get("input_tokens"), "input_tokens", suspect), cached),
         cache_read_tokens=cached,
-        output_tokens=_count(usage.get("output_tokens")),
-        reasoning_tokens=_count(_dig(usage, ("output_tokens_details", "reasoning_tokens"))),
+        output_tokens=_tokens(usage.get("output_tokens"), "output_tokens", suspect),
+        reasoning_tokens=_tokens(
+            _dig(usage, ("output_tokens_details", "reasoning_tokens")), "reasoning_tokens", suspect
+        ),
+        suspect=_suspect_text(suspect),
     )
 
 
@@ -236,9 +262,12 @@ def _read_response_object(reading: Reading, response: Mapping[str, object], *, f
         reading.usage.service_tier = tier
         reading.usage_seen = True
     # Hosted web search is counted beside `usage`, in `tool_usage.web_search.num_requests`.
-    searches = _count(_dig(response, ("tool_usage", "web_search", "num_requests")))
+    suspect: dict[str, str] = {}
+    searches = _tokens(_dig(response, ("tool_usage", "web_search", "num_requests")), "num_requests", suspect)
     if searches is not None:
         reading.usage.web_search_requests = searches
+    if suspect:
+        reading.usage.suspect = "; ".join(filter(None, (reading.usage.suspect, _suspect_text(suspect))))
     # The request's tier ("auto") comes first; the one that served it replaces it.
     tier = _text(response.get("service_tier"))
     if tier is not None:
@@ -546,6 +575,24 @@ def _dig(obj: Mapping[str, object], path: tuple[str, ...]) -> object:
 def _count(value: object) -> int | None:
     """A token count: a non-negative int. A bool (an int subclass), string or negative is not one."""
     return value if type(value) is int and value >= 0 else None
+
+
+def _tokens(value: object, name: str, suspect: dict[str, str]) -> int | None:
+    """A usage count the call can be priced from: an int from 0 to MAX_TOKENS_PER_CALL. Absent or null is
+    None; anything else (negative, huge, a float, a string, a bool) is None too and noted in `suspect`, so
+    the call is not priced from a partial or absurd reading. A later valid value of `name` clears it."""
+    if value is None:
+        return None
+    if type(value) is int and 0 <= value <= MAX_TOKENS_PER_CALL:
+        suspect.pop(name, None)
+        return value
+    shown = repr(value)
+    suspect[name] = shown if len(shown) <= 40 else f"{shown[:37]}..."
+    return None
+
+
+def _suspect_text(suspect: Mapping[str, str]) -> str | None:
+    return "; ".join(f"{name}={value}" for name, value in suspect.items()) or None
 
 
 def _text(value: object) -> str | None:

@@ -14,6 +14,7 @@ behind by a crashed process expires after `hold_ttl_s` and stops counting.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -130,7 +131,13 @@ class BudgetLedger:
     def admit(
         self, call_id: str, client: str, estimate_usd: float, limit_usd: float, period: Period
     ) -> Admission:
-        """Reserve `estimate_usd` for this call if the budget allows it; one immediate transaction."""
+        """Reserve `estimate_usd` for this call if the budget allows it; one immediate transaction.
+
+        Raises ValueError for an estimate that is not a positive finite amount: a hold of nothing (or NaN,
+        which every comparison passes) would let the call through for free.
+        """
+        if not (math.isfinite(estimate_usd) and estimate_usd > 0):
+            raise ValueError(f"a budget hold must be a positive amount, not {estimate_usd!r}")
         now = self._clock()
         moment = datetime.fromtimestamp(now, UTC)
         key = period_key(period, moment)

@@ -1,17 +1,30 @@
 """Prices a call with genai-prices; never guesses.
 
 sluice's token columns are normalized (`input_tokens` is uncached input only); genai-prices wants the total
-input with cache reads and writes as parts of it, so the totals are rebuilt here. An unknown model, or usage
-the library cannot price, gives `None` and a reason that goes into `calls.cost_note`.
+input with cache reads and writes as parts of it, so the totals are rebuilt here. An unknown model, usage
+the library cannot price, or counts no real call has (rules/usage.py's MAX_TOKENS_PER_CALL) give `None`
+and a reason that goes into `calls.cost_note`.
+
+Budgets (addons/budget.py) price a call before it runs with `estimate_call`, which fails closed: a model
+with no price is refused unless the operator named a model to price it as, and a body sluice could not
+read is priced at the provider's highest prices genai-prices knows.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 
 import genai_prices
+from genai_prices import types as genai_types
+from genai_prices.data_snapshot import get_snapshot
+
+from rules.estimate import estimate_tokens
+from rules.usage import MAX_TOKENS_PER_CALL
 
 # Anthropic reports `service_tier` as standard/priority/batch, OpenAI as default/priority/flex/scale/auto;
 # genai-prices keys tier variants on these names. Values not listed here are priced at the standard rate.
@@ -22,6 +35,9 @@ _PRICED_TIERS = {"priority", "flex", "batch"}
 class Priced:
     cost_usd: float | None
     note: str | None
+    # genai-prices has no price for the model (or there was no model): the one failure that pricing the
+    # call as another, named model can stand in for.
+    unpriced_model: bool = False
 
 
 def price_call(
@@ -39,9 +55,20 @@ def price_call(
 ) -> Priced:
     """Price one call at today's prices (a call is priced when it finishes)."""
     if not model:
-        return Priced(None, "no model in request or response")
+        return Priced(None, "no model in request or response", unpriced_model=True)
     if input_tokens is None and output_tokens is None:
         return Priced(None, "no usage reported")
+    counts = {
+        "input_tokens": input_tokens,
+        "cache_read_tokens": cache_read_tokens,
+        "cache_write_5m_tokens": cache_write_5m_tokens,
+        "cache_write_1h_tokens": cache_write_1h_tokens,
+        "output_tokens": output_tokens,
+        "web_search_requests": web_search_requests,
+    }
+    absurd = [f"{name}={value}" for name, value in counts.items() if not _plausible(value)]
+    if absurd:
+        return Priced(None, f"suspect usage: {', '.join(absurd)}; not priced")
     read = cache_read_tokens or 0
     write_5m = cache_write_5m_tokens or 0
     write_1h = cache_write_1h_tokens or 0
@@ -82,7 +109,166 @@ def _price(
                 price_context=dict(context) or None,
             )
     except LookupError:
-        return Priced(None, f"no price known for model {model!r} at {provider or 'any provider'}")
+        return Priced(
+            None, f"no price known for model {model!r} at {provider or 'any provider'}", unpriced_model=True
+        )
     except (ValueError, TypeError, ArithmeticError) as e:
         return Priced(None, f"cannot price this usage: {e}")
     return Priced(float(result.total_price), None)
+
+
+def _plausible(count: int | None) -> bool:
+    return count is None or (type(count) is int and 0 <= count <= MAX_TOKENS_PER_CALL)
+
+
+def price_as(priced: Priced, stand_in: str | None, reprice: Callable[[str], Priced]) -> Priced:
+    """`priced`, or, when its model has no price and the operator named a `stand_in` model, the call
+    priced at that model (`reprice(stand_in)`) with a note saying so."""
+    if priced.cost_usd is not None or not priced.unpriced_model or not stand_in:
+        return priced
+    again = reprice(stand_in)
+    if again.cost_usd is None:
+        return Priced(None, f"{priced.note}; and as {stand_in}: {again.note}")
+    return Priced(again.cost_usd, f"priced as {stand_in}: {priced.note}")
+
+
+# --- before the call: what a budget reserves ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What a budgeted call may cost at most. `cost_usd` is positive and finite, or None with `refusal`
+    (the message the client reads); `note` says how it was priced when that is not the plain way."""
+
+    cost_usd: float | None
+    note: str | None = None
+    refusal: str | None = None
+    reason: str | None = None  # the refusal in a few words, for the call's row
+
+
+def estimate_call(
+    provider: str,
+    api: str,
+    model: str | None,
+    body: Mapping[str, object] | None,
+    body_bytes: int,
+    *,
+    unknown_model_as: str | None = None,
+    option: str = "budget_price_unknown_models_as",
+) -> Estimate:
+    """The worst-case cost of a call before it runs; fails closed, never raises.
+
+    - A body sluice could not read (`body` None): its size in tokens, and UNBOUNDED_OUTPUT_TOKENS of output,
+      at the highest input and output prices genai-prices knows for `provider`'s models (the provider may
+      read a model and ceiling there that sluice cannot). No such prices: refused.
+    - A model genai-prices cannot price (or none): priced as `unknown_model_as` when the operator named
+      one (`option`), else refused with a message naming the option.
+    - Anything that comes to zero, or is not a finite number, is refused: a budget never admits a call
+      for free.
+    """
+    input_tokens, output_tokens = estimate_tokens(api, body, body_bytes)
+    if body is None:
+        cost = price_at_highest(provider, input_tokens=input_tokens, output_tokens=output_tokens)
+        if cost is None:
+            return Estimate(
+                None,
+                refusal=f"sluice: the request body could not be read and no prices are "
+                f"known for {provider}'s models, so its cost cannot be bounded",
+                reason="body not read and no prices known",
+            )
+        return _checked(Estimate(cost, f"body not read: estimated at {provider}'s highest known prices"))
+    service_tier = body.get("service_tier")
+    speed = body.get("speed")
+
+    def price(name: str | None) -> Priced:
+        return price_call(
+            provider,
+            name,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            service_tier=service_tier if isinstance(service_tier, str) else None,
+            speed=speed if isinstance(speed, str) else None,
+        )
+
+    priced = price(model)
+    if priced.cost_usd is not None and priced.cost_usd <= 0:
+        # A model genai-prices lists at no cost per token (a data gap, or a unit sluice does not meter):
+        # as unknown as one it does not list, for a budget.
+        priced = Priced(None, f"genai-prices lists {model!r} at no cost per token", unpriced_model=True)
+    priced = price_as(priced, unknown_model_as, price)
+    if priced.cost_usd is None:
+        if priced.unpriced_model and not unknown_model_as:
+            example = {"anthropic": "claude-opus-4-1", "openai": "gpt-5"}.get(provider, "a-known-model")
+            return Estimate(
+                None,
+                refusal=(
+                    f"sluice: model {model!r} has no known price, so a budgeted client cannot be charged "
+                    f"for it ({priced.note}); the operator can set {option} = "
+                    f'{{ {provider} = "{example}" }} to price such models as a known one'
+                ),
+                reason=f"model has no price ({option} not set)",
+            )
+        return Estimate(
+            None,
+            refusal=f"sluice: this call's cost cannot be estimated: {priced.note}",
+            reason="cost cannot be estimated",
+        )
+    return _checked(Estimate(priced.cost_usd, priced.note))
+
+
+def _checked(estimate: Estimate) -> Estimate:
+    cost = estimate.cost_usd
+    if cost is None or not math.isfinite(cost) or cost <= 0:
+        return Estimate(
+            None,
+            refusal=f"sluice: this call's cost cannot be estimated (got {cost!r})",
+            reason="cost cannot be estimated",
+        )
+    return estimate
+
+
+def price_at_highest(provider: str, *, input_tokens: int, output_tokens: int) -> float | None:
+    """USD for these tokens at the highest input and output prices per token among `provider`'s models in
+    genai-prices' data; None when it lists none. An input token is priced at the dearest way input is
+    billed (a 1-hour cache write costs twice plain input)."""
+    highest = highest_prices(provider)
+    if highest is None:
+        return None
+    per_input, per_output = highest
+    return float((input_tokens * per_input + output_tokens * per_output) / 1_000_000)
+
+
+@lru_cache(maxsize=16)
+def highest_prices(provider: str) -> tuple[Decimal, Decimal] | None:
+    """(input, output) USD per million tokens: the maxima over every model, price period, tier and
+    variant genai-prices lists for `provider`; None if it lists no token prices there. Read from the
+    library's own data at first use (addons/budget.py calls it at start-up)."""
+    highest = {"input": Decimal(0), "output": Decimal(0)}
+    for known in get_snapshot().providers:
+        if known.id != provider:
+            continue
+        for model in known.models:
+            for prices in _all_prices(model):
+                for key, value in vars(prices).items():
+                    if not key.endswith("_mtok") or value is None:
+                        continue
+                    side = "output" if key.startswith("output") else "input"
+                    highest[side] = max(highest[side], _dearest(value))
+    if highest["input"] <= 0 or highest["output"] <= 0:
+        return None
+    return highest["input"], highest["output"]
+
+
+def _all_prices(model: genai_types.ModelInfo) -> list[genai_types.ModelPrice]:
+    if isinstance(model.prices, genai_types.ModelPrice):
+        found = [model.prices]
+    else:
+        found = [conditional.prices for conditional in model.prices]
+    found.extend(variant.prices for variant in model.price_variants or ())
+    return found
+
+
+def _dearest(value: object) -> Decimal:
+    if isinstance(value, genai_types.TieredPrices):
+        return max([value.base, *(tier.price for tier in value.tiers)])
+    return value if isinstance(value, Decimal) else Decimal(0)

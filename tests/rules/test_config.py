@@ -98,6 +98,12 @@ def test_an_upstream_names_its_host_and_tls_port(host: str, name: str, port: int
     assert (upstream.host, upstream.port) == (name, port)
 
 
+def test_unknown_models_can_be_priced_as_a_named_model_per_provider():
+    config = parse_config('budget_price_unknown_models_as = { anthropic = "claude-opus-4-1" }\n')
+    assert config.budget_price_unknown_models_as == {"anthropic": "claude-opus-4-1"}
+    assert Config().budget_price_unknown_models_as == {}
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -112,3 +118,19 @@ def test_an_upstream_port_is_given_once_and_valid(text: str, message: str) -> No
     with pytest.raises(ConfigError) as e:
         parse_config(f"[[upstreams]]\n{text}\nprovider = 'openai'\n", "sluice.toml")
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            'budget_price_unknown_models_as = { google = "gemini-2.5-pro" }',
+            "budget_price_unknown_models_as.google",
+        ),
+        ('budget_price_unknown_models_as = { openai = "" }', "budget_price_unknown_models_as.openai"),
+        ('budget_price_unknown_models_as = "claude-opus-4-1"', "budget_price_unknown_models_as"),
+    ],
+)
+def test_bad_unknown_model_prices_are_refused(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(text, "sluice.toml")

@@ -364,8 +364,21 @@ def test_finish_is_idempotent_and_later_bytes_are_ignored() -> None:
                 "service_tier": 1,
                 "speed": "",
             },
-            Usage(),
-            id="nonsense values ignored",
+            Usage(
+                suspect="input_tokens=True; cache_read_input_tokens=-1; cache_creation_input_tokens=1.5; "
+                "output_tokens='12'"
+            ),
+            id="nonsense values are not counted but noted as suspect",
+        ),
+        pytest.param(
+            {"input_tokens": 10, "output_tokens": 10**30},
+            Usage(input_tokens=10, suspect=f"output_tokens={10**30}"),
+            id="an absurd count is suspect",
+        ),
+        pytest.param(
+            {"input_tokens": 10, "output_tokens": 10**9},
+            Usage(input_tokens=10, output_tokens=10**9),
+            id="up to a billion tokens is believed",
         ),
         pytest.param({}, Usage(), id="empty"),
     ],
@@ -450,8 +463,16 @@ STOP = ("message_stop", {"type": "message_stop"})
                 message_start({"input_tokens": 10, "output_tokens": 1}),
                 message_delta({"input_tokens": None, "output_tokens": -3}),
             ],
-            Usage(input_tokens=10, output_tokens=1),
-            id="null and negative do not overwrite",
+            Usage(input_tokens=10, suspect="output_tokens=-3"),
+            id="null does not overwrite; negative is suspect and replaces the count",
+        ),
+        pytest.param(
+            [
+                message_start({"input_tokens": 10, "output_tokens": 1.5}),
+                message_delta({"output_tokens": 5}),
+            ],
+            Usage(input_tokens=10, output_tokens=5),
+            id="a valid later count clears what was suspect",
         ),
     ],
 )
@@ -522,8 +543,8 @@ def test_anthropic_only_the_first_delta_marks_output() -> None:
                 "completion_tokens": "5",
                 "prompt_tokens_details": {"cached_tokens": None},
             },
-            Usage(),
-            id="nonsense values ignored",
+            Usage(suspect="prompt_tokens=False; completion_tokens='5'"),
+            id="nonsense values are not counted but noted as suspect",
         ),
     ],
 )
@@ -640,7 +661,16 @@ def test_chat_stream_errors(record: tuple[str | None, Any], error: str) -> None:
         pytest.param(
             {"input_tokens": 7, "output_tokens": 2}, Usage(input_tokens=7, output_tokens=2), id="bare"
         ),
-        pytest.param({"input_tokens": "7", "output_tokens": True}, Usage(), id="nonsense values ignored"),
+        pytest.param(
+            {"input_tokens": "7", "output_tokens": True},
+            Usage(suspect="input_tokens='7'; output_tokens=True"),
+            id="nonsense values are not counted but noted as suspect",
+        ),
+        pytest.param(
+            {"input_tokens": 7, "output_tokens": 1e30},
+            Usage(input_tokens=7, suspect="output_tokens=1e+30"),
+            id="a float count is suspect",
+        ),
     ],
 )
 def test_read_openai_responses_usage(usage: dict[str, object], expected: Usage) -> None:

@@ -116,3 +116,11 @@ def test_two_processes_share_one_budget(tmp_path):
     for worker in workers:
         worker.join(30)
     assert out.get(timeout=5) + out.get(timeout=5) == 10
+
+
+@pytest.mark.parametrize("estimate", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_hold_of_nothing_is_never_admitted(tmp_path, estimate):
+    budgets = ledger(tmp_path / "s.db")
+    with pytest.raises(ValueError, match="positive amount"):
+        budgets.admit("c1", "alice", estimate, 1.0, "day")
+    assert budgets.admit("c2", "alice", 1.0, 1.0, "day").admitted  # nothing was held by the refusal
