@@ -27,6 +27,7 @@ from mitmproxy import ctx, exceptions, http
 
 from addons import wire_headers
 from addons.core import SluiceCore
+from addons.decoding import readable_body
 from addons.fields import with_headers
 from rules.config import ConfigError, OAuth, Upstream, resolve_secret
 from rules.envelopes import error_body
@@ -215,7 +216,7 @@ class Credentials:
         upstream = self.core.upstream_for(swapped.host)
         if upstream is None:
             return
-        message = read_response_body("messages", flow.response.content or b"", status).error
+        message = read_response_body("messages", readable_body(flow.response), status).error
         await asyncio.to_thread(
             self.pool.report,
             swapped.host,

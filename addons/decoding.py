@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import brotli
 import zstandard
+from mitmproxy import http
 
 DEFAULT_DECODE_MAX = 32 * 1024 * 1024
 READ_SLICE = 1024 * 1024  # decoded bytes per read() when the caller asks for everything
@@ -130,7 +131,7 @@ class _Brotli(_Stage):
         if data:
             self._input = b""
         try:
-            out = self._d.process(data, output_buffer_limit=max_bytes)
+            out: bytes = self._d.process(data, output_buffer_limit=max_bytes)
         except brotli.error as e:
             raise DecodeError(f"br: {e}") from None
         self._full = len(out) >= max_bytes and not self._d.is_finished()
@@ -296,3 +297,9 @@ def decode_body(raw: bytes, content_encoding: str | None, limit: int | None = No
 
 def is_encoded(content_encoding: str | None) -> bool:
     return (content_encoding or "").strip().lower() not in ("", "identity")
+
+
+def readable_body(message: http.Message) -> bytes:
+    """A message's body decoded with the cap, or b"" when it is over the cap or cannot be decoded: for a
+    reader that only looks for something in it (an error message), never for bytes to forward."""
+    return decode_body(message.raw_content or b"", message.headers.get("content-encoding")).body or b""
