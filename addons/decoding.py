@@ -303,3 +303,35 @@ def readable_body(message: http.Message) -> bytes:
     """A message's body decoded with the cap, or b"" when it is over the cap or cannot be decoded: for a
     reader that only looks for something in it (an error message), never for bytes to forward."""
     return decode_body(message.raw_content or b"", message.headers.get("content-encoding")).body or b""
+
+
+# --- mitmproxy's own decoding ------------------------------------------------------------------------------
+
+_BOUNDED_CODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
+
+
+def bound_mitmproxy_decoding() -> None:
+    """Put the cap on mitmproxy's `Message.content` too: what mitmweb's views, the console and exports
+    decode. A body over the cap is then "cannot decode" there (mitmproxy shows the raw bytes instead)."""
+    from mitmproxy.net import encoding
+
+    from addons.layer_patch import patch_once
+
+    patch_once(encoding, "decode", _capped_decode)
+
+
+def _capped_decode(original: Callable[..., object]) -> Callable[..., object]:
+    def decode(encoded: object, encoding: str, errors: str = "strict") -> object:
+        coding = encoding.strip().lower() if isinstance(encoding, str) else ""
+        if not isinstance(encoded, bytes) or coding not in _BOUNDED_CODINGS:
+            return original(encoded, encoding, errors)
+        try:
+            return make_decoder(coding).decode(encoded)
+        except OverLimit as e:
+            raise ValueError(f"{e}: not decoded (sluice_decode_max)") from None
+        except DecodeError:
+            # Not valid as sluice reads it: mitmproxy's own reading decides (within the cap, since
+            # sluice's decoder stopped below it).
+            return original(encoded, encoding, errors)
+
+    return decode

@@ -739,8 +739,9 @@ def apply_request_rules(raw: bytes, ctx: RuleContext) -> RuleResult:
     """Apply every configured rule to one request body; the only function the rewrite addon calls.
 
     Fails open, never raises: a compressed, non-UTF-8, malformed, too deeply nested or non-object body, one
-    with duplicate keys, an unknown provider/api, or any failure inside a rule forwards the original bytes (body None)
-    with a `note`. When no rule changes anything, body is None too and the bytes go out exactly as sent.
+    with duplicate keys, an unknown provider/api, or any failure inside a rule forwards the original bytes
+    (body None) with a `note`. When no rule changes anything, body is None too and the bytes go out exactly
+    as sent.
     Order: billing block, model alias, system blocks, user id, max_tokens, cache cap, TTL order, stream usage.
     """
     encoding = (ctx.content_encoding or "").strip().lower()
