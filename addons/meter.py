@@ -44,9 +44,9 @@ log = logging.getLogger("sluice")
 
 RATE_LIMIT_MARKER = "ratelimit"  # anthropic-ratelimit-*, anthropic-ratelimit-unified-*, x-ratelimit-*
 _STREAM_HEADERS = frozenset({b"content-type", b"content-encoding"})
-# Decoded stream bytes parsed per turn of the event loop: at worst (a flood of tiny events) ~10 ms of the
+# Decoded stream bytes parsed per turn of the event loop: at worst (a flood of tiny events) ~3 ms of the
 # usage parser. What one wire chunk decodes to beyond that is parsed on the following turns.
-PARSE_PER_TURN = 256 * 1024
+PARSE_PER_TURN = 64 * 1024
 # Whole bodies at least this large, or compressed (a few bytes may decode to the cap), are decoded and
 # parsed on a worker thread, as addons/rewrite.py does for its rewrite.
 OFF_LOOP_BYTES = 256 * 1024
