@@ -10,12 +10,12 @@ hook pauses only its own flow).
 
 A part that fails never costs the parts after it their turn: on a flow event, an exception from one part is
 logged with the flow id, noted on the call's row (`note:part failed: ...`) and the next part runs. Parts
-that make a security decision say so with a class attribute `security = True` (the gate, the header
-allow-lists, the credential swap, the budget): when one of them raises on the request side the flow fails
-closed — sluice answers 502 in the provider's envelope and the request is never forwarded (with the
-client's key, or unfiltered); on `responseheaders` the flow is killed, so headers that were not filtered
-never reach the client. Lifecycle hooks (load, configure, running, done) keep mitmproxy's own semantics:
-an error there (a bad option) must stop start-up.
+that make a security decision are named: a class attribute `security = True` (or False), else the class is
+in SECURITY_PARTS (the gate, the budget, the header allow-lists, the framing, the credential swap). When
+one of them raises on the request side the flow fails closed — sluice answers 502 in the provider's
+envelope and the request is never forwarded (with the client's key, or unfiltered); on `responseheaders`
+the flow is killed, so headers that were not filtered never reach the client. Lifecycle hooks (load,
+configure, running, done) keep mitmproxy's own semantics: an error there (a bad option) must stop start-up.
 """
 
 from __future__ import annotations
@@ -41,8 +41,20 @@ RESPONSE_HEADER_HOOKS = frozenset({"responseheaders"})
 FAILED_CLOSED = "sluice: the request could not be checked ({part} failed); it was not forwarded"
 
 
+# The parts that make a security decision, by class, for parts that do not say so themselves with a
+# `security` attribute: who may call (Gate), what may be spent (Budget), which headers cross (Headers), how
+# the body is framed for the upstream (Framing: a body read as the next request is smuggled into a
+# connection other clients' credentials share), and the credential swap (Credentials). Without the gate's
+# verdict the swap would put a real key on an unchecked request.
+SECURITY_PARTS = frozenset({"Gate", "Budget", "Headers", "Framing", "Credentials"})
+
+
 def is_security_part(part: object) -> bool:
-    return getattr(part, "security", False) is True
+    """A part's own `security` attribute when it has one, else whether its class is in SECURITY_PARTS."""
+    marked = getattr(part, "security", None)
+    if isinstance(marked, bool):
+        return marked
+    return type(part).__name__ in SECURITY_PARTS
 
 
 class Chain:

@@ -202,3 +202,35 @@ def test_a_cancelled_hook_is_not_swallowed() -> None:
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(chain.request(flow))  # type: ignore[attr-defined]
     assert seen == []
+
+
+def test_the_gate_failing_means_no_credential_is_swapped_in() -> None:
+    class Gate:  # the real part's name: a security part by SECURITY_PARTS
+        def request(self, flow: object) -> None:
+            raise KeyError("clients")
+
+    class Credentials:
+        def __init__(self) -> None:
+            self.swapped = False
+
+        def request(self, flow: tflow.http.HTTPFlow) -> None:
+            if flow.response is None:  # as addons/credentials.py: only a request still on its way
+                self.swapped = True
+
+    core, credentials = SluiceCore(), Credentials()
+    chain = Chain("sluice", [core, Gate(), credentials])
+    flow = _metered_flow(core)
+    asyncio.run(_request(chain, flow))
+    assert flow.response is not None and flow.response.status_code == 502
+    assert credentials.swapped is False
+
+
+def test_a_part_may_say_it_is_no_security_part() -> None:
+    class Headers(Broken):
+        security = False
+
+    core = SluiceCore()
+    chain = Chain("sluice", [core, Headers()])
+    flow = _metered_flow(core)
+    asyncio.run(_request(chain, flow))
+    assert flow.response is None
