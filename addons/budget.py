@@ -32,6 +32,8 @@ log = logging.getLogger("sluice")
 
 
 class Budget:
+    security = True  # addons/chain.py: a failure here fails closed (what may be spent)
+
     def __init__(self, core: SluiceCore) -> None:
         self.core = core
         self.ledger: BudgetLedger | None = None

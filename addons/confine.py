@@ -46,6 +46,8 @@ def upstream_server_name(flow: http.HTTPFlow) -> str | None:
 
 
 class Confinement:
+    security = True  # addons/chain.py: a failure here fails closed (where a credential host is reached)
+
     def __init__(self, core: SluiceCore) -> None:
         self.core = core
 

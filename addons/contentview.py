@@ -25,6 +25,7 @@ from mitmproxy.contentviews import Contentview, Metadata
 
 from addons.calls import price_usage
 from addons.changes import METADATA_KEY
+from addons.decoding import bound_mitmproxy_decoding
 from rules.endpoints import Endpoint, classify
 from rules.json_diff import Change, path_is_within
 from rules.transcript import Entry, Part, is_event_stream, outline_request, reassemble
@@ -66,6 +67,7 @@ class LLMContentview(Contentview):
 
 
 def register() -> LLMContentview:
+    bound_mitmproxy_decoding()  # the views decode bodies through mitmproxy's Message.content
     view = LLMContentview()
     contentviews.add(view)
     return view
@@ -92,7 +94,7 @@ def render_response(
     streamed = is_event_stream(data, content_type)
     if not streamed and not data.lstrip().startswith(b"{"):
         raise ValueError("neither an event stream nor a JSON object")
-    transcript = reassemble(endpoint.api, data, status=status, streamed=streamed)
+    transcript = reassemble(endpoint.api, data, status=status, streamed=streamed)  # never raises on data
     reading = transcript.reading
     how = f"streamed ({transcript.events} events)" if streamed else "whole body"
     lines = [f"LLM response · {endpoint.provider} {endpoint.api} · HTTP {status} · {how}", ""]
@@ -172,6 +174,8 @@ def _part_title(part: Part, parts: Sequence[Part]) -> str:
 def render_request(endpoint: Endpoint, data: bytes, notes: Mapping[str, Any]) -> str:
     try:
         body = json.loads(data)
+    except RecursionError:
+        raise ValueError("request body nests too deeply to show") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"request body is not JSON: {e}") from e
     if not isinstance(body, dict):

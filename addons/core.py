@@ -11,6 +11,7 @@ from mitmproxy import ctx, exceptions, http, optmanager
 from mitmproxy.tools.dump import DumpMaster
 
 from addons.calls import Call
+from addons.decoding import DEFAULT_DECODE_MAX
 from rules.config import Config, ConfigError, Upstream, load_config
 from rules.destination import Destination, normalize_host
 from rules.envelopes import error_body
@@ -85,6 +86,12 @@ class SluiceCore:
             int,
             DEFAULT_KEEP_BODY,
             "Bytes of each streamed LLM response kept so mitmweb and saved flows can show it (0: none).",
+        )
+        loader.add_option(
+            "sluice_decode_max",
+            int,
+            DEFAULT_DECODE_MAX,
+            "Bytes of a compressed body sluice decodes to read it; past them it passes on unread (0: none).",
         )
         connect_lazily(loader.master.options)
 

@@ -27,6 +27,7 @@ from mitmproxy import ctx, exceptions, http
 
 from addons import wire_headers
 from addons.core import SluiceCore, destination
+from addons.decoding import readable_body
 from addons.fields import with_headers
 from rules.config import ConfigError, OAuth, Upstream, resolve_secret
 from rules.destination import Destination, credential_refusal
@@ -65,6 +66,8 @@ class Swapped:
 
 
 class Credentials:
+    security = True  # addons/chain.py: a failure here fails closed (the real credential goes on here)
+
     def __init__(self, core: SluiceCore) -> None:
         self.core = core
         self.pool: CredentialPool | None = None
@@ -230,7 +233,7 @@ class Credentials:
         upstream = self.core.upstream_for(swapped.host)
         if upstream is None:
             return
-        message = read_response_body("messages", flow.response.content or b"", status).error
+        message = read_response_body("messages", readable_body(flow.response), status).error
         await asyncio.to_thread(
             self.pool.report,
             swapped.host,

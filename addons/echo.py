@@ -24,6 +24,8 @@ NOTE = "the upstream echoed the real credential; replaced by its fingerprint"
 
 
 class EchoScrub:
+    security = True  # addons/chain.py: a failure here fails closed (no echoed credential leaves)
+
     def __init__(self, core: SluiceCore, credentials: Credentials) -> None:
         self.core = core
         self.credentials = credentials

@@ -19,6 +19,10 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 class Framing:
+    # addons/chain.py: a failure here fails closed (a body the upstream reads as the next request would be
+    # smuggled into a connection other clients' credentials share).
+    security = True
+
     def request(self, flow: http.HTTPFlow) -> None:
         request = flow.request
         if flow.response is not None or not (request.is_http2 or request.is_http3) or request.stream:

@@ -26,6 +26,8 @@ REFUSAL = (
 
 
 class Gate:
+    security = True  # addons/chain.py: a failure here fails closed (who may call)
+
     def __init__(self, core: SluiceCore) -> None:
         self.core = core
         self.clients: list[KnownClient] = []

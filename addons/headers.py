@@ -20,6 +20,8 @@ PROVIDERS = ("anthropic", "openai")
 
 
 class Headers:
+    security = True  # addons/chain.py: a failure here fails closed (which headers cross)
+
     def __init__(self, core: SluiceCore) -> None:
         self.core = core
         self.request_policy: dict[str, HeaderAllowList] = {}

@@ -3,6 +3,11 @@
 Streams are never held back: the tee returns each chunk as it came (still content-encoded) and parses a
 decoded copy. Whatever way a call ends — response complete, upstream or client gone mid-stream, proxy shut
 down — it gets exactly one row, with the partial usage seen so far and what went wrong.
+
+Bounded work for any body (addons/decoding.py): a compressed body is decoded only up to `sluice_decode_max`
+bytes; past that it passes on untouched and unread, and the row says why. A stream's decoded copy is parsed
+at most PARSE_PER_TURN bytes per turn of the event loop (the rest on later turns), and a whole body that is
+compressed or large is decoded and parsed on a worker thread, so one flow never holds the loop for long.
 """
 
 from __future__ import annotations
@@ -13,12 +18,19 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 
 from addons.annotate import annotate
 from addons.calls import Call, build_record
 from addons.core import SluiceCore, destination
-from addons.decoding import make_decoder
+from addons.decoding import (
+    DecodeError,
+    OverLimit,
+    decode_body,
+    is_encoded,
+    make_decoder,
+    set_decode_max,
+)
 from addons.fields import header_values
 from rules.clients import presented_key
 from rules.endpoints import classify
@@ -32,6 +44,12 @@ log = logging.getLogger("sluice")
 
 RATE_LIMIT_MARKER = "ratelimit"  # anthropic-ratelimit-*, anthropic-ratelimit-unified-*, x-ratelimit-*
 _STREAM_HEADERS = frozenset({b"content-type", b"content-encoding"})
+# Decoded stream bytes parsed per turn of the event loop: at worst (a flood of tiny events) ~3 ms of the
+# usage parser. What one wire chunk decodes to beyond that is parsed on the following turns.
+PARSE_PER_TURN = 64 * 1024
+# Whole bodies at least this large, or compressed (a few bytes may decode to the cap), are decoded and
+# parsed on a worker thread, as addons/rewrite.py does for its rewrite.
+OFF_LOOP_BYTES = 256 * 1024
 
 
 def call_for(core: SluiceCore, flow: http.HTTPFlow) -> Call | None:
@@ -62,6 +80,9 @@ def _presented_credential(headers: dict[str, str]) -> str:
     return fingerprint(key) if key else "none"
 
 
+# A whole response's reading, and why its body was not read (None when it was).
+type Buffered = tuple[Reading, str | None]
+
 # Called with each finished call's record before it is queued and the flow annotated; may replace
 # `record.row` with one carrying more columns (cache health).
 type BeforeRecord = Callable[[http.HTTPFlow, Call, Reading, CallRecord], None]
@@ -73,17 +94,35 @@ class Meter:
         self.before_record = list(before_record)
         # Answered calls whose rows are built after their response left (see `response`), by flow id.
         self.deferred: dict[str, tuple[http.HTTPFlow, Call]] = {}
+        # Streams whose decoded copy is still being parsed on later loop turns: resolved when it is done.
+        self.parsing: dict[str, asyncio.Future[None]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
         core.shutdown_hooks.append(self._finish_in_flight)
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def configure(self, updated: set[str]) -> None:
+        if "sluice_decode_max" in updated:
+            set_decode_max(ctx.options.sluice_decode_max)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
         call = call_for(self.core, flow)
         if call is None:
             return
         raw = flow.request.raw_content or b""
         call.request_bytes = len(raw)
         call.answered_locally = flow.response is not None
-        if not call.request_read:
-            _read_request_fields(call, flow)
+        if call.request_read:
+            return
+        encoding = flow.request.headers.get("content-encoding")
+        if is_encoded(encoding) or len(raw) >= OFF_LOOP_BYTES:
+            fields = await asyncio.to_thread(read_request_fields, raw, encoding)  # pure: safe on a thread
+        else:
+            fields = read_request_fields(raw, encoding)
+        model, stream, note = fields
+        if note is not None:
+            call.notes.append(note)
+            return
+        call.request_model = model
+        call.stream = stream
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = self.core.calls.get(flow.id)
@@ -124,16 +163,10 @@ class Meter:
                 else:
                     call.body_copy = None
                     call.notes.append(f"streamed body over {keep} bytes not kept for display")
-            if call.reader is not None:
-                try:
-                    data = call.decoder.decode(chunk) if call.decoder is not None else chunk
-                    if call.reader.feed(data) and call.first_output_at is None:
-                        call.first_output_at = time.time()
-                except Exception as e:  # a parser bug must never break the client's stream
-                    log.warning("sluice: flow %s: usage parser stopped: %r", call.flow_id, e)
-                    call.notes.append(f"usage parser stopped: {e!r}")
-                    call.final_reading = call.reader.reading
-                    call.reader = None
+            if call.reader is not None and call.decoder is not None:
+                call.decoder.feed(chunk)
+                if call.flow_id not in self.parsing:  # else the scheduled turn gets to it, in order
+                    self._parse(call)
             if cut is not None:
                 passed = cut.feed(chunk)
                 return passed if passed else []
@@ -141,14 +174,67 @@ class Meter:
 
         return tee
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        call = self.core.calls.pop(flow.id, None)
+    def _parse(self, call: Call) -> None:
+        """Feed the usage parser what the decoder holds, PARSE_PER_TURN bytes per turn of the event loop;
+        the rest is scheduled for the next turn. The client's bytes never wait for this."""
+        decoder = call.decoder
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None  # no loop to yield to (a direct call): parse it all now
+        budget = PARSE_PER_TURN
+        while call.reader is not None and decoder is not None and decoder.pending and not call.finished:
+            if loop is not None and budget <= 0:
+                if call.flow_id not in self.parsing:
+                    self.parsing[call.flow_id] = loop.create_future()
+                loop.call_soon(self._parse, call)  # one scheduled turn per flow at a time
+                return
+            try:
+                data = decoder.read(PARSE_PER_TURN)
+            except (OverLimit, DecodeError) as e:
+                reason = f"body could not be decoded: {e}" if isinstance(e, DecodeError) else str(e)
+                self._stop_reading(call, f"usage not read: {reason}")
+                break
+            if not data:
+                break  # the input fed so far is used up (a coding may hold a partial block)
+            budget -= len(data)
+            try:
+                if call.reader.feed(data) and call.first_output_at is None:
+                    call.first_output_at = time.time()
+            except Exception as e:  # a parser bug must never break the client's stream
+                log.warning("sluice: flow %s: usage parser stopped: %r", call.flow_id, e)
+                self._stop_reading(call, f"usage parser stopped: {e!r}")
+        done = self.parsing.pop(call.flow_id, None)
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    @staticmethod
+    def _stop_reading(call: Call, note: str) -> None:
+        call.notes.append(note)
+        if call.reader is not None:
+            call.final_reading = call.reader.reading
+        call.reader = None
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        call = self.core.calls.get(flow.id)
         if call is None or call.finished or flow.response is None:
+            self.core.calls.pop(flow.id, None)
             return
+        parsing = self.parsing.get(flow.id)
+        if parsing is not None:
+            await asyncio.wait([parsing])  # the rest of the stream's decoded copy, parsed slice by slice
+        if self.core.calls.pop(flow.id, None) is None or call.finished:
+            return  # finished meanwhile (shutdown)
         if call.body_copy is not None and flow.response.raw_content is None:
             flow.response.raw_content = bytes(call.body_copy)
+        buffered = _buffered_reading_needed(call, flow.response)
         if self.core.flows_shown:
-            self._finish_response(flow, call)  # the comment and marks must be on the flow as it leaves
+            # The comment and marks must be on the flow as it leaves.
+            if buffered and _off_loop(flow.response):
+                reading = await asyncio.to_thread(_read_buffered, call.api, flow.response)
+                self._finish_response(flow, call, reading)
+            else:
+                self._finish_response(flow, call)
             return
         # A plain mitmdump: no one sees the flow's comment or LLM view, so the row is built once the response
         # has left (this hook returns, mitmproxy sends it, then the loop runs what was scheduled meanwhile).
@@ -158,14 +244,28 @@ class Meter:
             self._finish_response(flow, call)
             return
         self.deferred[flow.id] = (flow, call)
-        loop.call_soon(self._finish_deferred, flow.id)
+        if buffered and _off_loop(flow.response):
+            task = loop.create_task(self._finish_off_loop(flow.id))
+            self.tasks.add(task)  # the loop keeps only a weak reference to a task
+            task.add_done_callback(self.tasks.discard)
+        else:
+            loop.call_soon(self._finish_deferred, flow.id)
+
+    async def _finish_off_loop(self, flow_id: str) -> None:
+        deferred = self.deferred.get(flow_id)
+        if deferred is None or deferred[0].response is None:
+            return
+        flow, call = deferred
+        reading = await asyncio.to_thread(_read_buffered, call.api, deferred[0].response)
+        if self.deferred.pop(flow_id, None) is not None:  # not finished at shutdown meanwhile
+            self._finish_response(flow, call, reading)
 
     def _finish_deferred(self, flow_id: str) -> None:
         deferred = self.deferred.pop(flow_id, None)
         if deferred is not None:
             self._finish_response(*deferred)
 
-    def _finish_response(self, flow: http.HTTPFlow, call: Call) -> None:
+    def _finish_response(self, flow: http.HTTPFlow, call: Call, buffered: Buffered | None = None) -> None:
         response = flow.response
         if call.reader is not None:
             reading = call.reader.finish()
@@ -175,7 +275,9 @@ class Meter:
             reading = Reading()
         else:
             call.response_bytes = len(response.raw_content or b"")
-            reading = _read_buffered(call.api, response)
+            reading, note = buffered if buffered is not None else _read_buffered(call.api, response)
+            if note is not None:
+                call.notes.append(note)
         self._finish(flow, call, reading, error=None)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -253,22 +355,39 @@ class Meter:
         self.core.calls.clear()
 
 
-def _read_request_fields(call: Call, flow: http.HTTPFlow) -> None:
-    """Model and stream flag as the request states them; fails open (the call is still metered)."""
+def read_request_fields(raw: bytes, content_encoding: str | None) -> tuple[str | None, bool, str | None]:
+    """(model, stream, None) as the request states them, or (None, False, why not). Fails open: the call is
+    still metered. Pure (no flow): runs on a worker thread for a large or compressed body."""
+    decoded = decode_body(raw, content_encoding)
+    if decoded.body is None:
+        return None, False, f"request body not read: {decoded.reason}"
     try:
-        body = json.loads(flow.request.get_content(strict=False) or b"")
+        body = json.loads(decoded.body or b"")
+    except RecursionError:
+        return None, False, "request body nests too deeply"
     except (ValueError, UnicodeDecodeError):
-        call.notes.append("request body is not JSON")
-        return
-    if isinstance(body, dict):
-        model = body.get("model")
-        call.request_model = model if isinstance(model, str) else None
-        call.stream = body.get("stream") is True
+        return None, False, "request body is not JSON"
+    if not isinstance(body, dict):
+        return None, False, None
+    model = body.get("model")
+    return (model if isinstance(model, str) else None), body.get("stream") is True, None
 
 
-def _read_buffered(api: str, response: http.Response) -> Reading:
-    try:
-        body = response.content or b""
-    except ValueError as e:  # undecodable content-encoding
-        return Reading(error=f"response body could not be decoded: {e}")
-    return read_response_body(api, body, response.status_code)
+def _buffered_reading_needed(call: Call, response: http.Response) -> bool:
+    return call.reader is None and call.final_reading is None and not response.stream
+
+
+def _off_loop(response: http.Response) -> bool:
+    return is_encoded(response.headers.get("content-encoding")) or len(response.raw_content or b"") >= (
+        OFF_LOOP_BYTES
+    )
+
+
+def _read_buffered(api: str, response: http.Response) -> Buffered:
+    """What a whole response says, and why it was not read: a body over the decode cap or not decodable
+    is left unread. Pure (reads the response only): runs on a worker thread for a large or compressed body."""
+    decoded = decode_body(response.raw_content or b"", response.headers.get("content-encoding"))
+    status = response.status_code
+    if decoded.body is None:
+        return Reading(error=f"HTTP {status}" if status >= 400 else None), f"usage not read: {decoded.reason}"
+    return read_response_body(api, decoded.body, status), None

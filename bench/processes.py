@@ -123,9 +123,10 @@ class Child:
         _LIVE.discard(self.process)
 
 
-def start_upstream(workdir: Path, cert: Path, key: Path) -> tuple[Child, int]:
+def start_upstream(workdir: Path, cert: Path, key: Path, bomb_bytes: int = 0) -> tuple[Child, int]:
     """bench/upstream.py in its own process; returns it and the port it listens on."""
     args = [sys.executable, "-m", "bench.upstream", "--cert", str(cert), "--key", str(key)]
+    args += ["--bomb-bytes", str(bomb_bytes)]
     child = Child(
         "bench upstream",
         args,

@@ -162,6 +162,11 @@ def _size(n: int) -> str:
     return f"{n / 1e6:g} MB" if n >= 1_000_000 else f"{n / 1e3:g} KB"
 
 
+def _p99_increase(during: Sequence[float], calm: Sequence[float]) -> float | None:
+    with_bomb, without = percentile(during, 99), percentile(calm, 99)
+    return None if with_bomb is None or without is None else (with_bomb - without) * 1e3
+
+
 def build_figures(raw: dict[str, Any], proxies: dict[str, Proxy], s: Settings) -> dict[str, Figure]:
     """Every figure of issue #7 (plus a few that explain them); None where a phase did not run."""
 
@@ -225,6 +230,22 @@ def build_figures(raw: dict[str, Any], proxies: dict[str, Proxy], s: Settings) -
     f["bulk_mb_per_s"] = Figure(
         f"relay speed, {mb} stream", "MB/s", *both("bulk", lambda d: mean(d["mb_per_s"]))
     )
+    bomb = f"{s.bomb_bytes / 2**20:g} MiB" if s.bomb_bytes < 2**30 else f"{s.bomb_bytes / 2**30:g} GiB"
+    for kind, label in (("json", "a whole response"), ("sse", "an event stream"), ("request", "a request")):
+        f[f"bomb_{kind}_rss_growth_mb"] = Figure(
+            f"peak RSS growth, {bomb} gzip bomb as {label}",
+            "MB",
+            *both("bomb", lambda d, k=kind: max(d[f"{k}_growth"]) / 2**20),
+            ("added_max", 128.0),
+            "worst round, over idle",
+        )
+        f[f"bomb_{kind}_others_p99_added_ms"] = Figure(
+            f"other clients' p99 latency increase, bomb as {label}",
+            "ms",
+            *both("bomb", lambda d, k=kind: _p99_increase(d[f"{k}_others"], d[f"{k}_calm"])),
+            ("max", 100.0),
+            f"{s.bomb_others} clients back to back; p99 with the bomb minus p99 without",
+        )
     for phase, size in (("agent", s.agent_request_bytes), ("huge", s.huge_request_bytes)):
         rewrite = raw.get("rewrite", {}).get(phase)
         reference = scaled(percentile(rewrite["reference"], 50), 1e3) if rewrite else None

@@ -47,7 +47,16 @@ from bench.processes import (
     top_frames,
 )
 from bench.report import build_figures, git_revision, machine_info, print_report
-from bench.scenarios import Workload, bulk, measure_rewrite, measure_writer, sequential, streams, throughput
+from bench.scenarios import (
+    Workload,
+    bombs,
+    bulk,
+    measure_rewrite,
+    measure_writer,
+    sequential,
+    streams,
+    throughput,
+)
 from bench.settings import (
     CLIENT_KEY_ENV,
     FULL,
@@ -59,7 +68,7 @@ from bench.settings import (
 )
 from tests.e2e.harness import clean_env
 
-PROXY_PHASES = ("latency", "throughput", "stream1", "stream20", "agent", "huge", "bulk")
+PROXY_PHASES = ("latency", "throughput", "stream1", "stream20", "agent", "huge", "bulk", "bomb")
 LOCAL_PHASES = ("rewrite", "writer")
 PAUSE_S = 0.1  # between two runs of a phase: the previous proxy's last writes settle
 STARTUP_GRACE_S = 1.0  # for a mitmdump that failed its first requests to finish exiting
@@ -75,6 +84,7 @@ def _phases(work: Workload) -> dict[str, Callable[[Proxy], Awaitable[dict[str, A
         "agent": lambda p: sequential(p, work, work.agent, s.agent_requests, "agent"),
         "huge": lambda p: sequential(p, work, work.huge, s.huge_requests, "huge"),
         "bulk": lambda p: bulk(p, work),
+        "bomb": lambda p: bombs(p, work),
     }
 
 
@@ -115,12 +125,17 @@ async def measure(
 
 
 def _start_proxies(
-    workdir: Path, work: Workload, stack: contextlib.ExitStack, against: Path | None = None
+    workdir: Path,
+    work: Workload,
+    stack: contextlib.ExitStack,
+    against: Path | None = None,
+    with_bombs: bool = False,
 ) -> dict[str, Proxy]:
     from tests.e2e.harness import SITECUSTOMIZE_DIR, make_test_ca
 
     ca = make_test_ca(workdir / "ca")
-    upstream, upstream_port = start_upstream(workdir, ca.leaf_cert, ca.leaf_key)
+    bomb_bytes = work.settings.bomb_bytes if with_bombs else 0
+    upstream, upstream_port = start_upstream(workdir, ca.leaf_cert, ca.leaf_key, bomb_bytes)
     stack.callback(upstream.stop)
     env = clean_env(
         {
@@ -176,7 +191,9 @@ def run(
         profiler = Profiler(profile_dir)
         if set(only) & set(PROXY_PHASES):
             with contextlib.ExitStack() as stack:
-                proxies = _start_proxies(workdir, work, stack, against)
+                if "bomb" in only:
+                    work.request_bomb  # noqa: B018 -- built now, not while the bomb phase is timed
+                proxies = _start_proxies(workdir, work, stack, against, with_bombs="bomb" in only)
                 raw.update(asyncio.run(measure(proxies, work, only, deadline, profiler)))
                 for proxy in proxies.values():
                     proxy.child.stop()  # mitmproxy's `done`: the lag addon writes its samples

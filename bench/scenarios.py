@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.bombs import request_bomb
 from bench.client import REQUEST_TIMEOUT_S, Connection, connections, request_head
 from bench.payloads import UPSTREAM_MODEL, agent_request, client_headers, stamped
 from bench.processes import BenchError, Proxy
@@ -43,6 +44,7 @@ class Workload:
     agent: bytes = field(init=False)
     huge: bytes = field(init=False)
     sent: int = field(default=0, init=False)
+    _request_bomb: bytes | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -56,9 +58,18 @@ class Workload:
         self.sent += 1
         return stamped(body, self.sent)
 
-    def head(self, body: bytes, *, stream: bool = False, query: str = "") -> bytes:
+    def head(
+        self, body: bytes, *, stream: bool = False, query: str = "", extra: tuple[tuple[str, str], ...] = ()
+    ) -> bytes:
         path = f"{MESSAGES_PATH}&{query}" if query else MESSAGES_PATH
-        return request_head(path, client_headers(self.client_key, stream=stream), len(body))
+        return request_head(path, [*client_headers(self.client_key, stream=stream), *extra], len(body))
+
+    @property
+    def request_bomb(self) -> bytes:
+        """The gzip request bomb, built on first use (a few seconds per GiB) and kept for every round."""
+        if self._request_bomb is None:
+            self._request_bomb = request_bomb(self.settings.bomb_bytes)
+        return self._request_bomb
 
 
 # --- through the proxies ------------------------------------------------------------------------------
@@ -216,6 +227,82 @@ async def bulk(proxy: Proxy, work: Workload) -> dict[str, Any]:
     if received < size:
         raise BenchError(f"{proxy.name}: the bulk stream delivered {received} of {size} bytes")
     return {"growth": sampler.peak - idle, "idle": idle, "mb_per_s": received / elapsed / 1e6}
+
+
+BOMB_KINDS = ("json", "sse", "request")  # a whole response, an event stream, a request body
+BOMB_SETTLE_S = 0.2  # the other clients run this long before the bomb is sent and after it has passed
+
+
+async def bombs(proxy: Proxy, work: Workload) -> dict[str, Any]:
+    """Each kind of gzip bomb in turn, while `bomb_others` clients call back to back on their own
+    connections: the proxy's peak RSS over idle while the bomb passes, and the other clients' latencies
+    with the bomb and, just before, for `bomb_calm_s` without it."""
+    result: dict[str, Any] = {}
+    for kind in BOMB_KINDS:
+        for part, value in (await _bomb(proxy, work, kind)).items():
+            result[f"{kind}_{part}"] = value
+    return result
+
+
+async def _bomb(proxy: Proxy, work: Workload, kind: str) -> dict[str, Any]:
+    s = work.settings
+    calm = await _others_alone(proxy, work, s.bomb_calm_s)
+    during: list[float] = []
+    stop = asyncio.Event()
+    async with connections(proxy, s.bomb_others) as conns, connections(proxy, 1) as (bomb_conn,):
+        others = [asyncio.create_task(_call_until(conn, work, stop, during)) for conn in conns]
+        try:
+            await asyncio.sleep(BOMB_SETTLE_S)
+            sampler = RssSampler(proxy.child.pid)
+            idle = sampler.rss()
+            with sampler:
+                start = time.monotonic()
+                received = await _send_bomb(bomb_conn, work, kind)
+                await asyncio.sleep(BOMB_SETTLE_S)  # what the bomb left the proxy to do afterwards
+            proxy.window(f"bomb-{kind}", start, time.monotonic())
+        finally:
+            stop.set()
+            await asyncio.gather(*others)
+    if kind != "request" and received < 1000:
+        raise BenchError(f"{proxy.name}: the {kind} bomb delivered only {received} bytes")
+    return {"growth": sampler.peak - idle, "others": during, "calm": calm}
+
+
+async def _send_bomb(conn: Connection, work: Workload, kind: str) -> int:
+    """One bomb through the proxy; the bytes of the response body the client got."""
+    if kind == "request":
+        body = work.request_bomb
+        head = work.head(body, extra=(("content-encoding", "gzip"),))
+    else:
+        body = work.turn(work.small_stream if kind == "sse" else work.small)
+        head = work.head(body, stream=kind == "sse", query=f"bench=bomb&kind={kind}")
+    received = 0
+    async with asyncio.timeout(REQUEST_TIMEOUT_S):
+        await conn.send(head, body)
+        async for chunk in conn.chunks(await conn.read_head()):
+            received += len(chunk)
+    return received
+
+
+async def _others_alone(proxy: Proxy, work: Workload, seconds: float) -> list[float]:
+    samples: list[float] = []
+    stop = asyncio.Event()
+    async with connections(proxy, work.settings.bomb_others) as conns:
+        tasks = [asyncio.create_task(_call_until(conn, work, stop, samples)) for conn in conns]
+        await asyncio.sleep(seconds)
+        stop.set()
+        await asyncio.gather(*tasks)
+    return samples
+
+
+async def _call_until(conn: Connection, work: Workload, stop: asyncio.Event, samples: list[float]) -> None:
+    head = work.head(work.small)
+    for _ in range(MAX_REQUESTS_PER_WORKER):
+        if stop.is_set():
+            return
+        t0 = time.perf_counter()
+        await conn.call(head, work.turn(work.small))
+        samples.append(time.perf_counter() - t0)
 
 
 # --- in this process ----------------------------------------------------------------------------------

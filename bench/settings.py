@@ -66,6 +66,9 @@ class Settings:
     huge_request_bytes: int
     huge_requests: int
     bulk_stream_bytes: int
+    bomb_bytes: int  # what each gzip bomb inflates to (about 1 MB on the wire per GiB)
+    bomb_others: int  # other clients calling back to back while a bomb passes
+    bomb_calm_s: float  # how long the other clients are timed without a bomb, per kind and round
     writer_rows: int
     rewrite_iterations: int
     rewrite_budget_s: float  # per body and function: the in-process timing stops early past this
@@ -90,6 +93,9 @@ FULL = Settings(
     huge_request_bytes=2_000_000,
     huge_requests=8,
     bulk_stream_bytes=200_000_000,
+    bomb_bytes=1024 * 1024 * 1024,
+    bomb_others=4,
+    bomb_calm_s=2.0,
     writer_rows=50_000,
     rewrite_iterations=200,
     rewrite_budget_s=10.0,
@@ -114,6 +120,9 @@ QUICK = Settings(
     huge_request_bytes=200_000,
     huge_requests=3,
     bulk_stream_bytes=4_000_000,
+    bomb_bytes=64 * 1024 * 1024,
+    bomb_others=2,
+    bomb_calm_s=0.3,
     writer_rows=2_000,
     rewrite_iterations=5,
     rewrite_budget_s=2.0,

@@ -13,7 +13,9 @@ it does not do, so this one is separate (and borrows its header helpers, so resp
 
 The scenario comes in the query string (Claude Code sends `?beta=true` there too, so sluice passes queries
 through): `bench=json` (default; a Messages response), `bench=paced&events=N&interval_us=U`,
-`bench=bulk&bytes=N`. Run as `python -m bench.upstream --cert C --key K`; it prints `port N` once it listens.
+`bench=bulk&bytes=N`, and `bench=bomb&kind=json|sse`: a gzip bomb (bench/bombs.py) inflating to
+`--bomb-bytes`, built once at start, sent whatever the request's Accept-Encoding says (a hostile upstream).
+Run as `python -m bench.upstream --cert C --key K`; it prints `port N` once it listens.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from datetime import UTC, datetime
 from email.utils import formatdate
 from urllib.parse import parse_qs, urlsplit
 
+from bench.bombs import response_bomb, stream_bomb
 from tests.fake_provider import Usage, anthropic_ratelimit_headers
 
 MAX_HEAD_BYTES = 256 * 1024
@@ -41,6 +44,7 @@ MAX_EVENTS = 1_000_000
 MAX_BULK_BYTES = 4 * 1024 * 1024 * 1024
 BULK_RECORD_TEXT = 4096  # characters of text per delta in a bulk stream
 BULK_RECORDS_PER_WRITE = 16
+BOMB_CHUNK = 16 * 1024  # bytes of a streamed bomb per HTTP chunk
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
 USAGE = Usage(input_tokens=1_234, cache_read_tokens=20_000, cache_write_5m_tokens=800, output_tokens=256)
 
@@ -64,8 +68,9 @@ def _chunk(data: bytes) -> bytes:
 
 
 class Upstream:
-    def __init__(self) -> None:
+    def __init__(self, bomb_bytes: int = 0) -> None:
         self.served = 0
+        self.bombs = {"json": response_bomb(bomb_bytes), "sse": stream_bomb(bomb_bytes)} if bomb_bytes else {}
 
     def _headers(self, content_type: str) -> list[tuple[str, str]]:
         self.served += 1
@@ -111,6 +116,8 @@ class Upstream:
                     await self._paced(writer, model, events, interval)
                 elif scenario == "bulk":
                     await self._bulk(writer, model, min(int(query.get("bytes", ["0"])[0]), MAX_BULK_BYTES))
+                elif scenario == "bomb":
+                    await self._bomb(writer, query.get("kind", ["json"])[0])
                 else:
                     await self._json(writer, model)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
@@ -197,12 +204,29 @@ class Upstream:
         self._end(writer)
         await writer.drain()
 
+    async def _bomb(self, writer: asyncio.StreamWriter, kind: str) -> None:
+        wire = self.bombs[kind]
+        if kind == "json":
+            headers = [*self._headers("application/json"), ("content-encoding", "gzip")]
+            headers.append(("content-length", str(len(wire))))
+            writer.write(self._head(200, headers) + wire)
+            await writer.drain()
+            return
+        headers = [*self._headers("text/event-stream; charset=utf-8"), ("content-encoding", "gzip")]
+        headers += [("cache-control", "no-cache"), ("transfer-encoding", "chunked")]
+        writer.write(self._head(200, headers))
+        for index in range(0, len(wire), BOMB_CHUNK):
+            writer.write(_chunk(wire[index : index + BOMB_CHUNK]))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
 
-async def _main(host: str, port: int, cert: str, key: str) -> None:
+
+async def _main(host: str, port: int, cert: str, key: str, bomb_bytes: int = 0) -> None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     context.set_alpn_protocols(["http/1.1"])
-    upstream = Upstream()
+    upstream = Upstream(bomb_bytes)
     server = await asyncio.start_server(upstream.serve, host, port, ssl=context, limit=MAX_HEAD_BYTES)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -219,8 +243,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--cert", required=True, help="PEM server certificate (for api.anthropic.com)")
     parser.add_argument("--key", required=True, help="PEM private key of --cert")
+    parser.add_argument("--bomb-bytes", type=int, default=0, help="what `bench=bomb` bodies inflate to")
     args = parser.parse_args(argv)
-    asyncio.run(_main(args.host, args.port, args.cert, args.key))
+    asyncio.run(_main(args.host, args.port, args.cert, args.key, max(0, args.bomb_bytes)))
     sys.exit(0)
 
 

@@ -738,9 +738,10 @@ _RULE_SETS: dict[tuple[str, str], frozenset[str]] = {
 def apply_request_rules(raw: bytes, ctx: RuleContext) -> RuleResult:
     """Apply every configured rule to one request body; the only function the rewrite addon calls.
 
-    Fails open, never raises: a compressed, non-UTF-8, malformed or non-object body, one with duplicate
-    keys, an unknown provider/api, or any failure inside a rule forwards the original bytes (body None)
-    with a `note`. When no rule changes anything, body is None too and the bytes go out exactly as sent.
+    Fails open, never raises: a compressed, non-UTF-8, malformed, too deeply nested or non-object body, one
+    with duplicate keys, an unknown provider/api, or any failure inside a rule forwards the original bytes
+    (body None) with a `note`. When no rule changes anything, body is None too and the bytes go out exactly
+    as sent.
     Order: billing block, model alias, system blocks, user id, max_tokens, cache cap, TTL order, stream usage.
     """
     encoding = (ctx.content_encoding or "").strip().lower()
@@ -760,7 +761,9 @@ def apply_request_rules(raw: bytes, ctx: RuleContext) -> RuleResult:
         parsed, spans = found if found is not None else (parse_json(text), None)
     except _DuplicateKeyError:
         return RuleResult(None, note="body has duplicate keys")
-    except (ValueError, RecursionError):
+    except RecursionError:  # the C scanner's depth limit: raised at once, never after quadratic work
+        return RuleResult(None, note="body nests too deeply")
+    except ValueError:
         return RuleResult(None, note="body is not JSON")
     if not isinstance(parsed, dict):
         return RuleResult(None, note="not a JSON object")

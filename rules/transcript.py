@@ -34,6 +34,7 @@ JSONObject = dict[str, Any]
 
 # A block's JSON shown whole up to this many characters; longer ones are cut with a note.
 OTHER_BLOCK_LIMIT = 2_000
+NESTED_TOO_DEEPLY = "(nested too deeply to show)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +302,10 @@ class _ResponsesStream(_NoParts):
             return
         if kind in ("response.output_item.added", "response.output_item.done"):
             if isinstance(payload.get("item"), Mapping):
-                self.items[index] = json.loads(json.dumps(payload["item"]))  # our own copy to fill in
+                try:
+                    self.items[index] = json.loads(json.dumps(payload["item"]))  # our own copy to fill in
+                except RecursionError:  # nested too deeply to copy: shown as the final output has it
+                    self.items.pop(index, None)
             return
         # A delta for an item whose `output_item.added` was not seen: the delta says what the item is.
         if "reasoning" in kind:
@@ -570,6 +574,8 @@ def pretty_json(value: Any) -> str:
         return json.dumps(value, indent=2, ensure_ascii=False)
     except (TypeError, ValueError):
         return repr(value)
+    except RecursionError:
+        return NESTED_TOO_DEEPLY
 
 
 @dataclass(frozen=True, slots=True)
@@ -587,7 +593,7 @@ def _loads_or_text(text: str) -> Any:
         return {}
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return _Unparsed(text)
 
 
@@ -596,6 +602,8 @@ def _compact(value: Any, limit: int = OTHER_BLOCK_LIMIT) -> str:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError):
         text = repr(value)
+    except RecursionError:
+        return NESTED_TOO_DEEPLY
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 

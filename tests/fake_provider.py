@@ -176,6 +176,10 @@ class Behaviour:
     message_deltas: int = 1
     responses_status: Literal["completed", "failed", "incomplete"] = "completed"
     ratelimit_headers: bool = True
+    # An event stream prepared already content-encoded (a compression bomb): sent as it is, in HTTP chunks
+    # of `stream_chunk` bytes, with `encoding` named in its Content-Encoding header (not applied again).
+    encoded_stream: bytes | None = None
+    stream_chunk: int = 16 * 1024
     # Body faults.
     encoding: Encoding | None = None
     malformed: bool = False
@@ -415,6 +419,8 @@ class _Responder:
 
     def plan(self, accepted_credentials: set[str] | None) -> _Plan:
         b = self.b
+        if b.encoded_stream is not None:
+            return self._prepared_stream(b.encoded_stream)
         if b.body is not None:
             return self._plain(b.status or 200, self._raw_body(b.body), "application/json")
         if b.status is not None and b.status >= 400:
@@ -528,6 +534,20 @@ class _Responder:
         if self.b.close_connection:
             headers.append(("connection", "close"))
         return _Plan(200, self._finish_headers(headers), [r.encode() for r in records], streamed=True)
+
+    def _prepared_stream(self, wire: bytes) -> _Plan:
+        """`encoded_stream` as it is: its HTTP chunks framed here, so nothing encodes it again."""
+        headers = [
+            *self._common_headers(),
+            ("content-type", "text/event-stream; charset=utf-8"),
+            ("cache-control", "no-cache"),
+        ]
+        if self.b.encoding:
+            headers.append(("content-encoding", self.b.encoding))
+        headers.append(("transfer-encoding", "chunked"))
+        step = max(1, self.b.stream_chunk)
+        units = [_chunk(wire[i : i + step]) for i in range(0, len(wire), step)] + [b"0\r\n\r\n"]
+        return _Plan(200, self._finish_headers(headers), units, streamed=False, body=wire)
 
     def _error(self, status: int, message: str | None = None) -> _Plan:
         extra: list[tuple[str, str]] = []

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from mitmproxy import contentviews, http
 from mitmproxy.test import taddons, tflow, tutils
 
 from addons.contentview import LLMContentview, register
+from addons.decoding import DEFAULT_DECODE_MAX, set_decode_max
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 REQUEST = {
@@ -194,3 +196,37 @@ def test_render_priority_needs_a_flow_and_data() -> None:
     f = flow()
     assert view.render_priority(b"", Metadata(flow=f, http_message=f.request)) < 0
     assert view.render_priority(b"{}", Metadata(flow=f, http_message=f.request)) > 1
+
+
+# --- bodies too big or too deep to show -------------------------------------------------------------------
+
+
+def test_a_compressed_body_over_the_decode_cap_is_shown_raw_not_decoded() -> None:
+    wire = gzip.compress(bytes(64 * 1024 * 1024))
+    f = flow(response=b"{}", headers={"content-encoding": "gzip"})
+    assert f.response is not None
+    f.response.raw_content = wire
+    set_decode_max(1024 * 1024)
+    try:
+        view, text = shown(f.response, f)
+        result = contentviews.prettify_message(f.response, f)
+    finally:
+        set_decode_max(DEFAULT_DECODE_MAX)
+    assert "cannot decode" in result.description
+    assert view != "LLM" and len(text) < 4 * len(wire)  # the wire bytes, escaped, never 64 MiB of zeros
+
+
+def test_a_compressed_body_within_the_cap_is_still_decoded_for_the_view() -> None:
+    f = flow(response=b"{}", headers={"content-encoding": "gzip"})
+    assert f.response is not None
+    f.response.raw_content = gzip.compress((FIXTURES / "anthropic_message.json").read_bytes())
+    assert shown(f.response, f)[0] == "LLM"
+
+
+@pytest.mark.parametrize("opener", [b"[", b'{"a":'])
+def test_a_request_nested_past_the_parser_limit_falls_back_to_another_view(opener: bytes) -> None:
+    f = flow(request=b'{"model":"m","messages":' + opener * 100_000 + b"1")
+    view, _ = shown(f.request, f)
+    assert view != "LLM"
+    with pytest.raises(ValueError, match="nests too deeply"):
+        LLMContentview().prettify(f.request.content or b"", contentviews.make_metadata(f.request, f))

@@ -5,7 +5,7 @@ import brotli
 import pytest
 import zstandard
 
-from addons.decoding import make_decoder
+from addons.decoding import OverLimit, decode_body, decode_max, make_decoder, set_decode_max
 
 PAYLOAD = b"event: ping\ndata: {}\n\n" * 200
 
@@ -38,3 +38,101 @@ def test_raw_deflate_is_accepted():
 def test_unknown_coding_is_refused():
     with pytest.raises(ValueError, match="compress"):
         make_decoder("compress")
+
+
+# --- the cap on output ------------------------------------------------------------------------------------
+
+BOMB_SIZE = 256 * 1024 * 1024  # zeros: a few hundred bytes to a few hundred KB on the wire
+CAP = 4 * 1024 * 1024
+
+_ENCODERS = {
+    "gzip": lambda b: gzip.compress(b, compresslevel=9),
+    "deflate": lambda b: zlib.compress(b, 9),
+    "br": lambda b: brotli.compress(b, quality=5),
+    "zstd": lambda b: zstandard.ZstdCompressor(level=19).compress(b),
+}
+
+
+@pytest.fixture(scope="module")
+def bombs() -> dict[str, bytes]:
+    zeros = bytes(BOMB_SIZE)
+    return {coding: encode(zeros) for coding, encode in _ENCODERS.items()}
+
+
+@pytest.mark.parametrize("coding", sorted(_ENCODERS))
+def test_a_bomb_is_refused_at_the_cap_without_decoding_it(coding, bombs):
+    decoded = decode_body(bombs[coding], coding, limit=CAP)
+    assert decoded.body is None
+    assert decoded.reason == f"decoded body over {CAP} bytes"
+
+
+@pytest.mark.parametrize("coding", sorted(_ENCODERS))
+def test_a_streamed_bomb_is_read_in_bounded_slices_until_the_cap(coding, bombs):
+    decoder = make_decoder(coding, limit=CAP)
+    decoder.feed(bombs[coding])
+    seen = 0
+    with pytest.raises(OverLimit):
+        while decoder.pending:
+            piece = decoder.read(256 * 1024)
+            assert len(piece) <= 2 * 256 * 1024  # brotli's buffer may grow to twice the bound
+            seen += len(piece)
+    assert seen <= CAP
+    assert not decoder.pending
+
+
+@pytest.mark.parametrize("coding", sorted(_ENCODERS))
+def test_a_body_exactly_at_the_cap_is_decoded(coding):
+    body = b"x" * CAP
+    assert decode_body(_ENCODERS[coding](body), coding, limit=CAP).body == body
+    assert decode_body(_ENCODERS[coding](body + b"y"), coding, limit=CAP).body is None
+
+
+def test_stacked_codings_are_capped_too():
+    wire = brotli.compress(gzip.compress(bytes(64 * 1024 * 1024)))
+    assert decode_body(wire, "gzip, br", limit=CAP).reason == f"decoded body over {CAP} bytes"
+
+
+def test_concatenated_gzip_members_are_one_body():
+    wire = gzip.compress(b"first ") + gzip.compress(b"second")
+    assert decode_body(wire, "gzip").body == b"first second"
+
+
+def test_zstd_frames_in_sequence_are_one_body():
+    compressor = zstandard.ZstdCompressor()
+    assert decode_body(compressor.compress(b"ab") + compressor.compress(b"cd"), "zstd").body == b"abcd"
+
+
+def test_a_zstd_window_over_8_mib_is_refused():
+    params = zstandard.ZstdCompressionParameters.from_level(19, window_log=25)
+    wire = zstandard.ZstdCompressor(compression_params=params).compress(bytes(range(256)) * 200_000)
+    decoded = decode_body(wire, "zstd")
+    assert decoded.body is None
+    assert decoded.reason is not None and "zstd" in decoded.reason
+
+
+@pytest.mark.parametrize("coding", sorted(_ENCODERS))
+def test_garbage_is_a_decode_error_not_an_exception(coding):
+    decoded = decode_body(b"\xff" * 100 + b"not compressed at all", coding)
+    assert decoded.body is None or decoded.body == b""
+    if decoded.body is None:
+        assert decoded.reason is not None and decoded.reason.startswith("body could not be decoded")
+
+
+def test_unknown_coding_is_a_reason():
+    assert decode_body(b"abc", "compress").reason == "unsupported content-encoding 'compress'"
+
+
+def test_identity_passes_through_uncounted():
+    body = b"x" * (CAP + 10)
+    assert decode_body(body, "identity", limit=CAP).body == body
+    assert decode_body(body, None, limit=CAP).body == body
+
+
+def test_the_process_wide_cap_is_the_default():
+    before = decode_max()
+    try:
+        set_decode_max(1000)
+        assert decode_body(gzip.compress(bytes(1001)), "gzip").body is None
+        assert decode_body(gzip.compress(bytes(1000)), "gzip").body == bytes(1000)
+    finally:
+        set_decode_max(before)

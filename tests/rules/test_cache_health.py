@@ -5,6 +5,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rules.cache_health import (
     HIT,
@@ -20,6 +22,7 @@ from rules.cache_health import (
     remember,
 )
 from rules.rewrite import parse_json
+from tests.rules.nesting import bodies
 
 EPHEMERAL = {"type": "ephemeral"}
 T0 = 1_800_000_000.0
@@ -349,3 +352,16 @@ def test_a_rebuilt_system_list_still_reuses_the_clients_block_digests(monkeypatc
 
     assert shape == fresh
     assert digested == [ours, "hi"]  # the operator's new block object and the message; not the client's three
+
+
+# --- deeply nested JSON -----------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(body=bodies(), api=st.sampled_from(["messages", "chat", "responses"]))
+def test_a_deeply_nested_prompt_is_shaped_or_skipped_never_raised(body: str, api: str) -> None:
+    try:
+        parsed = parse_json(body)
+    except (ValueError, RecursionError):
+        return  # refused by the parser: never reaches the shape
+    read_prompt_shape("openai" if api != "messages" else "anthropic", api, parsed)

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
 
 from rules.json_diff import Change, compact, diff_json, path_is_within
+from tests.rules.nesting import bodies
 
 SYSTEM = [
     {"type": "text", "text": "x-anthropic-billing-header: cc"},
@@ -91,3 +94,22 @@ def test_path_is_within(path: str, ancestor: str, within: bool) -> None:
 
 def test_compact_is_stable_json() -> None:
     assert compact({"b": 1, "a": [1, "é"]}) == '{"b":1,"a":[1,"é"]}'
+
+
+# --- deeply nested JSON -----------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(body=bodies())
+def test_a_deeply_nested_difference_is_found_or_refused_never_raised(body: str) -> None:
+    try:
+        before = json.loads(body)
+    except (ValueError, RecursionError):
+        return
+    if not isinstance(before, dict):
+        return
+    after = {**before, "system": [{"type": "text", "text": "added"}], "messages": [before, before]}
+    try:
+        diff_json(before, after)
+    except RecursionError:
+        pytest.fail("diff_json raised on nesting it should refuse")

@@ -3,7 +3,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from rules.cache_control import count_cache_breakpoints
@@ -24,6 +24,7 @@ from rules.rewrite import (
     stamp_user_id,
     strip_billing_block,
 )
+from tests.rules.nesting import bodies, nested
 
 BILLING = {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.0.1; cc_entrypoint=cli"}
 POLICY = SystemBlock(name="policy", text="Follow the company policy.")
@@ -439,7 +440,7 @@ def test_dump_json_is_compact_and_keeps_order() -> None:
         (b"[1, 2]", None, "not a JSON object"),
         (b'"text"', None, "not a JSON object"),
         (b'{"model":"a","model":"b"}', None, "body has duplicate keys"),
-        (b"[" * 100_000 + b"]" * 100_000, None, "body is not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, None, "body nests too deeply"),
     ],
 )
 def test_unreadable_bodies_are_forwarded_untouched(body: bytes, encoding: str | None, note: str) -> None:
@@ -659,3 +660,28 @@ def test_apply_is_deterministic_and_idempotent(
 def test_dump_of_parsed_json_equals_compact_json_dumps(value: Any) -> None:
     compact = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     assert dump_json(parse_json(json.dumps(value, indent=1))) == compact.encode()
+
+
+# --- deeply nested JSON -----------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(body=bodies())
+def test_deeply_nested_bodies_are_forwarded_untouched_never_raised(body: str) -> None:
+    rules = Rules(system_blocks=[POLICY], max_tokens_default=100, cache_control_max=1)
+    result = apply_request_rules(body.encode(), ctx(rules=rules))  # raises nothing
+    if result.note is not None:
+        assert result.body is None
+
+
+@pytest.mark.parametrize("opener", [b"[", b'{"a":'])
+def test_a_body_nested_past_the_parser_limit_says_so(opener: bytes) -> None:
+    body = b'{"model":"m","messages":' + opener * 100_000 + b"1"
+    result = apply_request_rules(body, ctx(rules=Rules(max_tokens_default=100)))
+    assert (result.body, result.note) == (None, "body nests too deeply")
+
+
+@settings(max_examples=40, deadline=None)
+@given(value=nested())
+def test_a_deeply_nested_stream_chunk_is_not_usage_only(value: str) -> None:
+    assert is_usage_only_chunk(value) is False

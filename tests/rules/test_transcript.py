@@ -5,6 +5,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rules.transcript import (
     Entry,
@@ -14,6 +16,7 @@ from rules.transcript import (
     outline_request,
     reassemble,
 )
+from tests.rules.nesting import bodies, nested
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
@@ -369,3 +372,38 @@ def test_an_openai_responses_request_shows_instructions_and_input_items() -> Non
 def test_odd_requests_never_raise(body: dict[str, Any]) -> None:
     for api in ("messages", "chat", "responses", "count_tokens"):
         outline_request(api, body)
+
+
+# --- deeply nested JSON -----------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=nested(), api=st.sampled_from(["messages", "chat", "responses"]))
+def test_a_deeply_nested_response_is_reassembled_never_raised(value: str, api: str) -> None:
+    whole = '{"type":"message","content":[{"type":"tool_use","name":"t","input":' + value + "}]}"
+    reassemble(api, whole.encode(), streamed=False)
+    records = [
+        '{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","input":' + value + "}}",
+        '{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":'
+        + json.dumps(value)
+        + "}}",
+        '{"type":"response.output_item.added","output_index":0,"item":{"type":"function_call","x":'
+        + value
+        + "}}",
+        '{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":'
+        + json.dumps(value)
+        + "}}]}}]}",
+    ]
+    stream = "".join(f"data: {record}\n\n" for record in records)
+    reassemble(api, stream.encode(), streamed=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(body=bodies(), api=st.sampled_from(["messages", "chat", "responses"]))
+def test_a_deeply_nested_request_is_outlined_never_raised(body: str, api: str) -> None:
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return  # refused by the parser: never reaches the outline
+    if isinstance(parsed, dict):
+        outline_request(api, parsed)

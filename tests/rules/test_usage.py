@@ -18,6 +18,7 @@ from rules.usage import (
     read_openai_responses_usage,
     read_response_body,
 )
+from tests.rules.nesting import nested
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
@@ -920,3 +921,27 @@ def test_read_response_body_never_raises(api: str, body: bytes, status: int) -> 
     reading = read_response_body(api, body, status)
     if status >= 400:
         assert reading.error
+
+
+# --- deeply nested JSON -----------------------------------------------------------------------------------
+
+APIS = ("messages", "count_tokens", "chat", "responses")
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=nested(), api=st.sampled_from(APIS), status=st.sampled_from([200, 400, 529]))
+def test_a_deeply_nested_body_is_read_as_malformed_never_raised(value: str, api: str, status: int) -> None:
+    for body in (value, '{"usage":' + value + "}", '{"type":"error","error":' + value + "}"):
+        reading = read_response_body(api, body.encode(), status)
+        assert isinstance(reading, Reading)
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=nested(), api=st.sampled_from(APIS))
+def test_deeply_nested_stream_events_never_stop_the_reader(value: str, api: str) -> None:
+    reader = StreamReader(api)
+    for event in ("message_start", "message_delta", "error", "response.completed", None):
+        head = f"event: {event}\n" if event else ""
+        reader.feed(f'{head}data: {{"type":"{event}","message":{value}}}\n\n'.encode())
+        reader.feed(f"{head}data: {value}\n\n".encode())
+    assert isinstance(reader.finish(), Reading)
