@@ -1,0 +1,608 @@
+"""Red team: tricks below what curl writes, against the confinement of credentials to their destination.
+
+Two kinds of test live here, and each says which it is:
+
+- GUARD: a trick that was tried against a real mitmdump and is blocked today. These pass; they stand
+  against regressions (a mitmproxy upgrade, a refactoring of addons/confine.py or addons/wire_headers.py).
+- GAP: a trick that gets through. Marked `xfail(strict=True)` with the reason saying exactly what happens,
+  so the suite stays green until it is fixed, and turns red (XPASS) the day it is, to have the mark removed.
+
+Every test here runs with the autouse `no_real_key_anywhere` check of tests/hostile/test_confinement.py:
+no trap ever receives a real key. Clients are built from the standard library (`ssl`, `http.client`) and
+the `h2` package mitmproxy itself depends on, so that every byte on the wire is the attacker's choice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import ssl
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+from tests.e2e.conftest import ProxyFactory
+from tests.e2e.harness import Proxy, curl
+from tests.fake_provider import FakeProvider
+from tests.hostile.test_confinement import (  # noqa: F401  (fixtures: pytest finds them by name here)
+    ANT_KEY,
+    ANTHROPIC_AUTH,
+    CLIENT_KEY,
+    CONFIG,
+    ENV,
+    MESSAGE,
+    OAI_KEY,
+    OPENAI_AUTH,
+    REAL_KEYS,
+    assert_fake_saw_nothing,
+    assert_keys_went_only_where_they_belong,
+    assert_refused,
+    hosts_env,
+    no_real_key_anywhere,
+    plain_trap,
+    proxy,
+    tls_trap,
+)
+from tests.hostile.traps import Trap, Tunnel
+
+pytestmark = pytest.mark.e2e
+
+Answer = tuple[int, list[tuple[str, str]], bytes]
+TIMEOUT = 10.0
+
+
+# Clients that write exactly what they are given.
+
+
+def request_bytes(
+    method: str,
+    target: str,
+    headers: Sequence[tuple[str, str]],
+    body: bytes | str = b"",
+) -> bytes:
+    """One HTTP/1.1 request, written as given (no header is added but Content-Length for a body)."""
+    data = body.encode() if isinstance(body, str) else body
+    lines = [f"{method} {target} HTTP/1.1", *(f"{name}: {value}" for name, value in headers)]
+    if data and not any(name.lower() in ("content-length", "transfer-encoding") for name, _ in headers):
+        lines.append(f"content-length: {len(data)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data
+
+
+def post_message(target: str, host: str | None, *extra: tuple[str, str]) -> bytes:
+    headers = [("Host", host)] if host is not None else []
+    headers += [("x-api-key", CLIENT_KEY), ("anthropic-version", "2023-06-01")]
+    headers += [("content-type", "application/json"), *extra]
+    return request_bytes("POST", target, headers, MESSAGE)
+
+
+def tls_context(proxy: Proxy, alpn: Sequence[str] = ("http/1.1",)) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(proxy.ca_pem))
+    context.check_hostname = False
+    context.set_alpn_protocols(list(alpn))
+    return context
+
+
+@contextlib.contextmanager
+def tunnel(
+    proxy: Proxy,
+    connect_to: str,
+    *,
+    tls: bool = True,
+    server_name: str | None = None,
+    alpn: Sequence[str] = ("http/1.1",),
+) -> Iterator[socket.socket]:
+    """CONNECT `connect_to` through the proxy; then TLS with `server_name` as SNI (None: no SNI), or not."""
+    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT)
+    with contextlib.closing(raw):
+        raw.sendall(f"CONNECT {connect_to} HTTP/1.1\r\nHost: {connect_to}\r\n\r\n".encode())
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = raw.recv(1)
+            assert chunk, reply
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200"), reply
+        if not tls:
+            yield raw
+            return
+        with tls_context(proxy, alpn).wrap_socket(raw, server_hostname=server_name) as secure:
+            yield secure
+
+
+@contextlib.contextmanager
+def direct(proxy: Proxy) -> Iterator[socket.socket]:
+    """A plain connection to the proxy's port, for requests in absolute form (or to a reverse proxy)."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as raw:
+        yield raw
+
+
+class _Unclosable:
+    """One buffered reader shared by every response of a keep-alive connection (http.client closes its
+    file when a response is done)."""
+
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
+
+    def close(self) -> None:
+        pass
+
+
+class _Conversation:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = _Unclosable(sock.makefile("rb"))
+
+    def makefile(self, *_args: Any, **_kwargs: Any) -> Any:
+        return self.reader
+
+    def read_answer(self, method: str = "POST") -> Answer:
+        response = http.client.HTTPResponse(self, method=method)  # type: ignore[arg-type]
+        response.begin()  # reads past any 100 Continue
+        body = response.read()
+        return response.status, list(response.getheaders()), body
+
+
+def exchange(sock: socket.socket, *requests: bytes, pipelined: bool = False) -> list[Answer]:
+    """Send each request and read its answer on one connection (keep-alive); `pipelined`: all at once."""
+    talk = _Conversation(sock)
+    if pipelined:
+        sock.sendall(b"".join(requests))
+        return [talk.read_answer() for _ in requests]
+    answers = []
+    for request in requests:
+        sock.sendall(request)
+        answers.append(talk.read_answer(request.split(b" ", 1)[0].decode()))
+    return answers
+
+
+def h2_exchange(
+    sock: socket.socket, streams: Sequence[Sequence[tuple[str, str]]], body: str = ""
+) -> list[Answer]:
+    """Open one HTTP/2 stream per header list on one connection (all at once) and collect the answers."""
+    config = h2.config.H2Configuration(
+        client_side=True,
+        header_encoding="utf-8",
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+        validate_inbound_headers=False,
+    )
+    conn = h2.connection.H2Connection(config=config)
+    conn.initiate_connection()
+    ids = []
+    for headers in streams:
+        stream_id = conn.get_next_available_stream_id()
+        ids.append(stream_id)
+        conn.send_headers(stream_id, list(headers), end_stream=not body)
+        if body:
+            conn.send_data(stream_id, body.encode(), end_stream=True)
+    sock.sendall(conn.data_to_send())
+    answers: dict[int, list[Any]] = {i: [0, [], b""] for i in ids}
+    open_streams = set(ids)
+    while open_streams:
+        data = sock.recv(65536)
+        if not data:
+            break
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                fields = [(str(k), str(v)) for k, v in event.headers]
+                status = next(int(v) for k, v in fields if k == ":status")
+                if status >= 200:
+                    answers[event.stream_id][0] = status
+                    answers[event.stream_id][1] = [(k, v) for k, v in fields if not k.startswith(":")]
+            elif isinstance(event, h2.events.DataReceived):
+                answers[event.stream_id][2] += event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                open_streams.discard(event.stream_id)
+        sock.sendall(conn.data_to_send())
+    return [tuple(answers[i]) for i in ids]  # type: ignore[misc]
+
+
+def h2_message(
+    authority: str | None, *, scheme: str = "https", path: str = "/v1/messages"
+) -> list[tuple[str, str]]:
+    headers = [(":method", "POST"), (":scheme", scheme), (":path", path)]
+    if authority is not None:
+        headers.append((":authority", authority))
+    return [
+        *headers,
+        ("x-api-key", CLIENT_KEY),
+        ("anthropic-version", "2023-06-01"),
+        ("content-type", "application/json"),
+    ]
+
+
+def keys_seen_by(fake: FakeProvider) -> list[str | None]:
+    return [r.header("x-api-key") or r.header("authorization") for r in fake.requests]
+
+
+# GUARD: one client connection, several requests.
+
+
+def test_guard_keep_alive_in_the_providers_tunnel_cannot_switch_host_after_an_honest_call(
+    proxy: Proxy, fake: FakeProvider, tls_trap: Trap
+) -> None:
+    fake.next()
+    with tunnel(proxy, "api.anthropic.com:443", server_name="api.anthropic.com") as sock:
+        answers = exchange(
+            sock,
+            post_message("/v1/messages", "api.anthropic.com"),
+            post_message("/v1/messages", "api.openai.com", ("authorization", f"Bearer {CLIENT_KEY}")),
+            post_message("/v1/messages", f"127.0.0.1:{tls_trap.port}"),
+            post_message("/v1/messages", "api.anthropic.com:8443", ("connection", "close")),
+        )
+    assert [status for status, _, _ in answers] == [200, 421, 421, 421]
+    assert keys_seen_by(fake) == [ANT_KEY]
+    assert_keys_went_only_where_they_belong(fake)
+
+
+def test_guard_keep_alive_in_an_attackers_tunnel_cannot_name_the_provider_later(
+    proxy: Proxy, fake: FakeProvider, tls_trap: Trap
+) -> None:
+    with tunnel(proxy, f"127.0.0.1:{tls_trap.port}") as sock:
+        first, second = exchange(
+            sock,
+            post_message("/v1/messages", f"127.0.0.1:{tls_trap.port}"),  # no credential host: passes
+            post_message("/v1/messages", "api.anthropic.com", ("connection", "close")),
+        )
+    assert first[0] == 200  # the trap's own answer, to a request that carried the client key only
+    assert_refused(second, 421, "anthropic", "api.anthropic.com")
+    assert_fake_saw_nothing(fake)
+
+
+def test_guard_pipelined_requests_are_each_confined(proxy: Proxy, fake: FakeProvider, tls_trap: Trap) -> None:
+    fake.next()
+    with tunnel(proxy, "api.anthropic.com:443", server_name="api.anthropic.com") as sock:
+        answers = exchange(
+            sock,
+            post_message("/v1/messages", "api.anthropic.com"),
+            post_message("/v1/messages", f"127.0.0.1:{tls_trap.port}", ("connection", "close")),
+            pipelined=True,
+        )
+    assert [status for status, _, _ in answers] == [200, 421]
+    assert keys_seen_by(fake) == [ANT_KEY]
+
+
+def test_guard_h2_streams_with_other_authorities_on_the_providers_connection(
+    proxy: Proxy, fake: FakeProvider, tls_trap: Trap
+) -> None:
+    # HTTP/2 lets a client multiplex any :authority on one connection (RFC 9113 §9.1.1, coalescing); the
+    # tunnel decides where every stream goes.
+    fake.next()
+    with tunnel(proxy, "api.anthropic.com:443", server_name="api.anthropic.com", alpn=("h2",)) as sock:
+        answers = h2_exchange(
+            sock,
+            [
+                h2_message("api.anthropic.com"),
+                h2_message("api.openai.com"),
+                h2_message(f"127.0.0.1:{tls_trap.port}"),
+                h2_message("API.ANTHROPIC.COM:8443"),
+            ],
+            MESSAGE,
+        )
+    assert [status for status, _, _ in answers] == [200, 421, 421, 421]
+    # A `host` header other than `:authority` is a protocol error for mitmproxy's HTTP/2 server: the
+    # whole connection is closed, nothing is answered and nothing sent.
+    with tunnel(proxy, "api.anthropic.com:443", server_name="api.anthropic.com", alpn=("h2",)) as sock:
+        [answer] = h2_exchange(
+            sock, [[*h2_message("api.anthropic.com"), ("host", "attacker.example")]], MESSAGE
+        )
+    assert answer[0] == 0
+    assert keys_seen_by(fake) == [ANT_KEY]
+    assert_keys_went_only_where_they_belong(fake)
+
+
+def test_guard_h2_in_an_attackers_tunnel_naming_the_provider(
+    proxy: Proxy, fake: FakeProvider, tls_trap: Trap
+) -> None:
+    before = len(tls_trap.received)
+    with tunnel(proxy, f"127.0.0.1:{tls_trap.port}", alpn=("h2",)) as sock:
+        answers = h2_exchange(
+            sock,
+            [h2_message("api.anthropic.com"), [*h2_message(None), ("host", "api.anthropic.com")]],
+            MESSAGE,
+        )
+    for answer in answers:
+        assert_refused(answer, 421, "anthropic", "api.anthropic.com")
+    assert len(tls_trap.received) == before
+    assert_fake_saw_nothing(fake)
+
+
+def test_guard_h2_scheme_http_inside_a_tls_tunnel_still_goes_over_tls(
+    proxy: Proxy, fake: FakeProvider
+) -> None:
+    # mitmproxy takes the scheme of a tunnelled request from the tunnel's TLS, not from `:scheme`.
+    fake.next()
+    with tunnel(proxy, "api.anthropic.com:443", server_name="api.anthropic.com", alpn=("h2",)) as sock:
+        [answer] = h2_exchange(sock, [h2_message("api.anthropic.com", scheme="http")], MESSAGE)
+    assert answer[0] == 200, answer
+    [seen] = fake.requests
+    assert seen.tls and seen.sni == "api.anthropic.com" and seen.header("x-api-key") == ANT_KEY
+
+
+# GUARD: what a tunnel carries, and how.
+
+
+@pytest.mark.parametrize(
+    ("connect_to", "host", "auth", "provider"),
+    [
+        ("api.anthropic.com:443", "api.anthropic.com:443", ("x-api-key", CLIENT_KEY), "anthropic"),
+        ("api.openai.com:443", "api.openai.com:443", ("authorization", f"Bearer {CLIENT_KEY}"), "openai"),
+        (
+            "gateway.sluice.test:8443",
+            "gateway.sluice.test:8443",
+            ("authorization", f"Bearer {CLIENT_KEY}"),
+            "openai",
+        ),
+    ],
+)
+def test_guard_cleartext_http_inside_a_connect_to_port_443_is_refused(
+    proxy: Proxy, fake: FakeProvider, connect_to: str, host: str, auth: tuple[str, str], provider: str
+) -> None:
+    # mitmproxy speaks to the server the way the client speaks inside the tunnel: plain HTTP stays plain,
+    # even to port 443. The request must be refused, not sent in the clear (nor upgraded silently).
+    with tunnel(proxy, connect_to, tls=False) as sock:
+        request = request_bytes(
+            "POST", "/v1/messages", [("Host", host), auth, ("connection", "close")], MESSAGE
+        )
+        [answer] = exchange(sock, request)
+    assert_refused(answer, 403, provider, "only sent over TLS")
+    # Without a port, Host means port 80 for a cleartext request, which is not the tunnel's 443: 421.
+    with tunnel(proxy, connect_to, tls=False) as sock:
+        bare = host.rsplit(":", 1)[0] if host.endswith(":443") else host
+        request = request_bytes(
+            "POST", "/v1/messages", [("Host", bare), auth, ("connection", "close")], MESSAGE
+        )
+        [answer] = exchange(sock, request)
+    assert answer[0] in (403, 421), answer
+    assert_fake_saw_nothing(fake)
+
+
+@pytest.mark.parametrize("inside", ["provider", "attacker"])
+def test_guard_an_absolute_form_target_inside_a_tunnel(
+    proxy: Proxy, fake: FakeProvider, tls_trap: Trap, inside: str
+) -> None:
+    trap = f"127.0.0.1:{tls_trap.port}"
+    before = len(tls_trap.received)
+    if inside == "provider":  # the tunnel goes to the provider, the request line names the trap
+        connect_to, server_name, target, host = (
+            "api.anthropic.com:443",
+            "api.anthropic.com",
+            f"https://{trap}/v1/messages",
+            trap,
+        )
+    else:  # the tunnel goes to the trap, the request line names the provider
+        connect_to, server_name, target, host = trap, None, "https://api.anthropic.com/v1/messages", trap
+    with tunnel(proxy, connect_to, server_name=server_name) as sock:
+        [answer] = exchange(sock, post_message(target, host, ("connection", "close")))
+    assert_refused(answer, 421, "anthropic")
+    assert len(tls_trap.received) == before
+    assert_fake_saw_nothing(fake)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "mallory@api.anthropic.com",  # userinfo (not allowed in Host, RFC 9110 §7.2)
+        "api.anthropic.com@127.0.0.1",
+        "api.anthropic.com:443@attacker.example",
+        "[::1]",
+        "[::ffff:127.0.0.1]:443",
+        "api%2eanthropic.com",  # percent-encoding
+        "api.anthropic.com%00.attacker.example",
+        "xn--api-anthropic-com",
+        "api.anthropic.com,attacker.example",  # a list in one header
+        "api.anthropic.com attacker.example",
+        "api.anthropic.com:443:443",
+        "api.anthropic.com:+443",
+        "api.anthropic.com:-1",
+        "",
+    ],
+)
+def test_guard_odd_host_spellings_in_the_providers_tunnel(
+    proxy: Proxy, fake: FakeProvider, host: str
+) -> None:
+    with tunnel(proxy, "api.anthropic.com:443", server_name="api.anthropic.com") as sock:
+        [answer] = exchange(sock, post_message("/v1/messages", host, ("connection", "close")))
+    assert answer[0] in (400, 421), answer
+    assert_fake_saw_nothing(fake)
+
+
+@pytest.mark.parametrize(
+    "raw_host",
+    [
+        b"api.anthropic.com\x00.attacker.example",  # a NUL
+        b"api.anthropic.com\t",  # trailing whitespace is not part of the value (RFC 9110 §5.5)
+        b" API.ANTHROPIC.COM. ",
+        b"api.anthropic.com\r\n x",  # obs-fold (RFC 9112 §5.2)
+    ],
+)
+def test_guard_control_bytes_in_host(
+    proxy: Proxy, fake: FakeProvider, tls_trap: Trap, raw_host: bytes
+) -> None:
+    # The same bytes into the provider's tunnel (refused, or honest when the value is the provider's name)
+    # and into the attacker's tunnel (never a real key: the autouse check).
+    fake.next(times=2)
+    statuses = []
+    for connect_to, server_name in (
+        ("api.anthropic.com:443", "api.anthropic.com"),
+        (f"127.0.0.1:{tls_trap.port}", None),
+    ):
+        request = post_message("/v1/messages", "PLACEHOLDER", ("connection", "close"))
+        request = request.replace(b"PLACEHOLDER", raw_host)
+        with tunnel(proxy, connect_to, server_name=server_name) as sock:
+            try:
+                [answer] = exchange(sock, request)
+            except (http.client.HTTPException, OSError):
+                answer = (0, [], b"")
+        statuses.append(answer[0])
+    if raw_host.strip().lower().rstrip(b".") == b"api.anthropic.com":
+        assert statuses[0] == 200 and keys_seen_by(fake) == [ANT_KEY]
+    else:
+        assert statuses[0] in (0, 400, 421), statuses
+        assert_fake_saw_nothing(fake)
+    assert_keys_went_only_where_they_belong(fake)
+
+
+def test_guard_no_sni_in_the_providers_tunnel_still_names_the_provider_upstream(
+    proxy: Proxy, fake: FakeProvider
+) -> None:
+    fake.next()
+    with tunnel(proxy, "api.anthropic.com:443", server_name=None) as sock:
+        [answer] = exchange(sock, post_message("/v1/messages", "api.anthropic.com", ("connection", "close")))
+    assert answer[0] == 200, answer
+    [seen] = fake.requests
+    assert seen.sni == "api.anthropic.com" and seen.header("x-api-key") == ANT_KEY
+
+
+@pytest.mark.parametrize("host", ["api.anthropic.com", "api.openai.com"])
+def test_guard_expect_100_continue(proxy: Proxy, fake: FakeProvider, host: str) -> None:
+    # mitmproxy answers 100 Continue itself after the request headers, before sluice's request hooks.
+    fake.next()
+    with tunnel(proxy, "api.anthropic.com:443", server_name="api.anthropic.com") as sock:
+        request = post_message("/v1/messages", host, ("expect", "100-continue"), ("connection", "close"))
+        head, _, body = request.partition(b"\r\n\r\n")
+        sock.sendall(head + b"\r\n\r\n")
+        talk = _Conversation(sock)
+        assert talk.reader.readline().startswith(b"HTTP/1.1 100")
+        assert talk.reader.readline() == b"\r\n"
+        sock.sendall(body)
+        answer = talk.read_answer()
+    if host == "api.anthropic.com":
+        assert answer[0] == 200 and keys_seen_by(fake) == [ANT_KEY]
+    else:
+        assert_refused(answer, 421, "anthropic", "api.openai.com")
+        assert_fake_saw_nothing(fake)
+
+
+def test_guard_content_length_and_chunked_together_are_refused(
+    proxy: Proxy, fake: FakeProvider, tls_trap: Trap
+) -> None:
+    # The classic CL.TE smuggling shape: a second request, to another host, hidden in the first's body.
+    smuggled = post_message("/v1/messages", f"127.0.0.1:{tls_trap.port}")
+    body = b"0\r\n\r\n" + smuggled
+    request = request_bytes(
+        "POST",
+        "/v1/messages",
+        [
+            ("Host", "api.anthropic.com"),
+            ("x-api-key", CLIENT_KEY),
+            ("content-length", str(len(body))),
+            ("transfer-encoding", "chunked"),
+        ],
+        body,
+    )
+    with tunnel(proxy, "api.anthropic.com:443", server_name="api.anthropic.com") as sock:
+        [answer] = exchange(sock, request)
+    assert answer[0] == 400, answer
+    assert_fake_saw_nothing(fake)
+
+
+# GUARD: absolute form on the proxy's own port, regular and upstream modes.
+
+
+def test_guard_absolute_form_https_without_connect(proxy: Proxy, fake: FakeProvider, tls_trap: Trap) -> None:
+    # A client may send `POST https://...` in the clear to the proxy; mitmproxy opens TLS upstream itself.
+    # The client leg carries only the client key; the credential travels inside TLS to the provider.
+    fake.next()
+    with direct(proxy) as sock:
+        answers = exchange(
+            sock,
+            post_message("https://api.anthropic.com/v1/messages", "api.anthropic.com"),
+            post_message("https://api.anthropic.com/v1/messages", f"127.0.0.1:{tls_trap.port}"),
+            post_message(f"https://127.0.0.1:{tls_trap.port}/v1/messages", "api.anthropic.com"),
+            post_message(
+                "https://api.anthropic.com@127.0.0.1:1/v1/messages",
+                "api.anthropic.com",
+                ("connection", "close"),
+            ),
+        )
+    # The last one carries userinfo in its target, which mitmproxy does not parse (400).
+    assert [status for status, _, _ in answers] == [200, 421, 421, 400]
+    [seen] = fake.requests
+    assert seen.tls and seen.sni == "api.anthropic.com" and seen.header("x-api-key") == ANT_KEY
+
+
+def test_guard_upstream_mode_absolute_form_https_goes_through_a_connect(
+    start_proxy: ProxyFactory, fake: FakeProvider
+) -> None:
+    routes = {("api.anthropic.com", 443): ("127.0.0.1", fake.port)}
+    with Tunnel(routes) as upstream:
+        proxy = start_proxy(config_toml=CONFIG, env=ENV, mode=f"upstream:http://127.0.0.1:{upstream.port}")
+        fake.next()
+        with direct(proxy) as sock:
+            [answer] = exchange(
+                sock,
+                post_message(
+                    "https://api.anthropic.com/v1/messages", "api.anthropic.com", ("connection", "close")
+                ),
+            )
+        assert answer[0] == 200, answer
+        assert upstream.connects == ["api.anthropic.com:443"]
+        assert not any(upstream.holds(key) for key in REAL_KEYS)
+    assert keys_seen_by(fake) == [ANT_KEY]
+    assert_keys_went_only_where_they_belong(fake)
+
+
+def test_guard_reverse_mode_with_an_absolute_form_target(
+    start_proxy: ProxyFactory, fake: FakeProvider, tls_trap: Trap
+) -> None:
+    proxy = start_proxy(config_toml=CONFIG, env=ENV, mode="reverse:https://api.anthropic.com")
+    before = len(tls_trap.received)
+    with direct(proxy) as sock:
+        [answer] = exchange(
+            sock,
+            post_message(
+                f"https://127.0.0.1:{tls_trap.port}/v1/messages", "api.anthropic.com", ("connection", "close")
+            ),
+        )
+    assert_refused(answer, 421, "anthropic", f"127.0.0.1:{tls_trap.port}")
+    assert len(tls_trap.received) == before
+    assert_fake_saw_nothing(fake)
+
+
+# GUARD: calls that are not metered, on a credential host.
+
+
+def test_guard_unmetered_paths_meet_the_gate_and_the_header_policy(proxy: Proxy, fake: FakeProvider) -> None:
+    refused = curl(proxy, "https://api.anthropic.com/v1/models", "-H", "x-api-key: guessed")
+    assert_refused(refused, 401, "anthropic", "client key")
+    assert_fake_saw_nothing(fake)
+    fake.next(status=200, body={"data": []})
+    allowed = curl(
+        proxy,
+        "https://api.anthropic.com/v1/models",
+        *ANTHROPIC_AUTH,
+        "-H",
+        "Cookie: session=stolen",
+        "-H",
+        "X-Forwarded-For: 10.1.2.3",
+    )
+    assert allowed.status == 200, allowed.body
+    [seen] = fake.requests
+    assert seen.header("x-api-key") == ANT_KEY
+    assert seen.header("cookie") is None and seen.header("x-forwarded-for") is None
+
+
+def test_guard_count_tokens_to_an_attackers_server(proxy: Proxy, fake: FakeProvider, tls_trap: Trap) -> None:
+    before = len(tls_trap.received)
+    result = curl(
+        proxy,
+        f"https://127.0.0.1:{tls_trap.port}/v1/messages/count_tokens",
+        "-H",
+        "Host: api.anthropic.com",
+        *ANTHROPIC_AUTH,
+        "-d",
+        MESSAGE,
+    )
+    assert_refused(result, 421, "anthropic")
+    assert len(tls_trap.received) == before
+    assert_fake_saw_nothing(fake)
