@@ -7,8 +7,8 @@ Two kinds of test live here, and each says which it is:
 - GAP: a trick that gets through. Marked `xfail(strict=True)` with the reason saying exactly what happens,
   so the suite stays green until it is fixed, and turns red (XPASS) the day it is, to have the mark removed.
 
-Every test here runs with the autouse `no_real_key_anywhere` check of tests/hostile/test_confinement.py:
-no trap ever receives a real key. Clients are built from the standard library (`ssl`, `http.client`) and
+Every test here runs with an autouse check, as in tests/hostile/test_confinement.py: no trap ever
+receives a real key. Clients are built from the standard library (`ssl`, `http.client`) and
 the `h2` package mitmproxy itself depends on, so that every byte on the wire is the attacker's choice.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import socket
 import ssl
 from collections.abc import Iterator, Sequence
@@ -28,26 +27,20 @@ import h2.events
 import pytest
 
 from tests.e2e.conftest import ProxyFactory
-from tests.e2e.harness import Proxy, curl
+from tests.e2e.harness import CertAuthority, Proxy, curl
 from tests.fake_provider import FakeProvider
-from tests.hostile.test_confinement import (  # noqa: F401  (fixtures: pytest finds them by name here)
+from tests.hostile.test_confinement import (
     ANT_KEY,
     ANTHROPIC_AUTH,
     CLIENT_KEY,
     CONFIG,
     ENV,
     MESSAGE,
-    OAI_KEY,
-    OPENAI_AUTH,
     REAL_KEYS,
     assert_fake_saw_nothing,
     assert_keys_went_only_where_they_belong,
     assert_refused,
     hosts_env,
-    no_real_key_anywhere,
-    plain_trap,
-    proxy,
-    tls_trap,
 )
 from tests.hostile.traps import Trap, Tunnel
 
@@ -55,6 +48,38 @@ pytestmark = pytest.mark.e2e
 
 Answer = tuple[int, list[tuple[str, str]], bytes]
 TIMEOUT = 10.0
+
+
+# The confinement suite's traps and proxy (same config, same host mapping), for this module.
+
+
+@pytest.fixture(scope="module")
+def plain_trap() -> Iterator[Trap]:
+    with Trap() as trap:
+        yield trap
+
+
+@pytest.fixture(scope="module")
+def tls_trap(test_ca: CertAuthority) -> Iterator[Trap]:
+    with Trap(certfile=test_ca.leaf_cert, keyfile=test_ca.leaf_key) as trap:
+        yield trap
+
+
+@pytest.fixture(scope="module")
+def proxy(
+    module_start_proxy: ProxyFactory, fake_server: FakeProvider, plain_trap: Trap, tls_trap: Trap
+) -> Proxy:
+    env = {**ENV, "SLUICE_TEST_HOSTS": hosts_env(fake_server, plain_trap, tls_trap)}
+    return module_start_proxy(config_toml=CONFIG, env=env)
+
+
+@pytest.fixture(autouse=True)
+def no_real_key_anywhere(plain_trap: Trap, tls_trap: Trap) -> Iterator[None]:
+    """After every test: no trap ever received any real key, from any test so far."""
+    yield
+    for trap in (plain_trap, tls_trap):
+        for key in REAL_KEYS:
+            assert not trap.holds(key), f"a real key reached the {'TLS' if trap.tls else 'plain'} trap"
 
 
 # Clients that write exactly what they are given.
