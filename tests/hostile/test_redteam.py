@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import socket
 import ssl
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,7 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
+from mitmproxy.net import encoding as codecs
 
 from tests.e2e.conftest import ProxyFactory
 from tests.e2e.harness import CertAuthority, Proxy, curl
@@ -36,6 +38,7 @@ from tests.hostile.test_confinement import (
     CONFIG,
     ENV,
     MESSAGE,
+    OAI_KEY,
     REAL_KEYS,
     assert_fake_saw_nothing,
     assert_keys_went_only_where_they_belong,
@@ -631,3 +634,189 @@ def test_guard_count_tokens_to_an_attackers_server(proxy: Proxy, fake: FakeProvi
     assert_refused(result, 421, "anthropic")
     assert len(tls_trap.received) == before
     assert_fake_saw_nothing(fake)
+
+
+# GAP: `stream_large_bodies` sends a request upstream before sluice's request hooks run.
+
+BIG_MESSAGE = json.dumps(
+    {"model": "claude-haiku-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "x" * 4000}]}
+)
+STREAMING_REQUESTS = ["--set", "stream_large_bodies=1k"]
+STREAMING_REASON = (
+    "with mitmproxy's stream_large_bodies set, a request whose body is over the limit is streamed: mitmproxy "
+    "writes its headers upstream right after the requestheaders hook (HttpStream.start_request_stream), and "
+    "sluice's request hooks (confine, gate, headers, budget, credentials) only run once the body has gone. "
+)
+
+
+@pytest.fixture
+def streaming_proxy(start_proxy: ProxyFactory, fake: FakeProvider, plain_trap: Trap, tls_trap: Trap) -> Proxy:
+    env = {**ENV, "SLUICE_TEST_HOSTS": hosts_env(fake, plain_trap, tls_trap)}
+    return start_proxy(config_toml=CONFIG, env=env, extra_args=STREAMING_REQUESTS)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=STREAMING_REASON
+    + "A client with no client key reaches api.anthropic.com, cookies and all: no 401, "
+    "no header allow-list (the real key is not attached either).",
+)
+def test_gap_a_large_body_steps_around_the_gate_and_the_header_policy(
+    streaming_proxy: Proxy, fake: FakeProvider
+) -> None:
+    fake.next()
+    result = curl(
+        streaming_proxy,
+        "https://api.anthropic.com/v1/messages",
+        "-H",
+        "x-api-key: guessed",
+        "-H",
+        "Cookie: session=stolen",
+        "-H",
+        "anthropic-version: 2023-06-01",
+        "-d",
+        BIG_MESSAGE,
+    )
+    seen = [(r.header("x-api-key"), r.header("cookie")) for r in fake.requests]
+    assert result.status == 401 and seen == [], (result.status, seen)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=STREAMING_REASON
+    + "A request to the attacker's server that names api.anthropic.com in Host is sent "
+    "there whole (with the client key, not a real one) instead of being answered 421.",
+)
+def test_gap_a_large_body_steps_around_the_confinement(
+    streaming_proxy: Proxy, fake: FakeProvider, tls_trap: Trap
+) -> None:
+    before = len(tls_trap.received)
+    result = curl(
+        streaming_proxy,
+        f"https://127.0.0.1:{tls_trap.port}/v1/messages",
+        "-H",
+        "Host: api.anthropic.com",
+        *ANTHROPIC_AUTH,
+        "-d",
+        BIG_MESSAGE,
+    )
+    reached = bytes(tls_trap.received[before:])
+    assert result.status == 421 and b"Host: api.anthropic.com" not in reached, (result.status, reached[:200])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=STREAMING_REASON
+    + "The client key goes upstream in place of the real one, the provider answers 401, "
+    "and sluice blames (and disables) the real credential it registered for the wire but never sent: any "
+    "holder of a client key switches every credential off with one large request.",
+)
+def test_gap_a_large_body_disables_the_real_credential(streaming_proxy: Proxy, fake: FakeProvider) -> None:
+    fake.accepted_credentials = {ANT_KEY}  # the provider knows only the real key, as the real one does
+    fake.next(times=2)
+    curl(streaming_proxy, "https://api.anthropic.com/v1/messages", *ANTHROPIC_AUTH, "-d", BIG_MESSAGE)
+    after = curl(streaming_proxy, "https://api.anthropic.com/v1/messages", *ANTHROPIC_AUTH, "-d", MESSAGE)
+    assert after.status == 200, (after.status, after.body)
+    assert keys_seen_by(fake)[-1] == ANT_KEY
+
+
+# GAP: reverse mode keeping the Host header lets the client choose the upstream TLS server name.
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="in reverse mode with keep_host_header=true mitmproxy does not set the upstream SNI from the spec "
+    "(modes.ReverseProxy) and uses the client's SNI instead (HttpLayer.get_connection / tlsconfig); "
+    "addons/confine.py upstream_server_name returns None for every reverse mode, so the request is not "
+    "refused: it goes to whichever server that SNI picks on the provider's address. The wire check "
+    "withholds the credential (no leak), but the call is sent, not answered 421.",
+)
+def test_gap_reverse_mode_keeping_host_lets_the_client_pick_the_tls_server_name(
+    start_proxy: ProxyFactory, fake: FakeProvider, plain_trap: Trap, tls_trap: Trap
+) -> None:
+    env = {**ENV, "SLUICE_TEST_HOSTS": hosts_env(fake, plain_trap, tls_trap)}
+    reverse = start_proxy(
+        config_toml=CONFIG,
+        env=env,
+        mode="reverse:https://api.anthropic.com",
+        extra_args=["--set", "keep_host_header=true"],
+    )
+    fake.next()
+    raw = socket.create_connection(("127.0.0.1", reverse.port), timeout=TIMEOUT)
+    with tls_context(reverse).wrap_socket(raw, server_hostname="gateway.sluice.test") as sock:
+        [answer] = exchange(sock, post_message("/v1/messages", "api.anthropic.com", ("connection", "close")))
+    assert all(r.header("x-api-key") != ANT_KEY for r in fake.requests)  # withheld at the wire: no leak
+    seen = [(r.sni, r.header("x-api-key")) for r in fake.requests]
+    assert answer[0] == 421 and seen == [], (answer[0], seen)
+
+
+# GAP: the header policy follows the path, not where the request goes.
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="addons/headers.py _filter takes the provider from the metered call "
+    "(rules/endpoints.classify: the path suffix) before the destination: POST api.openai.com/v1/messages "
+    "gets Anthropic's allow-list, so anthropic-*, x-claude-* and x-app headers reach OpenAI (and openai-* "
+    "reach Anthropic the other way).",
+)
+def test_gap_the_path_picks_the_header_policy_on_a_credential_host(proxy: Proxy, fake: FakeProvider) -> None:
+    fake.next()
+    result = curl(
+        proxy,
+        "https://api.openai.com/v1/messages",
+        "-H",
+        f"authorization: Bearer {CLIENT_KEY}",
+        "-H",
+        "anthropic-beta: attacker-chosen",
+        "-H",
+        "x-claude-code-session-id: tracking-id",
+        "-d",
+        MESSAGE,
+    )
+    assert result.status == 200, result.body
+    [seen] = fake.requests
+    assert seen.header("authorization") == f"Bearer {OAI_KEY}"
+    assert (seen.header("anthropic-beta"), seen.header("x-claude-code-session-id")) == (None, None)
+
+
+# GAP: an echo in a compressed body is not scrubbed.
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="addons/echo.py EchoScrub.response skips any body with a Content-Encoding other than "
+    "identity; the client chooses the encoding (Accept-Encoding is on the allow-list), so an upstream that "
+    "echoes the real key in a gzip error body hands it to the client and to the call's row (the `error` "
+    "column) verbatim.",
+)
+@pytest.mark.parametrize("encoding", ["gzip", "br", "zstd"])
+def test_gap_an_echo_in_a_compressed_body_reaches_the_client_and_the_database(
+    start_proxy: ProxyFactory, fake: FakeProvider, encoding: str
+) -> None:
+    own = start_proxy(
+        config_toml=CONFIG, env=ENV
+    )  # its own pool: a 401 here must not disable other tests' key
+    echo = {"type": "error", "error": {"type": "invalid_request_error", "message": f"bad key {ANT_KEY}"}}
+    fake.next(status=400, body=echo, encoding=encoding)
+    result = curl(
+        own,
+        "https://api.anthropic.com/v1/messages",
+        *ANTHROPIC_AUTH,
+        "-H",
+        f"accept-encoding: {encoding}",
+        "-d",
+        MESSAGE,
+    )
+    assert result.status == 400
+    [row] = own.wait_for_rows(1)
+    own.stop()
+    assert ANT_KEY not in json.dumps(row)
+    assert ANT_KEY.encode() not in result.body  # still encoded: decoded below
+    assert ANT_KEY.encode() not in codecs.decode(result.body, encoding)
