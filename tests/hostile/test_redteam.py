@@ -19,6 +19,7 @@ import http.client
 import json
 import socket
 import ssl
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -820,3 +821,100 @@ def test_gap_an_echo_in_a_compressed_body_reaches_the_client_and_the_database(
     assert ANT_KEY not in json.dumps(row)
     assert ANT_KEY.encode() not in result.body  # still encoded: decoded below
     assert ANT_KEY.encode() not in codecs.decode(result.body, encoding)
+
+
+# GAP: HTTP/2 request trailers are not headers to the allow-list.
+
+
+class H2Provider:
+    """A TLS HTTP/2-only stand-in for the provider (the real APIs speak HTTP/2): keeps each stream's header
+    and trailer fields, answers 200 with a small JSON body."""
+
+    def __init__(self, certfile: Any, keyfile: Any) -> None:
+        self.streams: dict[int, dict[str, list[tuple[str, str]]]] = {}
+        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._context.load_cert_chain(str(certfile), str(keyfile))
+        self._context.set_alpn_protocols(["h2"])
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        raw.settimeout(TIMEOUT)
+        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        with contextlib.suppress(OSError), self._context.wrap_socket(raw, server_side=True) as sock:
+            conn = h2.connection.H2Connection(config=config)
+            conn.initiate_connection()
+            sock.sendall(conn.data_to_send())
+            while data := sock.recv(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        fields = [(str(k), str(v)) for k, v in event.headers]
+                        self.streams[event.stream_id] = {"headers": fields, "trailers": []}
+                    elif isinstance(event, h2.events.TrailersReceived):
+                        fields = [(str(k), str(v)) for k, v in event.headers]
+                        self.streams[event.stream_id]["trailers"] = fields
+                    elif isinstance(event, h2.events.DataReceived):
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    elif isinstance(event, h2.events.StreamEnded):
+                        body = b"{}"
+                        conn.send_headers(
+                            event.stream_id,
+                            [
+                                (":status", "200"),
+                                ("content-type", "application/json"),
+                                ("content-length", "2"),
+                            ],
+                        )
+                        conn.send_data(event.stream_id, body, end_stream=True)
+                sock.sendall(conn.data_to_send())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="addons/headers.py filters `flow.request.headers` only; mitmproxy forwards HTTP/2 request "
+    "trailers (flow.request.trailers, sent after the request hook) to an HTTP/2 upstream as they came, so "
+    "any field the allow-list drops (cookie, x-forwarded-for, ...) crosses the proxy as a trailer. (To an "
+    "HTTP/1.1 upstream mitmproxy cannot send trailers at all: Http1Client raises on RequestTrailers.)",
+)
+def test_gap_h2_request_trailers_step_around_the_header_policy(
+    start_proxy: ProxyFactory, test_ca: CertAuthority
+) -> None:
+    provider = H2Provider(test_ca.leaf_cert, test_ca.leaf_key)
+    try:
+        own = start_proxy(
+            config_toml=CONFIG,
+            env={**ENV, "SLUICE_TEST_HOSTS": f"api.anthropic.com=127.0.0.1:{provider.port}"},
+        )
+        with tunnel(own, "api.anthropic.com:443", server_name="api.anthropic.com", alpn=("h2",)) as sock:
+            config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+            conn = h2.connection.H2Connection(config=config)
+            conn.initiate_connection()
+            conn.send_headers(1, [*h2_message("api.anthropic.com"), ("te", "trailers")])
+            conn.send_data(1, MESSAGE.encode())
+            conn.send_headers(
+                1, [("cookie", "session=stolen"), ("x-forwarded-for", "10.9.8.7")], end_stream=True
+            )
+            sock.sendall(conn.data_to_send())
+            ended = False
+            while not ended and (data := sock.recv(65536)):
+                ended = any(isinstance(e, h2.events.StreamEnded) for e in conn.receive_data(data))
+                sock.sendall(conn.data_to_send())
+        [seen] = provider.streams.values()
+        assert ("x-api-key", ANT_KEY) in seen["headers"]  # the honest part: the credential went, over h2
+        names = {name for name, _ in seen["headers"] + seen["trailers"]}
+        assert not names & {"cookie", "x-forwarded-for"}, seen["trailers"]
+    finally:
+        provider.close()
