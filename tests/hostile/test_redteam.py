@@ -273,17 +273,22 @@ def test_guard_keep_alive_in_the_providers_tunnel_cannot_switch_host_after_an_ho
     assert_keys_went_only_where_they_belong(fake)
 
 
-def test_guard_keep_alive_in_an_attackers_tunnel_cannot_name_the_provider_later(
+def test_guard_keep_alive_in_an_attackers_tunnel_cannot_name_the_provider(
     proxy: Proxy, fake: FakeProvider, tls_trap: Trap
 ) -> None:
+    # The trap closes its connections (and mitmproxy then the client's), so its own request goes last.
+    before = len(tls_trap.received)
     with tunnel(proxy, f"127.0.0.1:{tls_trap.port}") as sock:
-        first, second = exchange(
+        first, second, third = exchange(
             sock,
+            post_message("/v1/messages", "api.anthropic.com"),
+            post_message("/v1/messages", "API.OPENAI.COM.", ("authorization", f"Bearer {CLIENT_KEY}")),
             post_message("/v1/messages", f"127.0.0.1:{tls_trap.port}"),  # no credential host: passes
-            post_message("/v1/messages", "api.anthropic.com", ("connection", "close")),
         )
-    assert first[0] == 200  # the trap's own answer, to a request that carried the client key only
-    assert_refused(second, 421, "anthropic", "api.anthropic.com")
+    assert_refused(first, 421, "anthropic", "api.anthropic.com")
+    assert_refused(second, 421, "openai", "api.openai.com")
+    assert third[0] == 200  # the trap's own answer, to a request that carried the client key only
+    assert tls_trap.received[before:].count(b"POST /v1/messages") == 1
     assert_fake_saw_nothing(fake)
 
 
