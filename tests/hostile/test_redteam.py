@@ -923,3 +923,32 @@ def test_gap_h2_request_trailers_step_around_the_header_policy(
         assert not names & {"cookie", "x-forwarded-for"}, seen["trailers"]
     finally:
         provider.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="a credential the wire check withholds (addons/wire_headers.py) is still recorded as sent "
+    "(addons/credentials.py _swap fills `_sent` before anything is written), so the 401 the upstream gives "
+    "the credential-less request disables the real key in the pool: with reverse mode keeping Host, one "
+    "request with another TLS server name switches the credential off for every client.",
+)
+def test_gap_a_withheld_credential_is_blamed_for_the_answer(
+    start_proxy: ProxyFactory, fake: FakeProvider, plain_trap: Trap, tls_trap: Trap
+) -> None:
+    env = {**ENV, "SLUICE_TEST_HOSTS": hosts_env(fake, plain_trap, tls_trap)}
+    reverse = start_proxy(
+        config_toml=CONFIG,
+        env=env,
+        mode="reverse:https://api.anthropic.com",
+        extra_args=["--set", "keep_host_header=true"],
+    )
+    fake.accepted_credentials = {ANT_KEY}
+    fake.next(times=2)
+    raw = socket.create_connection(("127.0.0.1", reverse.port), timeout=TIMEOUT)
+    with tls_context(reverse).wrap_socket(raw, server_hostname="gateway.sluice.test") as sock:
+        exchange(sock, post_message("/v1/messages", "api.anthropic.com", ("connection", "close")))
+    raw = socket.create_connection(("127.0.0.1", reverse.port), timeout=TIMEOUT)
+    with tls_context(reverse).wrap_socket(raw, server_hostname="api.anthropic.com") as sock:
+        [honest] = exchange(sock, post_message("/v1/messages", "api.anthropic.com", ("connection", "close")))
+    assert honest[0] == 200, honest
