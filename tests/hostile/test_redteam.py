@@ -283,12 +283,16 @@ def test_guard_keep_alive_in_an_attackers_tunnel_cannot_name_the_provider(
             sock,
             post_message("/v1/messages", "api.anthropic.com"),
             post_message("/v1/messages", "API.OPENAI.COM.", ("authorization", f"Bearer {CLIENT_KEY}")),
-            post_message("/v1/messages", f"127.0.0.1:{tls_trap.port}"),  # no credential host: passes
+            # No credential host: passes. Without a body, as the trap closes without reading one (a reset).
+            request_bytes(
+                "GET", "/v1/models", [("Host", f"127.0.0.1:{tls_trap.port}"), ("x-api-key", CLIENT_KEY)]
+            ),
         )
     assert_refused(first, 421, "anthropic", "api.anthropic.com")
     assert_refused(second, 421, "openai", "api.openai.com")
     assert third[0] == 200  # the trap's own answer, to a request that carried the client key only
-    assert tls_trap.received[before:].count(b"POST /v1/messages") == 1
+    assert tls_trap.received[before:].count(b"GET /v1/models") == 1
+    assert b"POST" not in tls_trap.received[before:]
     assert_fake_saw_nothing(fake)
 
 
