@@ -956,3 +956,98 @@ def test_gap_a_withheld_credential_is_blamed_for_the_answer(
     with tls_context(reverse).wrap_socket(raw, server_hostname="api.anthropic.com") as sock:
         [honest] = exchange(sock, post_message("/v1/messages", "api.anthropic.com", ("connection", "close")))
     assert honest[0] == 200, honest
+
+
+# GUARD: the OAuth credential (Authorization: Bearer) and SOCKS5 mode follow the same destination rules.
+
+OAUTH_ACCESS = "sk-ant-oat01-REAL-HOSTILE-SUITE-ACCESS-4d2b9e"
+OAUTH_REFRESH = "sk-ant-ort01-REAL-HOSTILE-SUITE-REFRESH-7a1c3f"
+
+
+def test_guard_the_oauth_token_goes_only_to_its_host(
+    start_proxy: ProxyFactory, fake: FakeProvider, plain_trap: Trap, tls_trap: Trap, tmp_path: Any
+) -> None:
+    credentials = tmp_path / "credentials.json"
+    credentials.write_text(
+        json.dumps(
+            {
+                "claudeAiOauth": {
+                    "accessToken": OAUTH_ACCESS,
+                    "refreshToken": OAUTH_REFRESH,
+                    "expiresAt": 4_102_444_800_000,  # 2100: no refresh during the test
+                    "scopes": ["user:inference"],
+                }
+            }
+        )
+    )
+    config = f"""
+[[clients]]
+name = "mallory"
+key = "env:SLUICE_HOSTILE_CLIENT"
+
+[[upstreams]]
+host = "api.anthropic.com"
+provider = "anthropic"
+oauth = {{ credentials = "file:{credentials}" }}
+"""
+    env = {**ENV, "SLUICE_TEST_HOSTS": hosts_env(fake, plain_trap, tls_trap)}
+    own = start_proxy(config_toml=config, env=env)
+    bearer = ("-H", f"authorization: Bearer {CLIENT_KEY}", "-H", "anthropic-version: 2023-06-01")
+    before = len(tls_trap.received)
+    for url, host in (
+        (f"https://127.0.0.1:{tls_trap.port}/v1/messages", "api.anthropic.com"),
+        ("https://api.anthropic.com/v1/messages", "attacker.example"),
+        ("https://api.anthropic.com:8443/v1/messages", "api.anthropic.com:8443"),
+        ("http://api.anthropic.com/v1/messages", "api.anthropic.com"),
+    ):
+        refused = curl(own, url, "-H", f"Host: {host}", *bearer, "-d", MESSAGE)
+        assert refused.status in (403, 421), (url, refused.status, refused.body)
+    assert len(tls_trap.received) == before
+    assert_fake_saw_nothing(fake)
+    fake.next()
+    honest = curl(own, "https://api.anthropic.com/v1/messages", *bearer, "-d", MESSAGE)
+    assert honest.status == 200, honest.body
+    [seen] = fake.requests
+    assert seen.tls and seen.sni == "api.anthropic.com"
+    assert seen.header("authorization") == f"Bearer {OAUTH_ACCESS}" and seen.header("x-api-key") is None
+    for trap in (plain_trap, tls_trap):
+        assert not trap.holds(OAUTH_ACCESS) and not trap.holds(OAUTH_REFRESH)
+
+
+@contextlib.contextmanager
+def socks5(proxy: Proxy, host: str, port: int, *, server_name: str | None) -> Iterator[socket.socket]:
+    """A SOCKS5 CONNECT (RFC 1928, no authentication, a domain name) through the proxy, then TLS."""
+    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT)
+    with contextlib.closing(raw):
+        raw.sendall(b"\x05\x01\x00")
+        assert raw.recv(2) == b"\x05\x00"
+        name = host.encode()
+        raw.sendall(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + port.to_bytes(2, "big"))
+        reply = raw.recv(10)
+        assert reply[:2] == b"\x05\x00", reply
+        with tls_context(proxy).wrap_socket(raw, server_hostname=server_name) as secure:
+            yield secure
+
+
+def test_guard_socks5_mode(
+    start_proxy: ProxyFactory, fake: FakeProvider, plain_trap: Trap, tls_trap: Trap
+) -> None:
+    env = {**ENV, "SLUICE_TEST_HOSTS": hosts_env(fake, plain_trap, tls_trap)}
+    own = start_proxy(config_toml=CONFIG, env=env, mode="socks5")
+    before = len(tls_trap.received)
+    with socks5(own, "127.0.0.1", tls_trap.port, server_name=None) as sock:
+        [to_trap] = exchange(sock, post_message("/v1/messages", "api.anthropic.com", ("connection", "close")))
+    assert_refused(to_trap, 421, "anthropic", "api.anthropic.com")
+    with socks5(own, "api.anthropic.com", 443, server_name="gateway.sluice.test") as sock:
+        [other_sni] = exchange(
+            sock, post_message("/v1/messages", "api.anthropic.com", ("connection", "close"))
+        )
+    assert_refused(other_sni, 421, "anthropic", "gateway.sluice.test")
+    assert len(tls_trap.received) == before
+    assert_fake_saw_nothing(fake)
+    fake.next()
+    with socks5(own, "api.anthropic.com", 443, server_name="api.anthropic.com") as sock:
+        [honest] = exchange(sock, post_message("/v1/messages", "api.anthropic.com", ("connection", "close")))
+    assert honest[0] == 200, honest
+    assert keys_seen_by(fake) == [ANT_KEY]
+    assert_keys_went_only_where_they_belong(fake)
