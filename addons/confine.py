@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 
-from mitmproxy import http
+from mitmproxy import ctx, exceptions, http
 from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import ReverseMode
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from addons.core import SluiceCore, destination
 from addons.meter import call_for
-from rules.destination import credential_refusal, misdirection
+from rules.destination import credential_refusal, misdirection, normalize_host
 
 log = logging.getLogger("sluice")
 
@@ -38,9 +39,11 @@ def upstream_server_name(flow: http.HTTPFlow) -> str | None:
     """The TLS server name mitmproxy will send upstream, where the client chose it.
 
     In regular and upstream-proxy modes mitmproxy reuses the client's SNI for its own handshake upstream
-    (its tlsconfig addon: `server.sni = client.sni or address`); reverse mode names the spec's host itself.
+    (its tlsconfig addon: `server.sni = client.sni or address`); reverse mode names the spec's host itself,
+    unless it keeps the client's Host header, where the client's SNI is used again.
     """
-    if isinstance(flow.client_conn.proxy_mode, ReverseMode):
+    keeps_host = "keep_host_header" in ctx.options and ctx.options.keep_host_header
+    if isinstance(flow.client_conn.proxy_mode, ReverseMode) and not keeps_host:
         return None
     return flow.client_conn.sni
 
@@ -50,6 +53,33 @@ class Confinement:
 
     def __init__(self, core: SluiceCore) -> None:
         self.core = core
+
+    def configure(self, updated: set[str]) -> None:
+        # mitmproxy streams a request body over `stream_large_bodies` upstream from its `requestheaders`,
+        # or from the middle of its body, without the `request` hooks that check it: such a request would
+        # leave before confinement, the gate, the header policy and the budget have seen it.
+        if not {"sluice_config", "stream_large_bodies"} & updated or not ctx.options.stream_large_bodies:
+            return
+        swapping = [u.host for u in self.core.config.upstreams if u.keys or u.oauth]
+        if swapping:
+            raise exceptions.OptionsError(
+                "stream_large_bodies: sluice cannot check a streamed request before it leaves, and swaps "
+                f"credentials for {', '.join(swapping)}; unset stream_large_bodies"
+            )
+
+    def server_connect(self, data: ServerConnectionHookData) -> None:
+        """A connection to a credential host names that host in its TLS handshake, whatever the client sent.
+
+        On a shared front end (a CDN) the server name, not the address, picks who answers; mitmproxy would
+        otherwise reuse the client's. `request` refuses such a request already; this holds for any other.
+        """
+        server = data.server
+        if server.address is None or server.sni is None:
+            return
+        host = normalize_host(str(server.address[0]))
+        if self.core.swapping_upstream(host) is not None and normalize_host(server.sni) != host:
+            log.warning("sluice: upstream TLS server name %s replaced by %s", server.sni, host)
+            server.sni = host
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not flow.live:

@@ -63,6 +63,7 @@ class Swapped:
     host: str
     entry: CredentialEntry
     secret: str = field(repr=False)
+    delivery: wire_headers.Delivery = field(repr=False)
 
 
 class Credentials:
@@ -189,8 +190,8 @@ class Credentials:
             betas = [b.strip() for b in headers.get("anthropic-beta", "").split(",") if b.strip()]
             if OAUTH_BETA not in betas:
                 changes[b"anthropic-beta"] = ",".join([*betas, OAUTH_BETA]).encode()
-        wire_headers.send_with(flow.request, with_headers(headers.fields, changes), going_to)
-        self._sent[flow.id] = Swapped(upstream.host, entry, secret)
+        delivery = wire_headers.send_with(flow.request, with_headers(headers.fields, changes), going_to)
+        self._sent[flow.id] = Swapped(upstream.host, entry, secret, delivery)
         call = self.core.calls.get(flow.id)
         if call is not None:
             call.credential = entry.label
@@ -227,6 +228,8 @@ class Credentials:
         swapped = self._sent.pop(flow.id, None)
         if swapped is None or flow.response is None or self.pool is None:
             return
+        if not swapped.delivery.written:
+            return  # withheld at the wire (addons/wire_headers.py): the answer says nothing of the credential
         status = flow.response.status_code
         if status not in (401, 403, 429, 529):
             return

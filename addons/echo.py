@@ -4,7 +4,8 @@ Runs on the response side before anything reads or keeps the answer (the meter's
 reason, mitmweb, `-w`), and before it leaves for the client: headers in `responseheaders` (they leave right
 after it), a buffered body in `response`. The credential is the one this flow went upstream with
 (addons/credentials.py); it is replaced by its fingerprint, and the call's row notes that it was.
-A streamed body (SSE: the providers' successful answers) is passed on as it arrives and not searched.
+A streamed body (SSE: the providers' successful answers) is passed on as it arrives and not searched; a
+compressed body is searched when it is an error (decoded with the cap, addons/decoding.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from mitmproxy import http
 
 from addons.core import SluiceCore
 from addons.credentials import Credentials
+from addons.decoding import decode_body, is_encoded
 from rules.echo import scrub_secrets
 from state.credentials import fingerprint
 
@@ -45,11 +47,22 @@ class EchoScrub:
         response = flow.response
         if not secrets or response is None or response.stream or not response.raw_content:
             return
-        if response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+        encoding = response.headers.get("content-encoding")
+        if not is_encoded(encoding):
+            body: bytes | None = response.raw_content
+        elif response.status_code >= 400:  # where echoes are: error messages (successes are not decoded)
+            decoded = decode_body(response.raw_content, encoding)
+            body = decoded.body
+            if body is None:
+                log.warning(
+                    "sluice: flow %s: error body not searched for an echo: %s", flow.id, decoded.reason
+                )
+                return
+        else:
             return
-        scrubbed = scrub_secrets(response.raw_content, secrets)
-        if scrubbed is not response.raw_content:
-            response.content = scrubbed  # identity: sets the body as it is, and its Content-Length
+        scrubbed = scrub_secrets(body, secrets)
+        if scrubbed is not body:
+            response.content = scrubbed  # encoded again as the header says, with its Content-Length
             self._noted(flow, "the response body")
 
     def _secrets(self, flow: http.HTTPFlow) -> list[tuple[bytes, bytes]]:

@@ -38,8 +38,27 @@ class Headers:
             raise exceptions.OptionsError(f"sluice_config {ctx.options.sluice_config}: rules: {e}") from None
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None:
-            self._filter(flow, flow.request, "request", self.request_policy)
+        if flow.response is not None or not flow.live:
+            return
+        self._filter(flow, flow.request, "request", self.request_policy)
+        if flow.request.trailers and self._provider(flow) is not None:
+            # No provider API takes request trailers, and mitmproxy forwards them after this hook as they
+            # came: a way around the allow-list (cookies as trailers). RFC 9110 §6.5.1: a recipient may
+            # discard them.
+            flow.request.trailers = None
+            self._note(flow, "request_trailers_dropped")
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        response = flow.response
+        if response is None or not response.trailers or not flow.live:
+            return
+        provider = self._provider(flow)
+        if provider is None:
+            return
+        kept, dropped = filter_headers(response.trailers.fields, self.response_policy[provider])
+        if dropped:
+            response.trailers.fields = tuple(kept)
+            self._note(flow, f"response_trailers_dropped:{','.join(sorted(dropped, key=str.lower))}")
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # Response headers leave right after this hook, so the filter must run here, not in `response`.
@@ -51,8 +70,7 @@ class Headers:
     ) -> None:
         if not flow.live:
             return
-        call = self.core.calls.get(flow.id)
-        provider = call.provider if call is not None else self.core.provider_for(destination(flow).host)
+        provider = self._provider(flow)
         if provider is None:
             return
         # Provider traffic is filtered whatever it claims to be. A genuine upgrade (an upgrade request, and
@@ -66,6 +84,17 @@ class Headers:
         if not dropped:
             return
         message.headers.fields = tuple(kept)
+        self._note(flow, f"{direction}_headers_dropped:{','.join(sorted(dropped, key=str.lower))}")
+
+    def _provider(self, flow: http.HTTPFlow) -> str | None:
+        """Whose policy applies: the destination's provider (where the request really goes), else the
+        metered call's (an LLM path on a host sluice does not know)."""
+        provider = self.core.provider_for(destination(flow).host)
+        if provider is None and (call := self.core.calls.get(flow.id)) is not None:
+            provider = call.provider
+        return provider
+
+    def _note(self, flow: http.HTTPFlow, applied: str) -> None:
+        call = self.core.calls.get(flow.id)
         if call is not None:
-            names = ",".join(sorted(dropped, key=str.lower))
-            call.rules_applied.append(f"{direction}_headers_dropped:{names}")
+            call.rules_applied.append(applied)

@@ -39,15 +39,27 @@ Fields = tuple[tuple[bytes, bytes], ...]
 # Never written onto a connection that goes anywhere but the destination a credential was chosen for.
 CREDENTIAL_HEADERS = frozenset({b"x-api-key", b"authorization", b"x-goog-api-key"})
 
-# id(request object) → (that object, the header fields to send in its place, where they may go). The weak
-# reference makes sure a recycled id() never matches another request.
-_PENDING: dict[int, tuple[weakref.ref[http.Request], Fields, Destination]] = {}
+
+class Delivery:
+    """Whether the registered headers were written on the wire (False: withheld, or not sent yet)."""
+
+    __slots__ = ("written",)
+
+    def __init__(self) -> None:
+        self.written = False
 
 
-def send_with(request: http.Request, fields: Fields, destination: Destination) -> None:
+# id(request object) → (that object, the header fields to send in its place, where they may go, whether
+# they went). The weak reference makes sure a recycled id() never matches another request.
+_PENDING: dict[int, tuple[weakref.ref[http.Request], Fields, Destination, Delivery]] = {}
+
+
+def send_with(request: http.Request, fields: Fields, destination: Destination) -> Delivery:
     """Send `request` upstream with `fields` as its headers, leaving the request's own headers as they are,
     provided the connection it is written on goes to `destination` over TLS."""
-    _PENDING[id(request)] = (weakref.ref(request), fields, destination)
+    delivery = Delivery()
+    _PENDING[id(request)] = (weakref.ref(request), fields, destination, delivery)
+    return delivery
 
 
 def forget(request: http.Request) -> None:
@@ -67,6 +79,7 @@ def _on_the_wire(event: Any, server: Server) -> Any:
         return event
     fields = entry[1]
     wrong = _wrong_connection(server, entry[2])
+    entry[3].written = wrong is None
     if wrong is not None:
         log.error(
             "sluice: credential withheld from %s %s: %s", event.request.method, event.request.url, wrong

@@ -144,3 +144,31 @@ def test_every_stated_authority_is_read_with_mitmproxys_parser() -> None:
         authority="api.anthropic.com:443", headers=((b"Host", b"a.example"), (b"host", b"b:x"))
     )
     assert stated_authorities(request) == [("a.example", None), ("b:x", None), ("api.anthropic.com", 443)]
+
+
+def test_a_connection_to_a_credential_host_names_it_in_the_tls_handshake(confine) -> None:  # type: ignore[no-untyped-def]
+    from mitmproxy.connection import Client, Server
+    from mitmproxy.proxy.server_hooks import ServerConnectionHookData
+
+    client = Client(peername=("127.0.0.1", 5000), sockname=("127.0.0.1", 8080))
+    chosen_by_the_client = Server(address=("api.anthropic.com", 443), sni="attacker.example")
+    confine.server_connect(ServerConnectionHookData(chosen_by_the_client, client))
+    assert chosen_by_the_client.sni == "api.anthropic.com"
+    elsewhere = Server(address=("example.org", 443), sni="other.example")
+    confine.server_connect(ServerConnectionHookData(elsewhere, client))
+    assert elsewhere.sni == "other.example"  # no credential involved: mitmproxy's choice stands
+
+
+def test_streamed_request_bodies_cannot_be_combined_with_credential_swap(tmp_path: Path) -> None:
+    from mitmproxy import exceptions
+    from mitmproxy.addons.proxyserver import Proxyserver
+
+    config = tmp_path / "sluice.toml"
+    config.write_text(CONFIG)
+    core = SluiceCore()
+    confine = Confinement(core)
+    with taddons.context(Proxyserver(), core, confine) as tctx:
+        tctx.configure(core, sluice_config=str(config), sluice_db=str(tmp_path / "sluice.db"))
+        with pytest.raises(exceptions.OptionsError, match="unset stream_large_bodies"):
+            tctx.configure(confine, stream_large_bodies="1m")
+        core.done()

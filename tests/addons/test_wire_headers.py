@@ -58,8 +58,8 @@ def test_a_request_gone_from_memory_never_matches_a_new_one_at_the_same_address(
     request = tutils.treq()
     wire_headers.send_with(request, REAL, ANTHROPIC)
     key = id(request)
-    _, fields, going_to = wire_headers._PENDING[key]
-    wire_headers._PENDING[key] = (lambda: None, fields, going_to)  # type: ignore[assignment]  # as if collected
+    _, fields, going_to, delivery = wire_headers._PENDING[key]
+    wire_headers._PENDING[key] = (lambda: None, fields, going_to, delivery)  # type: ignore[assignment]  # as if collected
     try:
         event = RequestHeaders(1, request, end_stream=True)
         assert wire_headers._on_the_wire(event, ON_THE_RIGHT_CONNECTION) is event
@@ -118,5 +118,18 @@ def test_the_destination_compares_without_case_or_trailing_dot() -> None:
         connection = server("API.Anthropic.COM.", 443, sni="api.anthropic.com.")
         sent = wire_headers._on_the_wire(RequestHeaders(1, request, end_stream=True), connection).request
         assert sent.headers.fields == REAL
+    finally:
+        wire_headers.forget(request)
+
+
+def test_the_delivery_says_whether_the_credential_was_written() -> None:
+    request = tutils.treq(headers=((b"x-api-key", b"sk-client"),))
+    delivery = wire_headers.send_with(request, REAL, ANTHROPIC)
+    try:
+        assert delivery.written is False  # not sent yet
+        wire_headers._on_the_wire(RequestHeaders(1, request, end_stream=True), server("127.0.0.1", 9000))
+        assert delivery.written is False  # withheld
+        wire_headers._on_the_wire(RequestHeaders(1, request, end_stream=True), ON_THE_RIGHT_CONNECTION)
+        assert delivery.written is True
     finally:
         wire_headers.forget(request)

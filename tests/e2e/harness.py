@@ -411,6 +411,27 @@ def start_proxy(
     raise last_error
 
 
+def start_up_failure(start: Any, workdir: Path, **kwargs: Any) -> str:
+    """Start a mitmdump (with `start`, a `start_proxy` fixture) that must refuse to run; return its log.
+
+    mitmproxy binds its port before it acts on an error logged during start-up, so the harness may see the
+    process ready just before it exits: wait for the exit either way.
+    """
+    try:
+        proxy = start(workdir, **kwargs)
+    except RuntimeError as e:
+        if "during start-up" not in str(e):
+            raise
+    else:
+        try:
+            proxy.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"mitmdump kept running:\n{proxy.log_tail()}") from None
+        if proxy.returncode == 0:
+            raise AssertionError(f"mitmdump exited cleanly:\n{proxy.log_tail()}")
+    return "\n".join(log.read_text(errors="replace") for log in sorted(workdir.glob("mitmdump-*.log")))
+
+
 def _wait_until_ready(proxy: Proxy, timeout: float = START_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -22,6 +22,7 @@ from tests.e2e.harness import (
     async_anthropic_client,
     openai_client,
     rows,
+    start_up_failure,
     wait_for_rows,
 )
 from tests.e2e.test_recording import (
@@ -170,30 +171,11 @@ def test_no_config_writes_sluice_db_in_the_working_directory(
     assert proxy.stop() == 0
 
 
-def _start_up_failure(start_proxy: StartProxy, workdir: Path, **kwargs: Any) -> str:
-    """Start a mitmdump that must refuse to run; its log.
-
-    mitmproxy binds its port before it acts on an error logged during start-up, so the harness may see the
-    process ready just before it exits: wait for the exit either way.
-    """
-    try:
-        proxy = start_proxy(workdir, **kwargs)
-    except RuntimeError as e:
-        assert "during start-up" in str(e), e
-    else:
-        try:
-            proxy.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"mitmdump kept running:\n{proxy.log_tail()}")
-        assert proxy.returncode != 0
-    return "\n".join(log.read_text(errors="replace") for log in sorted(workdir.glob("mitmdump-*.log")))
-
-
 def test_bad_config_stops_start_up_naming_file_field_and_reason(
     fake: FakeProvider, start_proxy: StartProxy, tmp_path: Path
 ) -> None:
     workdir = tmp_path / "bad-config"
-    log = _start_up_failure(start_proxy, workdir, config_toml='[rules]\ncache_control_max = "x"\n')
+    log = start_up_failure(start_proxy, workdir, config_toml='[rules]\ncache_control_max = "x"\n')
 
     problem = next(line for line in log.splitlines() if "cache_control_max" in line)
     assert str(workdir / "sluice.toml") in problem
@@ -208,7 +190,7 @@ def test_bad_database_path_stops_start_up(
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where a directory should be\n")
     db_path = blocker / "sub" / "sluice.db"
-    log = _start_up_failure(
+    log = start_up_failure(
         start_proxy, tmp_path / "bad-db", set_db=False, extra_args=_shared_db_args(db_path)
     )
 

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from state.pricing import estimate_call
-from tests.e2e.harness import Proxy, anthropic_client, curl, openai_client
+from tests.e2e.harness import Proxy, anthropic_client, curl, openai_client, start_up_failure
 from tests.fake_provider import FakeProvider, Usage
 
 pytestmark = pytest.mark.e2e
@@ -217,19 +217,9 @@ def test_count_tokens_stays_free_and_unbudgeted(fake: FakeProvider, start_proxy)
 def test_a_stand_in_without_a_price_stops_start_up(fake: FakeProvider, start_proxy, tmp_path: Path) -> None:
     # A typo in the option would otherwise refuse every call to an unpriced model at run time.
     workdir = tmp_path / "bad-stand-in"
-    try:
-        proxy = start_proxy(
-            workdir, config_toml=config(1.0, unknown_models_as="claude-imaginary-10"), env=ENV
-        )
-    except RuntimeError as e:  # mitmdump may exit before the harness sees it ready
-        assert "during start-up" in str(e), e
-    else:
-        try:
-            proxy.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"mitmdump kept running:\n{proxy.log_tail()}")
-        assert proxy.returncode != 0
-    log = "\n".join(path.read_text(errors="replace") for path in sorted(workdir.glob("mitmdump-*.log")))
+    log = start_up_failure(
+        start_proxy, workdir, config_toml=config(1.0, unknown_models_as="claude-imaginary-10"), env=ENV
+    )
     problem = next(line for line in log.splitlines() if "budget_price_unknown_models_as" in line)
     assert "claude-imaginary-10" in problem and "no price known" in problem
     assert fake.requests == []

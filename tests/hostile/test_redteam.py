@@ -4,8 +4,9 @@ Two kinds of test live here, and each says which it is:
 
 - GUARD: a trick that was tried against a real mitmdump and is blocked today. These pass; they stand
   against regressions (a mitmproxy upgrade, a refactoring of addons/confine.py or addons/wire_headers.py).
-- GAP: a trick that gets through. Marked `xfail(strict=True)` with the reason saying exactly what happens,
-  so the suite stays green until it is fixed, and turns red (XPASS) the day it is, to have the mark removed.
+- Was a gap: a trick that got through when the red team first tried it, fixed since; the test shows the fix
+  holds (a streamed request body, reverse mode keeping Host and the TLS server name, the path choosing the
+  header policy, a compressed echo, HTTP/2 trailers, a withheld credential blamed for the answer).
 
 Every test here runs with an autouse check, as in tests/hostile/test_confinement.py: no trap ever
 receives a real key. Clients are built from the standard library (`ssl`, `http.client`) and
@@ -30,7 +31,7 @@ import pytest
 from mitmproxy.net import encoding as codecs
 
 from tests.e2e.conftest import ProxyFactory
-from tests.e2e.harness import CertAuthority, Proxy, curl
+from tests.e2e.harness import CertAuthority, Proxy, curl, start_up_failure
 from tests.fake_provider import FakeProvider
 from tests.hostile.test_confinement import (
     ANT_KEY,
@@ -646,106 +647,30 @@ def test_guard_count_tokens_to_an_attackers_server(proxy: Proxy, fake: FakeProvi
     assert_fake_saw_nothing(fake)
 
 
-# GAP: `stream_large_bodies` sends a request upstream before sluice's request hooks run.
-
-BIG_MESSAGE = json.dumps(
-    {"model": "claude-haiku-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "x" * 4000}]}
-)
-STREAMING_REQUESTS = ["--set", "stream_large_bodies=1k"]
-STREAMING_REASON = (
-    "with mitmproxy's stream_large_bodies set, a request whose body is over the limit is streamed: mitmproxy "
-    "writes its headers upstream right after the requestheaders hook (HttpStream.start_request_stream), and "
-    "sluice's request hooks (confine, gate, headers, budget, credentials) only run once the body has gone. "
-)
+# `stream_large_bodies` would send a request upstream before sluice's request hooks run: refused at start.
 
 
-@pytest.fixture
-def streaming_proxy(start_proxy: ProxyFactory, fake: FakeProvider, plain_trap: Trap, tls_trap: Trap) -> Proxy:
-    env = {**ENV, "SLUICE_TEST_HOSTS": hosts_env(fake, plain_trap, tls_trap)}
-    return start_proxy(config_toml=CONFIG, env=env, extra_args=STREAMING_REQUESTS)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=STREAMING_REASON
-    + "A client with no client key reaches api.anthropic.com, cookies and all: no 401, "
-    "no header allow-list (the real key is not attached either).",
-)
-def test_gap_a_large_body_steps_around_the_gate_and_the_header_policy(
-    streaming_proxy: Proxy, fake: FakeProvider
+def test_streamed_request_bodies_and_credential_swap_do_not_start_together(
+    start_proxy: ProxyFactory, fake: FakeProvider, tmp_path: Any
 ) -> None:
-    fake.next()
-    result = curl(
-        streaming_proxy,
-        "https://api.anthropic.com/v1/messages",
-        "-H",
-        "x-api-key: guessed",
-        "-H",
-        "Cookie: session=stolen",
-        "-H",
-        "anthropic-version: 2023-06-01",
-        "-d",
-        BIG_MESSAGE,
+    # mitmproxy writes a streamed request's headers upstream right after `requestheaders`
+    # (HttpStream.start_request_stream), or starts streaming in the middle of the body, and the request
+    # hooks (confinement, gate, header policy, budget, credentials) only run once the body has gone.
+    log = start_up_failure(
+        start_proxy,
+        tmp_path / "streaming",
+        config_toml=CONFIG,
+        env=ENV,
+        extra_args=["--set", "stream_large_bodies=1k"],
     )
-    seen = [(r.header("x-api-key"), r.header("cookie")) for r in fake.requests]
-    assert result.status == 401 and seen == [], (result.status, seen)
+    assert "stream_large_bodies: sluice cannot check a streamed request before it leaves" in log
+    assert_fake_saw_nothing(fake)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=STREAMING_REASON
-    + "A request to the attacker's server that names api.anthropic.com in Host is sent "
-    "there whole (with the client key, not a real one) instead of being answered 421.",
-)
-def test_gap_a_large_body_steps_around_the_confinement(
-    streaming_proxy: Proxy, fake: FakeProvider, tls_trap: Trap
-) -> None:
-    before = len(tls_trap.received)
-    result = curl(
-        streaming_proxy,
-        f"https://127.0.0.1:{tls_trap.port}/v1/messages",
-        "-H",
-        "Host: api.anthropic.com",
-        *ANTHROPIC_AUTH,
-        "-d",
-        BIG_MESSAGE,
-    )
-    reached = bytes(tls_trap.received[before:])
-    assert result.status == 421 and b"Host: api.anthropic.com" not in reached, (result.status, reached[:200])
+# Was a gap: reverse mode keeping the Host header let the client choose the upstream TLS server name.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=STREAMING_REASON
-    + "The client key goes upstream in place of the real one, the provider answers 401, "
-    "and sluice blames (and disables) the real credential it registered for the wire but never sent: any "
-    "holder of a client key switches every credential off with one large request.",
-)
-def test_gap_a_large_body_disables_the_real_credential(streaming_proxy: Proxy, fake: FakeProvider) -> None:
-    fake.accepted_credentials = {ANT_KEY}  # the provider knows only the real key, as the real one does
-    fake.next(times=2)
-    curl(streaming_proxy, "https://api.anthropic.com/v1/messages", *ANTHROPIC_AUTH, "-d", BIG_MESSAGE)
-    after = curl(streaming_proxy, "https://api.anthropic.com/v1/messages", *ANTHROPIC_AUTH, "-d", MESSAGE)
-    assert after.status == 200, (after.status, after.body)
-    assert keys_seen_by(fake)[-1] == ANT_KEY
-
-
-# GAP: reverse mode keeping the Host header lets the client choose the upstream TLS server name.
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="in reverse mode with keep_host_header=true mitmproxy does not set the upstream SNI from the spec "
-    "(modes.ReverseProxy) and uses the client's SNI instead (HttpLayer.get_connection / tlsconfig); "
-    "addons/confine.py upstream_server_name returns None for every reverse mode, so the request is not "
-    "refused: it goes to whichever server that SNI picks on the provider's address. The wire check "
-    "withholds the credential (no leak), but the call is sent, not answered 421.",
-)
-def test_gap_reverse_mode_keeping_host_lets_the_client_pick_the_tls_server_name(
+def test_reverse_mode_keeping_host_refuses_another_tls_server_name(
     start_proxy: ProxyFactory, fake: FakeProvider, plain_trap: Trap, tls_trap: Trap
 ) -> None:
     env = {**ENV, "SLUICE_TEST_HOSTS": hosts_env(fake, plain_trap, tls_trap)}
@@ -764,18 +689,10 @@ def test_gap_reverse_mode_keeping_host_lets_the_client_pick_the_tls_server_name(
     assert answer[0] == 421 and seen == [], (answer[0], seen)
 
 
-# GAP: the header policy follows the path, not where the request goes.
+# Was a gap: the header policy followed the path, not where the request goes.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="addons/headers.py _filter takes the provider from the metered call "
-    "(rules/endpoints.classify: the path suffix) before the destination: POST api.openai.com/v1/messages "
-    "gets Anthropic's allow-list, so anthropic-*, x-claude-* and x-app headers reach OpenAI (and openai-* "
-    "reach Anthropic the other way).",
-)
-def test_gap_the_path_picks_the_header_policy_on_a_credential_host(proxy: Proxy, fake: FakeProvider) -> None:
+def test_the_destination_not_the_path_picks_the_header_policy(proxy: Proxy, fake: FakeProvider) -> None:
     fake.next()
     result = curl(
         proxy,
@@ -795,19 +712,11 @@ def test_gap_the_path_picks_the_header_policy_on_a_credential_host(proxy: Proxy,
     assert (seen.header("anthropic-beta"), seen.header("x-claude-code-session-id")) == (None, None)
 
 
-# GAP: an echo in a compressed body is not scrubbed.
+# Was a gap: an echo in a compressed body was not scrubbed.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="addons/echo.py EchoScrub.response skips any body with a Content-Encoding other than "
-    "identity; the client chooses the encoding (Accept-Encoding is on the allow-list), so an upstream that "
-    "echoes the real key in a gzip error body hands it to the client and to the call's row (the `error` "
-    "column) verbatim.",
-)
 @pytest.mark.parametrize("encoding", ["gzip", "br", "zstd"])
-def test_gap_an_echo_in_a_compressed_body_reaches_the_client_and_the_database(
+def test_an_echo_in_a_compressed_error_body_is_scrubbed(
     start_proxy: ProxyFactory, fake: FakeProvider, encoding: str
 ) -> None:
     own = start_proxy(
@@ -832,7 +741,7 @@ def test_gap_an_echo_in_a_compressed_body_reaches_the_client_and_the_database(
     assert ANT_KEY.encode() not in codecs.decode(result.body, encoding)
 
 
-# GAP: HTTP/2 request trailers are not headers to the allow-list.
+# Was a gap: HTTP/2 request trailers were not headers to the allow-list.
 
 
 class H2Provider:
@@ -890,15 +799,7 @@ class H2Provider:
                 sock.sendall(conn.data_to_send())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="addons/headers.py filters `flow.request.headers` only; mitmproxy forwards HTTP/2 request "
-    "trailers (flow.request.trailers, sent after the request hook) to an HTTP/2 upstream as they came, so "
-    "any field the allow-list drops (cookie, x-forwarded-for, ...) crosses the proxy as a trailer. (To an "
-    "HTTP/1.1 upstream mitmproxy cannot send trailers at all: Http1Client raises on RequestTrailers.)",
-)
-def test_gap_h2_request_trailers_step_around_the_header_policy(
+def test_h2_request_trailers_do_not_step_around_the_header_policy(
     start_proxy: ProxyFactory, test_ca: CertAuthority
 ) -> None:
     provider = H2Provider(test_ca.leaf_cert, test_ca.leaf_key)
@@ -929,15 +830,7 @@ def test_gap_h2_request_trailers_step_around_the_header_policy(
         provider.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a credential the wire check withholds (addons/wire_headers.py) is still recorded as sent "
-    "(addons/credentials.py _swap fills `_sent` before anything is written), so the 401 the upstream gives "
-    "the credential-less request disables the real key in the pool: with reverse mode keeping Host, one "
-    "request with another TLS server name switches the credential off for every client.",
-)
-def test_gap_a_withheld_credential_is_blamed_for_the_answer(
+def test_a_request_with_another_tls_server_name_does_not_cost_the_credential(
     start_proxy: ProxyFactory, fake: FakeProvider, plain_trap: Trap, tls_trap: Trap
 ) -> None:
     env = {**ENV, "SLUICE_TEST_HOSTS": hosts_env(fake, plain_trap, tls_trap)}
