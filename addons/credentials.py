@@ -32,6 +32,7 @@ from addons.fields import with_headers
 from rules.config import ConfigError, OAuth, Upstream, resolve_secret
 from rules.destination import Destination, credential_refusal
 from rules.envelopes import error_body
+from rules.secrets import unusable_secret
 from rules.usage import read_response_body
 from state import db as sluice_db
 from state.credentials import (
@@ -321,6 +322,10 @@ def _post_refresh(config: OAuth, refresh_token: str, context: ssl.SSLContext) ->
     if not isinstance(access, str) or not access:
         raise OSError("token endpoint answer has no access_token")
     refresh = payload.get("refresh_token")
+    for name, token in (("access_token", access), ("refresh_token", refresh)):
+        # Written into request headers later: a token that would break one is never stored.
+        if isinstance(token, str) and token and (problem := unusable_secret(token)) is not None:
+            raise OSError(f"token endpoint answer's {name} cannot be used: {problem}")
     expires_in = payload.get("expires_in")
     return TokenResponse(
         access_token=access,

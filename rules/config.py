@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from rules.destination import normalize_host
+from rules.secrets import unusable_secret
 
 Provider = Literal["anthropic", "openai"]
 Ttl = Literal["5m", "1h"]
@@ -182,14 +183,41 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: {problems}") from None
 
 
+# Fields whose values are never secrets: a bad value there is echoed to help the operator. Everything else
+# (a credential field, a free-text field, a field that does not exist: `kye = "sk-..."` is a typo of `key`)
+# is named without its value.
+_ECHOED_FIELDS = frozenset(
+    {
+        "provider",
+        "port",
+        "period",
+        "usd",
+        "cache",
+        "token_format",
+        "cache_control_max",
+        "max_tokens_default",
+        "openai_include_usage",
+        "replace_defaults",
+        "strip_billing_header",
+        "idle_timeout_s",
+        "budget_without_usage",
+    }
+)
+
+
+_ECHOED_LENGTH = 20
+
+
 def _is_safe_to_echo(error: object) -> bool:
-    """Echo a bad value only when it cannot be a secret: never for fields that hold credentials."""
-    if not isinstance(error, dict):
+    """Echo a bad value only for a field known to hold no secret (an allow-list: fails closed)."""
+    if not isinstance(error, dict) or error.get("type") == "extra_forbidden":
         return False
-    location = [str(part) for part in error.get("loc", ())]
-    if any(part in {"key", "keys", "credentials"} for part in location):
+    location = [part for part in error.get("loc", ()) if isinstance(part, str)]
+    if not location or location[-1] not in _ECHOED_FIELDS:
         return False
-    return isinstance(error.get("input"), str | int | float | bool)
+    value = error.get("input")
+    # A long string is never echoed, in any field: a key pasted one line off is still a key.
+    return isinstance(value, int | float | bool) or (isinstance(value, str) and len(value) <= _ECHOED_LENGTH)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -205,8 +233,17 @@ def resolve_secret(reference: str, *, field: str, base_dir: Path | None = None) 
     """Resolve `env:NAME`, `file:PATH` or a literal to its value.
 
     Returns the value and whether it was given inline (the caller warns about inline secrets).
-    Raises `ConfigError` naming the field, never the value.
+    Raises `ConfigError` naming the field, never the value; a value that cannot be sent as a header
+    (rules/secrets.py) is refused too.
     """
+    value, inline = _resolve(reference, field=field, base_dir=base_dir)
+    problem = unusable_secret(value.get_secret_value())
+    if problem is not None and not field.endswith("oauth.credentials"):  # a JSON file: its tokens are checked
+        raise ConfigError(f"{field}: the secret cannot be used: {problem}")
+    return value, inline
+
+
+def _resolve(reference: str, *, field: str, base_dir: Path | None) -> tuple[SecretStr, bool]:
     if reference.startswith("env:"):
         name = reference[4:]
         value = os.environ.get(name)

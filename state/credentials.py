@@ -61,6 +61,7 @@ from typing import Literal
 
 import sqlite_utils
 
+from rules.secrets import unusable_secret
 from state.db import immediate
 
 log = logging.getLogger("sluice")
@@ -556,6 +557,8 @@ def parse_oauth_credentials(text: str) -> OAuthTokens:
     if not stripped.startswith(("{", "[", '"')):
         if any(char.isspace() for char in stripped):
             raise ValueError("the OAuth credentials are neither JSON nor a single token")
+        if (problem := unusable_secret(stripped)) is not None:
+            raise ValueError(f"the OAuth token cannot be used: {problem}")
         return OAuthTokens(access_token=stripped)
     try:
         data = json.loads(stripped)
@@ -578,6 +581,9 @@ def _tokens_from(
     refresh_token = data.get(refresh)
     if refresh_token is not None and not isinstance(refresh_token, str):
         raise ValueError(f"{prefix}{refresh} must be a string")
+    for name, token in ((access, access_token), (refresh, refresh_token)):
+        if token and (problem := unusable_secret(token.strip())) is not None:
+            raise ValueError(f"{prefix}{name} cannot be used: {problem}")
     expires_at = data.get(expires)
     if expires_at is not None and (
         isinstance(expires_at, bool)

@@ -134,3 +134,44 @@ def test_an_upstream_port_is_given_once_and_valid(text: str, message: str) -> No
 def test_bad_unknown_model_prices_are_refused(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(text, "sluice.toml")
+
+
+SECRET = "sk-ant-api03-SECRET-IN-A-TYPO-7f3e"
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (f"[[clients]]\nname = 'a'\nkye = '{SECRET}'\nkey = 'env:K'\n", "clients[0].kye"),
+        (f"[[upstreams]]\nhost = 'h'\nprovider = 'openai'\nkeyz = ['{SECRET}']\n", "upstreams[0].keyz"),
+        (f"api_key = '{SECRET}'\n", "api_key"),
+        (f"[[clients]]\nname = 'a'\nkey = ['{SECRET}']\n", "clients[0].key"),
+        (f"[[clients]]\nname = 'a'\nkey = 'k'\nuser_id = ['{SECRET}']\n", "clients[0].user_id"),
+        (f"[rules]\nmodel_aliases = {{ fast = ['{SECRET}'] }}\n", "rules.model_aliases.fast"),
+        (f"[[rules.system_blocks]]\nname = 'n'\ntext = 't'\ncache = '{SECRET}'\nx = 1\n", "x"),
+        (f"[[upstreams]]\nhost = 'h'\nprovider = 'openai'\noauth = {{ tokn = '{SECRET}' }}\n", "tokn"),
+    ],
+)
+def test_no_error_echoes_a_value_that_may_be_a_secret(text: str, field: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "sluice.toml")
+    assert field in str(e.value)
+    assert SECRET not in str(e.value)
+
+
+def test_values_of_fields_that_hold_no_secret_are_echoed() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config("[[upstreams]]\nhost = 'h'\nprovider = 'google'\n", "sluice.toml")
+    assert "(got 'google')" in str(e.value)
+
+
+@pytest.mark.parametrize("reference", ["env:SLUICE_TEST_CRLF_KEY", "file:key.txt", "sk-ant\r\nX-Evil: 1"])
+def test_a_secret_that_would_break_a_header_is_refused_naming_the_field(
+    reference: str, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("SLUICE_TEST_CRLF_KEY", "sk-ant\r\nX-Evil: 1")
+    (tmp_path / "key.txt").write_text("sk-ant\x00evil\n")
+    with pytest.raises(ConfigError) as e:
+        resolve_secret(reference, field="upstreams[0].keys[0]", base_dir=tmp_path)
+    assert str(e.value).startswith("upstreams[0].keys[0]: the secret cannot be used: it contains")
+    assert "X-Evil" not in str(e.value) and "evil" not in str(e.value)

@@ -618,3 +618,26 @@ def test_two_processes_refresh_an_expired_token_exactly_once(tmp_path):
 
     assert outcomes == [["access-2"] * 25, ["access-2"] * 25]
     assert len(log_path.read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("sk-ant-oat01-abc\x07def", "the OAuth token cannot be used: it contains a control character"),
+        (
+            '{"claudeAiOauth": {"accessToken": "sk-ant-oat01-a\\r\\nX-Evil: 1", "refreshToken": "r"}}',
+            "claudeAiOauth.accessToken cannot be used: it contains a line break",
+        ),
+        (
+            '{"access_token": "a", "refresh_token": "sk-ant-ort01-\\nGET / HTTP/1.1"}',
+            "refresh_token cannot be used: it contains a line break",
+        ),
+    ],
+)
+def test_oauth_tokens_that_would_break_a_header_are_refused_without_quoting_them(
+    text: str, reason: str
+) -> None:
+    with pytest.raises(ValueError) as e:
+        parse_oauth_credentials(text)
+    assert reason in str(e.value)
+    assert "Evil" not in str(e.value) and "GET" not in str(e.value)
