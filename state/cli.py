@@ -13,6 +13,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import select
 import sqlite3
 import sys
@@ -208,7 +209,7 @@ def _write_usage_csv(usage: report.UsageReport) -> None:
     spans = ["first_call_at", "last_call_at"] if set(usage.group_by) & set(report.SPAN_DIMENSIONS) else []
     writer.writerow([*usage.group_by, *spans, *report.USAGE_COLUMNS])
     for row in usage.rows:
-        writer.writerow(["" if value is None else value for value in row.to_dict().values()])
+        writer.writerow(["" if value is None else csv_cell(value) for value in row.to_dict().values()])
 
 
 def _no_usage_message(path: str, usage: report.UsageReport, calls_in_database: int) -> str:
@@ -235,10 +236,13 @@ def _usage_table(usage: report.UsageReport) -> Table:
     table.add_column("Unpriced", justify="right", no_wrap=True)
     table.add_column("Errors", justify="right", no_wrap=True)
     for index, row in enumerate(usage.rows):
-        keys = [Text("(none)", style="dim") if value is None else Text(value) for value in row.group.values()]
+        keys = [
+            Text("(none)", style="dim") if value is None else Text(printable(value))
+            for value in row.group.values()
+        ]
         if spans:
             keys += [Text(_stored_time_text(row.first_call_at)), Text(_stored_time_text(row.last_call_at))]
-        table.add_row(*keys, *_usage_cells(row), end_section=index == len(usage.rows) - 1)
+        _add_row(table, *keys, *_usage_cells(row), end_section=index == len(usage.rows) - 1)
     blanks = [Text("")] * (len(usage.group_by) - 1 + (2 if spans else 0))
     table.add_row(Text("Total"), *blanks, *_usage_cells(usage.total), style="bold")
     return table
@@ -331,7 +335,7 @@ def run_quota(args: argparse.Namespace) -> int:
     if args.format == "json":
         _write_json([quota.to_dict() for quota in quotas])
     elif args.format == "statusline":
-        print(quota_statusline(quotas, now))
+        print(printable(quota_statusline(quotas, now)))
     elif not quotas:
         scope = " matching" if args.host is not None or args.credential is not None else ""
         print(f"No{scope} rate-limit headers recorded in {args.db} yet.")
@@ -382,8 +386,8 @@ def quota_statusline(quotas: Sequence[report.CredentialQuota], now: datetime) ->
 def _quota_table(quota: report.CredentialQuota, now: datetime) -> Table:
     summary = quota.summary
     title = Text()
-    title.append(quota.host, style="bold")
-    title.append(f" · {quota.credential or '(no credential)'}")
+    title.append(printable(quota.host), style="bold")
+    title.append(f" · {printable(quota.credential or '(no credential)')}")
     title.append(f" · seen {_ago(summary.observed_at, now)} ({_utc_text(summary.observed_at, now)})", "dim")
     table = Table(title=title, title_justify="left", show_edge=False)
     table.add_column("limit", no_wrap=True)
@@ -392,7 +396,7 @@ def _quota_table(quota: report.CredentialQuota, now: datetime) -> Table:
     for name, state, reset_at, seen in _quota_lines(summary):
         if seen < summary.observed_at - timedelta(seconds=1):
             state.append(f" (seen {_ago(seen, now)})", style="dim")
-        table.add_row(Text(name), state, Text(_reset_text(reset_at, now)))
+        _add_row(table, Text(name), state, Text(_reset_text(reset_at, now)))
     return table
 
 
@@ -495,7 +499,7 @@ def run_credentials(args: argparse.Namespace) -> int:
             for state in reset:
                 if state.kind == "oauth" and store is not None:
                     store.clear_failure(host)
-                print(f"{host} {state.label}: active again")
+                print(printable(f"{host} {state.label}: active again"))
             return 0
         states = pool.states()
         oauth = {host: store.status(host) for host in {s.host for s in states}} if store else {}
@@ -534,7 +538,8 @@ def run_credentials(args: argparse.Namespace) -> int:
         status = oauth.get(state.host) if state.kind == "oauth" else None
         until = datetime.fromtimestamp(state.cooling_until, UTC) if state.cooling_until else None
         expires = datetime.fromtimestamp(status.expires_at, UTC) if status and status.expires_at else None
-        table.add_row(
+        _add_row(
+            table,
             state.host,
             state.label + ("" if state.position is not None else " (no longer configured)"),
             state.state,
@@ -587,7 +592,8 @@ def run_clients(args: argparse.Namespace) -> int:
         left = max(0.0, budget.limit_usd - budget.spent_usd - budget.reserved_usd)
         scope = "total" if budget.period == "total" else f"/{budget.period}"
         resets = budget.resets_at
-        table.add_row(
+        _add_row(
+            table,
             budget.client,
             f"${budget.limit_usd:,.2f} {scope}",
             f"${budget.spent_usd:,.4f}",
@@ -613,6 +619,41 @@ SUBCOMMANDS: tuple[Callable[[Subparsers, argparse.ArgumentParser], None], ...] =
 def _console() -> Console:
     # Bound to the current sys.stdout at call time, so redirections (and pytest's capsys) see the output.
     return Console(file=sys.stdout, highlight=False)
+
+
+# What a terminal acts on instead of showing: C0 and C1 controls (ESC starts a sequence that can move the
+# cursor, rewrite the screen or the window title, or in some terminals more), DEL, and the Unicode
+# direction marks that reorder what is shown (the "Trojan Source" characters). Recorded values — model
+# names, client names, paths, header values — come from clients and upstreams, so each is shown escaped.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# OWASP's CSV injection advice: a cell a spreadsheet would read as a formula starts with a quote instead.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def printable(text: str) -> str:
+    """`text` with every character a terminal would act on written out as an escape (`\\x1b`)."""
+    return _UNPRINTABLE.sub(lambda match: ascii(match.group())[1:-1], text)
+
+
+def csv_cell(value: object) -> object:
+    """A value as a CSV cell: text escaped as for the terminal, and never read as a formula."""
+    if not isinstance(value, str):
+        return value
+    text = printable(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _add_row(table: Table, *cells: str | Text, **options: Any) -> None:
+    """`table.add_row` for cells that may hold recorded values: plain text (never Rich markup: a client
+    name such as `[link=...]` is shown as written), with unprintable characters escaped."""
+    table.add_row(*(_cell(cell) for cell in cells), **options)
+
+
+def _cell(cell: str | Text) -> Text:
+    if isinstance(cell, str):
+        return Text(printable(cell))
+    safe = printable(cell.plain)
+    return cell if safe == cell.plain else Text(safe, style=cell.style)
 
 
 def _print_table(console: Console, table: Table) -> None:

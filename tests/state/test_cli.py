@@ -622,3 +622,42 @@ def test_statusline_ignores_what_claude_code_pipes_in(db_path: Path) -> None:
             check=False,
         )
         assert (done.returncode, done.stdout, done.stderr) == (0, "no rate limits seen\n", "")
+
+
+HOSTILE = "claude\x1b]0;owned\x07\x1b[2J\u202eevil\r[bold red]x[/]"
+
+
+def test_recorded_values_cannot_drive_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "sluice.db"
+    state_db.connect(path)["calls"].insert(_call("h", NOW, model=HOSTILE, client="=cmd|' /C calc'!A0"))
+    assert main(["usage", "--db", str(path), "--by", "model,client"]) == 0
+    table = capsys.readouterr().out
+    assert "\x1b" not in table and "\x07" not in table and "\u202e" not in table and "\r" not in table
+    assert (
+        "claude\\x1b]0;owned\\x07\\x1b[2J\\u202eevil\\r[bold red]x[/]" in table
+    )  # shown, escaped, no markup
+    assert main(["usage", "--db", str(path), "--by", "model,client", "--csv"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[1].startswith("claude\\x1b]0;owned\\x07")
+    assert ",'=cmd|' /C calc'!A0," in rows[1]  # never read as a formula
+    assert main(["usage", "--db", str(path), "--by", "model", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["model"] == HOSTILE  # JSON stays exact
+
+
+def test_credential_reasons_and_rate_limit_values_are_shown_escaped(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from state.credentials import CredentialEntry, CredentialPool
+
+    pool = CredentialPool(state_db.connect(db_path))
+    pool.sync_config("api.anthropic.com", [CredentialEntry("keys[0] env:K1", "sha256:aaaa", "key")])
+    pool.report("api.anthropic.com", "sha256:aaaa", 401, {}, "invalid \x1b[31mkey\x1b[0m")
+    assert main(["credentials", "--db", str(db_path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "invalid \\x1b[31mkey" in out
+    _rate_limits(db_path, "key-9", {"x-ratelimit-limit-requests\x1b[2J": "5\x1b]0;t\x07"}, NOW)
+    assert main(["quota", "--db", str(db_path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
