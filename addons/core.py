@@ -120,7 +120,7 @@ class SluiceCore:
         if self.writer is not None:
             self.writer.close()
         self._db_path = path
-        self.writer = RecordWriter(lambda: sluice_db.connect(path))
+        self.writer = RecordWriter(lambda: sluice_db.connect(path), path=path)
         self.writer.start()
 
     def upstream_for(self, host: str) -> Upstream | None:

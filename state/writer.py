@@ -9,11 +9,17 @@ small transactions when one of thousands of records would never fit. Not smaller
 transaction rewrites whole pages of the table and its indexes, so one record per transaction would take
 several times its own size in the WAL. Rows are keyed by the call id and inserted with `insert or ignore`,
 so a retried batch never duplicates a row.
+
+Given the database's `path`, the writer checks before each transaction that the file it has open is still
+the file at that path: a database deleted (or replaced) under a running proxy would otherwise swallow every
+later row into an unlinked file. It says so loudly and creates the database anew at the path, leaving the
+deleted file's journal files behind it, so the rows go where reports and datasette look.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -92,8 +98,11 @@ class RecordWriter:
         buffer_limit: int = 100_000,
         retry_initial_s: float = 0.2,
         retry_max_s: float = 5.0,
+        path: str | os.PathLike[str] | None = None,
     ) -> None:
         self._open_db = open_db
+        self._path = path
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file the writer has open
         self._batch_max = batch_max
         self._batch_size = batch_max  # shrinks while the database refuses, grows back as it accepts
         self._buffer_limit = buffer_limit
@@ -157,8 +166,11 @@ class RecordWriter:
             if not self._pending:
                 continue
             try:
+                if db is not None and self._replaced():
+                    db.conn.close()
+                    db = None
                 if db is None:
-                    db = self._open_db()
+                    db = self._open()
                 self._write(db)
                 delay = self._retry_initial_s
                 self._batch_size = min(self._batch_max, self._batch_size * 2)
@@ -184,6 +196,29 @@ class RecordWriter:
                 time.sleep(delay)
                 delay = min(delay * 2, self._retry_max_s)
                 db = None  # reopen: the file may have been replaced, or the handle be in a bad state
+
+    def _open(self) -> sqlite_utils.Database:
+        db = self._open_db()
+        self._file = _identity(self._path) if self._path is not None else None
+        return db
+
+    def _replaced(self) -> bool:
+        """True when the path no longer names the file the writer has open (deleted, or replaced)."""
+        if self._path is None or self._file is None:
+            return False
+        if _identity(self._path) == self._file:
+            return False
+        log.error(
+            "sluice: the database %s was deleted or replaced while sluice had it open; creating it again "
+            "(rows written since are in the new file; restart sluice so the credential pool and budgets "
+            "use it too)",
+            os.fspath(self._path),
+        )
+        for suffix in ("-wal", "-shm"):  # the deleted database's journal: never replayed into the new one
+            journal = f"{os.fspath(self._path)}{suffix}"
+            if _identity(os.fspath(self._path)) is None and os.path.exists(journal):
+                os.unlink(journal)
+        return True
 
     def _accept(self, item: CallRecord | object) -> bool:
         """Take one queued item; True when it is the stop signal."""
@@ -282,6 +317,14 @@ class RecordWriter:
 
 
 _INT64 = 2**63
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (stat.st_dev, stat.st_ino)
 
 
 def _cell(value: Any) -> Any:

@@ -266,3 +266,26 @@ def test_kill_9_mid_load_loses_at_most_the_last_moment(
     assert wait_until(lambda: len(read_rows(again.db_path)) == len(rows) + 1, timeout=10)
     again.stop()
     assert_no_tracebacks(again)
+
+
+# The database file deleted under a running proxy.
+
+
+def test_a_database_deleted_under_the_proxy_is_created_again_loudly(
+    fake: FakeProvider, start_proxy: StartProxy
+) -> None:
+    proxy = start_proxy()
+    assert proxy.db_path is not None
+    with anthropic_client(proxy) as client:
+        client.messages.create(**MESSAGE)
+        proxy.wait_for_rows(1)
+        for path in proxy.db_path.parent.glob(proxy.db_path.name + "*"):
+            path.unlink()
+        fake.next(usage=USAGE)
+        client.messages.create(**MESSAGE)
+    proxy.wait_for_log("was deleted or replaced while sluice had it open; creating it again", timeout=10)
+    assert wait_until(lambda: proxy.db_path.exists() and len(read_rows(proxy.db_path)) == 1, timeout=10)
+    [row] = read_rows(proxy.db_path)
+    assert row["input_tokens"] == USAGE.input_tokens
+    proxy.stop()
+    assert_no_tracebacks(proxy)

@@ -239,3 +239,23 @@ def test_a_nearly_full_disk_still_takes_smaller_transactions(db_path):
     # 1500 refused, then a quarter each time until one fits; after each success the size doubles again.
     assert conn.tried[:4] == [1500, 500, 125, 250]
     assert max(conn.tried[1:]) <= 500
+
+
+@pytest.mark.parametrize("journal_too", [False, True])
+def test_a_database_deleted_while_open_is_created_again(db_path, caplog, journal_too):
+    writer = RecordWriter(lambda: sluice_db.connect(db_path), path=db_path)
+    writer.start()
+    writer.put(_record(1))
+    assert writer.flush(timeout=5)
+    db_path.unlink()
+    if journal_too:
+        for suffix in ("-wal", "-shm"):
+            db_path.with_name(db_path.name + suffix).unlink(missing_ok=True)
+    with caplog.at_level("ERROR", logger="sluice"):
+        second = _record(2)
+        writer.put(second)
+        assert writer.flush(timeout=5)
+    writer.close()
+    with sqlite3.connect(db_path) as conn:
+        assert [row[0] for row in conn.execute("select id from calls")] == [second.row["id"]]
+    assert f"the database {db_path} was deleted or replaced while sluice had it open" in caplog.text
