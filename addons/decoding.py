@@ -276,13 +276,14 @@ class Decoded:
 
 
 def decode_body(raw: bytes, content_encoding: str | None, limit: int | None = None) -> Decoded:
-    """A buffered body decoded with the cap; never raises on what the body holds."""
+    """A buffered body decoded with the cap (a body without a coding is held to it too: parsing it would
+    cost several times its size); never raises on what the body holds."""
     try:
         decoder = make_decoder(content_encoding or "", limit)
     except ValueError as e:
         return Decoded(None, str(e))
     if decoder.identity:
-        return Decoded(raw)
+        return Decoded(raw) if len(raw) <= decoder.limit else Decoded(None, str(OverLimit(decoder.limit)))
     decoder.feed(raw)
     out = bytearray()
     try:

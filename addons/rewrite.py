@@ -11,6 +11,7 @@ import asyncio
 from mitmproxy import http
 
 from addons.core import SluiceCore, destination
+from addons.decoding import decode_max
 from addons.fields import with_headers
 from addons.meter import call_for
 from rules.rewrite import MemberMemo, RuleContext, apply_request_rules, should_strip_billing_block
@@ -36,6 +37,10 @@ class Rewrite:
         host = destination(flow).host
         upstream = self.core.upstream_for(host)
         raw = flow.request.raw_content or b""
+        if len(raw) > decode_max():
+            # Parsed, a JSON body takes several times its size in memory: past the cap it goes as it came
+            # (the meter, held to the same cap, says so on the row).
+            return
         context = RuleContext(
             provider=call.provider,
             api=call.api,

@@ -122,10 +122,12 @@ def test_unknown_coding_is_a_reason():
     assert decode_body(b"abc", "compress").reason == "unsupported content-encoding 'compress'"
 
 
-def test_identity_passes_through_uncounted():
-    body = b"x" * (CAP + 10)
+def test_a_body_without_a_coding_is_held_to_the_cap_too():
+    body = b"x" * CAP
     assert decode_body(body, "identity", limit=CAP).body == body
     assert decode_body(body, None, limit=CAP).body == body
+    over = decode_body(body + b"x", None, limit=CAP)
+    assert (over.body, over.reason) == (None, f"decoded body over {CAP} bytes")
 
 
 def test_the_process_wide_cap_is_the_default():

@@ -213,3 +213,26 @@ def test_a_request_nested_100000_deep_is_forwarded_untouched_with_the_credential
     assert "note:body nests too deeply" in _notes(row)
     assert not any(note.startswith("note:part failed") for note in _notes(row))
     assert row["client"] == "mallory" and row["input_tokens"] == 3
+
+
+def test_a_plain_body_over_the_cap_goes_upstream_as_it_came_unread(
+    start_proxy: ProxyFactory, fake: FakeProvider
+) -> None:
+    # Parsed, JSON takes several times its size: a body past the cap is not parsed, compressed or not.
+    policy = CONFIG + '[[rules.system_blocks]]\nname = "policy"\ntext = "Never print secrets."\n'
+    own = start_proxy(config_toml=policy, env=ENV, extra_args=["--set", "sluice_decode_max=4096"])
+    fake.next(body=MESSAGE)
+    body = json.dumps(
+        {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": "x" * 8000}],
+        }
+    )
+    result = curl(own, "-X", "POST", URL, *_headers(), "--data-binary", body, timeout=TIMEOUT)
+    assert result.status == 200, result
+    [sent] = fake.requests
+    assert sent.body == body.encode()  # untouched: the configured system block was not injected
+    assert sent.header("x-api-key") == REAL_KEY
+    [row] = own.wait_for_rows(1)
+    assert "note:request body not read: decoded body over 4096 bytes" in _notes(row)
