@@ -4,7 +4,12 @@ Every test here is an attack: a client holding a client key, or holding none, tr
 real credential somewhere else, skip a check, spend past a budget, or exhaust the proxy.
 """
 
+from collections.abc import Iterator
+
+import pytest
+
 from tests.e2e.conftest import (  # re-exported: pytest finds fixtures by name in this module
+    ProxyFactory,
     fake,
     fake_server,
     module_start_proxy,
@@ -13,6 +18,10 @@ from tests.e2e.conftest import (  # re-exported: pytest finds fixtures by name i
     start_proxy,
     test_ca,
 )
+from tests.e2e.harness import CertAuthority, Proxy
+from tests.fake_provider import FakeProvider
+from tests.hostile.support import CONFIG, ENV, REAL_KEYS, hosts_env
+from tests.hostile.traps import Trap
 
 __all__ = [
     "fake",
@@ -23,3 +32,35 @@ __all__ = [
     "start_proxy",
     "test_ca",
 ]
+
+
+# Traps where an attacker would point sluice, and a proxy whose credential hosts' wrong ports lead to them.
+
+
+@pytest.fixture(scope="module")
+def plain_trap() -> Iterator[Trap]:
+    with Trap() as trap:
+        yield trap
+
+
+@pytest.fixture(scope="module")
+def tls_trap(test_ca: CertAuthority) -> Iterator[Trap]:
+    with Trap(certfile=test_ca.leaf_cert, keyfile=test_ca.leaf_key) as trap:
+        yield trap
+
+
+@pytest.fixture(scope="module")
+def proxy(
+    module_start_proxy: ProxyFactory, fake_server: FakeProvider, plain_trap: Trap, tls_trap: Trap
+) -> Proxy:
+    env = {**ENV, "SLUICE_TEST_HOSTS": hosts_env(fake_server, plain_trap, tls_trap)}
+    return module_start_proxy(config_toml=CONFIG, env=env)
+
+
+@pytest.fixture(autouse=True)
+def no_real_key_anywhere(plain_trap: Trap, tls_trap: Trap) -> Iterator[None]:
+    """After every test: no trap ever received any real key, from any test so far."""
+    yield
+    for trap in (plain_trap, tls_trap):
+        for key in REAL_KEYS:
+            assert not trap.holds(key), f"a real key reached the {'TLS' if trap.tls else 'plain'} trap"

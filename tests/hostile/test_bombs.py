@@ -108,6 +108,7 @@ def baseline(proxy: Proxy, fake_server: FakeProvider) -> int:
     fake_server.next(body=MESSAGE)
     result = curl(proxy, "-X", "POST", URL, *_headers(), "--data-binary", _small_request(), timeout=TIMEOUT)
     assert result.status == 200, result
+    proxy.wait_for_rows(1)  # written: the tests count rows from here
     fake_server.reset()
     return peak_rss(proxy)
 

@@ -10,130 +10,37 @@ requests that go where they say.
 
 from __future__ import annotations
 
-import json
 import socket
 import ssl
-from collections.abc import Iterator
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import ProxyFactory
-from tests.e2e.harness import CertAuthority, Proxy, curl
+from tests.e2e.harness import Proxy, curl
 from tests.fake_provider import FakeProvider
+from tests.hostile.support import (
+    ANT_KEY,
+    ANTHROPIC_AUTH,
+    CHAT,
+    CLIENT_KEY,
+    CONFIG,
+    ENV,
+    GW_KEY,
+    MESSAGE,
+    OAI_KEY,
+    OPENAI_AUTH,
+    REAL_KEYS,
+    assert_fake_saw_nothing,
+    assert_keys_went_only_where_they_belong,
+    assert_refused,
+    hosts_env,
+)
 from tests.hostile.traps import Trap, Tunnel
 
 pytestmark = pytest.mark.e2e
-
-CLIENT_KEY = "sluice-client-mallory-47c1e0b9d2"
-ANT_KEY = "sk-ant-api03-REAL-HOSTILE-SUITE-ANT-8e2f4c6a1b3d"
-OAI_KEY = "sk-proj-REAL-HOSTILE-SUITE-OAI-5b7d9f1e3a2c"
-GW_KEY = "gw-REAL-HOSTILE-SUITE-GATEWAY-0c9e8d7f6a5b"
-REAL_KEYS = (ANT_KEY, OAI_KEY, GW_KEY)
-ENV = {
-    "SLUICE_HOSTILE_CLIENT": CLIENT_KEY,
-    "SLUICE_HOSTILE_ANT": ANT_KEY,
-    "SLUICE_HOSTILE_OAI": OAI_KEY,
-    "SLUICE_HOSTILE_GW": GW_KEY,
-}
-CONFIG = """
-[[clients]]
-name = "mallory"
-key = "env:SLUICE_HOSTILE_CLIENT"
-
-[[upstreams]]
-host = "api.anthropic.com"
-provider = "anthropic"
-keys = ["env:SLUICE_HOSTILE_ANT"]
-
-[[upstreams]]
-host = "api.openai.com"
-provider = "openai"
-keys = ["env:SLUICE_HOSTILE_OAI"]
-
-[[upstreams]]
-host = "gateway.sluice.test:8443"
-provider = "openai"
-keys = ["env:SLUICE_HOSTILE_GW"]
-"""
-MESSAGE = json.dumps(
-    {"model": "claude-haiku-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
-)
-CHAT = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
-ANTHROPIC_AUTH = ("-H", f"x-api-key: {CLIENT_KEY}", "-H", "anthropic-version: 2023-06-01")
-OPENAI_AUTH = ("-H", f"authorization: Bearer {CLIENT_KEY}")
-
-
-@pytest.fixture(scope="module")
-def plain_trap() -> Iterator[Trap]:
-    with Trap() as trap:
-        yield trap
-
-
-@pytest.fixture(scope="module")
-def tls_trap(test_ca: CertAuthority) -> Iterator[Trap]:
-    with Trap(certfile=test_ca.leaf_cert, keyfile=test_ca.leaf_key) as trap:
-        yield trap
-
-
-def hosts_env(fake: FakeProvider, plain_trap: Trap, tls_trap: Trap) -> str:
-    """The provider names resolve to the fake; their wrong ports, to the traps."""
-    return ",".join(
-        [
-            fake.hosts_env(),
-            f"api.anthropic.com:80=127.0.0.1:{plain_trap.port}",
-            f"api.openai.com:80=127.0.0.1:{plain_trap.port}",
-            f"api.anthropic.com:8443=127.0.0.1:{tls_trap.port}",
-            f"gateway.sluice.test:443=127.0.0.1:{tls_trap.port}",
-        ]
-    )
-
-
-@pytest.fixture(scope="module")
-def proxy(
-    module_start_proxy: ProxyFactory, fake_server: FakeProvider, plain_trap: Trap, tls_trap: Trap
-) -> Proxy:
-    env = {**ENV, "SLUICE_TEST_HOSTS": hosts_env(fake_server, plain_trap, tls_trap)}
-    return module_start_proxy(config_toml=CONFIG, env=env)
-
-
-@pytest.fixture(autouse=True)
-def no_real_key_anywhere(plain_trap: Trap, tls_trap: Trap) -> Iterator[None]:
-    """After every test: no trap ever received any real key, from any test so far."""
-    yield
-    for trap in (plain_trap, tls_trap):
-        for key in REAL_KEYS:
-            assert not trap.holds(key), f"a real key reached the {'TLS' if trap.tls else 'plain'} trap"
-
-
-def assert_refused(result: object, status: int, provider: str, *words: str) -> None:
-    got_status, _headers, body = result  # type: ignore[misc]
-    assert got_status == status, (got_status, body)
-    error = json.loads(body)
-    if provider == "anthropic":
-        assert error["type"] == "error" and error["error"]["type"]
-        message = error["error"]["message"]
-    else:
-        message = error["error"]["message"]
-    assert message.startswith("sluice: ")
-    for word in words:
-        assert word in message
-
-
-def assert_fake_saw_nothing(fake: FakeProvider) -> None:
-    assert fake.requests == [], [(r.sni, r.header("host"), r.path) for r in fake.requests]
-
-
-def assert_keys_went_only_where_they_belong(fake: FakeProvider) -> None:
-    """Every real key the fake received came over TLS, named the key's own host, with that SNI."""
-    owners = {ANT_KEY: "api.anthropic.com", OAI_KEY: "api.openai.com", GW_KEY: "gateway.sluice.test"}
-    for request in fake.requests:
-        raw = json.dumps(request.headers) + request.body.decode("latin-1")
-        for key, host in owners.items():
-            if key in raw:
-                assert request.tls and request.sni == host, (request.sni, request.headers)
-                assert (request.header("host") or "").split(":")[0].lower().rstrip(".") == host
-
 
 # The Host header names a credential host; the connection goes to the attacker.
 
@@ -401,17 +308,24 @@ def test_a_trailing_dot_does_not_step_around_the_gate(proxy: Proxy, fake: FakePr
 def test_refusals_are_recorded_where_the_request_really_went(
     proxy: Proxy, fake: FakeProvider, tls_trap: Trap
 ) -> None:
-    since = len(proxy.rows())
+    marker = f"refusal-{uuid.uuid4()}"  # the module's other calls' rows may still be on their way
     curl(
         proxy,
         f"https://127.0.0.1:{tls_trap.port}/v1/messages",
         "-H",
         "Host: api.anthropic.com",
+        "-H",
+        f"x-claude-code-session-id: {marker}",
         *ANTHROPIC_AUTH,
         "-d",
         MESSAGE,
     )
-    [row] = proxy.wait_for_rows(1, since=since)
+    deadline = time.monotonic() + 10
+    while (
+        not (found := [r for r in proxy.rows() if r["session_id"] == marker]) and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    [row] = found
     assert row["host"] == f"127.0.0.1:{tls_trap.port}"
     assert row["status"] == 421
     assert "refused: the request names api.anthropic.com" in row["rules_applied"]

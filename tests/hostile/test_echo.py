@@ -12,7 +12,7 @@ from state.credentials import fingerprint
 from tests.e2e.conftest import ProxyFactory
 from tests.e2e.harness import curl
 from tests.fake_provider import FakeProvider
-from tests.hostile.test_confinement import ANT_KEY, ANTHROPIC_AUTH, CONFIG, ENV, MESSAGE, REAL_KEYS
+from tests.hostile.support import ANT_KEY, ANTHROPIC_AUTH, CONFIG, ENV, MESSAGE, REAL_KEYS
 
 pytestmark = pytest.mark.e2e
 

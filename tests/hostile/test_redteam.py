@@ -20,7 +20,6 @@ import http.client
 import json
 import socket
 import ssl
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -33,7 +32,7 @@ from mitmproxy.net import encoding as codecs
 from tests.e2e.conftest import ProxyFactory
 from tests.e2e.harness import CertAuthority, Proxy, curl, start_up_failure
 from tests.fake_provider import FakeProvider
-from tests.hostile.test_confinement import (
+from tests.hostile.support import (
     ANT_KEY,
     ANTHROPIC_AUTH,
     CLIENT_KEY,
@@ -47,44 +46,12 @@ from tests.hostile.test_confinement import (
     assert_refused,
     hosts_env,
 )
-from tests.hostile.traps import Trap, Tunnel
+from tests.hostile.traps import LoopbackServer, Trap, Tunnel
 
 pytestmark = pytest.mark.e2e
 
 Answer = tuple[int, list[tuple[str, str]], bytes]
 TIMEOUT = 10.0
-
-
-# The confinement suite's traps and proxy (same config, same host mapping), for this module.
-
-
-@pytest.fixture(scope="module")
-def plain_trap() -> Iterator[Trap]:
-    with Trap() as trap:
-        yield trap
-
-
-@pytest.fixture(scope="module")
-def tls_trap(test_ca: CertAuthority) -> Iterator[Trap]:
-    with Trap(certfile=test_ca.leaf_cert, keyfile=test_ca.leaf_key) as trap:
-        yield trap
-
-
-@pytest.fixture(scope="module")
-def proxy(
-    module_start_proxy: ProxyFactory, fake_server: FakeProvider, plain_trap: Trap, tls_trap: Trap
-) -> Proxy:
-    env = {**ENV, "SLUICE_TEST_HOSTS": hosts_env(fake_server, plain_trap, tls_trap)}
-    return module_start_proxy(config_toml=CONFIG, env=env)
-
-
-@pytest.fixture(autouse=True)
-def no_real_key_anywhere(plain_trap: Trap, tls_trap: Trap) -> Iterator[None]:
-    """After every test: no trap ever received any real key, from any test so far."""
-    yield
-    for trap in (plain_trap, tls_trap):
-        for key in REAL_KEYS:
-            assert not trap.holds(key), f"a real key reached the {'TLS' if trap.tls else 'plain'} trap"
 
 
 # Clients that write exactly what they are given.
@@ -744,29 +711,16 @@ def test_an_echo_in_a_compressed_error_body_is_scrubbed(
 # Was a gap: HTTP/2 request trailers were not headers to the allow-list.
 
 
-class H2Provider:
+class H2Provider(LoopbackServer):
     """A TLS HTTP/2-only stand-in for the provider (the real APIs speak HTTP/2): keeps each stream's header
     and trailer fields, answers 200 with a small JSON body."""
 
     def __init__(self, certfile: Any, keyfile: Any) -> None:
+        super().__init__()
         self.streams: dict[int, dict[str, list[tuple[str, str]]]] = {}
         self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._context.load_cert_chain(str(certfile), str(keyfile))
         self._context.set_alpn_protocols(["h2"])
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, raw: socket.socket) -> None:
         raw.settimeout(TIMEOUT)
@@ -802,8 +756,7 @@ class H2Provider:
 def test_h2_request_trailers_do_not_step_around_the_header_policy(
     start_proxy: ProxyFactory, test_ca: CertAuthority
 ) -> None:
-    provider = H2Provider(test_ca.leaf_cert, test_ca.leaf_key)
-    try:
+    with H2Provider(test_ca.leaf_cert, test_ca.leaf_key) as provider:
         own = start_proxy(
             config_toml=CONFIG,
             env={**ENV, "SLUICE_TEST_HOSTS": f"api.anthropic.com=127.0.0.1:{provider.port}"},
@@ -826,8 +779,6 @@ def test_h2_request_trailers_do_not_step_around_the_header_policy(
         assert ("x-api-key", ANT_KEY) in seen["headers"]  # the honest part: the credential went, over h2
         names = {name for name, _ in seen["headers"] + seen["trailers"]}
         assert not names & {"cookie", "x-forwarded-for"}, seen["trailers"]
-    finally:
-        provider.close()
 
 
 def test_a_request_with_another_tls_server_name_does_not_cost_the_credential(
