@@ -57,6 +57,20 @@ def proxy(
     return module_start_proxy(config_toml=CONFIG, env=env)
 
 
+@pytest.fixture
+def reverse_keeping_host(
+    start_proxy: ProxyFactory, fake_server: FakeProvider, plain_trap: Trap, tls_trap: Trap
+) -> Proxy:
+    """The same proxy in reverse mode to api.anthropic.com, keeping the client's Host header."""
+    env = {**ENV, "SLUICE_TEST_HOSTS": hosts_env(fake_server, plain_trap, tls_trap)}
+    return start_proxy(
+        config_toml=CONFIG,
+        env=env,
+        mode="reverse:https://api.anthropic.com",
+        extra_args=["--set", "keep_host_header=true"],
+    )
+
+
 @pytest.fixture(autouse=True)
 def no_real_key_anywhere(plain_trap: Trap, tls_trap: Trap) -> Iterator[None]:
     """After every test: no trap ever received any real key, from any test so far."""

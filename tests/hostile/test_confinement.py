@@ -36,7 +36,6 @@ from tests.hostile.support import (
     assert_fake_saw_nothing,
     assert_keys_went_only_where_they_belong,
     assert_refused,
-    hosts_env,
 )
 from tests.hostile.traps import Trap, Tunnel
 
@@ -336,15 +335,9 @@ def test_refusals_are_recorded_where_the_request_really_went(
 
 
 def test_reverse_mode_keeping_the_host_header_cannot_pick_another_credential(
-    start_proxy: ProxyFactory, fake: FakeProvider, plain_trap: Trap, tls_trap: Trap
+    reverse_keeping_host: Proxy, fake: FakeProvider
 ) -> None:
-    env = {**ENV, "SLUICE_TEST_HOSTS": hosts_env(fake, plain_trap, tls_trap)}
-    proxy = start_proxy(
-        config_toml=CONFIG,
-        env=env,
-        mode="reverse:https://api.anthropic.com",
-        extra_args=["--set", "keep_host_header=true"],
-    )
+    proxy = reverse_keeping_host
     for host in ("api.openai.com", f"127.0.0.1:{proxy.port}"):
         result = curl(
             proxy, f"{proxy.url}/v1/chat/completions", "-H", f"Host: {host}", *OPENAI_AUTH, "-d", CHAT

@@ -638,15 +638,9 @@ def test_streamed_request_bodies_and_credential_swap_do_not_start_together(
 
 
 def test_reverse_mode_keeping_host_refuses_another_tls_server_name(
-    start_proxy: ProxyFactory, fake: FakeProvider, plain_trap: Trap, tls_trap: Trap
+    reverse_keeping_host: Proxy, fake: FakeProvider
 ) -> None:
-    env = {**ENV, "SLUICE_TEST_HOSTS": hosts_env(fake, plain_trap, tls_trap)}
-    reverse = start_proxy(
-        config_toml=CONFIG,
-        env=env,
-        mode="reverse:https://api.anthropic.com",
-        extra_args=["--set", "keep_host_header=true"],
-    )
+    reverse = reverse_keeping_host
     fake.next()
     raw = socket.create_connection(("127.0.0.1", reverse.port), timeout=TIMEOUT)
     with tls_context(reverse).wrap_socket(raw, server_hostname="gateway.sluice.test") as sock:
@@ -782,15 +776,9 @@ def test_h2_request_trailers_do_not_step_around_the_header_policy(
 
 
 def test_a_request_with_another_tls_server_name_does_not_cost_the_credential(
-    start_proxy: ProxyFactory, fake: FakeProvider, plain_trap: Trap, tls_trap: Trap
+    reverse_keeping_host: Proxy, fake: FakeProvider
 ) -> None:
-    env = {**ENV, "SLUICE_TEST_HOSTS": hosts_env(fake, plain_trap, tls_trap)}
-    reverse = start_proxy(
-        config_toml=CONFIG,
-        env=env,
-        mode="reverse:https://api.anthropic.com",
-        extra_args=["--set", "keep_host_header=true"],
-    )
+    reverse = reverse_keeping_host
     fake.accepted_credentials = {ANT_KEY}
     fake.next(times=2)
     raw = socket.create_connection(("127.0.0.1", reverse.port), timeout=TIMEOUT)
