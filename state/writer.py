@@ -8,7 +8,8 @@ backoff; a loud warning says so. Each failure also quarters the next transaction
 small transactions when one of thousands of records would never fit. Not smaller than that: every
 transaction rewrites whole pages of the table and its indexes, so one record per transaction would take
 several times its own size in the WAL. Rows are keyed by the call id and inserted with `insert or ignore`,
-so a retried batch never duplicates a row.
+so a retried batch never duplicates a row. While such a backlog drains, each batch is checkpointed out of
+the WAL (`_checkpoint`), so the disk that got room back holds the rows once, not twice.
 
 Given the database's `path`, the writer checks before each transaction that the file it has open is still
 the file at that path: a database deleted (or replaced) under a running proxy would otherwise swallow every
@@ -158,6 +159,7 @@ class RecordWriter:
         db: sqlite_utils.Database | None = None
         delay = self._retry_initial_s
         stopping = False
+        recovering = False  # draining what was held while the database refused
         while not (stopping and not self._pending):
             if not self._pending:
                 stopping |= self._accept(self._queue.get())
@@ -174,6 +176,9 @@ class RecordWriter:
                 self._write(db)
                 delay = self._retry_initial_s
                 self._batch_size = min(self._batch_max, self._batch_size * 2)
+                if recovering:
+                    _checkpoint(db)
+                    recovering = bool(self._pending)
             except _RECORD_ERRORS as e:
                 if db is None:
                     raise  # not a record's fault: opening failed; cannot happen for these types
@@ -182,6 +187,7 @@ class RecordWriter:
                 self._write_singly(db)
             except Exception as e:  # the database is locked, full, read-only, corrupt or gone
                 self.stats.failures += 1
+                recovering = True
                 self.stats.last_error = str(e)
                 self._batch_size = max(min(MIN_RETRY_BATCH, self._batch_max), self._batch_size // 4)
                 self._shed_overflow()
@@ -317,6 +323,22 @@ class RecordWriter:
 
 
 _INT64 = 2**63
+
+
+def _checkpoint(db: sqlite_utils.Database) -> None:
+    """Move the WAL into the database file and truncate it, after each batch of a backlog.
+
+    SQLite checkpoints on its own only once the WAL holds 1,000 pages (4 MB), and the WAL cannot be
+    checkpointed when the database file has no room to grow. Draining a backlog held while the disk was full
+    into the WAL alone could take all the space the disk has got back, and then neither the WAL nor the file
+    could move again: the rows would stay in memory for good. Checkpointed batch by batch, the disk holds the
+    rows once, in the database file, and at most one batch in the WAL. Best effort: a checkpoint that fails
+    (readers in the way, the disk full again) leaves committed rows committed.
+    """
+    try:
+        db.conn.execute("pragma wal_checkpoint(truncate)").fetchall()
+    except sqlite3.Error as e:
+        log.debug("sluice: checkpoint after a held batch failed: %s", e)
 
 
 def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:

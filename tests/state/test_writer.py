@@ -259,3 +259,33 @@ def test_a_database_deleted_while_open_is_created_again(db_path, caplog, journal
     with sqlite3.connect(db_path) as conn:
         assert [row[0] for row in conn.execute("select id from calls")] == [second.row["id"]]
     assert f"the database {db_path} was deleted or replaced while sluice had it open" in caplog.text
+
+
+def test_rows_held_while_the_database_refused_end_up_in_the_file_not_the_wal(db_path):
+    """A backlog drained into the WAL alone could fill the disk that just got room back (the WAL is
+    checkpointed only at 4 MB, and not at all once the file has no room to grow): it is checkpointed batch
+    by batch instead."""
+    sluice_db.connect(db_path).close()
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("begin exclusive")
+    writer = RecordWriter(
+        lambda: sluice_db.connect(db_path, busy_timeout_ms=20), batch_max=256, retry_initial_s=0.02
+    )
+    writer.start()
+    for i in range(1000):
+        writer.put(_record(i))
+    deadline = time.monotonic() + 5
+    while writer.stats.failures == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writer.stats.failures >= 1
+    blocker.execute("rollback")
+    blocker.close()
+    assert writer.flush(timeout=10)
+
+    wal = db_path.with_name(db_path.name + "-wal")
+    deadline = time.monotonic() + 5  # the checkpoint follows the batch that flush() waited for
+    while wal.stat().st_size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert wal.stat().st_size == 0  # checkpointed and truncated
+    writer.close()
+    assert _count(db_path) == 1000
