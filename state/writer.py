@@ -169,6 +169,9 @@ class RecordWriter:
                 continue
             try:
                 if db is not None and self._replaced():
+                    # The WAL is found by name: emptied into the old file first, so a file now at the path
+                    # never has the old one's pages replayed into it.
+                    _checkpoint(db)
                     db.conn.close()
                     db = None
                 if db is None:

@@ -289,3 +289,21 @@ def test_rows_held_while_the_database_refused_end_up_in_the_file_not_the_wal(db_
     assert wal.stat().st_size == 0  # checkpointed and truncated
     writer.close()
     assert _count(db_path) == 1000
+
+
+def test_a_database_replaced_under_the_writer_gets_the_rows_and_none_of_the_old_journal(db_path, caplog):
+    writer = RecordWriter(lambda: sluice_db.connect(db_path), path=db_path)
+    writer.start()
+    writer.put(_record(1))
+    assert writer.flush(timeout=5)
+    replacement = db_path.with_name("restored.db")
+    sluice_db.connect(replacement).conn.close()
+    replacement.replace(db_path)  # e.g. a backup restored over it, while the old file's WAL is still there
+    with caplog.at_level("ERROR", logger="sluice"):
+        second = _record(2)
+        writer.put(second)
+        assert writer.flush(timeout=5)
+    writer.close()
+    with sqlite3.connect(db_path) as conn:
+        assert [row[0] for row in conn.execute("select id from calls")] == [second.row["id"]]
+    assert "was deleted or replaced" in caplog.text
