@@ -335,14 +335,19 @@ def _post_refresh(config: OAuth, refresh_token: str, context: ssl.SSLContext) ->
 
 
 def _oauth_error(body: bytes) -> tuple[str, str]:
-    """RFC 6749 §5.2 error response: `error` and `error_description`."""
+    """RFC 6749 §5.2 error response: `error` and `error_description`, as text fit for a log line and the
+    pool's reason (printable, at most 200 characters: the token endpoint's words, not its control codes)."""
     try:
         data = json.loads(body)
     except ValueError:
-        return "", body[:200].decode("utf-8", "replace")
+        return "", _loggable(body[:200].decode("utf-8", "replace"))
     if not isinstance(data, dict):
         return "", ""
     error = data.get("error")
     if isinstance(error, dict):  # some providers nest it
-        return str(error.get("type", "")), str(error.get("message", ""))
-    return str(error or ""), str(data.get("error_description", ""))
+        return _loggable(str(error.get("type", ""))), _loggable(str(error.get("message", "")))
+    return _loggable(str(error or "")), _loggable(str(data.get("error_description", "")))
+
+
+def _loggable(text: str) -> str:
+    return "".join(char if char.isprintable() else "?" for char in text[:200])

@@ -8,6 +8,7 @@ with a warning, and nothing here ever prints a resolved value.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -155,14 +156,27 @@ class Config(_Model):
         return value
 
 
+# Every field name the configuration has, at any depth: always shown.
+_FIELD_NAMES = frozenset(name for model in _Model.__subclasses__() for name in model.model_fields)
+
+
 class ConfigError(ValueError):
     """A configuration problem, worded for the operator: file, field, what is wrong."""
+
+
+# A key the config does not know is named in the error only when it looks like a field name: a secret
+# pasted as a key (`"sk-ant-..." = 1`, a model alias) would otherwise be printed as the field's path.
+_SHOWN_KEY = re.compile(r"[A-Za-z0-9_-]{1,24}")
 
 
 def _field_path(location: tuple[int | str, ...]) -> str:
     path = ""
     for part in location:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        if isinstance(part, int):
+            path += f"[{part}]"
+            continue
+        name = part if part in _FIELD_NAMES or _SHOWN_KEY.fullmatch(part) else "<a key not shown>"
+        path += f".{name}" if path else name
     return path or "(top level)"
 
 

@@ -175,3 +175,17 @@ def test_a_secret_that_would_break_a_header_is_refused_naming_the_field(
         resolve_secret(reference, field="upstreams[0].keys[0]", base_dir=tmp_path)
     assert str(e.value).startswith("upstreams[0].keys[0]: the secret cannot be used: it contains")
     assert "X-Evil" not in str(e.value) and "evil" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        (f'"{SECRET}" = 1', "<a key not shown>: Extra inputs are not permitted"),
+        (f'[rules.model_aliases]\n"{SECRET}" = 5', "rules.model_aliases.<a key not shown>: Input should be"),
+    ],
+)
+def test_a_secret_pasted_as_a_key_is_not_printed_as_the_fields_path(text: str, path: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "sluice.toml")
+    assert path in str(e.value)
+    assert SECRET not in str(e.value)
