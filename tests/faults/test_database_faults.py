@@ -128,6 +128,9 @@ def test_database_locked_by_another_process(fake: FakeProvider, start_proxy: Sta
 
     with exclusive_lock(proxy.db_path, cap=hold + 30):
         during = calls_while(proxy, fake, hold)  # every one of them must succeed
+        if hold > 10:
+            # Held until the writer has given up waiting (its busy timeout), however fast the calls went.
+            proxy.wait_for_log("database write failed", timeout=30)
         rows_while_locked = count_rows(proxy.db_path)
     assert during, "no call went through while the database was locked"
     assert rows_while_locked == before  # the lock really held the writer off
