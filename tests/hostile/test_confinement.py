@@ -10,8 +10,6 @@ requests that go where they say.
 
 from __future__ import annotations
 
-import socket
-import ssl
 import time
 import uuid
 from pathlib import Path
@@ -33,9 +31,12 @@ from tests.hostile.support import (
     OAI_KEY,
     OPENAI_AUTH,
     REAL_KEYS,
+    Answer,
     assert_fake_saw_nothing,
     assert_keys_went_only_where_they_belong,
     assert_refused,
+    exchange,
+    tunnel,
 )
 from tests.hostile.traps import Trap, Tunnel
 
@@ -148,43 +149,11 @@ def test_a_credential_goes_only_to_its_configured_port(
 # Tricks below what curl lets a user write: raw bytes through a CONNECT tunnel.
 
 
-def raw_exchange(proxy: Proxy, connect_to: str, request: bytes, *, server_name: str) -> bytes:
+def raw_exchange(proxy: Proxy, connect_to: str, request: bytes, *, server_name: str) -> Answer:
     """CONNECT `connect_to`, TLS with `server_name` as SNI (trusting mitmproxy's CA), send `request`."""
-    context = ssl.create_default_context(cafile=str(proxy.ca_pem))
-    context.check_hostname = False
-    context.set_alpn_protocols(["http/1.1"])
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as raw:
-        raw.sendall(f"CONNECT {connect_to} HTTP/1.1\r\nHost: {connect_to}\r\n\r\n".encode())
-        reply = b""
-        while b"\r\n\r\n" not in reply:
-            chunk = raw.recv(4096)
-            assert chunk, reply
-            reply += chunk
-        assert reply.startswith(b"HTTP/1.1 200"), reply
-        with context.wrap_socket(raw, server_hostname=server_name) as tls:
-            tls.sendall(request)
-            answer = b""
-            while chunk := tls.recv(65536):
-                answer += chunk
-                head, _, body = answer.partition(b"\r\n\r\n")
-                length = next(
-                    (
-                        int(line.split(b":", 1)[1])
-                        for line in head.split(b"\r\n")
-                        if line.lower().startswith(b"content-length:")
-                    ),
-                    None,
-                )
-                if length is not None and len(body) >= length:
-                    break
+    with tunnel(proxy, connect_to, server_name=server_name) as sock:
+        [answer] = exchange(sock, request)
     return answer
-
-
-def parsed(answer: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines)]
-    return int(status_line.split()[1]), headers, body
 
 
 def test_two_host_headers_are_refused(proxy: Proxy, fake: FakeProvider) -> None:
@@ -194,7 +163,7 @@ def test_two_host_headers_are_refused(proxy: Proxy, fake: FakeProvider) -> None:
         + f"content-length: {len(MESSAGE)}\r\nconnection: close\r\n\r\n{MESSAGE}".encode()
     )
     answer = raw_exchange(proxy, "api.anthropic.com:443", request, server_name="api.anthropic.com")
-    assert_refused(parsed(answer), 421, "anthropic", "attacker.example")
+    assert_refused(answer, 421, "anthropic", "attacker.example")
     assert_fake_saw_nothing(fake)
 
 
@@ -207,7 +176,7 @@ def test_a_tls_server_name_other_than_the_tunnels_target_is_refused(proxy: Proxy
         + f"content-length: {len(MESSAGE)}\r\nconnection: close\r\n\r\n{MESSAGE}".encode()
     )
     answer = raw_exchange(proxy, "api.anthropic.com:443", request, server_name="gateway.sluice.test")
-    assert_refused(parsed(answer), 421, "anthropic", "TLS server name is gateway.sluice.test")
+    assert_refused(answer, 421, "anthropic", "TLS server name is gateway.sluice.test")
     assert_fake_saw_nothing(fake)
 
 
@@ -222,7 +191,7 @@ def test_a_websocket_upgrade_to_an_attackers_server_is_refused(
         + f"Authorization: Bearer {CLIENT_KEY}\r\n\r\n".encode()
     )
     answer = raw_exchange(proxy, f"127.0.0.1:{tls_trap.port}", request, server_name="api.openai.com")
-    assert_refused(parsed(answer), 421, "openai", "api.openai.com")
+    assert_refused(answer, 421, "openai", "api.openai.com")
     assert len(tls_trap.received) == before
     assert_fake_saw_nothing(fake)
 
@@ -265,7 +234,7 @@ def test_a_genuine_upgrade_to_the_provider_stays_filtered(proxy: Proxy, fake: Fa
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: session=stolen\r\n"
         + f"Authorization: Bearer {CLIENT_KEY}\r\n\r\n".encode()
     )
-    parsed(raw_exchange(proxy, "api.openai.com:443", request, server_name="api.openai.com"))
+    raw_exchange(proxy, "api.openai.com:443", request, server_name="api.openai.com")
     [seen] = fake.requests
     assert seen.header("cookie") is None
     assert seen.header("upgrade") == "websocket" and seen.header("sec-websocket-key")

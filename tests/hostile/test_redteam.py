@@ -41,123 +41,23 @@ from tests.hostile.support import (
     MESSAGE,
     OAI_KEY,
     REAL_KEYS,
+    TIMEOUT,
+    Answer,
+    Conversation,
     assert_fake_saw_nothing,
     assert_keys_went_only_where_they_belong,
     assert_refused,
+    direct,
+    exchange,
     hosts_env,
+    post_message,
+    request_bytes,
+    tls_context,
+    tunnel,
 )
 from tests.hostile.traps import LoopbackServer, Trap, Tunnel
 
 pytestmark = pytest.mark.e2e
-
-Answer = tuple[int, list[tuple[str, str]], bytes]
-TIMEOUT = 10.0
-
-
-# Clients that write exactly what they are given.
-
-
-def request_bytes(
-    method: str,
-    target: str,
-    headers: Sequence[tuple[str, str]],
-    body: bytes | str = b"",
-) -> bytes:
-    """One HTTP/1.1 request, written as given (no header is added but Content-Length for a body)."""
-    data = body.encode() if isinstance(body, str) else body
-    lines = [f"{method} {target} HTTP/1.1", *(f"{name}: {value}" for name, value in headers)]
-    if data and not any(name.lower() in ("content-length", "transfer-encoding") for name, _ in headers):
-        lines.append(f"content-length: {len(data)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data
-
-
-def post_message(target: str, host: str | None, *extra: tuple[str, str]) -> bytes:
-    headers = [("Host", host)] if host is not None else []
-    headers += [("x-api-key", CLIENT_KEY), ("anthropic-version", "2023-06-01")]
-    headers += [("content-type", "application/json"), *extra]
-    return request_bytes("POST", target, headers, MESSAGE)
-
-
-def tls_context(proxy: Proxy, alpn: Sequence[str] = ("http/1.1",)) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(proxy.ca_pem))
-    context.check_hostname = False
-    context.set_alpn_protocols(list(alpn))
-    return context
-
-
-@contextlib.contextmanager
-def tunnel(
-    proxy: Proxy,
-    connect_to: str,
-    *,
-    tls: bool = True,
-    server_name: str | None = None,
-    alpn: Sequence[str] = ("http/1.1",),
-) -> Iterator[socket.socket]:
-    """CONNECT `connect_to` through the proxy; then TLS with `server_name` as SNI (None: no SNI), or not."""
-    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT)
-    with contextlib.closing(raw):
-        raw.sendall(f"CONNECT {connect_to} HTTP/1.1\r\nHost: {connect_to}\r\n\r\n".encode())
-        reply = b""
-        while b"\r\n\r\n" not in reply:
-            chunk = raw.recv(1)
-            assert chunk, reply
-            reply += chunk
-        assert reply.startswith(b"HTTP/1.1 200"), reply
-        if not tls:
-            yield raw
-            return
-        with tls_context(proxy, alpn).wrap_socket(raw, server_hostname=server_name) as secure:
-            yield secure
-
-
-@contextlib.contextmanager
-def direct(proxy: Proxy) -> Iterator[socket.socket]:
-    """A plain connection to the proxy's port, for requests in absolute form (or to a reverse proxy)."""
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as raw:
-        yield raw
-
-
-class _Unclosable:
-    """One buffered reader shared by every response of a keep-alive connection (http.client closes its
-    file when a response is done)."""
-
-    def __init__(self, reader: Any) -> None:
-        self._reader = reader
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reader, name)
-
-    def close(self) -> None:
-        pass
-
-
-class _Conversation:
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.reader = _Unclosable(sock.makefile("rb"))
-
-    def makefile(self, *_args: Any, **_kwargs: Any) -> Any:
-        return self.reader
-
-    def read_answer(self, method: str = "POST") -> Answer:
-        response = http.client.HTTPResponse(self, method=method)  # type: ignore[arg-type]
-        response.begin()  # reads past any 100 Continue
-        body = response.read()
-        return response.status, list(response.getheaders()), body
-
-
-def exchange(sock: socket.socket, *requests: bytes, pipelined: bool = False) -> list[Answer]:
-    """Send each request and read its answer on one connection (keep-alive); `pipelined`: all at once."""
-    talk = _Conversation(sock)
-    if pipelined:
-        sock.sendall(b"".join(requests))
-        return [talk.read_answer() for _ in requests]
-    answers = []
-    for request in requests:
-        sock.sendall(request)
-        answers.append(talk.read_answer(request.split(b" ", 1)[0].decode()))
-    return answers
 
 
 def h2_exchange(
@@ -477,7 +377,7 @@ def test_guard_expect_100_continue(proxy: Proxy, fake: FakeProvider, host: str) 
         request = post_message("/v1/messages", host, ("expect", "100-continue"), ("connection", "close"))
         head, _, body = request.partition(b"\r\n\r\n")
         sock.sendall(head + b"\r\n\r\n")
-        talk = _Conversation(sock)
+        talk = Conversation(sock)
         assert talk.reader.readline().startswith(b"HTTP/1.1 100")
         assert talk.reader.readline() == b"\r\n"
         sock.sendall(body)
