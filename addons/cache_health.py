@@ -23,7 +23,7 @@ from mitmproxy import http
 from addons.calls import Call
 from addons.changes import sluice_metadata
 from addons.core import SluiceCore
-from addons.rewrite import OFF_LOOP_BYTES
+from addons.decoding import OFF_LOOP_BYTES
 from rules.cache_health import (
     PromptShape,
     Turn,

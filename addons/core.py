@@ -91,7 +91,7 @@ class SluiceCore:
             "sluice_decode_max",
             int,
             DEFAULT_DECODE_MAX,
-            "Bytes of a compressed body sluice decodes to read it; past them it passes on unread (0: none).",
+            "Bytes of a body sluice decodes or parses to read it; past them it passes on unread (0: none).",
         )
         connect_lazily(loader.master.options)
 

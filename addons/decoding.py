@@ -27,6 +27,11 @@ from mitmproxy import http
 
 DEFAULT_DECODE_MAX = 32 * 1024 * 1024
 READ_SLICE = 1024 * 1024  # decoded bytes per read() when the caller asks for everything
+# Whole bodies at least this large, or compressed (a few bytes may decode to the cap), are read on a worker
+# thread (the rewrite, the meter): parsing and writing back 2 MB takes ~25 ms of CPU, which on the event loop
+# would stall every other flow, while off it the interpreter hands the loop the GIL back at least every
+# switch interval (5 ms). Smaller bodies stay on the loop: a thread hop costs more than reading them.
+OFF_LOOP_BYTES = 256 * 1024
 # RFC 9659 §2: a zstd decoder for HTTP needs no window over 8 MB; a frame asking for more is refused
 # (a larger window is memory the proxy would allocate on the upstream's say-so).
 ZSTD_MAX_WINDOW = 8 * 1024 * 1024
@@ -62,27 +67,24 @@ class _Stage:
 
     def __init__(self) -> None:
         self.produced = 0
+        self._input = b""
 
     def feed(self, data: bytes) -> None:
-        raise NotImplementedError
+        self._input = self._input + data if self._input else bytes(data)
 
     def read(self, max_bytes: int) -> bytes:
         raise NotImplementedError
 
     @property
     def pending(self) -> bool:
-        raise NotImplementedError
+        return bool(self._input)
 
 
 class _Zlib(_Stage):
     def __init__(self, gzip: bool) -> None:
         super().__init__()
         self._gzip = gzip
-        self._input = b""
         self._d: zlib._Decompress | None = None
-
-    def feed(self, data: bytes) -> None:
-        self._input = self._input + data if self._input else bytes(data)
 
     def read(self, max_bytes: int) -> bytes:
         if not self._input:
@@ -108,20 +110,12 @@ class _Zlib(_Stage):
         # "deflate" is meant to be zlib-wrapped (RFC 9110 §8.4.1.2) but some servers send raw deflate.
         return zlib.MAX_WBITS if head[:1] == b"\x78" else -zlib.MAX_WBITS
 
-    @property
-    def pending(self) -> bool:
-        return bool(self._input)
-
 
 class _Brotli(_Stage):
     def __init__(self) -> None:
         super().__init__()
         self._d = brotli.Decompressor()
-        self._input = b""
         self._full = False  # the last read filled its bound: the decompressor may hold more output
-
-    def feed(self, data: bytes) -> None:
-        self._input = self._input + data if self._input else bytes(data)
 
     def read(self, max_bytes: int) -> bytes:
         if not self._input and not self._full:
@@ -147,10 +141,6 @@ class _Zstd(_Stage):
     def __init__(self) -> None:
         super().__init__()
         self._d = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).decompressobj()
-        self._input = b""
-
-    def feed(self, data: bytes) -> None:
-        self._input = self._input + data if self._input else bytes(data)
 
     def read(self, max_bytes: int) -> bytes:
         # No output bound in the API: feed slices that cannot expand past max_bytes.
@@ -171,10 +161,6 @@ class _Zstd(_Stage):
             size += len(out)
         self.produced += size
         return b"".join(parts)
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._input)
 
 
 _CODINGS: dict[str, Callable[[], _Stage]] = {

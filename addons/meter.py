@@ -24,6 +24,7 @@ from addons.annotate import annotate
 from addons.calls import Call, build_record
 from addons.core import SluiceCore, destination
 from addons.decoding import (
+    OFF_LOOP_BYTES,
     DecodeError,
     OverLimit,
     decode_body,
@@ -47,9 +48,6 @@ _STREAM_HEADERS = frozenset({b"content-type", b"content-encoding"})
 # Decoded stream bytes parsed per turn of the event loop: at worst (a flood of tiny events) ~3 ms of the
 # usage parser. What one wire chunk decodes to beyond that is parsed on the following turns.
 PARSE_PER_TURN = 64 * 1024
-# Whole bodies at least this large, or compressed (a few bytes may decode to the cap), are decoded and
-# parsed on a worker thread, as addons/rewrite.py does for its rewrite.
-OFF_LOOP_BYTES = 256 * 1024
 
 
 def call_for(core: SluiceCore, flow: http.HTTPFlow) -> Call | None:
@@ -256,7 +254,7 @@ class Meter:
         if deferred is None or deferred[0].response is None:
             return
         flow, call = deferred
-        reading = await asyncio.to_thread(_read_buffered, call.api, deferred[0].response)
+        reading = await asyncio.to_thread(_read_buffered, call.api, flow.response)
         if self.deferred.pop(flow_id, None) is not None:  # not finished at shutdown meanwhile
             self._finish_response(flow, call, reading)
 

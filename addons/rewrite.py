@@ -11,16 +11,10 @@ import asyncio
 from mitmproxy import http
 
 from addons.core import SluiceCore, destination
-from addons.decoding import decode_max
+from addons.decoding import OFF_LOOP_BYTES, decode_max
 from addons.fields import with_headers
 from addons.meter import call_for
 from rules.rewrite import MemberMemo, RuleContext, apply_request_rules, should_strip_billing_block
-
-# Bodies this large are rewritten on a worker thread. Parsing and writing back 2 MB takes ~25 ms of CPU;
-# on the event loop that stalls every other flow (streams included) for as long, while off it the
-# interpreter hands the loop the GIL back at least every switch interval (5 ms). Smaller bodies stay on the
-# loop: a thread hop costs more than their rewrite.
-OFF_LOOP_BYTES = 256 * 1024
 
 
 class Rewrite:
