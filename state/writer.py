@@ -19,6 +19,7 @@ deleted file's journal files behind it, so the rows go where reports and dataset
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -169,10 +170,7 @@ class RecordWriter:
                 continue
             try:
                 if db is not None and self._replaced():
-                    # The WAL is found by name: emptied into the old file first, so a file now at the path
-                    # never has the old one's pages replayed into it.
-                    _checkpoint(db)
-                    db.conn.close()
+                    self._let_go(db)
                     db = None
                 if db is None:
                     db = self._open()
@@ -223,11 +221,19 @@ class RecordWriter:
             "use it too)",
             os.fspath(self._path),
         )
-        for suffix in ("-wal", "-shm"):  # the deleted database's journal: never replayed into the new one
-            journal = f"{os.fspath(self._path)}{suffix}"
-            if _identity(os.fspath(self._path)) is None and os.path.exists(journal):
-                os.unlink(journal)
         return True
+
+    def _let_go(self, db: sqlite_utils.Database) -> None:
+        """Close the file that is no longer at the path, so that the next open creates (or takes) the file
+        there without the old one's journal: the WAL is found by name, and replayed into whatever file
+        bears that name next."""
+        _checkpoint(db)  # the WAL emptied into the old file
+        db.conn.close()
+        path = os.fspath(self._path or "")
+        if _identity(path) is None:  # deleted: its journal files are orphans now
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path + suffix)
 
     def _accept(self, item: CallRecord | object) -> bool:
         """Take one queued item; True when it is the stop signal."""
