@@ -14,13 +14,9 @@ retry lands on the next one; sluice never retries on its own.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import ssl
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 
 from mitmproxy import ctx, exceptions, http
@@ -32,7 +28,6 @@ from addons.fields import with_headers
 from rules.config import ConfigError, OAuth, Upstream, resolve_secret
 from rules.destination import Destination, credential_refusal
 from rules.envelopes import error_body
-from rules.secrets import unusable_secret
 from rules.usage import read_response_body
 from state import db as sluice_db
 from state.credentials import (
@@ -48,13 +43,12 @@ from state.credentials import (
     parse_oauth_credentials,
     secrets_path_for,
 )
+from state.oauth_http import post_refresh
 
 log = logging.getLogger("sluice")
 
 OAUTH_BETA = "oauth-2025-04-20"  # Anthropic requires it on requests carrying an OAuth bearer token
 RETRY_SOON_S = 1
-# Below the OAuth store's own 20 s limit, so a late answer (carrying a rotated, single-use token) is not lost.
-REFRESH_TIMEOUT_S = 15
 
 
 @dataclass(slots=True)
@@ -279,7 +273,7 @@ class Credentials:
     async def _refresh(self, config: OAuth, refresh_token: str) -> TokenResponse:
         if not config.token_url or not config.client_id:
             raise TokenRefused("not_configured", "oauth.token_url and oauth.client_id are needed to refresh")
-        return await asyncio.to_thread(_post_refresh, config, refresh_token, _upstream_ssl_context())
+        return await asyncio.to_thread(post_refresh, config, refresh_token, _upstream_ssl_context())
 
 
 def _upstream_ssl_context() -> ssl.SSLContext:
@@ -290,64 +284,3 @@ def _upstream_ssl_context() -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
-
-
-def _post_refresh(config: OAuth, refresh_token: str, context: ssl.SSLContext) -> TokenResponse:
-    """RFC 6749 §6 refresh request. Raises TokenRefused for a 4xx answer, OSError for anything transient."""
-    fields = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": config.client_id}
-    if config.scope:
-        fields["scope"] = config.scope
-    if config.token_format == "json":
-        body, content_type = json.dumps(fields).encode(), "application/json"
-    else:
-        body, content_type = urllib.parse.urlencode(fields).encode(), "application/x-www-form-urlencoded"
-    request = urllib.request.Request(
-        str(config.token_url),
-        data=body,
-        method="POST",
-        headers={"content-type": content_type, "accept": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=REFRESH_TIMEOUT_S, context=context) as answer:
-            payload = json.loads(answer.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        detail = _oauth_error(e.read())
-        # 408 and 429 are "not now", not "never": the refresh token is still good.
-        if 400 <= e.code < 500 and e.code not in (408, 429):
-            raise TokenRefused(detail[0] or f"http_{e.code}", detail[1]) from None
-        raise OSError(f"token endpoint answered {e.code}") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise OSError(f"token endpoint sent no JSON: {e}") from None
-    access = payload.get("access_token") if isinstance(payload, dict) else None
-    if not isinstance(access, str) or not access:
-        raise OSError("token endpoint answer has no access_token")
-    refresh = payload.get("refresh_token")
-    for name, token in (("access_token", access), ("refresh_token", refresh)):
-        # Written into request headers later: a token that would break one is never stored.
-        if isinstance(token, str) and token and (problem := unusable_secret(token)) is not None:
-            raise OSError(f"token endpoint answer's {name} cannot be used: {problem}")
-    expires_in = payload.get("expires_in")
-    return TokenResponse(
-        access_token=access,
-        refresh_token=refresh if isinstance(refresh, str) and refresh else None,
-        expires_in=float(expires_in) if isinstance(expires_in, int | float) else 3600.0,
-    )
-
-
-def _oauth_error(body: bytes) -> tuple[str, str]:
-    """RFC 6749 §5.2 error response: `error` and `error_description`, as text fit for a log line and the
-    pool's reason (printable, at most 200 characters: the token endpoint's words, not its control codes)."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return "", _loggable(body[:200].decode("utf-8", "replace"))
-    if not isinstance(data, dict):
-        return "", ""
-    error = data.get("error")
-    if isinstance(error, dict):  # some providers nest it
-        return _loggable(str(error.get("type", ""))), _loggable(str(error.get("message", "")))
-    return _loggable(str(error or "")), _loggable(str(data.get("error_description", "")))
-
-
-def _loggable(text: str) -> str:
-    return "".join(char if char.isprintable() else "?" for char in text[:200])

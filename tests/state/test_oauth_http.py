@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from addons.credentials import _oauth_error
+from state.oauth_http import oauth_error
 
 
 @pytest.mark.parametrize(
@@ -22,4 +22,4 @@ from addons.credentials import _oauth_error
     ],
 )
 def test_a_token_endpoints_error_is_kept_as_printable_text(body: bytes, error: tuple[str, str]) -> None:
-    assert _oauth_error(body) == error
+    assert oauth_error(body) == error
