@@ -168,6 +168,16 @@ class Credentials:
         config = self._oauth_config[host]
         return await self.oauth.access_token(host, lambda token: self._refresh(config, token))
 
+    async def oauth_token(self, host: str) -> str:
+        """A valid OAuth access token of `host`'s credential, refreshed when due (the store's single-flight
+        and lease rules): for sluice's own calls to the provider's OAuth endpoints, never for a client.
+        Raises LookupError when `host` has no OAuth credential; CredentialDead / CredentialUnavailable as
+        the store does."""
+        config = self._oauth_config.get(host)
+        if config is None or self.oauth is None:
+            raise LookupError(f"{host} has no OAuth credential")
+        return await self.oauth.access_token(host, lambda token: self._refresh(config, token))
+
     def _swap(
         self,
         flow: http.HTTPFlow,
