@@ -25,37 +25,13 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
-from email.utils import parsedate_to_datetime
+from datetime import datetime, timedelta
 from typing import Any
+
+from rules.times import as_utc, parse_reset
 
 UNIFIED_PREFIX = "anthropic-ratelimit-unified-"
 
-# A bare number below this is a count of seconds from the observation (`retry-after: 30`, the resets of some
-# OpenAI-compatible providers); at or above it, epoch seconds (Anthropic's unified resets). 1e9 s is 31 years:
-# no delay is that long, and no epoch reset is before 2001.
-EPOCH_THRESHOLD_SECONDS = 1_000_000_000
-
-# Go's time.Duration text (https://pkg.go.dev/time#ParseDuration), which OpenAI uses for its resets, plus days
-# and weeks so that the same parser reads `sluice usage --since 7d`.
-_DURATION_UNITS_US: dict[str, Decimal] = {
-    "ns": Decimal("0.001"),
-    "us": Decimal(1),
-    "µs": Decimal(1),  # MICRO SIGN, as Go prints it
-    "μs": Decimal(1),  # GREEK SMALL LETTER MU
-    "ms": Decimal(1_000),
-    "s": Decimal(1_000_000),
-    "m": Decimal(60_000_000),
-    "h": Decimal(3_600_000_000),
-    "d": Decimal(86_400_000_000),
-    "w": Decimal(604_800_000_000),
-}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d|w)")
-_DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+")
-_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
-# RFC 3339 §5.6, with the lower-case `t`/`z` and the space separator that section allows.
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:[Zz]|[+-]\d{2}:?\d{2})?")
 
 _ANTHROPIC_STANDARD = re.compile(
     r"anthropic-ratelimit-(?P<name>[a-z0-9-]+?)-(?P<field>limit|remaining|reset)"
@@ -204,52 +180,6 @@ class QuotaSummary:
         }
 
 
-def parse_duration(text: str) -> timedelta:
-    """Parse a Go-style duration (`6m0s`, `12ms`, `1h2m3.5s`; also `d` and `w`). Raises ValueError."""
-    value = text.strip()
-    if value == "0":  # Go prints a zero duration without a unit
-        return timedelta(0)
-    if not _DURATION.fullmatch(value):
-        raise ValueError(f"not a duration: {text!r} (expected something like 6m0s, 12ms, 1h2m3.5s, 7d)")
-    micros = sum(
-        (Decimal(number) * _DURATION_UNITS_US[unit] for number, unit in _DURATION_PART.findall(value)),
-        Decimal(0),
-    )
-    try:
-        return timedelta(microseconds=int(micros.to_integral_value()))
-    except OverflowError as e:
-        raise ValueError(f"duration out of range: {text!r}") from e
-
-
-def parse_reset(value: str, observed_at: datetime) -> datetime | None:
-    """When a limit resets, as an aware UTC datetime; None if `value` is none of the forms below.
-
-    - RFC 3339 (`2026-11-23T03:46:02Z`), as Anthropic's standard limits send;
-    - a bare number: epoch seconds (Anthropic's unified limits) when at least EPOCH_THRESHOLD_SECONDS,
-      otherwise seconds after `observed_at` (`retry-after`);
-    - a Go-style duration (`6m0s`, `12ms`), as OpenAI sends, counted from `observed_at`;
-    - an HTTP-date (RFC 9110 §5.6.7), which `retry-after` may carry.
-    """
-    text = value.strip()
-    base = _as_utc(observed_at)
-    try:
-        if _RFC3339.fullmatch(text):
-            normalized = text.upper().replace("Z", "+00:00")
-            return _as_utc(datetime.fromisoformat(normalized))
-        if _NUMBER.fullmatch(text):
-            seconds = Decimal(text)
-            if seconds >= EPOCH_THRESHOLD_SECONDS:
-                return datetime.fromtimestamp(float(seconds), UTC)
-            return base + timedelta(microseconds=int((seconds * 1_000_000).to_integral_value()))
-        if _DURATION.fullmatch(text):
-            return base + parse_duration(text)
-        if "," in text and text[:3].isalpha():
-            return _as_utc(parsedate_to_datetime(text))
-    except (ValueError, OverflowError, OSError, InvalidOperation):
-        return None
-    return None
-
-
 def summarize(
     headers: Mapping[str, str],
     observed_at: datetime,
@@ -262,8 +192,8 @@ def summarize(
     headers (the latest state of a credential mixes headers from several responses), and durations count from
     each header's own time.
     """
-    times = {name.lower(): _as_utc(at) for name, at in (seen_at or {}).items()}
-    base = _as_utc(observed_at)
+    times = {name.lower(): as_utc(at) for name, at in (seen_at or {}).items()}
+    base = as_utc(observed_at)
     values = {name.lower(): value.strip() for name, value in headers.items()}
     builder = _Builder()
     for name in sorted(values):
@@ -303,7 +233,7 @@ def statusline(summary: QuotaSummary, now: datetime) -> str:
     A window whose reset has passed since the observation shows as `reset` instead of a stale percentage, and
     an observation older than a minute says how old it is.
     """
-    now = _as_utc(now)
+    now = as_utc(now)
     parts: list[str] = []
     resets: list[datetime] = []
     unified = summary.unified
@@ -529,13 +459,6 @@ def _window_order(item: tuple[_Group, dict[str, Any]]) -> tuple[int, str]:
     match = _UNIFIED_WINDOW.fullmatch(name)
     hours = 0 if match is None else int(match["count"]) * (24 if match["unit"] == "d" else 1)
     return hours, name
-
-
-def _as_utc(moment: datetime) -> datetime:
-    """Aware datetimes converted to UTC; naive ones taken to be UTC already (as sluice stores them)."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -16,7 +16,8 @@ from typing import Any
 
 import sqlite_utils
 
-from state.ratelimits import QuotaSummary, parse_duration, summarize
+from rules.times import parse_duration
+from state.ratelimits import QuotaSummary, summarize
 
 # The dimensions `usage` can group by, and the SQL expression of each over `calls`.
 GROUP_BY_COLUMNS: dict[str, str] = {
