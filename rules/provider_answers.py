@@ -1,0 +1,340 @@
+"""What a provider's answer says about the credential that carried it, and what the pool should do about it.
+
+Pure: the status, the headers and the error body go in, a `Verdict` comes out. The pool (state/credentials.py)
+applies it; nothing here reads a clock or a database. Each class of answer moves the pool its own way, and the
+provider's words are kept as the reason:
+
+- **rate limited** (429 `rate_limit_error`): the key rests until the time the answer names (`retry-after-ms`,
+  `retry-after`, else the reset of the limit that ran out), 60 s when it names none;
+- **window exhausted** (429 with `anthropic-ratelimit-unified-status: rejected`, or an "extra usage" /
+  "usage limit" message): a subscription's 5-hour or weekly window is spent; the credential rests until that
+  window resets, and the reason says which window and when;
+- **overloaded** (529, or any answer whose error type is `overloaded_error`): the provider's state, not the
+  key's. No key is cooled; the provider-wide breaker (`Breaker`) counts it;
+- **terminal** (the organization is disabled, OAuth is not allowed for it, no credit left, an OpenAI
+  `insufficient_quota`): the credential is disabled with the provider's words, until an operator resets it;
+- **refused** (401): an API key is disabled; an OAuth access token is dropped and refreshed (`reauth`), since
+  access tokens are revoked and rotated under a client's feet (a new login elsewhere, a server-side revoke);
+- anything else (other 4xx such as a 403 `permission_error` for one model, 5xx) says nothing about the
+  credential: the pool is not moved, and the client gets the provider's answer.
+
+The shapes of each answer, with where they come from, are kept in tests/fixtures/provider_answers/.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from rules.times import parse_reset
+
+Action = Literal["none", "cool", "window", "overloaded", "disable", "reauth"]
+Kind = Literal["key", "oauth"]
+
+# When the answer names no time. Anthropic's SDKs and OpenAI's retry after ~0.5-8 s with backoff; a pool can
+# afford to rest a key longer, since the next key takes over at once.
+RATE_LIMITED_COOLDOWN_S = 60.0
+# A spent subscription window whose reset the answer does not name: long enough not to hammer it.
+WINDOW_UNKNOWN_RESET_S = 300.0
+OVERLOADED_RETRY_S = 5.0
+# A broken header must not shelve a key forever; Anthropic's longest window (7 days) is the ceiling.
+MAX_COOLDOWN_S = 7 * 24 * 3600.0
+# Error bodies are small; a larger one is not an error envelope worth reading.
+MAX_ERROR_BODY = 64 * 1024
+
+UNIFIED = "anthropic-ratelimit-unified-"
+# Substrings of provider messages (lower-cased) that mark each class. Anthropic words its subscription limits
+# for people ("You've hit your usage limit", "out of extra usage"); terminal answers name the organization.
+_WINDOW_WORDS = ("extra usage", "usage limit", "usage_limit")
+_TERMINAL_WORDS = (
+    "oauth authentication is currently not allowed for this organization",
+    "organization has been disabled",
+    "organization is disabled",
+    "credit balance is too low",
+    "account has been deactivated",
+    "account is not active",
+)
+_TERMINAL_CODES = ("insufficient_quota", "account_deactivated", "billing_not_active")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorFields:
+    """The error envelope's fields: Anthropic `{"type": "error", "error": {"type", "message"}}`, OpenAI
+    `{"error": {"message", "type", "code"}}`. Empty strings when absent."""
+
+    type: str = ""
+    code: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to do with the credential. `seconds`: how long it rests (cool, window), or the retry the provider
+    asked for (overloaded). `reason`: for the pool's row and the events, the provider's words in it."""
+
+    action: Action
+    reason: str = ""
+    seconds: float | None = None
+
+
+NOTHING = Verdict("none")
+
+
+def read_error(body: bytes | None) -> ErrorFields:
+    """The error envelope of an answer body; empty fields when it is not one. Never raises."""
+    if not body or len(body) > MAX_ERROR_BODY:
+        return ErrorFields()
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return ErrorFields()
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, str):
+        return ErrorFields(message=error)
+    if not isinstance(error, dict):
+        return ErrorFields()
+    return ErrorFields(_text(error.get("type")), _text(error.get("code")), _text(error.get("message")))
+
+
+def judge_answer(
+    status: int, headers: Mapping[str, str], error: ErrorFields, kind: Kind, now: float
+) -> Verdict:
+    """What the pool does with the credential that got this answer (see the module's docstring). Header names
+    are compared case-insensitively."""
+    lowered = {name.lower(): value.strip() for name, value in headers.items()}
+    words = " ".join((error.type, error.code, error.message)).lower()
+    message = error.message
+    if status == 529 or error.type == "overloaded_error":
+        wait = retry_after(lowered, now)
+        return Verdict("overloaded", _reason(status, message, "overloaded"), wait)
+    if status < 400 or status >= 500:
+        return NOTHING
+    if any(word in words for word in _TERMINAL_WORDS) or error.code in _TERMINAL_CODES:
+        return Verdict("disable", _reason(status, message, error.code or "refused"))
+    if status == 401:
+        if kind == "oauth":
+            return Verdict("reauth", _reason(status, message, "access token refused"))
+        return Verdict("disable", _reason(status, message, "refused"))
+    if status != 429:
+        return NOTHING
+    if lowered.get(UNIFIED + "status") == "rejected" or any(word in words for word in _WINDOW_WORDS):
+        return _window(lowered, message, now)
+    seconds = parse_cooldown(lowered, now, RATE_LIMITED_COOLDOWN_S)
+    return Verdict("cool", _reason(status, message, "rate limited"), seconds)
+
+
+def _window(headers: Mapping[str, str], message: str, now: float) -> Verdict:
+    """A spent subscription window: rest until it resets, and say which window and when."""
+    claim = headers.get(UNIFIED + "representative-claim") or _rejected_window(headers) or "subscription"
+    reset = _epoch(headers.get(UNIFIED + "reset"), now)
+    if reset is None:
+        resets = [
+            moment
+            for name, value in headers.items()
+            if name.startswith(UNIFIED) and name.endswith("-reset") and name != UNIFIED + "overage-reset"
+            if (moment := _epoch(value, now)) is not None
+        ]
+        reset = max(resets, default=None)
+    if reset is None or reset <= now:
+        seconds = parse_cooldown(headers, now, WINDOW_UNKNOWN_RESET_S)
+        until = "a reset the answer did not name"
+    else:
+        seconds = min(reset - now, MAX_COOLDOWN_S)
+        until = datetime.fromtimestamp(reset, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    words = f": {message.strip()}" if message.strip() else ""
+    return Verdict("window", f"429 {claim} window exhausted until {until}{words}", seconds)
+
+
+def _rejected_window(headers: Mapping[str, str]) -> str | None:
+    for name, value in headers.items():
+        if name.startswith(UNIFIED) and name.endswith("-status") and value == "rejected":
+            window = name[len(UNIFIED) : -len("-status")]
+            if window and window != "overage":
+                return window
+    return None
+
+
+def quota_status(headers: Mapping[str, str]) -> str | None:
+    """Anthropic's subscription status on this answer (`allowed`, `allowed_warning`, `rejected`), if any."""
+    for name, value in headers.items():
+        if name.lower() == UNIFIED + "status":
+            text = value.strip().lower()
+            return text if re.fullmatch(r"[a-z_]{1,32}", text) else None
+    return None
+
+
+def headroom(headers: Mapping[str, str]) -> float | None:
+    """How much of its limits a credential has left, 0..1, by the tightest limit the answer reports; None
+    when it reports none. Anthropic's subscription windows report utilization (`...-5h-utilization`, 0..1);
+    standard limits report remaining and limit (`anthropic-ratelimit-tokens-*`, `x-ratelimit-*-tokens`)."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    left: list[float] = []
+    for name, value in lowered.items():
+        if name.startswith(UNIFIED) and name.endswith("-utilization"):
+            used = _number(value)
+            if used is not None:
+                left.append(1.0 - used)
+        elif name.endswith("-remaining") and name.startswith("anthropic-ratelimit-"):
+            limit = _number(lowered.get(name[: -len("remaining")] + "limit"))
+            remaining = _number(value)
+            if limit and remaining is not None:
+                left.append(remaining / limit)
+        elif name.startswith("x-ratelimit-remaining-"):
+            limit = _number(lowered.get("x-ratelimit-limit-" + name[len("x-ratelimit-remaining-") :]))
+            remaining = _number(value)
+            if limit and remaining is not None:
+                left.append(remaining / limit)
+    if not left:
+        return None
+    return min(1.0, max(0.0, min(left)))
+
+
+# -- times ---------------------------------------------------------------------------------------------------
+
+
+def parse_cooldown(headers: Mapping[str, str], now: float, default_s: float) -> float:
+    """How long to rest a credential after a 429, in seconds, from the answer's headers.
+
+    In order: `retry-after-ms` (milliseconds; Anthropic and OpenAI send it and their SDKs prefer it),
+    `retry-after` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3); then, for Anthropic's subscription
+    limits, `anthropic-ratelimit-unified-reset` (epoch seconds) when `-unified-status` is `rejected`; then the
+    reset of an exhausted standard limit (`x-ratelimit-reset-*` durations, `anthropic-ratelimit-*-reset`
+    RFC 3339). A missing or malformed value falls through to the next; `default_s` when none is usable. The
+    result is capped at MAX_COOLDOWN_S. Header names are compared case-insensitively.
+    """
+    lowered = {name.lower(): value.strip() for name, value in headers.items()}
+    wait = retry_after(lowered, now)
+    if wait is not None:
+        return wait
+    if lowered.get(UNIFIED + "status") == "rejected":
+        reset = _epoch(lowered.get(UNIFIED + "reset"), now)
+        if reset is not None and reset > now:
+            return min(reset - now, MAX_COOLDOWN_S)
+    exhausted = _exhausted_reset(lowered, now)
+    return exhausted if exhausted is not None else default_s
+
+
+def retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    """`retry-after-ms`, else `retry-after` (seconds or HTTP-date), in seconds; None when neither is usable.
+    `headers` must have lower-case names."""
+    milliseconds = _seconds(headers.get("retry-after-ms"))
+    if milliseconds is not None:
+        return min(milliseconds / 1000, MAX_COOLDOWN_S)
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    delay = _seconds(value)
+    if delay is None:
+        moment = parse_reset(value, datetime.fromtimestamp(now, UTC)) if "," in value else None
+        delay = None if moment is None else max(0.0, moment.timestamp() - now)
+    return None if delay is None else min(delay, MAX_COOLDOWN_S)
+
+
+def _exhausted_reset(headers: Mapping[str, str], now: float) -> float | None:
+    """The latest reset among standard limits with nothing remaining (the one the 429 is about)."""
+    resets: list[float] = []
+    for name, value in headers.items():
+        if name.startswith("x-ratelimit-remaining-"):
+            reset_name = "x-ratelimit-reset-" + name[len("x-ratelimit-remaining-") :]
+        elif name.startswith("anthropic-ratelimit-") and name.endswith("-remaining"):
+            reset_name = name[: -len("remaining")] + "reset"
+        else:
+            continue
+        if _number(value) != 0 or reset_name not in headers:
+            continue
+        moment = parse_reset(headers[reset_name], datetime.fromtimestamp(now, UTC))
+        if moment is not None and moment.timestamp() > now:
+            resets.append(moment.timestamp() - now)
+    return min(max(resets), MAX_COOLDOWN_S) if resets else None
+
+
+_SECONDS = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _seconds(value: str | None) -> float | None:
+    if value is None or not _SECONDS.fullmatch(value.strip()):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _epoch(value: str | None, now: float) -> float | None:
+    if value is None:
+        return None
+    moment = parse_reset(value, datetime.fromtimestamp(now, UTC))
+    return None if moment is None else moment.timestamp()
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else "" if value is None else str(value)
+
+
+def _reason(status: int, message: str, fallback: str) -> str:
+    return f"{status} {message.strip() if message.strip() else fallback}"
+
+
+# -- the provider-wide breaker -------------------------------------------------------------------------------
+
+
+class Breaker:
+    """One provider host's overload breaker: an overloaded provider is not a bad key.
+
+    Closed, it counts overloaded answers; `threshold` of them within `window_s` open it for the provider's
+    retry time (at least `min_open_s`, at most `max_open_s`). While it is open sluice answers clients itself
+    with a retry time instead of adding load to a provider that said it has too much, and no key is cooled.
+    Once that time has passed it is half-open: requests go upstream again, the first answer that is not
+    overloaded closes it, and an overloaded one opens it again at once. Not thread-safe: the event loop owns
+    it.
+    """
+
+    def __init__(
+        self, threshold: int = 3, window_s: float = 10.0, min_open_s: float = 2.0, max_open_s: float = 30.0
+    ) -> None:
+        self.threshold = threshold
+        self.window_s = window_s
+        self.min_open_s = min_open_s
+        self.max_open_s = max_open_s
+        self._seen: list[float] = []  # times of recent overloaded answers, at most `threshold`
+        self._open_until: float | None = None  # set while open and while half-open
+
+    def overloaded(self, now: float, retry_s: float | None) -> float | None:
+        """Count an overloaded answer. Returns how long the breaker is open, when this answer opened it."""
+        if self._open_until is not None and now < self._open_until:
+            return None  # already open: an answer to a request sent before it opened
+        self._seen = [moment for moment in self._seen if now - moment < self.window_s]
+        self._seen.append(now)
+        del self._seen[: -self.threshold]
+        if self._open_until is None and len(self._seen) < self.threshold:
+            return None
+        seconds = min(self.max_open_s, max(self.min_open_s, retry_s or OVERLOADED_RETRY_S))
+        self._open_until = now + seconds
+        self._seen = []
+        return seconds
+
+    def succeeded(self, now: float) -> bool:
+        """Count an answer that was not overloaded. True when it closed a half-open breaker."""
+        if self._open_until is None or now < self._open_until:
+            return False
+        self._open_until = None
+        return True
+
+    def open_for(self, now: float) -> float | None:
+        """Seconds the breaker stays open, None when requests may go upstream."""
+        if self._open_until is None or now >= self._open_until:
+            return None
+        return self._open_until - now
