@@ -51,16 +51,16 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import sqlite_utils
 
+from rules.provider_answers import ErrorFields, Verdict, judge_answer
 from rules.secrets import unusable_secret
 from state.db import immediate
 
@@ -70,12 +70,16 @@ Kind = Literal["key", "oauth"]
 StateName = Literal["active", "cooling", "disabled"]
 RefreshFn = Callable[[str], Awaitable["TokenResponse"]]
 
-# Cooldowns when the provider names no retry time. Anthropic's SDKs and OpenAI's retry after ~0.5-8 s with
-# backoff; a pool can afford to rest a key longer, since the next key takes over at once.
-RATE_LIMITED_COOLDOWN_S = 60.0
-OVERLOADED_COOLDOWN_S = 30.0
-# A broken header must not shelve a key forever; Anthropic's longest window (7 days) is the ceiling.
-MAX_COOLDOWN_S = 7 * 24 * 3600.0
+Routing = Literal["affinity", "first"]
+
+# A conversation idle this long has no prompt cache left to keep (Anthropic's longest cache TTL is 1 hour):
+# its next call may start on whichever credential has the most room.
+AFFINITY_TTL_S = 3600.0
+MAX_CONVERSATIONS = 65_536  # remembered in memory per process; the database keeps the rest
+PRUNE_EVERY_PINS = 500
+# Headroom is written to the database when it moves by this much: often enough to steer new conversations,
+# rarely enough to cost nothing per call.
+HEADROOM_STEP = 0.05
 REASON_MAX_CHARS = 300
 BUSY_TIMEOUT_MS = 10_000
 
@@ -133,55 +137,6 @@ def scrub(text: str, limit: int = REASON_MAX_CHARS) -> str:
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
 
 
-# -- cooldowns ---------------------------------------------------------------------------------------------
-
-_SECONDS = re.compile(r"\d+(?:\.\d+)?")
-
-
-def _seconds(value: str | None) -> float | None:
-    if value is None or not _SECONDS.fullmatch(value.strip()):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def parse_cooldown(headers: Mapping[str, str], now: float, default_s: float) -> float:
-    """How long to rest a credential after a 429 or 529, in seconds, from the response's headers.
-
-    In order: `retry-after-ms` (milliseconds; Anthropic and OpenAI send it and their SDKs prefer it),
-    `retry-after` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3), then, for Anthropic's subscription
-    limits, `anthropic-ratelimit-unified-reset` (epoch seconds) when `-unified-status` is `rejected`.
-    A missing or malformed value falls through to the next; `default_s` when none is usable. The result
-    is capped at MAX_COOLDOWN_S. Header names are compared case-insensitively.
-    """
-    lowered = {name.lower(): value.strip() for name, value in headers.items()}
-    milliseconds = _seconds(lowered.get("retry-after-ms"))
-    if milliseconds is not None:
-        return min(milliseconds / 1000, MAX_COOLDOWN_S)
-    retry_after = lowered.get("retry-after")
-    if retry_after is not None:
-        delay = _seconds(retry_after)
-        if delay is None:
-            delay = _http_date_delay(retry_after, now)
-        if delay is not None:
-            return min(delay, MAX_COOLDOWN_S)
-    if lowered.get("anthropic-ratelimit-unified-status") == "rejected":
-        reset = _seconds(lowered.get("anthropic-ratelimit-unified-reset"))
-        if reset is not None and reset > now:
-            return min(reset - now, MAX_COOLDOWN_S)
-    return default_s
-
-
-def _http_date_delay(value: str, now: float) -> float | None:
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:  # `-0000` parses naive; HTTP-dates are always GMT
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, moment.timestamp() - now)
-
-
 # -- the pool ----------------------------------------------------------------------------------------------
 
 
@@ -197,7 +152,8 @@ class CredentialEntry:
 @dataclass(frozen=True, slots=True)
 class CredentialState:
     """A credential's row, as `sluice credentials` shows it. `state` is the effective state at read time:
-    a cooldown that has passed reads as `active`. `position` is None once the config no longer lists it."""
+    a cooldown that has passed reads as `active`. `position` is None once the config no longer lists it.
+    `quota_status` and `headroom` are what the provider last said of its limits (None: never said)."""
 
     host: str
     label: str
@@ -208,16 +164,37 @@ class CredentialState:
     reason: str | None
     cooling_until: float | None
     changed_at: float | None
+    quota_status: str | None = None
+    headroom: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Choice:
     """The credential to use, or why there is none: `retry_after_s` is the wait until the soonest cooling
-    credential is usable (None when every one is disabled); `reasons` has one line per credential."""
+    credential is usable (None when every one is disabled); `reasons` has one line per credential.
+
+    With a conversation: `pin` says the conversation's credential should be recorded (`CredentialPool.pin`,
+    off the event loop): it is new to this conversation, or its record is getting old. `moved_from` is the
+    credential the conversation was on, when that one is not usable now."""
 
     credential: CredentialEntry | None = None
     retry_after_s: float | None = None
     reasons: tuple[str, ...] = ()
+    pin: bool = False
+    moved_from: CredentialEntry | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialEvent:
+    """One row of the pool's history (`credential_events`)."""
+
+    at: float
+    host: str
+    fingerprint: str | None
+    label: str | None
+    event: str
+    detail: str | None
+    until: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,19 +207,44 @@ class _Status:
         return self.state == "active" or (self.state == "cooling" and (self.until or 0.0) <= now)
 
 
+@dataclass(slots=True)
+class _Pinned:
+    fingerprint: str
+    used_at: float  # this process's last use (wall clock)
+    saved_at: float  # when the database last heard of it
+
+
+@dataclass(slots=True)
+class _Limits:
+    quota_status: str | None = None
+    headroom: float | None = None
+
+
 _ACTIVE = _Status("active")
 
 
-_POOL_COLUMNS = "host, fingerprint, label, kind, position, state, reason, cooling_until, changed_at"
+_POOL_COLUMNS = (
+    "host, fingerprint, label, kind, position, state, reason, cooling_until, changed_at, "
+    "quota_status, headroom"
+)
 
 
 class CredentialPool:
     """The credential pools of every upstream host, over the main database.
 
     Give it a connection of its own (`state.db.connect(path)`): it runs `BEGIN IMMEDIATE` on it. Methods
-    are thread-safe. `choose` is cheap enough for the event loop; `report`, `cool_down`, `disable` write
-    only on a change of state, synchronously (wrap them in `asyncio.to_thread` to keep even that off the
-    loop); `sync_config`, `states` and `reset` are for start-up and the CLI.
+    are thread-safe. `choose`, `limits_changed` and `needs_recovery` are cheap enough for the event loop
+    (`choose` reads the database only for a conversation this process has not seen); the writers (`apply`,
+    `cool_down`, `disable`, `recover`, `pin`, `record_limits`, `record_event`) write one small transaction
+    and belong in `asyncio.to_thread`; `sync_config`, `states`, `events` and `reset` are for start-up and
+    the CLI. Every change of state is written to `credential_events` in the same transaction.
+
+    Routing (`choose`, per upstream): "first" takes the first usable credential in the config's order.
+    "affinity" keeps a conversation on the credential it started on while that one is usable, even after an
+    earlier one recovers (its prompt cache is there); a conversation whose credential cools or dies moves to
+    the usable one with the most headroom, as does a new conversation, so load spreads before any key hits a
+    wall. Headroom is the provider's own report (rules/provider_answers.py `headroom`); a credential that
+    has not reported yet counts as having all of it. Ties go to the config's order.
     """
 
     def __init__(
@@ -251,16 +253,23 @@ class CredentialPool:
         *,
         clock: Callable[[], float] = time.time,
         refresh_every: float = 1.0,
+        affinity_ttl_s: float = AFFINITY_TTL_S,
+        max_conversations: int = MAX_CONVERSATIONS,
     ) -> None:
         self._conn = db.conn
         self._clock = clock
         self._refresh_every = refresh_every
+        self._affinity_ttl_s = affinity_ttl_s
+        self._max_conversations = max_conversations
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[CredentialEntry, ...]] = {}
         self._view: dict[tuple[str, str], _Status] = {}
         # Changes the database refused: this process honours them anyway, over whatever it reloads.
         self._unsaved: dict[tuple[str, str], _Status] = {}
+        self._limits: dict[tuple[str, str], _Limits] = {}
+        self._pinned: OrderedDict[tuple[str, str], _Pinned] = OrderedDict()
         self._loaded_at: float | None = None
+        self._pins_since_prune = 0
 
     def sync_config(self, host: str, entries: Sequence[CredentialEntry]) -> None:
         """Declare `host`'s credentials, in the config's order. New ones start active; known ones keep
@@ -294,8 +303,16 @@ class CredentialPool:
                     ],
                 )
 
-    def choose(self, host: str, now: float | None = None) -> Choice:
-        """The first usable credential of `host`, or why none is usable."""
+    # -- choosing ---------------------------------------------------------------------------------------
+
+    def choose(
+        self,
+        host: str,
+        conversation: str | None = None,
+        routing: Routing = "affinity",
+        now: float | None = None,
+    ) -> Choice:
+        """The credential for a request to `host` (see the class docstring), or why none is usable."""
         now = self._clock() if now is None else now
         with self._lock:
             self._reload_if_stale()
@@ -303,19 +320,98 @@ class CredentialPool:
             view = self._view
         if not entries:
             return Choice(reasons=(f"no credentials configured for {host}",))
-        soonest: float | None = None
-        reasons: list[str] = []
-        for entry in entries:
-            status = view.get((host, entry.fingerprint), _ACTIVE)
-            if status.usable(now):
-                return Choice(credential=entry)
-            if status.state == "cooling":
-                wait = (status.until or now) - now
-                soonest = wait if soonest is None else min(soonest, wait)
-                reasons.append(f"{entry.label}: cooling for {math.ceil(wait)}s ({status.reason})")
-            else:
-                reasons.append(f"{entry.label}: disabled ({status.reason})")
-        return Choice(retry_after_s=soonest, reasons=tuple(reasons))
+        usable = [e for e in entries if view.get((host, e.fingerprint), _ACTIVE).usable(now)]
+        if not usable:
+            return _nothing_usable(host, entries, view, now)
+        if routing == "first":
+            return Choice(credential=usable[0])
+        pinned = self._pinned_to(host, conversation, now) if conversation else None
+        if pinned is not None:
+            for entry in usable:
+                if entry.fingerprint == pinned.fingerprint:
+                    pinned.used_at = now
+                    return Choice(credential=entry, pin=now - pinned.saved_at > self._affinity_ttl_s / 6)
+        best = max(usable, key=lambda e: self._headroom(host, e.fingerprint))  # max keeps the first of ties
+        moved_from = None
+        if pinned is not None:
+            moved_from = next((e for e in entries if e.fingerprint == pinned.fingerprint), None)
+        return Choice(credential=best, pin=conversation is not None, moved_from=moved_from)
+
+    def _headroom(self, host: str, fingerprint: str) -> float:
+        limits = self._limits.get((host, fingerprint))
+        return 1.0 if limits is None or limits.headroom is None else limits.headroom
+
+    def _pinned_to(self, host: str, conversation: str, now: float) -> _Pinned | None:
+        key = (host, conversation)
+        with self._lock:
+            pinned = self._pinned.get(key)
+            if pinned is None:
+                pinned = self._load_pin(key)
+            if pinned is None or now - pinned.used_at > self._affinity_ttl_s:
+                self._pinned.pop(key, None)
+                return None
+            self._pinned[key] = pinned
+            self._pinned.move_to_end(key)
+            while len(self._pinned) > self._max_conversations:
+                self._pinned.popitem(last=False)
+            return pinned
+
+    def _load_pin(self, key: tuple[str, str]) -> _Pinned | None:
+        try:
+            row = self._conn.execute(
+                "select fingerprint, used_at from credential_affinity where host = ? and conversation = ?",
+                key,
+            ).fetchone()
+        except sqlite3.Error as e:
+            log.warning("sluice: could not read which credential a conversation is on (%s)", e)
+            return None
+        return None if row is None else _Pinned(str(row[0]), float(row[1]), float(row[1]))
+
+    def pin(
+        self,
+        host: str,
+        conversation: str,
+        entry: CredentialEntry,
+        moved_from: CredentialEntry | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Record that `conversation` is on `entry` (shared with other processes), and, when it was on
+        another credential, that it moved and why. For `asyncio.to_thread`."""
+        now = self._clock() if now is None else now
+        key = (host, conversation)
+        with self._lock:
+            self._pinned[key] = _Pinned(entry.fingerprint, now, now)
+            self._pinned.move_to_end(key)
+            while len(self._pinned) > self._max_conversations:
+                self._pinned.popitem(last=False)
+            status = self._view.get((host, moved_from.fingerprint), _ACTIVE) if moved_from else None
+            try:
+                with immediate(self._conn):
+                    self._conn.execute(
+                        "insert or replace into credential_affinity values (?, ?, ?, ?)",
+                        (host, conversation, entry.fingerprint, now),
+                    )
+                    if moved_from is not None and status is not None:
+                        why = f"{status.state}: {status.reason}" if status.reason else status.state
+                        self._insert_event(
+                            now,
+                            host,
+                            entry.fingerprint,
+                            entry.label,
+                            "conversation_moved",
+                            f"conversation {conversation[:12]} moved from {moved_from.label} ({why}) "
+                            f"to {entry.label}: its prompt cache starts over",
+                        )
+                    self._pins_since_prune += 1
+                    if self._pins_since_prune >= PRUNE_EVERY_PINS:
+                        self._pins_since_prune = 0
+                        self._conn.execute(
+                            "delete from credential_affinity where used_at < ?", (now - self._affinity_ttl_s,)
+                        )
+            except sqlite3.Error as e:
+                log.warning("sluice: could not record which credential a conversation is on (%s)", e)
+
+    # -- what the provider said ---------------------------------------------------------------------------
 
     def report(
         self,
@@ -326,23 +422,35 @@ class CredentialPool:
         message: str | None = None,
         now: float | None = None,
     ) -> CredentialState | None:
-        """Apply an upstream answer given to a swapped credential: 429 cools it (60 s unless the headers
-        say), 529 cools it (30 s unless the headers say), 401 and 403 disable it with the provider's
-        `message`. Other statuses change nothing. Returns the new state, or None when nothing changed."""
+        """Judge an upstream answer given to a swapped credential (rules/provider_answers.py) and apply it.
+        Returns the new state, or None when nothing changed."""
         now = self._clock() if now is None else now
-        headers = headers or {}
-        if status == 429:
-            seconds = parse_cooldown(headers, now, RATE_LIMITED_COOLDOWN_S)
-            return self.cool_down(host, fingerprint, seconds, _reason(status, message, "rate limited"), now)
-        if status == 529:
-            seconds = parse_cooldown(headers, now, OVERLOADED_COOLDOWN_S)
-            return self.cool_down(host, fingerprint, seconds, _reason(status, message, "overloaded"), now)
-        if status in (401, 403):
-            return self.disable(host, fingerprint, _reason(status, message, "refused"), now)
+        error = ErrorFields(message=message or "")
+        verdict = judge_answer(status, headers or {}, error, self._kind(host, fingerprint), now)
+        return self.apply(host, fingerprint, verdict, now)
+
+    def apply(
+        self, host: str, fingerprint: str, verdict: Verdict, now: float | None = None
+    ) -> CredentialState | None:
+        """Move the pool as `verdict` says: cool (rate limit), cool until a window resets, or disable.
+        Overloaded and refused-OAuth verdicts are not the pool's to act on (the breaker and the OAuth store
+        are); they change nothing here. Returns the new state, or None when nothing changed."""
+        if verdict.action == "cool" and verdict.seconds is not None:
+            return self.cool_down(host, fingerprint, verdict.seconds, verdict.reason, now)
+        if verdict.action == "window" and verdict.seconds is not None:
+            return self.cool_down(host, fingerprint, verdict.seconds, verdict.reason, now, "window_exhausted")
+        if verdict.action == "disable":
+            return self.disable(host, fingerprint, verdict.reason, now)
         return None
 
     def cool_down(
-        self, host: str, fingerprint: str, seconds: float, reason: str, now: float | None = None
+        self,
+        host: str,
+        fingerprint: str,
+        seconds: float,
+        reason: str,
+        now: float | None = None,
+        event: str = "cooled",
     ) -> CredentialState | None:
         """Rest a credential for `seconds`. A disabled credential stays disabled; a longer cooldown
         already in place is kept."""
@@ -357,7 +465,7 @@ class CredentialPool:
                 return None
             return new
 
-        return self._change(host, fingerprint, decide, now)
+        return self._change(host, fingerprint, decide, now, event)
 
     def disable(
         self, host: str, fingerprint: str, reason: str, now: float | None = None
@@ -366,8 +474,97 @@ class CredentialPool:
         now = self._clock() if now is None else now
         new = _Status("disabled", scrub(reason))
         return self._change(
-            host, fingerprint, lambda current: None if current.state == "disabled" else new, now
+            host, fingerprint, lambda current: None if current.state == "disabled" else new, now, "disabled"
         )
+
+    def needs_recovery(self, host: str, fingerprint: str) -> bool:
+        """Whether a good answer on this credential ends a cooldown still on record (cheap: memory only)."""
+        return self._view.get((host, fingerprint), _ACTIVE).state == "cooling"
+
+    def recover(self, host: str, fingerprint: str, now: float | None = None) -> CredentialState | None:
+        """A credential whose cooldown has passed answered well: record it active again, and say so."""
+        now = self._clock() if now is None else now
+
+        def decide(current: _Status) -> _Status | None:
+            return _ACTIVE if current.state == "cooling" and (current.until or 0.0) <= now else None
+
+        return self._change(host, fingerprint, decide, now, "recovered")
+
+    def limits_changed(
+        self, host: str, fingerprint: str, quota_status: str | None, headroom: float | None
+    ) -> bool:
+        """Whether what an answer said of the credential's limits is news worth writing (memory only): a
+        subscription status that changed, or headroom that moved by HEADROOM_STEP or more."""
+        known = self._limits.get((host, fingerprint))
+        if known is None:
+            return quota_status is not None or headroom is not None
+        if quota_status is not None and quota_status != known.quota_status:
+            return True
+        if headroom is None:
+            return False
+        return known.headroom is None or abs(headroom - known.headroom) >= HEADROOM_STEP
+
+    def record_limits(
+        self,
+        host: str,
+        fingerprint: str,
+        quota_status: str | None,
+        headroom: float | None,
+        now: float | None = None,
+    ) -> None:
+        """Keep what the provider said of a credential's limits, for every process; a change of
+        subscription status (allowed → allowed_warning → rejected and back) goes into the history."""
+        now = self._clock() if now is None else now
+        key = (host, fingerprint)
+        with self._lock:
+            known = self._limits.setdefault(key, _Limits())
+            before = known.quota_status
+            if quota_status is not None:
+                known.quota_status = quota_status
+            if headroom is not None:
+                known.headroom = headroom
+            label = self._label(host, fingerprint)
+            try:
+                with immediate(self._conn):
+                    self._conn.execute(
+                        """
+                        update credentials set quota_status = coalesce(?, quota_status),
+                            headroom = coalesce(?, headroom), headroom_at = ?
+                        where host = ? and fingerprint = ?
+                        """,
+                        (quota_status, headroom, now, host, fingerprint),
+                    )
+                    if quota_status is not None and quota_status != before:
+                        detail = f"subscription status {before or 'unknown'} → {quota_status}"
+                        self._insert_event(now, host, fingerprint, label, "quota", detail)
+            except sqlite3.Error as e:
+                log.warning("sluice: could not record %s %s's limits (%s)", host, label, e)
+
+    def record_event(
+        self,
+        host: str,
+        event: str,
+        detail: str | None = None,
+        fingerprint: str | None = None,
+        until: float | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Add a row to the history that no state change carries (an OAuth refresh, the provider-wide
+        breaker). Never raises: the history must not stop a request."""
+        now = self._clock() if now is None else now
+        label = self._label(host, fingerprint) if fingerprint else None
+        with self._lock:
+            try:
+                with immediate(self._conn):
+                    self._insert_event(now, host, fingerprint, label, event, detail, until)
+            except sqlite3.Error as e:
+                log.warning("sluice: could not record the credential event %s for %s (%s)", event, host, e)
+
+    def oauth_fingerprint(self, host: str) -> str | None:
+        """The pool's name for `host`'s OAuth credential, if it has one."""
+        return next((e.fingerprint for e in self._entries.get(host, ()) if e.kind == "oauth"), None)
+
+    # -- for the CLI ----------------------------------------------------------------------------------------
 
     def reset(self, host: str, label_or_fingerprint: str) -> list[CredentialState]:
         """Make the credentials of `host` with this label (or fingerprint) active again; for the CLI.
@@ -390,10 +587,13 @@ class CredentialPool:
                     """,
                     [(now, host, row[1]) for row in rows],
                 )
+                for row in rows:
+                    was = f"was {row[5]}" + (f": {row[6]}" if row[6] else "")
+                    self._insert_event(now, host, str(row[1]), str(row[2]), "reset", f"reset by hand ({was})")
             for row in rows:
                 self._unsaved.pop((host, row[1]), None)
             self._loaded_at = None
-        return [_state_from_row((*row[:5], "active", None, None, now), now) for row in rows]
+        return [_state_from_row((*row[:5], "active", None, None, now, *row[9:]), now) for row in rows]
 
     def states(self, now: float | None = None) -> list[CredentialState]:
         """Every credential the database knows, by host and configured order, read fresh."""
@@ -407,7 +607,48 @@ class CredentialPool:
             ).fetchall()
         return [_state_from_row(row, now) for row in rows]
 
+    def events(
+        self, since: float | None = None, limit: int = 200, host: str | None = None
+    ) -> list[CredentialEvent]:
+        """The history, newest first."""
+        clauses: list[str] = ["at >= ?"]
+        params: list[object] = [since if since is not None else 0.0]
+        if host is not None:
+            clauses.append("host = ?")
+            params.append(host)
+        with self._lock:
+            rows = self._conn.execute(
+                "select at, host, fingerprint, label, event, detail, until from credential_events "
+                f"where {' and '.join(clauses)} order by at desc, id desc limit ?",
+                (*params, limit),
+            ).fetchall()
+        return [CredentialEvent(*row) for row in rows]
+
     # -- internals ------------------------------------------------------------------------------------
+
+    def _kind(self, host: str, fingerprint: str) -> Kind:
+        entry = next((e for e in self._entries.get(host, ()) if e.fingerprint == fingerprint), None)
+        return entry.kind if entry else "key"
+
+    def _label(self, host: str, fingerprint: str | None) -> str:
+        entry = next((e for e in self._entries.get(host, ()) if e.fingerprint == fingerprint), None)
+        return entry.label if entry else str(fingerprint)
+
+    def _insert_event(
+        self,
+        at: float,
+        host: str,
+        fingerprint: str | None,
+        label: str | None,
+        event: str,
+        detail: str | None,
+        until: float | None = None,
+    ) -> None:
+        self._conn.execute(
+            "insert into credential_events (at, host, fingerprint, label, event, detail, until) "
+            "values (?, ?, ?, ?, ?, ?, ?)",
+            (at, host, fingerprint, label, event, None if detail is None else scrub(detail), until),
+        )
 
     def _reload_if_stale(self) -> None:
         mono = time.monotonic()
@@ -416,25 +657,34 @@ class CredentialPool:
         self._loaded_at = mono
         try:
             rows = self._conn.execute(
-                "select host, fingerprint, state, reason, cooling_until from credentials "
-                "where state != 'active'"
+                "select host, fingerprint, state, reason, cooling_until, quota_status, headroom "
+                "from credentials where state != 'active' or quota_status is not null or headroom is not null"
             ).fetchall()
         except sqlite3.Error as e:
             # Fail open on the last view: a database hiccup must not stop requests.
             log.warning("sluice: could not reload credential states (%s); using the last known ones", e)
             self._view = {**self._view, **self._unsaved}
             return
-        view = {(host, fp): _status(state, reason, until) for host, fp, state, reason, until in rows}
+        view = {}
+        for host, fp, state, reason, until, quota, room in rows:
+            if state != "active":
+                view[(host, fp)] = _status(state, reason, until)
+            # Another process's word on the limits counts as much as ours: the newest reload wins.
+            self._limits[(host, fp)] = _Limits(quota, _float(room))
         for key, status in self._unsaved.items():
             view[key] = status
         self._view = view
 
     def _change(
-        self, host: str, fingerprint: str, decide: Callable[[_Status], _Status | None], now: float
+        self,
+        host: str,
+        fingerprint: str,
+        decide: Callable[[_Status], _Status | None],
+        now: float,
+        event: str,
     ) -> CredentialState | None:
-        entry = next((e for e in self._entries.get(host, ()) if e.fingerprint == fingerprint), None)
-        label = entry.label if entry else fingerprint
-        kind: Kind = entry.kind if entry else "key"
+        label = self._label(host, fingerprint)
+        kind = self._kind(host, fingerprint)
         key = (host, fingerprint)
         with self._lock:
             try:
@@ -457,6 +707,7 @@ class CredentialPool:
                         """,
                         (host, fingerprint, label, kind, new.state, new.reason, new.until, now),
                     )
+                    self._insert_event(now, host, fingerprint, label, event, new.reason, new.until)
                 self._unsaved.pop(key, None)
                 position = row[4] if row else None
             except sqlite3.Error as e:
@@ -472,18 +723,34 @@ class CredentialPool:
                     new.state,
                     e,
                 )
+            if new.state == "active":
+                self._view.pop(key, None)
+            else:
+                self._view = {**self._view, key: new}
             self._loaded_at = None
         return CredentialState(
             host, label, fingerprint, kind, position, new.state, new.reason, new.until, now
         )
 
 
-def _reason(status: int, message: str | None, fallback: str) -> str:
-    return f"{status} {message.strip() if message and message.strip() else fallback}"
+def _nothing_usable(
+    host: str, entries: Sequence[CredentialEntry], view: Mapping[tuple[str, str], _Status], now: float
+) -> Choice:
+    soonest: float | None = None
+    reasons: list[str] = []
+    for entry in entries:
+        status = view.get((host, entry.fingerprint), _ACTIVE)
+        if status.state == "cooling":
+            wait = (status.until or now) - now
+            soonest = wait if soonest is None else min(soonest, wait)
+            reasons.append(f"{entry.label}: cooling for {math.ceil(wait)}s ({status.reason})")
+        else:
+            reasons.append(f"{entry.label}: disabled ({status.reason})")
+    return Choice(retry_after_s=soonest, reasons=tuple(reasons))
 
 
 def _state_from_row(row: Sequence[object], now: float) -> CredentialState:
-    host, fp, label, kind, position, state, reason, until, changed_at = row
+    host, fp, label, kind, position, state, reason, until, changed_at, quota, room = row
     status = _status(state, reason, until)
     if status.state == "cooling" and status.usable(now):
         status = _ACTIVE
@@ -497,6 +764,8 @@ def _state_from_row(row: Sequence[object], now: float) -> CredentialState:
         reason=status.reason,
         cooling_until=status.until,
         changed_at=_float(changed_at),
+        quota_status=None if quota is None else str(quota),
+        headroom=_float(room),
     )
 
 

@@ -247,12 +247,50 @@ def _migration_5_cache_health_and_views(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_6_credential_history_and_routing(db: sqlite_utils.Database) -> None:
+    # The pool's history (state/credentials.py): one row per change a person may want to know of later:
+    # refreshed, rotated, token_rejected, cooled, window_exhausted, disabled, recovered, reset, quota,
+    # conversation_moved, overloaded, healed. `fingerprint` is null for provider-wide events. Never a secret:
+    # `detail` is the provider's words, scrubbed of anything token-shaped.
+    db["credential_events"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "at": float,
+            "host": str,
+            "fingerprint": str,
+            "label": str,
+            "event": str,
+            "detail": str,
+            "until": float,
+        },
+        pk="id",
+        not_null={"at", "host", "event"},
+    )
+    db["credential_events"].create_index(["at"])  # type: ignore[union-attr]
+    # What the provider last said of each credential's limits: its subscription status (allowed,
+    # allowed_warning, rejected) and its headroom (0..1, the tightest limit left), shared between processes so
+    # every proxy starts new conversations on the key with the most room.
+    credentials = db["credentials"]
+    for column, kind in (("quota_status", str), ("headroom", float), ("headroom_at", float)):
+        if column not in credentials.columns_dict:
+            credentials.add_column(column, kind)  # type: ignore[union-attr]
+    # Which credential each conversation is on (its prompt cache lives there): `conversation` is a digest
+    # (Claude Code's session id, else the client and first message), never prompt text.
+    db["credential_affinity"].create(  # type: ignore[union-attr]
+        {"host": str, "conversation": str, "fingerprint": str, "used_at": float},
+        pk=("host", "conversation"),
+        not_null={"host", "conversation", "fingerprint", "used_at"},
+    )
+    db["credential_affinity"].create_index(["used_at"])  # type: ignore[union-attr]
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1_calls_and_rate_limits,
     _migration_2_views,
     _migration_3_credentials,
     _migration_4_budgets,
     _migration_5_cache_health_and_views,
+    _migration_6_credential_history_and_routing,
 ]
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +180,37 @@ def test_the_breaker_forgets_overloads_outside_its_window() -> None:
     for moment in (0, 11, 22, 33):
         assert breaker.overloaded(moment, None) is None
     assert breaker.open_for(33) is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after-ms": "1500"}, 1.5),
+        ({"Retry-After-Ms": "250.5", "retry-after": "9"}, 0.2505),  # ms wins, names are case-insensitive
+        ({"retry-after": "7"}, 7.0),
+        ({"Retry-After": "0"}, 0.0),
+        ({"retry-after": format_datetime(datetime.fromtimestamp(NOW + 120, UTC), usegmt=True)}, 120.0),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date in the past: retry now
+        ({"retry-after": "soon"}, 60.0),
+        ({"retry-after": "-5"}, 60.0),
+        ({"retry-after-ms": "nan", "retry-after": "3"}, 3.0),
+        ({"retry-after": "99999999999"}, 7 * 24 * 3600.0),  # capped
+        ({}, 60.0),
+        (
+            {
+                "anthropic-ratelimit-unified-status": "rejected",
+                "anthropic-ratelimit-unified-reset": str(int(NOW + 3600)),
+            },
+            3600.0,
+        ),
+        (
+            {
+                "anthropic-ratelimit-unified-status": "allowed_warning",
+                "anthropic-ratelimit-unified-reset": str(int(NOW + 3600)),
+            },
+            60.0,
+        ),
+    ],
+)
+def test_parse_cooldown_reads_retry_times(headers: dict[str, str], expected: float) -> None:
+    assert parse_cooldown(headers, NOW, 60.0) == pytest.approx(expected)

@@ -7,8 +7,6 @@ import os
 import sqlite3
 import stat
 import time
-from datetime import UTC, datetime
-from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
@@ -26,7 +24,6 @@ from state.credentials import (
     TokenResponse,
     describe_reference,
     fingerprint,
-    parse_cooldown,
     parse_oauth_credentials,
     scrub,
     secrets_path_for,
@@ -77,40 +74,6 @@ def test_labels_name_the_reference_never_a_literal():
     assert fingerprint(SECRETS[0]).startswith("sha256:") and SECRETS[0] not in fingerprint(SECRETS[0])
 
 
-@pytest.mark.parametrize(
-    ("headers", "expected"),
-    [
-        ({"retry-after-ms": "1500"}, 1.5),
-        ({"Retry-After-Ms": "250.5", "retry-after": "9"}, 0.2505),  # ms wins, names are case-insensitive
-        ({"retry-after": "7"}, 7.0),
-        ({"Retry-After": "0"}, 0.0),
-        ({"retry-after": format_datetime(datetime.fromtimestamp(NOW + 120, UTC), usegmt=True)}, 120.0),
-        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date in the past: retry now
-        ({"retry-after": "soon"}, 60.0),
-        ({"retry-after": "-5"}, 60.0),
-        ({"retry-after-ms": "nan", "retry-after": "3"}, 3.0),
-        ({"retry-after": "99999999999"}, 7 * 24 * 3600.0),  # capped
-        ({}, 60.0),
-        (
-            {
-                "anthropic-ratelimit-unified-status": "rejected",
-                "anthropic-ratelimit-unified-reset": str(int(NOW + 3600)),
-            },
-            3600.0,
-        ),
-        (
-            {
-                "anthropic-ratelimit-unified-status": "allowed_warning",
-                "anthropic-ratelimit-unified-reset": str(int(NOW + 3600)),
-            },
-            60.0,
-        ),
-    ],
-)
-def test_parse_cooldown(headers, expected):
-    assert parse_cooldown(headers, NOW, 60.0) == pytest.approx(expected)
-
-
 def test_scrub_cuts_token_shaped_text():
     message = f"Incorrect API key provided: {SECRETS[0]}. See https://platform.openai.com/account/api-keys"
     cleaned = scrub(message)
@@ -133,19 +96,19 @@ def test_first_usable_credential_in_order_with_failover(db_path):
         HOST, fingerprint(SECRETS[0]), 429, {"retry-after": "10"}, "Number of request tokens exceeded"
     )
     assert chosen(pool.choose(HOST)) == labels[1]
-    pool.report(HOST, fingerprint(SECRETS[1]), 529, {}, "Overloaded")
-    assert chosen(pool.choose(HOST)) == labels[2]
+    pool.report(HOST, fingerprint(SECRETS[1]), 429, {"retry-after": "20"}, "Rate limited")
+    assert chosen(pool.choose(HOST, routing="first")) == labels[2]
 
     clock.now += 10
-    assert chosen(pool.choose(HOST)) == labels[0]  # back to the first once its cooldown is over
+    assert chosen(pool.choose(HOST, routing="first")) == labels[0]  # back to the first once it has rested
 
 
-def test_overload_defaults_to_thirty_seconds(db_path):
-    clock = Clock()
-    pool = make_pool(db_path, clock)
-    state = pool.report(HOST, fingerprint(SECRETS[0]), 529, {})
-    assert state is not None and state.state == "cooling" and state.cooling_until == NOW + 30
-    assert state.reason == "529 overloaded"
+def test_an_overloaded_provider_cools_no_key(db_path):
+    pool = make_pool(db_path, Clock())
+    assert pool.report(HOST, fingerprint(SECRETS[0]), 529, {}, "Overloaded") is None
+    assert pool.report(HOST, fingerprint(SECRETS[0]), 429, {"retry-after": "5"}, "Overloaded") is not None
+    assert [s.state for s in pool.states()] == ["cooling", "active", "active"]
+    assert pool.events()[0].event == "cooled"
 
 
 def test_all_cooling_gives_the_soonest_retry(db_path):
@@ -174,12 +137,15 @@ def test_401_disables_with_the_providers_reason(db_path):
     assert [s.state for s in pool.states()] == ["disabled"] * 3
 
 
-def test_403_disables_and_success_changes_nothing(db_path):
+def test_only_a_terminal_403_disables_and_success_changes_nothing(db_path):
     pool = make_pool(db_path, Clock())
     assert pool.report(HOST, fingerprint(SECRETS[0]), 200, {}) is None
     assert pool.report(HOST, fingerprint(SECRETS[0]), 500, {"retry-after": "5"}) is None
-    state = pool.report(HOST, fingerprint(SECRETS[0]), 403, {}, None)
-    assert state is not None and state.state == "disabled" and state.reason == "403 refused"
+    # A permission error may concern one model or feature: the key stays for the rest.
+    assert pool.report(HOST, fingerprint(SECRETS[0]), 403, {}, "no permission for this resource") is None
+    message = "OAuth authentication is currently not allowed for this organization."
+    state = pool.report(HOST, fingerprint(SECRETS[0]), 403, {}, message)
+    assert state is not None and state.state == "disabled" and state.reason == f"403 {message}"
 
 
 def test_a_longer_cooldown_is_not_shortened(db_path):
@@ -641,3 +607,137 @@ def test_oauth_tokens_that_would_break_a_header_are_refused_without_quoting_them
         parse_oauth_credentials(text)
     assert reason in str(e.value)
     assert "Evil" not in str(e.value) and "GET" not in str(e.value)
+
+
+# -- routing: conversations keep their credential; new ones go where there is room -------------------------
+
+
+def test_a_conversation_stays_on_its_key_after_an_earlier_key_recovers(db_path):
+    clock = Clock()
+    pool = make_pool(db_path, clock)
+    labels = [entry.label for entry in entries()]
+    pool.report(HOST, fingerprint(SECRETS[0]), 429, {"retry-after": "10"}, "Rate limited")
+    choice = pool.choose(HOST, "conversation-a")
+    assert chosen(choice) == labels[1] and choice.pin and choice.moved_from is None
+    assert choice.credential is not None
+    pool.pin(HOST, "conversation-a", choice.credential)
+
+    clock.now += 11  # keys[0] has rested
+    again = pool.choose(HOST, "conversation-a")
+    assert chosen(again) == labels[1] and not again.pin  # its prompt cache is on keys[1]
+    assert chosen(pool.choose(HOST, "conversation-a", routing="first")) == labels[0]
+    assert chosen(pool.choose(HOST, "conversation-b")) == labels[0]
+
+
+def test_a_conversation_moves_only_when_its_key_cools_and_the_move_is_recorded(db_path):
+    clock = Clock()
+    pool = make_pool(db_path, clock)
+    labels = [entry.label for entry in entries()]
+    first = pool.choose(HOST, "conversation-a")
+    assert first.credential is not None
+    pool.pin(HOST, "conversation-a", first.credential)
+    pool.report(HOST, fingerprint(SECRETS[0]), 429, {"retry-after": "60"}, "Rate limited")
+
+    moved = pool.choose(HOST, "conversation-a")
+    assert chosen(moved) == labels[1] and moved.moved_from == first.credential and moved.pin
+    assert moved.credential is not None
+    pool.pin(HOST, "conversation-a", moved.credential, moved.moved_from)
+    event = pool.events()[0]
+    assert event.event == "conversation_moved" and event.label == labels[1]
+    assert event.detail is not None and labels[0] in event.detail
+    assert "cooling: 429 Rate limited" in event.detail
+
+
+def test_new_conversations_go_to_the_key_with_the_most_headroom(db_path):
+    pool = make_pool(db_path, Clock())
+    labels = [entry.label for entry in entries()]
+    pool.record_limits(HOST, fingerprint(SECRETS[0]), "allowed", 0.2)
+    pool.record_limits(HOST, fingerprint(SECRETS[1]), "allowed", 0.7)
+    pool.record_limits(HOST, fingerprint(SECRETS[2]), "allowed", 0.5)
+    assert chosen(pool.choose(HOST, "new")) == labels[1]
+    assert chosen(pool.choose(HOST, "new", routing="first")) == labels[0]
+
+
+def test_a_key_that_has_not_reported_counts_as_having_all_its_room(db_path):
+    pool = make_pool(db_path, Clock())
+    pool.record_limits(HOST, fingerprint(SECRETS[0]), None, 0.99)
+    assert chosen(pool.choose(HOST, "new")) == entries()[1].label
+
+
+def test_which_key_a_conversation_is_on_is_shared_and_forgotten_after_an_hour(db_path):
+    clock = Clock()
+    pool = make_pool(db_path, clock)
+    other = make_pool(db_path, clock)
+    pool.pin(HOST, "conversation-a", entries()[2])
+    assert chosen(other.choose(HOST, "conversation-a")) == entries()[2].label
+    clock.now += 3601
+    assert chosen(make_pool(db_path, clock).choose(HOST, "conversation-a")) == entries()[0].label
+
+
+def test_conversations_remembered_in_memory_are_bounded(db_path):
+    pool = CredentialPool(sluice_db.connect(db_path), clock=Clock(), max_conversations=3)
+    pool.sync_config(HOST, entries())
+    for number in range(10):
+        pool.pin(HOST, f"conversation-{number}", entries()[1])
+    assert len(pool._pinned) == 3
+    assert chosen(pool.choose(HOST, "conversation-0")) == entries()[1].label  # read back from the database
+
+
+def test_limits_are_written_only_when_they_change(db_path):
+    pool = make_pool(db_path, Clock())
+    fp = fingerprint(SECRETS[0])
+    assert pool.limits_changed(HOST, fp, "allowed", 0.9)
+    pool.record_limits(HOST, fp, "allowed", 0.9)
+    assert not pool.limits_changed(HOST, fp, "allowed", 0.88)
+    assert not pool.limits_changed(HOST, fp, None, None)
+    assert pool.limits_changed(HOST, fp, "allowed", 0.8)
+    assert pool.limits_changed(HOST, fp, "allowed_warning", 0.9)
+    pool.record_limits(HOST, fp, "allowed_warning", 0.1)
+    pool.record_limits(HOST, fp, "rejected", 0.0)
+    pool.record_limits(HOST, fp, "allowed", 0.8)
+    details = [e.detail for e in reversed(pool.events()) if e.event == "quota"]
+    assert details == [
+        "subscription status unknown → allowed",
+        "subscription status allowed → allowed_warning",
+        "subscription status allowed_warning → rejected",
+        "subscription status rejected → allowed",
+    ]
+    state = pool.states()[0]
+    assert state.quota_status == "allowed" and state.headroom == pytest.approx(0.8)
+
+
+def test_a_good_answer_after_a_cooldown_records_the_recovery(db_path):
+    clock = Clock()
+    pool = make_pool(db_path, clock)
+    fp = fingerprint(SECRETS[0])
+    pool.report(HOST, fp, 429, {"retry-after": "10"}, "Rate limited")
+    assert pool.needs_recovery(HOST, fp)
+    assert pool.recover(HOST, fp) is None  # not rested yet
+    clock.now += 10
+    state = pool.recover(HOST, fp)
+    assert state is not None and state.state == "active"
+    assert not pool.needs_recovery(HOST, fp)
+    assert [e.event for e in pool.events()] == ["recovered", "cooled"]
+
+
+def test_the_history_says_what_happened_and_why_never_a_secret(db_path):
+    clock = Clock()
+    pool = make_pool(db_path, clock)
+    window = {
+        "anthropic-ratelimit-unified-status": "rejected",
+        "anthropic-ratelimit-unified-representative-claim": "five_hour",
+        "anthropic-ratelimit-unified-reset": str(int(NOW) + 3600),
+    }
+    pool.report(HOST, fingerprint(SECRETS[0]), 429, window, "This request would exceed your rate limit")
+    pool.report(HOST, fingerprint(SECRETS[1]), 401, {}, f"Incorrect API key provided: {SECRETS[1]}")
+    pool.reset(HOST, entries()[1].label)
+    pool.record_event(HOST, "overloaded", "529 Overloaded: answering clients for 5s")
+    events = pool.events()
+    assert [e.event for e in events] == ["overloaded", "reset", "disabled", "window_exhausted"]
+    assert events[3].until == NOW + 3600
+    assert events[3].detail is not None and "five_hour window exhausted until" in events[3].detail
+    assert events[1].detail == "reset by hand (was disabled: 401 Incorrect API key provided: sk-ant…)"
+    assert events[0].fingerprint is None
+    with sqlite3.connect(db_path) as conn:
+        dump = "\n".join(conn.iterdump())
+    assert not any(secret in dump for secret in SECRETS)
