@@ -41,7 +41,9 @@ fingerprint, and provider messages are scrubbed of anything that looks like a to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -912,7 +914,13 @@ def _secrets_1_tokens(conn: sqlite3.Connection) -> None:
     )
 
 
-SECRETS_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_secrets_1_tokens]
+def _secrets_2_rejections(conn: sqlite3.Connection) -> None:
+    # The fingerprint of the access token the provider last refused (401) while the token that replaced it
+    # has not yet been accepted: when the replacement is refused too, the credential cannot heal.
+    conn.execute("alter table oauth_tokens add column rejected_fingerprint text")
+
+
+SECRETS_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_secrets_1_tokens, _secrets_2_rejections]
 
 
 def open_secrets_db(
@@ -976,6 +984,7 @@ class _TokenRow:
     lease_owner: str | None
     lease_until: float | None
     failed_reason: str | None
+    rejected_fingerprint: str | None
 
     def fresh(self, now: float, skew_s: float) -> bool:
         """Good for a while yet: no refresh needed."""
@@ -986,9 +995,14 @@ class _TokenRow:
         return self.expires_at is None or now < self.expires_at
 
 
-_ROW_COLUMNS = "access_token, refresh_token, expires_at, version, lease_owner, lease_until, failed_reason"
+_ROW_COLUMNS = (
+    "access_token, refresh_token, expires_at, version, lease_owner, lease_until, failed_reason, "
+    "rejected_fingerprint"
+)
 
 LeaseOutcome = Literal["taken", "busy", "changed"]
+RejectOutcome = Literal["refreshing", "stale", "dead"]
+EventFn = Callable[[str, str, str], None]  # (key, event, detail): for the pool's history
 
 
 class OAuthStore:
@@ -1002,7 +1016,12 @@ class OAuthStore:
     call to the token endpoint is abandoned (as transient) after `refresh_timeout_s`, at most `lease_s`,
     so that two refreshes never overlap. `poll_s`: how often a waiter re-reads the store.
     `transient_backoff_s`: after a transient failure, no new attempt from this process for this long.
-    `recheck_s`: how stale the in-memory copy of a still-fresh token may be.
+    `recheck_s`: how stale the in-memory copy of a still-fresh token may be. `on_event(key, event,
+    detail)` hears of refreshes, refused tokens and heals, for the pool's history; it is called from the
+    thread that made the change and must not raise.
+
+    Healing (`reject`, `confirm`): an access token the provider refuses (401) is dropped and refreshed;
+    only when its replacement is refused too, before any answer accepted it, is the credential dead.
     """
 
     def __init__(
@@ -1016,8 +1035,10 @@ class OAuthStore:
         poll_s: float = 0.05,
         transient_backoff_s: float = 10.0,
         recheck_s: float = 30.0,
+        on_event: EventFn | None = None,
     ) -> None:
         self._conn = open_secrets_db(path)
+        self._on_event = on_event
         self._clock = clock  # wall clock: leases are compared across processes
         self._skew_s = skew_s
         self._lease_s = lease_s
@@ -1058,7 +1079,7 @@ class OAuthStore:
                     expires_at = excluded.expires_at, version = oauth_tokens.version + 1,
                     lease_owner = null, lease_until = null, seed_fingerprint = excluded.seed_fingerprint,
                     seeded_at = excluded.seeded_at, refreshed_at = null, failed_reason = null,
-                    failed_at = null
+                    failed_at = null, rejected_fingerprint = null
                 """,
                 (key, tokens.access_token, tokens.refresh_token, tokens.expires_at, identity, now),
             )
@@ -1107,6 +1128,8 @@ class OAuthStore:
             cached[0] if cached and time.monotonic() - cached[1] < self._recheck_s else await self._load(key)
         )
         now = self._clock()
+        if row.failed_reason is not None:
+            raise CredentialDead(row.failed_reason)
         if row.fresh(now, self._skew_s):
             return row.access_token
         if row.refresh_token is None:
@@ -1121,6 +1144,97 @@ class OAuthStore:
             return row.access_token
         refreshed = await asyncio.shield(self._refresh_task(key, refresh_fn))
         return refreshed.access_token
+
+    async def refresh_now(self, key: str, refresh_fn: RefreshFn) -> OAuthStatus:
+        """Refresh `key`'s tokens now, fresh or not (`sluice credentials --refresh`), under the same rules
+        as any refresh: one lease across processes, compare-and-swap on the stored version; when another
+        process is refreshing already, its result is this one's. Raises CredentialDead when the token
+        endpoint refused (or refused before: reset the credential after a new login), CredentialUnavailable
+        when it failed transiently."""
+        start = await self._load(key)
+        row = await self._obtain(
+            key, refresh_fn, lambda current: current.version > start.version, forced=True
+        )
+        self._cache[key] = (row, time.monotonic())
+        status = await asyncio.to_thread(self.status, key)
+        if status is None:
+            raise CredentialDead(f"no OAuth tokens stored for {key}")
+        return status
+
+    def reject(self, key: str, access_token: str, reason: str) -> RejectOutcome:
+        """The provider refused `access_token` (401). For `asyncio.to_thread`. Outcomes:
+
+        - "stale": the store holds another token already (refreshed here or by another process): the
+          client's retry carries it;
+        - "refreshing": the token is dropped (stored as expired) so the next request refreshes it, once,
+          under the usual lease; a refusal of a token already dropped is this same outcome;
+        - "dead": it cannot heal: the refused token is the replacement of a refused one and nothing has
+          accepted it yet, or there is no refresh token. The failure is stored as the store's own refusal
+          is, so the credential stays dead here and in every process until a new login or a reset.
+        """
+        used = fingerprint(access_token)
+        now = self._clock()
+        with self._db_lock, immediate(self._conn):
+            found = self._conn.execute(
+                f"select {_ROW_COLUMNS} from oauth_tokens where key = ?", (key,)
+            ).fetchone()
+            row = None if found is None else _TokenRow(*found)
+            if row is None or not hmac.compare_digest(row.access_token, access_token):
+                outcome: RejectOutcome = "stale"
+            elif row.rejected_fingerprint == used:
+                outcome = "refreshing"
+            elif row.rejected_fingerprint is not None or row.refresh_token is None:
+                why = (
+                    "the access token obtained after an earlier refusal was refused too"
+                    if row.rejected_fingerprint is not None
+                    else "the access token was refused and there is no refresh token"
+                )
+                self._conn.execute(
+                    "update oauth_tokens set failed_reason = ?, failed_at = ? where key = ?",
+                    (scrub(f"{why}: {reason}"), now, key),
+                )
+                outcome = "dead"
+            else:
+                self._conn.execute(
+                    "update oauth_tokens set rejected_fingerprint = ?, expires_at = ? where key = ?",
+                    (used, now - 1.0, key),
+                )
+                outcome = "refreshing"
+        cached = self._cache.get(key)
+        if cached is None or hmac.compare_digest(cached[0].access_token, access_token):
+            self._cache.pop(key, None)  # re-read: the token this process holds is refused
+        if outcome == "refreshing" and row is not None and row.rejected_fingerprint != used:
+            self._emit(key, "token_rejected", f"the provider refused the access token ({reason}); refreshing")
+        return outcome
+
+    def needs_confirm(self, key: str) -> bool:
+        """Whether a good answer should be reported with `confirm` (memory only: cheap on the loop)."""
+        cached = self._cache.get(key)
+        return cached is not None and cached[0].rejected_fingerprint is not None
+
+    def confirm(self, key: str, access_token: str) -> bool:
+        """An answer accepted `access_token`, the replacement of a refused one: the credential has healed.
+        For `asyncio.to_thread`. True when this call recorded it."""
+        with self._db_lock, immediate(self._conn):
+            cursor = self._conn.execute(
+                "update oauth_tokens set rejected_fingerprint = null "
+                "where key = ? and access_token = ? and rejected_fingerprint is not null",
+                (key, access_token),
+            )
+        cached = self._cache.get(key)
+        if cached is not None and hmac.compare_digest(cached[0].access_token, access_token):
+            self._cache[key] = (dataclasses.replace(cached[0], rejected_fingerprint=None), cached[1])
+        if cursor.rowcount:
+            self._emit(key, "healed", "the refreshed access token was accepted")
+        return cursor.rowcount > 0
+
+    def _emit(self, key: str, event: str, detail: str) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(key, event, detail)
+        except Exception as e:  # the history must never stop a token from being used
+            log.warning("sluice: could not record the OAuth event %s for %s (%s)", event, key, e)
 
     # -- the refresh -----------------------------------------------------------------------------------
 
@@ -1139,11 +1253,18 @@ class OAuthStore:
         if not task.cancelled():
             task.exception()  # retrieved here: a background refresh may have no awaiting caller
 
-    async def _obtain(self, key: str, refresh_fn: RefreshFn) -> _TokenRow:
-        """Until the stored token is fresh: take the lease and refresh, or wait for whoever holds it."""
+    async def _obtain(
+        self,
+        key: str,
+        refresh_fn: RefreshFn,
+        done: Callable[[_TokenRow], bool] | None = None,
+        forced: bool = False,
+    ) -> _TokenRow:
+        """Until the stored token is fresh (or `done`): take the lease and refresh, or wait for whoever holds
+        it. `forced`: a person asked; no backoff holds it off, and a transient failure is raised."""
         while True:
             row = await self._load(key)
-            if row.fresh(self._clock(), self._skew_s):
+            if done(row) if done is not None else row.fresh(self._clock(), self._skew_s):
                 return row
             if row.failed_reason is not None:
                 raise CredentialDead(row.failed_reason)
@@ -1152,7 +1273,7 @@ class OAuthStore:
                     f"the OAuth access token for {key} expires and there is no refresh token"
                 )
             wait = self._backoff_until.get(key, 0.0) - time.monotonic()
-            if wait > 0:
+            if wait > 0 and not forced:
                 raise CredentialUnavailable(
                     f"the OAuth access token for {key} has expired and the last refresh failed; "
                     f"retrying in {math.ceil(wait)}s",
@@ -1160,14 +1281,14 @@ class OAuthStore:
                 )
             outcome, leased = await asyncio.to_thread(self._take_lease, key, row.version)
             if outcome == "taken" and leased is not None and leased.refresh_token is not None:
-                stored = await self._refresh(key, leased, leased.refresh_token, refresh_fn)
+                stored = await self._refresh(key, leased, leased.refresh_token, refresh_fn, forced)
                 if stored is not None:
                     return stored
             elif outcome == "busy":
                 await self._wait_for_change(key, row.version)
 
     async def _refresh(
-        self, key: str, row: _TokenRow, refresh_token: str, refresh_fn: RefreshFn
+        self, key: str, row: _TokenRow, refresh_token: str, refresh_fn: RefreshFn, forced: bool = False
     ) -> _TokenRow | None:
         """Call the token endpoint while holding the lease. None: the store changed meanwhile; re-read."""
         try:
@@ -1196,10 +1317,10 @@ class OAuthStore:
                 what,
                 self._transient_backoff_s,
             )
-            if row.valid(self._clock()):
+            if row.valid(self._clock()) and not forced:
                 return row
             raise CredentialUnavailable(
-                f"the OAuth access token for {key} has expired and refreshing it failed ({what})",
+                f"refreshing the OAuth access token for {key} failed ({what})",
                 self._transient_backoff_s,
             ) from None
         except BaseException:
@@ -1208,8 +1329,18 @@ class OAuthStore:
         stored = await asyncio.to_thread(self._store, key, row.version, response)
         if stored is None:
             log.warning("sluice: OAuth tokens for %s changed while refreshing; keeping the stored ones", key)
-        else:
-            self._cache[key] = (stored, time.monotonic())
+            return None
+        self._cache[key] = (stored, time.monotonic())
+        minutes = math.ceil(response.expires_in / 60)
+        rotated = "; the refresh token rotated" if response.refresh_token else ""
+        how = (
+            "by hand"
+            if forced
+            else "ahead of expiry"
+            if row.rejected_fingerprint is None
+            else "after a refusal"
+        )
+        self._emit(key, "refreshed", f"access token refreshed {how}, good for {minutes} min{rotated}")
         return stored
 
     async def _load(self, key: str) -> _TokenRow:

@@ -741,3 +741,102 @@ def test_the_history_says_what_happened_and_why_never_a_secret(db_path):
     with sqlite3.connect(db_path) as conn:
         dump = "\n".join(conn.iterdump())
     assert not any(secret in dump for secret in SECRETS)
+
+
+# -- the OAuth store heals a refused token ---------------------------------------------------------------
+
+FRESH = OAuthTokens("access-1", "refresh-1", NOW + 3600)
+
+
+def test_a_refused_access_token_is_dropped_and_refreshed_once(tmp_path):
+    clock = Clock()
+    endpoint = FakeTokenEndpoint(delay=0)
+    events: list[tuple[str, str, str]] = []
+    store = OAuthStore(
+        tmp_path / "sluice.secrets.db", clock=clock, poll_s=0.01, on_event=lambda *e: events.append(e)
+    )
+    store.seed(HOST, FRESH)
+    assert asyncio.run(store.access_token(HOST, endpoint)) == "access-1"
+
+    assert store.reject(HOST, "access-1", "401 OAuth token has been revoked") == "refreshing"
+    # Every request that carried the refused token says so: still one refresh.
+    assert store.reject(HOST, "access-1", "401 OAuth token has been revoked") == "refreshing"
+
+    async def burst() -> list[str]:
+        return await asyncio.gather(*(store.access_token(HOST, endpoint) for _ in range(20)))
+
+    assert asyncio.run(burst()) == ["access-2"] * 20
+    assert endpoint.calls == ["refresh-1"]
+    assert store.reject(HOST, "access-1", "401 late answer") == "stale"  # the store has moved on
+    assert store.needs_confirm(HOST)
+    assert store.confirm(HOST, "access-2") is True
+    assert not store.needs_confirm(HOST)
+    assert store.confirm(HOST, "access-2") is False
+    assert [event for _, event, _ in events] == ["token_rejected", "refreshed", "healed"]
+    assert "after a refusal" in events[1][2]
+
+    # Healed: a later refusal of the healthy token heals again rather than killing it.
+    assert store.reject(HOST, "access-2", "401 revoked again") == "refreshing"
+
+
+def test_a_replacement_refused_before_anything_accepted_it_is_dead(tmp_path):
+    clock = Clock()
+    endpoint = FakeTokenEndpoint(delay=0)
+    store = make_store(tmp_path, clock)
+    store.seed(HOST, FRESH)
+    assert store.reject(HOST, "access-1", "401 invalid bearer token") == "refreshing"
+    assert asyncio.run(store.access_token(HOST, endpoint)) == "access-2"
+    assert store.reject(HOST, "access-2", "401 invalid bearer token") == "dead"
+    other = make_store(tmp_path, clock)  # every process sees it dead, with the reason
+    with pytest.raises(CredentialDead, match="obtained after an earlier refusal was refused too"):
+        asyncio.run(other.access_token(HOST, endpoint))
+    assert endpoint.calls == ["refresh-1"]
+
+
+def test_a_refused_long_lived_token_cannot_heal(tmp_path):
+    store = make_store(tmp_path, Clock())
+    store.seed(HOST, OAuthTokens("long-lived-token"))
+    assert store.reject(HOST, "long-lived-token", "401 invalid") == "dead"
+    status = store.status(HOST)
+    assert (
+        status is not None and status.failed_reason is not None and "no refresh token" in status.failed_reason
+    )
+
+
+def test_refresh_now_refreshes_a_fresh_token_once_across_callers(tmp_path):
+    clock = Clock()
+    endpoint = FakeTokenEndpoint()
+    events: list[tuple[str, str, str]] = []
+    store = OAuthStore(
+        tmp_path / "sluice.secrets.db", clock=clock, poll_s=0.01, on_event=lambda *e: events.append(e)
+    )
+    other = make_store(tmp_path, clock)
+    store.seed(HOST, FRESH)
+
+    async def both() -> list[object]:
+        return await asyncio.gather(store.refresh_now(HOST, endpoint), other.refresh_now(HOST, endpoint))
+
+    statuses = asyncio.run(both())
+    assert [s.version for s in statuses] == [2, 2]  # type: ignore[attr-defined]
+    assert endpoint.calls == ["refresh-1"]
+    assert asyncio.run(other.access_token(HOST, endpoint)) == "access-2"
+    assert events and "by hand" in events[-1][2]
+
+
+def test_refresh_now_says_why_it_failed(tmp_path):
+    store = make_store(tmp_path, Clock())
+    store.seed(HOST, FRESH)
+
+    async def down(refresh_token: str) -> TokenResponse:
+        raise ConnectionError("token endpoint unreachable")
+
+    with pytest.raises(CredentialUnavailable, match="unreachable"):
+        asyncio.run(store.refresh_now(HOST, down))
+
+    async def revoked(refresh_token: str) -> TokenResponse:
+        raise TokenRefused("invalid_grant", "revoked")
+
+    with pytest.raises(CredentialDead, match="invalid_grant"):
+        asyncio.run(store.refresh_now(HOST, revoked))
+    with pytest.raises(CredentialDead):  # and it does not spend the dead token again
+        asyncio.run(store.refresh_now(HOST, FakeTokenEndpoint()))
