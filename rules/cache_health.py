@@ -138,6 +138,37 @@ def conversation_key(
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+def affinity_key(session_id: str | None, client: str | None, api: str, body: object) -> str | None:
+    """Names a conversation for the key pool's routing (state/credentials.py): Claude Code's session id
+    when sent (its sub-agents and side calls share the session, and so its key), else the client with the
+    first user message (without cache markers, which move from turn to turn). None when neither is there:
+    such a call belongs to no conversation. Never raises; never holds prompt text, only a digest."""
+    if session_id:
+        who = f"session:{session_id}"
+    else:
+        try:
+            first = _first_user_message(api, body)
+        except (TypeError, ValueError, RecursionError):
+            return None
+        if first is None:
+            return None
+        who = f"client:{client or ''}\x1f{_digest_text(first)}"
+    return hashlib.sha256(who.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _first_user_message(api: str, body: object) -> object | None:
+    if not isinstance(body, dict):
+        return None
+    items = body.get("input") if api == "responses" else body.get("messages")
+    if isinstance(items, str):
+        return items
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and item.get("role") == "user":
+            content = item.get("content")
+            return [_without_marker(block) for block in content] if isinstance(content, list) else content
+    return None
+
+
 def remember(shape: PromptShape, *, started: float, credential: str, cached: bool) -> Turn:
     """What to keep of a judged call for the next one of its conversation."""
     keep = shape.cacheable

@@ -16,6 +16,7 @@ from rules.cache_health import (
     WRITE,
     CacheVerdict,
     PromptShape,
+    affinity_key,
     conversation_key,
     judge_cache,
     read_prompt_shape,
@@ -365,3 +366,42 @@ def test_a_deeply_nested_prompt_is_shaped_or_skipped_never_raised(body: str, api
     except (ValueError, RecursionError):
         return  # refused by the parser: never reaches the shape
     read_prompt_shape("openai" if api != "messages" else "anthropic", api, parsed)
+
+
+def _turn(first: str, *later: str, marker: bool = False) -> dict[str, object]:
+    block: dict[str, object] = {"type": "text", "text": first}
+    if marker:
+        block["cache_control"] = {"type": "ephemeral"}
+    messages: list[dict[str, object]] = [{"role": "user", "content": [block]}]
+    messages += [{"role": "assistant", "content": text} for text in later]
+    return {"model": "claude-sonnet-4-5", "messages": messages}
+
+
+def test_affinity_key_names_a_conversation_across_its_turns() -> None:
+    first = affinity_key(None, "ci", "messages", _turn("fix the build", marker=True))
+    later = affinity_key(None, "ci", "messages", _turn("fix the build", "done", "next"))
+    assert first is not None and first == later
+    assert affinity_key(None, "other-client", "messages", _turn("fix the build")) != first
+    assert affinity_key(None, "ci", "messages", _turn("write the docs")) != first
+    session = affinity_key("5f0c-session", "ci", "messages", _turn("anything"))
+    assert session == affinity_key("5f0c-session", "other", "messages", _turn("a sub-agent's prompt"))
+    assert "fix the build" not in str(first)
+
+
+@pytest.mark.parametrize(
+    ("api", "body"),
+    [
+        ("chat", {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]}),
+        ("responses", {"input": "hi"}),
+        ("responses", {"input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}]}),
+    ],
+)
+def test_affinity_key_reads_the_openai_shapes(api: str, body: dict[str, object]) -> None:
+    assert affinity_key(None, "c", api, body) is not None
+
+
+@pytest.mark.parametrize(
+    "body", [None, [], {}, {"messages": [{"role": "assistant", "content": "x"}]}, {"messages": 3}]
+)
+def test_affinity_key_is_none_without_a_first_user_message(body: object) -> None:
+    assert affinity_key(None, "c", "messages", body) is None
