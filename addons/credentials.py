@@ -5,10 +5,15 @@ registered with addons/wire_headers.py, which writes them into the request as mi
 mitmweb (live updates, REST API, dumps), `-w`, the console dumper, other addons, the client, the database
 and the logs only ever see the placeholder and a fingerprint.
 
-Pool policy (state/credentials.py): always the first usable credential (prompt caches live per key); 429
-and 529 cool it down, 401/403 disable it. A client whose call failed because of *our* credential is told
-to retry (429, short `retry-after`, `x-should-retry: true`) while another credential is usable, so its own
-retry lands on the next one; sluice never retries on its own.
+Pool policy (state/credentials.py): a conversation stays on the credential that holds its prompt cache; new
+ones start where the provider reports the most headroom (`routing = "first"` per upstream: always the first
+usable one). Each answer is judged by class (rules/provider_answers.py): a rate limit cools the key until its
+reset, a spent subscription window rests it until the window resets, a terminal refusal disables it, an
+overloaded provider cools nothing and feeds a provider-wide breaker, and a refused OAuth access token is
+dropped and refreshed (the credential dies only when its replacement is refused too). A client whose call
+failed because of *our* credential is told to retry (429, short `retry-after`, `x-should-retry: true`) when a
+retry can succeed, so its own retry lands on the next (or refreshed) credential; sluice never retries on its
+own. While the breaker is open, sluice answers for the provider with its retry time.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import asyncio
 import logging
 import math
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mitmproxy import ctx, exceptions, http
@@ -25,10 +32,11 @@ from addons import wire_headers
 from addons.core import SluiceCore, destination
 from addons.decoding import readable_body
 from addons.fields import with_headers
+from rules.cache_health import affinity_key
 from rules.config import ConfigError, OAuth, Upstream, resolve_secret
 from rules.destination import Destination, credential_refusal
 from rules.envelopes import error_body
-from rules.usage import read_response_body
+from rules.provider_answers import Breaker, Verdict, headroom, judge_answer, quota_status, read_error
 from state import db as sluice_db
 from state.credentials import (
     CredentialDead,
@@ -36,6 +44,7 @@ from state.credentials import (
     CredentialPool,
     CredentialUnavailable,
     OAuthStore,
+    RejectOutcome,
     TokenRefused,
     TokenResponse,
     describe_reference,
@@ -71,6 +80,8 @@ class Credentials:
         self._keys: dict[tuple[str, str], str] = {}
         self._oauth_config: dict[str, OAuth] = {}
         self._sent: dict[str, Swapped] = {}  # gone upstream with a pool credential, answer pending
+        self._breakers: dict[str, Breaker] = {}  # per upstream host: the provider's overload
+        self._background: set[asyncio.Task[None]] = set()  # history writes in flight, kept until done
         wire_headers.install()
 
     # -- configuration -----------------------------------------------------------------------------
@@ -86,7 +97,7 @@ class Credentials:
         try:
             self.pool = self.pool or CredentialPool(sluice_db.connect(db_path))
             if any(u.oauth for u in upstreams):
-                self.oauth = self.oauth or OAuthStore(secrets_path_for(db_path))
+                self.oauth = self.oauth or OAuthStore(secrets_path_for(db_path), on_event=self._oauth_event)
             keys: dict[tuple[str, str], str] = {}
             for index, upstream in enumerate(self.core.config.upstreams):
                 if upstream.keys or upstream.oauth:
@@ -142,9 +153,15 @@ class Credentials:
         if credential_refusal(going_to, upstream.host, upstream.port) is not None:
             return  # addons/confine.py has answered it already; a credential never goes there
         host = upstream.host
+        breaker = self._breakers.get(host)
+        open_for = breaker.open_for(time.monotonic()) if breaker is not None else None
+        if open_for is not None:
+            self._answer_overloaded(flow, upstream, open_for)
+            return
+        conversation = self._conversation(flow) if upstream.routing == "affinity" else None
         # Each pass either returns with a credential or takes one out of the pool, so this ends.
         for _ in range(len(upstream.keys) + 2):
-            choice = self.pool.choose(host)
+            choice = self.pool.choose(host, conversation, upstream.routing)
             entry = choice.credential
             if entry is None:
                 self._answer_unavailable(flow, upstream, choice.retry_after_s, choice.reasons)
@@ -158,15 +175,21 @@ class Credentials:
                 await asyncio.to_thread(self.pool.cool_down, host, entry.fingerprint, e.retry_after_s, str(e))
                 continue
             self._swap(flow, upstream, entry, secret, going_to)
+            if conversation is not None and choice.pin:
+                self._in_background(self.pool.pin, host, conversation, entry, choice.moved_from)
             return
         self._answer_unavailable(flow, upstream, None, ("no credential could be used",))
+
+    def _conversation(self, flow: http.HTTPFlow) -> str | None:
+        call = self.core.calls.get(flow.id)
+        if call is None:
+            return None
+        return affinity_key(call.session_id, call.client, call.api, call.request_json)
 
     async def _secret(self, host: str, entry: CredentialEntry) -> str:
         if entry.kind == "key":
             return self._keys[(host, entry.fingerprint)]
-        assert self.oauth is not None  # an oauth entry exists only when the store does
-        config = self._oauth_config[host]
-        return await self.oauth.access_token(host, lambda token: self._refresh(config, token))
+        return await self.oauth_token(host)
 
     async def oauth_token(self, host: str) -> str:
         """A valid OAuth access token of `host`'s credential, refreshed when due (the store's single-flight
@@ -201,15 +224,22 @@ class Credentials:
         if call is not None:
             call.credential = entry.label
 
+    def _answer_overloaded(self, flow: http.HTTPFlow, upstream: Upstream, open_for: float) -> None:
+        wait = max(1, math.ceil(open_for))
+        message = f"sluice: {upstream.host} said it is overloaded; not sending more for {wait}s (retry then)"
+        status = 529 if upstream.provider == "anthropic" else 503
+        headers = {"retry-after": str(wait), "x-should-retry": "true"}
+        self.core.answer(flow, upstream.provider, status, message, headers, message)
+
     def _answer_unavailable(
         self, flow: http.HTTPFlow, upstream: Upstream, retry_after_s: float | None, reasons: tuple[str, ...]
     ) -> None:
         detail = "; ".join(reasons)
         if retry_after_s is not None:
             wait = max(1, math.ceil(retry_after_s))
-            message = (
-                f"sluice: every credential for {upstream.host} is cooling down ({detail}); retry in {wait}s"
-            )
+            every = all(": cooling for " in reason for reason in reasons)
+            what = "every credential is cooling down" if every else "no credential is usable now"
+            message = f"sluice: {upstream.host}: {what} ({detail}); retry in {wait}s"
             headers = {"retry-after": str(wait), "x-should-retry": "true"}
             status = 429
         else:
@@ -235,44 +265,122 @@ class Credentials:
             return
         if not swapped.delivery.written:
             return  # withheld at the wire (addons/wire_headers.py): the answer says nothing of the credential
-        status = flow.response.status_code
-        if status not in (401, 403, 429, 529):
-            return
         upstream = self.core.upstream_for(swapped.host)
         if upstream is None:
             return
-        message = read_response_body("messages", readable_body(flow.response), status).error
-        await asyncio.to_thread(
-            self.pool.report,
-            swapped.host,
-            swapped.entry.fingerprint,
-            status,
-            dict(flow.response.headers),
-            message,
-        )
+        self._note_limits(swapped, flow.response.headers)
+        status = flow.response.status_code
+        now = time.time()
+        if status < 400:
+            self._note_success(swapped)
+            return
+        error = read_error(readable_body(flow.response))
+        verdict = judge_answer(status, flow.response.headers, error, swapped.entry.kind, now)
+        if verdict.action == "overloaded":
+            self._note_overload(swapped.host, verdict)
+            return
+        if verdict.action == "none":
+            return
+        if verdict.action == "reauth":
+            outcome = await self._reject_token(swapped, verdict)
+            if outcome != "dead":
+                self._retry_soon(
+                    flow,
+                    upstream,
+                    f"sluice: the OAuth access token of {swapped.entry.label} was refused ({status}); "
+                    f"it is being refreshed: retry",
+                )
+                return
+        else:
+            await asyncio.to_thread(self.pool.apply, swapped.host, swapped.entry.fingerprint, verdict, now)
         another = self.pool.choose(swapped.host).credential
         if another is None:
-            return
-        if status in (401, 403):
+            return  # nothing else to try: the client gets the provider's own answer
+        if verdict.action in ("disable", "reauth"):
             # Our credential failed, not the client's: have the client retry onto the next one.
-            text = (
+            self._retry_soon(
+                flow,
+                upstream,
                 f"sluice: upstream credential {swapped.entry.label} was refused ({status}); "
-                f"retry to use the next credential"
-            )
-            flow.response = http.Response.make(
-                429,
-                error_body(upstream.provider, 429, text),
-                {
-                    "content-type": "application/json",
-                    "retry-after": str(RETRY_SOON_S),
-                    "x-should-retry": "true",
-                },
+                f"retry to use the next credential",
             )
         else:
-            # Another credential is usable now: no need for the client to sit out this one's cooldown.
+            # Another credential is usable now: no need for the client to sit out this one's rest.
             flow.response.headers["retry-after"] = str(RETRY_SOON_S)
             flow.response.headers.pop("retry-after-ms", None)
             flow.response.headers["x-should-retry"] = "true"
+
+    def _retry_soon(self, flow: http.HTTPFlow, upstream: Upstream, text: str) -> None:
+        flow.response = http.Response.make(
+            429,
+            error_body(upstream.provider, 429, text),
+            {"content-type": "application/json", "retry-after": str(RETRY_SOON_S), "x-should-retry": "true"},
+        )
+
+    async def _reject_token(self, swapped: Swapped, verdict: Verdict) -> RejectOutcome:
+        """A refused OAuth access token: drop it and refresh, or, when it cannot heal, disable it."""
+        assert self.oauth is not None and self.pool is not None  # an oauth entry exists only with both
+        outcome = await asyncio.to_thread(self.oauth.reject, swapped.host, swapped.secret, verdict.reason)
+        if outcome == "dead":
+            status = await asyncio.to_thread(self.oauth.status, swapped.host)
+            reason = status.failed_reason if status and status.failed_reason else verdict.reason
+            await asyncio.to_thread(self.pool.disable, swapped.host, swapped.entry.fingerprint, reason)
+            log.error(
+                "sluice: OAuth credential %s for %s is dead: %s", swapped.entry.label, swapped.host, reason
+            )
+        else:
+            log.warning(
+                "sluice: the provider refused the OAuth access token of %s for %s; refreshing it",
+                swapped.entry.label,
+                swapped.host,
+            )
+        return outcome
+
+    def _note_limits(self, swapped: Swapped, headers: http.Headers) -> None:
+        """What the answer says of the credential's limits: written only when it is news (memory check)."""
+        assert self.pool is not None
+        status, room = quota_status(headers), headroom(headers)
+        fingerprint = swapped.entry.fingerprint
+        if self.pool.limits_changed(swapped.host, fingerprint, status, room):
+            self._in_background(self.pool.record_limits, swapped.host, fingerprint, status, room)
+
+    def _note_success(self, swapped: Swapped) -> None:
+        assert self.pool is not None
+        host, fingerprint = swapped.host, swapped.entry.fingerprint
+        breaker = self._breakers.get(host)
+        if breaker is not None and breaker.succeeded(time.monotonic()):
+            self._in_background(self.pool.record_event, host, "overload_over", "the provider answers again")
+        if self.pool.needs_recovery(host, fingerprint):
+            self._in_background(self.pool.recover, host, fingerprint)
+        if swapped.entry.kind == "oauth" and self.oauth is not None and self.oauth.needs_confirm(host):
+            self._in_background(self.oauth.confirm, host, swapped.secret)
+
+    def _note_overload(self, host: str, verdict: Verdict) -> None:
+        """An overloaded provider is no key's fault: count it on the provider-wide breaker, cool nothing."""
+        assert self.pool is not None
+        breaker = self._breakers.setdefault(host, Breaker())
+        opened = breaker.overloaded(time.monotonic(), verdict.seconds)
+        if opened is not None:
+            detail = f"{verdict.reason}: answering clients for {math.ceil(opened)}s instead of sending more"
+            log.warning("sluice: %s is overloaded; %s", host, detail)
+            self._in_background(self.pool.record_event, host, "overloaded", detail)
+
+    def _in_background(self, fn: Callable[..., object], *args: object) -> None:
+        """Run a history or routing write off the event loop, without making the call wait for it."""
+
+        async def run() -> None:
+            try:
+                await asyncio.to_thread(fn, *args)
+            except Exception as e:  # fails open: the history is not worth a call
+                log.warning("sluice: could not record credential state (%s)", e)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _oauth_event(self, key: str, event: str, detail: str) -> None:
+        if self.pool is not None:
+            self.pool.record_event(key, event, detail, fingerprint=self.pool.oauth_fingerprint(key))
 
     def error(self, flow: http.HTTPFlow) -> None:
         wire_headers.forget(flow.request)  # e.g. the upstream could not be reached: never sent
