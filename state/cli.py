@@ -10,12 +10,14 @@ an error (exit 1), an empty one a friendly line (exit 0).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import json
 import os
 import re
 import select
 import sqlite3
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -29,10 +31,19 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from rules.config import ConfigError, load_config
 from state import db as state_db
 from state import html_report, report
 from state.budgets import BudgetLedger
-from state.credentials import CredentialPool, OAuthStore, secrets_path_for
+from state.credentials import (
+    CredentialDead,
+    CredentialPool,
+    CredentialUnavailable,
+    OAuthStore,
+    TokenResponse,
+    secrets_path_for,
+)
+from state.oauth_http import post_refresh
 from state.ratelimits import QuotaSummary, format_duration, format_percent, statusline
 
 DEFAULT_DB = "sluice.db"
@@ -476,16 +487,45 @@ def _add_credentials(subparsers: Subparsers, common: argparse.ArgumentParser) ->
         description="The upstream credential pool as sluice sees it. Never prints a key or token.",
     )
     parser.add_argument("--json", dest="format", action="store_const", const="json", help="print JSON")
-    parser.add_argument(
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument(
         "--reset",
         nargs=2,
         metavar=("HOST", "LABEL"),
         help="make a cooling or disabled credential active again (LABEL as listed, or its fingerprint)",
     )
+    action.add_argument(
+        "--refresh",
+        nargs=2,
+        metavar=("HOST", "LABEL"),
+        help="refresh an OAuth credential's access token now (needs --config; once across proxies, as any "
+        "refresh)",
+    )
+    action.add_argument(
+        "--events",
+        action="store_true",
+        help="the pool's history: refreshed, cooled (why, until when), disabled, recovered, reset, quota "
+        "status changes, conversations moved",
+    )
+    parser.add_argument(
+        "--since",
+        type=_since_arg,
+        metavar="WHEN",
+        help="with --events: only events at or after WHEN (7d, 24h, a date...); default: the last 100",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="the proxy's sluice.toml (for --refresh: where the token endpoint is)",
+    )
     parser.set_defaults(handler=run_credentials, format="table")
 
 
 def run_credentials(args: argparse.Namespace) -> int:
+    if args.refresh:
+        return _refresh_by_hand(args)
+    if args.events:
+        return _show_events(args)
     database = open_database(args.db)
     secrets = secrets_path_for(args.db)
     store = OAuthStore(secrets) if secrets.exists() else None
@@ -523,6 +563,8 @@ def run_credentials(args: argparse.Namespace) -> int:
                 "cooling_until": _iso(state.cooling_until),
                 "oauth_expires_at": _iso(status.expires_at if status else None),
                 "oauth_failed": status.failed_reason if status else None,
+                "quota_status": state.quota_status,
+                "headroom": state.headroom,
             }
         )
     if args.format == "json":
@@ -532,7 +574,7 @@ def run_credentials(args: argparse.Namespace) -> int:
         print("no upstream credentials configured yet")
         return 0
     table = Table(title="Upstream credentials")
-    for column in ("Host", "Credential", "State", "Why", "Until", "OAuth expires"):
+    for column in ("Host", "Credential", "State", "Why", "Until", "Limits", "OAuth expires"):
         table.add_column(column)
     for state in states:
         status = oauth.get(state.host) if state.kind == "oauth" else None
@@ -545,7 +587,112 @@ def run_credentials(args: argparse.Namespace) -> int:
             state.state,
             state.reason or (status.failed_reason if status else None) or "",
             _reset_text(until, now) if until and until > now else "",
+            _limits_text(state.quota_status, state.headroom),
             _expiry_text(expires, now) if expires else "",
+        )
+    _print_table(Console(), table)
+    return 0
+
+
+def _limits_text(quota_status: str | None, headroom: float | None) -> str:
+    """What the provider last said of a credential's limits: `allowed, 62% left`."""
+    left = f"{format_percent(headroom)} left" if headroom is not None else ""
+    return ", ".join(part for part in (quota_status, left) if part)
+
+
+def _refresh_by_hand(args: argparse.Namespace) -> int:
+    host, label = args.refresh
+    if not args.config:
+        raise CliError("--refresh needs --config: the proxy's sluice.toml says where the token endpoint is")
+    try:
+        config = load_config(args.config)
+    except (ConfigError, OSError) as e:
+        raise CliError(str(e)) from None
+    upstream = next((u for u in config.upstreams if u.host == host.lower().rstrip(".") and u.oauth), None)
+    if upstream is None or upstream.oauth is None:
+        raise CliError(f"{args.config} has no OAuth credential for {host}")
+    oauth = upstream.oauth
+    database = open_database(args.db)
+    secrets = secrets_path_for(args.db)
+    if not secrets.exists():
+        raise CliError(f"no OAuth tokens stored beside {args.db}: start the proxy once so it seeds them")
+    pool = CredentialPool(database)
+    store: OAuthStore | None = None
+    try:
+        state = next(
+            (
+                s
+                for s in pool.states()
+                if s.host == upstream.host and s.kind == "oauth" and label in (s.label, s.fingerprint)
+            ),
+            None,
+        )
+        if state is None:
+            raise CliError(f"no OAuth credential {label!r} for {upstream.host}")
+        store = OAuthStore(
+            secrets,
+            on_event=lambda key, event, detail: pool.record_event(
+                key, event, detail, fingerprint=state.fingerprint
+            ),
+        )
+        context = ssl.create_default_context()  # honours SSL_CERT_FILE, as the proxy's trust does
+
+        async def refresh(token: str) -> TokenResponse:
+            return await asyncio.to_thread(post_refresh, oauth, token, context)
+
+        try:
+            status = asyncio.run(store.refresh_now(upstream.host, refresh))
+        except (CredentialDead, CredentialUnavailable) as e:
+            raise CliError(f"{upstream.host} {state.label}: {e}") from None
+    finally:
+        database.close()
+        if store is not None:
+            store.close()
+    until = _iso(status.expires_at) or "no known expiry"
+    print(printable(f"{upstream.host} {state.label}: refreshed; the new access token is good until {until}"))
+    return 0
+
+
+def _show_events(args: argparse.Namespace) -> int:
+    database = open_database(args.db)
+    try:
+        pool = CredentialPool(database)
+        since = args.since.timestamp() if args.since else None
+        events = pool.events(since=since, limit=100_000 if since is not None else 100)
+    finally:
+        database.close()
+    rows = [
+        {
+            "at": _iso(event.at),
+            "host": event.host,
+            "credential": event.label,
+            "fingerprint": event.fingerprint,
+            "event": event.event,
+            "detail": event.detail,
+            "until": _iso(event.until),
+        }
+        for event in events
+    ]
+    if args.format == "json":
+        _write_json(rows)
+        return 0
+    if not rows:
+        print("no credential events recorded yet")
+        return 0
+    now = clock()
+    table = Table(title="Credential events (newest first)")
+    for column in ("When (UTC)", "Host", "Credential", "Event", "What happened", "Until"):
+        table.add_column(column)
+    for event in events:
+        until = datetime.fromtimestamp(event.until, UTC) if event.until else None
+        _add_row(
+            table,
+            datetime.fromtimestamp(event.at, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            event.host,
+            event.label or "",
+            event.event,
+            event.detail or "",
+            _reset_text(until, now) if until and until > now else "",
         )
     _print_table(Console(), table)
     return 0
