@@ -334,10 +334,14 @@ class CredentialPool:
                     pinned.used_at = now
                     return Choice(credential=entry, pin=now - pinned.saved_at > self._affinity_ttl_s / 6)
         best = max(usable, key=lambda e: self._headroom(host, e.fingerprint))  # max keeps the first of ties
+        if conversation is None:
+            return Choice(credential=best)
         moved_from = None
         if pinned is not None:
             moved_from = next((e for e in entries if e.fingerprint == pinned.fingerprint), None)
-        return Choice(credential=best, pin=conversation is not None, moved_from=moved_from)
+        # In memory at once, so this conversation's next call finds it even before `pin` has written it.
+        self._remember_pin((host, conversation), _Pinned(best.fingerprint, now, 0.0))
+        return Choice(credential=best, pin=True, moved_from=moved_from)
 
     def _headroom(self, host: str, fingerprint: str) -> float:
         limits = self._limits.get((host, fingerprint))
@@ -352,11 +356,15 @@ class CredentialPool:
             if pinned is None or now - pinned.used_at > self._affinity_ttl_s:
                 self._pinned.pop(key, None)
                 return None
+        self._remember_pin(key, pinned)
+        return pinned
+
+    def _remember_pin(self, key: tuple[str, str], pinned: _Pinned) -> None:
+        with self._lock:
             self._pinned[key] = pinned
             self._pinned.move_to_end(key)
             while len(self._pinned) > self._max_conversations:
                 self._pinned.popitem(last=False)
-            return pinned
 
     def _load_pin(self, key: tuple[str, str]) -> _Pinned | None:
         try:
@@ -380,12 +388,8 @@ class CredentialPool:
         """Record that `conversation` is on `entry` (shared with other processes), and, when it was on
         another credential, that it moved and why. For `asyncio.to_thread`."""
         now = self._clock() if now is None else now
-        key = (host, conversation)
+        self._remember_pin((host, conversation), _Pinned(entry.fingerprint, now, now))
         with self._lock:
-            self._pinned[key] = _Pinned(entry.fingerprint, now, now)
-            self._pinned.move_to_end(key)
-            while len(self._pinned) > self._max_conversations:
-                self._pinned.popitem(last=False)
             status = self._view.get((host, moved_from.fingerprint), _ACTIVE) if moved_from else None
             try:
                 with immediate(self._conn):
