@@ -30,7 +30,7 @@ from mitmproxy import ctx, exceptions, http
 
 from addons import wire_headers
 from addons.core import SluiceCore, destination
-from addons.decoding import readable_body
+from addons.decoding import OFF_LOOP_BYTES, readable_body
 from addons.fields import with_headers
 from rules.cache_health import affinity_key
 from rules.config import ConfigError, OAuth, Upstream, resolve_secret
@@ -158,7 +158,7 @@ class Credentials:
         if open_for is not None:
             self._answer_overloaded(flow, upstream, open_for)
             return
-        conversation = self._conversation(flow) if upstream.routing == "affinity" else None
+        conversation = await self._conversation(flow) if upstream.routing == "affinity" else None
         # Each pass either returns with a credential or takes one out of the pool, so this ends.
         for _ in range(len(upstream.keys) + 2):
             choice = self.pool.choose(host, conversation, upstream.routing)
@@ -180,11 +180,15 @@ class Credentials:
             return
         self._answer_unavailable(flow, upstream, None, ("no credential could be used",))
 
-    def _conversation(self, flow: http.HTTPFlow) -> str | None:
+    async def _conversation(self, flow: http.HTTPFlow) -> str | None:
+        """The conversation a call belongs to, for routing; None when it names none."""
         call = self.core.calls.get(flow.id)
         if call is None:
             return None
-        return affinity_key(call.session_id, call.client, call.api, call.request_json)
+        if call.session_id or len(flow.request.raw_content or b"") < OFF_LOOP_BYTES:
+            return affinity_key(call.session_id, call.client, call.api, call.request_json)
+        # Digesting a large first message takes milliseconds: off the loop (it is pure).
+        return await asyncio.to_thread(affinity_key, None, call.client, call.api, call.request_json)
 
     async def _secret(self, host: str, entry: CredentialEntry) -> str:
         if entry.kind == "key":
