@@ -31,7 +31,7 @@ from mitmproxy import ctx, exceptions, http
 from addons import wire_headers
 from addons.core import SluiceCore, destination
 from addons.decoding import OFF_LOOP_BYTES, readable_body
-from addons.fields import with_headers
+from addons.fields import rate_limit_values, with_headers
 from rules.cache_health import affinity_key
 from rules.config import ConfigError, OAuth, Upstream, resolve_secret
 from rules.destination import Destination, credential_refusal
@@ -272,14 +272,15 @@ class Credentials:
         upstream = self.core.upstream_for(swapped.host)
         if upstream is None:
             return
-        self._note_limits(swapped, flow.response.headers)
+        limits = rate_limit_values(flow.response.headers.fields)
+        self._note_limits(swapped, limits)
         status = flow.response.status_code
         now = time.time()
         if status < 400:
             self._note_success(swapped)
             return
         error = read_error(readable_body(flow.response))
-        verdict = judge_answer(status, flow.response.headers, error, swapped.entry.kind, now)
+        verdict = judge_answer(status, limits, error, swapped.entry.kind, now)
         if verdict.action == "overloaded":
             self._note_overload(swapped.host, verdict)
             return
@@ -340,7 +341,7 @@ class Credentials:
             )
         return outcome
 
-    def _note_limits(self, swapped: Swapped, headers: http.Headers) -> None:
+    def _note_limits(self, swapped: Swapped, headers: dict[str, str]) -> None:
         """What the answer says of the credential's limits: written only when it is news (memory check)."""
         assert self.pool is not None
         status, room = quota_status(headers), headroom(headers)

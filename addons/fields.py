@@ -27,6 +27,19 @@ def header_values(fields: Fields, only: frozenset[bytes] | None = None) -> dict[
     return found
 
 
+def rate_limit_values(fields: Fields) -> dict[str, str]:
+    """The rate-limit headers (`anthropic-ratelimit-*`, `x-ratelimit-*`) and `retry-after*`, first value by
+    lower-cased name: the few a reader of an answer's limits needs, without decoding the rest."""
+    found: dict[str, str] = {}
+    for name, value in fields:
+        lowered = name.lower()
+        if b"ratelimit" in lowered or lowered.startswith(b"retry-after"):
+            key = lowered.decode("utf-8", "surrogateescape")
+            if key not in found:
+                found[key] = value.decode("utf-8", "surrogateescape")
+    return found
+
+
 def with_headers(fields: Fields, changes: Mapping[bytes, bytes | None]) -> Fields:
     """`fields` with each named header (lower-cased name) set to its value, or removed when None.
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from addons.fields import header_values, with_headers
+from addons.fields import header_values, rate_limit_values, with_headers
 
 FIELDS = (
     (b"Host", b"api.anthropic.com"),
@@ -37,3 +37,21 @@ def test_with_headers_replaces_in_place_drops_repeats_and_appends_the_new() -> N
 
 def test_with_headers_removes_every_occurrence() -> None:
     assert with_headers(FIELDS, {b"x-api-key": None}) == (FIELDS[0], FIELDS[2], FIELDS[4])
+
+
+def test_rate_limit_values_keeps_only_what_a_reader_of_limits_needs() -> None:
+    fields = (
+        (b"Content-Type", b"application/json"),
+        (b"Anthropic-Ratelimit-Unified-Status", b"allowed"),
+        (b"x-ratelimit-remaining-tokens", b"10"),
+        (b"x-ratelimit-remaining-tokens", b"99"),
+        (b"Retry-After", b"3"),
+        (b"retry-after-ms", b"2500"),
+        (b"request-id", b"req_1"),
+    )
+    assert rate_limit_values(fields) == {
+        "anthropic-ratelimit-unified-status": "allowed",
+        "x-ratelimit-remaining-tokens": "10",
+        "retry-after": "3",
+        "retry-after-ms": "2500",
+    }
