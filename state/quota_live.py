@@ -34,6 +34,7 @@ from state.credentials import (
     TokenResponse,
     describe_reference,
     parse_oauth_credentials,
+    scrub,
 )
 from state.oauth_http import REFRESH_TIMEOUT_S, UsageRefused, get_usage, post_refresh
 from state.ratelimits import QuotaSummary, summarize
@@ -134,7 +135,7 @@ async def read_live(
             token = await store.access_token(upstream.host, refresher(upstream.oauth, context))
             results.append(await asyncio.to_thread(read_usage, upstream, token, context))
         except READ_ERRORS as e:
-            results.append(f"{row_host(upstream)} {credential_label(upstream.oauth)}: {e}")
+            results.append(f"{row_host(upstream)} {credential_label(upstream.oauth)}: {scrub(str(e))}")
     current = asyncio.current_task()
     pending = [task for task in asyncio.all_tasks() if task is not current]
     if pending:
