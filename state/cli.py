@@ -362,11 +362,7 @@ def run_quota(args: argparse.Namespace) -> int:
         scope = " matching" if args.host is not None or args.credential is not None else ""
         print(f"No{scope} rate-limit headers recorded in {args.db} yet.")
     else:
-        console = _console()
-        for index, quota in enumerate(quotas):
-            if index:
-                console.print()
-            _print_table(console, _quota_table(quota, now))
+        _print_quota_tables(quotas, now)
     return 0
 
 
@@ -420,11 +416,7 @@ def run_quota_live(args: argparse.Namespace) -> int:
     if args.format == "json":
         _write_json([quota.to_dict() for quota in quotas])
     else:
-        console = _console()
-        for index, quota in enumerate(quotas):
-            if index:
-                console.print()
-            _print_table(console, _quota_table(quota, now))
+        _print_quota_tables(quotas, now)
     failures = [result for result in results if isinstance(result, str)]
     for failure in failures:
         print(printable(f"sluice: error: {failure}"), file=sys.stderr)
@@ -477,6 +469,14 @@ def quota_statusline(quotas: Sequence[report.CredentialQuota], now: datetime) ->
     return " | ".join(
         f"{quota.credential or quota.host}: {statusline(quota.summary, now)}" for quota in quotas
     )
+
+
+def _print_quota_tables(quotas: Sequence[report.CredentialQuota], now: datetime) -> None:
+    console = _console()
+    for index, quota in enumerate(quotas):
+        if index:
+            console.print()
+        _print_table(console, _quota_table(quota, now))
 
 
 def _quota_table(quota: report.CredentialQuota, now: datetime) -> Table:

@@ -62,6 +62,20 @@ OAUTH_USAGE_PATH = "/api/oauth/usage"
 OAUTH_BETA = "oauth-2025-04-20"
 # Paths a behaviour queued for "any path" never takes: they are sluice's own calls, not the client's.
 _OWN_PATHS = (OAUTH_TOKEN_PATH, OAUTH_USAGE_PATH)
+# The usage endpoint's refusals as users reported them: a login without the profile scope
+# (anthropics/claude-code issues #12529 and #13334, 2025-11/12; request id left out) and its own rate limit
+# (anthropics/claude-code issue #31021 and others, 2026-03).
+USAGE_SCOPE_403 = {
+    "type": "error",
+    "error": {
+        "type": "permission_error",
+        "message": "OAuth token does not meet scope requirement user:profile",
+        "details": {"error_visibility": "user_facing"},
+    },
+}
+USAGE_RATE_LIMITED_429 = {
+    "error": {"type": "rate_limit_error", "message": "Rate limited. Please try again later."}
+}
 # A host that is not a provider's own API (a gateway in front of one): `.test` never resolves for real.
 GATEWAY_HOST = "gateway.sluice.test"
 # Every name the harness resolves to the fake.

@@ -32,7 +32,7 @@ from tests.e2e.test_credentials import (
     oauth_config,
     write_expired_credentials,
 )
-from tests.fake_provider import OAUTH_USAGE_PATH, FakeProvider
+from tests.fake_provider import OAUTH_USAGE_PATH, USAGE_RATE_LIMITED_429, USAGE_SCOPE_403, FakeProvider
 
 pytestmark = pytest.mark.e2e
 
@@ -42,36 +42,11 @@ SECRETS = (*OAUTH_TOKENS, VALID_ACCESS, VALID_REFRESH)
 LABEL_PREFIX = "oauth file:"
 RUN_TIMEOUT = 60.0
 
-# The 403 a login without the profile scope gets, as users have reported it (anthropics/claude-code issues
-# #12529 and #13334, 2025-11/12; the request id replaced).
-SCOPE_403 = {
-    "type": "error",
-    "error": {
-        "type": "permission_error",
-        "message": "OAuth token does not meet scope requirement user:profile",
-        "details": {"error_visibility": "user_facing"},
-    },
-    "request_id": "req_011CVXwrX9AJ4Y6HQvw7kcGX",
-}
-# The endpoint's own rate limit, as reported (anthropics/claude-code issue #31021 and others, 2026-03).
-RATE_LIMITED_429 = {"error": {"type": "rate_limit_error", "message": "Rate limited. Please try again later."}}
-
 
 def write_valid_credentials(path: Path) -> Path:
-    """A Claude Code `.credentials.json` whose access token is good for another hour."""
-    expires_ms = int((time.time() + 3600) * 1000)
-    path.write_text(
-        json.dumps(
-            {
-                "claudeAiOauth": {
-                    "accessToken": VALID_ACCESS,
-                    "refreshToken": VALID_REFRESH,
-                    "expiresAt": expires_ms,
-                    "scopes": ["user:inference", "user:profile"],
-                }
-            }
-        )
-    )
+    """A flat credentials file (the other shape sluice reads) whose access token is good for another hour."""
+    tokens = {"access_token": VALID_ACCESS, "refresh_token": VALID_REFRESH, "expires_at": time.time() + 3600}
+    path.write_text(json.dumps(tokens))
     return path
 
 
@@ -205,8 +180,8 @@ def test_live_refreshes_an_expired_token_first_and_only_once(fake: FakeProvider,
 @pytest.mark.parametrize(
     ("status", "body", "headers", "says"),
     [
-        (403, SCOPE_403, (), "lacks the user:profile scope"),
-        (429, RATE_LIMITED_429, (("retry-after", "120"),), "rate limiting (429, rate_limit_error"),
+        (403, USAGE_SCOPE_403, (), "lacks the user:profile scope"),
+        (429, USAGE_RATE_LIMITED_429, (("retry-after", "120"),), "rate limiting (429, rate_limit_error"),
     ],
 )
 def test_live_says_why_the_endpoint_refused(
@@ -289,7 +264,7 @@ def test_a_failing_usage_endpoint_is_a_warning_and_a_later_try(
     credentials = write_valid_credentials(tmp_path / "credentials.json")
     fake.know_token(VALID_ACCESS)
     fake.next(path=OAUTH_USAGE_PATH, status=500)
-    fake.next(path=OAUTH_USAGE_PATH, status=429, body=RATE_LIMITED_429, headers=[("retry-after", "2")])
+    fake.next(path=OAUTH_USAGE_PATH, status=429, body=USAGE_RATE_LIMITED_429, headers=[("retry-after", "2")])
     proxy = poll_proxy(start_proxy, tmp_path, credentials)
     assert proxy.db_path is not None
 

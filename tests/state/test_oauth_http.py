@@ -3,7 +3,6 @@ from __future__ import annotations
 import re
 import socket
 import ssl
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -11,8 +10,7 @@ from typing import Any
 import pytest
 
 from state.oauth_http import UsageRefused, get_usage, oauth_error
-from tests.e2e.harness import make_test_ca
-from tests.fake_provider import FakeProvider
+from tests.fake_provider import USAGE_RATE_LIMITED_429, USAGE_SCOPE_403, FakeProvider
 
 
 @pytest.mark.parametrize(
@@ -38,20 +36,10 @@ def test_a_token_endpoints_error_is_kept_as_printable_text(body: bytes, error: t
 # The usage endpoint, against the fake provider over TLS on loopback.
 
 
-@pytest.fixture(scope="module")
-def tls_fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProvider]:
-    ca = make_test_ca(tmp_path_factory.mktemp("ca"))
-    with FakeProvider(certfile=ca.leaf_cert, keyfile=ca.leaf_key, ca_pem=ca.ca_cert) as fake:
-        yield fake
-
-
 @pytest.fixture
-def usage_fake(tls_fake: FakeProvider) -> Iterator[FakeProvider]:
-    tls_fake.reset()
-    tls_fake.know_token(TOKEN)
-    yield tls_fake
-    assert tls_fake.errors == []
-    tls_fake.reset()
+def usage_fake(fake: FakeProvider) -> FakeProvider:
+    fake.know_token(TOKEN)
+    return fake
 
 
 TOKEN = "sk-ant-oat01-USAGE-TEST-TOKEN-0a1b2c3d4e5f6a7b"
@@ -83,31 +71,26 @@ def test_an_untrusted_certificate_is_refused(usage_fake: FakeProvider) -> None:
     assert usage_fake.requests == []
 
 
-SCOPE_403 = {
-    "type": "error",
-    "error": {
-        "type": "permission_error",
-        "message": "OAuth token does not meet scope requirement user:profile",
-        "details": {"error_visibility": "user_facing"},
-    },
-}
-RATE_LIMITED = {"error": {"type": "rate_limit_error", "message": "Rate limited. Please try again later."}}
-
-
 @pytest.mark.parametrize(
     ("status", "body", "headers", "message", "retry_after_s"),
     [
         (
             403,
-            SCOPE_403,
+            USAGE_SCOPE_403,
             (),
             "usage endpoint refused the OAuth token (403, permission_error: OAuth token does not meet scope "
             "requirement user:profile): the login lacks the user:profile scope the usage endpoint needs; "
             "log in again with one that grants it (Claude Code's own login does)",
             None,
         ),
-        (429, RATE_LIMITED, (("retry-after", "120"),), "rate limiting (429, rate_limit_error: Rate", 120.0),
-        (429, RATE_LIMITED, (("retry-after", None),), "rate limiting", None),
+        (
+            429,
+            USAGE_RATE_LIMITED_429,
+            (("retry-after", "120"),),
+            "rate limiting (429, rate_limit_error: Rate",
+            120.0,
+        ),
+        (429, USAGE_RATE_LIMITED_429, (("retry-after", None),), "rate limiting", None),
         (
             401,
             None,
@@ -138,7 +121,9 @@ def test_a_refusal_says_what_the_endpoint_said(
 
 def test_a_retry_after_date_is_a_wait(usage_fake: FakeProvider) -> None:
     when = format_datetime(datetime.now(UTC) + timedelta(minutes=10), usegmt=True)
-    usage_fake.next(path="/api/oauth/usage", status=429, body=RATE_LIMITED, headers=[("retry-after", when)])
+    usage_fake.next(
+        path="/api/oauth/usage", status=429, body=USAGE_RATE_LIMITED_429, headers=[("retry-after", when)]
+    )
 
     with pytest.raises(UsageRefused) as refused:
         get_usage("localhost", usage_fake.port, TOKEN, _context(usage_fake))

@@ -3,11 +3,8 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-
-import pytest
 
 from rules.config import OAuth, Upstream
 from state import db as state_db
@@ -23,7 +20,6 @@ from state.quota_live import (
 )
 from state.ratelimits import statusline
 from state.writer import CallRecord, RecordWriter
-from tests.e2e.harness import make_test_ca
 from tests.fake_provider import FakeProvider
 
 AT = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -32,21 +28,6 @@ TOKEN = "sk-ant-oat01-QUOTA-LIVE-TEST-TOKEN-9f8e7d6c5b4a"
 
 def upstream(credentials: str = "file:login.json", host: str = "localhost", port: int = 443) -> Upstream:
     return Upstream(host=host, port=port, provider="anthropic", oauth=OAuth(credentials=credentials))
-
-
-@pytest.fixture(scope="module")
-def tls_fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProvider]:
-    ca = make_test_ca(tmp_path_factory.mktemp("ca"))
-    with FakeProvider(certfile=ca.leaf_cert, keyfile=ca.leaf_key, ca_pem=ca.ca_cert) as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(tls_fake: FakeProvider) -> Iterator[FakeProvider]:
-    tls_fake.reset()
-    yield tls_fake
-    assert tls_fake.errors == []
-    tls_fake.reset()
 
 
 def test_rows_name_the_upstream_and_the_credential_as_calls_do() -> None:
