@@ -23,7 +23,7 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from mitmproxy import ctx, exceptions, http
@@ -341,13 +341,22 @@ class Credentials:
             )
         return outcome
 
-    def _note_limits(self, swapped: Swapped, headers: dict[str, str]) -> None:
-        """What the answer says of the credential's limits: written only when it is news (memory check)."""
+    def _note_limits(self, swapped: Swapped, headers: Mapping[str, str]) -> None:
+        self._note(swapped.host, swapped.entry.fingerprint, headers)
+
+    def note_oauth_limits(self, host: str, headers: Mapping[str, str]) -> None:
+        """What a reading of `host`'s OAuth usage endpoint (addons/quota_poll.py) says of its limits, for
+        routing as the headers of an answer would."""
+        fingerprint = self.pool.oauth_fingerprint(host) if self.pool is not None else None
+        if fingerprint is not None:
+            self._note(host, fingerprint, headers)
+
+    def _note(self, host: str, fingerprint: str, headers: Mapping[str, str]) -> None:
+        """What an answer says of a credential's limits: written only when it is news (memory check)."""
         assert self.pool is not None
         status, room = quota_status(headers), headroom(headers)
-        fingerprint = swapped.entry.fingerprint
-        if self.pool.limits_changed(swapped.host, fingerprint, status, room):
-            self._in_background(self.pool.record_limits, swapped.host, fingerprint, status, room)
+        if self.pool.limits_changed(host, fingerprint, status, room):
+            self._in_background(self.pool.record_limits, host, fingerprint, status, room)
 
     def _note_success(self, swapped: Swapped) -> None:
         assert self.pool is not None
@@ -396,10 +405,10 @@ class Credentials:
     async def _refresh(self, config: OAuth, refresh_token: str) -> TokenResponse:
         if not config.token_url or not config.client_id:
             raise TokenRefused("not_configured", "oauth.token_url and oauth.client_id are needed to refresh")
-        return await asyncio.to_thread(post_refresh, config, refresh_token, _upstream_ssl_context())
+        return await asyncio.to_thread(post_refresh, config, refresh_token, upstream_ssl_context())
 
 
-def _upstream_ssl_context() -> ssl.SSLContext:
+def upstream_ssl_context() -> ssl.SSLContext:
     """The token endpoint is verified like upstream servers are (mitmproxy's upstream CA options)."""
     cafile = ctx.options.ssl_verify_upstream_trusted_ca
     context = ssl.create_default_context(cafile=cafile or None)

@@ -8,7 +8,8 @@ involves a credential host goes exactly where it says, over TLS (confine), who i
 the body, admit against the client's budget, filter headers, meter what goes upstream, and last choose
 the real credential, which is written into the request only as it is sent (never onto the flow) and only
 onto a connection to that host. Response side: filter headers, scrub an echoed credential out of the
-answer, tee the stream, judge the credential by the answer.
+answer, tee the stream, judge the credential by the answer. Off the request path, quota_poll reads each
+OAuth login's subscription usage every `sluice_quota_poll` seconds (off by default).
 
 What mitmweb shows: what the rewrite changed is kept on the flow just after it (changes); each call's
 prompt-cache health is judged as its row is built (cache_health, through the meter's `before_record`);
@@ -37,6 +38,7 @@ from addons.framing import Framing  # noqa: E402
 from addons.gate import Gate  # noqa: E402
 from addons.headers import Headers  # noqa: E402
 from addons.meter import Meter  # noqa: E402
+from addons.quota_poll import QuotaPoll  # noqa: E402
 from addons.rewrite import Rewrite  # noqa: E402
 from addons.upstream_errors import UpstreamErrors  # noqa: E402
 from addons.watchdog import Watchdog  # noqa: E402
@@ -60,5 +62,6 @@ parts = [
     Watchdog(core),
     UpstreamErrors(core),
     credentials,
+    QuotaPoll(core, credentials),
 ]
 addons = [Chain("sluice", parts)]

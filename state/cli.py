@@ -2,9 +2,11 @@
 
     sluice usage [--db PATH] [--by DIMS] [--since WHEN] [--until WHEN] [--json | --csv | --html FILE]
     sluice quota [--db PATH] [--host HOST] [--credential NAME] [--json | --statusline]
+    sluice quota --live [--config PATH] [--db PATH] [--host HOST] [--json]
 
 Every subcommand registers in SUBCOMMANDS, in one place. Reading never creates a database: a missing file is
-an error (exit 1), an empty one a friendly line (exit 0).
+an error (exit 1), an empty one a friendly line (exit 0). `quota --live` is the one that writes: it asks the
+provider and records what it hears (state/quota_live.py), creating the database if need be.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from rich.table import Table
 from rich.text import Text
 
 from rules.config import ConfigError, load_config
+from rules.oauth_usage import SOURCE as OAUTH_USAGE_SOURCE
 from state import db as state_db
-from state import html_report, report
+from state import html_report, quota_live, report
 from state.budgets import BudgetLedger
 from state.credentials import (
     CredentialDead,
@@ -45,9 +48,11 @@ from state.credentials import (
 )
 from state.oauth_http import post_refresh
 from state.ratelimits import QuotaSummary, format_duration, format_percent, statusline
+from state.writer import RecordWriter
 
 DEFAULT_DB = "sluice.db"
 DB_ENV = "SLUICE_DB"
+CONFIG_ENV = "SLUICE_CONFIG"
 
 type Handler = Callable[[argparse.Namespace], int]
 type Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -318,6 +323,18 @@ def _add_quota(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--host", help="only this upstream host (e.g. api.anthropic.com)")
     parser.add_argument("--credential", metavar="NAME", help="only this upstream credential")
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="ask the provider now: for each OAuth upstream in the config, read its 5-hour and 7-day windows "
+        "from the OAuth usage endpoint (the one Claude Code's /usage reads), show them and record them",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=os.environ.get(CONFIG_ENV),
+        help=f"the sluice config naming the OAuth upstreams, for --live (default: ${CONFIG_ENV})",
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument(
         "--json", dest="format", action="store_const", const="json", help="print the normalized structure"
@@ -333,6 +350,8 @@ def _add_quota(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def run_quota(args: argparse.Namespace) -> int:
+    if args.live:
+        return run_quota_live(args)
     if args.format == "statusline":
         # Claude Code's statusLine runs the command with a JSON description of the session on stdin; the
         # line does not depend on it, but it is read so the writer never meets a closed pipe.
@@ -351,12 +370,94 @@ def run_quota(args: argparse.Namespace) -> int:
         scope = " matching" if args.host is not None or args.credential is not None else ""
         print(f"No{scope} rate-limit headers recorded in {args.db} yet.")
     else:
-        console = _console()
-        for index, quota in enumerate(quotas):
-            if index:
-                console.print()
-            _print_table(console, _quota_table(quota, now))
+        _print_quota_tables(quotas, now)
     return 0
+
+
+def run_quota_live(args: argparse.Namespace) -> int:
+    """`sluice quota --live`: read each OAuth upstream's usage endpoint, show it, record it."""
+    if args.format == "statusline":
+        raise CliError(
+            "--live asks the provider each time it runs, too often for a status line (and the usage "
+            "endpoint rate-limits hard): let the proxy poll it (--set sluice_quota_poll=300) and keep "
+            "`sluice quota --statusline` plain"
+        )
+    if not args.config:
+        raise CliError(
+            f"--live reads the OAuth credentials from the config: give --config PATH or ${CONFIG_ENV}"
+        )
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        raise CliError(str(e)) from None
+    upstreams = [
+        u
+        for u in config.upstreams
+        if u.oauth is not None
+        and (args.host is None or args.host in (u.host, quota_live.row_host(u)))
+        and (args.credential is None or args.credential == quota_live.credential_label(u.oauth))
+    ]
+    if not upstreams:
+        scope = " matching" if args.host is not None or args.credential is not None else ""
+        raise CliError(f"no{scope} [[upstreams]] with oauth in {args.config}: --live reads OAuth logins only")
+    database = state_db.connect(args.db)  # created (and migrated) if missing: the readings are recorded in it
+    pool = CredentialPool(database)
+    store = OAuthStore(secrets_path_for(args.db), on_event=_pool_history(pool))
+    try:
+        # The default context verifies like any client: the system's CAs, or SSL_CERT_FILE when set.
+        results = asyncio.run(
+            quota_live.read_live(
+                upstreams,
+                store,
+                Path(args.config).expanduser().resolve().parent,
+                ssl.create_default_context(),
+            )
+        )
+        readings = [result for result in results if isinstance(result, quota_live.UsageReading)]
+        for upstream in upstreams:
+            # What the proxies route new conversations by: the freshest word on each login's room.
+            for reading in readings:
+                if reading.host == quota_live.row_host(upstream) and upstream.oauth is not None:
+                    quota_live.note_in_pool(pool, upstream.host, reading)
+    finally:
+        store.close()
+        database.close()
+    _record_readings(args.db, readings)
+    now = clock()
+    quotas = [
+        report.CredentialQuota(reading.host, reading.credential, OAUTH_USAGE_SOURCE, reading.summary)
+        for reading in readings
+    ]
+    if args.format == "json":
+        _write_json([quota.to_dict() for quota in quotas])
+    else:
+        _print_quota_tables(quotas, now)
+    failures = [result for result in results if isinstance(result, str)]
+    for failure in failures:
+        print(printable(f"sluice: error: {failure}"), file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _pool_history(pool: CredentialPool) -> Callable[[str, str, str], None]:
+    """An OAuth store's events (a refresh made by this command), into the pool's history."""
+
+    def record(key: str, event: str, detail: str) -> None:
+        pool.record_event(key, event, detail, fingerprint=pool.oauth_fingerprint(key))
+
+    return record
+
+
+def _record_readings(path: str, readings: Sequence[quota_live.UsageReading]) -> None:
+    """Into `rate_limits`, through the same writer (and the same newest-wins rule) as the proxy's calls."""
+    if not readings:
+        return
+    writer = RecordWriter(lambda: state_db.connect(path), path=path)
+    writer.start()
+    for reading in readings:
+        writer.put(reading.record())
+    writer.close()
+    if writer.stats.dropped:
+        raise CliError(f"the readings could not be recorded in {path}: {writer.stats.last_error}")
 
 
 def _drain_stdin(limit: int = 1 << 20, wait_s: float = 0.5) -> None:
@@ -394,12 +495,22 @@ def quota_statusline(quotas: Sequence[report.CredentialQuota], now: datetime) ->
     )
 
 
+def _print_quota_tables(quotas: Sequence[report.CredentialQuota], now: datetime) -> None:
+    console = _console()
+    for index, quota in enumerate(quotas):
+        if index:
+            console.print()
+        _print_table(console, _quota_table(quota, now))
+
+
 def _quota_table(quota: report.CredentialQuota, now: datetime) -> Table:
     summary = quota.summary
     title = Text()
     title.append(printable(quota.host), style="bold")
     title.append(f" · {printable(quota.credential or '(no credential)')}")
     title.append(f" · seen {_ago(summary.observed_at, now)} ({_utc_text(summary.observed_at, now)})", "dim")
+    if quota.call_id == OAUTH_USAGE_SOURCE:
+        title.append(" · from the OAuth usage endpoint", "dim")
     table = Table(title=title, title_justify="left", show_edge=False)
     table.add_column("limit", no_wrap=True)
     table.add_column("state", no_wrap=True)
@@ -424,7 +535,9 @@ def _quota_lines(summary: QuotaSummary) -> list[tuple[str, Text, datetime | None
         state = _status_text(unified.status)
         if unified.representative_claim:
             state.append(f" · claim {unified.representative_claim}")
-        lines.append(("subscription", state, unified.reset_at, unified.observed_at))
+        # Windows read from the usage endpoint alone come with no overall status: no line of question marks.
+        if unified.status is not None or unified.representative_claim or unified.reset_at is not None:
+            lines.append(("subscription", state, unified.reset_at, unified.observed_at))
         for window in unified.windows:
             state = Text(
                 "? used" if window.utilization is None else f"{format_percent(window.utilization)} used"
@@ -516,7 +629,8 @@ def _add_credentials(subparsers: Subparsers, common: argparse.ArgumentParser) ->
     parser.add_argument(
         "--config",
         metavar="PATH",
-        help="the proxy's sluice.toml (for --refresh: where the token endpoint is)",
+        default=os.environ.get(CONFIG_ENV),
+        help=f"the proxy's sluice.toml (for --refresh: where the token endpoint is; default: ${CONFIG_ENV})",
     )
     parser.set_defaults(handler=run_credentials, format="table")
 
@@ -629,12 +743,7 @@ def _refresh_by_hand(args: argparse.Namespace) -> int:
         )
         if state is None:
             raise CliError(f"no OAuth credential {label!r} for {upstream.host}")
-        store = OAuthStore(
-            secrets,
-            on_event=lambda key, event, detail: pool.record_event(
-                key, event, detail, fingerprint=state.fingerprint
-            ),
-        )
+        store = OAuthStore(secrets, on_event=_pool_history(pool))
         context = ssl.create_default_context()  # honours SSL_CERT_FILE, as the proxy's trust does
 
         async def refresh(token: str) -> TokenResponse:

@@ -567,8 +567,18 @@ class CredentialPool:
                 log.warning("sluice: could not record the credential event %s for %s (%s)", event, host, e)
 
     def oauth_fingerprint(self, host: str) -> str | None:
-        """The pool's name for `host`'s OAuth credential, if it has one."""
-        return next((e.fingerprint for e in self._entries.get(host, ()) if e.kind == "oauth"), None)
+        """The pool's name for `host`'s OAuth credential, if it has one (from the config this process
+        declared, else from the database: the CLI declares none)."""
+        declared = next((e.fingerprint for e in self._entries.get(host, ()) if e.kind == "oauth"), None)
+        if declared is not None or host in self._entries:
+            return declared
+        with self._lock:
+            row = self._conn.execute(
+                "select fingerprint from credentials where host = ? and kind = 'oauth' "
+                "order by position is null, changed_at desc limit 1",
+                (host,),
+            ).fetchone()
+        return None if row is None else str(row[0])
 
     # -- for the CLI ----------------------------------------------------------------------------------------
 

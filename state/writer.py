@@ -65,6 +65,22 @@ class CallRecord:
 
 
 @dataclass(slots=True)
+class QuotaRecord:
+    """Rate limits read without a call (the provider's OAuth usage endpoint): `rate_limits` rows only, merged
+    with the headers of calls by the same newest-wins rule; `source` goes where a call's id would
+    (`rate_limits.call_id`), so the two can be told apart."""
+
+    host: str
+    credential: str
+    rate_limits: Sequence[tuple[str, str]]
+    observed_at: str
+    source: str
+
+
+type Record = CallRecord | QuotaRecord
+
+
+@dataclass(slots=True)
 class WriterStats:
     written: int = 0
     batches: int = 0
@@ -110,8 +126,8 @@ class RecordWriter:
         self._buffer_limit = buffer_limit
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
-        self._queue: queue.SimpleQueue[CallRecord | object] = queue.SimpleQueue()
-        self._pending: deque[CallRecord] = deque()
+        self._queue: queue.SimpleQueue[Record | object] = queue.SimpleQueue()
+        self._pending: deque[Record] = deque()
         self._thread: threading.Thread | None = None
         self._idle = threading.Condition()
         self._in_flight = 0
@@ -122,7 +138,7 @@ class RecordWriter:
             self._thread = threading.Thread(target=self._run, name="sluice-writer", daemon=True)
             self._thread.start()
 
-    def put(self, record: CallRecord) -> None:
+    def put(self, record: Record) -> None:
         """Never blocks: the record is queued for the writer thread."""
         with self._idle:
             self._in_flight += 1
@@ -235,9 +251,9 @@ class RecordWriter:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path + suffix)
 
-    def _accept(self, item: CallRecord | object) -> bool:
+    def _accept(self, item: Record | object) -> bool:
         """Take one queued item; True when it is the stop signal."""
-        if isinstance(item, CallRecord):
+        if isinstance(item, CallRecord | QuotaRecord):
             self._pending.append(item)
             return False
         return item is _STOP
@@ -272,7 +288,7 @@ class RecordWriter:
                     self._done(1)
                     log.error(
                         "sluice: call record %s could not be stored and is dropped: %r",
-                        record.row.get("id"),
+                        _call_id(record),
                         e,
                     )
                 except Exception:
@@ -295,24 +311,26 @@ class RecordWriter:
         self.stats.pending = len(self._pending)
         self._done(len(batch))
 
-    def _commit(self, db: sqlite_utils.Database, batch: list[CallRecord], *, storable: bool) -> None:
+    def _commit(self, db: sqlite_utils.Database, batch: list[Record], *, storable: bool) -> None:
+        calls = [record for record in batch if isinstance(record, CallRecord)]
         if storable:
-            call_rows = [tuple(_cell(record.row.get(column)) for column in CALL_COLUMNS) for record in batch]
+            call_rows = [tuple(_cell(record.row.get(column)) for column in CALL_COLUMNS) for record in calls]
         else:
-            call_rows = [tuple(map(record.row.get, CALL_COLUMNS)) for record in batch]
+            call_rows = [tuple(map(record.row.get, CALL_COLUMNS)) for record in calls]
         limit_rows = _newest_rate_limits(batch)
         if storable:
             limit_rows = [tuple(_cell(value) for value in row) for row in limit_rows]
         settled_at = time.time()
         settle_rows = [
             (record.budget[0], record.budget[1], settled_at, record.row["id"])
-            for record in batch
+            for record in calls
             if record.budget is not None
         ]
         conn = db.conn
         conn.execute("begin immediate")
         try:
-            conn.executemany(_CALL_SQL, call_rows)
+            if call_rows:
+                conn.executemany(_CALL_SQL, call_rows)
             if limit_rows:
                 conn.executemany(_RATE_LIMIT_SQL, limit_rows)
             if settle_rows:
@@ -377,14 +395,19 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def _newest_rate_limits(batch: Sequence[CallRecord]) -> list[tuple[Any, ...]]:
+def _call_id(record: Record) -> str:
+    """What `rate_limits.call_id` names: the call, or where a reading without a call came from."""
+    return str(record.row.get("id")) if isinstance(record, CallRecord) else record.source
+
+
+def _newest_rate_limits(batch: Sequence[Record]) -> list[tuple[Any, ...]]:
     """One `rate_limits` row per (host, credential, header): the newest in the batch.
 
     `_RATE_LIMIT_SQL` keeps only the newest observation anyway, so upserting every call's copy of the same
     24 headers only to overwrite them again costs a statement each for nothing. Ties go to the later record,
     as they would in sequential upserts (`>=`). Only the winners become rows.
     """
-    newest: dict[tuple[str, str, str], tuple[str, str, CallRecord]] = {}
+    newest: dict[tuple[str, str, str], tuple[str, str, Record]] = {}
     for record in batch:
         host, credential, observed_at = record.host, record.credential, record.observed_at
         for header, value in record.rate_limits:
@@ -393,6 +416,6 @@ def _newest_rate_limits(batch: Sequence[CallRecord]) -> list[tuple[Any, ...]]:
             if current is None or observed_at >= current[0]:
                 newest[key] = (observed_at, value, record)
     return [
-        (host, credential, header, value, observed_at, record.row["id"])
+        (host, credential, header, value, observed_at, _call_id(record))
         for (host, credential, header), (observed_at, value, record) in newest.items()
     ]

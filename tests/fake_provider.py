@@ -4,7 +4,10 @@ It speaks the providers' real wire formats (JSON bodies, SSE streams, error enve
 over HTTP/1.1, with TLS or without, from a background thread of the test process. Each test scripts what
 the next request gets with `fake.next(...)`; everything the fake received is kept in `fake.requests`.
 It also plays the OAuth token endpoint (`POST /v1/oauth/token`): `fake.grant(refresh, access, new_refresh)`
-lets one refresh token be exchanged, once; any other gets `invalid_grant`.
+lets one refresh token be exchanged, once; any other gets `invalid_grant`. And the OAuth usage endpoint
+(`GET /api/oauth/usage` on the Anthropic host, what Claude Code's `/usage` reads): it answers
+`fake.oauth_usage` (a realistic answer by default) to a bearer token the fake issued through a grant or was
+told of with `fake.know_token(...)`, and 401 to any other.
 
 The HTTP/1.1 side is written by hand on purpose: the faults a proxy must survive (an SSE record split across
 two TCP writes, a stream cut before its terminal frame, a stall, a TCP reset) need control over every write,
@@ -54,6 +57,25 @@ PROVIDER_HOSTS = (ANTHROPIC_HOST, OPENAI_HOST)
 # Where Claude Code refreshes its OAuth tokens (RFC 6749 §6); the fake serves `OAUTH_TOKEN_PATH` there.
 OAUTH_HOST = "console.anthropic.com"
 OAUTH_TOKEN_PATH = "/v1/oauth/token"
+# The subscription usage endpoint (not documented by Anthropic: rules/oauth_usage.py says what is known).
+OAUTH_USAGE_PATH = "/api/oauth/usage"
+OAUTH_BETA = "oauth-2025-04-20"
+# Paths a behaviour queued for "any path" never takes: they are sluice's own calls, not the client's.
+_OWN_PATHS = (OAUTH_TOKEN_PATH, OAUTH_USAGE_PATH)
+# The usage endpoint's refusals as users reported them: a login without the profile scope
+# (anthropics/claude-code issues #12529 and #13334, 2025-11/12; request id left out) and its own rate limit
+# (anthropics/claude-code issue #31021 and others, 2026-03).
+USAGE_SCOPE_403 = {
+    "type": "error",
+    "error": {
+        "type": "permission_error",
+        "message": "OAuth token does not meet scope requirement user:profile",
+        "details": {"error_visibility": "user_facing"},
+    },
+}
+USAGE_RATE_LIMITED_429 = {
+    "error": {"type": "rate_limit_error", "message": "Rate limited. Please try again later."}
+}
 # A host that is not a provider's own API (a gateway in front of one): `.test` never resolves for real.
 GATEWAY_HOST = "gateway.sluice.test"
 # Every name the harness resolves to the fake.
@@ -298,6 +320,28 @@ def _rfc3339(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def oauth_usage_answer(now: datetime) -> dict[str, Any]:
+    """A usage endpoint answer in its observed shape: utilization in PERCENT, resets as ISO 8601 with
+    microseconds, a window the account lacks as null, extra usage off."""
+
+    def window(utilization: float, hours: float) -> dict[str, Any]:
+        return {"utilization": utilization, "resets_at": (now + timedelta(hours=hours)).isoformat()}
+
+    return {
+        "five_hour": window(61.0, 2.5),
+        "seven_day": window(13.0, 80),
+        "seven_day_oauth_apps": None,
+        "seven_day_opus": None,
+        "seven_day_sonnet": window(4.0, 80),
+        "extra_usage": {
+            "is_enabled": False,
+            "monthly_limit": None,
+            "used_credits": None,
+            "utilization": None,
+        },
+    }
+
+
 def anthropic_ratelimit_headers(served: int, now: datetime) -> list[tuple[str, str]]:
     """The rate-limit headers Anthropic sends on every response, `served` requests into the window.
 
@@ -359,6 +403,10 @@ def error_body(provider: Provider, status: int, message: str | None = None, requ
     return _dumps(
         {"error": {"message": message or default, "type": kind, "param": None, "code": code}}
     ).encode()
+
+
+def _anthropic_error(kind: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 def _text_pieces(text: str) -> list[str]:
@@ -440,7 +488,7 @@ class _Responder:
         return self._generate(payload)
 
     def token(self, status: int, answer: dict[str, Any]) -> _Plan:
-        """The OAuth token endpoint's JSON answer: no API headers, never cached (RFC 6749 §5.1)."""
+        """An OAuth endpoint's JSON answer (token, usage): no API headers, never cached (RFC 6749 §5.1)."""
         body = _dumps(answer).encode()
         headers = [
             ("date", formatdate(usegmt=True)),
@@ -921,6 +969,10 @@ class FakeProvider:
         self.oauth_grants: dict[str, dict[str, Any]] = {}
         # Seconds the token endpoint takes to answer: a wide window for concurrent callers to pile up in.
         self.oauth_delay = 0.0
+        # The usage endpoint: what it answers (None: `oauth_usage_answer(now)`), and the access tokens it
+        # accepts (those the token endpoint issued, and those declared with `know_token`).
+        self.oauth_usage: dict[str, Any] | None = None
+        self.oauth_tokens: set[str] = set()
         # Picks the behaviour from the request itself (its body, its headers), before the queue is looked
         # at; returning None falls back to the queue and the default. For concurrent tests, where which
         # request takes which queued behaviour would be a race.
@@ -1012,7 +1064,9 @@ class FakeProvider:
         self.accepted_credentials = None
         with self._lock:
             self.oauth_grants = {}
+            self.oauth_tokens = set()
         self.oauth_delay = 0.0
+        self.oauth_usage = None
         self.choose = None
 
     def clear(self) -> None:
@@ -1057,6 +1111,36 @@ class FakeProvider:
         with self._lock:
             self.oauth_grants[refresh_token] = answer
 
+    def know_token(self, access_token: str) -> None:
+        """Let the usage endpoint accept `access_token` (one issued before this fake started, say)."""
+        with self._lock:
+            self.oauth_tokens.add(access_token)
+
+    @property
+    def usage_requests(self) -> list[RecordedRequest]:
+        """The requests made to the OAuth usage endpoint (also in `requests`)."""
+        return [r for r in self.requests if r.path == OAUTH_USAGE_PATH]
+
+    def _usage(self, request: RecordedRequest) -> tuple[int, dict[str, Any]]:
+        """The usage endpoint's answer: the usage for a known bearer token with the OAuth beta flag."""
+        if request.method != "GET":
+            return 405, _anthropic_error("invalid_request_error", "Method not allowed")
+        if provider_for(request.path, request.header("host") or request.sni) != "anthropic":
+            return 404, _anthropic_error("not_found_error", "Not found")
+        betas = [beta.strip() for beta in (request.header("anthropic-beta") or "").split(",")]
+        if OAUTH_BETA not in betas:
+            return 401, _anthropic_error(
+                "authentication_error", "OAuth authentication is currently not supported."
+            )
+        auth = request.header("authorization") or ""
+        with self._lock:
+            known = auth.lower().startswith("bearer ") and auth[7:] in self.oauth_tokens
+        if not known:
+            return 401, _anthropic_error("authentication_error", "Invalid bearer token")
+        return 200, self.oauth_usage if self.oauth_usage is not None else oauth_usage_answer(
+            datetime.now(UTC)
+        )
+
     def _redeem(self, request: RecordedRequest) -> tuple[int, dict[str, Any]]:
         """The token endpoint's answer to a refresh request (RFC 6749 §5.1 and §5.2)."""
         content_type = (request.header("content-type") or "").lower()
@@ -1075,6 +1159,7 @@ class FakeProvider:
             answer = self.oauth_grants.pop(str(fields.get("refresh_token")), None)
         if answer is None:
             return 400, {"error": "invalid_grant", "error_description": "Refresh token not found or invalid"}
+        self.know_token(answer["access_token"])
         return 200, answer
 
     def wait_for_requests(self, n: int, timeout: float = 5.0) -> list[RecordedRequest]:
@@ -1094,8 +1179,8 @@ class FakeProvider:
             if chosen is not None:
                 return chosen, self._served
             for index, candidate in enumerate(self._queue):
-                # A behaviour for "any path" is meant for the API, not for the OAuth token endpoint.
-                if candidate.path == path or (candidate.path is None and path != OAUTH_TOKEN_PATH):
+                # A behaviour for "any path" is meant for the API, not for the OAuth endpoints.
+                if candidate.path == path or (candidate.path is None and path not in _OWN_PATHS):
                     return self._queue.pop(index), self._served
             return self.default, self._served
 
@@ -1169,6 +1254,8 @@ class FakeProvider:
         # The token endpoint answers grants unless a behaviour was queued for its path explicitly.
         if request.path == OAUTH_TOKEN_PATH and behaviour.path != OAUTH_TOKEN_PATH:
             plan = responder.token(*self._redeem(request))
+        elif request.path == OAUTH_USAGE_PATH and behaviour.path != OAUTH_USAGE_PATH:
+            plan = responder.token(*self._usage(request))
         else:
             plan = responder.plan(self.accepted_credentials)
         sent = SentResponse(plan.status, plan.headers, plan.body, plan.streamed)

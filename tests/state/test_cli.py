@@ -424,6 +424,52 @@ def test_quota_statusline(db_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert out == "req 75%\n"
 
 
+def test_quota_shows_a_reading_of_the_usage_endpoint_as_such(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = state_db.connect(db_path)
+    db["rate_limits"].insert_all(
+        {
+            "host": ANTHROPIC,
+            "credential": "oauth file:login.json",
+            "header": name,
+            "value": value,
+            "observed_at": NOW.isoformat(),
+            "call_id": "oauth-usage",
+        }
+        for name, value in {
+            "anthropic-ratelimit-unified-5h-utilization": "0.61",
+            "anthropic-ratelimit-unified-5h-reset": (NOW + timedelta(hours=2, seconds=30)).isoformat(),
+            "oauth-usage.extra_usage.is_enabled": "false",
+        }.items()
+    )
+    db.close()
+
+    code, out, _ = run(capsys, "quota", "--db", str(db_path))
+
+    assert code == 0
+    assert f"{ANTHROPIC} · oauth file:login.json · seen just now" in out
+    assert "from the OAuth usage endpoint" in out
+    assert re.search(r"5h\s+│ 61% used\s+│ in 2h \(", out), out
+    assert "oauth-usage.extra_usage.is_enabled │ false" in out
+    assert "subscription" not in out  # the endpoint gives no overall status: no line of question marks
+
+
+def test_quota_live_is_not_for_a_status_line(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "quota", "--live", "--statusline", "--config", "sluice.toml")
+    assert (code, out) == (1, "")
+    assert "too often for a status line" in err and "sluice_quota_poll" in err
+
+
+def test_quota_live_names_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "sluice.toml"
+    config.write_text('[[upstreams]]\nhost = "api.anthropic.com"\nprovider = "anthropic"\nkyes = []\n')
+    code, _, err = run(capsys, "quota", "--live", "--config", str(config), "--db", str(tmp_path / "x.db"))
+    assert code == 1
+    assert "kyes" in err
+    assert not (tmp_path / "x.db").exists()
+
+
 def test_quota_with_nothing_recorded(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "quota", "--db", str(db_path)) == (
         0,

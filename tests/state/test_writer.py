@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from state import db as sluice_db
-from state.writer import CallRecord, RecordWriter
+from state.writer import CallRecord, QuotaRecord, RecordWriter
 
 
 def _record(n: int = 0, **row):
@@ -132,6 +132,35 @@ def test_latest_rate_limit_wins(db_path):
     writer.close()
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("select value from rate_limits").fetchall() == [("41",)]
+
+
+def test_a_quota_reading_without_a_call_merges_with_the_calls_headers_newest_first(db_path):
+    writer = RecordWriter(lambda: sluice_db.connect(db_path))
+    writer.start()
+    call = _record(1)
+    call.host, call.credential, call.observed_at = ("api.anthropic.com", "oauth", "2026-11-23T10:00:01+00:00")
+    call.rate_limits = [
+        ("anthropic-ratelimit-unified-5h-utilization", "0.5"),
+        ("anthropic-ratelimit-unified-status", "allowed"),
+    ]
+    reading = QuotaRecord(
+        host="api.anthropic.com",
+        credential="oauth",
+        rate_limits=[("anthropic-ratelimit-unified-5h-utilization", "0.61")],
+        observed_at="2026-11-23T10:00:02+00:00",
+        source="oauth-usage",
+    )
+    writer.put(call)
+    writer.put(reading)
+    writer.close()
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute("select header, value, call_id from rate_limits order by header").fetchall()
+    assert rows == [
+        ("anthropic-ratelimit-unified-5h-utilization", "0.61", "oauth-usage"),
+        ("anthropic-ratelimit-unified-status", "allowed", call.row["id"]),
+    ]
+    assert _count(db_path) == 1  # the reading is no call
+    assert writer.stats.written == 2 and writer.stats.dropped == 0
 
 
 def test_values_sqlite_cannot_take_do_not_cost_the_row(db_path):
