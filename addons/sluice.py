@@ -14,6 +14,9 @@ What mitmweb shows: what the rewrite changed is kept on the flow just after it (
 prompt-cache health is judged as its row is built (cache_health, through the meter's `before_record`);
 the "LLM" contentview renders both.
 
+Operations (not security parts): Prometheus metrics, OpenTelemetry spans and webhook alerts are fed each
+finished row by the ops feed (addons/ops.py), on a thread of its own, off the request path.
+
 mitmproxy sees one addon, `sluice` (addons/chain.py), which calls the parts' hooks in this order.
 """
 
@@ -25,6 +28,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from addons import contentview  # noqa: E402
+from addons.alerts import Alerts  # noqa: E402
 from addons.budget import Budget  # noqa: E402
 from addons.cache_health import CacheHealth  # noqa: E402
 from addons.chain import Chain  # noqa: E402
@@ -37,13 +41,22 @@ from addons.framing import Framing  # noqa: E402
 from addons.gate import Gate  # noqa: E402
 from addons.headers import Headers  # noqa: E402
 from addons.meter import Meter  # noqa: E402
+from addons.metrics import Metrics  # noqa: E402
+from addons.ops import OpsFeed  # noqa: E402
 from addons.rewrite import Rewrite  # noqa: E402
+from addons.tracing import Tracing  # noqa: E402
 from addons.upstream_errors import UpstreamErrors  # noqa: E402
 from addons.watchdog import Watchdog  # noqa: E402
 
 core = SluiceCore()
 cache_health = CacheHealth(core)
 credentials = Credentials(core)
+metrics = Metrics(core)
+tracing = Tracing()
+alerts = Alerts(core)
+# After the parts it feeds, so it sees their options as configured; its `done` runs after the core's.
+ops = OpsFeed(core, [metrics, tracing, alerts])
+metrics.feed = ops
 contentview.register()
 parts = [
     core,
@@ -55,10 +68,15 @@ parts = [
     Headers(core),
     Framing(),
     EchoScrub(core, credentials),
-    Meter(core, before_record=[cache_health.before_record]),
+    # The ops feed sees each row after cache health has judged it.
+    Meter(core, before_record=[cache_health.before_record, ops.before_record]),
     cache_health,
     Watchdog(core),
     UpstreamErrors(core),
     credentials,
+    metrics,
+    tracing,
+    alerts,
+    ops,
 ]
 addons = [Chain("sluice", parts)]
