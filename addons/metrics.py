@@ -189,6 +189,11 @@ class _StateCollector(Collector):
             "Calls left out of the metrics and traces because the ops thread was behind (rows still written)",
             feed.dropped if feed is not None else 0,
         )
+        yield CounterMetricFamily(
+            "sluice_ops_polls",
+            "Times the shared state (pool, quotas, budgets) was read for the gauges and alerts",
+            feed.polls if feed is not None else 0,
+        )
         snapshot = metrics.snapshot
         if snapshot is None:
             return

@@ -73,6 +73,7 @@ class OpsFeed:
         self.sinks = list(sinks)
         self.queue: queue.Queue[object] = queue.Queue(maxsize=QUEUE_MAX)
         self.dropped = 0
+        self.polls = 0  # snapshots read so far: how fresh the gauges and state alerts are
         self.thread: threading.Thread | None = None
         self.poll_s = DEFAULT_POLL_MS / 1000
         self.db_path: str | None = None
@@ -150,6 +151,7 @@ class OpsFeed:
                         snapshot, backlog = reader.snapshot(), self.backlog()
                         for sink in wanted:
                             self._guard(sink, sink.on_snapshot, snapshot, backlog)
+                        self.polls += 1
         finally:
             if reader is not None:
                 reader.close()

@@ -39,6 +39,7 @@ log = logging.getLogger("sluice")
 MAX_QUEUED_SPANS = 4096
 EXPORT_TIMEOUT_S = 5.0
 METRICS_EXPORT_MS = 15_000
+SPAN_DELAY_MS = 1_000  # a batch leaves at least this often
 CONTENT_MAX_CHARS = 64 * 1024
 MAX_MODELS = 64
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -96,7 +97,12 @@ class Tracing:
         spans = OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces", timeout=EXPORT_TIMEOUT_S, session=session)
         self.tracer_provider = TracerProvider(resource=resource)
         self.tracer_provider.add_span_processor(
-            BatchSpanProcessor(spans, max_queue_size=MAX_QUEUED_SPANS, export_timeout_millis=5_000)
+            BatchSpanProcessor(
+                spans,
+                max_queue_size=MAX_QUEUED_SPANS,
+                schedule_delay_millis=SPAN_DELAY_MS,
+                export_timeout_millis=int(EXPORT_TIMEOUT_S * 1000),
+            )
         )
         self.tracer = self.tracer_provider.get_tracer("sluice")
         metrics_session = requests.Session()
