@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -130,3 +133,30 @@ def test_off_by_default_and_a_bad_address_stops_start_up() -> None:
         assert not metrics.enabled
         with pytest.raises(exceptions.OptionsError, match="sluice_metrics: expected host:port"):
             tctx.configure(metrics, sluice_metrics="localhost")
+
+
+def test_the_grafana_dashboard_uses_only_series_sluice_exposes() -> None:
+    metrics = Metrics(SluiceCore())
+    metrics.on_call(call(status=500, error="api_error: boom"))
+    now = 1e10
+    metrics.on_snapshot(
+        Snapshot(
+            at=now,
+            credentials=(CredentialState("h", "k", "sha256:a", "oauth", 0, "cooling", "429", now, now),),
+            oauth_expires_at=(("h", now),),
+            windows=(WindowLevel("h", "k", "5h", 0.5, "allowed", None),),
+            limits=(LimitLevel("h", "k", "anthropic:requests", 1, 2),),
+            budgets=(ClientBudget("alice", 20.0, "day", 1.0, 0.0, None),),
+        ),
+        Backlog(0, 0),
+    )
+    exposed = {sample.name for family in metrics.registry.collect() for sample in family.samples}
+    dashboard = json.loads((Path(__file__).parents[2] / "dashboards" / "sluice-grafana.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        for name in re.findall(r"\bsluice_[a-z0-9_]+", target["expr"])
+    }
+    assert len(used) >= 12
+    assert used <= exposed, f"not exposed: {sorted(used - exposed)}"
