@@ -5,7 +5,7 @@ Spans follow the GenAI semantic conventions (rules/ops.py's `genai_attributes`);
 `traceparent` gets the span as a child of its own. Spans are built by the ops thread (addons/ops.py) from
 the finished call, with the call's own start and end times, and exported by the SDK's batch processor on a
 thread of its own: a collector that is down costs a logged warning and a bounded buffer
-(`MAX_QUEUED_SPANS`; the oldest work is dropped past it), never a call's time.
+(`MAX_QUEUED_SPANS`; past it the oldest spans are dropped), never a call's time.
 
 Prompt and completion content are not exported. With `--set sluice_otlp_content=true` the request's
 messages and system instructions (as sluice sent them upstream) go on the span as
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from typing import Any
 
 import requests
@@ -43,6 +45,29 @@ SPAN_DELAY_MS = 1_000  # a batch leaves at least this often
 CONTENT_MAX_CHARS = 64 * 1024
 MAX_MODELS = 64
 _PROPAGATOR = TraceContextTextMapPropagator()
+QUEUE_FULL_EVERY_S = 60.0
+
+
+class _Sparse(logging.Filter):
+    """Lets the SDK's "Queue full, dropping" warning through once per `every_s`: with the collector down
+    it would otherwise be logged for every call."""
+
+    def __init__(self, every_s: float) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.last = -math.inf
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Queue full"):
+            return True
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return False
+        self.last = now
+        return True
+
+
+logging.getLogger("opentelemetry.sdk._shared_internal").addFilter(_Sparse(QUEUE_FULL_EVERY_S))
 
 
 class Tracing:

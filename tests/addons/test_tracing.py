@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -122,3 +123,15 @@ def test_off_by_default_and_a_bad_endpoint_stops_start_up() -> None:
         assert not tracing.enabled
         with pytest.raises(exceptions.OptionsError, match="sluice_otlp: expected an http"):
             tctx.configure(tracing, sluice_otlp="collector:4318")
+
+
+def test_the_sdks_queue_full_warning_is_said_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    sdk = logging.getLogger("opentelemetry.sdk._shared_internal")
+    with caplog.at_level(logging.WARNING, logger=sdk.name):
+        for _ in range(100):
+            sdk.warning("Queue full, dropping %s.", "span")
+        sdk.warning("something else")
+    assert [record.getMessage() for record in caplog.records] == [
+        "Queue full, dropping span.",
+        "something else",
+    ]
