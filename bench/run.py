@@ -6,6 +6,7 @@
     .venv/bin/python -m bench.run --profile prof/    # py-spy both proxies through each phase
     .venv/bin/python -m bench.run --against ../prev  # another checkout's sluice in bare's place
     .venv/bin/python -m bench.run --ops --only latency,throughput   # metrics + tracing on, against off
+    .venv/bin/python -m bench.run --ops metrics --only latency      # one of them (metrics, tracing)
 
 It starts, all on 127.0.0.1: the bench upstream (bench/upstream.py, a fake Anthropic API in a process of its
 own), a BARE mitmdump (bench/bare_stream.py only: it streams `text/event-stream`, as any LLM proxy must)
@@ -162,7 +163,10 @@ def _start_proxies(
         sink = OtlpSink()
         stack.callback(sink.stop)
         ops.update(sink=sink, metrics=f"127.0.0.1:{free_port()}")
-        sluice_sets += [f"sluice_metrics={ops['metrics']}", f"sluice_otlp={sink.url}"]
+        if ops["parts"] in ("metrics", "both"):
+            sluice_sets.append(f"sluice_metrics={ops['metrics']}")
+        if ops["parts"] in ("tracing", "both"):
+            sluice_sets.append(f"sluice_otlp={sink.url}")
     proxies = {}
     for name, scripts, sets in (("bare", *baseline), ("sluice", [SLUICE_SCRIPT], sluice_sets)):
         proxy = start_mitmdump(name, workdir, scripts=scripts, sets=sets, env=env, upstream_ca=ca.ca_cert)
@@ -179,7 +183,7 @@ def run(
     keep: bool,
     profile_dir: Path | None,
     against: Path | None = None,
-    ops: bool = False,
+    ops: str | None = None,
 ) -> dict[str, Any]:
     """One whole benchmark; returns the report (and prints the table)."""
     started = time.monotonic()
@@ -199,14 +203,14 @@ def run(
             raw["writer"] = measure_writer(workdir, settings.writer_rows)
         proxies: dict[str, Proxy] = {}
         profiler = Profiler(profile_dir)
-        ops_setup: dict[str, Any] | None = {} if ops else None
+        ops_setup: dict[str, Any] | None = {"parts": ops} if ops else None
         if set(only) & set(PROXY_PHASES):
             with contextlib.ExitStack() as stack:
                 if "bomb" in only:
                     work.request_bomb  # noqa: B018 -- built now, not while the bomb phase is timed
                 proxies = _start_proxies(workdir, work, stack, against, "bomb" in only, ops_setup)
                 raw.update(asyncio.run(measure(proxies, work, only, deadline, profiler)))
-                if ops_setup is not None:
+                if ops_setup is not None and ops in ("metrics", "both"):
                     ops_setup["metrics_bytes"] = scrape_bytes(ops_setup["metrics"])
                 for proxy in proxies.values():
                     proxy.child.stop()  # mitmproxy's `done`: the lag addon writes its samples
@@ -227,6 +231,7 @@ def run(
         if ops_setup is not None and "sink" in ops_setup:
             sink = ops_setup["sink"]
             report["ops"] = {
+                "parts": ops,
                 "otlp_posts": dict(sink.posts),
                 "otlp_bytes": sink.bytes,
                 "metrics_bytes": ops_setup.get("metrics_bytes"),
@@ -269,9 +274,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--ops",
-        action="store_true",
+        nargs="?",
+        const="both",
+        choices=("metrics", "tracing", "both"),
         help="the cost of operations: in bare's place this sluice with metrics and tracing off, in sluice's "
-        "place with `sluice_metrics` and `sluice_otlp` on (spans to a loopback collector that accepts all)",
+        "place with `sluice_metrics`, `sluice_otlp` or both on (spans go to a loopback collector)",
     )
     parser.add_argument(
         "--profile",
