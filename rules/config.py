@@ -240,19 +240,22 @@ _ECHOED_FIELDS = frozenset(
         "strip_billing_header",
         "idle_timeout_s",
         "budget_without_usage",
-        "format",
-        "events",
-        "quota_threshold",
-        "budget_share",
-        "count",
-        "window_s",
-        "rows_in_memory",
-        "hold_down_s",
-        "timeout_s",
-        "retries",
     }
 )
 
+# The alerts' settings (the webhook URL is not among them: a Slack URL is a credential).
+_ECHOED_FIELDS = _ECHOED_FIELDS | {
+    "format",
+    "events",
+    "quota_threshold",
+    "budget_share",
+    "count",
+    "window_s",
+    "rows_in_memory",
+    "hold_down_s",
+    "timeout_s",
+    "retries",
+}
 
 _ECHOED_LENGTH = 20
 
