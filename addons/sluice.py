@@ -27,8 +27,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from addons import contentview  # noqa: E402
-from addons.alerts import Alerts  # noqa: E402
+from addons import alerts, contentview, metrics, ops, tracing  # noqa: E402
 from addons.budget import Budget  # noqa: E402
 from addons.cache_health import CacheHealth  # noqa: E402
 from addons.chain import Chain  # noqa: E402
@@ -41,22 +40,18 @@ from addons.framing import Framing  # noqa: E402
 from addons.gate import Gate  # noqa: E402
 from addons.headers import Headers  # noqa: E402
 from addons.meter import Meter  # noqa: E402
-from addons.metrics import Metrics  # noqa: E402
-from addons.ops import OpsFeed  # noqa: E402
 from addons.rewrite import Rewrite  # noqa: E402
-from addons.tracing import Tracing  # noqa: E402
 from addons.upstream_errors import UpstreamErrors  # noqa: E402
 from addons.watchdog import Watchdog  # noqa: E402
 
 core = SluiceCore()
 cache_health = CacheHealth(core)
 credentials = Credentials(core)
-metrics = Metrics(core)
-tracing = Tracing()
-alerts = Alerts(core)
-# After the parts it feeds, so it sees their options as configured; its `done` runs after the core's.
-ops = OpsFeed(core, [metrics, tracing, alerts])
-metrics.feed = ops
+# Operations: the feed hands each finished row to metrics, tracing and alerts on a thread of its own.
+metrics_part = metrics.Metrics(core)
+ops_parts = [metrics_part, tracing.Tracing(), alerts.Alerts(core)]
+ops_feed = ops.OpsFeed(core, ops_parts)
+metrics_part.feed = ops_feed
 contentview.register()
 parts = [
     core,
@@ -69,14 +64,13 @@ parts = [
     Framing(),
     EchoScrub(core, credentials),
     # The ops feed sees each row after cache health has judged it.
-    Meter(core, before_record=[cache_health.before_record, ops.before_record]),
+    Meter(core, before_record=[cache_health.before_record, ops_feed.before_record]),
     cache_health,
     Watchdog(core),
     UpstreamErrors(core),
     credentials,
-    metrics,
-    tracing,
-    alerts,
-    ops,
 ]
+# After every other part: the feed configures after the parts it feeds (it sees their options), and its
+# `done` runs after the core's, once the calls still in flight have their rows.
+parts += [*ops_parts, ops_feed]
 addons = [Chain("sluice", parts)]
