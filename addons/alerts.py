@@ -24,13 +24,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from mitmproxy import ctx, exceptions
 
 from addons.core import SluiceCore
 from addons.ops import Backlog, Finished
-from rules.alerting import AlertEvent, Burst, Crossings, webhook_body, window_reset_key
+from rules.alerting import AlertEvent, Burst, Crossings, EventKind, webhook_body, window_reset_key
 from rules.config import Alert, ConfigError, resolve_secret
 from state import db as sluice_db
 from state.credentials import fingerprint
@@ -123,28 +125,24 @@ class Alerts:
             return
         subject = f"client {row.get('client') or '(none)'}"
         now = time.time()
+        details = {"client": row.get("client"), "model": row.get("model"), "call_id": row.get("id")}
         for webhook in self.webhooks:
             if not webhook.wants("cache_miss_burst"):
-                continue
-            burst = status == "miss" and webhook.misses.add(subject, now)
-            if webhook.crossings.update("cache_miss_burst", subject, burst, now):
-                burst_rule = webhook.config.cache_miss_burst
-                self._fire(
-                    webhook,
-                    AlertEvent(
-                        kind="cache_miss_burst",
-                        subject=subject,
-                        message=f"{subject}: {burst_rule.count} prompt-cache misses within "
-                        f"{burst_rule.window_s:g}s (last: {row.get('cache_note') or 'cause unknown'})",
-                        at=now,
-                        dedup=f"cache_miss_burst|{subject}|{now:.3f}",
-                        details={
-                            "client": row.get("client"),
-                            "model": row.get("model"),
-                            "call_id": row.get("id"),
-                        },
-                    ),
-                )
+                continue  # no need to count
+            rule = webhook.config.cache_miss_burst
+            self._observe(
+                webhook,
+                "cache_miss_burst",
+                subject,
+                status == "miss" and webhook.misses.add(subject, now),
+                now,
+                key=f"{subject}|{now:.3f}",
+                message=(
+                    f"{subject}: {rule.count} prompt-cache misses within "
+                    f"{rule.window_s:g}s (last: {row.get('cache_note') or 'cause unknown'})"
+                ),
+                details=details,
+            )
 
     def on_snapshot(self, snapshot: Snapshot, backlog: Backlog) -> None:
         for webhook in self.webhooks:
@@ -153,130 +151,124 @@ class Alerts:
             self._check_budgets(webhook, snapshot)
             self._check_backlog(webhook, snapshot.at, backlog)
 
+    def _observe(
+        self,
+        webhook: Webhook,
+        kind: EventKind,
+        subject: str,
+        active: bool,
+        at: float,
+        *,
+        key: str,
+        message: str,
+        details: Mapping[str, Any],
+    ) -> None:
+        """Record whether the condition holds; on a crossing the webhook asked for, queue its alert.
+
+        `key` names the crossing for the alerts table (with `kind`)."""
+        if webhook.crossings.update(kind, subject, active, at) and webhook.wants(kind):
+            self._fire(webhook, AlertEvent(kind, subject, message, at, f"{kind}|{key}", details))
+
     def _check_credentials(self, webhook: Webhook, snapshot: Snapshot) -> None:
         for credential in snapshot.credentials:
-            subject = f"{credential.host} {credential.label}"
-            crossings = webhook.crossings
-            was_disabled = crossings.is_active("credential_disabled", subject)
-            disabled = credential.state == "disabled"
-            details = {"host": credential.host, "credential": credential.label, "reason": credential.reason}
-            changed = f"{credential.changed_at or 0:.3f}"
-            fired = crossings.update("credential_disabled", subject, disabled, snapshot.at)
-            if fired and webhook.wants("credential_disabled"):
-                self._fire(
-                    webhook,
-                    AlertEvent(
-                        kind="credential_disabled",
-                        subject=subject,
-                        message=f"credential {credential.label} of {credential.host} is disabled: "
-                        f"{credential.reason or 'no reason recorded'}",
-                        at=snapshot.at,
-                        dedup=f"credential_disabled|{credential.host}|{credential.fingerprint}|{changed}",
-                        details=details,
-                    ),
-                )
-            recovered = was_disabled and credential.state == "active"
-            fired = crossings.update("credential_recovered", subject, recovered, snapshot.at)
-            if fired and webhook.wants("credential_recovered"):
-                self._fire(
-                    webhook,
-                    AlertEvent(
-                        kind="credential_recovered",
-                        subject=subject,
-                        message=f"credential {credential.label} of {credential.host} is active again",
-                        at=snapshot.at,
-                        dedup=f"credential_recovered|{credential.host}|{credential.fingerprint}|{changed}",
-                        details=details,
-                    ),
-                )
+            name, host = credential.label, credential.host
+            subject = f"{host} {name}"
+            details = {"host": host, "credential": name, "reason": credential.reason}
+            key = f"{host}|{credential.fingerprint}|{credential.changed_at or 0:.3f}"
+            was_disabled = webhook.crossings.is_active("credential_disabled", subject)
+            reason = credential.reason or "no reason recorded"
+            self._observe(
+                webhook,
+                "credential_disabled",
+                subject,
+                credential.state == "disabled",
+                snapshot.at,
+                key=key,
+                message=f"credential {name} of {host} is disabled: {reason}",
+                details=details,
+            )
+            self._observe(
+                webhook,
+                "credential_recovered",
+                subject,
+                was_disabled and credential.state == "active",
+                snapshot.at,
+                key=key,
+                message=f"credential {name} of {host} is active again",
+                details=details,
+            )
 
     def _check_windows(self, webhook: Webhook, snapshot: Snapshot) -> None:
         threshold = webhook.config.quota_threshold
         for window in snapshot.windows:
             subject = f"{window.host} {window.credential} {window.window}"
             reset = window_reset_key(window.reset_at)
+            where = f"{window.window} window of {window.credential} ({window.host})"
+            used = window.utilization
             details = {
                 "host": window.host,
                 "credential": window.credential,
                 "window": window.window,
-                "utilization": window.utilization,
+                "utilization": used,
                 "status": window.status,
                 "reset_at": reset,
             }
-            high = window.utilization is not None and window.utilization >= threshold
-            if webhook.crossings.update("quota_threshold", subject, high, snapshot.at) and webhook.wants(
-                "quota_threshold"
-            ):
-                self._fire(
-                    webhook,
-                    AlertEvent(
-                        kind="quota_threshold",
-                        subject=subject,
-                        message=f"{window.window} window of {window.credential} ({window.host}) at "
-                        f"{window.utilization:.0%}, over the {threshold:.0%} threshold; resets {reset}",
-                        at=snapshot.at,
-                        dedup=f"quota_threshold|{subject}|{threshold}|{reset}",
-                        details=details,
-                    ),
-                )
-            rejected = window.status == "rejected"
-            if webhook.crossings.update("window_rejected", subject, rejected, snapshot.at) and webhook.wants(
-                "window_rejected"
-            ):
-                self._fire(
-                    webhook,
-                    AlertEvent(
-                        kind="window_rejected",
-                        subject=subject,
-                        message=f"{window.window} subscription window of {window.credential} ({window.host}) "
-                        f"rejected calls; resets {reset}",
-                        at=snapshot.at,
-                        dedup=f"window_rejected|{subject}|{reset}",
-                        details=details,
-                    ),
-                )
+            self._observe(
+                webhook,
+                "quota_threshold",
+                subject,
+                used is not None and used >= threshold,
+                snapshot.at,
+                key=f"{subject}|{threshold}|{reset}",
+                message=(f"{where} at {used or 0:.0%}, over the {threshold:.0%} threshold; resets {reset}"),
+                details=details,
+            )
+            self._observe(
+                webhook,
+                "window_rejected",
+                subject,
+                window.status == "rejected",
+                snapshot.at,
+                key=f"{subject}|{reset}",
+                message=f"{where}: the subscription rejected calls; resets {reset}",
+                details=details,
+            )
 
     def _check_budgets(self, webhook: Webhook, snapshot: Snapshot) -> None:
         share = webhook.config.budget_share
         for budget in snapshot.budgets:
-            subject = f"client {budget.client}"
             used = budget.spent_usd / budget.limit_usd if budget.limit_usd > 0 else 0.0
-            crossed = webhook.crossings.update("budget_share", subject, used >= share, snapshot.at)
-            if crossed and webhook.wants("budget_share"):
-                period = budget.resets_at.isoformat() if budget.resets_at else "total"
-                self._fire(
-                    webhook,
-                    AlertEvent(
-                        kind="budget_share",
-                        subject=subject,
-                        message=f"client {budget.client} has spent ${budget.spent_usd:.2f} of its "
-                        f"${budget.limit_usd:.2f} {budget.period} budget ({used:.0%}, threshold {share:.0%})",
-                        at=snapshot.at,
-                        dedup=f"budget_share|{budget.client}|{share}|{period}",
-                        details={
-                            "client": budget.client,
-                            "spent_usd": budget.spent_usd,
-                            "limit_usd": budget.limit_usd,
-                        },
-                    ),
-                )
+            period = budget.resets_at.isoformat() if budget.resets_at else "total"
+            self._observe(
+                webhook,
+                "budget_share",
+                f"client {budget.client}",
+                used >= share,
+                snapshot.at,
+                key=f"{budget.client}|{share}|{period}",
+                message=(
+                    f"client {budget.client} has spent "
+                    f"${budget.spent_usd:.2f} of its ${budget.limit_usd:.2f} {budget.period} budget "
+                    f"({used:.0%}, threshold {share:.0%})"
+                ),
+                details={
+                    "client": budget.client,
+                    "spent_usd": budget.spent_usd,
+                    "limit_usd": budget.limit_usd,
+                },
+            )
 
     def _check_backlog(self, webhook: Webhook, now: float, backlog: Backlog) -> None:
-        held = backlog.held >= webhook.config.rows_in_memory
-        if webhook.crossings.update("rows_in_memory", "database", held, now) and webhook.wants(
-            "rows_in_memory"
-        ):
-            self._fire(
-                webhook,
-                AlertEvent(
-                    kind="rows_in_memory",
-                    subject="database",
-                    message=f"the database refuses writes: {backlog.held} call records are held in memory",
-                    at=now,
-                    dedup=f"rows_in_memory|{id(self)}|{now:.3f}",
-                    details={"held": backlog.held, "queued": backlog.queued},
-                ),
-            )
+        self._observe(
+            webhook,
+            "rows_in_memory",
+            "database",
+            backlog.held >= webhook.config.rows_in_memory,
+            now,
+            key=f"{id(self)}|{now:.3f}",  # held rows are this process's: each crossing its own
+            message=f"the database refuses writes: {backlog.held} call records are held in memory",
+            details={"held": backlog.held, "queued": backlog.queued},
+        )
 
     def _fire(self, webhook: Webhook, event: AlertEvent) -> None:
         try:

@@ -1,8 +1,10 @@
-"""What `--ops` exports to: a loopback OTLP/HTTP collector that accepts and counts, and a Prometheus scrape.
+"""What `--ops` exports to: a loopback HTTP server that accepts POSTs (an OTLP/HTTP collector, a webhook),
+and a Prometheus scrape.
 
-The collector answers 200 to every POST, as a healthy collector does, and counts what it got, so the
-report can say the spans really left. Runs on a thread of the bench process: it costs the bench, not the
-proxies being measured.
+`PostSink` answers every POST 200, as a healthy collector does (or the statuses queued in `statuses`
+first), counts what it got and, with `keep=True`, keeps each body: the end-to-end tests decode spans and
+read alerts from it too. Runs on a thread of the process that starts it: in the benchmark it costs the
+bench, not the proxies being measured.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
-class OtlpSink:
-    def __init__(self) -> None:
+class PostSink:
+    def __init__(self, keep: bool = False) -> None:
+        self.keep = keep
         self.posts: dict[str, int] = {}
         self.bytes = 0
+        self.bodies: list[tuple[str, bytes]] = []
+        self.statuses: list[int] = []  # answered first, in order; then 200
         self.lock = threading.Lock()
         sink = self
 
@@ -26,8 +31,10 @@ class OtlpSink:
                 with sink.lock:
                     sink.posts[self.path] = sink.posts.get(self.path, 0) + 1
                     sink.bytes += len(body)
-                self.send_response(200)
-                self.send_header("content-type", "application/x-protobuf")
+                    if sink.keep:
+                        sink.bodies.append((self.path, body))
+                    status = sink.statuses.pop(0) if sink.statuses else 200
+                self.send_response(status)
                 self.send_header("content-length", "0")
                 self.end_headers()
 
@@ -35,12 +42,17 @@ class OtlpSink:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, name="otlp-sink", daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="post-sink", daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def posted(self, path: str) -> list[bytes]:
+        """The bodies POSTed to `path`, in order (with `keep=True`)."""
+        with self.lock:
+            return [body for where, body in self.bodies if where == path]
 
     def stop(self) -> None:
         self.server.shutdown()

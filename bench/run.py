@@ -38,7 +38,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from bench.ops_sink import OtlpSink, scrape_bytes
+from bench.ops_sink import PostSink, scrape_bytes
 from bench.processes import (
     BARE_SCRIPT,
     SLUICE_SCRIPT,
@@ -160,7 +160,7 @@ def _start_proxies(
         )
     if ops is not None:  # this sluice with metrics and tracing off in bare's place, on in sluice's
         baseline = ([SLUICE_SCRIPT], [f"sluice_config={config}", f"sluice_db={workdir / 'ops-off.db'}"])
-        sink = OtlpSink()
+        sink = PostSink()
         stack.callback(sink.stop)
         ops.update(sink=sink, metrics=f"127.0.0.1:{free_port()}")
         if ops["parts"] in ("metrics", "both"):

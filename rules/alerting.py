@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 EventKind = Literal[
     "credential_disabled",
@@ -25,15 +25,7 @@ EventKind = Literal[
     "cache_miss_burst",
     "rows_in_memory",
 ]
-EVENT_KINDS: tuple[EventKind, ...] = (
-    "credential_disabled",
-    "credential_recovered",
-    "quota_threshold",
-    "window_rejected",
-    "budget_share",
-    "cache_miss_burst",
-    "rows_in_memory",
-)
+EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
 WebhookFormat = Literal["json", "slack"]
 
 

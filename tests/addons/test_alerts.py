@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import queue
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +17,7 @@ from mitmproxy.test import taddons
 from addons.alerts import Alerts, Webhook, webhook_name
 from addons.core import SluiceCore
 from addons.ops import Backlog, Finished
+from bench.ops_sink import PostSink
 from rules.alerting import AlertEvent, Burst, Crossings
 from rules.config import Alert, MissBurst
 from state.budgets import ClientBudget
@@ -158,33 +158,11 @@ def test_the_webhook_is_named_by_host_and_fingerprint_never_its_url() -> None:
 # Delivery.
 
 
-class Hook:
-    def __init__(self, statuses: list[int]) -> None:
-        self.statuses = statuses
-        self.bodies: list[bytes] = []
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                hook.bodies.append(self.rfile.read(int(self.headers["content-length"])))
-                self.send_response(hook.statuses.pop(0) if hook.statuses else 200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-
 @pytest.fixture
-def hook_server() -> Iterator[Hook]:
-    server = Hook([])
+def hook_server() -> Iterator[PostSink]:
+    server = PostSink(keep=True)
     yield server
-    server.server.shutdown()
-    server.server.server_close()
+    server.stop()
 
 
 EVENT = AlertEvent("rows_in_memory", "database", "held", NOW, "d")
@@ -195,14 +173,17 @@ EVENT = AlertEvent("rows_in_memory", "database", "held", NOW, "d")
     [([500, 429], (3, None)), ([400], (1, "HTTP 400")), ([503, 503, 503, 503], (4, "HTTP 503"))],
 )
 def test_delivery_retries_server_errors_but_not_a_refusal(
-    hook_server: Hook, statuses: list[int], expected: tuple[int, str | None], monkeypatch: pytest.MonkeyPatch
+    hook_server: PostSink,
+    statuses: list[int],
+    expected: tuple[int, str | None],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("addons.alerts.RETRY_INITIAL_S", 0.001)
     hook_server.statuses = statuses
     target = webhook(retries=3)
-    target.url = hook_server.url
+    target.url = f"{hook_server.url}/hook"
     assert Alerts._deliver(target, EVENT) == expected
-    assert json.loads(hook_server.bodies[0])["event"] == "rows_in_memory"
+    assert json.loads(hook_server.posted("/hook")[0])["event"] == "rows_in_memory"
 
 
 def test_a_webhook_that_is_down_is_given_up_on_naming_no_url(monkeypatch: pytest.MonkeyPatch) -> None:

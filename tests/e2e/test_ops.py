@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.ops_sink import PostSink
 from tests.e2e.conftest import ProxyFactory
 from tests.e2e.harness import Proxy, anthropic_client, free_port, openai_client
 from tests.fake_provider import FakeProvider, Usage
@@ -71,50 +70,12 @@ DEADLINE_S = 20.0
 # Loopback receivers.
 
 
-class Receiver:
-    """A loopback HTTP server that keeps every POST body by path and answers `status`."""
-
-    def __init__(self) -> None:
-        self.bodies: list[tuple[str, bytes]] = []
-        self.status = 200
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                with receiver.lock:
-                    receiver.bodies.append((self.path, body))
-                self.send_response(receiver.status)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def posted(self, path: str) -> list[bytes]:
-        with self.lock:
-            return [body for where, body in self.bodies if where == path]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
+def receiver() -> Iterator[PostSink]:
+    """A loopback HTTP server keeping every POST body: the OTLP collector and the webhooks."""
+    server = PostSink(keep=True)
     yield server
-    server.close()
+    server.stop()
 
 
 def wait_for[T](probe: Callable[[], T | None], what: str, timeout: float = DEADLINE_S) -> T:
@@ -251,7 +212,7 @@ def test_invented_model_names_fold_into_other(fake: FakeProvider, start_proxy: P
 # OpenTelemetry.
 
 
-def spans_received(receiver: Receiver) -> list[tuple[Any, dict[str, Any]]]:
+def spans_received(receiver: PostSink) -> list[tuple[Any, dict[str, Any]]]:
     """Every span the collector got, with its attributes decoded."""
     spans = []
     for body in receiver.posted("/v1/traces"):
@@ -272,7 +233,7 @@ def _value(value: Any) -> Any:
 
 
 def test_one_genai_span_per_call_continuing_the_clients_trace(
-    fake: FakeProvider, start_proxy: ProxyFactory, receiver: Receiver
+    fake: FakeProvider, start_proxy: ProxyFactory, receiver: PostSink
 ) -> None:
     proxy = start_proxy(config_toml=CONFIG, env=ENV, extra_args=["--set", f"sluice_otlp={receiver.url}"])
     trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
@@ -317,7 +278,7 @@ def test_one_genai_span_per_call_continuing_the_clients_trace(
 
 
 def test_content_goes_on_the_span_only_when_opted_in(
-    fake: FakeProvider, start_proxy: ProxyFactory, receiver: Receiver
+    fake: FakeProvider, start_proxy: ProxyFactory, receiver: PostSink
 ) -> None:
     args = ["--set", f"sluice_otlp={receiver.url}", "--set", "sluice_otlp_content=true"]
     proxy = start_proxy(config_toml=CONFIG, env=ENV, extra_args=args)
@@ -349,7 +310,7 @@ def test_a_collector_that_is_down_costs_a_warning_not_a_call(
 # Alerts.
 
 
-def alerts_config(receiver: Receiver, down_port: int) -> str:
+def alerts_config(receiver: PostSink, down_port: int) -> str:
     return (
         CONFIG
         + f"""
@@ -382,7 +343,7 @@ def _settled(rows: list[tuple[Any, ...]], count: int) -> bool:
 
 
 def test_one_alert_per_crossing_when_a_key_is_disabled_and_a_quota_crosses_its_threshold(
-    fake: FakeProvider, start_proxy: ProxyFactory, receiver: Receiver
+    fake: FakeProvider, start_proxy: ProxyFactory, receiver: PostSink
 ) -> None:
     down_port = free_port()
     port = free_port()
@@ -434,7 +395,7 @@ def test_one_alert_per_crossing_when_a_key_is_disabled_and_a_quota_crosses_its_t
 
 
 def test_a_recovered_key_is_alerted_once(
-    fake: FakeProvider, start_proxy: ProxyFactory, receiver: Receiver
+    fake: FakeProvider, start_proxy: ProxyFactory, receiver: PostSink
 ) -> None:
     port = free_port()
     args = ["--set", f"sluice_metrics=127.0.0.1:{port}", "--set", f"sluice_ops_poll_ms={POLL_MS}"]
