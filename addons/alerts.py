@@ -85,10 +85,12 @@ class Alerts:
             try:
                 secret, inline = resolve_secret(alert.url, field=field, base_dir=self.core.config_dir)
             except ConfigError as e:
-                raise exceptions.OptionsError(f"sluice_config: {e}") from None
+                raise exceptions.OptionsError(f"sluice_config {ctx.options.sluice_config}: {e}") from None
             url = secret.get_secret_value()
             if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-                raise exceptions.OptionsError(f"sluice_config: {field}: must be an http:// or https:// URL")
+                raise exceptions.OptionsError(
+                    f"sluice_config {ctx.options.sluice_config}: {field}: must be an http:// or https:// URL"
+                )
             if inline:
                 log.warning(
                     "sluice: %s is given inline; a webhook URL is a secret: prefer env: or file:", field
