@@ -127,7 +127,12 @@ class Alerts:
             return
         subject = f"client {row.get('client') or '(none)'}"
         now = time.time()
-        details = {"client": row.get("client"), "model": row.get("model"), "call_id": row.get("id")}
+        model = row.get("model")  # whatever the client wrote: cut
+        details = {
+            "client": row.get("client"),
+            "model": model[:128] if model else None,
+            "call_id": row.get("id"),
+        }
         for webhook in self.webhooks:
             if not webhook.wants("cache_miss_burst"):
                 continue  # no need to count

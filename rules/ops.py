@@ -19,6 +19,8 @@ OTHER = "other"
 NONE = "none"
 # A label value longer than this is not a name anyone chose on purpose: it folds into OTHER.
 LABEL_MAX_CHARS = 128
+# A span attribute from the call (a model name is whatever the client wrote) is cut at this length.
+ATTRIBUTE_MAX_CHARS = 512
 
 # Token kinds counted in `sluice_tokens_total{kind=...}`: each token once, so a `sum by` is the total.
 # Reasoning tokens are part of `output` and are not a kind of their own.
@@ -152,7 +154,7 @@ def genai_attributes(
         "gen_ai.usage.reasoning.output_tokens": row.get("reasoning_tokens"),
         "error.type": error_type(row),
     }
-    attributes.update({name: value for name, value in optional.items() if value is not None})
+    attributes.update({name: _cut(value) for name, value in optional.items() if value is not None})
     writes = [row.get("cache_write_5m_tokens"), row.get("cache_write_1h_tokens")]
     if any(isinstance(value, int) for value in writes):
         attributes["gen_ai.usage.cache_creation.input_tokens"] = sum(v for v in writes if isinstance(v, int))
@@ -160,14 +162,18 @@ def genai_attributes(
     if any(isinstance(value, int) for value in inputs):
         attributes["gen_ai.usage.input_tokens"] = sum(v for v in inputs if isinstance(v, int))
     if row.get("stop_reason"):
-        attributes["gen_ai.response.finish_reasons"] = [str(row["stop_reason"])]
+        attributes["gen_ai.response.finish_reasons"] = [_cut(str(row["stop_reason"]))]
     return attributes
+
+
+def _cut(value: Any) -> Any:
+    return value[:ATTRIBUTE_MAX_CHARS] if isinstance(value, str) else value
 
 
 def span_name(row: Mapping[str, Any], request_model: str | None) -> str:
     """`{operation} {model}`, as the conventions name a client span (the operation alone without a model)."""
     operation = operation_name(row.get("api"))
-    return f"{operation} {request_model}" if request_model else operation
+    return f"{operation} {request_model[:LABEL_MAX_CHARS]}" if request_model else operation
 
 
 DEFAULT_METRICS_PORT = 9464  # Prometheus's registered default port for OpenTelemetry/Prometheus exporters

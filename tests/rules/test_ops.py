@@ -182,3 +182,10 @@ def test_otlp_endpoints(text: str, expected: str) -> None:
 def test_bad_otlp_endpoints_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         parse_otlp_endpoint(text)
+
+
+def test_a_client_written_model_name_is_cut_in_attributes_and_span_names() -> None:
+    huge = "m" * 100_000
+    attributes = genai_attributes({**ROW, "model": huge}, request_model=huge, response_model=huge)
+    assert len(attributes["gen_ai.request.model"]) == 512 and len(attributes["gen_ai.response.model"]) == 512
+    assert len(span_name(ROW, huge)) == len("chat ") + 128
