@@ -320,6 +320,13 @@ def print_report(report: dict[str, Any], figures: dict[str, Figure]) -> None:
         title += (
             f"\nbare column: sluice {baseline['commit']} at {baseline['path']}, with the same configuration"
         )
+    ops = report.get("ops")
+    if ops:  # --ops: the "bare" column is this sluice with metrics and tracing off
+        title += (
+            f"\nbare column: this sluice with metrics and tracing off; sluice column: {ops['parts']} on "
+            f"(OTLP posts {ops['otlp_posts']}, {ops['otlp_bytes']:,} bytes; "
+            f"/metrics {ops['metrics_bytes']} bytes)"
+        )
     table = Table(title=title, title_justify="left")
     for column in ("figure", "bare", "sluice", "sluice/bare", "sluice-bare", "target", "result", "note"):
         table.add_column(column, justify="right" if column in ("bare", "sluice", "sluice/bare") else "left")

@@ -5,6 +5,8 @@
     .venv/bin/python -m bench.run --json out.json    # also write every figure as JSON
     .venv/bin/python -m bench.run --profile prof/    # py-spy both proxies through each phase
     .venv/bin/python -m bench.run --against ../prev  # another checkout's sluice in bare's place
+    .venv/bin/python -m bench.run --ops --only latency,throughput   # metrics + tracing on, against off
+    .venv/bin/python -m bench.run --ops metrics --only latency      # one of them (metrics, tracing)
 
 It starts, all on 127.0.0.1: the bench upstream (bench/upstream.py, a fake Anthropic API in a process of its
 own), a BARE mitmdump (bench/bare_stream.py only: it streams `text/event-stream`, as any LLM proxy must)
@@ -36,6 +38,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from bench.ops_sink import PostSink, scrape_bytes
 from bench.processes import (
     BARE_SCRIPT,
     SLUICE_SCRIPT,
@@ -66,7 +69,7 @@ from bench.settings import (
     UPSTREAM_KEY_ENV,
     Settings,
 )
-from tests.e2e.harness import clean_env
+from tests.e2e.harness import clean_env, free_port
 
 PROXY_PHASES = ("latency", "throughput", "stream1", "stream20", "agent", "huge", "bulk", "bomb")
 LOCAL_PHASES = ("rewrite", "writer")
@@ -130,6 +133,7 @@ def _start_proxies(
     stack: contextlib.ExitStack,
     against: Path | None = None,
     with_bombs: bool = False,
+    ops: dict[str, Any] | None = None,
 ) -> dict[str, Proxy]:
     from tests.e2e.harness import SITECUSTOMIZE_DIR, make_test_ca
 
@@ -154,6 +158,15 @@ def _start_proxies(
             [against / "addons" / "sluice.py"],
             [f"sluice_config={config}", f"sluice_db={workdir / 'against.db'}"],
         )
+    if ops is not None:  # this sluice with metrics and tracing off in bare's place, on in sluice's
+        baseline = ([SLUICE_SCRIPT], [f"sluice_config={config}", f"sluice_db={workdir / 'ops-off.db'}"])
+        sink = PostSink()
+        stack.callback(sink.stop)
+        ops.update(sink=sink, metrics=f"127.0.0.1:{free_port()}")
+        if ops["parts"] in ("metrics", "both"):
+            sluice_sets.append(f"sluice_metrics={ops['metrics']}")
+        if ops["parts"] in ("tracing", "both"):
+            sluice_sets.append(f"sluice_otlp={sink.url}")
     proxies = {}
     for name, scripts, sets in (("bare", *baseline), ("sluice", [SLUICE_SCRIPT], sluice_sets)):
         proxy = start_mitmdump(name, workdir, scripts=scripts, sets=sets, env=env, upstream_ca=ca.ca_cert)
@@ -170,6 +183,7 @@ def run(
     keep: bool,
     profile_dir: Path | None,
     against: Path | None = None,
+    ops: str | None = None,
 ) -> dict[str, Any]:
     """One whole benchmark; returns the report (and prints the table)."""
     started = time.monotonic()
@@ -189,16 +203,19 @@ def run(
             raw["writer"] = measure_writer(workdir, settings.writer_rows)
         proxies: dict[str, Proxy] = {}
         profiler = Profiler(profile_dir)
+        ops_setup: dict[str, Any] | None = {"parts": ops} if ops else None
         if set(only) & set(PROXY_PHASES):
             with contextlib.ExitStack() as stack:
                 if "bomb" in only:
                     work.request_bomb  # noqa: B018 -- built now, not while the bomb phase is timed
-                proxies = _start_proxies(workdir, work, stack, against, with_bombs="bomb" in only)
+                proxies = _start_proxies(workdir, work, stack, against, "bomb" in only, ops_setup)
                 raw.update(asyncio.run(measure(proxies, work, only, deadline, profiler)))
+                if ops_setup is not None and ops in ("metrics", "both"):
+                    ops_setup["metrics_bytes"] = scrape_bytes(ops_setup["metrics"])
                 for proxy in proxies.values():
                     proxy.child.stop()  # mitmproxy's `done`: the lag addon writes its samples
         figures = build_figures(raw, proxies, settings)
-        if against is not None:
+        if against is not None or ops:
             for figure in figures.values():
                 figure.target = None  # the targets are for sluice over bare mitmdump, not over a sluice
         report: dict[str, Any] = {
@@ -211,6 +228,14 @@ def run(
         }
         if against is not None:
             report["baseline"] = {"path": str(against), "commit": git_revision(against)}
+        if ops_setup is not None and "sink" in ops_setup:
+            sink = ops_setup["sink"]
+            report["ops"] = {
+                "parts": ops,
+                "otlp_posts": dict(sink.posts),
+                "otlp_bytes": sink.bytes,
+                "metrics_bytes": ops_setup.get("metrics_bytes"),
+            }
         if profiler.files:
             report["profiles"] = {path.name: top_frames(path) for path in profiler.files}
         print_report(report, figures)
@@ -248,6 +273,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "with the same configuration: a change's before/after in one run, on the same machine state",
     )
     parser.add_argument(
+        "--ops",
+        nargs="?",
+        const="both",
+        choices=("metrics", "tracing", "both"),
+        help="the cost of operations: in bare's place this sluice with metrics and tracing off, in sluice's "
+        "place with `sluice_metrics`, `sluice_otlp` or both on (spans go to a loopback collector)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -261,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(only) - set(PROXY_PHASES + LOCAL_PHASES)
     if unknown:
         parser.error(f"--only: unknown phases {', '.join(sorted(unknown))}")
+    if args.ops and args.against is not None:
+        parser.error("--ops and --against both name what runs in bare's place: give one")
     if args.against is not None:
         args.against = args.against.resolve()
         if not (args.against / "addons" / "sluice.py").is_file():
@@ -274,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             keep=args.keep,
             profile_dir=args.profile,
             against=args.against,
+            ops=args.ops,
         )
     except KeyboardInterrupt:
         print("bench: interrupted; every process it started is stopped", file=sys.stderr)

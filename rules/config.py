@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from rules.alerting import EVENT_KINDS, EventKind, WebhookFormat
 from rules.destination import normalize_host
 from rules.secrets import unusable_secret
 
@@ -128,6 +129,29 @@ class Rules(_Model):
     response_headers: HeaderPolicy = HeaderPolicy()
 
 
+class MissBurst(_Model):
+    """`count` prompt-cache misses within `window_s` seconds, from one client."""
+
+    count: Annotated[int, Field(ge=1)] = 5
+    window_s: Annotated[float, Field(gt=0)] = 300.0
+
+
+class Alert(_Model):
+    """A webhook that is told when something needs a person (addons/alerts.py)."""
+
+    # A secret reference like a key: a Slack webhook URL is itself a credential.
+    url: Annotated[str, Field(min_length=1, description="secret reference: env:NAME, file:PATH or a literal")]
+    format: WebhookFormat = "json"
+    events: Annotated[list[EventKind], Field(min_length=1)] = list(EVENT_KINDS)
+    quota_threshold: Annotated[float, Field(gt=0, le=1)] = 0.8
+    budget_share: Annotated[float, Field(gt=0)] = 0.8
+    cache_miss_burst: MissBurst = MissBurst()
+    rows_in_memory: Annotated[int, Field(ge=1)] = 1
+    hold_down_s: Annotated[float, Field(ge=0)] = 300.0
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+
+
 class Config(_Model):
     clients: list[Client] = []
     upstreams: list[Upstream] = []
@@ -140,6 +164,7 @@ class Config(_Model):
     # named here with a model whose prices it is then estimated and charged at (e.g. anthropic =
     # "claude-opus-4-1"). Checked at start-up: the named model must have a price (addons/budget.py).
     budget_price_unknown_models_as: dict[Provider, Annotated[str, Field(min_length=1)]] = {}
+    alerts: list[Alert] = []
 
     @field_validator("clients")
     @classmethod
@@ -223,6 +248,19 @@ _ECHOED_FIELDS = frozenset(
     }
 )
 
+# The alerts' settings (the webhook URL is not among them: a Slack URL is a credential).
+_ECHOED_FIELDS = _ECHOED_FIELDS | {
+    "format",
+    "events",
+    "quota_threshold",
+    "budget_share",
+    "count",
+    "window_s",
+    "rows_in_memory",
+    "hold_down_s",
+    "timeout_s",
+    "retries",
+}
 
 _ECHOED_LENGTH = 20
 

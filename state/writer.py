@@ -131,6 +131,7 @@ class RecordWriter:
         self._thread: threading.Thread | None = None
         self._idle = threading.Condition()
         self._in_flight = 0
+        self._refused = False  # the database refused the last transaction: `_pending` is held, not in transit
         self.stats = WriterStats()
 
     def start(self) -> None:
@@ -143,6 +144,12 @@ class RecordWriter:
         with self._idle:
             self._in_flight += 1
         self._queue.put(record)
+
+    def backlog(self) -> tuple[int, int]:
+        """(records queued for the writer thread, records held in memory because the database refuses them).
+
+        Read without a lock from any thread (metrics, alerts): each figure is a moment's, never exact."""
+        return self._queue.qsize(), len(self._pending) if self._refused else 0
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything put so far is written (or given up on). True when nothing is left."""
@@ -191,6 +198,7 @@ class RecordWriter:
                 if db is None:
                     db = self._open()
                 self._write(db)
+                self._refused = False
                 delay = self._retry_initial_s
                 self._batch_size = min(self._batch_max, self._batch_size * 2)
                 if recovering:
@@ -204,7 +212,7 @@ class RecordWriter:
                 self._write_singly(db)
             except Exception as e:  # the database is locked, full, read-only, corrupt or gone
                 self.stats.failures += 1
-                recovering = True
+                self._refused = recovering = True
                 self.stats.last_error = str(e)
                 self._batch_size = max(min(MIN_RETRY_BATCH, self._batch_max), self._batch_size // 4)
                 self._shed_overflow()

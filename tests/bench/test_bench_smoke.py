@@ -115,3 +115,22 @@ def test_against_another_checkout_puts_its_sluice_in_bares_place(tmp_path: Path)
 def test_against_a_folder_without_sluice_is_refused(tmp_path: Path) -> None:
     done = bench("--against", str(tmp_path))
     assert done.returncode == 2 and "no addons/sluice.py" in done.stderr
+
+
+def test_ops_puts_this_sluice_without_metrics_and_tracing_in_bares_place(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = bench("--only", "latency", "--ops", "--json", str(out))
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    report = json.loads(out.read_text())
+    ops = report["ops"]
+    assert ops["parts"] == "both"
+    assert ops["otlp_posts"].get("/v1/traces", 0) >= 1 and ops["otlp_bytes"] > 0  # the spans really left
+    assert ops["metrics_bytes"] > 0 and "bare column: this sluice with metrics and tracing off" in done.stdout
+    latency = report["figures"]["latency_p50_ms"]
+    assert isinstance(latency["bare"], float) and isinstance(latency["sluice"], float)
+    assert all(figure["result"] is None for figure in report["figures"].values())
+
+
+def test_ops_and_against_are_not_given_together() -> None:
+    done = bench("--ops", "--against", ".")
+    assert done.returncode == 2 and "give one" in done.stderr

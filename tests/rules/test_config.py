@@ -189,3 +189,37 @@ def test_a_secret_pasted_as_a_key_is_not_printed_as_the_fields_path(text: str, p
         parse_config(text, "sluice.toml")
     assert path in str(e.value)
     assert SECRET not in str(e.value)
+
+
+def test_alerts_default_to_every_event_with_a_threshold_and_a_hold_down() -> None:
+    config = parse_config('[[alerts]]\nurl = "env:SLUICE_WEBHOOK"\n')
+    [alert] = config.alerts
+    assert alert.format == "json"
+    assert len(alert.events) == 7 and "credential_disabled" in alert.events
+    assert (alert.quota_threshold, alert.budget_share, alert.hold_down_s) == (0.8, 0.8, 300.0)
+    assert (alert.cache_miss_burst.count, alert.cache_miss_burst.window_s) == (5, 300.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('url = "env:X"\nevents = ["key_stolen"]', "alerts[0].events[0]: Input should be"),
+        ('url = "env:X"\nevents = []', "alerts[0].events: List should have at least 1 item"),
+        ('url = "env:X"\nquota_threshold = 1.5', "alerts[0].quota_threshold: Input should be less than"),
+        (
+            'url = "env:X"\nformat = "teams"',
+            "alerts[0].format: Input should be 'json' or 'slack' (got 'teams')",
+        ),
+        ('url = "env:X"\ncache_miss_burst = { count = 0 }', "alerts[0].cache_miss_burst.count"),
+    ],
+)
+def test_bad_alerts_are_refused_naming_the_field(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"^<config>: ") as error:
+        parse_config(f"[[alerts]]\n{text}\n")
+    assert message in str(error.value)
+
+
+def test_a_bad_webhook_url_is_never_echoed() -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config("[[alerts]]\nurl = 42\n")
+    assert "alerts[0].url" in str(error.value) and "42" not in str(error.value)

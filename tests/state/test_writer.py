@@ -336,3 +336,25 @@ def test_a_database_replaced_under_the_writer_gets_the_rows_and_none_of_the_old_
     with sqlite3.connect(db_path) as conn:
         assert [row[0] for row in conn.execute("select id from calls")] == [second.row["id"]]
     assert "was deleted or replaced" in caplog.text
+
+
+def test_backlog_counts_rows_held_in_memory_only_while_the_database_refuses(tmp_path) -> None:
+    refusing = True
+
+    def open_db():
+        if refusing:
+            raise sqlite3.OperationalError("database is locked")
+        return sluice_db.connect(tmp_path / "sluice.db")
+
+    writer = RecordWriter(open_db, retry_initial_s=0.01, retry_max_s=0.02)
+    writer.start()
+    for index in range(3):
+        writer.put(CallRecord(row={"id": f"r{index}", "started_at": "2026-12-04T00:00:00+00:00"}))
+    deadline = time.monotonic() + 10
+    while writer.backlog() != (0, 3) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writer.backlog() == (0, 3)
+    refusing = False
+    assert writer.flush()
+    assert writer.backlog() == (0, 0)
+    writer.close()
