@@ -284,6 +284,28 @@ def _migration_6_credential_history_and_routing(db: sqlite_utils.Database) -> No
     db["credential_affinity"].create_index(["used_at"])  # type: ignore[union-attr]
 
 
+def _migration_7_alerts(db: sqlite_utils.Database) -> None:
+    # One row per alert crossing per webhook (addons/alerts.py): `dedup` names the crossing, so two processes
+    # sharing the database never deliver the same one twice; `state` is pending, delivered or failed.
+    db.execute(
+        """
+        create table alerts (
+            dedup text not null,
+            webhook text not null,
+            at real not null,
+            event text not null,
+            subject text not null,
+            message text not null,
+            state text not null default 'pending',
+            attempts integer not null default 0,
+            error text,
+            delivered_at real,
+            primary key (dedup, webhook)
+        )
+        """
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1_calls_and_rate_limits,
     _migration_2_views,
@@ -291,6 +313,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_4_budgets,
     _migration_5_cache_health_and_views,
     _migration_6_credential_history_and_routing,
+    _migration_7_alerts,
 ]
 
 

@@ -26,22 +26,6 @@ from state.report import quota
 
 log = logging.getLogger("sluice")
 
-ALERTS_SQL = """
-create table if not exists alerts (
-    dedup text not null,
-    webhook text not null,
-    at real not null,
-    event text not null,
-    subject text not null,
-    message text not null,
-    state text not null default 'pending',
-    attempts integer not null default 0,
-    error text,
-    delivered_at real,
-    primary key (dedup, webhook)
-)
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class WindowLevel:
@@ -175,7 +159,6 @@ class AlertLog:
 
     def __init__(self, db: sqlite_utils.Database) -> None:
         self._conn = db.conn
-        self._conn.execute(ALERTS_SQL)
 
     def claim(self, *, dedup: str, webhook: str, at: float, event: str, subject: str, message: str) -> bool:
         """Record the alert as pending; False when that crossing was already recorded for this webhook (by
