@@ -213,14 +213,23 @@ def _credential_gauges(metrics: Metrics, snapshot: Snapshot) -> Iterator[Metric]
         "Seconds until a cooling credential is usable again",
         labels=labels,
     )
+    headroom = GaugeMetricFamily(
+        "sluice_credential_headroom_ratio",
+        "What the provider last said a credential has left, 0..1, by its tightest limit (what the pool "
+        "starts new conversations by)",
+        labels=labels,
+    )
     for credential in snapshot.credentials:
         host, name = metrics.hosts.fold(credential.host), metrics.credentials.fold(credential.label)
         for pool_state in POOL_STATES:
             state.add_metric([host, name, pool_state], 1.0 if credential.state == pool_state else 0.0)
         if credential.state == "cooling" and credential.cooling_until is not None:
             cooldown.add_metric([host, name], max(0.0, credential.cooling_until - now))
+        if credential.headroom is not None:
+            headroom.add_metric([host, name], credential.headroom)
     yield state
     yield cooldown
+    yield headroom
     expiry = GaugeMetricFamily(
         "sluice_oauth_expiry_seconds",
         "Seconds until the upstream's OAuth access token expires (negative: expired)",

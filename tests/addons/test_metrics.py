@@ -92,7 +92,17 @@ def test_gauges_come_from_the_latest_snapshot() -> None:
                 "api.anthropic.com", "keys[0] env:K1", "sha256:a", "key", 0, "cooling", "429", now, now
             ),
             CredentialState(
-                "api.anthropic.com", "keys[1] env:K2", "sha256:b", "key", 1, "disabled", "401", None, now
+                "api.anthropic.com",
+                "keys[1] env:K2",
+                "sha256:b",
+                "key",
+                1,
+                "disabled",
+                "401",
+                None,
+                now,
+                quota_status="allowed",
+                headroom=0.62,
             ),
         ),
         windows=(WindowLevel("api.anthropic.com", "keys[0] env:K1", "5h", 0.42, "allowed", None),),
@@ -107,6 +117,9 @@ def test_gauges_come_from_the_latest_snapshot() -> None:
         metrics, "sluice_credential_cooldown_seconds", host="api.anthropic.com", credential="keys[0] env:K1"
     )
     assert cooldown is not None and cooldown > 0
+    assert value(metrics, "sluice_credential_headroom_ratio", **pool) == 0.62
+    headroomless = {"host": "api.anthropic.com", "credential": "keys[0] env:K1"}
+    assert value(metrics, "sluice_credential_headroom_ratio", **headroomless) is None
     assert (
         value(
             metrics,
