@@ -439,7 +439,9 @@ def _wait_until_ready(proxy: Proxy, timeout: float = START_TIMEOUT) -> None:
             raise RuntimeError(
                 f"mitmdump exited with {proxy.process.returncode} during start-up:\n{proxy.log_tail()}"
             )
-        if proxy.ca_pem.exists() and _accepts(proxy.port):
+        # mitmweb opens its web port on its own schedule, after the proxy port: wait for both.
+        web_ready = proxy.web_port is None or _accepts(proxy.web_port)
+        if proxy.ca_pem.exists() and _accepts(proxy.port) and web_ready:
             return
         time.sleep(0.05)
     raise RuntimeError(f"mitmdump not ready after {timeout}s:\n{proxy.log_tail()}")
