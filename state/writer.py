@@ -34,13 +34,17 @@ from typing import Any
 import sqlite_utils
 
 from state.budgets import SETTLE_SQL
-from state.db import CALL_COLUMNS
+from state.db import CALL_COLUMNS, SANDBOX_EVENT_COLUMNS
 
 log = logging.getLogger("sluice")
 
 _CALL_SQL = "insert or ignore into calls ({}) values ({})".format(
     ", ".join(CALL_COLUMNS), ", ".join("?" for _ in CALL_COLUMNS)
 )
+_SANDBOX_EVENT_SQL = "insert or ignore into sandbox_events ({}) values ({})".format(
+    ", ".join(SANDBOX_EVENT_COLUMNS), ", ".join("?" for _ in SANDBOX_EVENT_COLUMNS)
+)
+_COLUMNS = {"calls": CALL_COLUMNS, "sandbox_events": SANDBOX_EVENT_COLUMNS}
 # Keep the newest observation per (host, credential, header); an older record arriving late loses.
 _RATE_LIMIT_SQL = """
 insert into rate_limits (host, credential, header, value, observed_at, call_id)
@@ -53,7 +57,8 @@ where excluded.observed_at >= rate_limits.observed_at
 
 @dataclass(slots=True)
 class CallRecord:
-    """One finished call: its `calls` row and the rate-limit headers it carried."""
+    """One finished call: its `calls` row and the rate-limit headers it carried (or, with
+    `table="sandbox_events"`, one refusal of a sandbox's egress policy: only `row`)."""
 
     row: Mapping[str, Any]
     rate_limits: Sequence[tuple[str, str]] = ()
@@ -62,6 +67,7 @@ class CallRecord:
     observed_at: str = ""
     # Settle this call's budget hold with the row: ("settled", cost) or ("refunded", 0.0).
     budget: tuple[str, float] | None = None
+    table: str = "calls"
 
 
 @dataclass(slots=True)
@@ -296,10 +302,10 @@ class RecordWriter:
         self._done(len(batch))
 
     def _commit(self, db: sqlite_utils.Database, batch: list[CallRecord], *, storable: bool) -> None:
-        if storable:
-            call_rows = [tuple(_cell(record.row.get(column)) for column in CALL_COLUMNS) for record in batch]
-        else:
-            call_rows = [tuple(map(record.row.get, CALL_COLUMNS)) for record in batch]
+        events = [record for record in batch if record.table == "sandbox_events"]
+        if events:
+            batch = [record for record in batch if record.table == "calls"]
+        call_rows = _rows(batch, "calls", storable=storable)
         limit_rows = _newest_rate_limits(batch)
         if storable:
             limit_rows = [tuple(_cell(value) for value in row) for row in limit_rows]
@@ -313,6 +319,8 @@ class RecordWriter:
         conn.execute("begin immediate")
         try:
             conn.executemany(_CALL_SQL, call_rows)
+            if events:
+                conn.executemany(_SANDBOX_EVENT_SQL, _rows(events, "sandbox_events", storable=storable))
             if limit_rows:
                 conn.executemany(_RATE_LIMIT_SQL, limit_rows)
             if settle_rows:
@@ -356,6 +364,13 @@ def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return (stat.st_dev, stat.st_ino)
+
+
+def _rows(batch: Sequence[CallRecord], table: str, *, storable: bool) -> list[tuple[Any, ...]]:
+    columns = _COLUMNS[table]
+    if storable:
+        return [tuple(_cell(record.row.get(column)) for column in columns) for record in batch]
+    return [tuple(map(record.row.get, columns)) for record in batch]
 
 
 def _cell(value: Any) -> Any:

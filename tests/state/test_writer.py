@@ -307,3 +307,19 @@ def test_a_database_replaced_under_the_writer_gets_the_rows_and_none_of_the_old_
     with sqlite3.connect(db_path) as conn:
         assert [row[0] for row in conn.execute("select id from calls")] == [second.row["id"]]
     assert "was deleted or replaced" in caplog.text
+
+
+def test_sandbox_events_go_to_their_own_table_in_the_same_batches(db_path):
+    writer = RecordWriter(lambda: sluice_db.connect(db_path))
+    writer.start()
+    event = {"id": "e1", "at": "2026-12-04T10:00:00+00:00", "kind": "dns", "host": "evil.example",
+             "port": 53, "client_address": "10.201.0.2", "reason": "not on the allow-list"}
+    writer.put(_record(1))
+    writer.put(CallRecord(row=event, table="sandbox_events"))
+    writer.put(CallRecord(row={**event, "host": "caf\udce9.example"}, table="sandbox_events"))  # not UTF-8
+    writer.put(_record(2))
+    writer.close()
+    assert _count(db_path) == 2
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute("select id, kind, host, port, reason from sandbox_events").fetchall()
+    assert rows == [("e1", "dns", "evil.example", 53, "not on the allow-list")]  # same id: kept once
