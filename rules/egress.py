@@ -46,12 +46,23 @@ def parse_allow_entry(text: str) -> AllowEntry:
     family = name.startswith("*.")
     name = normalize_host(name.removeprefix("*."))
     address = name.replace(".", "").isdigit()
-    if address or not name or not set(name) <= _NAME_CHARACTERS or ".." in name or name.startswith((".", "-")):
+    if (
+        address
+        or not name
+        or not set(name) <= _NAME_CHARACTERS
+        or ".." in name
+        or name.startswith((".", "-"))
+    ):
         raise ValueError(
             f"{text!r}: expected a host name (pypi.org), a name and port (github.com:443) or a family "
             "of names (*.example.com); addresses and other wildcards are not accepted"
         )
     return AllowEntry(name, port, family)
+
+
+def names(entries: Iterable[AllowEntry], host: str) -> bool:
+    """Whether some entry names `host`, on whatever port (what a DNS answer is given for)."""
+    return any(entry.matches(host, entry.port or 0) for entry in entries)
 
 
 def is_allowed(entries: Iterable[AllowEntry], host: str, port: int) -> bool:

@@ -199,7 +199,14 @@ def test_transparent_mode_reaches_a_credential_host_by_its_name_never_the_client
     ("scheme", "port", "sni", "headers", "status", "reason"),
     [
         ("https", 443, "api.anthropic.com", ((b"Host", b"evil.example"),), 421, "names evil.example"),
-        ("https", 443, "evil.example", ((b"Host", b"api.anthropic.com"),), 421, "server name is evil.example"),
+        (
+            "https",
+            443,
+            "evil.example",
+            ((b"Host", b"api.anthropic.com"),),
+            421,
+            "server name is evil.example",
+        ),
         ("https", 443, "api.anthropic.com", ((b"Host", b"gateway.internal:8443"),), 421, "names gateway"),
         ("http", 80, None, ((b"Host", b"api.anthropic.com"),), 403, "only sent over TLS"),
         ("https", 8443, "api.anthropic.com", ((b"Host", b"api.anthropic.com:8443"),), 403, "port 443, not"),

@@ -193,7 +193,8 @@ def test_a_secret_pasted_as_a_key_is_not_printed_as_the_fields_path(text: str, p
 
 def test_the_sandbox_section_names_hosts_and_a_configured_client() -> None:
     config = parse_config(
-        '[[clients]]\nname = "ci"\nkey = "env:K"\n[sandbox]\nallow = ["pypi.org", "github.com:443"]\nclient = "ci"\n'
+        '[[clients]]\nname = "ci"\nkey = "env:K"\n'
+        '[sandbox]\nallow = ["pypi.org", "github.com:443"]\nclient = "ci"\n'
     )
     assert [entry.name for entry in config.sandbox.allow_entries] == ["pypi.org", "github.com"]
     with pytest.raises(ConfigError, match=r"sandbox\.allow.*expected a host name"):

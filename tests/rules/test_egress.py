@@ -19,11 +19,25 @@ def test_entries_are_read_in_one_spelling(text: str, entry: AllowEntry) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "github.com:", "github.com:https", "github.com:70000", "*", "*.", "a*.b", "10.0.0.1:x",
-             "[::1]", "10.0.0.1", "https://pypi.org", "pypi.org/simple", "a..b"]
+    "text",
+    [
+        "",
+        "github.com:",
+        "github.com:https",
+        "github.com:70000",
+        "*",
+        "*.",
+        "a*.b",
+        "10.0.0.1:x",
+        "[::1]",
+        "10.0.0.1",
+        "https://pypi.org",
+        "pypi.org/simple",
+        "a..b",
+    ],
 )
 def test_anything_but_a_name_is_refused(text: str) -> None:
-    with pytest.raises(ValueError, match="expected a host name|the port"):
+    with pytest.raises(ValueError, match=r"expected a host name|the port"):
         parse_allow_entry(text)
 
 
@@ -37,3 +51,11 @@ def test_a_name_is_allowed_only_as_an_entry_spells_it() -> None:
     assert not is_allowed(entries, "pypi.org.evil.example", 443)
     assert not is_allowed(entries, "evilpypi.org", 443)
     assert not is_allowed([], "pypi.org", 443)
+
+
+def test_a_name_is_named_on_any_port_an_entry_allows() -> None:
+    from rules.egress import names
+
+    entries = [parse_allow_entry(text) for text in ("github.com:443", "*.npmjs.org")]
+    assert names(entries, "GitHub.com") and names(entries, "registry.npmjs.org")
+    assert not names(entries, "npmjs.org") and not names(entries, "gitlab.com")

@@ -312,8 +312,15 @@ def test_a_database_replaced_under_the_writer_gets_the_rows_and_none_of_the_old_
 def test_sandbox_events_go_to_their_own_table_in_the_same_batches(db_path):
     writer = RecordWriter(lambda: sluice_db.connect(db_path))
     writer.start()
-    event = {"id": "e1", "at": "2026-12-04T10:00:00+00:00", "kind": "dns", "host": "evil.example",
-             "port": 53, "client_address": "10.201.0.2", "reason": "not on the allow-list"}
+    event = {
+        "id": "e1",
+        "at": "2026-12-04T10:00:00+00:00",
+        "kind": "dns",
+        "host": "evil.example",
+        "port": 53,
+        "client_address": "10.201.0.2",
+        "reason": "not on the allow-list",
+    }
     writer.put(_record(1))
     writer.put(CallRecord(row=event, table="sandbox_events"))
     writer.put(CallRecord(row={**event, "host": "caf\udce9.example"}, table="sandbox_events"))  # not UTF-8
