@@ -1,0 +1,422 @@
+"""`sluice sandbox -- COMMAND`: run COMMAND in a network namespace whose only way out is a sluice of its own.
+
+The steps: build the namespace and its link (state/netns.py); start `mitmdump -s addons/sluice.py` on the
+host side, in transparent mode for TCP and answering DNS itself, with `sluice_sandbox` on (the egress
+policy, addons/sandbox.py); redirect the namespace's traffic to it; run COMMAND inside with the CA and its
+client key in its environment and every real credential out of it; pass its exit status back; tear
+everything down, whatever happened (the command's end, its failure, a signal to this process).
+
+The real credentials live only in the mitmdump process, on the host side. mitmdump runs as a subprocess:
+nothing here imports mitmproxy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pwd
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from rules.config import Config, ConfigError, load_config, resolve_secret
+from state.netns import Network, NetworkError, allocate, missing_tools
+
+ADDON_SCRIPT = Path(__file__).resolve().parent.parent / "addons" / "sluice.py"
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+# Variables a command would use to reach a proxy that does not exist inside the sandbox.
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+# Where each client trusts extra or replacement CAs: Node adds to its own list; OpenSSL, requests and curl
+# replace theirs, so they get the system's bundle with sluice's CA appended.
+CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+KEY_VARIABLES = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+# Provider credentials a command would otherwise inherit from this process's environment: never passed on
+# (a key the command should hold is its client key, set by the sandbox).
+DROPPED_VARIABLES = frozenset({*KEY_VARIABLES.values(), "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"})
+PR_SET_PDEATHSIG = 1
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not be set up; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What `sluice sandbox` was asked to do."""
+
+    config: Path
+    db: Path
+    command: Sequence[str]
+    user: str | None = None
+    client: str | None = None
+    mitmdump_options: Sequence[str] = ()
+    confdir: Path = Path("~/.mitmproxy")
+    log: Path | None = None  # where mitmdump's output goes (default: a temporary file, removed)
+
+
+def run_sandbox(request: Request) -> int:
+    """Run the command in a fresh sandbox; return its exit status (128 + N when a signal N ended it).
+
+    What the egress policy refused meanwhile is in the database's `sandbox_events` (`refusals`)."""
+    check_can_run()
+    config = _load(request.config)
+    account = _account(request.user)
+    network = allocate()
+    scratch = Path(tempfile.mkdtemp(prefix="sluice-sandbox-"))
+    scratch.chmod(0o755)  # the command's user reads the CA bundle here
+    mitmdump: subprocess.Popen[bytes] | None = None
+    signals = _Signals()
+    try:
+        network.build()
+        proxy_port, dns_port = (
+            _free_port(network.host_address, socket.SOCK_STREAM),
+            _free_port(network.host_address, socket.SOCK_DGRAM),
+        )
+        log_path = request.log or scratch / "mitmdump.log"
+        mitmdump = _start_mitmdump(request, network, proxy_port, dns_port, log_path)
+        _wait_until_ready(mitmdump, network.host_address, (proxy_port, dns_port), log_path, request.confdir)
+        network.redirect(proxy_port, dns_port)
+        env = command_environment(os.environ, config, request, _ca_files(request.confdir, scratch), account)
+        with signals.forwarding():
+            command = subprocess.Popen(_command_line(network, account, request.command), env=env)
+            signals.target = command
+            status = command.wait()
+        return 128 - status if status < 0 else status
+    except (NetworkError, OSError) as e:
+        raise SandboxError(str(e)) from e
+    finally:
+        problems = _kill_leftovers(network)
+        if mitmdump is not None:
+            _stop(mitmdump)
+        problems += network.tear_down()
+        with contextlib.suppress(OSError):
+            for path in sorted(scratch.iterdir()):
+                path.unlink()
+            scratch.rmdir()
+        for problem in problems:
+            print(f"sluice sandbox: could not undo: {problem}", file=sys.stderr)
+
+
+def check_can_run() -> None:
+    if sys.platform != "linux":
+        raise SandboxError("sluice sandbox needs Linux (network namespaces and nftables)")
+    if os.geteuid() != 0:
+        raise SandboxError(
+            "sluice sandbox needs root to make a network namespace and its nftables rules: run it with sudo"
+        )
+    if missing := missing_tools():
+        needed = " and ".join(missing)
+        raise SandboxError(f"sluice sandbox needs {needed} (apt-get install iproute2 nftables)")
+
+
+def _load(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise SandboxError(str(e)) from None
+
+
+# The command's environment.
+
+
+@dataclass(frozen=True)
+class Account:
+    """Who the command runs as (None: as this process, root)."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+def _account(user: str | None) -> Account | None:
+    """`--user`, else the user who ran sudo, else None (root: warned about, since root can leave)."""
+    name = user or os.environ.get("SUDO_USER")
+    if not name or name == "root":
+        print(
+            "sluice sandbox: warning: COMMAND runs as root, which can leave any network namespace and read "
+            "sluice's memory; pass --user to confine it",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise SandboxError(f"--user: no user named {name!r}") from None
+    return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+
+def command_environment(
+    environ: Mapping[str, str],
+    config: Config,
+    request: Request,
+    ca: tuple[Path, Path],
+    account: Account | None,
+) -> dict[str, str]:
+    """This process's environment minus every secret the config refers to and every proxy variable, plus
+    the CA trust variables and the chosen client's key in each swapped provider's variable."""
+    references, secrets = _config_secrets(config, request.config.parent)
+    env = {
+        name: value
+        for name, value in environ.items()
+        if name.upper() not in PROXY_VARIABLES
+        and name not in DROPPED_VARIABLES
+        and name not in references
+        and not any(secret in value for secret in secrets)
+    }
+    mitm_ca, bundle = ca
+    env["NODE_EXTRA_CA_CERTS"] = str(mitm_ca)
+    env.update(dict.fromkeys(CA_VARIABLES, str(bundle)))
+    key = _client_key(config, request)
+    if key is not None:
+        for upstream in config.upstreams:
+            if upstream.keys or upstream.oauth:
+                env[KEY_VARIABLES[upstream.provider]] = key
+    if account is not None:
+        env.update(HOME=account.home, USER=account.name, LOGNAME=account.name)
+    return env
+
+
+def _config_secrets(config: Config, base_dir: Path) -> tuple[set[str], set[str]]:
+    """The variables the config's `env:` references name, and the values of the upstream secrets."""
+    references = [
+        (f"upstreams[{i}].keys[{j}]", ref)
+        for i, upstream in enumerate(config.upstreams)
+        for j, ref in enumerate(upstream.keys)
+    ]
+    references += [
+        (f"upstreams[{i}].oauth.credentials", u.oauth.credentials)
+        for i, u in enumerate(config.upstreams)
+        if u.oauth is not None
+    ]
+    references += [(f"clients[{i}].key", client.key) for i, client in enumerate(config.clients)]
+    names = {ref.removeprefix("env:") for _, ref in references if ref.startswith("env:")}
+    values = set()
+    for field, ref in references:
+        if field.startswith("upstreams") and not field.endswith("credentials"):
+            with contextlib.suppress(ConfigError):  # sluice itself says so at start-up
+                value = resolve_secret(ref, field=field, base_dir=base_dir)[0].get_secret_value()
+                if len(value) >= 8:  # a value that short would match by accident; none is a real key
+                    values.add(value)
+    return names, values
+
+
+def _client_key(config: Config, request: Request) -> str | None:
+    """The key of `--client`, of `[sandbox] client`, or of the only configured client."""
+    name = request.client or config.sandbox.client
+    if name is None:
+        if len(config.clients) > 1:
+            raise SandboxError(
+                "several [[clients]] are configured: name the sandbox's with --client or [sandbox] client"
+            )
+        if not config.clients:
+            return None
+        name = config.clients[0].name
+    client = next((c for c in config.clients if c.name == name), None)
+    if client is None:
+        raise SandboxError(f"--client: no [[clients]] entry is named {name!r}")
+    try:
+        return resolve_secret(client.key, field="key", base_dir=request.config.parent)[0].get_secret_value()
+    except ConfigError as e:
+        raise SandboxError(f"the client key of {name!r}: {e}") from None
+
+
+def _ca_files(confdir: Path, scratch: Path) -> tuple[Path, Path]:
+    """sluice's CA certificate alone (for Node), and the system's bundle with it appended (for the rest),
+    copied where the command's user can read them (never the CA's key)."""
+    mitm_ca = (confdir.expanduser() / "mitmproxy-ca-cert.pem").read_text()
+    alone, bundle = scratch / "sluice-ca.pem", scratch / "ca-bundle.pem"
+    alone.write_text(mitm_ca)
+    system = ssl.get_default_verify_paths().cafile or ssl.get_default_verify_paths().openssl_cafile
+    system_text = Path(system).read_text() if system and Path(system).is_file() else ""
+    bundle.write_text(system_text.rstrip("\n") + "\n" + mitm_ca if system_text else mitm_ca)
+    for path in (alone, bundle):
+        path.chmod(0o644)
+    return alone, bundle
+
+
+def _command_line(network: Network, account: Account | None, command: Sequence[str]) -> list[str]:
+    line = ["ip", "netns", "exec", network.namespace]
+    if account is not None:
+        line += ["setpriv", f"--reuid={account.uid}", f"--regid={account.gid}", "--init-groups", "--"]
+    return line + list(command)
+
+
+# mitmdump.
+
+
+def _start_mitmdump(
+    request: Request, network: Network, proxy_port: int, dns_port: int, log_path: Path
+) -> subprocess.Popen[bytes]:
+    host = network.host_address
+    args = [
+        _mitmdump_program(),
+        "--mode",
+        f"transparent@{host}:{proxy_port}",
+        # DNS answered by the sandbox addon for every query: the reverse target is never asked.
+        "--mode",
+        f"reverse:dns://127.0.0.1:53@{host}:{dns_port}",
+        "-s",
+        str(ADDON_SCRIPT),
+        "--set",
+        f"confdir={request.confdir}",
+        "--set",
+        f"sluice_config={request.config.resolve()}",
+        "--set",
+        f"sluice_db={request.db.resolve()}",
+        "--set",
+        "sluice_sandbox=true",
+        "--set",
+        "connection_strategy=lazy",
+    ]
+    for option in request.mitmdump_options:
+        args += ["--set", option]
+    env = {name: value for name, value in os.environ.items() if name.upper() not in PROXY_VARIABLES}
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            args,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # the terminal's Ctrl-C is for the command; sluice stops last
+            preexec_fn=_die_with_parent,
+        )
+
+
+def _mitmdump_program() -> str:
+    beside = Path(sys.executable).parent / "mitmdump"
+    return str(beside) if beside.exists() else "mitmdump"
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when this process dies, even by SIGKILL (no sluice outlives its sandbox)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _wait_until_ready(
+    process: subprocess.Popen[bytes], host: str, ports: tuple[int, int], log_path: Path, confdir: Path
+) -> None:
+    """Until mitmdump has written its CA and listens on both ports (the DNS one comes after the TCP one: a
+    query sent before would be refused, and the command's lookups fail)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    ca = confdir.expanduser() / "mitmproxy-ca-cert.pem"
+    proxy_port, dns_port = ports
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SandboxError(f"sluice did not start (exit status {process.returncode}):\n{_tail(log_path)}")
+        if ca.exists() and _bound(host, proxy_port, "tcp") and _bound(host, dns_port, "udp"):
+            return
+        time.sleep(0.05)
+    raise SandboxError(f"sluice did not start in {START_TIMEOUT_S:.0f}s:\n{_tail(log_path)}")
+
+
+def _bound(host: str, port: int, table: str) -> bool:
+    """Whether a socket is bound to `host:port` in the kernel's `/proc/net/tcp` or `udp` table (listening,
+    for TCP). Neither connecting (transparent mode takes a connection that was not redirected for an error,
+    and mitmdump stops on errors during start-up) nor binding (which would take the port from mitmdump for
+    that moment) is a safe probe."""
+    wanted = "{:08X}:{:04X}".format(int.from_bytes(socket.inet_aton(host), "little"), port)
+    listening = "0A" if table == "tcp" else "07"  # TCP_LISTEN; an unconnected UDP socket shows TCP_CLOSE
+    try:
+        lines = Path("/proc/net", table).read_text().splitlines()[1:]
+    except OSError as e:
+        raise SandboxError(f"cannot read /proc/net/{table} to see sluice start: {e}") from None
+    return any(fields[1] == wanted and fields[3] == listening for fields in map(str.split, lines))
+
+
+def _free_port(host: str, kind: socket.SocketKind) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGINT, so the writer drains into the database; SIGKILL if it does not stop in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# Signals and leftovers.
+
+
+class _Signals:
+    """While the command runs, SIGTERM, SIGHUP and SIGINT sent to this process are passed on to it; the
+    command's end (and then the tear-down) follows as usual."""
+
+    FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.target: subprocess.Popen[bytes] | None = None
+
+    @contextlib.contextmanager
+    def forwarding(self) -> Iterator[None]:
+        previous = {number: signal.signal(number, self._forward) for number in self.FORWARDED}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _forward(self, number: int, _frame: FrameType | None) -> None:
+        if self.target is not None and self.target.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.target.send_signal(number)
+
+
+def _kill_leftovers(network: Network, timeout: float = 5.0) -> list[str]:
+    """End every process still in the namespace (what the command left running): SIGTERM, then SIGKILL."""
+    try:
+        pids = network.pids()
+    except NetworkError:
+        return []  # no namespace (set-up failed before it existed): nothing can be in it
+    for number in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, number)
+        deadline = time.monotonic() + timeout
+        while pids and time.monotonic() < deadline:
+            pids = [pid for pid in pids if _alive(pid)]
+            time.sleep(0.05)
+        if not pids:
+            return []
+    return [f"processes {pids} in {network.namespace} did not end"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie is gone for our purposes
+        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            return False
+    return True
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
