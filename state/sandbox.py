@@ -88,6 +88,7 @@ def run_sandbox(request: Request) -> int:
         _wait_until_ready(mitmdump, network.host_address, (proxy_port, dns_port), log_path, request.confdir)
         network.redirect(proxy_port, dns_port)
         env = command_environment(os.environ, config, request, _ca_files(request.confdir, scratch), account)
+        env["SLUICE_SANDBOX"] = network.namespace  # so the command (and its user) can tell where it runs
         with signals.forwarding():
             command = subprocess.Popen(_command_line(network, account, request.command), env=env)
             signals.target = command
