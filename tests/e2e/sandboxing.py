@@ -16,20 +16,17 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 from tests.e2e.harness import REPO_ROOT, SITECUSTOMIZE_DIR, clean_env
 from tests.fake_provider import FakeProvider
 
 SANDBOX_TIMEOUT = 60.0
-T = TypeVar("T")
 
 
 def _skip_reason() -> str | None:
@@ -116,7 +113,7 @@ def start_sandbox(
     )
 
 
-def wait_for(check: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
+def wait_for[T](check: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if (found := check()) is not None:
@@ -200,7 +197,7 @@ class TrapNamespace:
         subprocess.run(["ip", "link", "del", self.link], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
 
-    def serve(self, factory: Callable[[], T]) -> T:
+    def serve[T](self, factory: Callable[[], T]) -> T:
         """`factory()` called on a thread that has entered the namespace: its sockets live there."""
         result: list[T] = []
         errors: list[BaseException] = []
@@ -232,9 +229,3 @@ def stop(process: subprocess.Popen[str], number: int = signal.SIGTERM) -> tuple[
     process.send_signal(number)
     stdout, stderr = process.communicate(timeout=SANDBOX_TIMEOUT)
     return process.returncode, stdout, stderr
-
-
-def accepts(address: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=1):
-        return True
-    return False
