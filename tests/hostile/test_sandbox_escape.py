@@ -103,7 +103,8 @@ def outcome(
                 # The TLS server name says one credential host, the Host header another.
                 attack(
                     "mismatch",
-                    *("--resolve", f"api.anthropic.com:443:{trap}", *OPENAI_AUTH, "-H", "Host: api.openai.com"),
+                    *("--resolve", f"api.anthropic.com:443:{trap}", *OPENAI_AUTH),
+                    *("-H", "Host: api.openai.com"),
                     *("-H", "content-type: application/json", "-d", CHAT),
                     "https://api.anthropic.com/v1/chat/completions",
                 ),
@@ -148,7 +149,9 @@ def test_a_credential_host_at_an_attackers_address_is_reached_by_its_configured_
     assert outcome.trap_connections() == 0
 
 
-def test_a_credential_host_on_its_own_port_at_an_attackers_address_is_reached_by_name(outcome: Outcome) -> None:
+def test_a_credential_host_on_another_port_at_an_attackers_address_is_reached_by_name(
+    outcome: Outcome,
+) -> None:
     assert outcome.status("gateway") == "200", (outcome.workdir / "gateway.err").read_text()
     assert any(r.sni == "gateway.sluice.test" for r in outcome.fake_requests)
 
