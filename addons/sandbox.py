@@ -59,7 +59,8 @@ class Sandbox:
 
     def configure(self, updated: set[str]) -> None:
         self.active = bool(ctx.options.sluice_sandbox)
-        if self.active and ctx.options.connection_strategy != "lazy":
+        strategy = ctx.options.connection_strategy if "connection_strategy" in ctx.options else "lazy"
+        if self.active and strategy != "lazy":
             # Eagerly, mitmproxy would open a connection to the address the command chose before the
             # name is known; this addon would refuse it and with it the command's connection.
             raise exceptions.OptionsError("sluice_sandbox: needs connection_strategy=lazy")
