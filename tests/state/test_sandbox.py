@@ -98,7 +98,9 @@ def test_with_several_clients_and_none_named_the_sandbox_asks(tmp_path: Path) ->
 
 
 def test_without_clients_no_key_is_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = parse_config('[[upstreams]]\nhost = "api.anthropic.com"\nprovider = "anthropic"\nkeys = ["env:K"]')
+    config = parse_config(
+        '[[upstreams]]\nhost = "api.anthropic.com"\nprovider = "anthropic"\nkeys = ["env:K"]\n'
+    )
     monkeypatch.setenv("K", "sk-ant-REAL-0004-abcdef")
     env = command_environment({"K": "sk-ant-REAL-0004-abcdef"}, config, request(tmp_path), CA, None)
     assert "ANTHROPIC_API_KEY" not in env and "K" not in env
