@@ -59,7 +59,9 @@ def sandbox_env(fake: FakeProvider, hosts: str = "", **extra: str) -> dict[str, 
     )
 
 
-def sandbox_args(workdir: Path, fake: FakeProvider, config_toml: str, command: Sequence[str]) -> list[str]:
+def sandbox_args(
+    workdir: Path, fake: FakeProvider, config_toml: str, command: Sequence[str], options: Sequence[str] = ()
+) -> list[str]:
     config = workdir / "sluice.toml"
     config.write_text(config_toml)
     return [
@@ -77,17 +79,23 @@ def sandbox_args(workdir: Path, fake: FakeProvider, config_toml: str, command: S
         str(workdir / "mitmdump.log"),
         "--set",
         f"ssl_verify_upstream_trusted_ca={fake.ca_pem}",
+        *options,
         "--",
         *command,
     ]
 
 
 def run_sandbox(
-    workdir: Path, fake: FakeProvider, config_toml: str, command: Sequence[str], env: dict[str, str]
+    workdir: Path,
+    fake: FakeProvider,
+    config_toml: str,
+    command: Sequence[str],
+    env: dict[str, str],
+    options: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     workdir.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
-        sandbox_args(workdir, fake, config_toml, command),
+        sandbox_args(workdir, fake, config_toml, command, options),
         cwd=workdir,
         env=env,
         capture_output=True,

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import signal
 import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +127,47 @@ def test_an_allowed_host_is_reached_by_name_without_interception(tmp_path: Path,
         assert server.holds("GET /allowed-marker")
     assert events(tmp_path / "sluice.db") == []
     assert rows(tmp_path / "sluice.db") == []  # passed through: not a call sluice saw
+
+
+def test_a_command_run_as_another_user_cannot_read_the_real_key_or_leave(
+    tmp_path: Path, fake: FakeProvider
+) -> None:
+    fake.next(usage=Usage(input_tokens=5, output_tokens=1))
+    out = Path(tempfile.mkdtemp(prefix="sluice-sandbox-test-"))
+    out.chmod(0o777)  # the command's user writes its findings here
+    try:
+        script = (
+            f"cd {out}; id -u > uid.txt; "
+            # Every process's environment it can read, sluice's own included if it could.
+            "for f in /proc/[0-9]*/environ; do cat $f; done 2>/dev/null | tr '\\0' '\\n' "
+            f"| grep -c '{REAL_KEY}' > found.txt; "
+            "nsenter -t 1 -n true 2>/dev/null; echo $? > nsenter.txt; "
+            "curl -sS --max-time 20 -o /dev/null -w '%{http_code}' -H \"x-api-key: $ANTHROPIC_API_KEY\" "
+            "-H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' "
+            f"-d '{MESSAGE}' https://api.anthropic.com/v1/messages > code.txt"
+        )
+        done = run_sandbox(
+            tmp_path, fake, CONFIG, sh(script), sandbox_env(fake, **KEYS), ["--user", "nobody"]
+        )
+        assert done.returncode == 0, done.stderr
+        assert "warning" not in done.stderr
+        found = {
+            name: (out / f"{name}.txt").read_text().strip() for name in ("uid", "found", "nsenter", "code")
+        }
+        assert found == {"uid": "65534", "found": "0", "nsenter": "1", "code": "200"}
+    finally:
+        shutil.rmtree(out)
+    [row] = rows(tmp_path / "sluice.db")
+    assert (row["client"], row["input_tokens"]) == ("agent", 5)
+
+
+def test_a_command_run_as_root_is_warned_that_it_could_read_sluices_memory(
+    tmp_path: Path, fake: FakeProvider
+) -> None:
+    script = f"cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c '{REAL_KEY}'; true"
+    done = run_sandbox(tmp_path, fake, CONFIG, sh(script), sandbox_env(fake, **KEYS))
+    assert int(done.stdout) >= 1  # why the sandbox says so, and why --user exists
+    assert "COMMAND runs as root" in done.stderr and "pass --user" in done.stderr
 
 
 @pytest.mark.parametrize(("script", "status"), [("true", 0), ("exit 7", 7), ("kill -TERM $$", 143)])
