@@ -16,21 +16,16 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from addons.core import SluiceCore
 from addons.sandbox import Sandbox
+from tests.addons.test_confine import CONFIG as CONFINE_CONFIG
 
-CONFIG = """
-[[upstreams]]
-host = "api.anthropic.com"
-provider = "anthropic"
-keys = ["sk-ant-literal-for-tests"]
-
-[[upstreams]]
-host = "gateway.internal:8443"
-provider = "openai"
-keys = ["gw-literal-for-tests"]
-
+# The confinement tests' credential hosts (api.anthropic.com, gateway.internal:8443), and an allow list.
+CONFIG = (
+    CONFINE_CONFIG
+    + """
 [sandbox]
 allow = ["pypi.org", "github.com:443", "*.npmjs.org"]
 """
+)
 HOST_SIDE = "10.201.0.1"  # the sandbox's DNS and proxy address, on the host side of its link
 AGENT = "10.201.0.2"
 
