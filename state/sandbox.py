@@ -75,8 +75,20 @@ def run_sandbox(request: Request) -> int:
     network = allocate()
     scratch = Path(tempfile.mkdtemp(prefix="sluice-sandbox-"))
     scratch.chmod(0o755)  # the command's user reads the CA bundle here
-    mitmdump: subprocess.Popen[bytes] | None = None
     signals = _Signals()
+    with signals.handled():
+        return _run(request, config, account, network, scratch, signals)
+
+
+def _run(
+    request: Request,
+    config: Config,
+    account: Account | None,
+    network: Network,
+    scratch: Path,
+    signals: _Signals,
+) -> int:
+    mitmdump: subprocess.Popen[bytes] | None = None
     try:
         network.build()
         proxy_port, dns_port = (
@@ -89,14 +101,16 @@ def run_sandbox(request: Request) -> int:
         network.redirect(proxy_port, dns_port)
         env = command_environment(os.environ, config, request, _ca_files(request.confdir, scratch), account)
         env["SLUICE_SANDBOX"] = network.namespace  # so the command (and its user) can tell where it runs
-        with signals.forwarding():
-            command = subprocess.Popen(_command_line(network, account, request.command), env=env)
-            signals.target = command
-            status = command.wait()
+        command = subprocess.Popen(_command_line(network, account, request.command), env=env)
+        signals.target = command
+        status = command.wait()
         return 128 - status if status < 0 else status
+    except Interrupted as e:
+        return 128 + e.number
     except (NetworkError, OSError) as e:
         raise SandboxError(str(e)) from e
     finally:
+        signals.tearing_down = True
         problems = _kill_leftovers(network)
         if mitmdump is not None:
             _stop(mitmdump)
@@ -365,28 +379,45 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 # Signals and leftovers.
 
 
-class _Signals:
-    """While the command runs, SIGTERM, SIGHUP and SIGINT sent to this process are passed on to it; the
-    command's end (and then the tear-down) follows as usual."""
+class Interrupted(Exception):
+    """A signal asked the sandbox to stop before its command had started."""
 
-    FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    def __init__(self, number: int) -> None:
+        super().__init__(f"stopped by signal {number} while setting up")
+        self.number = number
+
+
+class _Signals:
+    """For the sandbox's whole life, SIGTERM, SIGHUP and SIGINT sent to this process are handled, so that
+    nothing stops it before its tear-down: before the command starts, they stop the set-up (`Interrupted`);
+    while it runs, they are passed on to it (a second one as SIGKILL, for a command that ignores the first);
+    after it ended, they are ignored while everything is torn down."""
+
+    HANDLED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
     def __init__(self) -> None:
         self.target: subprocess.Popen[bytes] | None = None
+        self.tearing_down = False
+        self._forwarded = 0
 
     @contextlib.contextmanager
-    def forwarding(self) -> Iterator[None]:
-        previous = {number: signal.signal(number, self._forward) for number in self.FORWARDED}
+    def handled(self) -> Iterator[None]:
+        previous = {number: signal.signal(number, self._handle) for number in self.HANDLED}
         try:
             yield
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
 
-    def _forward(self, number: int, _frame: FrameType | None) -> None:
-        if self.target is not None and self.target.poll() is None:
+    def _handle(self, number: int, _frame: FrameType | None) -> None:
+        if self.tearing_down:
+            return
+        if self.target is None:
+            raise Interrupted(number)
+        if self.target.poll() is None:
+            self._forwarded += 1
             with contextlib.suppress(ProcessLookupError):
-                self.target.send_signal(number)
+                self.target.send_signal(number if self._forwarded == 1 else signal.SIGKILL)
 
 
 def _kill_leftovers(network: Network, timeout: float = 5.0) -> list[str]:

@@ -200,3 +200,18 @@ def test_killing_the_sandbox_ends_the_command_and_leaves_nothing_behind(
         status, _, stderr = stop(process, signal.SIGTERM)
     assert status == 128 + signal.SIGTERM, stderr
     assert leftovers(namespace, [marker, str(tmp_path / "mitm")]) == []
+
+
+def test_a_command_that_ignores_the_first_signal_is_killed_by_the_second(
+    tmp_path: Path, fake: FakeProvider
+) -> None:
+    marker = f"sleep {5000 + secrets.randbelow(1000)}"
+    script = f"trap '' TERM; echo \"$SLUICE_SANDBOX\" > ns.txt; {marker}"
+    process = start_sandbox(tmp_path, fake, CONFIG, sh(script), sandbox_env(fake, **KEYS))
+    try:
+        namespace = wait_for(lambda: read_file(tmp_path / "ns.txt"), "the command never started").strip()
+        process.send_signal(signal.SIGTERM)  # passed on to the command, which ignores it
+    finally:
+        status, _, stderr = stop(process, signal.SIGTERM)
+    assert status == 128 + signal.SIGKILL, stderr
+    assert leftovers(namespace, [marker, str(tmp_path / "mitm")]) == []
