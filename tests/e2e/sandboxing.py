@@ -232,8 +232,33 @@ def _checked(*command: str) -> None:
         raise RuntimeError(f"{' '.join(command)}: {done.stderr.strip()}")
 
 
-def stop(process: subprocess.Popen[str], number: int = signal.SIGTERM) -> tuple[int, str, str]:
-    """Signal the sandbox (as `kill` does) and wait for it to tear down."""
+def started(process: subprocess.Popen[str], workdir: Path) -> str:
+    """The sandbox's namespace, once its command has written it to `ns.txt` (`echo "$SLUICE_SANDBOX"`);
+    a sandbox whose command never does is stopped before the test fails."""
+    try:
+        return wait_for(lambda: read_file(workdir / "ns.txt"), "the command never started").strip()
+    except AssertionError:
+        process.terminate()
+        process.communicate(timeout=SANDBOX_TIMEOUT)
+        raise
+
+
+def stop(
+    process: subprocess.Popen[str], namespace: str, number: int = signal.SIGTERM
+) -> tuple[int, str, str]:
+    """Signal the sandbox (as `kill` does) and wait for it to tear down. Should it not finish, the processes
+    in its namespace are killed so that it does (nothing of a failed test is left running), and the test
+    fails."""
     process.send_signal(number)
-    stdout, stderr = process.communicate(timeout=SANDBOX_TIMEOUT)
+    try:
+        stdout, stderr = process.communicate(timeout=SANDBOX_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout
+        for pid in pids.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        process.communicate(timeout=SANDBOX_TIMEOUT)
+        raise AssertionError(
+            f"the sandbox did not stop in {SANDBOX_TIMEOUT}s after signal {number}"
+        ) from None
     return process.returncode, stdout, stderr

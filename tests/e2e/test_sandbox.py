@@ -25,6 +25,7 @@ from tests.e2e.sandboxing import (
     run_sandbox,
     sandbox_env,
     start_sandbox,
+    started,
     stop,
     wait_for,
 )
@@ -190,14 +191,14 @@ def test_killing_the_sandbox_ends_the_command_and_leaves_nothing_behind(
     marker = f"sleep {4000 + secrets.randbelow(1000)}"
     script = f'echo "$SLUICE_SANDBOX" > ns.txt; {marker} & {marker}.5'
     process = start_sandbox(tmp_path, fake, CONFIG, sh(script), sandbox_env(fake, **KEYS))
+    namespace = started(process, tmp_path)
     try:
-        namespace = wait_for(lambda: read_file(tmp_path / "ns.txt"), "the command never started").strip()
         # What the check below must find gone: it sees each kind while the sandbox runs.
         running = " ".join(leftovers(namespace, [marker, str(tmp_path / "mitm")]))
         for kind in ("namespace", "link", "nftables table", "/etc/netns", f"({marker})", "mitm)"):
             assert kind in running
     finally:
-        status, _, stderr = stop(process, signal.SIGTERM)
+        status, _, stderr = stop(process, namespace, signal.SIGTERM)
     assert status == 128 + signal.SIGTERM, stderr
     assert leftovers(namespace, [marker, str(tmp_path / "mitm")]) == []
 
@@ -206,12 +207,19 @@ def test_a_command_that_ignores_the_first_signal_is_killed_by_the_second(
     tmp_path: Path, fake: FakeProvider
 ) -> None:
     marker = f"sleep {5000 + secrets.randbelow(1000)}"
-    script = f"trap '' TERM; echo \"$SLUICE_SANDBOX\" > ns.txt; {marker}"
+    # The command notes each SIGTERM it gets and carries on (`wait` returns to the loop when one arrives).
+    script = (
+        "trap 'echo got >> got.txt' TERM; echo \"$SLUICE_SANDBOX\" > ns.txt; "
+        f"while true; do {marker} & wait; done"
+    )
     process = start_sandbox(tmp_path, fake, CONFIG, sh(script), sandbox_env(fake, **KEYS))
+    namespace = started(process, tmp_path)
     try:
-        namespace = wait_for(lambda: read_file(tmp_path / "ns.txt"), "the command never started").strip()
-        process.send_signal(signal.SIGTERM)  # passed on to the command, which ignores it
+        process.send_signal(signal.SIGTERM)
+        # Two signals sent at once may reach this process as one: the second goes once the first arrived.
+        wait_for(lambda: read_file(tmp_path / "got.txt"), "the first SIGTERM never reached the command")
     finally:
-        status, _, stderr = stop(process, signal.SIGTERM)
+        status, _, stderr = stop(process, namespace, signal.SIGTERM)
     assert status == 128 + signal.SIGKILL, stderr
+    assert (tmp_path / "got.txt").read_text() == "got\n"
     assert leftovers(namespace, [marker, str(tmp_path / "mitm")]) == []
