@@ -31,7 +31,7 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from addons.core import PROVIDER_HOSTS, SluiceCore
 from rules.destination import normalize_host
 from rules.egress import is_allowed, names
-from state.writer import CallRecord
+from state.writer import SandboxEvent
 
 log = logging.getLogger("sluice")
 
@@ -190,4 +190,4 @@ class Sandbox:
             "client_address": str(client.peername[0]),
             "reason": reason,
         }
-        self.core.record(CallRecord(row=row, table="sandbox_events"))
+        self.core.record(SandboxEvent(row))

@@ -44,7 +44,6 @@ _CALL_SQL = "insert or ignore into calls ({}) values ({})".format(
 _SANDBOX_EVENT_SQL = "insert or ignore into sandbox_events ({}) values ({})".format(
     ", ".join(SANDBOX_EVENT_COLUMNS), ", ".join("?" for _ in SANDBOX_EVENT_COLUMNS)
 )
-_COLUMNS = {"calls": CALL_COLUMNS, "sandbox_events": SANDBOX_EVENT_COLUMNS}
 # Keep the newest observation per (host, credential, header); an older record arriving late loses.
 _RATE_LIMIT_SQL = """
 insert into rate_limits (host, credential, header, value, observed_at, call_id)
@@ -57,8 +56,7 @@ where excluded.observed_at >= rate_limits.observed_at
 
 @dataclass(slots=True)
 class CallRecord:
-    """One finished call: its `calls` row and the rate-limit headers it carried (or, with
-    `table="sandbox_events"`, one refusal of a sandbox's egress policy: only `row`)."""
+    """One finished call: its `calls` row and the rate-limit headers it carried."""
 
     row: Mapping[str, Any]
     rate_limits: Sequence[tuple[str, str]] = ()
@@ -67,7 +65,16 @@ class CallRecord:
     observed_at: str = ""
     # Settle this call's budget hold with the row: ("settled", cost) or ("refunded", 0.0).
     budget: tuple[str, float] | None = None
-    table: str = "calls"
+
+
+@dataclass(slots=True)
+class SandboxEvent:
+    """What a sandbox's egress policy refused (addons/sandbox.py): one `sandbox_events` row, keyed by `id`."""
+
+    row: Mapping[str, Any]
+
+
+type Record = CallRecord | SandboxEvent
 
 
 @dataclass(slots=True)
@@ -116,8 +123,8 @@ class RecordWriter:
         self._buffer_limit = buffer_limit
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
-        self._queue: queue.SimpleQueue[CallRecord | object] = queue.SimpleQueue()
-        self._pending: deque[CallRecord] = deque()
+        self._queue: queue.SimpleQueue[Record | object] = queue.SimpleQueue()
+        self._pending: deque[Record] = deque()
         self._thread: threading.Thread | None = None
         self._idle = threading.Condition()
         self._in_flight = 0
@@ -128,7 +135,7 @@ class RecordWriter:
             self._thread = threading.Thread(target=self._run, name="sluice-writer", daemon=True)
             self._thread.start()
 
-    def put(self, record: CallRecord) -> None:
+    def put(self, record: Record) -> None:
         """Never blocks: the record is queued for the writer thread."""
         with self._idle:
             self._in_flight += 1
@@ -241,9 +248,9 @@ class RecordWriter:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path + suffix)
 
-    def _accept(self, item: CallRecord | object) -> bool:
+    def _accept(self, item: Record | object) -> bool:
         """Take one queued item; True when it is the stop signal."""
-        if isinstance(item, CallRecord):
+        if isinstance(item, CallRecord | SandboxEvent):
             self._pending.append(item)
             return False
         return item is _STOP
@@ -301,18 +308,17 @@ class RecordWriter:
         self.stats.pending = len(self._pending)
         self._done(len(batch))
 
-    def _commit(self, db: sqlite_utils.Database, batch: list[CallRecord], *, storable: bool) -> None:
-        events = [record for record in batch if record.table == "sandbox_events"]
-        if events:
-            batch = [record for record in batch if record.table == "calls"]
-        call_rows = _rows(batch, "calls", storable=storable)
-        limit_rows = _newest_rate_limits(batch)
+    def _commit(self, db: sqlite_utils.Database, batch: list[Record], *, storable: bool) -> None:
+        calls = [record for record in batch if isinstance(record, CallRecord)]
+        events = [record for record in batch if isinstance(record, SandboxEvent)]
+        call_rows = _rows(calls, CALL_COLUMNS, storable=storable)
+        limit_rows = _newest_rate_limits(calls)
         if storable:
             limit_rows = [tuple(_cell(value) for value in row) for row in limit_rows]
         settled_at = time.time()
         settle_rows = [
             (record.budget[0], record.budget[1], settled_at, record.row["id"])
-            for record in batch
+            for record in calls
             if record.budget is not None
         ]
         conn = db.conn
@@ -320,7 +326,7 @@ class RecordWriter:
         try:
             conn.executemany(_CALL_SQL, call_rows)
             if events:
-                conn.executemany(_SANDBOX_EVENT_SQL, _rows(events, "sandbox_events", storable=storable))
+                conn.executemany(_SANDBOX_EVENT_SQL, _rows(events, SANDBOX_EVENT_COLUMNS, storable=storable))
             if limit_rows:
                 conn.executemany(_RATE_LIMIT_SQL, limit_rows)
             if settle_rows:
@@ -366,8 +372,7 @@ def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     return (stat.st_dev, stat.st_ino)
 
 
-def _rows(batch: Sequence[CallRecord], table: str, *, storable: bool) -> list[tuple[Any, ...]]:
-    columns = _COLUMNS[table]
+def _rows(batch: Sequence[Record], columns: Mapping[str, type], *, storable: bool) -> list[tuple[Any, ...]]:
     if storable:
         return [tuple(_cell(record.row.get(column)) for column in columns) for record in batch]
     return [tuple(map(record.row.get, columns)) for record in batch]

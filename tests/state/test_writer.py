@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from state import db as sluice_db
-from state.writer import CallRecord, RecordWriter
+from state.writer import CallRecord, RecordWriter, SandboxEvent
 
 
 def _record(n: int = 0, **row):
@@ -322,8 +322,8 @@ def test_sandbox_events_go_to_their_own_table_in_the_same_batches(db_path):
         "reason": "not on the allow-list",
     }
     writer.put(_record(1))
-    writer.put(CallRecord(row=event, table="sandbox_events"))
-    writer.put(CallRecord(row={**event, "host": "caf\udce9.example"}, table="sandbox_events"))  # not UTF-8
+    writer.put(SandboxEvent(event))
+    writer.put(SandboxEvent({**event, "host": "caf\udce9.example"}))  # not UTF-8
     writer.put(_record(2))
     writer.close()
     assert _count(db_path) == 2
