@@ -34,6 +34,7 @@ from state import html_report, report, sandbox
 from state.budgets import BudgetLedger
 from state.credentials import CredentialPool, OAuthStore, secrets_path_for
 from state.ratelimits import QuotaSummary, format_duration, format_percent, statusline
+from state.sandbox_env import SandboxError
 
 DEFAULT_DB = "sluice.db"
 DB_ENV = "SLUICE_DB"
@@ -668,7 +669,7 @@ def run_sandbox(args: argparse.Namespace) -> int:
     started = sandbox.now_iso()
     try:
         return sandbox.run_sandbox(request)
-    except sandbox.SandboxError as e:
+    except SandboxError as e:
         raise CliError(f"sandbox: {e}") from None
     finally:
         _print_refusals(request.db, started)

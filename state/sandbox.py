@@ -15,40 +15,33 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import pwd
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from rules.config import Config, ConfigError, load_config, resolve_secret
+from rules.config import Config, ConfigError, load_config
 from state.netns import Network, NetworkError, allocate, missing_tools
+from state.sandbox_env import (
+    PROXY_VARIABLES,
+    Account,
+    SandboxError,
+    account_for,
+    ca_files,
+    command_environment,
+)
 
 ADDON_SCRIPT = Path(__file__).resolve().parent.parent / "addons" / "sluice.py"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
-# Variables a command would use to reach a proxy that does not exist inside the sandbox.
-PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
-# Where each client trusts extra or replacement CAs: Node adds to its own list; OpenSSL, requests and curl
-# replace theirs, so they get the system's bundle with sluice's CA appended.
-CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-KEY_VARIABLES = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
-# Provider credentials a command would otherwise inherit from this process's environment: never passed on
-# (a key the command should hold is its client key, set by the sandbox).
-DROPPED_VARIABLES = frozenset({*KEY_VARIABLES.values(), "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"})
 PR_SET_PDEATHSIG = 1
-
-
-class SandboxError(RuntimeError):
-    """The sandbox could not be set up; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -68,10 +61,10 @@ class Request:
 def run_sandbox(request: Request) -> int:
     """Run the command in a fresh sandbox; return its exit status (128 + N when a signal N ended it).
 
-    What the egress policy refused meanwhile is in the database's `sandbox_events` (`refusals`)."""
+    What the egress policy refused meanwhile is in the database's table `sandbox_events`."""
     check_can_run()
     config = _load(request.config)
-    account = _account(request.user)
+    account = account_for(request.user)
     network = allocate()
     scratch = Path(tempfile.mkdtemp(prefix="sluice-sandbox-"))
     scratch.chmod(0o755)  # the command's user reads the CA bundle here
@@ -99,7 +92,8 @@ def _run(
         mitmdump = _start_mitmdump(request, network, proxy_port, dns_port, log_path)
         _wait_until_ready(mitmdump, network.host_address, (proxy_port, dns_port), log_path, request.confdir)
         network.redirect(proxy_port, dns_port)
-        env = command_environment(os.environ, config, request, _ca_files(request.confdir, scratch), account)
+        ca = ca_files(request.confdir, scratch)
+        env = command_environment(os.environ, config, request.config.parent, request.client, ca, account)
         env["SLUICE_SANDBOX"] = network.namespace  # so the command (and its user) can tell where it runs
         command = subprocess.Popen(_command_line(network, account, request.command), env=env)
         signals.target = command
@@ -140,125 +134,6 @@ def _load(path: Path) -> Config:
         return load_config(path)
     except ConfigError as e:
         raise SandboxError(str(e)) from None
-
-
-# The command's environment.
-
-
-@dataclass(frozen=True)
-class Account:
-    """Who the command runs as (None: as this process, root)."""
-
-    name: str
-    uid: int
-    gid: int
-    home: str
-
-
-def _account(user: str | None) -> Account | None:
-    """`--user`, else the user who ran sudo, else None (root: warned about, since root can leave)."""
-    name = user or os.environ.get("SUDO_USER")
-    if not name or name == "root":
-        print(
-            "sluice sandbox: warning: COMMAND runs as root, which can leave any network namespace and read "
-            "sluice's memory; pass --user to confine it",
-            file=sys.stderr,
-        )
-        return None
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise SandboxError(f"--user: no user named {name!r}") from None
-    return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
-
-
-def command_environment(
-    environ: Mapping[str, str],
-    config: Config,
-    request: Request,
-    ca: tuple[Path, Path],
-    account: Account | None,
-) -> dict[str, str]:
-    """This process's environment minus every secret the config refers to and every proxy variable, plus
-    the CA trust variables and the chosen client's key in each swapped provider's variable."""
-    references, secrets = _config_secrets(config, request.config.parent)
-    env = {
-        name: value
-        for name, value in environ.items()
-        if name.upper() not in PROXY_VARIABLES
-        and name not in DROPPED_VARIABLES
-        and name not in references
-        and not any(secret in value for secret in secrets)
-    }
-    mitm_ca, bundle = ca
-    env["NODE_EXTRA_CA_CERTS"] = str(mitm_ca)
-    env.update(dict.fromkeys(CA_VARIABLES, str(bundle)))
-    key = _client_key(config, request)
-    if key is not None:
-        for upstream in config.upstreams:
-            if upstream.keys or upstream.oauth:
-                env[KEY_VARIABLES[upstream.provider]] = key
-    if account is not None:
-        env.update(HOME=account.home, USER=account.name, LOGNAME=account.name)
-    return env
-
-
-def _config_secrets(config: Config, base_dir: Path) -> tuple[set[str], set[str]]:
-    """The variables the config's `env:` references name, and the values of the upstream secrets."""
-    references = [
-        (f"upstreams[{i}].keys[{j}]", ref)
-        for i, upstream in enumerate(config.upstreams)
-        for j, ref in enumerate(upstream.keys)
-    ]
-    references += [
-        (f"upstreams[{i}].oauth.credentials", u.oauth.credentials)
-        for i, u in enumerate(config.upstreams)
-        if u.oauth is not None
-    ]
-    references += [(f"clients[{i}].key", client.key) for i, client in enumerate(config.clients)]
-    names = {ref.removeprefix("env:") for _, ref in references if ref.startswith("env:")}
-    values = set()
-    for field, ref in references:
-        if field.startswith("upstreams") and not field.endswith("credentials"):
-            with contextlib.suppress(ConfigError):  # sluice itself says so at start-up
-                value = resolve_secret(ref, field=field, base_dir=base_dir)[0].get_secret_value()
-                if len(value) >= 8:  # a value that short would match by accident; none is a real key
-                    values.add(value)
-    return names, values
-
-
-def _client_key(config: Config, request: Request) -> str | None:
-    """The key of `--client`, of `[sandbox] client`, or of the only configured client."""
-    name = request.client or config.sandbox.client
-    if name is None:
-        if len(config.clients) > 1:
-            raise SandboxError(
-                "several [[clients]] are configured: name the sandbox's with --client or [sandbox] client"
-            )
-        if not config.clients:
-            return None
-        name = config.clients[0].name
-    client = next((c for c in config.clients if c.name == name), None)
-    if client is None:
-        raise SandboxError(f"--client: no [[clients]] entry is named {name!r}")
-    try:
-        return resolve_secret(client.key, field="key", base_dir=request.config.parent)[0].get_secret_value()
-    except ConfigError as e:
-        raise SandboxError(f"the client key of {name!r}: {e}") from None
-
-
-def _ca_files(confdir: Path, scratch: Path) -> tuple[Path, Path]:
-    """sluice's CA certificate alone (for Node), and the system's bundle with it appended (for the rest),
-    copied where the command's user can read them (never the CA's key)."""
-    mitm_ca = (confdir.expanduser() / "mitmproxy-ca-cert.pem").read_text()
-    alone, bundle = scratch / "sluice-ca.pem", scratch / "ca-bundle.pem"
-    alone.write_text(mitm_ca)
-    system = ssl.get_default_verify_paths().cafile or ssl.get_default_verify_paths().openssl_cafile
-    system_text = Path(system).read_text() if system and Path(system).is_file() else ""
-    bundle.write_text(system_text.rstrip("\n") + "\n" + mitm_ca if system_text else mitm_ca)
-    for path in (alone, bundle):
-        path.chmod(0o644)
-    return alone, bundle
 
 
 def _command_line(network: Network, account: Account | None, command: Sequence[str]) -> list[str]:
