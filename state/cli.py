@@ -33,6 +33,7 @@ from state import db as state_db
 from state import html_report, report, sandbox
 from state.budgets import BudgetLedger
 from state.credentials import CredentialPool, OAuthStore, secrets_path_for
+from state.netns import clean_stale
 from state.ratelimits import QuotaSummary, format_duration, format_percent, statusline
 from state.sandbox_env import SandboxError
 
@@ -624,7 +625,12 @@ def _add_sandbox(subparsers: Subparsers, common: argparse.ArgumentParser) -> Non
         usage="sluice sandbox --config PATH [--db PATH] [--user USER] [--client NAME] [--set OPTION=VALUE] "
         "-- COMMAND [ARGS...]",
     )
-    parser.add_argument("--config", metavar="PATH", required=True, help="sluice's TOML config")
+    parser.add_argument("--config", metavar="PATH", help="sluice's TOML config (required to run a command)")
+    parser.add_argument(
+        "--clean",
+        action="store_true",
+        help="only tear down what sandboxes killed with SIGKILL left behind, then exit",
+    )
     parser.add_argument(
         "--user", metavar="USER", help="run COMMAND as this user (default: the user who ran sudo)"
     )
@@ -653,7 +659,17 @@ def _add_sandbox(subparsers: Subparsers, common: argparse.ArgumentParser) -> Non
 
 
 def run_sandbox(args: argparse.Namespace) -> int:
+    if args.clean:
+        try:
+            sandbox.check_can_run()
+        except SandboxError as e:
+            raise CliError(f"sandbox: {e}") from None
+        for namespace in clean_stale():
+            print(f"sluice sandbox: cleaned up after {namespace}")
+        return 0
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if args.config is None:
+        raise CliError("sandbox: --config is required (sluice sandbox --config sluice.toml -- COMMAND)")
     if not command:
         raise CliError("sandbox: no command given (sluice sandbox --config sluice.toml -- COMMAND)")
     request = sandbox.Request(

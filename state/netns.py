@@ -14,17 +14,23 @@ step does not leave the others behind; `ip netns exec` takes the namespace's res
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 SUBNETS = ipaddress.IPv4Network("10.201.0.0/16")
 NETNS_ETC = Path("/etc/netns")
+# One file per sandbox, named by its tag, holding the pid of the `sluice sandbox` that made it: what a
+# sandbox killed too hard to tear itself down (SIGKILL) left behind is found here (`clean_stale`).
+OWNERS = Path("/run/sluice-sandbox")
 PREFIX = "sluice-"
 
 
@@ -72,6 +78,10 @@ class Network:
     def build(self) -> None:
         """Make the namespace and its link to the host (no redirection yet: see `redirect`)."""
         ns, host, inside = self.namespace, self.host_link, self.sandbox_link
+        OWNERS.mkdir(mode=0o700, parents=True, exist_ok=True)
+        owner = OWNERS / self.tag
+        owner.write_text(f"{os.getpid()}\n")
+        self._undo.append((f"rm {owner}", owner.unlink))
         run("ip", "netns", "add", ns)
         self._undo.append((f"ip netns del {ns}", lambda: run("ip", "netns", "del", ns)))
         run("ip", "link", "add", host, "type", "veth", "peer", "name", inside, "netns", ns)
@@ -137,6 +147,46 @@ table inet {self.table} {{
         # Deleting the namespace first takes the pair with it: then there is nothing left to delete.
         if Path("/sys/class/net", name).exists():
             run("ip", "link", "del", name)
+
+
+def clean_stale() -> list[str]:
+    """Tear down what sandboxes whose `sluice sandbox` process is gone left behind (it was killed with
+    SIGKILL, or the machine's power went): their processes, nftables tables, links, namespaces. Returns
+    the namespaces cleaned; a sandbox whose process still runs is left alone."""
+    cleaned = []
+    for owner in sorted(OWNERS.glob("*")) if OWNERS.is_dir() else []:
+        try:
+            pid = int(owner.read_text())
+        except (OSError, ValueError):
+            continue
+        if _process_exists(pid):
+            continue
+        network = Network(owner.name, "", "")
+        with contextlib.suppress(NetworkError):
+            for leftover in network.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(leftover, signal.SIGKILL)
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("", owner.unlink),
+            ("", partial(run, "ip", "netns", "del", network.namespace)),
+            ("", partial(Network._delete_link, network.host_link)),
+            ("", partial(shutil.rmtree, NETNS_ETC / network.namespace, ignore_errors=True)),
+            ("", partial(run, "nft", "delete", "table", "inet", network.table)),
+        ]
+        network._undo = steps
+        network.tear_down()  # a step whose object is already gone fails; the others still run
+        cleaned.append(network.namespace)
+    return cleaned
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def allocate(in_use: Sequence[str] | None = None) -> Network:

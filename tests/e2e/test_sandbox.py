@@ -11,6 +11,8 @@ import secrets
 import shutil
 import signal
 import sqlite3
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,10 @@ import pytest
 
 from tests.e2e.harness import make_test_ca, rows
 from tests.e2e.sandboxing import (
+    SANDBOX_TIMEOUT,
     SKIP_REASON,
     leftovers,
+    processes_with,
     read_file,
     run_sandbox,
     sandbox_env,
@@ -55,6 +59,7 @@ KEYS = {"SLUICE_SANDBOX_CLIENT": CLIENT_KEY, "SLUICE_SANDBOX_UPSTREAM": REAL_KEY
 MESSAGE = json.dumps(
     {"model": "claude-haiku-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 )
+CLI = "import sys; from state.cli import main; sys.exit(main())"
 # The sandbox's DNS server is the host side of its link; curl's --resolve pins a name to it by hand.
 NAMESERVER = "$(awk '/^nameserver/ {print $2; exit}' /etc/resolv.conf)"
 
@@ -223,3 +228,39 @@ def test_a_command_that_ignores_the_first_signal_is_killed_by_the_second(
     assert status == 128 + signal.SIGKILL, stderr
     assert (tmp_path / "got.txt").read_text() == "got\n"
     assert leftovers(namespace, [marker, str(tmp_path / "mitm")]) == []
+
+
+def test_what_a_sandbox_killed_with_sigkill_left_is_cleaned_up_on_demand(
+    tmp_path: Path, fake: FakeProvider
+) -> None:
+    marker = f"sleep {6000 + secrets.randbelow(1000)}"
+    script = f'echo "$SLUICE_SANDBOX" > ns.txt; {marker}'
+    process = start_sandbox(tmp_path, fake, CONFIG, sh(script), sandbox_env(fake, **KEYS))
+    namespace = started(process, tmp_path)
+    process.kill()  # no chance to tear anything down
+    process.wait(timeout=SANDBOX_TIMEOUT)  # its output pipes stay open: the command inside still holds them
+    for pipe in (process.stdout, process.stderr):
+        assert pipe is not None
+        pipe.close()
+    # Its mitmdump goes with it (it asked the kernel for a signal when its parent dies).
+    wait_for(lambda: True if not processes_with(str(tmp_path / "mitm")) else None, "mitmdump outlived it")
+    left = " ".join(leftovers(namespace, [marker]))
+    for kind in ("namespace", "link", "nftables table", "/etc/netns", f"({marker})"):
+        assert kind in left
+    clean = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from state.cli import main; sys.exit(main())",
+            "sandbox",
+            "--clean",
+        ],
+        env=sandbox_env(fake),
+        capture_output=True,
+        text=True,
+        timeout=SANDBOX_TIMEOUT,
+        check=False,
+    )
+    assert clean.returncode == 0, clean.stderr
+    assert f"cleaned up after {namespace}" in clean.stdout
+    assert leftovers(namespace, [marker]) == []
