@@ -6,6 +6,11 @@ whenever either side is a host sluice swaps credentials for; and a credential ho
 on its configured port. Anything else is answered here, in the provider's envelope, and nothing is sent
 upstream: 421 Misdirected Request (RFC 9110 §15.5.20) for a disagreement, 403 for cleartext or another port.
 Fails closed. Traffic that involves no credential host passes untouched.
+
+In transparent mode the connection's address is whatever the client (or the DNS it asked) chose, so it is
+never trusted with a credential: a request that names a credential host (by its TLS server name or its
+Host) is re-pointed at that host's configured name before anything else looks at it, and mitmproxy then
+connects by that name, resolved by sluice itself; the checks above then hold as in every other mode.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import logging
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net.http import url
-from mitmproxy.proxy.mode_specs import ReverseMode
+from mitmproxy.proxy.mode_specs import ReverseMode, TransparentMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from addons.core import SluiceCore, destination
@@ -46,6 +51,30 @@ def upstream_server_name(flow: http.HTTPFlow) -> str | None:
     if isinstance(flow.client_conn.proxy_mode, ReverseMode) and not keeps_host:
         return None
     return flow.client_conn.sni
+
+
+def connect_by_name(flow: http.HTTPFlow, stated: list[tuple[str, int | None]], core: SluiceCore) -> None:
+    """In transparent mode, send a request that names a credential host to that host's name, never to the
+    address the client's connection was headed for.
+
+    The client's TLS server name is read first, then the request's own authorities; the first that is a
+    host sluice swaps credentials for becomes the request's host (scheme and port stay the connection's, so
+    cleartext or another port is still refused by `Confinement.request`, and a disagreeing Host or server
+    name is still 421). Only `request.data.host` changes: the client's headers stay as it wrote them.
+    """
+    if not isinstance(flow.client_conn.proxy_mode, TransparentMode):
+        return
+    names = [flow.client_conn.sni] if flow.client_conn.tls and flow.client_conn.sni else []
+    names += [host for host, _ in stated]
+    upstream = next((u for name in names if (u := core.swapping_upstream(name)) is not None), None)
+    if upstream is not None and normalize_host(flow.request.host) != upstream.host:
+        log.info(
+            "sluice: flow %s: %s is reached by its name, not at %s where the client's connection went",
+            flow.id,
+            upstream.host,
+            flow.request.host,
+        )
+        flow.request.data.host = upstream.host
 
 
 class Confinement:
@@ -84,8 +113,9 @@ class Confinement:
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not flow.live:
             return
-        going_to = destination(flow)
         stated = stated_authorities(flow.request)
+        connect_by_name(flow, stated, self.core)
+        going_to = destination(flow)
         upstream = self.core.swapping_upstream(going_to.host)
         named = [u for host, _ in stated if (u := self.core.swapping_upstream(host)) is not None]
         if upstream is None and not named:

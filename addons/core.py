@@ -17,7 +17,7 @@ from rules.destination import Destination, normalize_host
 from rules.envelopes import error_body
 from state import db as sluice_db
 from state.pricing import price_call
-from state.writer import CallRecord, RecordWriter
+from state.writer import Record, RecordWriter
 
 log = logging.getLogger("sluice")
 
@@ -163,7 +163,7 @@ class SluiceCore:
     def keep_body(self) -> int:
         return max(0, int(ctx.options.sluice_keep_body))
 
-    def record(self, record: CallRecord) -> None:
+    def record(self, record: Record) -> None:
         if self.writer is not None:
             self.writer.put(record)
 

@@ -4,7 +4,8 @@ mitmproxy puts only this file's folder on sys.path; the repository root is added
 and `state` packages import the same way whether or not sluice is pip-installed.
 
 Order matters: mitmproxy calls each hook on these addons in list order. Request side: a request that
-involves a credential host goes exactly where it says, over TLS (confine), who is calling (gate), rewrite
+involves a credential host goes exactly where it says, over TLS (confine), in a sandbox only by name to a
+permitted host (sandbox), who is calling (gate), rewrite
 the body, admit against the client's budget, filter headers, meter what goes upstream, and last choose
 the real credential, which is written into the request only as it is sent (never onto the flow) and only
 onto a connection to that host. Response side: filter headers, scrub an echoed credential out of the
@@ -43,6 +44,7 @@ from addons.headers import Headers  # noqa: E402
 from addons.meter import Meter  # noqa: E402
 from addons.quota_poll import QuotaPoll  # noqa: E402
 from addons.rewrite import Rewrite  # noqa: E402
+from addons.sandbox import Sandbox  # noqa: E402
 from addons.upstream_errors import UpstreamErrors  # noqa: E402
 from addons.watchdog import Watchdog  # noqa: E402
 
@@ -58,6 +60,7 @@ contentview.register()
 parts = [
     core,
     Confinement(core),
+    Sandbox(core),
     Gate(core),
     Rewrite(core),
     RequestChanges(core),

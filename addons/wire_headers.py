@@ -12,7 +12,10 @@ not support, is not wrapped.)
 The wrappers also check, at the last moment, that the connection the request is about to be written on
 goes where the credential may go: the host and port it was chosen for, over TLS, with that server name in
 the TLS handshake. Something that moved the request after sluice chose (another addon, `map_remote`) gets
-the request without any credential header instead, and the log says so.
+the request without any credential header instead, and the log says so. The host is compared as a name:
+in transparent mode the connection a client opened goes to an address it chose, under whatever server name
+it sent, so only a connection sluice made by the credential host's name (addons/confine.py re-points such
+requests to it) is ever written a credential.
 """
 
 from __future__ import annotations

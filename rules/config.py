@@ -25,6 +25,7 @@ from pydantic import (
 
 from rules.alerting import EVENT_KINDS, EventKind, WebhookFormat
 from rules.destination import normalize_host
+from rules.egress import AllowEntry, parse_allow_entry
 from rules.secrets import unusable_secret
 
 Provider = Literal["anthropic", "openai"]
@@ -152,10 +153,30 @@ class Alert(_Model):
     retries: Annotated[int, Field(ge=0, le=10)] = 3
 
 
+class Sandbox(_Model):
+    """`sluice sandbox`: where the sandboxed command may connect besides the provider hosts, and which
+    client's key it is given (needed when more than one client is configured)."""
+
+    allow: list[str] = []
+    client: str | None = None
+
+    @field_validator("allow")
+    @classmethod
+    def _allow_entries(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            parse_allow_entry(entry)  # a ValueError names the entry and what is wrong
+        return value
+
+    @property
+    def allow_entries(self) -> list[AllowEntry]:
+        return [parse_allow_entry(entry) for entry in self.allow]
+
+
 class Config(_Model):
     clients: list[Client] = []
     upstreams: list[Upstream] = []
     rules: Rules = Rules()
+    sandbox: Sandbox = Sandbox()
     idle_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     # What a budget hold becomes when a stream ends without any usage frame: released ("refund") or
     # charged at its estimate ("charge_estimate"; the provider may have billed tokens nobody saw).
@@ -183,6 +204,13 @@ class Config(_Model):
         if duplicates:
             raise ValueError(f"one [[upstreams]] entry per host; repeated: {', '.join(duplicates)}")
         return value
+
+    @model_validator(mode="after")
+    def _sandbox_client_is_configured(self) -> Config:
+        named = self.sandbox.client
+        if named is not None and named not in {client.name for client in self.clients}:
+            raise ValueError(f"[sandbox] client: no [[clients]] entry is named {named!r}")
+        return self
 
 
 # Every field name the configuration has, at any depth: always shown.

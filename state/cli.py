@@ -36,7 +36,7 @@ from rich.text import Text
 from rules.config import ConfigError, load_config
 from rules.oauth_usage import SOURCE as OAUTH_USAGE_SOURCE
 from state import db as state_db
-from state import html_report, quota_live, report
+from state import html_report, quota_live, report, sandbox
 from state.budgets import BudgetLedger
 from state.credentials import (
     CredentialDead,
@@ -46,8 +46,10 @@ from state.credentials import (
     TokenResponse,
     secrets_path_for,
 )
+from state.netns import clean_stale
 from state.oauth_http import post_refresh
 from state.ratelimits import QuotaSummary, format_duration, format_percent, statusline
+from state.sandbox_env import SandboxError
 from state.writer import RecordWriter
 
 DEFAULT_DB = "sluice.db"
@@ -861,6 +863,109 @@ def run_clients(args: argparse.Namespace) -> int:
     return 0
 
 
+# ── sandbox ──────────────────────────────────────
+
+
+def _add_sandbox(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "sandbox",
+        parents=[common],
+        help="run a command in a network namespace whose only way out is sluice",
+        description=(
+            "Run COMMAND in a fresh network namespace (Linux, as root) whose only way out is a sluice of its "
+            "own in transparent mode: provider calls are credential-swapped and metered, hosts on the "
+            "config's [sandbox] allow list pass through untouched, everything else is refused and recorded "
+            "(table sandbox_events). COMMAND gets the CA and its client key in its environment, never a real "
+            "key; its exit status is passed back."
+        ),
+        usage="sluice sandbox --config PATH [--db PATH] [--user USER] [--client NAME] [--set OPTION=VALUE] "
+        "-- COMMAND [ARGS...]",
+    )
+    parser.add_argument("--config", metavar="PATH", help="sluice's TOML config (required to run a command)")
+    parser.add_argument(
+        "--clean",
+        action="store_true",
+        help="only tear down what sandboxes killed with SIGKILL left behind, then exit",
+    )
+    parser.add_argument(
+        "--user", metavar="USER", help="run COMMAND as this user (default: the user who ran sudo)"
+    )
+    parser.add_argument(
+        "--client", metavar="NAME", help="whose client key COMMAND gets (default: [sandbox] client)"
+    )
+    parser.add_argument(
+        "--set",
+        metavar="OPTION=VALUE",
+        dest="options",
+        action="append",
+        default=[],
+        help="a mitmproxy or sluice option for the sandbox's mitmdump (repeatable)",
+    )
+    parser.add_argument(
+        "--confdir",
+        metavar="DIR",
+        default="~/.mitmproxy",
+        help="mitmproxy's directory, where its CA lives (default: ~/.mitmproxy)",
+    )
+    parser.add_argument(
+        "--log", metavar="PATH", help="keep the sandbox's mitmdump output here (default: not kept)"
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
+    parser.set_defaults(handler=run_sandbox)
+
+
+def run_sandbox(args: argparse.Namespace) -> int:
+    if args.clean:
+        try:
+            sandbox.check_can_run()
+        except SandboxError as e:
+            raise CliError(f"sandbox: {e}") from None
+        for namespace in clean_stale():
+            print(f"sluice sandbox: cleaned up after {namespace}")
+        return 0
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if args.config is None:
+        raise CliError("sandbox: --config is required (sluice sandbox --config sluice.toml -- COMMAND)")
+    if not command:
+        raise CliError("sandbox: no command given (sluice sandbox --config sluice.toml -- COMMAND)")
+    request = sandbox.Request(
+        config=Path(args.config).expanduser(),
+        db=Path(args.db).expanduser(),
+        command=command,
+        user=args.user,
+        client=args.client,
+        mitmdump_options=args.options,
+        confdir=Path(args.confdir),
+        log=Path(args.log).expanduser() if args.log else None,
+    )
+    started = sandbox.now_iso()
+    try:
+        return sandbox.run_sandbox(request)
+    except SandboxError as e:
+        raise CliError(f"sandbox: {e}") from None
+    finally:
+        _print_refusals(request.db, started)
+
+
+def _print_refusals(db: Path, since: str, shown: int = 20) -> None:
+    """What the egress policy refused during this run (also in the table `sandbox_events`), on stderr."""
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = conn.execute(
+                "select kind, host, port, reason from sandbox_events where at >= ? order by at", (since,)
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return  # no database or no table yet: nothing was recorded
+    for kind, host, port, reason in rows[:shown]:
+        where = f"{host}:{port}" if port else host
+        print(f"sluice sandbox: refused {kind} {printable(where)}: {printable(reason)}", file=sys.stderr)
+    if len(rows) > shown:
+        print(f"sluice sandbox: ... and {len(rows) - shown} more (table sandbox_events)", file=sys.stderr)
+
+
 # Every subcommand, in the order `sluice --help` lists them. A new one is an `_add_<name>(subparsers,
 # common)` function that adds its parser with `parents=[common]` (for --db) and sets `handler=`,
 # appended here.
@@ -869,6 +974,7 @@ SUBCOMMANDS: tuple[Callable[[Subparsers, argparse.ArgumentParser], None], ...] =
     _add_quota,
     _add_credentials,
     _add_clients,
+    _add_sandbox,
 )
 
 

@@ -306,6 +306,28 @@ def _migration_7_alerts(db: sqlite_utils.Database) -> None:
     )
 
 
+# Columns of `sandbox_events`: what a sandboxed command tried that its egress policy refused
+# (addons/sandbox.py). `kind` is `dns` (a name looked up), `connection` (a connection sluice would not
+# open) or `request` (an HTTP request answered 403); `host` is the name it asked for, or the address when
+# it named none.
+SANDBOX_EVENT_COLUMNS: dict[str, type] = {
+    "id": str,
+    "at": str,
+    "kind": str,
+    "host": str,
+    "port": int,
+    "client_address": str,
+    "reason": str,
+}
+
+
+def _migration_8_sandbox_events(db: sqlite_utils.Database) -> None:
+    db["sandbox_events"].create(  # type: ignore[union-attr]
+        SANDBOX_EVENT_COLUMNS, pk="id", not_null={"id", "at", "kind", "reason"}
+    )
+    db["sandbox_events"].create_index(["at"])  # type: ignore[union-attr]
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1_calls_and_rate_limits,
     _migration_2_views,
@@ -314,6 +336,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_5_cache_health_and_views,
     _migration_6_credential_history_and_routing,
     _migration_7_alerts,
+    _migration_8_sandbox_events,
 ]
 
 

@@ -34,12 +34,15 @@ from typing import Any
 import sqlite_utils
 
 from state.budgets import SETTLE_SQL
-from state.db import CALL_COLUMNS
+from state.db import CALL_COLUMNS, SANDBOX_EVENT_COLUMNS
 
 log = logging.getLogger("sluice")
 
 _CALL_SQL = "insert or ignore into calls ({}) values ({})".format(
     ", ".join(CALL_COLUMNS), ", ".join("?" for _ in CALL_COLUMNS)
+)
+_SANDBOX_EVENT_SQL = "insert or ignore into sandbox_events ({}) values ({})".format(
+    ", ".join(SANDBOX_EVENT_COLUMNS), ", ".join("?" for _ in SANDBOX_EVENT_COLUMNS)
 )
 # Keep the newest observation per (host, credential, header); an older record arriving late loses.
 _RATE_LIMIT_SQL = """
@@ -77,7 +80,14 @@ class QuotaRecord:
     source: str
 
 
-type Record = CallRecord | QuotaRecord
+@dataclass(frozen=True, slots=True)
+class SandboxEvent:
+    """What a sandbox's egress policy refused (addons/sandbox.py): one `sandbox_events` row, keyed by `id`."""
+
+    row: Mapping[str, Any]
+
+
+type Record = CallRecord | QuotaRecord | SandboxEvent
 
 
 @dataclass(slots=True)
@@ -261,7 +271,7 @@ class RecordWriter:
 
     def _accept(self, item: Record | object) -> bool:
         """Take one queued item; True when it is the stop signal."""
-        if isinstance(item, CallRecord | QuotaRecord):
+        if isinstance(item, CallRecord | QuotaRecord | SandboxEvent):
             self._pending.append(item)
             return False
         return item is _STOP
@@ -321,11 +331,9 @@ class RecordWriter:
 
     def _commit(self, db: sqlite_utils.Database, batch: list[Record], *, storable: bool) -> None:
         calls = [record for record in batch if isinstance(record, CallRecord)]
-        if storable:
-            call_rows = [tuple(_cell(record.row.get(column)) for column in CALL_COLUMNS) for record in calls]
-        else:
-            call_rows = [tuple(map(record.row.get, CALL_COLUMNS)) for record in calls]
-        limit_rows = _newest_rate_limits(batch)
+        events = [record for record in batch if isinstance(record, SandboxEvent)]
+        call_rows = _rows(calls, CALL_COLUMNS, storable=storable)
+        limit_rows = _newest_rate_limits([r for r in batch if isinstance(r, CallRecord | QuotaRecord)])
         if storable:
             limit_rows = [tuple(_cell(value) for value in row) for row in limit_rows]
         settled_at = time.time()
@@ -339,6 +347,8 @@ class RecordWriter:
         try:
             if call_rows:
                 conn.executemany(_CALL_SQL, call_rows)
+            if events:
+                conn.executemany(_SANDBOX_EVENT_SQL, _rows(events, SANDBOX_EVENT_COLUMNS, storable=storable))
             if limit_rows:
                 conn.executemany(_RATE_LIMIT_SQL, limit_rows)
             if settle_rows:
@@ -384,6 +394,14 @@ def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     return (stat.st_dev, stat.st_ino)
 
 
+def _rows(
+    batch: Sequence[CallRecord | SandboxEvent], columns: Mapping[str, type], *, storable: bool
+) -> list[tuple[Any, ...]]:
+    if storable:
+        return [tuple(_cell(record.row.get(column)) for column in columns) for record in batch]
+    return [tuple(map(record.row.get, columns)) for record in batch]
+
+
 def _cell(value: Any) -> Any:
     """A value SQLite will take: text that is valid UTF-8, integers that fit in 64 bits.
 
@@ -404,18 +422,21 @@ def _cell(value: Any) -> Any:
 
 
 def _call_id(record: Record) -> str:
-    """What `rate_limits.call_id` names: the call, or where a reading without a call came from."""
-    return str(record.row.get("id")) if isinstance(record, CallRecord) else record.source
+    """What `rate_limits.call_id` names: the call, or where a reading without a call came from (and, in a log
+    line, which sandbox event)."""
+    if isinstance(record, QuotaRecord):
+        return record.source
+    return str(record.row.get("id"))
 
 
-def _newest_rate_limits(batch: Sequence[Record]) -> list[tuple[Any, ...]]:
+def _newest_rate_limits(batch: Sequence[CallRecord | QuotaRecord]) -> list[tuple[Any, ...]]:
     """One `rate_limits` row per (host, credential, header): the newest in the batch.
 
     `_RATE_LIMIT_SQL` keeps only the newest observation anyway, so upserting every call's copy of the same
     24 headers only to overwrite them again costs a statement each for nothing. Ties go to the later record,
     as they would in sequential upserts (`>=`). Only the winners become rows.
     """
-    newest: dict[tuple[str, str, str], tuple[str, str, Record]] = {}
+    newest: dict[tuple[str, str, str], tuple[str, str, CallRecord | QuotaRecord]] = {}
     for record in batch:
         host, credential, observed_at = record.host, record.credential, record.observed_at
         for header, value in record.rate_limits:

@@ -172,3 +172,56 @@ def test_streamed_request_bodies_cannot_be_combined_with_credential_swap(tmp_pat
         with pytest.raises(exceptions.OptionsError, match="unset stream_large_bodies"):
             tctx.configure(confine, stream_large_bodies="1m")
         core.done()
+
+
+def transparent_flow(
+    scheme: str, address: str, port: int, *, sni: str | None, headers: tuple[tuple[bytes, bytes], ...]
+) -> http.HTTPFlow:
+    """A request as transparent mode makes it: its host is the address the client's connection went to."""
+    f = flow(scheme, address, port, headers=headers)
+    f.client_conn.proxy_mode = ProxyMode.parse("transparent")
+    f.client_conn.sni = sni
+    f.client_conn.tls = scheme == "https"
+    return f
+
+
+def test_transparent_mode_reaches_a_credential_host_by_its_name_never_the_clients_address(confine) -> None:  # type: ignore[no-untyped-def]
+    f = transparent_flow(
+        "https", "10.77.0.2", 443, sni="api.anthropic.com", headers=((b"Host", b"api.anthropic.com"),)
+    )
+    confine.request(f)
+    assert f.response is None
+    assert (f.request.host, f.request.port, f.request.scheme) == ("api.anthropic.com", 443, "https")
+    assert f.request.headers["Host"] == "api.anthropic.com"  # the client's own request is left as it was
+
+
+@pytest.mark.parametrize(
+    ("scheme", "port", "sni", "headers", "status", "reason"),
+    [
+        ("https", 443, "api.anthropic.com", ((b"Host", b"evil.example"),), 421, "names evil.example"),
+        (
+            "https",
+            443,
+            "evil.example",
+            ((b"Host", b"api.anthropic.com"),),
+            421,
+            "server name is evil.example",
+        ),
+        ("https", 443, "api.anthropic.com", ((b"Host", b"gateway.internal:8443"),), 421, "names gateway"),
+        ("http", 80, None, ((b"Host", b"api.anthropic.com"),), 403, "only sent over TLS"),
+        ("https", 8443, "api.anthropic.com", ((b"Host", b"api.anthropic.com:8443"),), 403, "port 443, not"),
+    ],
+)
+def test_transparent_mode_keeps_every_other_confinement_rule(  # type: ignore[no-untyped-def]
+    confine, scheme, port, sni, headers, status, reason
+) -> None:
+    f = transparent_flow(scheme, "10.77.0.2", port, sni=sni, headers=headers)
+    confine.request(f)
+    assert f.response is not None and f.response.status_code == status
+    assert reason in json.loads(f.response.content or b"")["error"]["message"]
+
+
+def test_transparent_mode_leaves_hosts_without_credentials_where_the_client_sent_them(confine) -> None:  # type: ignore[no-untyped-def]
+    f = transparent_flow("https", "10.77.0.2", 443, sni="example.org", headers=((b"Host", b"example.org"),))
+    confine.request(f)
+    assert f.response is None and f.request.host == "10.77.0.2"

@@ -91,8 +91,10 @@ def test_the_copy_shares_nothing_it_could_change_back_into_the_flow() -> None:
         server("api.anthropic.com", 443, sni="attacker.example"),  # another name in the TLS handshake
         server("api.anthropic.com.evil.example", 443),
         Server(address=None),
+        # Transparent mode: the connection the client opened, to an address it chose, under the right name.
+        server("10.202.0.2", 443, sni="api.anthropic.com"),
     ],
-    ids=["other-host", "other-port", "cleartext", "other-sni", "suffix-host", "no-address"],
+    ids=["other-host", "other-port", "cleartext", "other-sni", "suffix-host", "no-address", "client-address"],
 )
 def test_a_connection_that_goes_elsewhere_gets_the_request_without_any_credential(connection: Server) -> None:
     request = tutils.treq(

@@ -27,13 +27,14 @@ ANSWER = (
 
 
 class LoopbackServer:
-    """A listener on 127.0.0.1 that serves each connection on a thread of its own (`_serve`), and keeps
-    what it saw in `received`. Use as a context manager."""
+    """A listener on 127.0.0.1 (or `host`, an address of a namespace the test made, `port` 0 for any) that
+    serves each connection on a thread of its own (`_serve`), and keeps what it saw in `received`. Use as a
+    context manager."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.received = bytearray()
         self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server((host, port))
         self.port: int = self._listener.getsockname()[1]
         self._thread = threading.Thread(target=self._accept, daemon=True)
 
@@ -65,8 +66,15 @@ class LoopbackServer:
 
 
 class Trap(LoopbackServer):
-    def __init__(self, *, certfile: Path | None = None, keyfile: Path | None = None) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        *,
+        certfile: Path | None = None,
+        keyfile: Path | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        super().__init__(host, port)
         self.connections = 0
         self._context: ssl.SSLContext | None = None
         if certfile is not None:

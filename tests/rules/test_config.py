@@ -223,3 +223,15 @@ def test_a_bad_webhook_url_is_never_echoed() -> None:
     with pytest.raises(ConfigError) as error:
         parse_config("[[alerts]]\nurl = 42\n")
     assert "alerts[0].url" in str(error.value) and "42" not in str(error.value)
+
+
+def test_the_sandbox_section_names_hosts_and_a_configured_client() -> None:
+    config = parse_config(
+        '[[clients]]\nname = "ci"\nkey = "env:K"\n'
+        '[sandbox]\nallow = ["pypi.org", "github.com:443"]\nclient = "ci"\n'
+    )
+    assert [entry.name for entry in config.sandbox.allow_entries] == ["pypi.org", "github.com"]
+    with pytest.raises(ConfigError, match=r"sandbox\.allow.*expected a host name"):
+        parse_config('[sandbox]\nallow = ["pypi.org/simple"]\n')
+    with pytest.raises(ConfigError, match="no \\[\\[clients\\]\\] entry is named 'nobody'"):
+        parse_config('[sandbox]\nclient = "nobody"\n')

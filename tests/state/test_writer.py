@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from state import db as sluice_db
-from state.writer import CallRecord, QuotaRecord, RecordWriter
+from state.writer import CallRecord, QuotaRecord, RecordWriter, SandboxEvent
 
 
 def _record(n: int = 0, **row):
@@ -358,3 +358,26 @@ def test_backlog_counts_rows_held_in_memory_only_while_the_database_refuses(tmp_
     assert writer.flush()
     assert writer.backlog() == (0, 0)
     writer.close()
+
+
+def test_sandbox_events_go_to_their_own_table_in_the_same_batches(db_path):
+    writer = RecordWriter(lambda: sluice_db.connect(db_path))
+    writer.start()
+    event = {
+        "id": "e1",
+        "at": "2026-12-04T10:00:00+00:00",
+        "kind": "dns",
+        "host": "evil.example",
+        "port": 53,
+        "client_address": "10.201.0.2",
+        "reason": "not on the allow-list",
+    }
+    writer.put(_record(1))
+    writer.put(SandboxEvent(event))
+    writer.put(SandboxEvent({**event, "host": "caf\udce9.example"}))  # not UTF-8
+    writer.put(_record(2))
+    writer.close()
+    assert _count(db_path) == 2
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute("select id, kind, host, port, reason from sandbox_events").fetchall()
+    assert rows == [("e1", "dns", "evil.example", 53, "not on the allow-list")]  # same id: kept once
