@@ -244,9 +244,10 @@ class CredentialPool:
     Routing (`choose`, per upstream): "first" takes the first usable credential in the config's order.
     "affinity" keeps a conversation on the credential it started on while that one is usable, even after an
     earlier one recovers (its prompt cache is there); a conversation whose credential cools or dies moves to
-    the usable one with the most headroom, as does a new conversation, so load spreads before any key hits a
-    wall. Headroom is the provider's own report (rules/provider_answers.py `headroom`); a credential that
-    has not reported yet counts as having all of it. Ties go to the config's order.
+    the usable one with the most room per conversation, as does a new conversation, so load spreads before
+    any key hits a wall: the headroom the provider last reported (rules/provider_answers.py `headroom`; a
+    credential that has not reported yet counts as having all of it) divided by one plus the live
+    conversations this process has on it, counted the moment they are placed. Ties go to the config's order.
     """
 
     def __init__(
@@ -270,6 +271,9 @@ class CredentialPool:
         self._unsaved: dict[tuple[str, str], _Status] = {}
         self._limits: dict[tuple[str, str], _Limits] = {}
         self._pinned: OrderedDict[tuple[str, str], _Pinned] = OrderedDict()
+        self._conversations: dict[
+            tuple[str, str], int
+        ] = {}  # (host, fingerprint) -> live pinned conversations
         self._loaded_at: float | None = None
         self._pins_since_prune = 0
 
@@ -333,7 +337,18 @@ class CredentialPool:
                 if entry.fingerprint == pinned.fingerprint:
                     pinned.used_at = now
                     return Choice(credential=entry, pin=now - pinned.saved_at > self._affinity_ttl_s / 6)
-        best = max(usable, key=lambda e: self._headroom(host, e.fingerprint))  # max keeps the first of ties
+        with self._lock:
+            self._expire_pins(now)
+            # The most room per conversation already there: headroom as the provider last reported it, and
+            # the live conversations this process has put on each key since (counted at once, so a burst of
+            # new or moved conversations spreads instead of herding onto the key that looked emptiest).
+            best = max(  # max keeps the first of ties: the config's order
+                usable,
+                key=lambda e: (
+                    self._headroom(host, e.fingerprint)
+                    / (1 + self._conversations.get((host, e.fingerprint), 0))
+                ),
+            )
         if conversation is None:
             return Choice(credential=best)
         moved_from = None
@@ -354,17 +369,43 @@ class CredentialPool:
             if pinned is None:
                 pinned = self._load_pin(key)
             if pinned is None or now - pinned.used_at > self._affinity_ttl_s:
-                self._pinned.pop(key, None)
+                expired = self._pinned.pop(key, None)
+                if expired is not None:
+                    self._count(host, expired.fingerprint, -1)
                 return None
         self._remember_pin(key, pinned)
         return pinned
 
     def _remember_pin(self, key: tuple[str, str], pinned: _Pinned) -> None:
+        host = key[0]
         with self._lock:
+            previous = self._pinned.get(key)
+            if previous is None or previous.fingerprint != pinned.fingerprint:
+                if previous is not None:
+                    self._count(host, previous.fingerprint, -1)
+                self._count(host, pinned.fingerprint, +1)
             self._pinned[key] = pinned
             self._pinned.move_to_end(key)
             while len(self._pinned) > self._max_conversations:
-                self._pinned.popitem(last=False)
+                (evicted_host, _), evicted = self._pinned.popitem(last=False)
+                self._count(evicted_host, evicted.fingerprint, -1)
+
+    def _expire_pins(self, now: float) -> None:
+        """Forget conversations idle longer than the affinity TTL (least recently used first: they are at
+        the front). Call with the lock held."""
+        while self._pinned:
+            key, oldest = next(iter(self._pinned.items()))
+            if now - oldest.used_at <= self._affinity_ttl_s:
+                return
+            del self._pinned[key]
+            self._count(key[0], oldest.fingerprint, -1)
+
+    def _count(self, host: str, fingerprint: str, change: int) -> None:
+        left = self._conversations.get((host, fingerprint), 0) + change
+        if left > 0:
+            self._conversations[(host, fingerprint)] = left
+        else:
+            self._conversations.pop((host, fingerprint), None)
 
     def _load_pin(self, key: tuple[str, str]) -> _Pinned | None:
         try:

@@ -844,3 +844,34 @@ def test_refresh_now_says_why_it_failed(tmp_path):
         asyncio.run(store.refresh_now(HOST, revoked))
     with pytest.raises(CredentialDead):  # and it does not spend the dead token again
         asyncio.run(store.refresh_now(HOST, FakeTokenEndpoint()))
+
+
+def test_a_burst_of_new_conversations_spreads_over_the_keys(db_path):
+    pool = make_pool(db_path, Clock())
+    chosen_keys = [chosen(pool.choose(HOST, f"conversation-{n}")) for n in range(6)]
+    assert sorted(chosen_keys) == sorted([e.label for e in entries()] * 2)
+
+
+def test_conversations_moved_off_a_resting_key_spread_over_the_others(db_path):
+    clock = Clock()
+    pool = make_pool(db_path, clock)
+    for n in range(6):
+        pool.choose(HOST, f"conversation-{n}")
+    on_first = [
+        n
+        for n in range(6)
+        if pool._pinned[(HOST, f"conversation-{n}")].fingerprint == entries()[0].fingerprint
+    ]
+    pool.report(HOST, fingerprint(SECRETS[0]), 429, {"retry-after": "60"}, "Rate limited")
+    moved = [chosen(pool.choose(HOST, f"conversation-{n}")) for n in on_first]
+    assert sorted(moved) == [entries()[1].label, entries()[2].label]
+
+
+def test_idle_conversations_stop_counting_against_their_key(db_path):
+    clock = Clock()
+    pool = make_pool(db_path, clock)
+    for n in range(3):
+        pool.choose(HOST, f"old-{n}")
+    clock.now += 3601
+    assert chosen(pool.choose(HOST, "new")) == entries()[0].label
+    assert pool._conversations == {(HOST, fingerprint(SECRETS[0])): 1}
