@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
-import signal
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from typing import Any
 import anthropic
 
 from bench.conversations import Conversation, conversations
-from bench.processes import BenchError
+from bench.processes import BenchError, run_command
 from tests.e2e.harness import Proxy, async_anthropic_client, make_test_ca, start_proxy
 from tests.fake_accounts import KeyLimits, PromptCache
 from tests.fake_provider import FakeProvider, Usage
@@ -288,23 +287,26 @@ def print_table(results: dict[str, dict[str, Any]], s: Settings) -> None:
 
 
 def run(s: Settings, routings: Sequence[str], keep: bool) -> dict[str, Any]:
+    """Every routing in turn against one fake provider; prints the table and returns the figures."""
     workdir = Path(tempfile.mkdtemp(prefix="sluice-affinity-"))
     deadline = time.monotonic() + s.deadline_s
-    ca = make_test_ca(workdir / "ca")
-    results: dict[str, dict[str, Any]] = {}
-    with FakeProvider(certfile=ca.leaf_cert, keyfile=ca.leaf_key, ca_pem=ca.ca_cert) as fake:
-        for routing in routings:
-            if time.monotonic() > deadline:
-                raise BenchError(f"the run went over its {s.deadline_s:g} s limit (before {routing})")
-            results[routing] = run_routing(fake, workdir, routing, s, deadline)
-    print_table(results, s)
-    if keep:
-        print(f"bench: work directory kept: {workdir}", file=sys.stderr)
-    else:
-        import shutil
-
-        shutil.rmtree(workdir, ignore_errors=True)
-    return {"settings": asdict(s), "routings": results}
+    finished = False
+    try:
+        ca = make_test_ca(workdir / "ca")
+        results: dict[str, dict[str, Any]] = {}
+        with FakeProvider(certfile=ca.leaf_cert, keyfile=ca.leaf_key, ca_pem=ca.ca_cert) as fake:
+            for routing in routings:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"the run went over its {s.deadline_s:g} s limit (before {routing})")
+                results[routing] = run_routing(fake, workdir, routing, s, deadline)
+        print_table(results, s)
+        finished = True
+        return {"settings": asdict(s), "routings": results}
+    finally:
+        if keep or not finished:
+            print(f"bench: work directory kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -323,18 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("seed", "conversations", "turns"):
         if getattr(args, name) is not None:
             settings = replace(settings, **{name: max(1, getattr(args, name))})
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        report = run(settings, args.routing or ROUTINGS, args.keep)
-    except KeyboardInterrupt:
-        print("bench: interrupted; every process it started is stopped", file=sys.stderr)
-        return 130
-    except BenchError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 1
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return run_command(lambda: run(settings, args.routing or ROUTINGS, args.keep), args.json)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import secrets
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -42,6 +40,7 @@ from bench.processes import (
     BenchError,
     Profiler,
     Proxy,
+    run_command,
     start_mitmdump,
     start_upstream,
     top_frames,
@@ -223,10 +222,6 @@ def run(
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -265,25 +260,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.against = args.against.resolve()
         if not (args.against / "addons" / "sluice.py").is_file():
             parser.error(f"--against: no addons/sluice.py in {args.against}")
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        report = run(
+    return run_command(
+        lambda: run(
             settings,
             mode="quick" if args.quick else "full",
             only=only,
             keep=args.keep,
             profile_dir=args.profile,
             against=args.against,
-        )
-    except KeyboardInterrupt:
-        print("bench: interrupted; every process it started is stopped", file=sys.stderr)
-        return 130
-    except BenchError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 1
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+        ),
+        args.json,
+    )
 
 
 if __name__ == "__main__":
