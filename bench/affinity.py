@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -37,7 +35,7 @@ from typing import Any
 import anthropic
 
 from bench.conversations import Conversation, conversations
-from bench.processes import BenchError, run_command
+from bench.processes import BenchError, run_command, work_directory
 from tests.e2e.harness import Proxy, async_anthropic_client, make_test_ca, start_proxy
 from tests.fake_accounts import KeyLimits, PromptCache
 from tests.fake_provider import FakeProvider, Usage
@@ -288,10 +286,8 @@ def print_table(results: dict[str, dict[str, Any]], s: Settings) -> None:
 
 def run(s: Settings, routings: Sequence[str], keep: bool) -> dict[str, Any]:
     """Every routing in turn against one fake provider; prints the table and returns the figures."""
-    workdir = Path(tempfile.mkdtemp(prefix="sluice-affinity-"))
     deadline = time.monotonic() + s.deadline_s
-    finished = False
-    try:
+    with work_directory("sluice-affinity-", keep) as workdir:
         ca = make_test_ca(workdir / "ca")
         results: dict[str, dict[str, Any]] = {}
         with FakeProvider(certfile=ca.leaf_cert, keyfile=ca.leaf_key, ca_pem=ca.ca_cert) as fake:
@@ -300,13 +296,7 @@ def run(s: Settings, routings: Sequence[str], keep: bool) -> dict[str, Any]:
                     raise BenchError(f"the run went over its {s.deadline_s:g} s limit (before {routing})")
                 results[routing] = run_routing(fake, workdir, routing, s, deadline)
         print_table(results, s)
-        finished = True
         return {"settings": asdict(s), "routings": results}
-    finally:
-        if keep or not finished:
-            print(f"bench: work directory kept: {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -89,6 +90,22 @@ def run_command(measure: Callable[[], dict[str, Any]], json_path: Path | None) -
     if json_path:
         json_path.write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+@contextlib.contextmanager
+def work_directory(prefix: str, keep: bool) -> Iterator[Path]:
+    """A fresh temporary directory for a run's logs and databases: removed after a run that finished,
+    unless `keep`; kept (and named on stderr) after one that failed, to look into."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield workdir
+    except BaseException:
+        print(f"bench: work directory kept: {workdir}", file=sys.stderr)
+        raise
+    if keep:
+        print(f"bench: work directory kept: {workdir}", file=sys.stderr)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class Child:

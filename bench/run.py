@@ -25,9 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import secrets
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, replace
@@ -44,6 +42,7 @@ from bench.processes import (
     start_mitmdump,
     start_upstream,
     top_frames,
+    work_directory,
 )
 from bench.report import build_figures, git_revision, machine_info, print_report
 from bench.scenarios import (
@@ -173,9 +172,7 @@ def run(
     """One whole benchmark; returns the report (and prints the table)."""
     started = time.monotonic()
     deadline = started + settings.deadline_s
-    workdir = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
-    finished = False
-    try:
+    with work_directory("sluice-bench-", keep) as workdir:
         machine = machine_info()
         work = Workload(client_key="sk-ant-bench-client-" + secrets.token_hex(16), settings=settings)
         raw: dict[str, Any] = {"bare": {}, "sluice": {}}
@@ -213,13 +210,7 @@ def run(
         if profiler.files:
             report["profiles"] = {path.name: top_frames(path) for path in profiler.files}
         print_report(report, figures)
-        finished = True
         return report
-    finally:
-        if keep or not finished:
-            print(f"bench: work directory kept: {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
