@@ -135,6 +135,7 @@ async def converse(proxy: Proxy, conversation: Conversation, s: Settings, tally:
 
 
 async def _turn(client: anthropic.AsyncAnthropic, conversation: Conversation, tally: ClientTally) -> None:
+    failure: anthropic.APIError | None = None
     for _ in range(TURN_ATTEMPTS):
         try:
             stream = await client.messages.create(
@@ -142,12 +143,15 @@ async def _turn(client: anthropic.AsyncAnthropic, conversation: Conversation, ta
             )
             async for _event in stream:
                 pass
-        except anthropic.RateLimitError:
+        except anthropic.APIError as e:  # the SDK's retries are spent: ask again, as a person would
             tally.failed_turns += 1
+            failure = e
             continue
         tally.turns += 1
         return
-    raise BenchError(f"conversation {conversation.number}: {TURN_ATTEMPTS} attempts at a turn failed")
+    raise BenchError(
+        f"conversation {conversation.number}: {TURN_ATTEMPTS} attempts at a turn failed, the last: {failure}"
+    )
 
 
 def summarize(db_path: Path, tally: ClientTally, seconds: float) -> dict[str, Any]:
@@ -210,7 +214,7 @@ def run_routing(
         every=s.limit_every,
         lasting=s.limit_lasting,
         tokens_per_minute=40_000_000,
-        tokens_per_5h=2_000_000_000,
+        tokens_per_5h=200_000_000,
     )
     try:
         proxy = start_proxy(

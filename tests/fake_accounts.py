@@ -159,18 +159,20 @@ class _KeyState:
     next_limit_at: int  # the request count at which this key next hits its limit
     requests: int = 0  # asked of it while not limited, since the start
     limited_until: float = 0.0
-    tokens_used: int = 0  # since the start: what the unified 5-hour utilisation counts
-    window: deque[tuple[float, int]] = field(default_factory=deque)  # (when, tokens), the last minute
+    tokens_used: int = 0  # since the start: what the unified utilisations count
+    # (when, input tokens counted, output tokens) of each request served in the last minute
+    window: deque[tuple[float, int, int]] = field(default_factory=deque)
 
 
 class KeyLimits:
     """Rate limits per key: headers that show each key's own load and, with `churn`, scheduled 429s.
 
-    Every key's rate-limit headers count what that key served: tokens in the last minute against
-    `tokens_per_minute` (`anthropic-ratelimit-{tokens,input-tokens}-remaining`), requests in the last
-    minute, and tokens since the start against `tokens_per_5h` (`anthropic-ratelimit-unified-5h-
-    utilization`), so a pool can tell which key has the most headroom. Tokens counted are the ones the API
-    counts against input-token limits: uncached input and cache writes (reads are free), plus output.
+    Every key's rate-limit headers count what that key served: in the last minute, requests, input tokens
+    against `tokens_per_minute`, output tokens against a fifth of it, both together (the `tokens` family);
+    since the start, tokens against `tokens_per_5h` (`anthropic-ratelimit-unified-5h-utilization`) and
+    twenty times that (`-7d-utilization`). So a pool can tell which key has the most headroom. Input tokens
+    counted are the ones the API counts against input-token limits: uncached input and cache writes (cache
+    reads are free).
 
     With `churn=True` each key hits its limit on a schedule drawn from `seed` (the same for every run):
     after `every` requests (a random count within the range) the key answers 429 `rate_limit_error` with a
@@ -222,12 +224,11 @@ class KeyLimits:
 
     def record(self, key: str, usage: Usage) -> None:
         """The tokens a served request on `key` counts against its limits."""
-        written = usage.cache_write_5m_tokens + usage.cache_write_1h_tokens
-        counted = usage.input_tokens + written + usage.output_tokens
+        counted = usage.input_tokens + usage.cache_write_5m_tokens + usage.cache_write_1h_tokens
         with self._lock:
             state = self._state(key)
-            state.tokens_used += counted
-            state.window.append((self.clock(), counted))
+            state.tokens_used += counted + usage.output_tokens
+            state.window.append((self.clock(), counted, usage.output_tokens))
 
     def headers(self, key: str, wall_now: float | None = None) -> list[tuple[str, str]]:
         """`key`'s rate-limit headers as they stand (they replace the fake's generic ones)."""
@@ -237,26 +238,32 @@ class KeyLimits:
             window = state.window
             while window and window[0][0] <= now - 60:
                 window.popleft()
-            used = sum(tokens for _, tokens in window)
-            requests = len(window)
+            used_in = sum(counted for _, counted, _ in window)
+            used_out = sum(output for _, _, output in window)
             limited = now < state.limited_until
-            token_room = 0 if limited else max(self.tokens_per_minute - used, 0)
-            request_room = 0 if limited else max(self.requests_per_minute - requests, 0)
-            utilization = min(state.tokens_used / self.tokens_per_5h, 1.0)
             wait = max(state.limited_until - now, 0.0) if limited else 60.0
+            families = {
+                "requests": (self.requests_per_minute, len(window)),
+                "tokens": (self.tokens_per_minute, used_in + used_out),
+                "input-tokens": (self.tokens_per_minute, used_in),
+                "output-tokens": (self.tokens_per_minute // 5, used_out),
+            }
+            five_hours = min(state.tokens_used / self.tokens_per_5h, 1.0)
+            seven_days = min(state.tokens_used / (20 * self.tokens_per_5h), 1.0)
         wall = time.time() if wall_now is None else wall_now
         reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall + wait))
+        headers = []
+        for family, (limit, used) in families.items():
+            room = 0 if limited else max(limit - used, 0)
+            headers += [
+                (f"anthropic-ratelimit-{family}-limit", str(limit)),
+                (f"anthropic-ratelimit-{family}-remaining", str(room)),
+                (f"anthropic-ratelimit-{family}-reset", reset),
+            ]
         return [
-            ("anthropic-ratelimit-requests-limit", str(self.requests_per_minute)),
-            ("anthropic-ratelimit-requests-remaining", str(request_room)),
-            ("anthropic-ratelimit-requests-reset", reset),
-            ("anthropic-ratelimit-tokens-limit", str(self.tokens_per_minute)),
-            ("anthropic-ratelimit-tokens-remaining", str(token_room)),
-            ("anthropic-ratelimit-tokens-reset", reset),
-            ("anthropic-ratelimit-input-tokens-limit", str(self.tokens_per_minute)),
-            ("anthropic-ratelimit-input-tokens-remaining", str(token_room)),
-            ("anthropic-ratelimit-input-tokens-reset", reset),
-            ("anthropic-ratelimit-unified-5h-utilization", f"{utilization:.4f}"),
+            *headers,
+            ("anthropic-ratelimit-unified-5h-utilization", f"{five_hours:.4f}"),
+            ("anthropic-ratelimit-unified-7d-utilization", f"{seven_days:.4f}"),
         ]
 
     def _state(self, key: str) -> _KeyState:

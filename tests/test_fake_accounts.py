@@ -244,11 +244,15 @@ def test_headers_show_each_keys_own_load() -> None:
         return dict(limits.headers(key))[f"anthropic-ratelimit-{name}"]
 
     limits.record(KEY_A, Usage(input_tokens=1000, cache_read_tokens=50_000, cache_write_5m_tokens=2000))
-    # Cache reads do not count against input-token limits; output does.
+    # Cache reads do not count against input-token limits; output counts in its own family.
+    assert value(KEY_A, "input-tokens-remaining") == str(10_000 - 1000 - 2000)
+    assert value(KEY_A, "output-tokens-remaining") == str(2_000 - Usage().output_tokens)
     assert value(KEY_A, "tokens-remaining") == str(10_000 - 1000 - 2000 - Usage().output_tokens)
     assert value(KEY_A, "requests-remaining") == str(4000 - 1)
     assert value(KEY_B, "tokens-remaining") == "10000"
-    assert float(value(KEY_A, "unified-5h-utilization")) > float(value(KEY_B, "unified-5h-utilization")) == 0
+    for window in ("5h", "7d"):
+        assert float(value(KEY_A, f"unified-{window}-utilization")) > 0
+        assert float(value(KEY_B, f"unified-{window}-utilization")) == 0
     clock.now += 61  # the minute's window has passed; the five-hour count stays
     assert value(KEY_A, "tokens-remaining") == "10000"
     assert float(value(KEY_A, "unified-5h-utilization")) > 0
