@@ -252,6 +252,8 @@ def run_routing(
         raise BenchError("the fake provider failed:\n" + "\n".join(fake.errors))
     if proxy.tracebacks():
         raise BenchError(f"mitmdump ({routing}) logged a traceback:\n{proxy.tracebacks()[0]}")
+    if strangers := fake.key_limits.keys() - set(UPSTREAM_KEYS):
+        raise BenchError(f"the fake saw keys that are not the pool's: {sorted(strangers)}")
     figures = summarize(proxy.workdir / "sluice.db", tally, seconds)
     figures["fake_429s"] = sum(fake.key_limits.refused.values())
     if figures["calls"] != s.conversations * s.turns:

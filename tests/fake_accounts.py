@@ -204,6 +204,11 @@ class KeyLimits:
         self._schedules: dict[str, random.Random] = {}
         self.refused: dict[str, int] = {}  # key -> 429s answered
 
+    def keys(self) -> set[str]:
+        """Every key a request has carried so far."""
+        with self._lock:
+            return set(self._keys)
+
     def admit(self, key: str) -> float | None:
         """Whether `key` may serve a request now: None if so, else the seconds until it recovers.
 

@@ -268,6 +268,7 @@ def test_a_limited_key_shows_no_room_until_it_recovers() -> None:
     clock.now += 3
     assert dict(limits.headers(KEY_A))["anthropic-ratelimit-tokens-remaining"] != "0"
     assert limits.refused == {KEY_A: 1}
+    assert limits.keys() == {KEY_A}
 
 
 # Wired into the fake provider.
