@@ -75,6 +75,7 @@ class Settings:
     result_words: tuple[int, int]  # a tool result's size range
     output_tokens: int  # per call, as the fake reports it
     pause_s: tuple[float, float]  # between turns, where the tool runs
+    start_spread_s: float  # conversations start evenly over this span (0: all at once)
     limit_every: tuple[int, int]  # requests a key serves before its next 429 spell
     limit_lasting: tuple[float, float]  # seconds a spell lasts
     deadline_s: float  # both routings, start-up included
@@ -89,6 +90,7 @@ FULL = Settings(
     result_words=(300, 1_000),
     output_tokens=400,
     pause_s=(0.2, 1.0),
+    start_spread_s=0.0,
     limit_every=(40, 120),
     limit_lasting=(2.0, 5.0),
     deadline_s=900.0,
@@ -127,6 +129,7 @@ async def converse(proxy: Proxy, conversation: Conversation, s: Settings, tally:
         httpx_kwargs={"event_hooks": {"response": [seen]}, "timeout": CALL_TIMEOUT_S},
         max_retries=SDK_RETRIES,
     )
+    await asyncio.sleep(conversation.number * s.start_spread_s / s.conversations)
     async with client:
         for _ in range(s.turns):
             await _turn(client, conversation, tally)
@@ -278,7 +281,8 @@ def print_table(results: dict[str, dict[str, Any]], s: Settings) -> None:
     print(
         f"cache-affine routing: {s.conversations} conversations x {s.turns} turns, 3 keys, 429 churn "
         f"(seed {s.seed}; a key limited every {s.limit_every[0]}-{s.limit_every[1]} requests "
-        f"for {s.limit_lasting[0]:g}-{s.limit_lasting[1]:g} s)"
+        f"for {s.limit_lasting[0]:g}-{s.limit_lasting[1]:g} s; "
+        + (f"starts spread over {s.start_spread_s:g} s)" if s.start_spread_s else "all starting at once)")
     )
     print("| routing | " + " | ".join(title for _, title, _ in COLUMNS) + " |")
     print("|---|" + "---:|" * len(COLUMNS))
@@ -313,6 +317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--conversations", type=int, help="concurrent conversations (full: 20)")
     parser.add_argument("--turns", type=int, help="turns per conversation (full: 30)")
     parser.add_argument(
+        "--start-spread",
+        type=float,
+        metavar="SECONDS",
+        help="start the conversations evenly over this many seconds instead of all at once",
+    )
+    parser.add_argument(
         "--routing", choices=ROUTINGS, action="append", help="run only this routing (repeatable)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
@@ -321,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("seed", "conversations", "turns"):
         if getattr(args, name) is not None:
             settings = replace(settings, **{name: max(1, getattr(args, name))})
+    if args.start_spread is not None:
+        settings = replace(settings, start_spread_s=max(0.0, args.start_spread))
     return run_command(lambda: run(settings, args.routing or ROUTINGS, args.keep), args.json)
 
 
