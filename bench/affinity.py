@@ -216,7 +216,7 @@ def run_routing(
         seed=s.seed,
         every=s.limit_every,
         lasting=s.limit_lasting,
-        tokens_per_minute=40_000_000,
+        tokens_per_minute=8_000_000,  # this load takes a visible share of it: headroom to read
         tokens_per_5h=200_000_000,
     )
     try:
