@@ -24,8 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import secrets
+import shutil
+import signal
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, replace
@@ -38,11 +42,9 @@ from bench.processes import (
     BenchError,
     Profiler,
     Proxy,
-    run_command,
     start_mitmdump,
     start_upstream,
     top_frames,
-    work_directory,
 )
 from bench.report import build_figures, git_revision, machine_info, print_report
 from bench.scenarios import (
@@ -172,7 +174,9 @@ def run(
     """One whole benchmark; returns the report (and prints the table)."""
     started = time.monotonic()
     deadline = started + settings.deadline_s
-    with work_directory("sluice-bench-", keep) as workdir:
+    workdir = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
+    finished = False
+    try:
         machine = machine_info()
         work = Workload(client_key="sk-ant-bench-client-" + secrets.token_hex(16), settings=settings)
         raw: dict[str, Any] = {"bare": {}, "sluice": {}}
@@ -210,7 +214,17 @@ def run(
         if profiler.files:
             report["profiles"] = {path.name: top_frames(path) for path in profiler.files}
         print_report(report, figures)
+        finished = True
         return report
+    finally:
+        if keep or not finished:
+            print(f"bench: work directory kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -251,17 +265,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.against = args.against.resolve()
         if not (args.against / "addons" / "sluice.py").is_file():
             parser.error(f"--against: no addons/sluice.py in {args.against}")
-    return run_command(
-        lambda: run(
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        report = run(
             settings,
             mode="quick" if args.quick else "full",
             only=only,
             keep=args.keep,
             profile_dir=args.profile,
             against=args.against,
-        ),
-        args.json,
-    )
+        )
+    except KeyboardInterrupt:
+        print("bench: interrupted; every process it started is stopped", file=sys.stderr)
+        return 130
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
