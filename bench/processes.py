@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import selectors
 import shutil
@@ -17,10 +18,12 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # The test harness's: proxy settings stripped from the environment, a free loopback port, the venv's mitmdump.
 from tests.e2e.harness import clean_env, free_port, mitmdump_path
@@ -66,6 +69,43 @@ def _kill_leftovers() -> None:
     for process in list(_LIVE):
         if process.poll() is None:
             process.kill()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_command(measure: Callable[[], dict[str, Any]], json_path: Path | None) -> int:
+    """A benchmark as a command: SIGTERM stops it as Ctrl-C does (every child stopped on the way out), its
+    failure is one line on stderr, and its report goes to `json_path` too. Returns the exit status."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        report = measure()
+    except KeyboardInterrupt:
+        print("bench: interrupted; every process it started is stopped", file=sys.stderr)
+        return 130
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+@contextlib.contextmanager
+def work_directory(prefix: str, keep: bool) -> Iterator[Path]:
+    """A fresh temporary directory for a run's logs and databases: removed after a run that finished,
+    unless `keep`; kept (and named on stderr) after one that failed, to look into."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield workdir
+    except BaseException:
+        print(f"bench: work directory kept: {workdir}", file=sys.stderr)
+        raise
+    if keep:
+        print(f"bench: work directory kept: {workdir}", file=sys.stderr)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class Child:

@@ -26,6 +26,7 @@ import contextlib
 import gzip
 import http
 import json
+import math
 import re
 import secrets
 import socket
@@ -37,15 +38,18 @@ import time
 import traceback
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import brotli
 import zstandard
+
+if TYPE_CHECKING:
+    from tests.fake_accounts import KeyLimits, PromptCache
 
 Provider = Literal["anthropic", "openai"]
 _Ending = Literal["keep-alive", "close", "cut"]
@@ -262,6 +266,13 @@ class RecordedRequest:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+    def credential(self) -> str | None:
+        """The key the request carries: `x-api-key`, else an `Authorization: Bearer` token."""
+        if key := self.header("x-api-key"):
+            return key
+        auth = self.header("authorization") or ""
+        return auth[7:] if auth.lower().startswith("bearer ") else None
 
 
 def _first(headers: Iterable[tuple[str, str]], name: str) -> str | None:
@@ -512,10 +523,7 @@ class _Responder:
         return "Not found"
 
     def _credential(self) -> str | None:
-        if key := self.request.header("x-api-key"):
-            return key
-        auth = self.request.header("authorization") or ""
-        return auth[7:] if auth.lower().startswith("bearer ") else None
+        return self.request.credential()
 
     @staticmethod
     def _raw_body(body: bytes | str | dict[str, Any] | list[Any]) -> bytes:
@@ -977,6 +985,11 @@ class FakeProvider:
         # at; returning None falls back to the queue and the default. For concurrent tests, where which
         # request takes which queued behaviour would be a race.
         self.choose: Callable[[RecordedRequest], Behaviour | None] | None = None
+        # What a provider keeps per key (tests/fake_accounts.py), both off unless set: a prompt cache per
+        # key that decides each Messages call's cache reads and writes, and per-key rate limits (headers
+        # that show each key's load, and scheduled 429s). A scripted status, body or stream wins over both.
+        self.prompt_cache: PromptCache | None = None
+        self.key_limits: KeyLimits | None = None
 
     # Lifecycle.
 
@@ -1068,6 +1081,8 @@ class FakeProvider:
         self.oauth_delay = 0.0
         self.oauth_usage = None
         self.choose = None
+        self.prompt_cache = None
+        self.key_limits = None
 
     def clear(self) -> None:
         """Forget the recorded requests only."""
@@ -1250,6 +1265,7 @@ class FakeProvider:
             with self._lock:
                 self._requests.append(request)
         behaviour, served = self._take(request.path, self.choose(request) if self.choose else None)
+        behaviour = self._per_key(request, behaviour)
         responder = _Responder(request, behaviour, served)
         # The token endpoint answers grants unless a behaviour was queued for its path explicitly.
         if request.path == OAUTH_TOKEN_PATH and behaviour.path != OAUTH_TOKEN_PATH:
@@ -1279,6 +1295,34 @@ class FakeProvider:
         sent.outcome = "complete"
         client_close = (request.header("connection") or "").lower() == "close"
         return "close" if behaviour.close_connection or client_close else "keep-alive"
+
+    def _per_key(self, request: RecordedRequest, behaviour: Behaviour) -> Behaviour:
+        """`behaviour` with the per-key models applied to a Messages call: a scheduled 429, the usage the
+        key's prompt cache gives, the key's rate-limit headers. Scripted answers are left as they are."""
+        limits, cache = self.key_limits, self.prompt_cache
+        if limits is None and cache is None:
+            return behaviour
+        scripted = behaviour.status or behaviour.body is not None or behaviour.encoded_stream is not None
+        if scripted or request.method != "POST" or request.path != "/v1/messages":
+            return behaviour
+        key = request.credential()
+        if key is None or (self.accepted_credentials is not None and key not in self.accepted_credentials):
+            return behaviour  # answered 401 by the responder: no key's state changes
+        if limits is not None and (wait := limits.admit(key)) is not None:
+            refused = [*limits.headers(key), ("retry-after", str(max(1, math.ceil(wait))))]
+            return replace(behaviour, status=429, headers=[*refused, *behaviour.headers])
+        usage = behaviour.usage
+        if cache is not None:
+            try:
+                payload = json.loads(request.body)
+            except ValueError:
+                return behaviour  # the responder answers 400
+            if isinstance(payload, dict):
+                usage = cache.usage(key, payload, behaviour.usage.output_tokens)
+        if limits is None:
+            return replace(behaviour, usage=usage)
+        limits.record(key, usage)
+        return replace(behaviour, usage=usage, headers=[*limits.headers(key), *behaviour.headers])
 
     def _send_units(self, conn: socket.socket, plan: _Plan, b: Behaviour, sent: SentResponse) -> bool:
         encoder = _Encoder(b.encoding) if plan.streamed else None
