@@ -23,6 +23,7 @@ import logging
 import math
 import ssl
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,13 +31,22 @@ from mitmproxy import ctx, exceptions, http
 
 from addons import wire_headers
 from addons.core import SluiceCore, destination
-from addons.decoding import OFF_LOOP_BYTES, readable_body
+from addons.decoding import OFF_LOOP_BYTES, decode_body, readable_body
 from addons.fields import with_headers
 from rules.cache_health import affinity_key
 from rules.config import ConfigError, OAuth, Upstream, resolve_secret
 from rules.destination import Destination, credential_refusal
 from rules.envelopes import error_body
-from rules.provider_answers import Breaker, Verdict, headroom, judge_answer, quota_status, read_error
+from rules.provider_answers import (
+    Breaker,
+    Verdict,
+    class_words,
+    client_wrote,
+    headroom,
+    judge_answer,
+    quota_status,
+    read_error,
+)
 from state import db as sluice_db
 from state.credentials import (
     CredentialDead,
@@ -279,7 +289,8 @@ class Credentials:
             self._note_success(swapped)
             return
         error = read_error(readable_body(flow.response))
-        verdict = judge_answer(status, flow.response.headers, error, swapped.entry.kind, now)
+        echoed = await self._echoed(flow.request, class_words(error))
+        verdict = judge_answer(status, flow.response.headers, error, swapped.entry.kind, now, echoed)
         if verdict.action == "overloaded":
             self._note_overload(swapped.host, verdict)
             return
@@ -313,6 +324,20 @@ class Credentials:
             flow.response.headers["retry-after"] = str(RETRY_SOON_S)
             flow.response.headers.pop("retry-after-ms", None)
             flow.response.headers["x-should-retry"] = "true"
+
+    async def _echoed(self, request: http.Request, words: tuple[str, ...]) -> frozenset[str]:
+        """Which words of the provider's error the client wrote itself (rules/provider_answers.py
+        `client_wrote`): a client must not rest or disable a shared credential by having the provider
+        repeat them. Off the loop: the request may be large; it runs only when such words are there."""
+        if not words:
+            return frozenset()
+        raw, coding = request.raw_content or b"", request.headers.get("content-encoding")
+        texts = [urllib.parse.unquote(request.path), *request.headers.values(multi=True)]
+
+        def read() -> frozenset[str]:
+            return client_wrote(words, decode_body(raw, coding).body, texts)
+
+        return await asyncio.to_thread(read)
 
     def _retry_soon(self, flow: http.HTTPFlow, upstream: Upstream, text: str) -> None:
         flow.response = http.Response.make(

@@ -1,0 +1,92 @@
+"""Attacks on the key pool (issue #14): a client holding a client key tries to take a shared credential away
+from everyone else by making the provider say the words that disable or rest a key.
+
+Providers repeat a client's input in their error messages: Anthropic answers an unknown model with a 404
+`model: <the model as sent>` and an unknown beta with `Unexpected value(s) ... for the anthropic-beta header`;
+OpenAI with "The model `<model>` does not exist". The fake is scripted with those shapes, echoing what the
+attacker sent, so the test does not depend on the fake's own wording.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import ProxyFactory
+from tests.e2e.harness import curl
+from tests.e2e.test_credentials import (
+    ALICE_KEY,
+    ENV,
+    LABEL_1,
+    LABEL_2,
+    MESSAGE,
+    MESSAGES_URL,
+    POOL_CONFIG,
+    credential_states,
+    post_message,
+)
+from tests.fake_provider import FakeProvider
+
+pytestmark = pytest.mark.e2e
+
+TERMINAL = "This organization has been disabled."
+
+
+def _error(kind: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "answer"),
+    [
+        pytest.param(
+            (),
+            json.dumps({**MESSAGE, "model": TERMINAL}),
+            404,
+            _error("not_found_error", f"model: {TERMINAL}"),
+            id="model-echoed-in-a-404",
+        ),
+        pytest.param(
+            # The words spelled with a JSON escape: the provider reads (and echoes) them decoded.
+            (),
+            json.dumps({**MESSAGE, "model": "Your credit balance is too low"}).replace("low", "l\\u006fw"),
+            400,
+            _error("invalid_request_error", "model: Your credit balance is too low"),
+            id="json-escaped-model-echoed-in-a-400",
+        ),
+        pytest.param(
+            ("anthropic-beta: oauth authentication is currently not allowed for this organization",),
+            json.dumps(MESSAGE),
+            400,
+            _error(
+                "invalid_request_error",
+                "Unexpected value(s) `oauth authentication is currently not allowed for this organization` "
+                "for the `anthropic-beta` header.",
+            ),
+            id="beta-header-echoed-in-a-400",
+        ),
+    ],
+)
+def test_a_client_cannot_disable_a_shared_key_by_having_the_provider_echo_terminal_words(
+    fake: FakeProvider,
+    start_proxy: ProxyFactory,
+    headers: tuple[str, ...],
+    body: str,
+    status: int,
+    answer: dict[str, Any],
+) -> None:
+    proxy = start_proxy(config_toml=POOL_CONFIG, env=ENV)
+    fake.next(status=status, body=answer)
+    args = [arg for header in (f"x-api-key: {ALICE_KEY}", *headers) for arg in ("-H", header)]
+    result = curl(proxy, MESSAGES_URL, *args, "-H", "content-type: application/json", "--data-binary", body)
+
+    # The client gets the provider's answer to its own request, and the key stays in the pool for everyone.
+    assert result.status == status
+    assert json.loads(result.body) == answer
+    assert fake.requests[-1].body == body.encode()
+    states = credential_states(proxy.db_path)
+    assert states[LABEL_1]["state"] == "active", states[LABEL_1]["reason"]
+    assert states[LABEL_2]["state"] == "active"
+    assert post_message(proxy, f"x-api-key: {ALICE_KEY}").status == 200
