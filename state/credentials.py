@@ -1344,7 +1344,9 @@ class OAuthStore:
             if row.rejected_fingerprint is None
             else "after a refusal"
         )
-        self._emit(key, "refreshed", f"access token refreshed {how}, good for {minutes} min{rotated}")
+        # The history is a database write that may wait for another process's lock: off the loop.
+        detail = f"access token refreshed {how}, good for {minutes} min{rotated}"
+        await asyncio.to_thread(self._emit, key, "refreshed", detail)
         return stored
 
     async def _load(self, key: str) -> _TokenRow:

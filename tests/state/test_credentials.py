@@ -810,7 +810,10 @@ def test_refresh_now_refreshes_a_fresh_token_once_across_callers(tmp_path):
     store = OAuthStore(
         tmp_path / "sluice.secrets.db", clock=clock, poll_s=0.01, on_event=lambda *e: events.append(e)
     )
-    other = make_store(tmp_path, clock)
+    # Either may win the lease: both report to the same history.
+    other = OAuthStore(
+        tmp_path / "sluice.secrets.db", clock=clock, poll_s=0.01, on_event=lambda *e: events.append(e)
+    )
     store.seed(HOST, FRESH)
 
     async def both() -> list[object]:
@@ -820,7 +823,8 @@ def test_refresh_now_refreshes_a_fresh_token_once_across_callers(tmp_path):
     assert [s.version for s in statuses] == [2, 2]  # type: ignore[attr-defined]
     assert endpoint.calls == ["refresh-1"]
     assert asyncio.run(other.access_token(HOST, endpoint)) == "access-2"
-    assert events and "by hand" in events[-1][2]
+    assert [event for _, event, _ in events] == ["refreshed"]
+    assert "by hand" in events[-1][2]
 
 
 def test_refresh_now_says_why_it_failed(tmp_path):
@@ -840,3 +844,33 @@ def test_refresh_now_says_why_it_failed(tmp_path):
         asyncio.run(store.refresh_now(HOST, revoked))
     with pytest.raises(CredentialDead):  # and it does not spend the dead token again
         asyncio.run(store.refresh_now(HOST, FakeTokenEndpoint()))
+
+
+def test_oauth_history_is_never_written_on_the_event_loop(tmp_path):
+    """The history hook writes to the database, which may wait seconds for another process's lock: on the
+    event loop that would stall every request. Refreshes (ahead of expiry, after a refusal, by hand),
+    refusals and heals all report from a worker thread."""
+    clock = Clock()
+    endpoint = FakeTokenEndpoint(delay=0)
+    on_loop: list[str] = []
+
+    def record(key: str, event: str, detail: str) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a worker thread: where a database write belongs
+        on_loop.append(event)
+
+    store = OAuthStore(tmp_path / "sluice.secrets.db", clock=clock, poll_s=0.01, on_event=record)
+    store.seed(HOST, EXPIRED)
+
+    async def run() -> None:
+        assert await store.access_token(HOST, endpoint) == "access-2"  # refreshed: expired
+        assert await asyncio.to_thread(store.reject, HOST, "access-2", "401 revoked") == "refreshing"
+        assert await store.access_token(HOST, endpoint) == "access-3"  # refreshed after a refusal
+        assert await asyncio.to_thread(store.confirm, HOST, "access-3")
+        await store.refresh_now(HOST, endpoint)
+
+    asyncio.run(run())
+    assert len(endpoint.calls) == 3
+    assert on_loop == []
