@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import sqlite3
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -681,6 +682,38 @@ def test_conversations_remembered_in_memory_are_bounded(db_path):
         pool.pin(HOST, f"conversation-{number}", entries()[1])
     assert len(pool._pinned) == 3
     assert chosen(pool.choose(HOST, "conversation-0")) == entries()[1].label  # read back from the database
+
+
+def test_choosing_never_waits_for_a_write_another_process_holds_up(db_path):
+    """`choose` runs on the event loop. A write of this process (a conversation's pin, new limits) that waits
+    for another process's write lock must not make it wait too: every request would stall behind it."""
+    clock = Clock()
+    pool = CredentialPool(sluice_db.connect(db_path, busy_timeout_ms=5_000), clock=clock, refresh_every=0)
+    pool.sync_config(HOST, entries())
+    pool.pin(HOST, "conversation-old", entries()[2])
+    elsewhere = sqlite3.connect(db_path, isolation_level=None)
+    elsewhere.execute("begin immediate")  # another proxy on the same database, writing
+    writer = threading.Thread(target=pool.pin, args=(HOST, "conversation-new", entries()[1]))
+    writer.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not pool._lock.locked():  # the writer is in, waiting for the database
+            assert time.monotonic() < deadline, "the pin never started"
+            time.sleep(0.001)
+        started = time.monotonic()
+        remembered = pool.choose(HOST, "conversation-old")  # known in memory: still on its key
+        unseen = pool.choose(HOST, "conversation-unseen")  # not known here: routed, not waited for
+        plain = pool.choose(HOST)
+        assert time.monotonic() - started < 2.5  # the writer waits up to 5 s
+        assert writer.is_alive()
+    finally:
+        elsewhere.execute("rollback")
+        elsewhere.close()
+        writer.join()
+    assert chosen(remembered) == entries()[2].label
+    assert chosen(unseen) == chosen(plain) == entries()[0].label
+    assert not unseen.pin  # which key it is on was not read: recorded once it can be
+    assert chosen(make_pool(db_path, clock).choose(HOST, "conversation-new")) == entries()[1].label
 
 
 def test_limits_are_written_only_when_they_change(db_path):
