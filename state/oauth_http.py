@@ -9,6 +9,7 @@ Nothing here logs or raises a token; the endpoint's own words are cut to printab
 from __future__ import annotations
 
 import json
+import math
 import ssl
 import urllib.error
 import urllib.parse
@@ -20,6 +21,7 @@ from state.credentials import TokenRefused, TokenResponse
 
 # Below the OAuth store's own 20 s limit, so a late answer (carrying a rotated, single-use token) is not lost.
 REFRESH_TIMEOUT_S = 15
+DEFAULT_LIFETIME_S = 3600.0  # an access token's lifetime when the answer names none usable (RFC 6749 §5.1)
 
 
 def post_refresh(config: OAuth, refresh_token: str, context: ssl.SSLContext) -> TokenResponse:
@@ -56,12 +58,20 @@ def post_refresh(config: OAuth, refresh_token: str, context: ssl.SSLContext) -> 
         # Written into request headers later: a token that would break one is never stored.
         if isinstance(token, str) and token and (problem := unusable_secret(token)) is not None:
             raise OSError(f"token endpoint answer's {name} cannot be used: {problem}")
-    expires_in = payload.get("expires_in")
     return TokenResponse(
         access_token=access,
         refresh_token=refresh if isinstance(refresh, str) and refresh else None,
-        expires_in=float(expires_in) if isinstance(expires_in, int | float) else 3600.0,
+        expires_in=_lifetime(payload.get("expires_in")),
     )
+
+
+def _lifetime(expires_in: object) -> float:
+    """`expires_in` in seconds; an hour when it is not a positive, finite number (JSON's NaN and Infinity
+    included): such a token would otherwise be refreshed on every call, or never."""
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+        return DEFAULT_LIFETIME_S
+    seconds = float(expires_in)
+    return seconds if math.isfinite(seconds) and seconds > 0 else DEFAULT_LIFETIME_S
 
 
 def oauth_error(body: bytes) -> tuple[str, str]:
