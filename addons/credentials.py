@@ -60,6 +60,7 @@ from state.credentials import (
     describe_reference,
     fingerprint,
     parse_oauth_credentials,
+    scrub,
     secrets_path_for,
 )
 from state.oauth_http import post_refresh
@@ -352,7 +353,7 @@ class Credentials:
         outcome = await asyncio.to_thread(self.oauth.reject, swapped.host, swapped.secret, verdict.reason)
         if outcome == "dead":
             status = await asyncio.to_thread(self.oauth.status, swapped.host)
-            reason = status.failed_reason if status and status.failed_reason else verdict.reason
+            reason = status.failed_reason if status and status.failed_reason else scrub(verdict.reason)
             await asyncio.to_thread(self.pool.disable, swapped.host, swapped.entry.fingerprint, reason)
             log.error(
                 "sluice: OAuth credential %s for %s is dead: %s", swapped.entry.label, swapped.host, reason
@@ -390,7 +391,9 @@ class Credentials:
         breaker = self._breakers.setdefault(host, Breaker())
         opened = breaker.overloaded(time.monotonic(), verdict.seconds)
         if opened is not None:
-            detail = f"{verdict.reason}: answering clients for {math.ceil(opened)}s instead of sending more"
+            # The provider's words, as one short printable line: they go into the log as well.
+            said = scrub(verdict.reason, 200)
+            detail = f"{said}: answering clients for {math.ceil(opened)}s instead of sending more"
             log.warning("sluice: %s is overloaded; %s", host, detail)
             self._in_background(self.pool.record_event, host, "overloaded", detail)
 

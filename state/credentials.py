@@ -134,8 +134,10 @@ _TOKEN_LIKE = re.compile(r"[A-Za-z0-9_\-]{24,}")
 
 
 def scrub(text: str, limit: int = REASON_MAX_CHARS) -> str:
-    """`text` with anything token-shaped cut to its first 6 characters, and at most `limit` characters."""
-    cleaned = _TOKEN_LIKE.sub(lambda match: match.group()[:6] + "…", " ".join(text.split()))
+    """`text` on one line, with anything token-shaped cut to its first 6 characters, characters a terminal
+    would act on (escapes, bells) as `?`, and at most `limit` characters."""
+    printable = "".join(char if char.isprintable() else "?" for char in " ".join(text.split()))
+    cleaned = _TOKEN_LIKE.sub(lambda match: match.group()[:6] + "…", printable)
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
 
 

@@ -90,3 +90,22 @@ def test_a_client_cannot_disable_a_shared_key_by_having_the_provider_echo_termin
     assert states[LABEL_1]["state"] == "active", states[LABEL_1]["reason"]
     assert states[LABEL_2]["state"] == "active"
     assert post_message(proxy, f"x-api-key: {ALICE_KEY}").status == 200
+
+
+def test_an_upstreams_overloaded_message_cannot_forge_log_lines_or_flood_the_log(
+    fake: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    """The provider's words go into the log when the breaker opens: as one bounded line of printable text."""
+    proxy = start_proxy(config_toml=POOL_CONFIG, env=ENV)
+    forged = "sluice: FORGED the credential keys[0] was reset by hand"
+    message = "Overloaded\n" + forged + "\x1b[2J\x07" + "more words " * 5_000
+    for _ in range(3):
+        fake.next(status=529, body=_error("overloaded_error", message))
+    key = f"x-api-key: {ALICE_KEY}"
+    assert [post_message(proxy, key).status for _ in range(3)] == [529, 529, 529]
+
+    log = proxy.wait_for_log("is overloaded")
+    [line] = [line for line in log.splitlines() if "is overloaded" in line]
+    assert all("is overloaded" in line for line in log.splitlines() if "FORGED" in line)
+    assert "\x1b" not in log and "\x07" not in log
+    assert len(line) < 1_000
