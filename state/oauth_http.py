@@ -39,8 +39,13 @@ def post_refresh(config: OAuth, refresh_token: str, context: ssl.SSLContext) -> 
         method="POST",
         headers={"content-type": content_type, "accept": "application/json"},
     )
+    # Straight to the token endpoint, never through a proxy the environment names: the shell where clients
+    # are pointed at sluice names sluice itself (and trusts its CA), which would see the tokens in the clear.
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
     try:
-        with urllib.request.urlopen(request, timeout=REFRESH_TIMEOUT_S, context=context) as answer:
+        with opener.open(request, timeout=REFRESH_TIMEOUT_S) as answer:
             payload = json.loads(answer.read() or b"{}")
     except urllib.error.HTTPError as e:
         detail = oauth_error(e.read())

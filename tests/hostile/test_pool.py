@@ -10,12 +10,15 @@ attacker sent, so the test does not depend on the fake's own wording.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import ProxyFactory
-from tests.e2e.harness import curl
+from tests.e2e.harness import REPO_ROOT, SITECUSTOMIZE_DIR, clean_env, curl
 from tests.e2e.test_credentials import (
     ALICE_KEY,
     ENV,
@@ -23,11 +26,18 @@ from tests.e2e.test_credentials import (
     LABEL_2,
     MESSAGE,
     MESSAGES_URL,
+    NEW_ACCESS,
+    NEW_REFRESH,
+    OLD_ACCESS,
+    OLD_REFRESH,
     POOL_CONFIG,
     credential_states,
+    oauth_config,
     post_message,
 )
+from tests.e2e.test_pool_intelligence import write_fresh_credentials
 from tests.fake_provider import FakeProvider
+from tests.hostile.traps import Tunnel
 
 pytestmark = pytest.mark.e2e
 
@@ -109,3 +119,55 @@ def test_an_upstreams_overloaded_message_cannot_forge_log_lines_or_flood_the_log
     assert all("is overloaded" in line for line in log.splitlines() if "FORGED" in line)
     assert "\x1b" not in log and "\x07" not in log
     assert len(line) < 1_000
+
+
+def test_a_refresh_by_hand_never_goes_through_a_proxy_the_shell_names(
+    fake: FakeProvider, start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """The shell where clients are pointed at sluice exports `HTTPS_PROXY` (sluice itself) and trusts its CA
+    (`SSL_CERT_FILE`): a refresh from there would carry the single-use refresh token, and bring back the new
+    tokens, through a proxy that decrypts them and shows them in its flows. sluice talks to the token
+    endpoint directly."""
+    credentials = write_fresh_credentials(tmp_path / "credentials.json")
+    proxy = start_proxy(config_toml=oauth_config(credentials), env=ENV)
+    fake.accepted_credentials = {OLD_ACCESS, NEW_ACCESS}
+    assert post_message(proxy, f"x-api-key: {ALICE_KEY}").status == 200  # seeds the store
+    [state] = credential_states(proxy.db_path).values()
+    fake.grant(OLD_REFRESH, NEW_ACCESS, NEW_REFRESH)
+
+    routes = {("console.anthropic.com", 443): ("127.0.0.1", fake.port)}
+    with Tunnel(routes) as shells_proxy:
+        named = f"http://127.0.0.1:{shells_proxy.port}"
+        env = clean_env(
+            {
+                "PYTHONPATH": f"{SITECUSTOMIZE_DIR}:{REPO_ROOT}",
+                "SLUICE_TEST_HOSTS": fake.hosts_env(),
+                "SSL_CERT_FILE": str(fake.ca_pem),
+                "HTTPS_PROXY": named,
+                "https_proxy": named,
+                "ALL_PROXY": named,
+                **ENV,
+            }
+        )
+        command = [sys.executable, "-c", "from state.cli import main; raise SystemExit(main())"]
+        done = subprocess.run(
+            [
+                *command,
+                "credentials",
+                "--db",
+                str(proxy.db_path),
+                "--config",
+                str(proxy.workdir / "sluice.toml"),
+                "--refresh",
+                "api.anthropic.com",
+                state["label"],
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    assert len(fake.token_requests) == 1
+    assert shells_proxy.connects == [] and not shells_proxy.received
