@@ -25,7 +25,9 @@ import ssl
 import time
 import urllib.parse
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 from mitmproxy import ctx, exceptions, http
 
@@ -93,6 +95,10 @@ class Credentials:
         self._sent: dict[str, Swapped] = {}  # gone upstream with a pool credential, answer pending
         self._breakers: dict[str, Breaker] = {}  # per upstream host: the provider's overload
         self._background: set[asyncio.Task[None]] = set()  # history writes in flight, kept until done
+        # Those writes wait for the database while another process writes to it; they serialize on the pool's
+        # lock anyway. One thread of their own, so that they never hold every worker of the loop's default
+        # executor, where the budget's admission, the OAuth store and the meter's decoding run.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-credential-history")
         wire_headers.install()
 
     # -- configuration -----------------------------------------------------------------------------
@@ -402,7 +408,7 @@ class Credentials:
 
         async def run() -> None:
             try:
-                await asyncio.to_thread(fn, *args)
+                await asyncio.get_running_loop().run_in_executor(self._writer, partial(fn, *args))
             except Exception as e:  # fails open: the history is not worth a call
                 log.warning("sluice: could not record credential state (%s)", e)
 
