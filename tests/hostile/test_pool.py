@@ -149,25 +149,10 @@ def test_a_refresh_by_hand_never_goes_through_a_proxy_the_shell_names(
                 **ENV,
             }
         )
-        command = [sys.executable, "-c", "from state.cli import main; raise SystemExit(main())"]
-        done = subprocess.run(
-            [
-                *command,
-                "credentials",
-                "--db",
-                str(proxy.db_path),
-                "--config",
-                str(proxy.workdir / "sluice.toml"),
-                "--refresh",
-                "api.anthropic.com",
-                state["label"],
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        cli = [sys.executable, "-c", "from state.cli import main; raise SystemExit(main())", "credentials"]
+        where = ["--db", str(proxy.db_path), "--config", str(proxy.workdir / "sluice.toml")]
+        refresh = [*cli, *where, "--refresh", "api.anthropic.com", state["label"]]
+        done = subprocess.run(refresh, env=env, capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr
     assert len(fake.token_requests) == 1
     assert shells_proxy.connects == [] and not shells_proxy.received
