@@ -135,8 +135,8 @@ _TOKEN_LIKE = re.compile(r"[A-Za-z0-9_\-]{24,}")
 
 def scrub(text: str, limit: int = REASON_MAX_CHARS) -> str:
     """`text` on one line, with anything token-shaped cut to its first 6 characters, characters a terminal
-    would act on (escapes, bells) as `?`, and at most `limit` characters."""
-    printable = "".join(char if char.isprintable() else "?" for char in " ".join(text.split()))
+    would act on (escapes, bells) written out as escapes (`\\x1b`), and at most `limit` characters."""
+    printable = "".join(char if char.isprintable() else ascii(char)[1:-1] for char in " ".join(text.split()))
     cleaned = _TOKEN_LIKE.sub(lambda match: match.group()[:6] + "…", printable)
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
 

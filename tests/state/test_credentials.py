@@ -87,7 +87,7 @@ def test_scrub_keeps_a_reason_on_one_printable_line():
     """Reasons reach the log, `sluice credentials` and clients' error messages: an upstream's words must not
     forge a log line or drive a terminal."""
     said = "Overloaded\nsluice: forged line\x1b[2J\x07 \u2028end"
-    assert scrub(said) == "Overloaded sluice: forged line?[2J? end"
+    assert scrub(said) == "Overloaded sluice: forged line\\x1b[2J\\x07 end"
 
 
 # -- the pool -------------------------------------------------------------------------------------------
