@@ -23,20 +23,32 @@ import logging
 import math
 import ssl
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 from mitmproxy import ctx, exceptions, http
 
 from addons import wire_headers
 from addons.core import SluiceCore, destination
-from addons.decoding import OFF_LOOP_BYTES, readable_body
+from addons.decoding import OFF_LOOP_BYTES, decode_body, readable_body
 from addons.fields import rate_limit_values, with_headers
 from rules.cache_health import affinity_key
 from rules.config import ConfigError, OAuth, Upstream, resolve_secret
 from rules.destination import Destination, credential_refusal
 from rules.envelopes import error_body
-from rules.provider_answers import Breaker, Verdict, headroom, judge_answer, quota_status, read_error
+from rules.provider_answers import (
+    Breaker,
+    Verdict,
+    class_words,
+    client_wrote,
+    headroom,
+    judge_answer,
+    quota_status,
+    read_error,
+)
 from state import db as sluice_db
 from state.credentials import (
     CredentialDead,
@@ -50,6 +62,7 @@ from state.credentials import (
     describe_reference,
     fingerprint,
     parse_oauth_credentials,
+    scrub,
     secrets_path_for,
 )
 from state.oauth_http import post_refresh
@@ -82,6 +95,10 @@ class Credentials:
         self._sent: dict[str, Swapped] = {}  # gone upstream with a pool credential, answer pending
         self._breakers: dict[str, Breaker] = {}  # per upstream host: the provider's overload
         self._background: set[asyncio.Task[None]] = set()  # history writes in flight, kept until done
+        # Those writes wait for the database while another process writes to it; they serialize on the pool's
+        # lock anyway. One thread of their own, so that they never hold every worker of the loop's default
+        # executor, where the budget's admission, the OAuth store and the meter's decoding run.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-credential-history")
         wire_headers.install()
 
     # -- configuration -----------------------------------------------------------------------------
@@ -280,7 +297,8 @@ class Credentials:
             self._note_success(swapped)
             return
         error = read_error(readable_body(flow.response))
-        verdict = judge_answer(status, limits, error, swapped.entry.kind, now)
+        echoed = await self._echoed(flow.request, class_words(error))
+        verdict = judge_answer(status, limits, error, swapped.entry.kind, now, echoed)
         if verdict.action == "overloaded":
             self._note_overload(swapped.host, verdict)
             return
@@ -315,6 +333,20 @@ class Credentials:
             flow.response.headers.pop("retry-after-ms", None)
             flow.response.headers["x-should-retry"] = "true"
 
+    async def _echoed(self, request: http.Request, words: tuple[str, ...]) -> frozenset[str]:
+        """Which words of the provider's error the client wrote itself (rules/provider_answers.py
+        `client_wrote`): a client must not rest or disable a shared credential by having the provider
+        repeat them. Off the loop: the request may be large; it runs only when such words are there."""
+        if not words:
+            return frozenset()
+        raw, coding = request.raw_content or b"", request.headers.get("content-encoding")
+        texts = [urllib.parse.unquote(request.path), *request.headers.values(multi=True)]
+
+        def read() -> frozenset[str]:
+            return client_wrote(words, decode_body(raw, coding).body, texts)
+
+        return await asyncio.to_thread(read)
+
     def _retry_soon(self, flow: http.HTTPFlow, upstream: Upstream, text: str) -> None:
         flow.response = http.Response.make(
             429,
@@ -328,7 +360,7 @@ class Credentials:
         outcome = await asyncio.to_thread(self.oauth.reject, swapped.host, swapped.secret, verdict.reason)
         if outcome == "dead":
             status = await asyncio.to_thread(self.oauth.status, swapped.host)
-            reason = status.failed_reason if status and status.failed_reason else verdict.reason
+            reason = status.failed_reason if status and status.failed_reason else scrub(verdict.reason)
             await asyncio.to_thread(self.pool.disable, swapped.host, swapped.entry.fingerprint, reason)
             log.error(
                 "sluice: OAuth credential %s for %s is dead: %s", swapped.entry.label, swapped.host, reason
@@ -375,7 +407,9 @@ class Credentials:
         breaker = self._breakers.setdefault(host, Breaker())
         opened = breaker.overloaded(time.monotonic(), verdict.seconds)
         if opened is not None:
-            detail = f"{verdict.reason}: answering clients for {math.ceil(opened)}s instead of sending more"
+            # The provider's words, as one short printable line: they go into the log as well.
+            said = scrub(verdict.reason, 200)
+            detail = f"{said}: answering clients for {math.ceil(opened)}s instead of sending more"
             log.warning("sluice: %s is overloaded; %s", host, detail)
             self._in_background(self.pool.record_event, host, "overloaded", detail)
 
@@ -384,7 +418,7 @@ class Credentials:
 
         async def run() -> None:
             try:
-                await asyncio.to_thread(fn, *args)
+                await asyncio.get_running_loop().run_in_executor(self._writer, partial(fn, *args))
             except Exception as e:  # fails open: the history is not worth a call
                 log.warning("sluice: could not record credential state (%s)", e)
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -102,12 +102,22 @@ def read_error(body: bytes | None) -> ErrorFields:
 
 
 def judge_answer(
-    status: int, headers: Mapping[str, str], error: ErrorFields, kind: Kind, now: float
+    status: int,
+    headers: Mapping[str, str],
+    error: ErrorFields,
+    kind: Kind,
+    now: float,
+    echoed: Collection[str] = (),
 ) -> Verdict:
     """What the pool does with the credential that got this answer (see the module's docstring). Header names
-    are compared case-insensitively."""
+    are compared case-insensitively. `echoed`: the words of `class_words` that the client wrote itself
+    (`client_wrote`); in the message they are the client's words repeated, not the provider's, and say
+    nothing of the credential."""
     lowered = {name.lower(): value.strip() for name, value in headers.items()}
-    words = " ".join((error.type, error.code, error.message)).lower()
+    said = error.message.lower()
+    for phrase in echoed:
+        said = said.replace(phrase, " ")
+    words = " ".join((error.type.lower(), error.code.lower(), said))
     message = error.message
     if status == 529 or error.type == "overloaded_error":
         wait = retry_after(lowered, now)
@@ -126,6 +136,51 @@ def judge_answer(
         return _window(lowered, message, now)
     seconds = parse_cooldown(lowered, now, RATE_LIMITED_COOLDOWN_S)
     return Verdict("cool", _reason(status, message, "rate limited"), seconds)
+
+
+def class_words(error: ErrorFields) -> tuple[str, ...]:
+    """The words in an error message that would rest or disable a credential. Providers repeat a client's
+    input in their messages (Anthropic's 404 `model: <model>`, an unexpected `anthropic-beta` value, OpenAI's
+    "The model `<model>` does not exist"), so a client could write them itself: check them with
+    `client_wrote` before the pool acts on them."""
+    message = error.message.lower()
+    return tuple(word for word in (*_TERMINAL_WORDS, *_WINDOW_WORDS) if word in message)
+
+
+def client_wrote(words: Collection[str], body: bytes | None, texts: Iterable[str]) -> frozenset[str]:
+    """Which of `words` the client wrote itself, and so may be what the provider repeated: found in the
+    request body (its raw text, and every string of its JSON with escapes decoded), or in `texts` (the path,
+    the header values). Fails closed for the pool: every word counts as the client's when the body could not
+    be read (`body` None: compressed past the cap) or is JSON too deep to walk."""
+    if not words:
+        return frozenset()
+    if body is None:
+        return frozenset(words)
+    parts = [body.decode("utf-8", "replace"), *texts]
+    try:
+        parts.extend(_strings(json.loads(body)))
+    except ValueError:
+        pass  # not JSON: the provider can repeat only its raw text, which is there already
+    except RecursionError:
+        return frozenset(words)
+    sent = " ".join(" ".join(parts).lower().split())
+    return frozenset(word for word in words if word in sent)
+
+
+def _strings(value: object) -> list[str]:
+    """Every key and string in a JSON document, walked without recursion."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, dict):
+            found.extend(key for key in item if isinstance(key, str))
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
 
 
 def _window(headers: Mapping[str, str], message: str, now: float) -> Verdict:

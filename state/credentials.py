@@ -134,8 +134,10 @@ _TOKEN_LIKE = re.compile(r"[A-Za-z0-9_\-]{24,}")
 
 
 def scrub(text: str, limit: int = REASON_MAX_CHARS) -> str:
-    """`text` with anything token-shaped cut to its first 6 characters, and at most `limit` characters."""
-    cleaned = _TOKEN_LIKE.sub(lambda match: match.group()[:6] + "…", " ".join(text.split()))
+    """`text` on one line, with anything token-shaped cut to its first 6 characters, characters a terminal
+    would act on (escapes, bells) written out as escapes (`\\x1b`), and at most `limit` characters."""
+    printable = "".join(char if char.isprintable() else ascii(char)[1:-1] for char in " ".join(text.split()))
+    cleaned = _TOKEN_LIKE.sub(lambda match: match.group()[:6] + "…", printable)
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
 
 
@@ -236,7 +238,8 @@ class CredentialPool:
 
     Give it a connection of its own (`state.db.connect(path)`): it runs `BEGIN IMMEDIATE` on it. Methods
     are thread-safe. `choose`, `limits_changed` and `needs_recovery` are cheap enough for the event loop
-    (`choose` reads the database only for a conversation this process has not seen); the writers (`apply`,
+    (`choose` reads the database only for a conversation this process has not seen, and never waits for it:
+    while a write of this process holds the connection, it routes from memory); the writers (`apply`,
     `cool_down`, `disable`, `recover`, `pin`, `record_limits`, `record_event`) write one small transaction
     and belong in `asyncio.to_thread`; `sync_config`, `states`, `events` and `reset` are for start-up and
     the CLI. Every change of state is written to `credential_events` in the same transaction.
@@ -264,7 +267,10 @@ class CredentialPool:
         self._refresh_every = refresh_every
         self._affinity_ttl_s = affinity_ttl_s
         self._max_conversations = max_conversations
+        # Held across each use of the connection, writes waiting on `busy_timeout` included. The event loop
+        # (`choose`) only ever tries it: a write held up by another process must not stall every request.
         self._lock = threading.Lock()
+        self._pins_lock = threading.Lock()  # `_pinned` alone: held for microseconds
         self._entries: dict[str, tuple[CredentialEntry, ...]] = {}
         self._view: dict[tuple[str, str], _Status] = {}
         # Changes the database refused: this process honours them anyway, over whatever it reloads.
@@ -320,10 +326,13 @@ class CredentialPool:
     ) -> Choice:
         """The credential for a request to `host` (see the class docstring), or why none is usable."""
         now = self._clock() if now is None else now
-        with self._lock:
-            self._reload_if_stale()
-            entries = self._entries.get(host, ())
-            view = self._view
+        if self._lock.acquire(blocking=False):  # else a write is under way: the view in memory will do
+            try:
+                self._reload_if_stale()
+            finally:
+                self._lock.release()
+        entries = self._entries.get(host, ())
+        view = self._view
         if not entries:
             return Choice(reasons=(f"no credentials configured for {host}",))
         usable = [e for e in entries if view.get((host, e.fingerprint), _ACTIVE).usable(now)]
@@ -331,13 +340,13 @@ class CredentialPool:
             return _nothing_usable(host, entries, view, now)
         if routing == "first":
             return Choice(credential=usable[0])
-        pinned = self._pinned_to(host, conversation, now) if conversation else None
+        known, pinned = self._pinned_to(host, conversation, now) if conversation else (True, None)
         if pinned is not None:
             for entry in usable:
                 if entry.fingerprint == pinned.fingerprint:
                     pinned.used_at = now
                     return Choice(credential=entry, pin=now - pinned.saved_at > self._affinity_ttl_s / 6)
-        with self._lock:
+        with self._pins_lock:
             self._expire_pins(now)
             # The most room per conversation already there: headroom as the provider last reported it, and
             # the live conversations this process has put on each key since (counted at once, so a burst of
@@ -349,7 +358,9 @@ class CredentialPool:
                     / (1 + self._conversations.get((host, e.fingerprint), 0))
                 ),
             )
-        if conversation is None:
+        if conversation is None or not known:
+            # Not known: which key it is on could not be read without waiting for a write in progress. This
+            # call goes where a new one would, unrecorded; the next reads it again.
             return Choice(credential=best)
         moved_from = None
         if pinned is not None:
@@ -362,23 +373,31 @@ class CredentialPool:
         limits = self._limits.get((host, fingerprint))
         return 1.0 if limits is None or limits.headroom is None else limits.headroom
 
-    def _pinned_to(self, host: str, conversation: str, now: float) -> _Pinned | None:
+    def _pinned_to(self, host: str, conversation: str, now: float) -> tuple[bool, _Pinned | None]:
+        """Whether this process knows which credential the conversation is on, and which (None: none, or
+        idle too long). Unknown when the database is busy with a write of this process."""
         key = (host, conversation)
-        with self._lock:
+        with self._pins_lock:
             pinned = self._pinned.get(key)
-            if pinned is None:
+        if pinned is None:
+            if not self._lock.acquire(blocking=False):
+                return False, None
+            try:
                 pinned = self._load_pin(key)
-            if pinned is None or now - pinned.used_at > self._affinity_ttl_s:
+            finally:
+                self._lock.release()
+        if pinned is None or now - pinned.used_at > self._affinity_ttl_s:
+            with self._pins_lock:
                 expired = self._pinned.pop(key, None)
                 if expired is not None:
                     self._count(host, expired.fingerprint, -1)
-                return None
+            return True, None
         self._remember_pin(key, pinned)
-        return pinned
+        return True, pinned
 
     def _remember_pin(self, key: tuple[str, str], pinned: _Pinned) -> None:
         host = key[0]
-        with self._lock:
+        with self._pins_lock:
             previous = self._pinned.get(key)
             if previous is None or previous.fingerprint != pinned.fingerprint:
                 if previous is not None:
@@ -392,7 +411,7 @@ class CredentialPool:
 
     def _expire_pins(self, now: float) -> None:
         """Forget conversations idle longer than the affinity TTL (least recently used first: they are at
-        the front). Call with the lock held."""
+        the front). Call with `_pins_lock` held."""
         while self._pinned:
             key, oldest = next(iter(self._pinned.items()))
             if now - oldest.used_at <= self._affinity_ttl_s:
@@ -401,6 +420,7 @@ class CredentialPool:
             self._count(key[0], oldest.fingerprint, -1)
 
     def _count(self, host: str, fingerprint: str, change: int) -> None:
+        """Call with `_pins_lock` held."""
         left = self._conversations.get((host, fingerprint), 0) + change
         if left > 0:
             self._conversations[(host, fingerprint)] = left
@@ -1395,7 +1415,9 @@ class OAuthStore:
             if row.rejected_fingerprint is None
             else "after a refusal"
         )
-        self._emit(key, "refreshed", f"access token refreshed {how}, good for {minutes} min{rotated}")
+        # The history is a database write that may wait for another process's lock: off the loop.
+        detail = f"access token refreshed {how}, good for {minutes} min{rotated}"
+        await asyncio.to_thread(self._emit, key, "refreshed", detail)
         return stored
 
     async def _load(self, key: str) -> _TokenRow:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import ssl
 import urllib.error
 import urllib.parse
@@ -45,6 +46,9 @@ class UsageRefused(Exception):
         self.retry_after_s = retry_after_s
 
 
+DEFAULT_LIFETIME_S = 3600.0  # an access token's lifetime when the answer names none usable (RFC 6749 §5.1)
+
+
 def post_refresh(config: OAuth, refresh_token: str, context: ssl.SSLContext) -> TokenResponse:
     """RFC 6749 §6 refresh request. Raises TokenRefused for a 4xx answer, OSError for anything transient."""
     fields = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": config.client_id}
@@ -60,8 +64,13 @@ def post_refresh(config: OAuth, refresh_token: str, context: ssl.SSLContext) -> 
         method="POST",
         headers={"content-type": content_type, "accept": "application/json"},
     )
+    # Straight to the token endpoint, never through a proxy the environment names: the shell where clients
+    # are pointed at sluice names sluice itself (and trusts its CA), which would see the tokens in the clear.
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
     try:
-        with urllib.request.urlopen(request, timeout=REFRESH_TIMEOUT_S, context=context) as answer:
+        with opener.open(request, timeout=REFRESH_TIMEOUT_S) as answer:
             payload = json.loads(answer.read() or b"{}")
     except urllib.error.HTTPError as e:
         detail = oauth_error(e.read())
@@ -79,11 +88,10 @@ def post_refresh(config: OAuth, refresh_token: str, context: ssl.SSLContext) -> 
         # Written into request headers later: a token that would break one is never stored.
         if isinstance(token, str) and token and (problem := unusable_secret(token)) is not None:
             raise OSError(f"token endpoint answer's {name} cannot be used: {problem}")
-    expires_in = payload.get("expires_in")
     return TokenResponse(
         access_token=access,
         refresh_token=refresh if isinstance(refresh, str) and refresh else None,
-        expires_in=float(expires_in) if isinstance(expires_in, int | float) else 3600.0,
+        expires_in=_lifetime(payload.get("expires_in")),
     )
 
 
@@ -144,6 +152,15 @@ def _refusal(status: int, body: bytes, retry_after: str | None) -> UsageRefused:
     if status == 401:
         return UsageRefused(f"usage endpoint refused the OAuth access token (401, {words})", status)
     return UsageRefused(f"usage endpoint answered {status} ({words})", status)
+
+
+def _lifetime(expires_in: object) -> float:
+    """`expires_in` in seconds; an hour when it is not a positive, finite number (JSON's NaN and Infinity
+    included): such a token would otherwise be refreshed on every call, or never."""
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+        return DEFAULT_LIFETIME_S
+    seconds = float(expires_in)
+    return seconds if math.isfinite(seconds) and seconds > 0 else DEFAULT_LIFETIME_S
 
 
 def oauth_error(body: bytes) -> tuple[str, str]:

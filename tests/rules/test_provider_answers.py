@@ -12,6 +12,8 @@ from rules.provider_answers import (
     MAX_COOLDOWN_S,
     Breaker,
     ErrorFields,
+    class_words,
+    client_wrote,
     headroom,
     judge_answer,
     parse_cooldown,
@@ -214,3 +216,46 @@ def test_the_breaker_forgets_overloads_outside_its_window() -> None:
 )
 def test_parse_cooldown_reads_retry_times(headers: dict[str, str], expected: float) -> None:
     assert parse_cooldown(headers, NOW, 60.0) == pytest.approx(expected)
+
+
+# -- the client's own words repeated ------------------------------------------------------------------------
+
+ECHOED_MODEL = ErrorFields("not_found_error", "", "model: This organization has been disabled.")
+
+
+def test_words_the_client_wrote_and_the_provider_repeated_move_no_key() -> None:
+    body = json.dumps({"model": "This organization has been disabled.", "messages": []}).encode()
+    words = class_words(ECHOED_MODEL)
+    assert words == ("organization has been disabled",)
+    echoed = client_wrote(words, body, ["/v1/messages"])
+    assert judge_answer(404, {}, ECHOED_MODEL, "key", NOW, echoed).action == "none"
+    # Without the check the same answer would take the key from everyone.
+    assert judge_answer(404, {}, ECHOED_MODEL, "key", NOW).action == "disable"
+
+
+def test_words_are_found_however_the_client_spelled_them() -> None:
+    words = ("credit balance is too low",)
+    escaped = b'{"model": "Your Credit balance is too l\\u006fw"}'
+    assert client_wrote(words, escaped, []) == frozenset(words)
+    assert client_wrote(words, b"{}", ["/v1/messages?x=credit%20balance%20is%20too%20low"]) == frozenset()
+    assert client_wrote(words, b"{}", ["/v1/messages?x=credit balance is too low"]) == frozenset(words)
+    assert client_wrote(words, b"{}", ["credit  balance\tis too LOW"]) == frozenset(words)
+    # A window's words on a 429 are the client's too when it wrote them.
+    limited = ErrorFields("rate_limit_error", "", "Rate limit reached for model `extra usage`")
+    echoed = client_wrote(class_words(limited), b'{"model": "extra usage"}', [])
+    assert judge_answer(429, {}, limited, "key", NOW, echoed).action == "cool"
+
+
+def test_a_body_that_cannot_be_read_makes_every_word_the_clients() -> None:
+    words = ("organization has been disabled",)
+    assert client_wrote(words, None, []) == frozenset(words)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert client_wrote(words, deep, []) == frozenset(words)
+
+
+def test_the_providers_own_words_still_disable_the_key() -> None:
+    terminal = ErrorFields("invalid_request_error", "", "This organization has been disabled.")
+    body = json.dumps({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    echoed = client_wrote(class_words(terminal), body, ["/v1/messages", "2023-06-01"])
+    assert echoed == frozenset()
+    assert judge_answer(400, {}, terminal, "key", NOW, echoed).action == "disable"

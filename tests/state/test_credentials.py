@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import sqlite3
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -80,6 +81,13 @@ def test_scrub_cuts_token_shaped_text():
     assert SECRETS[0] not in cleaned and "Incorrect API key provided: sk-ant…" in cleaned
     assert "platform.openai.com/account/api-keys" in cleaned
     assert len(scrub("x " * 500)) <= 300
+
+
+def test_scrub_keeps_a_reason_on_one_printable_line():
+    """Reasons reach the log, `sluice credentials` and clients' error messages: an upstream's words must not
+    forge a log line or drive a terminal."""
+    said = "Overloaded\nsluice: forged line\x1b[2J\x07 \u2028end"
+    assert scrub(said) == "Overloaded sluice: forged line\\x1b[2J\\x07 end"
 
 
 # -- the pool -------------------------------------------------------------------------------------------
@@ -683,6 +691,38 @@ def test_conversations_remembered_in_memory_are_bounded(db_path):
     assert chosen(pool.choose(HOST, "conversation-0")) == entries()[1].label  # read back from the database
 
 
+def test_choosing_never_waits_for_a_write_another_process_holds_up(db_path):
+    """`choose` runs on the event loop. A write of this process (a conversation's pin, new limits) that waits
+    for another process's write lock must not make it wait too: every request would stall behind it."""
+    clock = Clock()
+    pool = CredentialPool(sluice_db.connect(db_path, busy_timeout_ms=5_000), clock=clock, refresh_every=0)
+    pool.sync_config(HOST, entries())
+    pool.pin(HOST, "conversation-old", entries()[2])
+    elsewhere = sqlite3.connect(db_path, isolation_level=None)
+    elsewhere.execute("begin immediate")  # another proxy on the same database, writing
+    writer = threading.Thread(target=pool.pin, args=(HOST, "conversation-new", entries()[1]))
+    writer.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not pool._lock.locked():  # the writer is in, waiting for the database
+            assert time.monotonic() < deadline, "the pin never started"
+            time.sleep(0.001)
+        started = time.monotonic()
+        remembered = pool.choose(HOST, "conversation-old")  # known in memory: still on its key
+        unseen = pool.choose(HOST, "conversation-unseen")  # not known here: routed, not waited for
+        plain = pool.choose(HOST)
+        assert time.monotonic() - started < 2.5  # the writer waits up to 5 s
+        assert writer.is_alive()
+    finally:
+        elsewhere.execute("rollback")
+        elsewhere.close()
+        writer.join()
+    assert chosen(remembered) == entries()[2].label
+    assert chosen(unseen) == chosen(plain) == entries()[0].label
+    assert not unseen.pin  # which key it is on was not read: recorded once it can be
+    assert chosen(make_pool(db_path, clock).choose(HOST, "conversation-new")) == entries()[1].label
+
+
 def test_limits_are_written_only_when_they_change(db_path):
     pool = make_pool(db_path, Clock())
     fp = fingerprint(SECRETS[0])
@@ -810,7 +850,7 @@ def test_refresh_now_refreshes_a_fresh_token_once_across_callers(tmp_path):
     store = OAuthStore(
         tmp_path / "sluice.secrets.db", clock=clock, poll_s=0.01, on_event=lambda *e: events.append(e)
     )
-    # Either may win the lease: both tell the same history.
+    # Either may win the lease: both report to the same history.
     other = OAuthStore(
         tmp_path / "sluice.secrets.db", clock=clock, poll_s=0.01, on_event=lambda *e: events.append(e)
     )
@@ -824,7 +864,7 @@ def test_refresh_now_refreshes_a_fresh_token_once_across_callers(tmp_path):
     assert endpoint.calls == ["refresh-1"]
     assert asyncio.run(other.access_token(HOST, endpoint)) == "access-2"
     assert [event for _, event, _ in events] == ["refreshed"]
-    assert "by hand" in events[0][2]
+    assert "by hand" in events[-1][2]
 
 
 def test_refresh_now_says_why_it_failed(tmp_path):
@@ -875,3 +915,33 @@ def test_idle_conversations_stop_counting_against_their_key(db_path):
     clock.now += 3601
     assert chosen(pool.choose(HOST, "new")) == entries()[0].label
     assert pool._conversations == {(HOST, fingerprint(SECRETS[0])): 1}
+
+
+def test_oauth_history_is_never_written_on_the_event_loop(tmp_path):
+    """The history hook writes to the database, which may wait seconds for another process's lock: on the
+    event loop that would stall every request. Refreshes (ahead of expiry, after a refusal, by hand),
+    refusals and heals all report from a worker thread."""
+    clock = Clock()
+    endpoint = FakeTokenEndpoint(delay=0)
+    on_loop: list[str] = []
+
+    def record(key: str, event: str, detail: str) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a worker thread: where a database write belongs
+        on_loop.append(event)
+
+    store = OAuthStore(tmp_path / "sluice.secrets.db", clock=clock, poll_s=0.01, on_event=record)
+    store.seed(HOST, EXPIRED)
+
+    async def run() -> None:
+        assert await store.access_token(HOST, endpoint) == "access-2"  # refreshed: expired
+        assert await asyncio.to_thread(store.reject, HOST, "access-2", "401 revoked") == "refreshing"
+        assert await store.access_token(HOST, endpoint) == "access-3"  # refreshed after a refusal
+        assert await asyncio.to_thread(store.confirm, HOST, "access-3")
+        await store.refresh_now(HOST, endpoint)
+
+    asyncio.run(run())
+    assert len(endpoint.calls) == 3
+    assert on_loop == []
