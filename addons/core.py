@@ -12,6 +12,7 @@ from mitmproxy.tools.dump import DumpMaster
 
 from addons.calls import Call
 from addons.decoding import DEFAULT_DECODE_MAX
+from addons.startup import check_options, config_error
 from rules.config import Config, ConfigError, Upstream, load_config
 from rules.destination import Destination, normalize_host
 from rules.envelopes import error_body
@@ -67,6 +68,8 @@ class SluiceCore:
         # (mitmweb, the console), flows saved as they pass (`-w`), or mitmdump printing bodies
         # (`flow_detail` >= 3). A plain mitmdump shows none of it.
         self.flows_shown = True
+        # Set once mitmproxy runs: before it, an option error stops start-up (addons/startup.py).
+        self.started = False
 
     def load(self, loader):  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -101,12 +104,13 @@ class SluiceCore:
         # From flow_detail 3, mitmdump prints bodies through the contentviews, sluice's LLM view included.
         printing = "flow_detail" in options and options.flow_detail >= 3
         self.flows_shown = saving or printing or not isinstance(ctx.master, DumpMaster)
+        check_options()
         if "sluice_config" in updated:
             path = ctx.options.sluice_config
             try:
                 self.config = load_config(path) if path else Config()
             except ConfigError as e:
-                raise exceptions.OptionsError(f"sluice_config: {e}") from None
+                raise config_error("sluice_config", e) from None
             self.config_dir = Path(path).expanduser().resolve().parent if path else None
             self._upstreams = {upstream.host: upstream for upstream in self.config.upstreams}
         if "sluice_db" in updated and ctx.options.sluice_db != self._db_path:
@@ -168,6 +172,7 @@ class SluiceCore:
             self.writer.put(record)
 
     def running(self) -> None:
+        self.started = True
         # What is loaded by now (mitmproxy, sluice, and the price table, loaded here rather than by the
         # first call) lives as long as the process. Frozen, it is left out of every later collection: a full
         # collection of it (~115k objects) costs ~40 ms, which would land on the event loop at random, in
