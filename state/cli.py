@@ -605,6 +605,56 @@ def run_clients(args: argparse.Namespace) -> int:
     return 0
 
 
+# ── doctor ────────────────────────────────────────
+
+
+def _add_doctor(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "doctor",
+        parents=[common],
+        help="check everything a first call needs, and say how to fix what fails",
+        description="Checks Python and mitmproxy, the mitmproxy CA and the variables clients trust it by, "
+        "HTTPS_PROXY and NO_PROXY, the config and its env:/file: references (values never shown), the "
+        "database, and with --online each upstream key. Exit status 0 only when nothing fails.",
+    )
+    parser.add_argument(
+        "--config", metavar="PATH", help="the TOML config the proxy runs with (sluice_config)"
+    )
+    parser.add_argument(
+        "--confdir",
+        metavar="DIR",
+        default="~/.mitmproxy",
+        help="mitmproxy's confdir, where its CA lives (default: ~/.mitmproxy)",
+    )
+    parser.add_argument(
+        "--online",
+        action="store_true",
+        help="also ask each upstream key for the provider's model list (GET /v1/models, free), directly",
+    )
+    parser.add_argument("--json", dest="format", action="store_const", const="json", help="print JSON")
+    parser.set_defaults(handler=run_doctor, format="text")
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from state import doctor
+
+    checks = doctor.run_checks(
+        config_path=args.config, db_path=args.db, confdir=args.confdir, env=os.environ, online=args.online
+    )
+    if args.format == "json":
+        _write_json({"ok": doctor.passed(checks), "checks": [check.to_dict() for check in checks]})
+    else:
+        marks = {"pass": "ok  ", "fail": "FAIL", "skip": "--  "}
+        width = max(len(check.name) for check in checks)
+        for check in checks:
+            print(printable(f"{marks[check.status]}  {check.name:<{width}}  {check.detail}"))
+            if check.status == "fail" and check.advice:
+                print(printable(f"      {'':<{width}}  -> {check.advice}"))
+        failed = sum(check.status == "fail" for check in checks)
+        print("all checks passed" if not failed else f"{failed} check(s) failed")
+    return 0 if doctor.passed(checks) else 1
+
+
 # Every subcommand, in the order `sluice --help` lists them. A new one is an `_add_<name>(subparsers,
 # common)` function that adds its parser with `parents=[common]` (for --db) and sets `handler=`,
 # appended here.
@@ -613,6 +663,7 @@ SUBCOMMANDS: tuple[Callable[[Subparsers, argparse.ArgumentParser], None], ...] =
     _add_quota,
     _add_credentials,
     _add_clients,
+    _add_doctor,
 )
 
 

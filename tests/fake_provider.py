@@ -427,6 +427,8 @@ class _Responder:
             return self._error(b.status)
         if accepted_credentials is not None and self._credential() not in accepted_credentials:
             return self._error(401)
+        if self.request.method == "GET" and self.request.path.split("?")[0] == "/v1/models":
+            return self._json(self._models())
         payload = None
         if self.request.method == "POST" and self.request.path in self._endpoints():
             try:
@@ -579,6 +581,13 @@ class _Responder:
                 )
             return self._json(self._chat(model))
         return self._stream(self._responses_events(model)) if stream else self._json(self._response(model))
+
+    def _models(self) -> dict[str, Any]:
+        """`GET /v1/models`, free on both APIs: what a credential check (`sluice doctor --online`) asks."""
+        if self.provider == "openai":
+            return {"object": "list", "data": [{"id": "gpt-4o", "object": "model", "owned_by": "openai"}]}
+        model = {"id": "claude-sonnet-4-5", "type": "model", "display_name": "Claude Sonnet 4.5"}
+        return {"data": [model], "has_more": False, "first_id": model["id"], "last_id": model["id"]}
 
     def _json(self, body: dict[str, Any]) -> _Plan:
         return self._plain(self.b.status or 200, _dumps(body).encode(), "application/json")
