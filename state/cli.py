@@ -655,6 +655,76 @@ def run_doctor(args: argparse.Namespace) -> int:
     return 0 if doctor.passed(checks) else 1
 
 
+# ── replay ────────────────────────────────────────
+
+
+def _add_replay(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "replay",
+        help="what a new config's request rules would change in flows saved with -w (nothing is sent)",
+        description="Runs the request rules of a config over the LLM requests in a flow file saved with "
+        "mitmdump -w, without sending anything, and reports per request: bytes added, system blocks "
+        "injected, cache breakpoints before and after the cap, and whether the prompt-cache prefix would "
+        "change (the cached conversation would be written anew).",
+    )
+    parser.add_argument("flows", metavar="FLOWS", help="a flow file saved with -w (mitmdump, mitmweb)")
+    parser.add_argument("--config", metavar="PATH", required=True, help="the config to try (TOML)")
+    parser.add_argument("--json", dest="format", action="store_const", const="json", help="print JSON")
+    parser.set_defaults(handler=run_replay, format="table")
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    from rules.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        raise CliError(
+            f"the config cannot be used:\n  {e.block().replace(chr(10), chr(10) + '  ')}"
+        ) from None
+    # Reading flow files needs mitmproxy, which nothing under state/ imports: only this command loads it.
+    from addons.replay import replay_file
+
+    try:
+        report = replay_file(args.flows, config, Path(args.config).expanduser().resolve().parent)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    for warning in report.warnings:
+        print(printable(f"sluice: warning: {warning}"), file=sys.stderr)
+    if args.format == "json":
+        _write_json([request.to_dict() for request in report.requests])
+        return 0
+    if not report.requests:
+        print(f"No LLM requests among the {report.flows:,} flows in {args.flows}.")
+        return 0
+    table = Table(title=f"{args.config} over {args.flows}", title_justify="left")
+    for column in ("Flow", "Request", "Bytes", "Injected", "Breakpoints", "Cache prefix"):
+        table.add_column(column, no_wrap=column != "Cache prefix")
+    for request in report.requests:
+        breakpoints = (
+            f"{request.breakpoints_before} -> {request.breakpoints_after}"
+            if request.breakpoints_before is not None
+            else ""
+        )
+        prefix = request.prefix + (f": {request.prefix_note}" if request.prefix_note else "")
+        _add_row(
+            table,
+            request.flow_id[:8],
+            f"{request.client or '-'} {request.host}{request.path} {request.model or ''}".strip(),
+            f"{request.bytes_added:+,}",
+            ", ".join(request.blocks_injected),
+            breakpoints,
+            Text(
+                prefix + (f" ({request.note})" if request.note else ""),
+                style="red" if request.prefix == "changed" else "",
+            ),
+        )
+    _print_table(_console(), table)
+    busted = sum(request.prefix == "changed" for request in report.requests)
+    print(f"{busted} of {len(report.requests)} requests would write their cached prompt prefix anew.")
+    return 0
+
+
 # Every subcommand, in the order `sluice --help` lists them. A new one is an `_add_<name>(subparsers,
 # common)` function that adds its parser with `parents=[common]` (for --db) and sets `handler=`,
 # appended here.
@@ -664,6 +734,7 @@ SUBCOMMANDS: tuple[Callable[[Subparsers, argparse.ArgumentParser], None], ...] =
     _add_credentials,
     _add_clients,
     _add_doctor,
+    _add_replay,
 )
 
 
