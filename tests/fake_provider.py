@@ -151,7 +151,8 @@ class Behaviour:
     Stream faults count *units*: for a streamed response a unit is one SSE record; for a plain response the
     body is one unit (two halves with `split=True`). `truncate_after=N` sends the headers and N units and
     then closes the connection without the terminal frame; `reset_after=N` does the same with a TCP RST;
-    `stall_after=N` waits `stall_seconds` after N units and then carries on; `error_after=N` replaces the
+    `stall_after=N` waits `stall_seconds` (or until `resume` is set) after N units and then carries on;
+    `error_after=N` replaces the
     rest of a stream with the provider's in-stream error record and ends the stream cleanly.
     """
 
@@ -196,6 +197,9 @@ class Behaviour:
     reset_before_response: bool = False
     stall_after: int | None = None
     stall_seconds: float = 0.0
+    # With `resume`, the stall ends as soon as the test sets it (`stall_seconds` is then only a bound): a
+    # test sees the client's side of a stall without guessing how long its own reading takes.
+    resume: threading.Event | None = None
     close_connection: bool = False
 
 
@@ -212,6 +216,12 @@ class SentResponse:
     body: bytes
     streamed: bool
     outcome: str = "pending"  # complete | truncated | reset | client-gone
+    # Set once the fake is done with the response (its last send returned, or it gave up): `outcome` is
+    # final from then on. A client can read the last byte before the fake's thread gets there.
+    ended: threading.Event = field(default_factory=threading.Event)
+
+    def wait_ended(self, timeout: float = 10.0) -> bool:
+        return self.ended.wait(timeout)
 
     def header(self, name: str) -> str | None:
         return _first(self.headers, name)
@@ -1170,6 +1180,13 @@ class FakeProvider:
 
     def _respond(self, conn: socket.socket, request: RecordedRequest) -> _Ending:
         """Answer one request; say whether the connection carries on, ends cleanly, or was cut."""
+        try:
+            return self._answer(conn, request)
+        finally:
+            if request.response is not None:
+                request.response.ended.set()
+
+    def _answer(self, conn: socket.socket, request: RecordedRequest) -> _Ending:
         if self.record_requests:
             with self._lock:
                 self._requests.append(request)
@@ -1202,10 +1219,17 @@ class FakeProvider:
         client_close = (request.header("connection") or "").lower() == "close"
         return "close" if behaviour.close_connection or client_close else "keep-alive"
 
+    def _stall(self, b: Behaviour) -> bool:
+        """Wait out a stall; True when the fake is stopping instead."""
+        if b.resume is None:
+            return self._stopping.wait(b.stall_seconds)
+        b.resume.wait(b.stall_seconds or 60.0)
+        return self._stopping.is_set()
+
     def _send_units(self, conn: socket.socket, plan: _Plan, b: Behaviour, sent: SentResponse) -> bool:
         encoder = _Encoder(b.encoding) if plan.streamed else None
         for index in range(len(plan.units) + 1):
-            if b.stall_after == index and self._stopping.wait(b.stall_seconds):
+            if b.stall_after == index and self._stall(b):
                 return False
             if b.truncate_after == index:
                 sent.outcome = "truncated"
