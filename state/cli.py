@@ -33,7 +33,7 @@ from state import db as state_db
 from state import html_report, report
 from state.budgets import BudgetLedger
 from state.credentials import CredentialPool, OAuthStore, secrets_path_for
-from state.ratelimits import QuotaSummary, format_duration, format_percent, statusline
+from state.ratelimits import QuotaSummary, format_duration, format_percent, pool_statusline, statusline
 
 DEFAULT_DB = "sluice.db"
 DB_ENV = "SLUICE_DB"
@@ -316,7 +316,13 @@ def _add_quota(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
         dest="format",
         action="store_const",
         const="statusline",
-        help="print one short line (5h 42%% · 7d 13%% · resets 2h10m) for a shell prompt or a status line",
+        help="print one short line (5h 42%% · 7d 13%% · resets 2h10m) for a shell prompt or a status line; "
+        "with several credentials, each window at its worst across them, the worst first",
+    )
+    parser.add_argument(
+        "--each",
+        action="store_true",
+        help="with --statusline: one part per credential instead of the worst of them (long with a pool)",
     )
     parser.set_defaults(handler=run_quota, format="table")
 
@@ -335,7 +341,7 @@ def run_quota(args: argparse.Namespace) -> int:
     if args.format == "json":
         _write_json([quota.to_dict() for quota in quotas])
     elif args.format == "statusline":
-        print(printable(quota_statusline(quotas, now)))
+        print(printable(quota_statusline(quotas, now, each=args.each)))
     elif not quotas:
         scope = " matching" if args.host is not None or args.credential is not None else ""
         print(f"No{scope} rate-limit headers recorded in {args.db} yet.")
@@ -372,12 +378,15 @@ def _drain_stdin(limit: int = 1 << 20, wait_s: float = 0.5) -> None:
         read += len(chunk)
 
 
-def quota_statusline(quotas: Sequence[report.CredentialQuota], now: datetime) -> str:
-    """One line for all credentials; each is named when there are several."""
+def quota_statusline(quotas: Sequence[report.CredentialQuota], now: datetime, *, each: bool = False) -> str:
+    """One line for all credentials: the worst of a pool (state/ratelimits.py), or with `each` one part per
+    credential, each named."""
     if not quotas:
         return "no rate limits seen"
     if len(quotas) == 1:
         return statusline(quotas[0].summary, now)
+    if not each:
+        return pool_statusline([quota.summary for quota in quotas], now)
     return " | ".join(
         f"{quota.credential or quota.host}: {statusline(quota.summary, now)}" for quota in quotas
     )

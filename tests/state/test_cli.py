@@ -419,9 +419,37 @@ def test_quota_statusline(db_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         db_path, "sk-1", {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "15"}, NOW
     )
     code, out, _ = run(capsys, "quota", "--db", str(db_path), "--statusline")
+    assert out == "req 75% · 5h 42% · 7d 13% · worst of 2 keys\n"  # the worst window first, whichever key
+    code, out, _ = run(capsys, "quota", "--db", str(db_path), "--statusline", "--each")
     assert out == "oauth-max: 5h 42% · 7d 13% · resets 2h10m | sk-1: req 75%\n"
     code, out, _ = run(capsys, "quota", "--db", str(db_path), "--statusline", "--credential", "sk-1")
     assert out == "req 75%\n"
+
+
+def test_a_pool_statusline_is_one_short_line_worst_first(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for index, (five_hours, seven_days) in enumerate([(0.12, 0.40), (0.97, 0.21), (0.55, 0.33)]):
+        _rate_limits(
+            db_path,
+            f"keys[{index}] env:ANTHROPIC_KEY_{index}",
+            {
+                "anthropic-ratelimit-unified-status": "allowed",
+                "anthropic-ratelimit-unified-5h-utilization": str(five_hours),
+                "anthropic-ratelimit-unified-5h-reset": _epoch(
+                    NOW + timedelta(hours=1, minutes=10 + index, seconds=30)
+                ),
+                "anthropic-ratelimit-unified-7d-utilization": str(seven_days),
+                "anthropic-ratelimit-unified-7d-reset": _epoch(NOW + timedelta(days=3)),
+                "anthropic-ratelimit-unified-reset": _epoch(
+                    NOW + timedelta(hours=1, minutes=10 + index, seconds=30)
+                ),
+            },
+            NOW,
+        )
+    code, out, _ = run(capsys, "quota", "--db", str(db_path), "--statusline")
+    assert (code, out) == (0, "5h 97% · 7d 40% · resets 1h11m · worst of 3 keys\n")
+    assert len(out) < 60
 
 
 def test_quota_with_nothing_recorded(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
