@@ -31,7 +31,7 @@ from rich.text import Text
 
 from state import db as state_db
 from state import html_report, report
-from state.budgets import BudgetLedger
+from state.budgets import BudgetLedger, budget_usd
 from state.credentials import CredentialPool, OAuthStore, secrets_path_for
 from state.ratelimits import QuotaSummary, format_duration, format_percent, pool_statusline, statusline
 
@@ -259,7 +259,7 @@ def _usage_cells(row: report.UsageRow) -> list[Text]:
     ]
     return [
         *(Text(f"{count:,}") for count in counts),
-        Text(format_usd(row.cost_usd)),
+        Text(report.cost_text(format_usd(row.cost_usd), row), style="yellow" if row.unpriced_calls else ""),
         Text(f"{row.unpriced_calls:,}", style="yellow" if row.unpriced_calls else ""),
         Text(f"{row.errors:,}", style="red" if row.errors else ""),
     ]
@@ -604,7 +604,7 @@ def run_clients(args: argparse.Namespace) -> int:
         _add_row(
             table,
             budget.client,
-            f"${budget.limit_usd:,.2f} {scope}",
+            f"{budget_usd(budget.limit_usd)} {scope}",
             f"${budget.spent_usd:,.4f}",
             f"${budget.reserved_usd:,.4f}",
             f"${left:,.4f}",

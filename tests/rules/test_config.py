@@ -201,7 +201,7 @@ def test_a_secret_pasted_as_a_key_is_not_printed_as_the_fields_path(text: str, p
             "[[rules.system_blocks]]\nname='p'\ntext='t'\ncahce='1h'\n",
             "rules.system_blocks[0].cahce",
             "cache",
-        ),  # noqa: E501
+        ),
         (
             "[[upstreams]]\nhost='a.example'\nprovider='anthropic'\noauth={credentails='file:x'}\n",
             "upstreams[0].oauth.credentails",
