@@ -10,6 +10,7 @@ from pathlib import Path
 from mitmproxy import ctx, exceptions, http, optmanager
 from mitmproxy.tools.dump import DumpMaster
 
+from addons.annotate import MARK_SETS
 from addons.calls import Call
 from addons.decoding import DEFAULT_DECODE_MAX
 from addons.startup import check_options, config_error
@@ -96,6 +97,14 @@ class SluiceCore:
             DEFAULT_DECODE_MAX,
             "Bytes of a body sluice decodes or parses to read it; past them it passes on unread (0: none).",
         )
+        loader.add_option(
+            "sluice_marks",
+            str,
+            "emoji",
+            "How flagged calls are marked in the flow list: emoji, symbols (characters text fonts have, "
+            "for a machine without an emoji font) or off. The #tags in the comment are written either way.",
+            choices=list(MARK_SETS),
+        )
         connect_lazily(loader.master.options)
 
     def configure(self, updated: set[str]) -> None:
@@ -162,6 +171,12 @@ class SluiceCore:
         if call is not None:
             call.answered_locally = True
             call.notes.append(note)
+
+    @property
+    def marks(self) -> dict[str, str]:
+        """Flag -> mitmproxy mark for flagged calls (addons/annotate.py), as `sluice_marks` chooses."""
+        options = ctx.options
+        return MARK_SETS["emoji" if "sluice_marks" not in options else options.sluice_marks]
 
     @property
     def keep_body(self) -> int:
