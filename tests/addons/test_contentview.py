@@ -230,3 +230,17 @@ def test_a_request_nested_past_the_parser_limit_falls_back_to_another_view(opene
     assert view != "LLM"
     with pytest.raises(ValueError, match="nests too deeply"):
         LLMContentview().prettify(f.request.content or b"", contentviews.make_metadata(f.request, f))
+
+
+def test_a_client_block_whose_ttl_sluice_raised_is_marked_changed_not_added() -> None:
+    f = flow()
+    f.metadata["sluice"] = {
+        "rules": ["system_block:policy", "cache_ttl_order"],
+        "changes": [
+            {"op": "added", "path": "system[0].cache_control.ttl", "after": '"1h"'},
+            {"op": "added", "path": "system[1]", "after": '{"type":"text","text":"Be kind."}'},
+        ],
+    }
+    lines = shown(f.request, f)[1].splitlines()
+    assert "~ system[0] · text  ◀ changed by sluice" in lines
+    assert "+ system[1] · text · [cache 5m]  ◀ added by sluice" in lines
