@@ -32,6 +32,7 @@ pytestmark = pytest.mark.e2e
 SECTION = "## Five minutes to a metered call"
 SERVER_COMMANDS = ("scripts/run", ".venv/bin/mitmweb")
 DEADLINE_S = 60.0
+CLI = "from state.cli import main; raise SystemExit(main())"
 
 
 def five_minute_blocks(readme: str) -> list[str]:
@@ -64,7 +65,7 @@ def checkout(tmp_path: Path) -> Path:
         "python": f'exec {shlex.quote(sys.executable)} "$@"',
         "mitmdump": f'exec {shlex.quote(str(bin_dir / "mitmdump"))} "$@"',
         "mitmweb": f'exec {shlex.quote(str(bin_dir / "mitmweb"))} "$@"',
-        "sluice": f'exec {shlex.quote(sys.executable)} -c "from state.cli import main; raise SystemExit(main())" "$@"',
+        "sluice": f'exec {shlex.quote(sys.executable)} -c "{CLI}" "$@"',
     }
     for name, line in wrappers.items():
         (venv / name).write_text(f"#!/usr/bin/env bash\n{line}\n")
@@ -140,8 +141,9 @@ def test_the_five_minute_path_works_as_written(
     upstream_ca = f" --set ssl_verify_upstream_trusted_ca={fake.ca_pem}"
 
     # Terminal 1: write the config, export the keys, start the proxy.
+    start = f"exec {run.replace('8080', port)} --listen-port {port}{upstream_ca}"
     proxy = Background(
-        f"set -e\n{first.replace('8080', port)}\nexec {run.replace('8080', port)} --listen-port {port}{upstream_ca}",
+        f"set -e\n{first.replace('8080', port)}\n{start}",
         checkout,
         env,
         tmp_path / "terminal-1.log",
