@@ -114,6 +114,9 @@ class SluiceCore:
         printing = "flow_detail" in options and options.flow_detail >= 3
         self.flows_shown = saving or printing or not isinstance(ctx.master, DumpMaster)
         check_options()
+        if "sluice_marks" in updated and options.sluice_marks not in MARK_SETS:
+            choices = ", ".join(MARK_SETS)
+            raise exceptions.OptionsError(f"sluice_marks: {options.sluice_marks!r} is not one of {choices}")
         if "sluice_config" in updated:
             path = ctx.options.sluice_config
             try:

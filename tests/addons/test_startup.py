@@ -63,3 +63,9 @@ def test_in_a_running_proxy_or_a_test_an_option_error_stays_mitmproxys_to_show(t
     refused = pytest.raises(exceptions.OptionsError, match=r"rules\.bogus: unknown")
     with taddons.context(chain) as tctx, refused:
         tctx.configure(chain, sluice_config=str(bad), sluice_db=str(tmp_path / "s.db"))
+
+
+def test_an_unknown_mark_style_is_refused() -> None:
+    core = SluiceCore()
+    with taddons.context(core) as tctx, pytest.raises(exceptions.OptionsError, match="not one of emoji"):
+        tctx.configure(core, sluice_marks="sparkles")
