@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from state.doctor import Check
 CA_PEM = "-----BEGIN CERTIFICATE-----\nTUlUTVBST1hZLUNB\nQ0EtQk9EWQ==\n-----END CERTIFICATE-----\n"
 OTHER_PEM = "-----BEGIN CERTIFICATE-----\nT1RIRVItQ0E=\n-----END CERTIFICATE-----\n"
 SECRET = "sk-ant-api03-DOCTOR-NEVER-PRINTS-THIS"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -246,3 +249,13 @@ def test_a_check_is_plain_data() -> None:
         "detail": "why",
         "advice": "",
     }
+
+
+def test_the_sluice_command_and_doctor_never_import_mitmproxy() -> None:
+    # state/ never imports mitmproxy; only `sluice replay` loads it (addons/replay.py), when it runs.
+    code = (
+        "import sys; from state.cli import main, build_parser; from state import doctor; build_parser(); "
+        "print('mitmproxy' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert done.stdout.strip() == "False"
