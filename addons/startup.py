@@ -13,7 +13,6 @@ Fails closed: a problem at start-up always stops it.
 from __future__ import annotations
 
 import difflib
-import re
 import sys
 from collections.abc import Iterable, Mapping
 
@@ -37,20 +36,18 @@ def config_error(option: str, error: ConfigError) -> StartupError:
     return StartupError(option, str(error), error.block().splitlines())
 
 
-# The form the parts use for problems they find in the config after it loaded (an env: reference that is
-# not set): `sluice_config PATH: field: reason[; field: reason]`.
-_CONFIG_MESSAGE = re.compile(r"sluice_config:? (?P<file>.+?): (?P<problems>.+)", re.DOTALL)
-
-
-def lines_for(error: exceptions.OptionsError) -> list[str]:
-    """What to print for an option error: its own lines, or its message split into file and fields."""
+def lines_for(error: exceptions.OptionsError, config_path: str | None = None) -> list[str]:
+    """What to print for an option error: its own lines, or, for a problem a part found in the config
+    after it loaded (`sluice_config PATH: field: reason[; field: reason]`, an env: reference not set), the
+    file and then each field."""
     if isinstance(error, StartupError):
         return error.lines
     message = str(error)
-    match = _CONFIG_MESSAGE.fullmatch(message)
-    if match is None:
-        return message.splitlines()
-    return [f"file: {match['file']}", *match["problems"].split("; ")]
+    if config_path:
+        for prefix in (f"sluice_config {config_path}: ", f"sluice_config: {config_path}: "):
+            if message.startswith(prefix):
+                return [f"file: {config_path}", *message.removeprefix(prefix).split("; ")]
+    return message.splitlines()
 
 
 def starting_from_command_line() -> bool:
@@ -64,7 +61,8 @@ def starting_from_command_line() -> bool:
 
 def exit_with(error: exceptions.OptionsError) -> None:
     """Print the error as one block on stderr and stop the process (status 2)."""
-    lines = lines_for(error)
+    options = ctx.options
+    lines = lines_for(error, options.sluice_config if "sluice_config" in options else None)
     text = "\n".join(["sluice: cannot start:", *(f"  {line}" for line in lines)])
     print(text, file=sys.stderr, flush=True)
     raise SystemExit(EXIT_STATUS)

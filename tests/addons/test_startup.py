@@ -45,14 +45,18 @@ def test_a_config_problem_found_by_a_part_is_split_into_file_and_fields() -> Non
     error = exceptions.OptionsError(
         "sluice_config /srv/team.toml: upstreams[0].keys[0]: environment variable K1 is not set or empty"
     )
-    assert lines_for(error) == [
+    assert lines_for(error, "/srv/team.toml") == [
         "file: /srv/team.toml",
         "upstreams[0].keys[0]: environment variable K1 is not set or empty",
     ]
 
 
 def test_any_other_option_error_is_shown_as_it_is() -> None:
-    assert lines_for(exceptions.OptionsError("stream_large_bodies: no")) == ["stream_large_bodies: no"]
+    assert lines_for(exceptions.OptionsError("stream_large_bodies: no"), "/srv/team.toml") == [
+        "stream_large_bodies: no"
+    ]
+    stand_in = "sluice_config: budget_price_unknown_models_as.anthropic = 'x': no price known"
+    assert lines_for(exceptions.OptionsError(stand_in), "/srv/team.toml") == [stand_in]
 
 
 def test_in_a_running_proxy_or_a_test_an_option_error_stays_mitmproxys_to_show(tmp_path) -> None:  # type: ignore[no-untyped-def]
