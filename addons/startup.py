@@ -4,8 +4,9 @@ mitmproxy logs an error raised by a script's `configure` with its traceback, sta
 then exits. For a typo in the config (or in a `--set sluice_...` name) that is a wall of text about
 mitmproxy's internals around one line that matters. While mitmproxy is starting from the command line
 (mitmdump, mitmweb, mitmproxy: their `errorcheck` addon would stop it anyway), sluice prints the problem
-itself and exits with status 2. Later (an option changed in mitmweb's options editor) and in tests, the
-error stays an `OptionsError`, which mitmproxy shows and the change is refused.
+itself and exits with status 1, as mitmproxy does for a bad option. Later (an option changed in mitmweb's
+options editor) and in tests, the error stays an `OptionsError`, which mitmproxy shows and the change is
+refused.
 
 Fails closed: a problem at start-up always stops it.
 """
@@ -20,7 +21,7 @@ from mitmproxy import ctx, exceptions
 
 from rules.config import ConfigError
 
-EXIT_STATUS = 2
+EXIT_STATUS = 1  # as mitmproxy itself exits on a bad option
 
 
 class StartupError(exceptions.OptionsError):
@@ -60,7 +61,7 @@ def starting_from_command_line() -> bool:
 
 
 def exit_with(error: exceptions.OptionsError) -> None:
-    """Print the error as one block on stderr and stop the process (status 2)."""
+    """Print the error as one block on stderr and stop the process (status 1)."""
     options = ctx.options
     lines = lines_for(error, options.sluice_config if "sluice_config" in options else None)
     text = "\n".join(["sluice: cannot start:", *(f"  {line}" for line in lines)])
