@@ -12,6 +12,8 @@ as a `#tag` at the start of the comment:
   cache (addons/cache_health.py).
 
 Filter them in mitmweb or mitmdump with `~marked`, `~marker hourglass`, or `~comment "#cache-miss"`.
+`--set sluice_marks=symbols` marks with characters text fonts have instead of emoji (SYMBOL_MARKS), and
+`sluice_marks=off` marks nothing; the `#tags` are written either way.
 """
 
 from __future__ import annotations
@@ -29,11 +31,22 @@ def _tokens(n: int | None) -> str:
 
 
 def summarize(row: Mapping[str, Any]) -> str:
-    """`model · in 1234 (cache r 800 w 200) · out 56 · $0.0123`, with the error when there was one."""
-    parts = [str(row.get("model") or row.get("api") or "?")]
+    """`$0.0123 · in 1234 (cache r 800 w 200) · out 56 · model`, with the error when there was one.
+
+    Cost and tokens come first: mitmweb's Comment column is narrow at common window widths, and the model
+    name is the part a person can best do without (it is in the request). A call that succeeded without a
+    price says `unpriced`; a failed call shows no cost at all.
+    """
+    parts = []
+    model = str(row.get("model") or row.get("api") or "?")
     if row.get("api") == "count_tokens":
         parts.append(f"counted {_tokens(row.get('counted_tokens'))}")
     else:
+        cost = row.get("cost_usd")
+        if cost is not None:
+            parts.append(f"${cost:.4f}")
+        elif not _failed(row):
+            parts.append("unpriced")
         cache = ""
         read = row.get("cache_read_tokens") or 0
         write = (row.get("cache_write_5m_tokens") or 0) + (row.get("cache_write_1h_tokens") or 0)
@@ -41,11 +54,15 @@ def summarize(row: Mapping[str, Any]) -> str:
             cache = f" (cache r {_tokens(read)} w {_tokens(write)})"
         parts.append(f"in {_tokens(row.get('input_tokens'))}{cache}")
         parts.append(f"out {_tokens(row.get('output_tokens'))}")
-        cost = row.get("cost_usd")
-        parts.append(f"${cost:.4f}" if cost is not None else "$?")
+    parts.append(model)
     if row.get("error"):
         parts.append(f"error: {row['error']}")
     return " · ".join(parts)
+
+
+def _failed(row: Mapping[str, Any]) -> bool:
+    status = row.get("status")
+    return bool(row.get("error")) or (isinstance(status, int) and status >= 400)
 
 
 # Flag → mark, in order of precedence.
@@ -55,6 +72,17 @@ MARKS = {
     "error": ":x:",
     "cache-miss": ":broken_heart:",
 }
+# The same flags as characters ordinary text fonts have (DejaVu, Liberation, the system UI fonts), for a
+# mitmweb on a machine with no colour-emoji font, where the emoji above show as empty boxes:
+# `--set sluice_marks=symbols`. mitmweb shows only its known shortcodes, so these are shortcodes too.
+SYMBOL_MARKS = {
+    "budget": ":heavy_multiplication_x:",  # ✖
+    "rate-limited": ":hourglass:",  # ⌛ (text fonts have this one)
+    "error": ":warning:",  # ⚠
+    "cache-miss": ":recycle:",  # ♻
+}
+# `sluice_marks`: which marks flagged calls get; "off" leaves marking to the user (the #tags stay).
+MARK_SETS: dict[str, dict[str, str]] = {"emoji": MARKS, "symbols": SYMBOL_MARKS, "off": {}}
 BUDGET_REFUSAL = "note:refused: budget exhausted"
 RATE_LIMIT_STATUSES = (429, 529)
 RATE_LIMIT_ERRORS = ("rate_limit_error", "overloaded_error", "rate_limit_exceeded")
@@ -65,7 +93,7 @@ def flags(row: Mapping[str, Any]) -> list[str]:
     found = []
     status = row.get("status")
     error = str(row.get("error") or "")
-    failed = bool(error) or (isinstance(status, int) and status >= 400)
+    failed = _failed(row)
     if BUDGET_REFUSAL in str(row.get("rules_applied") or ""):
         found.append("budget")
     elif status in RATE_LIMIT_STATUSES or error.startswith(RATE_LIMIT_ERRORS):
@@ -77,12 +105,12 @@ def flags(row: Mapping[str, Any]) -> list[str]:
     return found
 
 
-def annotate(flow: http.HTTPFlow, row: Mapping[str, Any]) -> None:
-    """Comment every metered flow; mark a flagged one (unless someone marked it already)."""
+def annotate(flow: http.HTTPFlow, row: Mapping[str, Any], marks: Mapping[str, str] = MARKS) -> None:
+    """Comment every metered flow; mark a flagged one with `marks` (unless someone marked it already)."""
     tags = flags(row)
     summary = summarize(row)
     if row.get("cache_status") == "miss" and row.get("cache_note"):
         summary += f" · cache miss: {row['cache_note']}"
     flow.comment = " ".join([*(f"#{tag}" for tag in tags), summary])
-    if tags and not flow.marked:
-        flow.marked = MARKS[tags[0]]
+    if tags and not flow.marked and tags[0] in marks:
+        flow.marked = marks[tags[0]]

@@ -25,9 +25,10 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mitmproxy import exceptions, hooks, http
 from mitmproxy import flow as mflow
-from mitmproxy import hooks, http
 
+from addons import startup
 from addons.core import SluiceCore, destination
 
 log = logging.getLogger("sluice")
@@ -68,6 +69,8 @@ def _dispatcher(hook: str, found: list[tuple[object, Method]], core: SluiceCore 
     is_async = any(inspect.iscoroutinefunction(method) for method in methods)
     if hook in SYNC_ONLY and is_async:
         raise TypeError(f"sluice: an async {hook} hook cannot run where mitmproxy calls it synchronously")
+    if hook == "configure":
+        return _configure_dispatcher(methods, core)
     if hook in SYNC_ONLY:
         if len(methods) == 1:
             return methods[0]
@@ -105,6 +108,22 @@ def _dispatcher(hook: str, found: list[tuple[object, Method]], core: SluiceCore 
                 failed(part, args, e)
 
     return await_all
+
+
+def _configure_dispatcher(methods: list[Method], core: SluiceCore | None) -> Method:
+    """Configure every part; an option error while mitmproxy starts from its command line is printed as
+    one block and stops the process there (addons/startup.py), else it is mitmproxy's to show."""
+
+    def configure(updated: set[str]) -> None:
+        try:
+            for method in methods:
+                method(updated)
+        except exceptions.OptionsError as e:
+            if core is not None and not core.started and startup.starting_from_command_line():
+                startup.exit_with(e)
+            raise
+
+    return configure
 
 
 def _contain(hook: str, part: object, flow: mflow.Flow, error: Exception, core: SluiceCore | None) -> None:

@@ -10,8 +10,10 @@ from pathlib import Path
 from mitmproxy import ctx, exceptions, http, optmanager
 from mitmproxy.tools.dump import DumpMaster
 
+from addons.annotate import MARK_SETS
 from addons.calls import Call
 from addons.decoding import DEFAULT_DECODE_MAX
+from addons.startup import check_options, config_error
 from rules.config import Config, ConfigError, Upstream, load_config
 from rules.destination import Destination, normalize_host
 from rules.envelopes import error_body
@@ -67,6 +69,8 @@ class SluiceCore:
         # (mitmweb, the console), flows saved as they pass (`-w`), or mitmdump printing bodies
         # (`flow_detail` >= 3). A plain mitmdump shows none of it.
         self.flows_shown = True
+        # Set once mitmproxy runs: before it, an option error stops start-up (addons/startup.py).
+        self.started = False
 
     def load(self, loader):  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -93,6 +97,14 @@ class SluiceCore:
             DEFAULT_DECODE_MAX,
             "Bytes of a body sluice decodes or parses to read it; past them it passes on unread (0: none).",
         )
+        loader.add_option(
+            "sluice_marks",
+            str,
+            "emoji",
+            "How flagged calls are marked in the flow list: emoji, symbols (characters text fonts have, "
+            "for a machine without an emoji font) or off. The #tags in the comment are written either way.",
+            choices=list(MARK_SETS),
+        )
         connect_lazily(loader.master.options)
 
     def configure(self, updated: set[str]) -> None:
@@ -101,12 +113,16 @@ class SluiceCore:
         # From flow_detail 3, mitmdump prints bodies through the contentviews, sluice's LLM view included.
         printing = "flow_detail" in options and options.flow_detail >= 3
         self.flows_shown = saving or printing or not isinstance(ctx.master, DumpMaster)
+        check_options()
+        if "sluice_marks" in updated and options.sluice_marks not in MARK_SETS:
+            choices = ", ".join(MARK_SETS)
+            raise exceptions.OptionsError(f"sluice_marks: {options.sluice_marks!r} is not one of {choices}")
         if "sluice_config" in updated:
             path = ctx.options.sluice_config
             try:
                 self.config = load_config(path) if path else Config()
             except ConfigError as e:
-                raise exceptions.OptionsError(f"sluice_config: {e}") from None
+                raise config_error("sluice_config", e) from None
             self.config_dir = Path(path).expanduser().resolve().parent if path else None
             self._upstreams = {upstream.host: upstream for upstream in self.config.upstreams}
         if "sluice_db" in updated and ctx.options.sluice_db != self._db_path:
@@ -160,6 +176,12 @@ class SluiceCore:
             call.notes.append(note)
 
     @property
+    def marks(self) -> dict[str, str]:
+        """Flag -> mitmproxy mark for flagged calls (addons/annotate.py), as `sluice_marks` chooses."""
+        options = ctx.options
+        return MARK_SETS["emoji" if "sluice_marks" not in options else options.sluice_marks]
+
+    @property
     def keep_body(self) -> int:
         return max(0, int(ctx.options.sluice_keep_body))
 
@@ -168,6 +190,7 @@ class SluiceCore:
             self.writer.put(record)
 
     def running(self) -> None:
+        self.started = True
         # What is loaded by now (mitmproxy, sluice, and the price table, loaded here rather than by the
         # first call) lives as long as the process. Frozen, it is left out of every later collection: a full
         # collection of it (~115k objects) costs ~40 ms, which would land on the event loop at random, in

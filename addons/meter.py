@@ -329,7 +329,7 @@ class Meter:
             except Exception as e:  # an observer must not cost the call its row
                 log.warning("sluice: flow %s: %r failed: %r", call.flow_id, hook, e)
         self.core.record(record)
-        annotate(flow, record.row)
+        annotate(flow, record.row, self.core.marks)
 
     def _finish_in_flight(self) -> None:
         for flow_id in list(self.deferred):

@@ -210,7 +210,7 @@ def _causes(previous: Turn, shape: PromptShape, started: float, credential: str)
     causes = []
     if previous.credential != credential:
         causes.append(f"credential switched ({previous.credential} → {credential})")
-    diverged = _first_difference(previous, shape)
+    diverged = first_difference(previous, shape)
     if diverged is not None and diverged < shape.blocks:
         causes.append(f"prefix changed at {shape.labels[diverged]}")
     elif diverged is not None:
@@ -231,7 +231,7 @@ def _causes(previous: Turn, shape: PromptShape, started: float, credential: str)
     return causes or ["cause unknown: same prefix and credential, within the TTL"]
 
 
-def _first_difference(previous: Turn, shape: PromptShape) -> int | None:
+def first_difference(previous: Turn, shape: PromptShape) -> int | None:
     """The first cached block this prompt does not repeat exactly; None when it repeats them all."""
     for position in range(previous.blocks):
         if position >= shape.blocks:

@@ -7,11 +7,15 @@ with a warning, and nothing here ever prints a resolved value.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
+import types
+import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -218,7 +222,26 @@ _FIELD_NAMES = frozenset(name for model in _Model.__subclasses__() for name in m
 
 
 class ConfigError(ValueError):
-    """A configuration problem, worded for the operator: file, field, what is wrong."""
+    """A configuration problem, worded for the operator: file, field, what is wrong.
+
+    `str()` is one line (`file: field: reason; field: reason`); `source` and `problems` (field, reason)
+    keep the parts, so a front end can show one block (`block()`) instead of one long line.
+    """
+
+    def __init__(
+        self, message: str, *, source: str | None = None, problems: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        super().__init__(message)
+        self.source = source
+        self.problems = list(problems)
+
+    def block(self) -> str:
+        """The error as a few lines: the file, then one line per field with its reason."""
+        if not self.problems:
+            return str(self)
+        lines = [f"file: {self.source}"] if self.source else []
+        lines += [f"{field}: {reason}" for field, reason in self.problems]
+        return "\n".join(lines)
 
 
 # A key the config does not know is named in the error only when it looks like a field name: a secret
@@ -242,16 +265,75 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{source}: not valid TOML: {e}") from e
+        raise ConfigError(
+            f"{source}: not valid TOML: {e}", source=source, problems=[("(file)", f"not valid TOML: {e}")]
+        ) from e
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{_field_path(error['loc'])}: {error['msg']}"
-            + (f" (got {error['input']!r})" if _is_safe_to_echo(error) else "")
+        problems = [
+            (
+                _field_path(error["loc"]),
+                _reason(error) + (f" (got {error['input']!r})" if _is_safe_to_echo(error) else ""),
+            )
             for error in e.errors()
-        )
-        raise ConfigError(f"{source}: {problems}") from None
+        ]
+        text = "; ".join(f"{field}: {reason}" for field, reason in problems)
+        raise ConfigError(f"{source}: {text}", source=source, problems=problems) from None
+
+
+def _reason(error: object) -> str:
+    """pydantic's message in the operator's words: "unknown field" (with the field it probably meant)."""
+    if not isinstance(error, dict):
+        return str(error)
+    kind, location = error.get("type"), tuple(error.get("loc", ()))
+    if kind == "extra_forbidden":
+        return "unknown field" + _did_you_mean(location)
+    if kind == "missing":
+        return "missing: this field is required"
+    message = str(error.get("msg", ""))
+    return message.removeprefix("Value error, ")
+
+
+def _did_you_mean(location: tuple[int | str, ...]) -> str:
+    """` (did you mean "key"?)` for an unknown field close to one the same table has; else empty.
+
+    Only for a name that is shown at all (`_SHOWN_KEY`): a secret pasted as a key gets no suggestion.
+    """
+    if not location or not isinstance(location[-1], str) or not _SHOWN_KEY.fullmatch(location[-1]):
+        return ""
+    model = _model_at(location[:-1])
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(location[-1], list(model.model_fields), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _model_at(location: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model whose table `location` points into (list indexes skipped), or None."""
+    model: type[BaseModel] = Config
+    for part in location:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        found = _model_in(field.annotation) if field is not None else None
+        if found is None:
+            return None
+        model = found
+    return model
+
+
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    """The model an annotation holds: `X`, `X | None`, `list[X]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (list, Union, types.UnionType, Annotated):
+        for argument in typing.get_args(annotation):
+            found = _model_in(argument)
+            if found is not None:
+                return found
+    return None
 
 
 # Fields whose values are never secrets: a bad value there is echoed to help the operator. Everything else

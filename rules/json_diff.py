@@ -116,10 +116,41 @@ def _diff_lists(before: list[Any], after: list[Any], path: str, out: list[Change
             for offset in range(i2 - i1):
                 _diff(before[i1 + offset], after[j1 + offset], format_path(path, j1 + offset), out, limit)
             continue
-        for index in range(i1, i2):
+        _diff_block(before, after, (i1, i2, j1, j2), path, out, limit, shared)
+
+
+def _diff_block(
+    before: list[Any],
+    after: list[Any],
+    block: tuple[int, int, int, int],
+    path: str,
+    out: list[Change],
+    limit: int,
+    shared: set[int],
+) -> None:
+    """Items that differ between `before[i1:i2]` and `after[j1:j2]`: one that is the same apart from its
+    `cache_control` (a client block whose TTL sluice raised next to a block it added) is the same item,
+    edited; the rest were removed or added."""
+    i1, i2, j1, j2 = block
+    old = [_align_key(_without_cache_control(item), shared) for item in before[i1:i2]]
+    new = [_align_key(_without_cache_control(item), shared) for item in after[j1:j2]]
+    matcher = SequenceMatcher(None, old, new, autojunk=False)
+    for tag, a1, a2, b1, b2 in matcher.get_opcodes():
+        if tag == "equal":
+            for offset in range(a2 - a1):
+                index = j1 + b1 + offset
+                _diff(before[i1 + a1 + offset], after[index], format_path(path, index), out, limit)
+            continue
+        for index in range(i1 + a1, i1 + a2):
             _add(out, limit, Change("removed", format_path(path, index), before=compact(before[index])))
-        for index in range(j1, j2):
+        for index in range(j1 + b1, j1 + b2):
             _add(out, limit, Change("added", format_path(path, index), after=compact(after[index])))
+
+
+def _without_cache_control(item: Any) -> Any:
+    if isinstance(item, dict) and "cache_control" in item:
+        return {key: value for key, value in item.items() if key != "cache_control"}
+    return item
 
 
 def _add(out: list[Change], limit: int, change: Change) -> None:

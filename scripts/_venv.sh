@@ -17,21 +17,34 @@ find_python() {
     return 1
 }
 
+# .venv/.sluice-installed holds "<hash of pyproject.toml> <extra> <extra> ...": what the last install put in.
+# An install keeps every extra installed before, so switching between scripts/run (no extras) and
+# scripts/test (the test extras) installs nothing; only a changed pyproject.toml or a new extra does.
 ensure_venv() {
-    local extras="$1" stamp
+    local wanted="$1" hash line installed_hash extras extra missing=""
     if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then
         rm -rf .venv
         "$(find_python)" -m venv .venv
     fi
-    stamp="$(cat pyproject.toml | sha256sum | cut -c1-16)-${extras:-base}"
-    installed="$(cat .venv/.sluice-installed 2>/dev/null || true)"
-    # Installed with extras includes the base install: running the proxy needs no reinstall after the tests.
-    if [ -z "$extras" ] && [ "${installed%-*}" = "${stamp%-*}" ]; then
+    hash="$(sha256sum pyproject.toml | cut -c1-16)"
+    line="$(cat .venv/.sluice-installed 2>/dev/null || true)"
+    installed_hash="${line%% *}"
+    extras=""
+    [ "$installed_hash" = "$line" ] || extras="${line#* }"
+    # Stamps written before extras were listed read "<hash>-<extra>" (or "-base").
+    case "$installed_hash" in
+        *-*) extras="${installed_hash#*-}"; installed_hash="${installed_hash%%-*}" ;;
+    esac
+    extras="$(echo "$extras" | tr ' ' '\n' | grep -vx -e '' -e base | sort -u | tr '\n' ' ' || true)"
+    for extra in $wanted; do
+        case " $extras " in *" $extra "*) ;; *) missing="$missing $extra" ;; esac
+    done
+    if [ "$installed_hash" = "$hash" ] && [ -z "$missing" ]; then
         return 0
     fi
-    if [ "$installed" != "$stamp" ]; then
-        .venv/bin/python -m pip install --quiet --upgrade pip
-        .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}"
-        echo "$stamp" > .venv/.sluice-installed
-    fi
+    extras="$(echo "$extras $missing" | tr ' ' '\n' | grep -vx '' | sort -u | tr '\n' ' ' || true)"
+    extras="${extras% }"
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m pip install --quiet -e ".${extras:+[${extras// /,}]}"
+    echo "$hash${extras:+ $extras}" > .venv/.sluice-installed
 }

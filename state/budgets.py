@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import sqlite_utils
 
@@ -75,10 +76,18 @@ class Admission:
         resets = f"; it resets at {self.resets_at.isoformat()}" if self.resets_at else "; it does not reset"
         scope = "in total" if self.period == "total" else f"per {self.period}"
         return (
-            f"sluice: budget exhausted for client {self.client}: ${self.limit_usd:.2f} {scope}, "
+            f"sluice: budget exhausted for client {self.client}: {budget_usd(self.limit_usd)} {scope}, "
             f"${self.spent_usd:.4f} spent and ${self.reserved_usd:.4f} reserved by calls in flight, "
             f"this call needs up to ${self.estimate_usd:.4f}{resets}"
         )
+
+
+def budget_usd(value: float) -> str:
+    """A configured amount with cents, and with every further digit it has: $20.00, $0.0001 (never $0.00)."""
+    exact = Decimal(repr(value))
+    exponent = exact.normalize().as_tuple().exponent
+    places = max(2, -exponent) if isinstance(exponent, int) else 2
+    return f"${exact:,.{places}f}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ from rules.config import ConfigError, load_config
 from rules.oauth_usage import SOURCE as OAUTH_USAGE_SOURCE
 from state import db as state_db
 from state import html_report, quota_live, report, sandbox
-from state.budgets import BudgetLedger
+from state.budgets import BudgetLedger, budget_usd
 from state.credentials import (
     CredentialDead,
     CredentialPool,
@@ -48,7 +48,7 @@ from state.credentials import (
 )
 from state.netns import clean_stale
 from state.oauth_http import post_refresh
-from state.ratelimits import QuotaSummary, format_duration, format_percent, statusline
+from state.ratelimits import QuotaSummary, format_duration, format_percent, pool_statusline, statusline
 from state.sandbox_env import SandboxError
 from state.writer import RecordWriter
 
@@ -277,7 +277,7 @@ def _usage_cells(row: report.UsageRow) -> list[Text]:
     ]
     return [
         *(Text(f"{count:,}") for count in counts),
-        Text(format_usd(row.cost_usd)),
+        Text(report.cost_text(format_usd(row.cost_usd), row), style="yellow" if row.unpriced_calls else ""),
         Text(f"{row.unpriced_calls:,}", style="yellow" if row.unpriced_calls else ""),
         Text(f"{row.errors:,}", style="red" if row.errors else ""),
     ]
@@ -346,7 +346,13 @@ def _add_quota(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
         dest="format",
         action="store_const",
         const="statusline",
-        help="print one short line (5h 42%% · 7d 13%% · resets 2h10m) for a shell prompt or a status line",
+        help="print one short line (5h 42%% · 7d 13%% · resets 2h10m) for a shell prompt or a status line; "
+        "with several credentials, each window at its worst across them, the worst first",
+    )
+    parser.add_argument(
+        "--each",
+        action="store_true",
+        help="with --statusline: one part per credential instead of the worst of them (long with a pool)",
     )
     parser.set_defaults(handler=run_quota, format="table")
 
@@ -367,7 +373,7 @@ def run_quota(args: argparse.Namespace) -> int:
     if args.format == "json":
         _write_json([quota.to_dict() for quota in quotas])
     elif args.format == "statusline":
-        print(printable(quota_statusline(quotas, now)))
+        print(printable(quota_statusline(quotas, now, each=args.each)))
     elif not quotas:
         scope = " matching" if args.host is not None or args.credential is not None else ""
         print(f"No{scope} rate-limit headers recorded in {args.db} yet.")
@@ -486,12 +492,15 @@ def _drain_stdin(limit: int = 1 << 20, wait_s: float = 0.5) -> None:
         read += len(chunk)
 
 
-def quota_statusline(quotas: Sequence[report.CredentialQuota], now: datetime) -> str:
-    """One line for all credentials; each is named when there are several."""
+def quota_statusline(quotas: Sequence[report.CredentialQuota], now: datetime, *, each: bool = False) -> str:
+    """One line for all credentials: the worst of a pool (state/ratelimits.py), or with `each` one part per
+    credential, each named."""
     if not quotas:
         return "no rate limits seen"
     if len(quotas) == 1:
         return statusline(quotas[0].summary, now)
+    if not each:
+        return pool_statusline([quota.summary for quota in quotas], now)
     return " | ".join(
         f"{quota.credential or quota.host}: {statusline(quota.summary, now)}" for quota in quotas
     )
@@ -853,7 +862,7 @@ def run_clients(args: argparse.Namespace) -> int:
         _add_row(
             table,
             budget.client,
-            f"${budget.limit_usd:,.2f} {scope}",
+            f"{budget_usd(budget.limit_usd)} {scope}",
             f"${budget.spent_usd:,.4f}",
             f"${budget.reserved_usd:,.4f}",
             f"${left:,.4f}",
@@ -966,6 +975,126 @@ def _print_refusals(db: Path, since: str, shown: int = 20) -> None:
         print(f"sluice sandbox: ... and {len(rows) - shown} more (table sandbox_events)", file=sys.stderr)
 
 
+# ── doctor ────────────────────────────────────────
+
+
+def _add_doctor(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "doctor",
+        parents=[common],
+        help="check everything a first call needs, and say how to fix what fails",
+        description="Checks Python and mitmproxy, the mitmproxy CA and the variables clients trust it by, "
+        "HTTPS_PROXY and NO_PROXY, the config and its env:/file: references (values never shown), the "
+        "database, and with --online each upstream key. Exit status 0 only when nothing fails.",
+    )
+    parser.add_argument(
+        "--config", metavar="PATH", help="the TOML config the proxy runs with (sluice_config)"
+    )
+    parser.add_argument(
+        "--confdir",
+        metavar="DIR",
+        default="~/.mitmproxy",
+        help="mitmproxy's confdir, where its CA lives (default: ~/.mitmproxy)",
+    )
+    parser.add_argument(
+        "--online",
+        action="store_true",
+        help="also ask each upstream key for the provider's model list (GET /v1/models, free), directly",
+    )
+    parser.add_argument("--json", dest="format", action="store_const", const="json", help="print JSON")
+    parser.set_defaults(handler=run_doctor, format="text")
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from state import doctor
+
+    checks = doctor.run_checks(
+        config_path=args.config, db_path=args.db, confdir=args.confdir, env=os.environ, online=args.online
+    )
+    if args.format == "json":
+        _write_json({"ok": doctor.passed(checks), "checks": [check.to_dict() for check in checks]})
+    else:
+        marks = {"pass": "ok  ", "fail": "FAIL", "skip": "--  "}
+        width = max(len(check.name) for check in checks)
+        for check in checks:
+            print(printable(f"{marks[check.status]}  {check.name:<{width}}  {check.detail}"))
+            if check.status == "fail" and check.advice:
+                print(printable(f"      {'':<{width}}  -> {check.advice}"))
+        failed = sum(check.status == "fail" for check in checks)
+        print("all checks passed" if not failed else f"{failed} check(s) failed")
+    return 0 if doctor.passed(checks) else 1
+
+
+# ── replay ────────────────────────────────────────
+
+
+def _add_replay(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "replay",
+        help="what a new config's request rules would change in flows saved with -w (nothing is sent)",
+        description="Runs the request rules of a config over the LLM requests in a flow file saved with "
+        "mitmdump -w, without sending anything, and reports per request: bytes added, system blocks "
+        "injected, cache breakpoints before and after the cap, and whether the prompt-cache prefix would "
+        "change (the cached conversation would be written anew).",
+    )
+    parser.add_argument("flows", metavar="FLOWS", help="a flow file saved with -w (mitmdump, mitmweb)")
+    parser.add_argument("--config", metavar="PATH", required=True, help="the config to try (TOML)")
+    parser.add_argument("--json", dest="format", action="store_const", const="json", help="print JSON")
+    parser.set_defaults(handler=run_replay, format="table")
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    from rules.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        raise CliError(
+            f"the config cannot be used:\n  {e.block().replace(chr(10), chr(10) + '  ')}"
+        ) from None
+    # Reading flow files needs mitmproxy, which nothing under state/ imports: only this command loads it.
+    from addons.replay import replay_file
+
+    try:
+        report = replay_file(args.flows, config, Path(args.config).expanduser().resolve().parent)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    for warning in report.warnings:
+        print(printable(f"sluice: warning: {warning}"), file=sys.stderr)
+    if args.format == "json":
+        _write_json([request.to_dict() for request in report.requests])
+        return 0
+    if not report.requests:
+        print(f"No LLM requests among the {report.flows:,} flows in {args.flows}.")
+        return 0
+    table = Table(title=f"{args.config} over {args.flows}", title_justify="left")
+    for column in ("Flow", "Request", "Bytes", "Injected", "Breakpoints", "Cache prefix"):
+        table.add_column(column, no_wrap=column != "Cache prefix")
+    for request in report.requests:
+        breakpoints = (
+            f"{request.breakpoints_before} -> {request.breakpoints_after}"
+            if request.breakpoints_before is not None
+            else ""
+        )
+        prefix = request.prefix + (f": {request.prefix_note}" if request.prefix_note else "")
+        _add_row(
+            table,
+            request.flow_id[:8],
+            f"{request.client or '-'} {request.host}{request.path} {request.model or ''}".strip(),
+            f"{request.bytes_added:+,}",
+            ", ".join(request.blocks_injected),
+            breakpoints,
+            Text(
+                prefix + (f" ({request.note})" if request.note else ""),
+                style="red" if request.prefix == "changed" else "",
+            ),
+        )
+    _print_table(_console(), table)
+    busted = sum(request.prefix == "changed" for request in report.requests)
+    print(f"{busted} of {len(report.requests)} requests would write their cached prompt prefix anew.")
+    return 0
+
+
 # Every subcommand, in the order `sluice --help` lists them. A new one is an `_add_<name>(subparsers,
 # common)` function that adds its parser with `parents=[common]` (for --db) and sets `handler=`,
 # appended here.
@@ -975,6 +1104,8 @@ SUBCOMMANDS: tuple[Callable[[Subparsers, argparse.ArgumentParser], None], ...] =
     _add_credentials,
     _add_clients,
     _add_sandbox,
+    _add_doctor,
+    _add_replay,
 )
 
 

@@ -112,11 +112,12 @@ def render(
 <p class="meta">{escape(window)} · generated {escape(now.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"))}</p>
 <div class="totals">
 <div>calls<b>{total.calls:,}</b></div>
-<div>cost<b>{escape(_usd(float(total.cost_usd)))}</b></div>
+<div>cost<b>{escape(report.cost_text(_usd(float(total.cost_usd)), total))}</b></div>
 <div>input<b>{total.input_tokens:,}</b></div>
 <div>cache read<b>{total.cache_read_tokens:,}</b></div>
 <div>cache write<b>{total.cache_write_tokens:,}</b></div>
 <div>output<b>{total.output_tokens:,}</b></div>
+<div>unpriced<b>{total.unpriced_calls:,}</b></div>
 <div>errors<b>{total.errors:,}</b></div>
 </div>
 {"".join(sections)}
@@ -283,7 +284,17 @@ def _table(usage: report.UsageReport, dimension: str) -> str:
         return '<p class="empty">No calls.</p>'
     head = "".join(
         f"<th>{escape(title)}</th>"
-        for title in (dimension, "calls", "input", "cache read", "cache write", "output", "cost", "errors")
+        for title in (
+            dimension,
+            "calls",
+            "input",
+            "cache read",
+            "cache write",
+            "output",
+            "cost",
+            "unpriced",
+            "errors",
+        )
     )
     body = []
     for row in sorted(usage.rows, key=lambda r: (-r.cost_usd, r.group[dimension] or "")):
@@ -294,7 +305,8 @@ def _table(usage: report.UsageReport, dimension: str) -> str:
             f"{row.cache_read_tokens:,}",
             f"{row.cache_write_tokens:,}",
             f"{row.output_tokens:,}",
-            escape(_usd(float(row.cost_usd))),
+            escape(report.cost_text(_usd(float(row.cost_usd)), row)),
+            f"{row.unpriced_calls:,}",
             f"{row.errors:,}",
         ]
         body.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")

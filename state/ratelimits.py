@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -227,6 +227,45 @@ def format_percent(fraction: float) -> str:
     return f"{math.floor(percent + 0.5)}%"
 
 
+_SHORT_NAMES = {"requests": "req", "tokens": "tok", "input-tokens": "in", "output-tokens": "out"}
+POOL_STATUSLINE_WINDOWS = 3
+
+
+def pool_statusline(summaries: Sequence[QuotaSummary], now: datetime) -> str:
+    """One short line for a pool of credentials: each window at its worst across them, the worst first (at
+    most three), when the worst resets, and how many credentials it covers: `5h 97% · 7d 40% · resets
+    1h10m · worst of 3 keys`. A window whose reset has passed is left out."""
+    now = as_utc(now)
+    worst: dict[str, tuple[float, datetime | None]] = {}
+    for summary in summaries:
+        for name, used, reset_at in _live_windows(summary, now):
+            if name not in worst or used > worst[name][0]:
+                worst[name] = (used, reset_at)
+    if not worst:
+        return "no rate limits seen"
+    ranked = sorted(worst.items(), key=lambda item: -item[1][0])[:POOL_STATUSLINE_WINDOWS]
+    parts = [f"{name} {format_percent(used)}" for name, (used, _) in ranked]
+    reset_at = ranked[0][1][1]
+    if reset_at is not None:
+        parts.append(f"resets {format_duration(reset_at - now)}")
+    parts.append(f"worst of {len(summaries)} keys")
+    return " · ".join(parts)
+
+
+def _live_windows(summary: QuotaSummary, now: datetime) -> list[tuple[str, float, datetime | None]]:
+    """(short name, used fraction, reset) of every window and limit of a summary that has not reset yet."""
+    found: list[tuple[str, float, datetime | None]] = []
+    if summary.unified is not None:
+        for window in summary.unified.windows:
+            if window.utilization is not None and not (window.reset_at and window.reset_at <= now):
+                found.append((window.name, window.utilization, window.reset_at))
+    for limit in summary.limits:
+        used = limit.used_fraction
+        if used is not None and not (limit.reset_at and limit.reset_at <= now):
+            found.append((_SHORT_NAMES.get(limit.name, limit.name), used, limit.reset_at))
+    return found
+
+
 def statusline(summary: QuotaSummary, now: datetime) -> str:
     """One short line for a shell prompt or Claude Code's status line: `5h 42% · 7d 13% · resets 2h10m`.
 
@@ -253,7 +292,7 @@ def statusline(summary: QuotaSummary, now: datetime) -> str:
         resets = [r for r in [unified.reset_at] if r is not None and r > now] or sorted(
             w.reset_at for w in unified.windows if w.reset_at is not None and w.reset_at > now
         )
-    short = {"requests": "req", "tokens": "tok", "input-tokens": "in", "output-tokens": "out"}
+    short = _SHORT_NAMES
     tightest: Limit | None = None
     for limit in summary.limits:
         used = limit.used_fraction

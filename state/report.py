@@ -54,15 +54,28 @@ USAGE_COLUMNS = (
 )
 
 _DECIMAL_SUM = "sluice_decimal_sum"
+# A failed call: an error recorded, or an HTTP status of 400 or more.
+_IS_ERROR = "(coalesce(error, '') != '' or coalesce(status, 0) >= 400)"
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def cost_text(amount: str, row: UsageRow) -> str:
+    """A group's cost as shown to a person: `unpriced` when none of its calls has a price (never "$0"), the
+    amount and `+ N unpriced` when some lack one."""
+    if not row.unpriced_calls:
+        return amount
+    if row.cost_usd == 0:
+        return "unpriced"
+    return f"{amount} + {row.unpriced_calls:,} unpriced"
 
 
 @dataclass(frozen=True)
 class UsageRow:
     """Usage of one group of calls; `group` maps each grouping dimension to its value (None when unset).
 
-    `unpriced_calls` counts billable calls with no cost recorded (count_tokens calls are never billed), and
-    `errors` counts calls that recorded an error or got an HTTP status of 400 or more.
+    `unpriced_calls` counts calls that succeeded but have no cost recorded (a model genai-prices does not
+    know; count_tokens calls are never billed), apart from `errors`: calls that recorded an error or got an
+    HTTP status of 400 or more (they have no cost either, and are not called unpriced).
     """
 
     group: dict[str, str | None]
@@ -210,9 +223,9 @@ def usage(
             sum(coalesce(output_tokens, 0)) as output_tokens,
             sum(coalesce(reasoning_tokens, 0)) as reasoning_tokens,
             {_DECIMAL_SUM}(cost_usd) as cost_usd,
-            sum(case when cost_usd is null and coalesce(api, '') != 'count_tokens' then 1 else 0 end)
-                as unpriced_calls,
-            sum(case when coalesce(error, '') != '' or coalesce(status, 0) >= 400 then 1 else 0 end) as errors
+            sum(case when cost_usd is null and coalesce(api, '') != 'count_tokens' and not {_IS_ERROR}
+                then 1 else 0 end) as unpriced_calls,
+            sum(case when {_IS_ERROR} then 1 else 0 end) as errors
         from calls
         {where}
         group by {positions}

@@ -177,7 +177,8 @@ class Behaviour:
     Stream faults count *units*: for a streamed response a unit is one SSE record; for a plain response the
     body is one unit (two halves with `split=True`). `truncate_after=N` sends the headers and N units and
     then closes the connection without the terminal frame; `reset_after=N` does the same with a TCP RST;
-    `stall_after=N` waits `stall_seconds` after N units and then carries on; `error_after=N` replaces the
+    `stall_after=N` waits `stall_seconds` (or until `resume` is set) after N units and then carries on;
+    `error_after=N` replaces the
     rest of a stream with the provider's in-stream error record and ends the stream cleanly.
     """
 
@@ -222,6 +223,9 @@ class Behaviour:
     reset_before_response: bool = False
     stall_after: int | None = None
     stall_seconds: float = 0.0
+    # With `resume`, the stall ends as soon as the test sets it (`stall_seconds` is then only a bound): a
+    # test sees the client's side of a stall without guessing how long its own reading takes.
+    resume: threading.Event | None = None
     close_connection: bool = False
 
 
@@ -238,6 +242,12 @@ class SentResponse:
     body: bytes
     streamed: bool
     outcome: str = "pending"  # complete | truncated | reset | client-gone
+    # Set once the fake is done with the response (its last send returned, or it gave up): `outcome` is
+    # final from then on. A client can read the last byte before the fake's thread gets there.
+    ended: threading.Event = field(default_factory=threading.Event)
+
+    def wait_ended(self, timeout: float = 10.0) -> bool:
+        return self.ended.wait(timeout)
 
     def header(self, name: str) -> str | None:
         return _first(self.headers, name)
@@ -486,6 +496,8 @@ class _Responder:
             return self._error(b.status)
         if accepted_credentials is not None and self._credential() not in accepted_credentials:
             return self._error(401)
+        if self.request.method == "GET" and self.request.path.split("?")[0] == "/v1/models":
+            return self._json(self._models())
         payload = None
         if self.request.method == "POST" and self.request.path in self._endpoints():
             try:
@@ -635,6 +647,13 @@ class _Responder:
                 )
             return self._json(self._chat(model))
         return self._stream(self._responses_events(model)) if stream else self._json(self._response(model))
+
+    def _models(self) -> dict[str, Any]:
+        """`GET /v1/models`, free on both APIs: what a credential check (`sluice doctor --online`) asks."""
+        if self.provider == "openai":
+            return {"object": "list", "data": [{"id": "gpt-4o", "object": "model", "owned_by": "openai"}]}
+        model = {"id": "claude-sonnet-4-5", "type": "model", "display_name": "Claude Sonnet 4.5"}
+        return {"data": [model], "has_more": False, "first_id": model["id"], "last_id": model["id"]}
 
     def _json(self, body: dict[str, Any]) -> _Plan:
         return self._plain(self.b.status or 200, _dumps(body).encode(), "application/json")
@@ -1261,6 +1280,13 @@ class FakeProvider:
 
     def _respond(self, conn: socket.socket, request: RecordedRequest) -> _Ending:
         """Answer one request; say whether the connection carries on, ends cleanly, or was cut."""
+        try:
+            return self._answer(conn, request)
+        finally:
+            if request.response is not None:
+                request.response.ended.set()
+
+    def _answer(self, conn: socket.socket, request: RecordedRequest) -> _Ending:
         if self.record_requests:
             with self._lock:
                 self._requests.append(request)
@@ -1324,10 +1350,17 @@ class FakeProvider:
         limits.record(key, usage)
         return replace(behaviour, usage=usage, headers=[*limits.headers(key), *behaviour.headers])
 
+    def _stall(self, b: Behaviour) -> bool:
+        """Wait out a stall; True when the fake is stopping instead."""
+        if b.resume is None:
+            return self._stopping.wait(b.stall_seconds)
+        b.resume.wait(b.stall_seconds or 60.0)
+        return self._stopping.is_set()
+
     def _send_units(self, conn: socket.socket, plan: _Plan, b: Behaviour, sent: SentResponse) -> bool:
         encoder = _Encoder(b.encoding) if plan.streamed else None
         for index in range(len(plan.units) + 1):
-            if b.stall_after == index and self._stopping.wait(b.stall_seconds):
+            if b.stall_after == index and self._stall(b):
                 return False
             if b.truncate_after == index:
                 sent.outcome = "truncated"

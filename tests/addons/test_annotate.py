@@ -6,7 +6,7 @@ import pytest
 from mitmproxy import flowfilter
 from mitmproxy.test import tflow
 
-from addons.annotate import MARKS, annotate, flags
+from addons.annotate import MARK_SETS, MARKS, annotate, flags
 
 ROW: dict[str, Any] = {
     "model": "claude-sonnet-4-5",
@@ -50,7 +50,7 @@ def test_a_flagged_call_is_marked_and_tagged_and_can_be_filtered() -> None:
     annotate(flow, ROW | {"cache_status": "miss", "cache_note": "prefix changed at system[0]"})
     assert flow.marked == MARKS["cache-miss"] == ":broken_heart:"
     assert flow.comment == (
-        "#cache-miss claude-sonnet-4-5 · in 12 · out 3 · $0.0001 · cache miss: prefix changed at system[0]"
+        "#cache-miss $0.0001 · in 12 · out 3 · claude-sonnet-4-5 · cache miss: prefix changed at system[0]"
     )
     for expression in ("~marked", "~marker broken_heart", '~comment "#cache-miss"'):
         assert flowfilter.match(expression, flow), expression
@@ -60,9 +60,37 @@ def test_a_flagged_call_is_marked_and_tagged_and_can_be_filtered() -> None:
 def test_an_unflagged_call_is_only_commented_and_a_users_mark_is_kept() -> None:
     flow = tflow.tflow(resp=True)
     annotate(flow, ROW)
-    assert (flow.marked, flow.comment) == ("", "claude-sonnet-4-5 · in 12 · out 3 · $0.0001")
+    assert (flow.marked, flow.comment) == ("", "$0.0001 · in 12 · out 3 · claude-sonnet-4-5")
     assert not flowfilter.match("~marked", flow)
     mine = tflow.tflow(resp=True)
     mine.marked = ":star:"
     annotate(mine, ROW | {"status": 429, "error": "rate_limit_error: x"})
     assert mine.marked == ":star:" and mine.comment.startswith("#rate-limited ")
+
+
+def test_cost_and_tokens_come_before_the_model_and_a_missing_price_is_named() -> None:
+    flow = tflow.tflow(resp=True)
+    annotate(flow, ROW | {"cost_usd": None, "model": "claude-new"})
+    assert flow.comment == "unpriced · in 12 · out 3 · claude-new"
+    annotate(flow, ROW | {"cost_usd": None, "status": 500, "error": "api_error: boom"})
+    assert flow.comment == "#error in 12 · out 3 · claude-sonnet-4-5 · error: api_error: boom"
+
+
+@pytest.mark.parametrize(
+    ("marks", "expected"),
+    [(MARK_SETS["symbols"], ":warning:"), (MARK_SETS["emoji"], ":x:"), (MARK_SETS["off"], "")],
+)
+def test_marks_can_be_symbols_text_fonts_have_or_off(marks: dict[str, str], expected: str) -> None:
+    flow = tflow.tflow(resp=True)
+    annotate(flow, ROW | {"status": 500, "error": "api_error: boom"}, marks)
+    assert flow.marked == expected
+    assert flow.comment.startswith("#error ")  # the tag is there whatever the mark
+
+
+def test_every_symbol_mark_is_a_shortcode_mitmweb_shows_as_a_text_character() -> None:
+    from mitmproxy.utils import emoji
+
+    for flag, shortcode in MARK_SETS["symbols"].items():
+        character = emoji.emoji[shortcode].replace("\ufe0f", "")
+        assert len(character) == 1 and ord(character) < 0x2800, flag  # not in the emoji planes
+    assert set(MARK_SETS["symbols"]) == set(MARKS)

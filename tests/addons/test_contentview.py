@@ -147,22 +147,26 @@ def test_an_error_response_and_a_count() -> None:
     assert "input tokens (not billed)" in shown(count.response, count)[1]  # type: ignore[arg-type]
 
 
-def test_a_request_marks_what_sluice_changed() -> None:
+ADDED_BLOCK = {"op": "added", "path": "system[1]", "after": '{"type":"text","text":"Be kind."}'}
+
+
+def request_lines(rules: list[str], changes: list[dict[str, str]]) -> list[str]:
+    """The LLM view of the test request, with `rules` and `changes` kept on the flow as sluice keeps them."""
     f = flow()
-    f.metadata["sluice"] = {
-        "rules": ["system_block:policy", "max_tokens"],
-        "changes": [
-            {"op": "added", "path": "system[1]", "after": '{"type":"text","text":"Be kind."}'},
-            {"op": "added", "path": "max_tokens", "after": "1024"},
-            {
-                "op": "removed",
-                "path": "messages[0].content[0].cache_control",
-                "before": '{"type":"ephemeral"}',
-            },
-        ],
+    f.metadata["sluice"] = {"rules": rules, "changes": changes}
+    return shown(f.request, f)[1].splitlines()
+
+
+def test_a_request_marks_what_sluice_changed() -> None:
+    removed = {
+        "op": "removed",
+        "path": "messages[0].content[0].cache_control",
+        "before": '{"type":"ephemeral"}',
     }
-    text = shown(f.request, f)[1]
-    lines = text.splitlines()
+    lines = request_lines(
+        ["system_block:policy", "max_tokens"],
+        [ADDED_BLOCK, {"op": "added", "path": "max_tokens", "after": "1024"}, removed],
+    )
     assert "sluice changed this request: system_block:policy, max_tokens" in lines
     assert '  + system[1]: {"type":"text","text":"Be kind."}' in lines
     assert '  - messages[0].content[0].cache_control: {"type":"ephemeral"}' in lines
@@ -230,3 +234,10 @@ def test_a_request_nested_past_the_parser_limit_falls_back_to_another_view(opene
     assert view != "LLM"
     with pytest.raises(ValueError, match="nests too deeply"):
         LLMContentview().prettify(f.request.content or b"", contentviews.make_metadata(f.request, f))
+
+
+def test_a_client_block_whose_ttl_sluice_raised_is_marked_changed_not_added() -> None:
+    raised = {"op": "added", "path": "system[0].cache_control.ttl", "after": '"1h"'}
+    lines = request_lines(["system_block:policy", "cache_ttl_order"], [raised, ADDED_BLOCK])
+    assert "~ system[0] · text  ◀ changed by sluice" in lines
+    assert "+ system[1] · text · [cache 5m]  ◀ added by sluice" in lines

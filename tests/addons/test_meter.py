@@ -57,7 +57,7 @@ def test_where_flows_are_seen_the_row_and_comment_are_there_when_the_response_le
         return len(records.rows), flow.comment
 
     count, comment = asyncio.run(hook())
-    assert count == 1 and comment.startswith("claude-sonnet-4-6 · in 12 · out 3")
+    assert count == 1 and comment.endswith("· in 12 · out 3 · claude-sonnet-4-6")
 
 
 def test_in_a_plain_mitmdump_the_row_is_built_once_the_response_has_left() -> None:

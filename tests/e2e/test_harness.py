@@ -12,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -356,6 +357,7 @@ def test_stall_pauses_the_stream(fake: FakeProvider, test_ca: CertAuthority) -> 
     reads = _raw_exchange(fake, test_ca, {**MESSAGE, "stream": True})
     # Only a lower bound: the sleep guarantees it, however loaded the machine is.
     assert reads[-1][0] - started >= 0.5
+    assert fake.requests[0].response.wait_ended()  # the client may read the end before the fake returns
     assert fake.requests[0].response.outcome == "complete"
 
 
@@ -464,3 +466,21 @@ def test_sluice_addon_records_a_call(fake: FakeProvider, start_proxy) -> None:
     [row] = proxy.wait_for_rows(1)
     assert (row["host"], row["path"], row["model"]) == ("api.anthropic.com", "/v1/messages", MODEL)
     assert (row["input_tokens"], row["output_tokens"]) == (7, 3)
+
+
+def test_a_stall_with_resume_lasts_until_the_test_sets_it(fake: FakeProvider, test_ca: CertAuthority) -> None:
+    resume = threading.Event()
+    fake.next(stall_after=2, stall_seconds=60, resume=resume, event_delay=0)
+    releaser = threading.Thread(target=lambda: (_wait_for_pending(fake), resume.set()))
+    releaser.start()
+    reads = _raw_exchange(fake, test_ca, {**MESSAGE, "stream": True})
+    releaser.join(10)
+    assert fake.requests[0].response.wait_ended()
+    assert fake.requests[0].response.outcome == "complete"
+    assert b"message_stop" in b"".join(data for _, data in reads)
+
+
+def _wait_for_pending(fake: FakeProvider) -> None:
+    deadline = time.monotonic() + 10
+    while not fake.requests and time.monotonic() < deadline:
+        time.sleep(0.01)

@@ -11,6 +11,7 @@ import asyncio
 import gzip
 import json
 import sqlite3
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -513,8 +514,10 @@ def test_anthropic_stream_reaches_the_client_while_the_provider_is_still_sending
     fake: FakeProvider, sluice_proxy: Proxy
 ) -> None:
     since = len(sluice_proxy.rows())
-    # message_start, ping, content_block_start, then the provider goes quiet.
-    fake.next(usage=CLAUDE_USAGE, stall_after=3, stall_seconds=3)
+    # message_start, ping, content_block_start, then the provider goes quiet until the test lets it go on:
+    # no timing to guess on a loaded machine.
+    resume = threading.Event()
+    fake.next(usage=CLAUDE_USAGE, stall_after=3, stall_seconds=60, resume=resume)
     with (
         anthropic_client(sluice_proxy) as client,
         client.messages.create(**MESSAGE, stream=True) as stream,
@@ -522,11 +525,14 @@ def test_anthropic_stream_reaches_the_client_while_the_provider_is_still_sending
         events = iter(stream)
         first = [next(events).type for _ in range(2)]  # the SDK skips the ping
         outcome_while_reading = fake.requests[0].response.outcome
+        resume.set()
         rest = [event.type for event in events]
 
     assert first == ["message_start", "content_block_start"]
     assert outcome_while_reading == "pending"  # the fake had not finished: the proxy did not wait for it
     assert rest[-1] == "message_stop"
+    # The client can read message_stop before the fake's thread returns from its last send.
+    assert fake.requests[0].response.wait_ended()
     assert fake.requests[0].response.outcome == "complete"
     row = one_new_row(sluice_proxy, since)
     assert (row["status"], row["error"]) == (200, None)

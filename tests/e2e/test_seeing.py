@@ -252,7 +252,7 @@ def test_mitmweb_shows_marks_comments_and_the_llm_view_without_the_real_key(seen
 
     # The flow list: comments with #tags, marks as emoji.
     comments = rows.locator("td.col-comment")
-    expect(comments.nth(0)).to_contain_text(f"{MODEL} · in 21 (cache r 0 w 2048) · out 9")
+    expect(comments.nth(0)).to_contain_text(f"in 21 (cache r 0 w 2048) · out 9 · {MODEL}")
     expect(comments.nth(1)).to_contain_text("#cache-miss")
     expect(comments.nth(1)).to_contain_text("cache miss: prefix changed at system[")
     expect(comments.nth(3)).to_contain_text("#error")

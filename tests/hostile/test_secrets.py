@@ -46,6 +46,6 @@ name = "alice"
 kye = "{TYPO_KEY}"
 """
     log = start_up_failure(start_proxy, tmp_path / "typo", config_toml=config)
-    assert "clients[0].kye: Extra inputs are not permitted" in log
-    assert "clients[0].key: Field required" in log
+    assert 'clients[0].kye: unknown field (did you mean "key"?)' in log
+    assert "clients[0].key: missing: this field is required" in log
     assert TYPO_KEY not in log

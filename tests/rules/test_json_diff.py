@@ -113,3 +113,30 @@ def test_a_deeply_nested_difference_is_found_or_refused_never_raised(body: str) 
         diff_json(before, after)
     except RecursionError:
         pytest.fail("diff_json raised on nesting it should refuse")
+
+
+def test_a_client_block_whose_ttl_sluice_raised_is_changed_not_added() -> None:
+    from rules.config import Rules, SystemBlock
+    from rules.rewrite import RuleContext, apply_request_rules
+
+    client_block = {
+        "type": "text",
+        "text": "You are a helpful agent.",
+        "cache_control": {"type": "ephemeral"},
+    }
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 64,
+        "system": [client_block],
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    rules = Rules(system_blocks=[SystemBlock(name="policy", text="Be careful.", cache="1h")])
+    context = RuleContext(provider="anthropic", api="messages", host="api.anthropic.com", rules=rules)
+    result = apply_request_rules(json.dumps(body).encode(), context)
+    assert result.applied == ["system_block:policy", "cache_ttl_order"]
+    assert result.parsed is not None and result.rewritten is not None
+    changes = diff_json(result.parsed, result.rewritten)
+    assert [(change.op, change.path) for change in changes] == [
+        ("added", "system[0].cache_control.ttl"),  # inside the client's block: "~ changed" in the view
+        ("added", "system[1]"),  # sluice's own block
+    ]

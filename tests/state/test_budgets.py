@@ -124,3 +124,13 @@ def test_a_hold_of_nothing_is_never_admitted(tmp_path, estimate):
     with pytest.raises(ValueError, match="positive amount"):
         budgets.admit("c1", "alice", estimate, 1.0, "day")
     assert budgets.admit("c2", "alice", 1.0, 1.0, "day").admitted  # nothing was held by the refusal
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [(20, "$20.00"), (0.0001, "$0.0001"), (1.005, "$1.005"), (1234.5, "$1,234.50")],
+)
+def test_a_budget_is_shown_with_every_digit_it_has(amount: float, shown: str) -> None:
+    from state.budgets import budget_usd
+
+    assert budget_usd(amount) == shown

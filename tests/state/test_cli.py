@@ -111,7 +111,7 @@ def test_usage_json_is_exact(db_path: Path, capsys: pytest.CaptureFixture[str]) 
             "output_tokens": 1019,
             "reasoning_tokens": 0,
             "cost_usd": 1.5123,
-            "unpriced_calls": 1,
+            "unpriced_calls": 0,  # the failed call has no cost either: it counts as an error only
             "errors": 1,
         },
         {
@@ -141,7 +141,7 @@ def test_usage_csv_is_exact(db_path: Path, capsys: pytest.CaptureFixture[str]) -
         "alice,count_tokens,1,0,0,0,0,0,0,0,0.0,0,0\n"
         "alice,messages,2,1234577,2000000,15,10,5,1019,0,1.5123,0,0\n"
         "bob,chat,1,50,7,0,0,0,70,20,1e-05,0,0\n"
-        "bob,messages,1,0,0,0,0,0,0,0,0.0,1,1\n"
+        "bob,messages,1,0,0,0,0,0,0,0,0.0,0,1\n"
     )
 
 
@@ -176,7 +176,7 @@ def test_usage_table_shows_exact_numbers_and_a_total(
         "1,089",
         "20",
         "$1.5123",
-        "1",
+        "0",
         "1",
     ]
 
@@ -419,6 +419,8 @@ def test_quota_statusline(db_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         db_path, "sk-1", {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "15"}, NOW
     )
     code, out, _ = run(capsys, "quota", "--db", str(db_path), "--statusline")
+    assert out == "req 75% · 5h 42% · 7d 13% · worst of 2 keys\n"  # the worst window first, whichever key
+    code, out, _ = run(capsys, "quota", "--db", str(db_path), "--statusline", "--each")
     assert out == "oauth-max: 5h 42% · 7d 13% · resets 2h10m | sk-1: req 75%\n"
     code, out, _ = run(capsys, "quota", "--db", str(db_path), "--statusline", "--credential", "sk-1")
     assert out == "req 75%\n"
@@ -468,6 +470,32 @@ def test_quota_live_names_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 1
     assert "kyes" in err
     assert not (tmp_path / "x.db").exists()
+
+
+def test_a_pool_statusline_is_one_short_line_worst_first(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for index, (five_hours, seven_days) in enumerate([(0.12, 0.40), (0.97, 0.21), (0.55, 0.33)]):
+        _rate_limits(
+            db_path,
+            f"keys[{index}] env:ANTHROPIC_KEY_{index}",
+            {
+                "anthropic-ratelimit-unified-status": "allowed",
+                "anthropic-ratelimit-unified-5h-utilization": str(five_hours),
+                "anthropic-ratelimit-unified-5h-reset": _epoch(
+                    NOW + timedelta(hours=1, minutes=10 + index, seconds=30)
+                ),
+                "anthropic-ratelimit-unified-7d-utilization": str(seven_days),
+                "anthropic-ratelimit-unified-7d-reset": _epoch(NOW + timedelta(days=3)),
+                "anthropic-ratelimit-unified-reset": _epoch(
+                    NOW + timedelta(hours=1, minutes=10 + index, seconds=30)
+                ),
+            },
+            NOW,
+        )
+    code, out, _ = run(capsys, "quota", "--db", str(db_path), "--statusline")
+    assert (code, out) == (0, "5h 97% · 7d 40% · resets 1h11m · worst of 3 keys\n")
+    assert len(out) < 60
 
 
 def test_quota_with_nothing_recorded(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -707,3 +735,24 @@ def test_credential_reasons_and_rate_limit_values_are_shown_escaped(
     assert main(["quota", "--db", str(db_path)]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out
+
+
+def test_a_model_without_a_price_is_shown_unpriced_not_zero_dollars(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "unpriced.db"
+    state_db.connect(path)["calls"].insert_all(
+        [
+            _call("a", NOW, model="claude-new", input_tokens=10, output_tokens=5, cost_note="no price known"),
+            _call("b", NOW, model="claude-new", status=529, error="overloaded_error: busy"),
+        ]
+    )
+    code, out, _ = run(capsys, "usage", "--db", str(path), "--by", "model")
+    assert code == 0
+    line = next(line for line in out.splitlines() if "claude-new" in line)
+    assert [cell.strip() for cell in line.split("│")[-4:-1]] == [
+        "unpriced",
+        "1",
+        "1",
+    ]  # cost, unpriced, errors
+    assert "$0.0000" not in out

@@ -110,3 +110,20 @@ def test_names_are_escaped(db: sqlite_utils.Database) -> None:
     db["calls"].insert(call(1, NOW, model="<b>evil</b>", client="a&b", cost_usd=1.0))
     page = html_report.render(db, now=NOW)
     assert "<b>evil</b>" not in page and "&lt;b&gt;evil&lt;/b&gt;" in page and "a&amp;b" in page
+
+
+def test_unpriced_calls_show_as_unpriced_never_as_zero_dollars(db: sqlite_utils.Database) -> None:
+    db["calls"].insert_all(
+        [
+            call(1, NOW, model="claude-new", input_tokens=10, output_tokens=5),  # no price known
+            call(2, NOW, model="claude-new", status=529, error="overloaded_error: busy"),  # failed: an error
+            call(3, NOW, model="claude-sonnet-4-5", cost_usd=0.5, input_tokens=10, output_tokens=5),
+            call(4, NOW, model="claude-sonnet-4-5", input_tokens=10, output_tokens=5),  # no price either
+        ]
+    )
+    page = html_report.render(db, now=NOW)
+    rows = {row.split("</td>")[0]: row for row in page.split("<tr><td>")[1:]}
+    assert "<td>unpriced</td><td>1</td><td>1</td>" in rows["claude-new"]  # cost, unpriced, errors
+    assert "<td>$0.50 + 1 unpriced</td><td>1</td><td>0</td>" in rows["claude-sonnet-4-5"]
+    assert "<div>unpriced<b>2</b></div>" in page and "<div>errors<b>1</b></div>" in page
+    assert "<td>$0</td>" not in page  # (the chart axis starts at $0)
