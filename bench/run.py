@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import secrets
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -45,6 +43,7 @@ from bench.processes import (
     BenchError,
     Profiler,
     Proxy,
+    run_command,
     start_mitmdump,
     start_upstream,
     top_frames,
@@ -248,10 +247,6 @@ def run(
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -300,9 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.against = args.against.resolve()
         if not (args.against / "addons" / "sluice.py").is_file():
             parser.error(f"--against: no addons/sluice.py in {args.against}")
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        report = run(
+    return run_command(
+        lambda: run(
             settings,
             mode="quick" if args.quick else "full",
             only=only,
@@ -310,16 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             profile_dir=args.profile,
             against=args.against,
             ops=args.ops,
-        )
-    except KeyboardInterrupt:
-        print("bench: interrupted; every process it started is stopped", file=sys.stderr)
-        return 130
-    except BenchError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 1
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+        ),
+        args.json,
+    )
 
 
 if __name__ == "__main__":

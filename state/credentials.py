@@ -1250,10 +1250,7 @@ class OAuthStore:
         used = fingerprint(access_token)
         now = self._clock()
         with self._db_lock, immediate(self._conn):
-            found = self._conn.execute(
-                f"select {_ROW_COLUMNS} from oauth_tokens where key = ?", (key,)
-            ).fetchone()
-            row = None if found is None else _TokenRow(*found)
+            row = self._row(key)
             if row is None or not hmac.compare_digest(row.access_token, access_token):
                 outcome: RejectOutcome = "stale"
             elif row.rejected_fingerprint == used:
@@ -1448,18 +1445,19 @@ class OAuthStore:
 
     def _read(self, key: str) -> _TokenRow | None:
         with self._db_lock:
-            found = self._conn.execute(
-                f"select {_ROW_COLUMNS} from oauth_tokens where key = ?", (key,)
-            ).fetchone()
+            return self._row(key)
+
+    def _row(self, key: str) -> _TokenRow | None:
+        """The stored row; call with `_db_lock` held."""
+        found = self._conn.execute(
+            f"select {_ROW_COLUMNS} from oauth_tokens where key = ?", (key,)
+        ).fetchone()
         return None if found is None else _TokenRow(*found)
 
     def _take_lease(self, key: str, version: int) -> tuple[LeaseOutcome, _TokenRow | None]:
         now = self._clock()
         with self._db_lock, immediate(self._conn):
-            found = self._conn.execute(
-                f"select {_ROW_COLUMNS} from oauth_tokens where key = ?", (key,)
-            ).fetchone()
-            row = None if found is None else _TokenRow(*found)
+            row = self._row(key)
             if row is None or row.version != version or row.failed_reason is not None:
                 return "changed", row
             if row.lease_owner not in (None, self._owner) and (row.lease_until or 0.0) > now:
@@ -1502,10 +1500,8 @@ class OAuthStore:
                     "insert or ignore into oauth_seen values (?, ?, ?)",
                     (key, fingerprint(response.refresh_token), now),
                 )
-            found = self._conn.execute(
-                f"select {_ROW_COLUMNS} from oauth_tokens where key = ?", (key,)
-            ).fetchone()
-        return _TokenRow(*found)
+            stored = self._row(key)
+        return stored
 
     def _mark_failed(self, key: str, version: int, reason: str) -> bool:
         """Record a terminal refusal, unless the tokens changed since `version` (compare-and-swap)."""
