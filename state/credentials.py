@@ -340,7 +340,7 @@ class CredentialPool:
             return _nothing_usable(host, entries, view, now)
         if routing == "first":
             return Choice(credential=usable[0])
-        known, pinned = self._pinned_to(host, conversation, now) if conversation else (True, None)
+        pinned = self._pinned_to(host, conversation, now) if conversation else None
         if pinned is not None:
             for entry in usable:
                 if entry.fingerprint == pinned.fingerprint:
@@ -358,10 +358,10 @@ class CredentialPool:
                     / (1 + self._conversations.get((host, e.fingerprint), 0))
                 ),
             )
-        if conversation is None or not known:
-            # Not known: which key it is on could not be read without waiting for a write in progress. This
-            # call goes where a new one would, unrecorded; the next reads it again.
+        if conversation is None:
             return Choice(credential=best)
+        # Not `known`: whether another process recorded this conversation could not be read without waiting
+        # for a write in progress; it is placed as a new one, here and in the database (the last word wins).
         moved_from = None
         if pinned is not None:
             moved_from = next((e for e in entries if e.fingerprint == pinned.fingerprint), None)
@@ -373,15 +373,15 @@ class CredentialPool:
         limits = self._limits.get((host, fingerprint))
         return 1.0 if limits is None or limits.headroom is None else limits.headroom
 
-    def _pinned_to(self, host: str, conversation: str, now: float) -> tuple[bool, _Pinned | None]:
-        """Whether this process knows which credential the conversation is on, and which (None: none, or
-        idle too long). Unknown when the database is busy with a write of this process."""
+    def _pinned_to(self, host: str, conversation: str, now: float) -> _Pinned | None:
+        """Which credential the conversation is on: None when none, when idle too long, or when the database
+        is busy with a write of this process (never waited for on the event loop)."""
         key = (host, conversation)
         with self._pins_lock:
             pinned = self._pinned.get(key)
         if pinned is None:
             if not self._lock.acquire(blocking=False):
-                return False, None
+                return None
             try:
                 pinned = self._load_pin(key)
             finally:
@@ -391,9 +391,9 @@ class CredentialPool:
                 expired = self._pinned.pop(key, None)
                 if expired is not None:
                     self._count(host, expired.fingerprint, -1)
-            return True, None
+            return None
         self._remember_pin(key, pinned)
-        return True, pinned
+        return pinned
 
     def _remember_pin(self, key: tuple[str, str], pinned: _Pinned) -> None:
         host = key[0]

@@ -709,7 +709,7 @@ def test_choosing_never_waits_for_a_write_another_process_holds_up(db_path):
             time.sleep(0.001)
         started = time.monotonic()
         remembered = pool.choose(HOST, "conversation-old")  # known in memory: still on its key
-        unseen = pool.choose(HOST, "conversation-unseen")  # not known here: routed, not waited for
+        unseen = pool.choose(HOST, "conversation-unseen")  # not read here: placed, not waited for
         plain = pool.choose(HOST)
         assert time.monotonic() - started < 2.5  # the writer waits up to 5 s
         assert writer.is_alive()
@@ -719,7 +719,7 @@ def test_choosing_never_waits_for_a_write_another_process_holds_up(db_path):
         writer.join()
     assert chosen(remembered) == entries()[2].label
     assert chosen(unseen) == chosen(plain) == entries()[0].label
-    assert not unseen.pin  # which key it is on was not read: recorded once it can be
+    assert unseen.pin  # placed as a new conversation, here and (in the background) in the database
     assert chosen(make_pool(db_path, clock).choose(HOST, "conversation-new")) == entries()[1].label
 
 
