@@ -290,15 +290,19 @@ class Credentials:
         if upstream is None:
             return
         limits = rate_limit_values(flow.response.headers.fields)
-        self._note_limits(swapped, limits)
         status = flow.response.status_code
         now = time.time()
         if status < 400:
+            self._note_limits(swapped, limits)
             self._note_success(swapped)
             return
         error = read_error(readable_body(flow.response))
         echoed = await self._echoed(flow.request, class_words(error))
         verdict = judge_answer(status, limits, error, swapped.entry.kind, now, echoed)
+        if verdict.action not in ("cool", "window"):
+            # A rest outlasts the limit it is for: what this answer says of the room left is old news by
+            # the time the key is used again (and would keep new conversations off it for good).
+            self._note_limits(swapped, limits)
         if verdict.action == "overloaded":
             self._note_overload(swapped.host, verdict)
             return

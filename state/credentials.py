@@ -532,7 +532,7 @@ class CredentialPool:
                 return None
             return new
 
-        return self._change(host, fingerprint, decide, now, event)
+        return self._change(host, fingerprint, decide, now, event, forget_headroom=True)
 
     def disable(
         self, host: str, fingerprint: str, reason: str, now: float | None = None
@@ -733,9 +733,9 @@ class CredentialPool:
             return
         self._loaded_at = mono
         try:
-            rows = self._conn.execute(
+            rows = self._conn.execute(  # one row per credential ever configured: a handful
                 "select host, fingerprint, state, reason, cooling_until, quota_status, headroom "
-                "from credentials where state != 'active' or quota_status is not null or headroom is not null"
+                "from credentials"
             ).fetchall()
         except sqlite3.Error as e:
             # Fail open on the last view: a database hiccup must not stop requests.
@@ -743,11 +743,14 @@ class CredentialPool:
             self._view = {**self._view, **self._unsaved}
             return
         view = {}
+        limits = {}
         for host, fp, state, reason, until, quota, room in rows:
             if state != "active":
                 view[(host, fp)] = _status(state, reason, until)
             # Another process's word on the limits counts as much as ours: the newest reload wins.
-            self._limits[(host, fp)] = _Limits(quota, _float(room))
+            if quota is not None or room is not None:
+                limits[(host, fp)] = _Limits(quota, _float(room))
+        self._limits = limits
         for key, status in self._unsaved.items():
             view[key] = status
         self._view = view
@@ -759,7 +762,11 @@ class CredentialPool:
         decide: Callable[[_Status], _Status | None],
         now: float,
         event: str,
+        forget_headroom: bool = False,
     ) -> CredentialState | None:
+        """Apply `decide` to the credential's state in one transaction, with its event. `forget_headroom`:
+        a rest outlasts the limit it is for, so the headroom last reported is dropped (the key counts as
+        having all its room again once usable, until it reports)."""
         label = self._label(host, fingerprint)
         kind = self._kind(host, fingerprint)
         key = (host, fingerprint)
@@ -785,6 +792,10 @@ class CredentialPool:
                         (host, fingerprint, label, kind, new.state, new.reason, new.until, now),
                     )
                     self._insert_event(now, host, fingerprint, label, event, new.reason, new.until)
+                    if forget_headroom:
+                        self._conn.execute(
+                            "update credentials set headroom = null where host = ? and fingerprint = ?", key
+                        )
                 self._unsaved.pop(key, None)
                 position = row[4] if row else None
             except sqlite3.Error as e:
@@ -800,6 +811,8 @@ class CredentialPool:
                     new.state,
                     e,
                 )
+            if forget_headroom and key in self._limits:
+                self._limits[key].headroom = None
             if new.state == "active":
                 self._view.pop(key, None)
             else:

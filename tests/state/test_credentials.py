@@ -945,3 +945,15 @@ def test_oauth_history_is_never_written_on_the_event_loop(tmp_path):
     asyncio.run(run())
     assert len(endpoint.calls) == 3
     assert on_loop == []
+
+
+def test_a_rest_forgets_the_room_a_key_reported_so_it_is_not_shunned_once_usable(db_path):
+    clock = Clock()
+    pool = make_pool(db_path, clock)
+    for secret, room in zip(SECRETS, (0.0, 0.5, 0.5), strict=True):
+        pool.record_limits(HOST, fingerprint(secret), "allowed", room)
+    pool.report(HOST, fingerprint(SECRETS[0]), 429, {"retry-after": "5"}, "Rate limited")
+    clock.now += 5
+    assert chosen(pool.choose(HOST, "new")) == entries()[0].label  # rested: its limit has reset
+    other = make_pool(db_path, clock)  # and every process sees it so
+    assert chosen(other.choose(HOST, "another")) == entries()[0].label
