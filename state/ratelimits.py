@@ -3,7 +3,7 @@
 Pure: header values and the time they were observed go in, frozen dataclasses come out. Nothing here reads a
 clock or a database; callers pass `observed_at` (when the response carried the headers) and `now`.
 
-Header families (WIRE.md has the full list):
+Header families:
 
 - Anthropic standard limits,
   `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}`, reset as

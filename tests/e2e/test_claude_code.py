@@ -77,7 +77,7 @@ text = "{POLICY}"
 
 # Headers that end at each hop (RFC 9110 §7.6.1): no proxy forwards them.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "upgrade", "proxy-authorization"}
-# The header families WIRE.md says must cross verbatim.
+# The header families Claude Code needs carried verbatim.
 PASSED_FAMILIES = ("anthropic-", "x-claude-code-", "x-stainless-")
 
 
