@@ -173,23 +173,27 @@ def test_metrics_equal_the_databases_sums(fake: FakeProvider, start_proxy: Proxy
     assert total(samples, "sluice_time_to_first_token_seconds_count", client="alice") >= 1
 
     # Gauges from the shared state: the pool, the quota the provider last reported, the budget, the writer.
-    samples = scrape_until(port, lambda s: "sluice_ratelimit_utilization" in s, "the quota gauges")
-    assert total(samples, "sluice_credential_state", credential=LABEL_1, state="active") == 1
-    assert total(samples, "sluice_credential_state", credential=LABEL_2, state="disabled") == 0
+    # Every row is written (above): the database's latest value is final; a snapshot taken while the rows were
+    # still arriving may show an earlier one, so wait for the poll that sees it.
     [latest_5h] = db_query(
         proxy.db_path,
         "select value from rate_limits where credential = 'keys[0] env:SLUICE_OPS_ANT_1'"
         " and header = 'anthropic-ratelimit-unified-5h-utilization'",
     )
-    assert total(samples, "sluice_ratelimit_utilization", credential=LABEL_1, window="5h") == float(
-        latest_5h[0]
-    )
-    assert total(samples, "sluice_ratelimit_remaining", credential=LABEL_1, limit="anthropic:requests") > 0
     [[spent]] = db_query(
         proxy.db_path, "select coalesce(sum(amount_usd), 0) from budget_holds where state = 'settled'"
     )
+
+    def at_latest(samples: dict[str, list[Any]]) -> bool:
+        utilization = total(samples, "sluice_ratelimit_utilization", credential=LABEL_1, window="5h")
+        budget = total(samples, "sluice_budget_spent_usd", client="alice")
+        return utilization == float(latest_5h[0]) and budget == pytest.approx(spent)
+
+    samples = scrape_until(port, at_latest, "the gauges at the latest reading")
+    assert total(samples, "sluice_credential_state", credential=LABEL_1, state="active") == 1
+    assert total(samples, "sluice_credential_state", credential=LABEL_2, state="disabled") == 0
+    assert total(samples, "sluice_ratelimit_remaining", credential=LABEL_1, limit="anthropic:requests") > 0
     assert total(samples, "sluice_budget_limit_usd", client="alice", period="day") == 50
-    assert total(samples, "sluice_budget_spent_usd", client="alice") == pytest.approx(spent)
     assert "sluice_writer_queue_depth" in samples and "sluice_writer_rows_in_memory" in samples
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert not any(key in text for key in (*REAL_KEYS, ALICE_KEY, BOB_KEY))
