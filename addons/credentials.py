@@ -293,7 +293,7 @@ class Credentials:
         status = flow.response.status_code
         now = time.time()
         if status < 400:
-            self._note_limits(swapped, limits)
+            self._note(swapped.host, swapped.entry.fingerprint, limits)
             self._note_success(swapped)
             return
         error = read_error(readable_body(flow.response))
@@ -302,7 +302,7 @@ class Credentials:
         if verdict.action not in ("cool", "window"):
             # A rest outlasts the limit it is for: what this answer says of the room left is old news by
             # the time the key is used again (and would keep new conversations off it for good).
-            self._note_limits(swapped, limits)
+            self._note(swapped.host, swapped.entry.fingerprint, limits)
         if verdict.action == "overloaded":
             self._note_overload(swapped.host, verdict)
             return
@@ -376,9 +376,6 @@ class Credentials:
                 swapped.host,
             )
         return outcome
-
-    def _note_limits(self, swapped: Swapped, headers: Mapping[str, str]) -> None:
-        self._note(swapped.host, swapped.entry.fingerprint, headers)
 
     def note_oauth_limits(self, host: str, headers: Mapping[str, str]) -> None:
         """What a reading of `host`'s OAuth usage endpoint (addons/quota_poll.py) says of its limits, for
