@@ -40,6 +40,7 @@ from rules.config import ConfigError, OAuth, Upstream, resolve_secret
 from rules.destination import Destination, credential_refusal
 from rules.envelopes import error_body
 from rules.provider_answers import (
+    MAX_ERROR_BODY,
     Breaker,
     Verdict,
     class_words,
@@ -296,7 +297,8 @@ class Credentials:
             self._note(swapped.host, swapped.entry.fingerprint, limits)
             self._note_success(swapped)
             return
-        error = read_error(readable_body(flow.response))
+        # An error envelope is small: a larger body is not one, and is not decoded on the loop to find out.
+        error = read_error(readable_body(flow.response, MAX_ERROR_BODY))
         echoed = await self._echoed(flow.request, class_words(error))
         verdict = judge_answer(status, limits, error, swapped.entry.kind, now, echoed)
         if verdict.action not in ("cool", "window"):

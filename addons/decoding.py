@@ -286,10 +286,13 @@ def is_encoded(content_encoding: str | None) -> bool:
     return (content_encoding or "").strip().lower() not in ("", "identity")
 
 
-def readable_body(message: http.Message) -> bytes:
-    """A message's body decoded with the cap, or b"" when it is over the cap or cannot be decoded: for a
-    reader that only looks for something in it (an error message), never for bytes to forward."""
-    return decode_body(message.raw_content or b"", message.headers.get("content-encoding")).body or b""
+def readable_body(message: http.Message, limit: int | None = None) -> bytes:
+    """A message's body decoded with the cap (or the smaller `limit`: what the reader can use at most), or
+    b"" when it is over it or cannot be decoded: for a reader that only looks for something in it (an error
+    message), never for bytes to forward."""
+    raw, coding = message.raw_content or b"", message.headers.get("content-encoding")
+    cap = decode_max() if limit is None else min(limit, decode_max())
+    return decode_body(raw, coding, cap).body or b""
 
 
 # --- mitmproxy's own decoding ------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ import zlib
 import brotli
 import pytest
 import zstandard
+from mitmproxy import http
 
-from addons.decoding import OverLimit, decode_body, decode_max, make_decoder, set_decode_max
+from addons.decoding import OverLimit, decode_body, decode_max, make_decoder, readable_body, set_decode_max
 
 PAYLOAD = b"event: ping\ndata: {}\n\n" * 200
 
@@ -138,3 +139,25 @@ def test_the_process_wide_cap_is_the_default():
         assert decode_body(gzip.compress(bytes(1000)), "gzip").body == bytes(1000)
     finally:
         set_decode_max(before)
+
+
+def gzipped(body: bytes) -> http.Response:
+    response = http.Response.make(429, b"", {"content-encoding": "gzip"})
+    response.raw_content = gzip.compress(body)  # as it came off the wire
+    return response
+
+
+def test_a_reader_decodes_only_as_much_as_it_can_use() -> None:
+    envelope = b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}'
+    small = gzipped(envelope)
+    assert readable_body(small, 64 * 1024) == envelope
+    big = gzipped(b" " * (1024 * 1024))
+    assert readable_body(big, 64 * 1024) == b""  # past what the reader uses: not decoded to the end
+    assert len(readable_body(big)) == 1024 * 1024  # the process-wide cap is 32 MiB
+    previous = decode_max()
+    set_decode_max(1024)
+    try:
+        assert readable_body(small, 64 * 1024) == envelope
+        assert readable_body(http.Response.make(429, b"x" * 2048), 64 * 1024) == b""  # never over the cap
+    finally:
+        set_decode_max(previous)
