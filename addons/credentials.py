@@ -45,9 +45,7 @@ from rules.provider_answers import (
     Verdict,
     class_words,
     client_wrote,
-    headroom,
     judge_answer,
-    quota_status,
     read_error,
 )
 from state import db as sluice_db
@@ -389,9 +387,9 @@ class Credentials:
     def _note(self, host: str, fingerprint: str, headers: Mapping[str, str]) -> None:
         """What an answer says of a credential's limits: written only when it is news (memory check)."""
         assert self.pool is not None
-        status, room = quota_status(headers), headroom(headers)
-        if self.pool.limits_changed(host, fingerprint, status, room):
-            self._in_background(self.pool.record_limits, host, fingerprint, status, room)
+        news = self.pool.limits_news(host, fingerprint, headers)
+        if news is not None:
+            self._in_background(self.pool.record_limits, host, fingerprint, *news)
 
     def _note_success(self, swapped: Swapped) -> None:
         assert self.pool is not None

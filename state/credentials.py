@@ -63,6 +63,8 @@ from typing import Literal
 import sqlite_utils
 
 from rules.provider_answers import ErrorFields, Verdict, judge_answer
+from rules.provider_answers import headroom as read_headroom
+from rules.provider_answers import quota_status as read_quota_status
 from rules.secrets import unusable_secret
 from state.db import immediate
 
@@ -570,6 +572,15 @@ class CredentialPool:
         if headroom is None:
             return False
         return known.headroom is None or abs(headroom - known.headroom) >= HEADROOM_STEP
+
+    def limits_news(
+        self, host: str, fingerprint: str, headers: Mapping[str, str]
+    ) -> tuple[str | None, float | None] | None:
+        """What rate-limit headers (or a usage reading put as such) say of the credential's subscription
+        status and headroom, when it is news worth `record_limits` (memory only: cheap on the loop); None
+        when it is not."""
+        status, room = read_quota_status(headers), read_headroom(headers)
+        return (status, room) if self.limits_changed(host, fingerprint, status, room) else None
 
     def record_limits(
         self,

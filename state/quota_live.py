@@ -25,7 +25,6 @@ import sqlite_utils
 from rules.config import ConfigError, OAuth, Upstream, resolve_secret
 from rules.destination import Destination
 from rules.oauth_usage import SOURCE, headers_from_usage
-from rules.provider_answers import headroom, quota_status
 from state.credentials import (
     CredentialDead,
     CredentialPool,
@@ -149,10 +148,11 @@ def note_in_pool(pool: CredentialPool, host: str, reading: UsageReading) -> None
     """Give the key pool what a reading says of the login's limits (its subscription status and headroom),
     as the headers of an answer would: proxies on this database start new conversations by it."""
     fingerprint = pool.oauth_fingerprint(host)
-    headers = dict(reading.headers)
-    status, room = quota_status(headers), headroom(headers)
-    if fingerprint is not None and pool.limits_changed(host, fingerprint, status, room):
-        pool.record_limits(host, fingerprint, status, room)
+    if fingerprint is None:
+        return
+    news = pool.limits_news(host, fingerprint, dict(reading.headers))
+    if news is not None:
+        pool.record_limits(host, fingerprint, *news)
 
 
 def last_reading_at(db: sqlite_utils.Database, host: str, credential: str) -> datetime | None:

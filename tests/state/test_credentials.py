@@ -957,3 +957,16 @@ def test_a_rest_forgets_the_room_a_key_reported_so_it_is_not_shunned_once_usable
     assert chosen(pool.choose(HOST, "new")) == entries()[0].label  # rested: its limit has reset
     other = make_pool(db_path, clock)  # and every process sees it so
     assert chosen(other.choose(HOST, "another")) == entries()[0].label
+
+
+def test_limits_news_reads_the_headers_and_says_only_what_is_new(db_path):
+    pool = make_pool(db_path, Clock())
+    fp = fingerprint(SECRETS[0])
+    headers = {
+        "anthropic-ratelimit-unified-status": "allowed",
+        "anthropic-ratelimit-unified-5h-utilization": "0.3",
+    }
+    assert pool.limits_news(HOST, fp, headers) == ("allowed", pytest.approx(0.7))
+    pool.record_limits(HOST, fp, "allowed", 0.7)
+    assert pool.limits_news(HOST, fp, headers) is None
+    assert pool.limits_news(HOST, fp, {}) is None
