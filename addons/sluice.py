@@ -16,8 +16,8 @@ What mitmweb shows: what the rewrite changed is kept on the flow just after it (
 prompt-cache health is judged as its row is built (cache_health, through the meter's `before_record`);
 the "LLM" contentview renders both.
 
-Operations (not security parts): Prometheus metrics, OpenTelemetry spans and webhook alerts are fed each
-finished row by the ops feed (addons/ops.py), on a thread of its own, off the request path.
+Operations (not security parts): Prometheus metrics, OpenTelemetry spans and webhook alerts run in a process
+of their own (ops/), fed each finished row by the ops feed (addons/ops.py), off the request path.
 
 mitmproxy sees one addon, `sluice` (addons/chain.py), which calls the parts' hooks in this order.
 """
@@ -29,7 +29,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from addons import alerts, contentview, metrics, ops, tracing  # noqa: E402
+from addons import contentview  # noqa: E402
 from addons.budget import Budget  # noqa: E402
 from addons.cache_health import CacheHealth  # noqa: E402
 from addons.chain import Chain  # noqa: E402
@@ -42,6 +42,7 @@ from addons.framing import Framing  # noqa: E402
 from addons.gate import Gate  # noqa: E402
 from addons.headers import Headers  # noqa: E402
 from addons.meter import Meter  # noqa: E402
+from addons.ops import OpsFeed  # noqa: E402
 from addons.quota_poll import QuotaPoll  # noqa: E402
 from addons.rewrite import Rewrite  # noqa: E402
 from addons.sandbox import Sandbox  # noqa: E402
@@ -51,11 +52,8 @@ from addons.watchdog import Watchdog  # noqa: E402
 core = SluiceCore()
 cache_health = CacheHealth(core)
 credentials = Credentials(core)
-# Operations: the feed hands each finished row to metrics, tracing and alerts on a thread of its own.
-metrics_part = metrics.Metrics(core)
-ops_parts = [metrics_part, tracing.Tracing(), alerts.Alerts(core)]
-ops_feed = ops.OpsFeed(core, ops_parts)
-metrics_part.feed = ops_feed
+# Operations: the feed hands each finished row to the ops process (metrics, tracing, alerts).
+ops_feed = OpsFeed(core)
 contentview.register()
 parts = [
     core,
@@ -76,7 +74,6 @@ parts = [
     credentials,
     QuotaPoll(core, credentials),
 ]
-# After every other part: the feed configures after the parts it feeds (it sees their options), and its
-# `done` runs after the core's, once the calls still in flight have their rows.
-parts += [*ops_parts, ops_feed]
+# After every other part: its `done` runs after the core's, once the calls still in flight have their rows.
+parts.append(ops_feed)
 addons = [Chain("sluice", parts)]

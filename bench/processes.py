@@ -49,15 +49,42 @@ def _accepts(port: int) -> bool:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (every thread)."""
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.exists():
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time a process and the processes it started (sluice's ops process) have used so
+    far, every thread of each: what the proxy costs the machine."""
+    if Path(f"/proc/{pid}/stat").exists():
+        return sum(_proc_cpu_seconds(each) for each in _with_descendants(pid))
     import psutil  # not on Linux: the `bench` extra installs it
 
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+    process = psutil.Process(pid)
+    total = 0.0
+    for each in [process, *process.children(recursive=True)]:
+        try:
+            times = each.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def _proc_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # gone since it was listed
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _with_descendants(pid: int) -> list[int]:
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                pending.extend(int(child) for child in task.read_text().split())
+            except OSError:
+                continue
+    return found
 
 
 _LIVE: set[subprocess.Popen[bytes]] = set()

@@ -142,7 +142,7 @@ class MissBurst(_Model):
 
 
 class Alert(_Model):
-    """A webhook that is told when something needs a person (addons/alerts.py)."""
+    """A webhook that is told when something needs a person (ops/alerts.py)."""
 
     # A secret reference like a key: a Slack webhook URL is itself a credential.
     url: Annotated[str, Field(min_length=1, description="secret reference: env:NAME, file:PATH or a literal")]

@@ -285,7 +285,7 @@ def _migration_6_credential_history_and_routing(db: sqlite_utils.Database) -> No
 
 
 def _migration_7_alerts(db: sqlite_utils.Database) -> None:
-    # One row per alert crossing per webhook (addons/alerts.py): `dedup` names the crossing, so two processes
+    # One row per alert crossing per webhook (ops/alerts.py): `dedup` names the crossing, so two processes
     # sharing the database never deliver the same one twice; `state` is pending, delivered or failed.
     db.execute(
         """

@@ -1,7 +1,7 @@
-"""The three layers import in one direction: `addons/` may use `rules/` and `state/`; `state/` never imports
-mitmproxy or `addons/`; `rules/` holds pure functions over plain data: the standard library, pydantic, and
-itself. Checked by parsing every module's imports, so a new import that breaks the direction fails here
-before it ships."""
+"""The layers import in one direction: `addons/` may use `rules/`, `state/` and `ops/`; `state/` and `ops/`
+never import mitmproxy or `addons/`; `rules/` holds pure functions over plain data: the standard library,
+pydantic, and itself. Checked by parsing every module's imports, so a new import that breaks the direction
+fails here before it ships."""
 
 from __future__ import annotations
 
@@ -51,4 +51,10 @@ def test_rules_import_only_the_standard_library_pydantic_and_rules(path: Path) -
 
 @pytest.mark.parametrize("path", modules("state"), ids=lambda p: p.name)
 def test_state_never_imports_mitmproxy_or_the_addons(path: Path) -> None:
+    assert not imported_roots(path) & {"mitmproxy", "addons"}
+
+
+@pytest.mark.parametrize("path", modules("ops"), ids=lambda p: p.name)
+def test_the_ops_process_never_imports_mitmproxy_or_the_addons(path: Path) -> None:
+    """ops/ runs in a process of its own, started without mitmproxy (and lighter for it)."""
     assert not imported_roots(path) & {"mitmproxy", "addons"}

@@ -128,7 +128,7 @@ def metrics_proxy(start_proxy: ProxyFactory, *extra: str) -> tuple[Proxy, int]:
 
 
 def polls_after(port: int, count: int) -> None:
-    """Wait until the ops thread has read the shared state `count` more times than now."""
+    """Wait until the ops process has read the shared state `count` more times than now."""
     start = total(scrape(port), "sluice_ops_polls_total")
     wait_for(lambda: total(scrape(port), "sluice_ops_polls_total") >= start + count, f"{count} more polls")
 

@@ -7,8 +7,6 @@ import logging
 from typing import Any
 
 import pytest
-from mitmproxy import exceptions
-from mitmproxy.test import taddons
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -16,8 +14,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from addons.ops import Finished
-from addons.tracing import CONTENT_MAX_CHARS, Tracing, content_attributes
+from ops.messages import Finished
+from ops.tracing import CONTENT_MAX_CHARS, Tracing, content_attributes
 
 ROW: dict[str, Any] = {
     "host": "api.openai.com",
@@ -115,14 +113,6 @@ def test_token_and_duration_metrics() -> None:
     tokens = {p.attributes["gen_ai.token.type"]: p.sum for p in points["gen_ai.client.token.usage"]}
     assert tokens == {"input": 10, "output": 5}
     assert points["gen_ai.client.operation.duration"][0].sum == 0.25
-
-
-def test_off_by_default_and_a_bad_endpoint_stops_start_up() -> None:
-    tracing = Tracing()
-    with taddons.context(tracing) as tctx:
-        assert not tracing.enabled
-        with pytest.raises(exceptions.OptionsError, match="sluice_otlp: expected an http"):
-            tctx.configure(tracing, sluice_otlp="collector:4318")
 
 
 def test_the_sdks_queue_full_warning_is_said_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:

@@ -5,8 +5,8 @@ utilization crossing `quota_threshold`, a subscription window rejected, a budget
 crossing `budget_share` of its limit, a burst of prompt-cache misses from one client
 (`cache_miss_burst`), the database refusing writes so rows are held in memory (`rows_in_memory`).
 
-Each fires once per crossing (rules/alerting.py), with a hold-down per subject. The checks run on the ops
-thread (addons/ops.py) from finished calls and the shared state it polls; delivery runs on one thread per
+Each fires once per crossing (rules/alerting.py), with a hold-down per subject. The checks run in the ops
+process (ops/worker.py) from finished calls and the shared state it polls; delivery runs on one thread per
 webhook, with a timeout, retries with backoff and a bounded queue, so a webhook that is down never slows
 a call. Every alert is recorded in the `alerts` table (state/ops.py) before it is sent, and that record
 is also what keeps two processes sharing the database from sending the same crossing twice.
@@ -28,12 +28,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mitmproxy import ctx, exceptions
-
-from addons.core import SluiceCore
-from addons.ops import Backlog, Finished
+from ops.messages import AlertTarget, Backlog, Finished
 from rules.alerting import AlertEvent, Burst, Crossings, EventKind, webhook_body, window_reset_key
-from rules.config import Alert, ConfigError, resolve_secret
+from rules.config import Alert
 from state import db as sluice_db
 from state.credentials import fingerprint
 from state.ops import AlertLog, Snapshot
@@ -68,49 +65,27 @@ class Webhook:
 
 
 class Alerts:
-    def __init__(self, core: SluiceCore) -> None:
-        self.core = core
+    def __init__(self, db_path: str | None = None) -> None:
         self.webhooks: list[Webhook] = []
-        self.db_path: str | None = None
+        self.db_path = db_path
         self.sent = 0  # delivered, for tests and the log
 
-    def configure(self, updated: set[str]) -> None:
-        if "sluice_config" not in updated and "sluice_db" not in updated:
-            return
-        self.close()
-        self.db_path = ctx.options.sluice_db
-        webhooks = []
-        for index, alert in enumerate(self.core.config.alerts):
-            field = f"alerts[{index}].url"
-            try:
-                secret, inline = resolve_secret(alert.url, field=field, base_dir=self.core.config_dir)
-            except ConfigError as e:
-                raise exceptions.OptionsError(f"sluice_config {ctx.options.sluice_config}: {e}") from None
-            url = secret.get_secret_value()
-            if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-                raise exceptions.OptionsError(
-                    f"sluice_config {ctx.options.sluice_config}: {field}: must be an http:// or https:// URL"
-                )
-            if inline:
-                log.warning(
-                    "sluice: %s is given inline; a webhook URL is a secret: prefer env: or file:", field
-                )
-            webhooks.append(
-                Webhook(
-                    config=alert,
-                    url=url,
-                    name=webhook_name(url),
-                    crossings=Crossings(alert.hold_down_s),
-                    misses=Burst(alert.cache_miss_burst.count, alert.cache_miss_burst.window_s),
-                    queue=queue.Queue(maxsize=QUEUE_MAX),
-                )
+    def start(self, targets: tuple[AlertTarget, ...]) -> None:
+        """One delivery thread per webhook (the URLs were checked by the proxy, which resolved them)."""
+        for target in targets:
+            webhook = Webhook(
+                config=target.config,
+                url=target.url,
+                name=webhook_name(target.url),
+                crossings=Crossings(target.config.hold_down_s),
+                misses=Burst(target.config.cache_miss_burst.count, target.config.cache_miss_burst.window_s),
+                queue=queue.Queue(maxsize=QUEUE_MAX),
             )
-        for webhook in webhooks:
             webhook.thread = threading.Thread(
                 target=self._deliver_all, args=(webhook,), name="sluice-alerts", daemon=True
             )
             webhook.thread.start()
-        self.webhooks = webhooks
+            self.webhooks.append(webhook)
 
     @property
     def enabled(self) -> bool:
@@ -118,7 +93,7 @@ class Alerts:
 
     wants_snapshot = True
 
-    # -- checks (the ops thread) -----------------------------------------------------------------------
+    # -- checks (the ops process's main thread) ----------------------------------------------------------
 
     def on_call(self, finished: Finished) -> None:
         row = finished.row

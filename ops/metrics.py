@@ -1,8 +1,9 @@
 """Prometheus metrics: `--set sluice_metrics=127.0.0.1:9464` serves `/metrics` (off by default).
 
-Counters and histograms are fed from each finished call by the ops thread (addons/ops.py), never on the
-request path; the gauges are read from the latest snapshot of the shared state at scrape time, so a
-credential that left the config or a client whose budget was removed leaves the series with it.
+Runs in the ops process (ops/worker.py): counters and histograms are fed from each finished call the proxy
+hands over, never on the request path; the gauges are read from the latest snapshot of the shared state at
+scrape time, so a credential that left the config or a client whose budget was removed leaves the series
+with it. The proxy binds the listening socket (a bad address stops its start-up) and passes it here.
 
 Series names carry no instance label: Prometheus adds `instance` itself, so several proxies expose the
 same series and `sum by (model)` adds them up. Label values are bounded (rules/ops.py's `LabelFolder`):
@@ -13,19 +14,19 @@ are the config's names, credentials the config's labels (`keys[0] env:NAME`) or 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from http.server import ThreadingHTTPServer
 
-from mitmproxy import ctx, exceptions
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import MetricsHandler
 from prometheus_client.registry import Collector
 
-from addons.core import SluiceCore
-from addons.ops import Backlog, Finished, OpsFeed
-from rules.ops import LabelFolder, is_error, parse_listen_address, seconds, status_class, token_counts
+from ops.messages import Backlog, Finished, Status
+from rules.ops import LabelFolder, is_error, seconds, status_class, token_counts
 from state.ops import Snapshot
 
 log = logging.getLogger("sluice")
@@ -43,8 +44,8 @@ POOL_STATES = ("active", "cooling", "disabled")
 
 
 class Metrics:
-    def __init__(self, core: SluiceCore) -> None:
-        self.core = core
+    def __init__(self, status: Status) -> None:
+        self.status = status
         self.registry = CollectorRegistry(auto_describe=True)
         self.models = LabelFolder(MAX_MODELS)
         self.clients = LabelFolder(MAX_CLIENTS)
@@ -87,40 +88,19 @@ class Metrics:
             registry=self.registry,
         )
         self.snapshot: Snapshot | None = None
-        self.feed: OpsFeed | None = None  # for its count of calls left out (set by sluice.py)
         self.registry.register(_StateCollector(self))
-        self.server: Any = None
+        self.server: ThreadingHTTPServer | None = None
         self.server_thread: threading.Thread | None = None
-        self.address: str | None = None
 
-    def load(self, loader):  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "sluice_metrics",
-            str,
-            "",
-            "Serve Prometheus metrics at http://ADDRESS/metrics: host:port (127.0.0.1:9464), or a bare port "
-            "on loopback. Empty: off.",
-        )
-
-    def configure(self, updated: set[str]) -> None:
-        if "sluice_metrics" not in updated:
-            return
-        value = ctx.options.sluice_metrics.strip()
-        if value == (self.address or ""):
-            return
-        self.close()
-        if not value:
-            return
-        try:
-            host, port = parse_listen_address(value)
-        except ValueError as e:
-            raise exceptions.OptionsError(f"sluice_metrics: {e}") from None
-        try:
-            self.server, self.server_thread = start_http_server(port, addr=host, registry=self.registry)
-        except OSError as e:
-            raise exceptions.OptionsError(f"sluice_metrics: cannot listen on {host}:{port}: {e}") from None
-        self.address = value
-        log.info("sluice: Prometheus metrics at http://%s:%d/metrics", host, port)
+    def serve(self, listening: socket.socket) -> None:
+        """Answer scrapes on the socket the proxy bound, on a thread of this process."""
+        server = _Server(listening.getsockname()[:2], MetricsHandler.factory(self.registry), False)
+        server.socket.close()
+        server.socket = listening
+        server.server_address = listening.getsockname()
+        self.server = server
+        self.server_thread = threading.Thread(target=server.serve_forever, name="sluice-metrics", daemon=True)
+        self.server_thread.start()
 
     @property
     def enabled(self) -> bool:
@@ -158,10 +138,10 @@ class Metrics:
             self.server.server_close()
             self.server = None
             self.server_thread = None
-            self.address = None
 
-    def done(self) -> None:
-        self.close()
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a scraper that hangs must not keep the process from exiting
 
 
 class _StateCollector(Collector):
@@ -175,24 +155,24 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         metrics = self.metrics
-        writer = metrics.core.writer
-        queued, held = writer.backlog() if writer is not None else (0, 0)
+        status = metrics.status
+        queued, held = status.backlog.queued, status.backlog.held
         yield GaugeMetricFamily("sluice_writer_queue_depth", "Call records waiting for the writer", queued)
         yield GaugeMetricFamily(
             "sluice_writer_rows_in_memory",
             "Call records held in memory because the database refuses writes (locked, full, read-only)",
             held,
         )
-        feed = metrics.feed
         yield CounterMetricFamily(
             "sluice_ops_dropped",
-            "Calls left out of the metrics and traces because the ops thread was behind (rows still written)",
-            feed.dropped if feed is not None else 0,
+            "Calls left out of the metrics and traces because the ops process was behind (rows still "
+            "written)",
+            status.dropped,
         )
         yield CounterMetricFamily(
             "sluice_ops_polls",
             "Times the shared state (pool, quotas, budgets) was read for the gauges and alerts",
-            feed.polls if feed is not None else 0,
+            status.polls,
         )
         snapshot = metrics.snapshot
         if snapshot is None:

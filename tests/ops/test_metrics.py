@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
-from mitmproxy import exceptions
-from mitmproxy.test import taddons
-
-from addons.core import SluiceCore
-from addons.metrics import MAX_MODELS, Metrics
-from addons.ops import Backlog, Finished
+from ops.messages import Backlog, Finished, Status
+from ops.metrics import MAX_MODELS, Metrics
 from rules.ops import OTHER
 from state.budgets import ClientBudget
 from state.credentials import CredentialState
@@ -43,7 +40,7 @@ def value(metrics: Metrics, name: str, **labels: str) -> float | None:
 
 
 def test_a_call_adds_to_calls_tokens_cost_and_the_histograms() -> None:
-    metrics = Metrics(SluiceCore())
+    metrics = Metrics(Status())
     metrics.on_call(call())
     metrics.on_call(call(status=529, error="overloaded_error: busy", output_tokens=None, cost_usd=None))
     calls = {"provider": "anthropic", "model": "claude-haiku-4-5", "client": "alice"}
@@ -59,14 +56,14 @@ def test_a_call_adds_to_calls_tokens_cost_and_the_histograms() -> None:
 
 
 def test_a_client_without_a_name_and_a_call_without_an_answer() -> None:
-    metrics = Metrics(SluiceCore())
+    metrics = Metrics(Status())
     metrics.on_call(call(client=None, status=None, error="connection lost: reset"))
     labels = {"provider": "anthropic", "model": "claude-haiku-4-5", "client": "none", "status_class": "none"}
     assert value(metrics, "sluice_errors_total", **labels) == 1
 
 
 def test_invented_models_cost_one_series() -> None:
-    metrics = Metrics(SluiceCore())
+    metrics = Metrics(Status())
     for index in range(MAX_MODELS + 50):
         metrics.on_call(call(model=f"invented-{index}"))
     assert (
@@ -83,7 +80,7 @@ def test_invented_models_cost_one_series() -> None:
 
 
 def test_gauges_come_from_the_latest_snapshot() -> None:
-    metrics = Metrics(SluiceCore())
+    metrics = Metrics(Status())
     now = 1e10  # far future: the cooldown below is still running whatever the clock says
     snapshot = Snapshot(
         at=now,
@@ -140,16 +137,25 @@ def test_gauges_come_from_the_latest_snapshot() -> None:
     assert value(metrics, "sluice_writer_rows_in_memory") == 0
 
 
-def test_off_by_default_and_a_bad_address_stops_start_up() -> None:
-    metrics = Metrics(SluiceCore())
-    with taddons.context(metrics) as tctx:
-        assert not metrics.enabled
-        with pytest.raises(exceptions.OptionsError, match="sluice_metrics: expected host:port"):
-            tctx.configure(metrics, sluice_metrics="localhost")
+def test_scrapes_are_answered_on_the_socket_the_proxy_bound_with_its_figures() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    status = Status(backlog=Backlog(queued=3, held=2), dropped=7, polls=4)
+    metrics = Metrics(status)
+    metrics.serve(listener)
+    try:
+        metrics.on_call(call())
+        port = listener.getsockname()[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    finally:
+        metrics.close()
+    assert "sluice_writer_queue_depth 3.0" in text and "sluice_writer_rows_in_memory 2.0" in text
+    assert "sluice_ops_dropped_total 7.0" in text and "sluice_ops_polls_total 4.0" in text
+    assert 'sluice_calls_total{client="alice"' in text
 
 
 def test_the_grafana_dashboard_uses_only_series_sluice_exposes() -> None:
-    metrics = Metrics(SluiceCore())
+    metrics = Metrics(Status())
     metrics.on_call(call(status=500, error="api_error: boom"))
     now = 1e10
     metrics.on_snapshot(

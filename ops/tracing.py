@@ -2,9 +2,10 @@
 token and duration metrics, over OTLP/HTTP (off by default).
 
 Spans follow the GenAI semantic conventions (rules/ops.py's `genai_attributes`); a client that sends a W3C
-`traceparent` gets the span as a child of its own. Spans are built by the ops thread (addons/ops.py) from
-the finished call, with the call's own start and end times, and exported by the SDK's batch processor on a
-thread of its own: a collector that is down costs a logged warning and a bounded buffer
+`traceparent` gets the span as a child of its own. Spans are built in the ops process (ops/worker.py) from
+the finished call the proxy hands over, with the call's own start and end times, and exported by the
+SDK's batch processor on a thread of its own: a collector that is down costs a logged warning and a
+bounded buffer
 (`MAX_QUEUED_SPANS`; past it the oldest spans are dropped), never a call's time.
 
 Prompt and completion content are not exported. With `--set sluice_otlp_content=true` the request's
@@ -21,7 +22,6 @@ import time
 from typing import Any
 
 import requests
-from mitmproxy import ctx, exceptions
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
@@ -32,8 +32,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from addons.ops import Backlog, Finished
-from rules.ops import LabelFolder, error_type, genai_attributes, parse_otlp_endpoint, seconds, span_name
+from ops.messages import Backlog, Finished
+from rules.ops import LabelFolder, error_type, genai_attributes, seconds, span_name
 from state.ops import Snapshot
 
 log = logging.getLogger("sluice")
@@ -80,41 +80,9 @@ class Tracing:
         self.content = False
         self.models = LabelFolder(MAX_MODELS)
 
-    def load(self, loader):  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "sluice_otlp",
-            str,
-            "",
-            "Export a span per provider call and GenAI metrics over OTLP/HTTP to this collector "
-            "(http://127.0.0.1:4318). Empty: off.",
-        )
-        loader.add_option(
-            "sluice_otlp_content",
-            bool,
-            False,
-            "Also put the request's messages and system instructions on each span (off: no content leaves).",
-        )
-
-    def configure(self, updated: set[str]) -> None:
-        if "sluice_otlp_content" in updated:
-            self.content = bool(ctx.options.sluice_otlp_content)
-        if "sluice_otlp" not in updated:
-            return
-        value = ctx.options.sluice_otlp.strip()
-        if not value:
-            self.close()
-            return
-        try:
-            endpoint = parse_otlp_endpoint(value)
-        except ValueError as e:
-            raise exceptions.OptionsError(f"sluice_otlp: {e}") from None
-        if endpoint == self.endpoint:
-            return
-        self.close()
-        self._start(endpoint)
-        log.info("sluice: OpenTelemetry spans and metrics to %s (OTLP/HTTP)", endpoint)
-
-    def _start(self, endpoint: str) -> None:
+    def start(self, endpoint: str, content: bool) -> None:
+        """Export to `endpoint` (a base URL, checked by the proxy: rules/ops.py's `parse_otlp_endpoint`)."""
+        self.content = content
         resource = Resource.create({"service.name": "sluice"})
         # The proxy's own HTTPS_PROXY (if any) is for clients' traffic, not for its telemetry.
         session = requests.Session()
@@ -150,6 +118,7 @@ class Tracing:
             "cost": meter.create_counter("sluice.cost", unit="USD", description="Cost of provider calls"),
         }
         self.endpoint = endpoint
+        log.info("sluice: OpenTelemetry spans and metrics to %s (OTLP/HTTP)", endpoint)
 
     @property
     def enabled(self) -> bool:
