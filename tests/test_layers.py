@@ -40,21 +40,21 @@ def _module_level(tree: ast.AST) -> list[ast.AST]:
 
 
 def modules(package: str) -> list[Path]:
-    return sorted((ROOT / package).glob("*.py"))
+    return sorted((ROOT / package).rglob("*.py"))
 
 
-@pytest.mark.parametrize("path", modules("rules"), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", modules("rules"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_rules_import_only_the_standard_library_pydantic_and_rules(path: Path) -> None:
     allowed = set(sys.stdlib_module_names) | {"__future__", "pydantic", "pydantic_core", "rules"}
     assert imported_roots(path) <= allowed, imported_roots(path) - allowed
 
 
-@pytest.mark.parametrize("path", modules("state"), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", modules("state"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_state_never_imports_mitmproxy_or_the_addons(path: Path) -> None:
     assert not imported_roots(path) & {"mitmproxy", "addons"}
 
 
-@pytest.mark.parametrize("path", modules("ops"), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", modules("ops"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_the_ops_process_never_imports_mitmproxy_or_the_addons(path: Path) -> None:
     """ops/ runs in a process of its own, started without mitmproxy (and lighter for it)."""
     assert not imported_roots(path) & {"mitmproxy", "addons"}

@@ -1,0 +1,187 @@
+"""What sluice knows of each provider, in one place per provider and wire format.
+
+A `Provider` is who serves (and bills) a call: its own hosts, how a client presents a key and how the real
+one is written, its header families, its error envelope. A `WireFormat` is one API a provider speaks: which
+requests are it, how its answers are read (whole and streamed), which request rules apply to its body and
+how, its transcript for the mitmweb view, its prompt-cache shape, its cost estimate.
+
+The registry maps a request to its wire format (`classify`) and a name to its provider or wire format; the
+addons and the rest of rules/ ask it and hold no provider names of their own. A provider module builds its
+`Provider` and `WireFormat`s and `register`s them when it is imported; this package imports the built-in
+ones at the end. Adding a provider is one such module (README: "Adding a provider").
+
+Pure: this package and its modules import the standard library, pydantic and rules/ only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from rules.cache_health import PromptShape
+    from rules.config import SystemBlock
+    from rules.transcript import Part, RequestOutline
+    from rules.usage import Reading
+
+JSONObject = dict[str, Any]
+
+
+class StreamEvents(Protocol):
+    """A wire format's reader of one streamed answer's events (rules/usage.py's StreamReader drives it)."""
+
+    def on_event(self, name: str | None, data: str, reading: Reading) -> bool:
+        """Read one SSE event into `reading`; True iff it is the first output-bearing event."""
+        ...
+
+
+class PartsBuilder(Protocol):
+    """A wire format's builder of the assistant's output from a stream's events (the transcript)."""
+
+    def take(self, event: str | None, payload: JSONObject) -> None: ...
+
+    def parts(self) -> list[Part]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """Who serves and bills: what every wire format of one provider shares."""
+
+    name: str  # the `provider` column, and `[[upstreams]] provider = ...`
+    hosts: tuple[str, ...]  # the provider's own API hosts (a request there is this provider's)
+    # Extra header names (or `*` families) allowed through by default, each way, on top of the common ones.
+    request_headers: tuple[str, ...]
+    response_headers: tuple[str, ...]
+    # The provider's error envelope, for answers sluice gives in its name: (status, message, code) -> body.
+    error_body: Callable[[int, str, str | None], bytes]
+    # An in-stream error record, for a stream sluice must end early.
+    sse_error_event: Callable[[int, str], bytes]
+    # How the real credential is written: (request headers, secret, "key" | "oauth") -> header changes
+    # (name -> value, None to remove). Every header a client may carry a key in is removed or replaced.
+    write_credential: Callable[[Mapping[str, str], str, str], dict[bytes, bytes | None]]
+    key_headers: tuple[str, ...]  # every header a key may travel in (never logged, never recorded)
+    overloaded_status: int = 503  # what sluice answers while the provider says it is overloaded
+    pricing_id: str | None = None  # genai-prices' provider id, when not `name`
+
+
+@dataclass(frozen=True, slots=True)
+class WireFormat:
+    """One API a provider speaks, with everything sluice does to and reads from it.
+
+    A hook left None means the wire format has no such thing (no cache markers, no transcript): the part
+    that would use it passes the call by, and says so where a person looks."""
+
+    name: str  # the `api` column: "messages", "chat", ...
+    provider: Provider
+    path_suffixes: tuple[str, ...]  # a POST whose path ends so is this wire format (gateways mount prefixes)
+    billed: bool = True  # False: the call costs nothing (a token count)
+    # -- answers (rules/usage.py drives these) ---------------------------------------------------------
+    read_body: Callable[[bytes, int], Reading] | None = None  # a whole (decoded) answer, any status
+    stream_events: Callable[[], StreamEvents] | None = None  # a fresh reader of one stream's events
+    terminal_event: str = ""  # the event that ends a complete stream (named in "stream ended before ...")
+    # -- the request body (rules/rewrite.py applies the rules in its fixed order) ----------------------
+    # Which of "billing", "alias", "system", "user_id", "max_tokens", "cache", "stream_usage" apply.
+    rule_set: frozenset[str] = frozenset()
+    # (body, blocks) -> (body, names added, paths of the added blocks where cache markers count them)
+    inject_system: (
+        Callable[[JSONObject, Sequence[SystemBlock]], tuple[JSONObject, list[str], list[Any]]] | None
+    ) = None
+    stamp_user: Callable[[JSONObject, str], JSONObject] | None = None
+    # -- estimate (budgets: rules/estimate.py) ---------------------------------------------------------
+    output_fields: tuple[str, ...] = ()  # the request's output ceiling, any of these (the largest counts)
+    unbounded_without_ceiling: bool = True  # no ceiling: the model may write up to its own maximum
+    choices_field: str | None = None  # each of `n` choices may use the whole ceiling
+    # -- the mitmweb view (rules/transcript.py) --------------------------------------------------------
+    body_parts: Callable[[Mapping[str, Any]], list[Part]] | None = None  # a whole answer's output
+    stream_parts: Callable[[], PartsBuilder] | None = None
+    outline: Callable[[Mapping[str, Any]], RequestOutline] | None = None
+    # -- prompt cache (rules/cache_health.py) ----------------------------------------------------------
+    prompt_shape: Callable[[JSONObject], PromptShape] | None = None  # None: the cache is not judged
+    first_user_message: Callable[[JSONObject], object | None] | None = None
+    # -- content export (opted-in OpenTelemetry content) -----------------------------------------------
+    messages_field: str | None = None
+    system_field: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """What a request is: its provider and wire format (names kept for the row)."""
+
+    wire: WireFormat
+
+    @property
+    def provider(self) -> str:
+        return self.wire.provider.name
+
+    @property
+    def api(self) -> str:
+        return self.wire.name
+
+
+_PROVIDERS: dict[str, Provider] = {}
+_WIRES: dict[str, WireFormat] = {}
+_BY_SUFFIX: list[tuple[str, WireFormat]] = []  # longest suffix first
+
+
+def register(*wires: WireFormat) -> None:
+    """Make wire formats (and their providers) known. A name registered twice must be the same object."""
+    for wire in wires:
+        for table, key, value in ((_PROVIDERS, wire.provider.name, wire.provider), (_WIRES, wire.name, wire)):
+            existing = table.get(key)
+            if existing is not None and existing is not value:
+                raise ValueError(f"a second {type(value).__name__} named {key!r}")
+            table[key] = value  # type: ignore[assignment]
+        for suffix in wire.path_suffixes:
+            _BY_SUFFIX.append((suffix, wire))
+    _BY_SUFFIX.sort(key=lambda pair: len(pair[0]), reverse=True)
+
+
+def classify(method: str, path: str) -> Endpoint | None:
+    """The wire format a request speaks, or None when it is not a metered LLM call.
+
+    Matched by path suffix so that gateways and reverse proxies that mount an API under a prefix
+    (`/anthropic/v1/messages`, `/openai/v1/chat/completions`) are recognised too."""
+    if method.upper() != "POST":
+        return None
+    bare = path.split("?", 1)[0].rstrip("/")
+    for suffix, wire in _BY_SUFFIX:
+        if bare.endswith(suffix):
+            return Endpoint(wire)
+    return None
+
+
+def wire_format(api: str) -> WireFormat:
+    """A wire format by its `api` name; KeyError names the known ones."""
+    try:
+        return _WIRES[api]
+    except KeyError:
+        raise KeyError(f"unknown API {api!r}; known: {', '.join(sorted(_WIRES))}") from None
+
+
+def provider(name: str) -> Provider:
+    try:
+        return _PROVIDERS[name]
+    except KeyError:
+        raise KeyError(f"unknown provider {name!r}; known: {', '.join(sorted(_PROVIDERS))}") from None
+
+
+def providers() -> Iterator[Provider]:
+    return iter(list(_PROVIDERS.values()))
+
+
+def wire_formats() -> Iterator[WireFormat]:
+    return iter(list(_WIRES.values()))
+
+
+def provider_for_host(host: str) -> Provider | None:
+    """The provider whose own API host this is (any case, trailing dot or not)."""
+    wanted = host.lower().rstrip(".")
+    for known in _PROVIDERS.values():
+        if wanted in known.hosts:
+            return known
+    return None
+
+
+# The built-in providers register themselves on import.
+from rules.providers import anthropic, openai  # noqa: E402, F401

@@ -1,0 +1,82 @@
+"""Anthropic: the Messages API (`/v1/messages`, streamed and not) and its token count
+(`/v1/messages/count_tokens`), on api.anthropic.com or any gateway that mounts them.
+
+Keys: `x-api-key` for API keys, `Authorization: Bearer` with the `oauth-2025-04-20` beta for OAuth
+(subscription) tokens. Errors: `{"type": "error", "error": {"type": ..., "message": ...}}`
+(https://docs.anthropic.com/en/api/errors); in a stream, `event: error`. Overloaded is 529.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from rules.providers import Provider, WireFormat, register
+
+OAUTH_BETA = "oauth-2025-04-20"  # Anthropic requires it on requests carrying an OAuth bearer token
+
+# status -> the envelope's error type
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def error_body(status: int, message: str, code: str | None = None) -> bytes:
+    body = {"type": "error", "error": {"type": _ERROR_TYPES.get(status, "api_error"), "message": message}}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def sse_error_event(status: int, message: str) -> bytes:
+    return b"event: error\ndata: " + error_body(status, message) + b"\n\n"
+
+
+def write_credential(headers: Mapping[str, str], secret: str, kind: str) -> dict[bytes, bytes | None]:
+    """An API key in `x-api-key`; an OAuth token as a bearer, with the OAuth beta added to the client's."""
+    if kind == "key":
+        return {b"x-api-key": secret.encode(), b"authorization": None}
+    changes: dict[bytes, bytes | None] = {b"x-api-key": None, b"authorization": b"Bearer " + secret.encode()}
+    betas = [beta.strip() for beta in headers.get("anthropic-beta", "").split(",") if beta.strip()]
+    if OAUTH_BETA not in betas:
+        changes[b"anthropic-beta"] = ",".join([*betas, OAUTH_BETA]).encode()
+    return changes
+
+
+ANTHROPIC = Provider(
+    name="anthropic",
+    hosts=("api.anthropic.com",),
+    # anthropic-version, anthropic-beta (verbatim), anthropic-workspace-id, ...; Claude Code's own
+    # families (x-claude-code-*, x-claude-1p-request-class, x-claude-remote-*, x-anthropic-*), x-app and
+    # x-client-app. https://docs.claude.com/en/api/versioning, .../api/beta-headers
+    request_headers=("x-api-key", "anthropic-*", "x-anthropic-*", "x-claude-*", "x-app", "x-client-app"),
+    response_headers=("anthropic-*",),  # anthropic-organization-id, anthropic-ratelimit-*, ...
+    error_body=error_body,
+    sse_error_event=sse_error_event,
+    write_credential=write_credential,
+    key_headers=("x-api-key", "authorization"),
+    overloaded_status=529,
+)
+
+MESSAGES = WireFormat(
+    name="messages",
+    provider=ANTHROPIC,
+    path_suffixes=("/v1/messages",),
+    messages_field="messages",
+    system_field="system",
+)
+
+COUNT_TOKENS = WireFormat(
+    name="count_tokens",
+    provider=ANTHROPIC,
+    path_suffixes=("/v1/messages/count_tokens",),
+    billed=False,
+    messages_field="messages",
+    system_field="system",
+)
+
+register(MESSAGES, COUNT_TOKENS)

@@ -1,0 +1,70 @@
+"""OpenAI: Chat Completions (`/chat/completions`, under any prefix: `/v1/...`, a gateway's `/openai/v1/...`)
+and Responses (`/v1/responses`), streamed and not.
+
+Keys: `Authorization: Bearer`. Errors: `{"error": {"message", "type", "param", "code"}}`
+(https://platform.openai.com/docs/guides/error-codes); in a stream, a `data:` record with the same body.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from rules.providers import Provider, WireFormat, register
+
+# status -> (the envelope's error type, its code)
+_ERROR_KINDS: dict[int, tuple[str, str | None]] = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", "permission_denied"),
+    429: ("requests", "rate_limit_exceeded"),
+    503: ("server_error", "service_unavailable"),
+    504: ("server_error", "timeout"),
+    529: ("server_error", "overloaded"),
+}
+
+
+def error_body(status: int, message: str, code: str | None = None) -> bytes:
+    kind, default_code = _ERROR_KINDS.get(status, ("server_error", None))
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code or default_code}}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def sse_error_event(status: int, message: str) -> bytes:
+    return b"data: " + error_body(status, message) + b"\n\n"
+
+
+def write_credential(headers: Mapping[str, str], secret: str, kind: str) -> dict[bytes, bytes | None]:
+    """A bearer token, whatever the kind; a key the client put elsewhere is removed."""
+    return {b"x-api-key": None, b"authorization": b"Bearer " + secret.encode()}
+
+
+OPENAI = Provider(
+    name="openai",
+    hosts=("api.openai.com",),
+    # OpenAI-Organization, OpenAI-Project, OpenAI-Beta.
+    # https://platform.openai.com/docs/api-reference/debugging-requests
+    request_headers=("openai-*",),
+    response_headers=("openai-*",),  # openai-processing-ms, openai-organization, openai-version, ...
+    error_body=error_body,
+    sse_error_event=sse_error_event,
+    write_credential=write_credential,
+    key_headers=("authorization", "x-api-key"),
+)
+
+CHAT = WireFormat(
+    name="chat",
+    provider=OPENAI,
+    path_suffixes=("/chat/completions",),
+    messages_field="messages",
+)
+
+RESPONSES = WireFormat(
+    name="responses",
+    provider=OPENAI,
+    path_suffixes=("/v1/responses",),
+    messages_field="input",
+    system_field="instructions",
+)
+
+register(CHAT, RESPONSES)
