@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from mitmproxy import ctx, exceptions, http
 
 from addons.core import SluiceCore
+from rules.providers import providers
 from state import db as sluice_db
 from state.budgets import BudgetLedger
 from state.pricing import estimate_call, highest_prices, price_call
@@ -105,5 +106,5 @@ class Budget:
                 raise exceptions.OptionsError(
                     f"sluice_config: {UNKNOWN_MODELS_OPTION}.{provider} = {model!r}: {reason}"
                 )
-        for provider in ("anthropic", "openai"):
-            highest_prices(provider)
+        for known in providers():
+            highest_prices(known.name)

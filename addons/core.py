@@ -16,7 +16,8 @@ from addons.decoding import DEFAULT_DECODE_MAX
 from addons.startup import check_options, config_error
 from rules.config import Config, ConfigError, Upstream, load_config
 from rules.destination import Destination, normalize_host
-from rules.envelopes import error_body
+from rules.providers import provider as provider_named
+from rules.providers import provider_for_host
 from state import db as sluice_db
 from state.pricing import price_call
 from state.writer import Record, RecordWriter
@@ -27,7 +28,6 @@ DEFAULT_KEEP_BODY = 4 * 1024 * 1024
 
 # The providers' own API hosts: their traffic gets the provider's header policy even when no
 # `[[upstreams]]` entry names them.
-PROVIDER_HOSTS = {"api.anthropic.com": "anthropic", "api.openai.com": "openai"}
 
 
 def connect_lazily(options: optmanager.OptManager) -> None:
@@ -154,7 +154,10 @@ class SluiceCore:
     def provider_for(self, host: str) -> str | None:
         """Which provider's API a host serves: configured upstreams first, then the providers' own hosts."""
         upstream = self.upstream_for(host)
-        return upstream.provider if upstream else PROVIDER_HOSTS.get(normalize_host(host))
+        if upstream is not None:
+            return upstream.provider
+        known = provider_for_host(host)
+        return known.name if known is not None else None
 
     def answer(
         self,
@@ -168,7 +171,9 @@ class SluiceCore:
         """Answer the request in sluice's name, in the provider's own error envelope; the upstream is never
         contacted. The call's row says why (`note`)."""
         flow.response = http.Response.make(
-            status, error_body(provider, status, message), {"content-type": "application/json", **headers}
+            status,
+            provider_named(provider).error_body(status, message, None),
+            {"content-type": "application/json", **headers},
         )
         call = self.calls.get(flow.id)
         if call is not None:

@@ -38,7 +38,6 @@ from addons.fields import rate_limit_values, with_headers
 from rules.cache_health import affinity_key
 from rules.config import ConfigError, OAuth, Upstream, resolve_secret
 from rules.destination import Destination, credential_refusal
-from rules.envelopes import error_body
 from rules.provider_answers import (
     MAX_ERROR_BODY,
     Breaker,
@@ -48,6 +47,7 @@ from rules.provider_answers import (
     judge_answer,
     read_error,
 )
+from rules.providers import provider as provider_named
 from state import db as sluice_db
 from state.credentials import (
     CredentialDead,
@@ -68,7 +68,6 @@ from state.oauth_http import post_refresh
 
 log = logging.getLogger("sluice")
 
-OAUTH_BETA = "oauth-2025-04-20"  # Anthropic requires it on requests carrying an OAuth bearer token
 RETRY_SOON_S = 1
 
 
@@ -230,14 +229,7 @@ class Credentials:
         going_to: Destination,
     ) -> None:
         headers = flow.request.headers
-        if upstream.provider == "anthropic" and entry.kind == "key":
-            changes: dict[bytes, bytes | None] = {b"x-api-key": secret.encode(), b"authorization": None}
-        else:
-            changes = {b"x-api-key": None, b"authorization": b"Bearer " + secret.encode()}
-        if upstream.provider == "anthropic" and entry.kind == "oauth":
-            betas = [b.strip() for b in headers.get("anthropic-beta", "").split(",") if b.strip()]
-            if OAUTH_BETA not in betas:
-                changes[b"anthropic-beta"] = ",".join([*betas, OAUTH_BETA]).encode()
+        changes = provider_named(upstream.provider).write_credential(headers, secret, entry.kind)
         delivery = wire_headers.send_with(flow.request, with_headers(headers.fields, changes), going_to)
         self._sent[flow.id] = Swapped(upstream.host, entry, secret, delivery)
         call = self.core.calls.get(flow.id)
@@ -247,7 +239,7 @@ class Credentials:
     def _answer_overloaded(self, flow: http.HTTPFlow, upstream: Upstream, open_for: float) -> None:
         wait = max(1, math.ceil(open_for))
         message = f"sluice: {upstream.host} said it is overloaded; not sending more for {wait}s (retry then)"
-        status = 529 if upstream.provider == "anthropic" else 503
+        status = provider_named(upstream.provider).overloaded_status
         headers = {"retry-after": str(wait), "x-should-retry": "true"}
         self.core.answer(flow, upstream.provider, status, message, headers, message)
 
@@ -354,7 +346,7 @@ class Credentials:
     def _retry_soon(self, flow: http.HTTPFlow, upstream: Upstream, text: str) -> None:
         flow.response = http.Response.make(
             429,
-            error_body(upstream.provider, 429, text),
+            provider_named(upstream.provider).error_body(429, text, None),
             {"content-type": "application/json", "retry-after": str(RETRY_SOON_S), "x-should-retry": "true"},
         )
 

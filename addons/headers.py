@@ -13,10 +13,9 @@ from mitmproxy import ctx, exceptions, http
 
 from addons.core import SluiceCore, destination
 from rules.headers import HeaderAllowList, build_policy, filter_headers, is_upgrade_request
+from rules.providers import providers
 
 log = logging.getLogger("sluice")
-
-PROVIDERS = ("anthropic", "openai")
 
 
 class Headers:
@@ -32,8 +31,12 @@ class Headers:
             return
         rules = self.core.config.rules
         try:
-            self.request_policy = {p: build_policy(p, "request", rules.request_headers) for p in PROVIDERS}
-            self.response_policy = {p: build_policy(p, "response", rules.response_headers) for p in PROVIDERS}
+            self.request_policy = {
+                p.name: build_policy(p, "request", rules.request_headers) for p in providers()
+            }
+            self.response_policy = {
+                p.name: build_policy(p, "response", rules.response_headers) for p in providers()
+            }
         except ValueError as e:
             raise exceptions.OptionsError(f"sluice_config {ctx.options.sluice_config}: rules: {e}") from None
 

@@ -28,9 +28,10 @@ from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import TransparentMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
-from addons.core import PROVIDER_HOSTS, SluiceCore
+from addons.core import SluiceCore
 from rules.destination import normalize_host
 from rules.egress import is_allowed, names
+from rules.providers import provider_for_host
 from state.writer import SandboxEvent
 
 log = logging.getLogger("sluice")
@@ -73,7 +74,7 @@ class Sandbox:
         upstream = self.core.upstream_for(host)
         if upstream is not None:
             return port == upstream.port
-        return host in PROVIDER_HOSTS and port == 443
+        return provider_for_host(host) is not None and port == 443
 
     def permitted(self, host: str, port: int) -> bool:
         """Whether sluice may open a connection to `host:port` for the sandbox (a name, never an address)."""
@@ -82,7 +83,7 @@ class Sandbox:
     def known(self, host: str) -> bool:
         """Whether the policy names `host` on some port (its DNS lookups are answered)."""
         host = normalize_host(host)
-        if self.core.upstream_for(host) is not None or host in PROVIDER_HOSTS:
+        if self.core.upstream_for(host) is not None or provider_for_host(host) is not None:
             return True
         return names(self.core.config.sandbox.allow_entries, host)
 

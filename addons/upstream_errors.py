@@ -33,7 +33,7 @@ from mitmproxy.proxy.layers.http._events import (
 
 from addons.core import SluiceCore, destination
 from addons.layer_patch import Method, patch_once
-from rules.envelopes import error_body
+from rules.providers import provider as provider_named
 
 log = logging.getLogger("sluice")
 
@@ -122,7 +122,9 @@ class UpstreamErrors:
         headers = {"content-type": "application/json", "x-should-retry": "true"}
         if version != "HTTP/2.0":
             headers["connection"] = "close"  # HTTP/1: the connection's state after the failure is unknown
-        response = http.Response.make(status, error_body(provider, status, message), headers)
+        response = http.Response.make(
+            status, provider_named(provider).error_body(status, message, None), headers
+        )
         response.http_version = version
         if version == "HTTP/2.0":
             _H2_ENVELOPES.setdefault((flow.client_conn.id, reason), deque()).append(response)

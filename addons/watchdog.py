@@ -22,7 +22,7 @@ from mitmproxy.proxy.layers.tls import ClientTLSLayer
 
 from addons.calls import Call
 from addons.core import SluiceCore
-from rules.envelopes import sse_error_event
+from rules.providers import provider
 
 log = logging.getLogger("sluice")
 
@@ -81,7 +81,7 @@ class Watchdog:
             return
         if _can_end_cleanly(flow):
             # A blank line first closes any half-sent record; the error record; then the last chunk.
-            record = b"\n\n" + sse_error_event(call.provider, 504, message)
+            record = b"\n\n" + provider(call.provider).sse_error_event(504, message)
             if call.reader is not None:
                 call.reader.feed(record)
             _send_to_client(handler, flow, f"{len(record):x}\r\n".encode() + record + b"\r\n0\r\n\r\n")

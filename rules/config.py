@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -32,7 +33,21 @@ from rules.destination import normalize_host
 from rules.egress import AllowEntry, parse_allow_entry
 from rules.secrets import unusable_secret
 
-Provider = Literal["anthropic", "openai"]
+
+def _known_provider(name: str) -> str:
+    """A provider sluice has a module for (rules/providers); the error lists them."""
+    # Imported here: the provider modules import this one (system blocks, rules), so a module-level import
+    # would be circular; by the time a config is read every module is loaded.
+    from rules.providers import provider
+
+    try:
+        provider(name)
+    except KeyError as e:
+        raise ValueError(str(e.args[0])) from None
+    return name
+
+
+Provider = Annotated[str, AfterValidator(_known_provider)]
 Ttl = Literal["5m", "1h"]
 
 

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from rules.config import HeaderPolicy
+
+if TYPE_CHECKING:
+    from rules.providers import Provider
 
 Direction = Literal["request", "response"]
 
@@ -143,15 +146,6 @@ _REQUEST_COMMON = (
     # A client-chosen id both providers log for support lookups (Claude Code, OpenAI SDKs).
     "x-client-request-id",
 )
-_REQUEST_BY_PROVIDER = {
-    # anthropic-version, anthropic-beta (verbatim), anthropic-workspace-id, ...; Claude Code's own
-    # families (x-claude-code-*, x-claude-1p-request-class, x-claude-remote-*, x-anthropic-*), x-app and
-    # x-client-app. https://docs.claude.com/en/api/versioning, .../api/beta-headers
-    "anthropic": ("x-api-key", "anthropic-*", "x-anthropic-*", "x-claude-*", "x-app", "x-client-app"),
-    # OpenAI-Organization, OpenAI-Project, OpenAI-Beta.
-    # https://platform.openai.com/docs/api-reference/debugging-requests
-    "openai": ("openai-*",),
-}
 _RESPONSE_COMMON = (
     "content-type",
     "content-length",
@@ -168,10 +162,6 @@ _RESPONSE_COMMON = (
     "request-id",
     "x-request-id",
 )
-_RESPONSE_BY_PROVIDER = {
-    "anthropic": ("anthropic-*",),  # anthropic-organization-id, anthropic-ratelimit-*, ...
-    "openai": ("openai-*",),  # openai-processing-ms, openai-organization, openai-version, openai-project
-}
 # Never let through by the defaults even if a family above grew to match them: cookies (sluice's
 # clients are API clients, not browsers), what a proxy adds about its own hop, and sluice's own headers.
 _DENY_DEFAULT = (
@@ -187,21 +177,20 @@ _DENY_DEFAULT = (
 )
 
 
-def default_request_policy(provider: str) -> HeaderAllowList:
-    """The request headers a provider's clients legitimately send; unknown providers get the common set."""
-    return HeaderAllowList(
-        _rules((*_REQUEST_COMMON, *_REQUEST_BY_PROVIDER.get(provider, ()))), _rules(_DENY_DEFAULT)
-    )
+def default_request_policy(provider: Provider | None) -> HeaderAllowList:
+    """The request headers a provider's clients legitimately send (the common set and the provider's own
+    families, rules/providers); no provider: the common set."""
+    own = provider.request_headers if provider is not None else ()
+    return HeaderAllowList(_rules((*_REQUEST_COMMON, *own)), _rules(_DENY_DEFAULT))
 
 
-def default_response_policy(provider: str) -> HeaderAllowList:
+def default_response_policy(provider: Provider | None) -> HeaderAllowList:
     """The response headers clients need: content, rate limits, retry hints and request ids."""
-    return HeaderAllowList(
-        _rules((*_RESPONSE_COMMON, *_RESPONSE_BY_PROVIDER.get(provider, ()))), _rules(_DENY_DEFAULT)
-    )
+    own = provider.response_headers if provider is not None else ()
+    return HeaderAllowList(_rules((*_RESPONSE_COMMON, *own)), _rules(_DENY_DEFAULT))
 
 
-def build_policy(provider: str, direction: Direction, config: HeaderPolicy) -> HeaderAllowList:
+def build_policy(provider: Provider | None, direction: Direction, config: HeaderPolicy) -> HeaderAllowList:
     """Merge the operator's `HeaderPolicy` with the provider defaults; fails closed at configuration.
 
     Merged (the default): allow = defaults + `allow`, deny = default deny + `deny`; deny wins.

@@ -31,8 +31,10 @@ import re
 from datetime import datetime
 from decimal import Decimal
 
+from rules.providers.anthropic import OAUTH_BETA
+
 USAGE_PATH = "/api/oauth/usage"
-USAGE_BETA = "oauth-2025-04-20"  # the same beta flag every OAuth-authenticated Anthropic request carries
+USAGE_BETA = OAUTH_BETA  # the same beta flag every OAuth-authenticated Anthropic request carries
 SCOPE_NEEDED = "user:profile"
 # Stored in `rate_limits.call_id` of every row read from the endpoint, to tell them from headers of calls.
 SOURCE = "oauth-usage"

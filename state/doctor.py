@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from rules.config import Config, ConfigError, Upstream, load_config, resolve_secret
+from rules.providers import providers
 from rules.secrets import unusable_secret
 
 Status = Literal["pass", "fail", "skip"]
@@ -35,7 +36,7 @@ TRUST_VARIABLES = {
     "SSL_CERT_FILE": "Python clients (anthropic, openai SDKs, httpx)",
     "REQUESTS_CA_BUNDLE": "clients built on requests (aider, litellm)",
 }
-PROVIDER_HOSTS = ("api.anthropic.com", "api.openai.com")
+PROVIDER_HOSTS = tuple(host for known in providers() for host in known.hosts)
 CONNECT_TIMEOUT_S = 2.0
 ONLINE_TIMEOUT_S = 10.0
 ANTHROPIC_VERSION = "2023-06-01"

@@ -24,6 +24,7 @@ from rules.headers import (
     default_request_policy,
     default_response_policy,
 )
+from rules.providers import provider
 from tests.e2e.harness import Proxy
 from tests.fake_provider import FakeProvider
 from tests.faults.support import (
@@ -241,13 +242,13 @@ def test_random_headers_both_ways_respect_the_allow_lists_and_framing(
         # Upstream: only allowed headers arrived; every allowed fuzzed header arrived intact; body intact.
         [seen] = fake.requests
         assert seen.body == exchange.body, where
-        policy = default_request_policy(exchange.provider)
+        policy = default_request_policy(provider(exchange.provider))
         assert_crossed(sent_request, sent_request, seen.headers, policy, where + ", request")
         # Client: the same for the response, and the body exactly what the fake sent.
         assert status == 200, (where, body[:300])
         assert body == seen.response.body, where
         received = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in got]
-        policy = default_response_policy(exchange.provider)
+        policy = default_response_policy(provider(exchange.provider))
         assert_crossed(sent_response, seen.response.headers, received, policy, where + ", response")
         assert not proxy.tracebacks(), where
 

@@ -48,8 +48,8 @@ def test_empty_config_is_recording_only():
             "sluice.toml: upstreams[0].host: a bare host name",
         ),
         (
-            "[[upstreams]]\nhost='api.x.com'\nprovider='google'\n",
-            "sluice.toml: upstreams[0].provider: Input should be 'anthropic' or 'openai'",
+            "[[upstreams]]\nhost='api.x.com'\nprovider='gogle'\n",
+            "sluice.toml: upstreams[0].provider: unknown provider 'gogle'; known: anthropic,",
         ),
         ("[[clients]]\nname='a'\nkey='k'\n[[clients]]\nname='a'\nkey='j'\n", "client names must be unique"),
         ("not toml = = 1", "sluice.toml: not valid TOML"),

@@ -11,6 +11,8 @@ from rules.headers import (
     filter_headers,
     is_upgrade_request,
 )
+from rules.providers import provider
+from rules.providers import provider as known
 
 
 @pytest.mark.parametrize(
@@ -82,7 +84,7 @@ def test_bad_patterns_are_refused(pattern: str) -> None:
     ],
 )
 def test_default_anthropic_request_policy(name: str, kept: bool) -> None:
-    assert default_request_policy("anthropic").permits(name) is kept
+    assert default_request_policy(provider("anthropic")).permits(name) is kept
 
 
 @pytest.mark.parametrize(
@@ -99,7 +101,7 @@ def test_default_anthropic_request_policy(name: str, kept: bool) -> None:
     ],
 )
 def test_default_openai_request_policy(name: str, kept: bool) -> None:
-    assert default_request_policy("openai").permits(name) is kept
+    assert default_request_policy(provider("openai")).permits(name) is kept
 
 
 @pytest.mark.parametrize(
@@ -128,7 +130,7 @@ def test_default_openai_request_policy(name: str, kept: bool) -> None:
     ],
 )
 def test_default_response_policies(provider: str, name: str, kept: bool) -> None:
-    assert default_response_policy(provider).permits(name) is kept
+    assert default_response_policy(known(provider)).permits(name) is kept
 
 
 def test_filter_keeps_order_casing_and_repeats_and_reports_drops_once() -> None:
@@ -140,7 +142,7 @@ def test_filter_keeps_order_casing_and_repeats_and_reports_drops_once() -> None:
         ("anthropic-beta", "prompt-caching-2024-07-31"),
         ("cookie", "b=2"),
     ]
-    kept, dropped = filter_headers(pairs, default_request_policy("anthropic"))
+    kept, dropped = filter_headers(pairs, default_request_policy(provider("anthropic")))
     assert kept == [pairs[0], pairs[1], pairs[3], pairs[4]]
     assert dropped == ["Cookie"]
 
@@ -198,14 +200,16 @@ def test_framing_headers_are_left_to_the_caller(pairs: list[tuple[str, str]]) ->
 
 def test_bytes_pairs_come_back_as_the_same_bytes() -> None:
     pairs = [(b"Anthropic-Version", b"2023-06-01"), (b"Cookie", b"a"), (b"X-Odd", b"\xe9")]
-    kept, dropped = filter_headers(pairs, default_request_policy("anthropic"))
+    kept, dropped = filter_headers(pairs, default_request_policy(provider("anthropic")))
     assert kept == [(b"Anthropic-Version", b"2023-06-01")]
     assert dropped == ["Cookie", "X-Odd"]
 
 
 def test_operator_allow_and_deny_merge_with_defaults() -> None:
     policy = build_policy(
-        "anthropic", "request", HeaderPolicy(allow=["traceparent", "x-team-*"], deny=["x-stainless-os"])
+        provider("anthropic"),
+        "request",
+        HeaderPolicy(allow=["traceparent", "x-team-*"], deny=["x-stainless-os"]),
     )
     assert policy.permits("traceparent")
     assert policy.permits("X-Team-Name")
@@ -216,17 +220,21 @@ def test_operator_allow_and_deny_merge_with_defaults() -> None:
 
 
 def test_operator_cannot_reopen_default_denials_without_replacing_defaults() -> None:
-    merged = build_policy("anthropic", "response", HeaderPolicy(allow=["*"]))
+    merged = build_policy(provider("anthropic"), "response", HeaderPolicy(allow=["*"]))
     assert merged.permits("server")
     assert not merged.permits("set-cookie")
-    replaced = build_policy("anthropic", "response", HeaderPolicy(allow=["*"], replace_defaults=True))
+    replaced = build_policy(
+        provider("anthropic"), "response", HeaderPolicy(allow=["*"], replace_defaults=True)
+    )
     assert replaced.permits("set-cookie")
     kept, _ = filter_headers([("Upgrade", "h2c"), ("Set-Cookie", "a")], replaced)
     assert kept == [("Set-Cookie", "a")]  # hop-by-hop still removed
 
 
 def test_replaced_defaults_are_exactly_the_operators() -> None:
-    policy = build_policy("openai", "request", HeaderPolicy(allow=["authorization"], replace_defaults=True))
+    policy = build_policy(
+        provider("openai"), "request", HeaderPolicy(allow=["authorization"], replace_defaults=True)
+    )
     assert policy.permits("Authorization")
     assert not policy.permits("openai-organization")
     assert not policy.permits("content-type")
@@ -234,7 +242,7 @@ def test_replaced_defaults_are_exactly_the_operators() -> None:
 
 def test_bad_operator_pattern_fails_at_build_time() -> None:
     with pytest.raises(ValueError, match="'x foo'"):
-        build_policy("openai", "response", HeaderPolicy(allow=["x foo"]))
+        build_policy(provider("openai"), "response", HeaderPolicy(allow=["x foo"]))
 
 
 @pytest.mark.parametrize(
@@ -264,8 +272,8 @@ def test_a_genuine_upgrade_keeps_what_the_switch_needs_and_still_filters_the_res
         ("Cookie", "session=1"),
         ("X-Forwarded-For", "10.0.0.1"),
     ]
-    kept, dropped = filter_headers(pairs, default_request_policy("openai"), upgrade=True)
+    kept, dropped = filter_headers(pairs, default_request_policy(provider("openai")), upgrade=True)
     assert kept == pairs[:5]
     assert dropped == ["Cookie", "X-Forwarded-For"]
-    kept, _ = filter_headers(pairs, default_request_policy("openai"))
+    kept, _ = filter_headers(pairs, default_request_policy(provider("openai")))
     assert kept == [("Host", "api.openai.com")]
