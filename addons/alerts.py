@@ -34,8 +34,8 @@ from addons.core import SluiceCore
 from addons.ops import Backlog, Finished
 from rules.alerting import AlertEvent, Burst, Crossings, EventKind, webhook_body, window_reset_key
 from rules.config import Alert, ConfigError, resolve_secret
+from rules.secrets import fingerprint
 from state import db as sluice_db
-from state.credentials import fingerprint
 from state.ops import AlertLog, Snapshot
 
 log = logging.getLogger("sluice")

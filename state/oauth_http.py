@@ -24,10 +24,11 @@ import urllib.request
 from datetime import UTC, datetime
 
 from rules.config import OAuth
+from rules.credential_files import TokenResponse
 from rules.oauth_usage import SCOPE_NEEDED, USAGE_BETA, USAGE_PATH
 from rules.secrets import unusable_secret
 from rules.times import parse_reset
-from state.credentials import TokenRefused, TokenResponse
+from state.oauth import TokenRefused
 
 # Below the OAuth store's own 20 s limit, so a late answer (carrying a rotated, single-use token) is not lost.
 REFRESH_TIMEOUT_S = 15

@@ -16,8 +16,8 @@ from addons.metrics import MAX_MODELS, Metrics
 from addons.ops import Backlog, Finished
 from rules.ops import OTHER
 from state.budgets import ClientBudget
-from state.credentials import CredentialState
 from state.ops import LimitLevel, Snapshot, WindowLevel
+from state.pool import CredentialState
 
 ROW: dict[str, Any] = {
     "provider": "anthropic",

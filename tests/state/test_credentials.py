@@ -12,23 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from rules.credential_files import OAuthTokens, TokenResponse, parse_oauth_credentials
+from rules.secrets import describe_reference, fingerprint, scrub
 from state import db as sluice_db
-from state.credentials import (
-    Choice,
-    CredentialDead,
-    CredentialEntry,
-    CredentialPool,
-    CredentialUnavailable,
-    OAuthStore,
-    OAuthTokens,
-    TokenRefused,
-    TokenResponse,
-    describe_reference,
-    fingerprint,
-    parse_oauth_credentials,
-    scrub,
-    secrets_path_for,
-)
+from state.oauth import CredentialDead, CredentialUnavailable, OAuthStore, TokenRefused
+from state.pool import Choice, CredentialEntry, CredentialPool
+from state.secrets_db import secrets_path_for
 
 HOST = "api.anthropic.com"
 NOW = 1_800_000_000.0

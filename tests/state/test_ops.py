@@ -6,10 +6,11 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+from rules.secrets import fingerprint
 from state import db as sluice_db
 from state.budgets import BudgetLedger
-from state.credentials import CredentialEntry, CredentialPool, fingerprint
 from state.ops import AlertLog, OpsReader
+from state.pool import CredentialEntry, CredentialPool
 from state.writer import CallRecord, RecordWriter
 
 HOST = "api.anthropic.com"
