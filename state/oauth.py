@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from typing import Literal
 
 from rules.credential_files import OAuthTokens, TokenResponse
 from rules.secrets import fingerprint, scrub
+from state.clock import SYSTEM_CLOCK, Clock
 from state.db import immediate
 from state.secrets_db import open_secrets_db
 
@@ -142,7 +142,7 @@ class OAuthStore:
         self,
         path: str | os.PathLike[str],
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         skew_s: float = 300.0,
         lease_s: float = 30.0,
         refresh_timeout_s: float = 20.0,
@@ -153,7 +153,9 @@ class OAuthStore:
     ) -> None:
         self._conn = open_secrets_db(path)
         self._on_event = on_event
-        self._clock = clock  # wall clock: leases are compared across processes
+        # Leases, expiries and failures are stored and compared across processes: wall clock (`time()`). The
+        # cache's age, the backoff and the wait for another process are this process's own: `monotonic()`.
+        self._clock = clock
         self._skew_s = skew_s
         self._lease_s = lease_s
         self._refresh_timeout_s = min(refresh_timeout_s, lease_s)
@@ -162,11 +164,11 @@ class OAuthStore:
         self._recheck_s = recheck_s
         self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._db_lock = threading.Lock()
-        # The last row read per key, and when (time.monotonic()): re-read at most every `recheck_s` while
+        # The last row read per key, and when (`monotonic()`): re-read at most every `recheck_s` while
         # fresh, so a new login seeded or a failure cleared by another process is seen without a restart.
         self._cache: dict[str, tuple[_TokenRow, float]] = {}
         self._inflight: dict[str, asyncio.Task[_TokenRow]] = {}
-        self._backoff_until: dict[str, float] = {}  # time.monotonic() before which no refresh is tried
+        self._backoff_until: dict[str, float] = {}  # `monotonic()` before which no refresh is tried
 
     def close(self) -> None:
         with self._db_lock:
@@ -175,7 +177,7 @@ class OAuthStore:
     def seed(self, key: str, tokens: OAuthTokens) -> bool:
         """Offer the credentials file's tokens; True when the store took them (see the seeding rule)."""
         identity = tokens.identity
-        now = self._clock()
+        now = self._clock.time()
         with self._db_lock, immediate(self._conn):
             exists = self._conn.execute("select 1 from oauth_tokens where key = ?", (key,)).fetchone()
             seen = self._conn.execute(
@@ -238,10 +240,9 @@ class OAuthStore:
         with its message), CredentialUnavailable when the token expired and a refresh failed transiently.
         """
         cached = self._cache.get(key)
-        row = (
-            cached[0] if cached and time.monotonic() - cached[1] < self._recheck_s else await self._load(key)
-        )
-        now = self._clock()
+        fresh_enough = cached is not None and self._clock.monotonic() - cached[1] < self._recheck_s
+        row = cached[0] if cached is not None and fresh_enough else await self._load(key)
+        now = self._clock.time()
         if row.failed_reason is not None:
             raise CredentialDead(row.failed_reason)
         if row.fresh(now, self._skew_s):
@@ -253,7 +254,7 @@ class OAuthStore:
                 f"the OAuth access token for {key} has expired and there is no refresh token"
             )
         if row.valid(now):
-            if time.monotonic() >= self._backoff_until.get(key, 0.0):
+            if self._clock.monotonic() >= self._backoff_until.get(key, 0.0):
                 self._refresh_task(key, refresh_fn)
             return row.access_token
         refreshed = await asyncio.shield(self._refresh_task(key, refresh_fn))
@@ -269,7 +270,7 @@ class OAuthStore:
         row = await self._obtain(
             key, refresh_fn, lambda current: current.version > start.version, forced=True
         )
-        self._cache[key] = (row, time.monotonic())
+        self._cache[key] = (row, self._clock.monotonic())
         status = await asyncio.to_thread(self.status, key)
         if status is None:
             raise CredentialDead(f"no OAuth tokens stored for {key}")
@@ -287,7 +288,7 @@ class OAuthStore:
           is, so the credential stays dead here and in every process until a new login or a reset.
         """
         used = fingerprint(access_token)
-        now = self._clock()
+        now = self._clock.time()
         with self._db_lock, immediate(self._conn):
             row = self._row(key)
             if row is None or not hmac.compare_digest(row.access_token, access_token):
@@ -375,7 +376,7 @@ class OAuthStore:
         it. `forced`: a person asked; no backoff holds it off, and a transient failure is raised."""
         while True:
             row = await self._load(key)
-            if done(row) if done is not None else row.fresh(self._clock(), self._skew_s):
+            if done(row) if done is not None else row.fresh(self._clock.time(), self._skew_s):
                 return row
             if row.failed_reason is not None:
                 raise CredentialDead(row.failed_reason)
@@ -383,7 +384,7 @@ class OAuthStore:
                 raise CredentialDead(
                     f"the OAuth access token for {key} expires and there is no refresh token"
                 )
-            wait = self._backoff_until.get(key, 0.0) - time.monotonic()
+            wait = self._backoff_until.get(key, 0.0) - self._clock.monotonic()
             if wait > 0 and not forced:
                 raise CredentialUnavailable(
                     f"the OAuth access token for {key} has expired and the last refresh failed; "
@@ -415,12 +416,12 @@ class OAuthStore:
                     "sluice: OAuth refresh for %s was refused, but another process had refreshed it", key
                 )
                 return None
-            self._backoff_until[key] = time.monotonic() + self._transient_backoff_s
+            self._backoff_until[key] = self._clock.monotonic() + self._transient_backoff_s
             log.error("sluice: OAuth credential for %s is dead: %s", key, reason)
             raise CredentialDead(reason) from None
         except Exception as error:
             await asyncio.to_thread(self._release, key)
-            self._backoff_until[key] = time.monotonic() + self._transient_backoff_s
+            self._backoff_until[key] = self._clock.monotonic() + self._transient_backoff_s
             what = scrub(f"{type(error).__name__}: {error}")
             log.warning(
                 "sluice: refreshing the OAuth token for %s failed (%s); retrying in %.0fs",
@@ -428,7 +429,7 @@ class OAuthStore:
                 what,
                 self._transient_backoff_s,
             )
-            if row.valid(self._clock()) and not forced:
+            if row.valid(self._clock.time()) and not forced:
                 return row
             raise CredentialUnavailable(
                 f"refreshing the OAuth access token for {key} failed ({what})",
@@ -441,7 +442,7 @@ class OAuthStore:
         if stored is None:
             log.warning("sluice: OAuth tokens for %s changed while refreshing; keeping the stored ones", key)
             return None
-        self._cache[key] = (stored, time.monotonic())
+        self._cache[key] = (stored, self._clock.monotonic())
         minutes = math.ceil(response.expires_in / 60)
         rotated = "; the refresh token rotated" if response.refresh_token else ""
         how = (
@@ -462,13 +463,13 @@ class OAuthStore:
         if row is None:
             self._cache.pop(key, None)
             raise CredentialDead(f"no OAuth tokens stored for {key}: seed them from the credentials file")
-        self._cache[key] = (row, time.monotonic())
+        self._cache[key] = (row, self._clock.monotonic())
         return row
 
     async def _wait_for_change(self, key: str, version: int) -> None:
         """Poll until the version moves, the lease is released or lapses, or the credential failed."""
-        give_up = time.monotonic() + self._lease_s + 1.0
-        while time.monotonic() < give_up:
+        give_up = self._clock.monotonic() + self._lease_s + 1.0
+        while self._clock.monotonic() < give_up:
             await asyncio.sleep(self._poll_s)
             current = await asyncio.to_thread(self._read, key)
             if (
@@ -476,7 +477,7 @@ class OAuthStore:
                 or current.version != version
                 or current.failed_reason is not None
                 or current.lease_owner is None
-                or (current.lease_until or 0.0) <= self._clock()
+                or (current.lease_until or 0.0) <= self._clock.time()
             ):
                 return
 
@@ -494,7 +495,7 @@ class OAuthStore:
         return None if found is None else _TokenRow(*found)
 
     def _take_lease(self, key: str, version: int) -> tuple[LeaseOutcome, _TokenRow | None]:
-        now = self._clock()
+        now = self._clock.time()
         with self._db_lock, immediate(self._conn):
             row = self._row(key)
             if row is None or row.version != version or row.failed_reason is not None:
@@ -509,7 +510,7 @@ class OAuthStore:
 
     def _store(self, key: str, version: int, response: TokenResponse) -> _TokenRow | None:
         """Compare-and-swap on `version`: the new tokens land only if nobody stored others meanwhile."""
-        now = self._clock()
+        now = self._clock.time()
         with self._db_lock, immediate(self._conn):
             cursor = self._conn.execute(
                 """
@@ -551,7 +552,7 @@ class OAuthStore:
                     lease_until = null
                 where key = ? and version = ?
                 """,
-                (reason, self._clock(), key, version),
+                (reason, self._clock.time(), key, version),
             )
             if cursor.rowcount != 1:
                 self._release_locked(key)

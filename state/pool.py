@@ -25,7 +25,6 @@ import logging
 import math
 import sqlite3
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from rules.provider_answers import ErrorFields, Kind, Verdict, judge_answer
 from rules.provider_answers import headroom as read_headroom
 from rules.provider_answers import quota_status as read_quota_status
 from rules.secrets import scrub
+from state.clock import SYSTEM_CLOCK, Clock
 from state.db import immediate
 
 log = logging.getLogger("sluice")
@@ -167,12 +167,14 @@ class CredentialPool:
         self,
         db: sqlite_utils.Database,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         refresh_every: float = 1.0,
         affinity_ttl_s: float = AFFINITY_TTL_S,
         max_conversations: int = MAX_CONVERSATIONS,
     ) -> None:
         self._conn = db.conn
+        # Cooldowns, pins and events are stored and shared between processes: wall clock (`time()`). The age
+        # of this process's view of them is its own: `monotonic()`.
         self._clock = clock
         self._refresh_every = refresh_every
         self._affinity_ttl_s = affinity_ttl_s
@@ -190,7 +192,7 @@ class CredentialPool:
         self._conversations: dict[
             tuple[str, str], int
         ] = {}  # (host, fingerprint) -> live pinned conversations
-        self._loaded_at: float | None = None
+        self._loaded_at: float | None = None  # `monotonic()` of the last reload: the view's age is ours alone
         self._pins_since_prune = 0
 
     def sync_config(self, host: str, entries: Sequence[CredentialEntry]) -> None:
@@ -202,7 +204,7 @@ class CredentialPool:
             if entry.fingerprint in seen:
                 raise ValueError(f"{host}: {seen[entry.fingerprint]} and {entry.label} hold the same secret")
             seen[entry.fingerprint] = entry.label
-        now = self._clock()
+        now = self._clock.time()
         with self._lock:
             self._entries[host] = tuple(entries)
             self._loaded_at = None
@@ -235,7 +237,7 @@ class CredentialPool:
         now: float | None = None,
     ) -> Choice:
         """The credential for a request to `host` (see the class docstring), or why none is usable."""
-        now = self._clock() if now is None else now
+        now = self._clock.time() if now is None else now
         if self._lock.acquire(blocking=False):  # else a write is under way: the view in memory will do
             try:
                 self._reload_if_stale()
@@ -358,7 +360,7 @@ class CredentialPool:
     ) -> None:
         """Record that `conversation` is on `entry` (shared with other processes), and, when it was on
         another credential, that it moved and why. For `asyncio.to_thread`."""
-        now = self._clock() if now is None else now
+        now = self._clock.time() if now is None else now
         self._remember_pin((host, conversation), _Pinned(entry.fingerprint, now, now))
         with self._lock:
             status = self._view.get((host, moved_from.fingerprint), _ACTIVE) if moved_from else None
@@ -401,7 +403,7 @@ class CredentialPool:
     ) -> CredentialState | None:
         """Judge an upstream answer given to a swapped credential (rules/provider_answers.py) and apply it.
         Returns the new state, or None when nothing changed."""
-        now = self._clock() if now is None else now
+        now = self._clock.time() if now is None else now
         error = ErrorFields(message=message or "")
         verdict = judge_answer(status, headers or {}, error, self._kind(host, fingerprint), now)
         return self.apply(host, fingerprint, verdict, now)
@@ -431,7 +433,7 @@ class CredentialPool:
     ) -> CredentialState | None:
         """Rest a credential for `seconds`. A disabled credential stays disabled; a longer cooldown
         already in place is kept."""
-        now = self._clock() if now is None else now
+        now = self._clock.time() if now is None else now
         until = now + max(0.0, seconds)
         new = _Status("cooling", scrub(reason), until)
 
@@ -448,7 +450,7 @@ class CredentialPool:
         self, host: str, fingerprint: str, reason: str, now: float | None = None
     ) -> CredentialState | None:
         """Take a credential out of the pool until `reset` or until its secret changes."""
-        now = self._clock() if now is None else now
+        now = self._clock.time() if now is None else now
         new = _Status("disabled", scrub(reason))
         return self._change(
             host, fingerprint, lambda current: None if current.state == "disabled" else new, now, "disabled"
@@ -460,7 +462,7 @@ class CredentialPool:
 
     def recover(self, host: str, fingerprint: str, now: float | None = None) -> CredentialState | None:
         """A credential whose cooldown has passed answered well: record it active again, and say so."""
-        now = self._clock() if now is None else now
+        now = self._clock.time() if now is None else now
 
         def decide(current: _Status) -> _Status | None:
             return _ACTIVE if current.state == "cooling" and (current.until or 0.0) <= now else None
@@ -500,7 +502,7 @@ class CredentialPool:
     ) -> None:
         """Keep what the provider said of a credential's limits, for every process; a change of
         subscription status (allowed → allowed_warning → rejected and back) goes into the history."""
-        now = self._clock() if now is None else now
+        now = self._clock.time() if now is None else now
         key = (host, fingerprint)
         with self._lock:
             known = self._limits.setdefault(key, _Limits())
@@ -537,7 +539,7 @@ class CredentialPool:
     ) -> None:
         """Add a row to the history that no state change carries (an OAuth refresh, the provider-wide
         breaker). Never raises: the history must not stop a request."""
-        now = self._clock() if now is None else now
+        now = self._clock.time() if now is None else now
         label = self._label(host, fingerprint) if fingerprint else None
         with self._lock:
             try:
@@ -567,7 +569,7 @@ class CredentialPool:
         Returns the credentials reset, empty when none matched. For an OAuth credential, also clear the
         store's failure (`OAuthStore.clear_failure(host)`), or its dead refresh token is tried once more
         and fails again."""
-        now = self._clock()
+        now = self._clock.time()
         with self._lock:
             with immediate(self._conn):
                 rows = self._conn.execute(
@@ -593,7 +595,7 @@ class CredentialPool:
 
     def states(self, now: float | None = None) -> list[CredentialState]:
         """Every credential the database knows, by host and configured order, read fresh."""
-        now = self._clock() if now is None else now
+        now = self._clock.time() if now is None else now
         with self._lock:
             rows = self._conn.execute(
                 f"""
@@ -647,7 +649,7 @@ class CredentialPool:
         )
 
     def _reload_if_stale(self) -> None:
-        mono = time.monotonic()
+        mono = self._clock.monotonic()
         if self._loaded_at is not None and mono - self._loaded_at < self._refresh_every:
             return
         self._loaded_at = mono
