@@ -3,8 +3,9 @@ tokens out.
 
 `parse_oauth_credentials` reads the credentials file an upstream's `oauth.credentials` names (Claude Code's
 `.credentials.json`, a flat `access_token`/`refresh_token`/`expires_at` object, or a bare long-lived token);
-`TokenResponse` is what a refresh (RFC 6749 §5.1) gives back. Tokens never appear in a repr or an error:
-a malformed file is refused naming the field, never the value (fails closed: such a login is not used).
+`token_response` reads what a refresh gives back (RFC 6749 §5.1), `oauth_error` what a refusal says (§5.2).
+Tokens never appear in a repr or an error: a malformed file or answer is refused naming the field, never the
+value (fails closed: such a login, or such an answer, is not used).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class TokenResponse:
     refresh_token: str | None = field(default=None, repr=False)
     expires_in: float = 3600.0
 
+
+DEFAULT_LIFETIME_S = 3600.0  # an access token's lifetime when the answer names none usable (RFC 6749 §5.1)
 
 # Epoch values above this are milliseconds: 1e11 seconds is the year 5138, 1e11 ms is 1973.
 _EPOCH_MS_THRESHOLD = 100_000_000_000
@@ -105,3 +108,54 @@ def _tokens_from(
         expires_at=None if expires_at is None else float(expires_at),
         scopes=tuple(str(s) for s in scope_list) if isinstance(scope_list, list) else (),
     )
+
+
+# -- the token endpoint's answers ------------------------------------------------------------------------
+
+
+def token_response(payload: object) -> TokenResponse:
+    """A token endpoint's answer to a refresh, decoded from JSON (RFC 6749 §5.1). Raises ValueError naming
+    what is missing or unusable, never a value. The tokens are written into request headers later, so one
+    that would break a header is refused here and never stored (fails closed)."""
+    if not isinstance(payload, dict):
+        raise ValueError("token endpoint answer has no access_token")
+    access = payload.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise ValueError("token endpoint answer has no access_token")
+    refresh = payload.get("refresh_token")
+    for name, token in (("access_token", access), ("refresh_token", refresh)):
+        if isinstance(token, str) and token and (problem := unusable_secret(token)) is not None:
+            raise ValueError(f"token endpoint answer's {name} cannot be used: {problem}")
+    return TokenResponse(
+        access_token=access,
+        refresh_token=refresh if isinstance(refresh, str) and refresh else None,
+        expires_in=_lifetime(payload.get("expires_in")),
+    )
+
+
+def _lifetime(expires_in: object) -> float:
+    """`expires_in` in seconds; an hour when it is not a positive, finite number (JSON's NaN and Infinity
+    included): such a token would otherwise be refreshed on every call, or never."""
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+        return DEFAULT_LIFETIME_S
+    seconds = float(expires_in)
+    return seconds if math.isfinite(seconds) and seconds > 0 else DEFAULT_LIFETIME_S
+
+
+def oauth_error(body: bytes) -> tuple[str, str]:
+    """RFC 6749 §5.2 error response: `error` and `error_description`, as text fit for a log line and the
+    pool's reason (printable, at most 200 characters: the token endpoint's words, not its control codes)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "", _loggable(body[:200].decode("utf-8", "replace"))
+    if not isinstance(data, dict):
+        return "", ""
+    error = data.get("error")
+    if isinstance(error, dict):  # some providers nest it
+        return _loggable(str(error.get("type", ""))), _loggable(str(error.get("message", "")))
+    return _loggable(str(error or "")), _loggable(str(data.get("error_description", "")))
+
+
+def _loggable(text: str) -> str:
+    return "".join(char if char.isprintable() else "?" for char in text[:200])
