@@ -5,7 +5,7 @@ registered with addons/wire_headers.py, which writes them into the request as mi
 mitmweb (live updates, REST API, dumps), `-w`, the console dumper, other addons, the client, the database
 and the logs only ever see the placeholder and a fingerprint.
 
-Pool policy (state/credentials.py): a conversation stays on the credential that holds its prompt cache; new
+Pool policy (state/pool.py): a conversation stays on the credential that holds its prompt cache; new
 ones start where the provider reports the most headroom (`routing = "first"` per upstream: always the first
 usable one). Each answer is judged by class (rules/provider_answers.py): a rate limit cools the key until its
 reset, a spent subscription window rests it until the window resets, a terminal refusal disables it, an
@@ -37,6 +37,7 @@ from addons.decoding import OFF_LOOP_BYTES, decode_body, readable_body
 from addons.fields import rate_limit_values, with_headers
 from rules.cache_health import affinity_key
 from rules.config import ConfigError, OAuth, Upstream, resolve_secret
+from rules.credential_files import TokenResponse, parse_oauth_credentials
 from rules.destination import Destination, credential_refusal
 from rules.provider_answers import (
     MAX_ERROR_BODY,
@@ -48,23 +49,12 @@ from rules.provider_answers import (
     read_error,
 )
 from rules.providers import provider as provider_named
+from rules.secrets import describe_reference, fingerprint, scrub
 from state import db as sluice_db
-from state.credentials import (
-    CredentialDead,
-    CredentialEntry,
-    CredentialPool,
-    CredentialUnavailable,
-    OAuthStore,
-    RejectOutcome,
-    TokenRefused,
-    TokenResponse,
-    describe_reference,
-    fingerprint,
-    parse_oauth_credentials,
-    scrub,
-    secrets_path_for,
-)
+from state.oauth import CredentialDead, CredentialUnavailable, OAuthStore, RejectOutcome, TokenRefused
 from state.oauth_http import post_refresh
+from state.pool import CredentialEntry, CredentialPool
+from state.secrets_db import secrets_path_for
 
 log = logging.getLogger("sluice")
 

@@ -18,7 +18,7 @@ from addons.core import SluiceCore
 from addons.credentials import Credentials
 from addons.decoding import decode_body, is_encoded
 from rules.echo import scrub_secrets
-from state.credentials import fingerprint
+from rules.secrets import fingerprint
 
 log = logging.getLogger("sluice")
 

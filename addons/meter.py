@@ -36,9 +36,9 @@ from addons.fields import header_values
 from rules.clients import presented_key
 from rules.endpoints import classify
 from rules.rewrite import is_usage_only_chunk
+from rules.secrets import fingerprint
 from rules.stream_filter import SSERecordFilter
 from rules.usage import Reading, StreamReader, read_response_body
-from state.credentials import fingerprint
 from state.writer import CallRecord
 
 log = logging.getLogger("sluice")

@@ -139,7 +139,7 @@ def conversation_key(
 
 
 def affinity_key(session_id: str | None, client: str | None, api: str, body: object) -> str | None:
-    """Names a conversation for the key pool's routing (state/credentials.py): Claude Code's session id
+    """Names a conversation for the key pool's routing (state/pool.py): Claude Code's session id
     when sent (its sub-agents and side calls share the session, and so its key), else the client with the
     first user message (without cache markers, which move from turn to turn). None when neither is there:
     such a call belongs to no conversation. Never raises; never holds prompt text, only a digest."""

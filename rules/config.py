@@ -92,7 +92,7 @@ class Upstream(_Model):
     oauth: OAuth | None = None
     # None means "decide by host": strip only when the host is not the provider's own API.
     strip_billing_header: bool | None = None
-    # How the pool picks a credential (state/credentials.py): "affinity" keeps a conversation on the key that
+    # How the pool picks a credential (state/pool.py): "affinity" keeps a conversation on the key that
     # holds its prompt cache and starts new ones on the key with the most headroom; "first" always takes the
     # first usable key in the order listed.
     routing: Literal["affinity", "first"] = "affinity"

@@ -1,6 +1,6 @@
 """What a provider's answer says about the credential that carried it, and what the pool should do about it.
 
-Pure: the status, the headers and the error body go in, a `Verdict` comes out. The pool (state/credentials.py)
+Pure: the status, the headers and the error body go in, a `Verdict` comes out. The pool (state/pool.py)
 applies it; nothing here reads a clock or a database. Each class of answer moves the pool its own way, and the
 provider's words are kept as the reason:
 

@@ -118,7 +118,7 @@ def _migration_2_views(db: sqlite_utils.Database) -> None:
 
 
 def _migration_3_credentials(db: sqlite_utils.Database) -> None:
-    # One row per upstream credential (state/credentials.py). Never the secret: `fingerprint` is
+    # One row per upstream credential (state/pool.py). Never the secret: `fingerprint` is
     # `sha256:` + 16 hex digits of it, `label` the config reference (`keys[0] env:ANTHROPIC_KEY_1`).
     # `state` is active | cooling | disabled; times are epoch seconds; `position` is the order in the
     # config, null once the config no longer lists the credential.
@@ -248,7 +248,7 @@ def _migration_5_cache_health_and_views(db: sqlite_utils.Database) -> None:
 
 
 def _migration_6_credential_history_and_routing(db: sqlite_utils.Database) -> None:
-    # The pool's history (state/credentials.py): one row per change a person may want to know of later:
+    # The pool's history (state/pool.py): one row per change a person may want to know of later:
     # refreshed, rotated, token_rejected, cooled, window_exhausted, disabled, recovered, reset, quota,
     # conversation_moved, overloaded, healed. `fingerprint` is null for provider-wide events. Never a secret:
     # `detail` is the provider's words, scrubbed of anything token-shaped.

@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import http.client
 import json
-import math
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import UTC, datetime
 
 from rules.config import OAuth
+from rules.credential_files import TokenResponse, oauth_error, token_response
 from rules.oauth_usage import SCOPE_NEEDED, USAGE_BETA, USAGE_PATH
-from rules.secrets import unusable_secret
-from rules.times import parse_reset
-from state.credentials import TokenRefused, TokenResponse
+from rules.provider_answers import retry_after as read_retry_after
+from state.oauth import TokenRefused
 
 # Below the OAuth store's own 20 s limit, so a late answer (carrying a rotated, single-use token) is not lost.
 REFRESH_TIMEOUT_S = 15
@@ -44,9 +43,6 @@ class UsageRefused(Exception):
         super().__init__(message)
         self.status = status
         self.retry_after_s = retry_after_s
-
-
-DEFAULT_LIFETIME_S = 3600.0  # an access token's lifetime when the answer names none usable (RFC 6749 §5.1)
 
 
 def post_refresh(config: OAuth, refresh_token: str, context: ssl.SSLContext) -> TokenResponse:
@@ -80,19 +76,10 @@ def post_refresh(config: OAuth, refresh_token: str, context: ssl.SSLContext) -> 
         raise OSError(f"token endpoint answered {e.code}") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise OSError(f"token endpoint sent no JSON: {e}") from None
-    access = payload.get("access_token") if isinstance(payload, dict) else None
-    if not isinstance(access, str) or not access:
-        raise OSError("token endpoint answer has no access_token")
-    refresh = payload.get("refresh_token")
-    for name, token in (("access_token", access), ("refresh_token", refresh)):
-        # Written into request headers later: a token that would break one is never stored.
-        if isinstance(token, str) and token and (problem := unusable_secret(token)) is not None:
-            raise OSError(f"token endpoint answer's {name} cannot be used: {problem}")
-    return TokenResponse(
-        access_token=access,
-        refresh_token=refresh if isinstance(refresh, str) and refresh else None,
-        expires_in=_lifetime(payload.get("expires_in")),
-    )
+    try:
+        return token_response(payload)
+    except ValueError as e:  # not a usable answer: transient, the refresh token is not known to be spent
+        raise OSError(str(e)) from None
 
 
 def get_usage(host: str, port: int, access_token: str, context: ssl.SSLContext) -> object:
@@ -143,40 +130,11 @@ def _refusal(status: int, body: bytes, retry_after: str | None) -> UsageRefused:
         )
         return UsageRefused(f"usage endpoint refused the OAuth token (403, {words}): {hint}", status)
     if status == 429:
-        wait = None
-        now = datetime.now(UTC)
-        # Delay-seconds or an HTTP-date (RFC 9110 §10.2.3); anything else is "not said".
-        if retry_after is not None and (until := parse_reset(retry_after, now)) is not None:
-            wait = max(0.0, (until - now).total_seconds())
+        # Delay-seconds or an HTTP-date (RFC 9110 §10.2.3), read as a provider's 429 is; anything else is
+        # "not said".
+        said = {} if retry_after is None else {"retry-after": retry_after}
+        wait = read_retry_after(said, time.time())
         return UsageRefused(f"usage endpoint is rate limiting (429, {words})", status, wait)
     if status == 401:
         return UsageRefused(f"usage endpoint refused the OAuth access token (401, {words})", status)
     return UsageRefused(f"usage endpoint answered {status} ({words})", status)
-
-
-def _lifetime(expires_in: object) -> float:
-    """`expires_in` in seconds; an hour when it is not a positive, finite number (JSON's NaN and Infinity
-    included): such a token would otherwise be refreshed on every call, or never."""
-    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
-        return DEFAULT_LIFETIME_S
-    seconds = float(expires_in)
-    return seconds if math.isfinite(seconds) and seconds > 0 else DEFAULT_LIFETIME_S
-
-
-def oauth_error(body: bytes) -> tuple[str, str]:
-    """RFC 6749 §5.2 error response: `error` and `error_description`, as text fit for a log line and the
-    pool's reason (printable, at most 200 characters: the token endpoint's words, not its control codes)."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return "", _loggable(body[:200].decode("utf-8", "replace"))
-    if not isinstance(data, dict):
-        return "", ""
-    error = data.get("error")
-    if isinstance(error, dict):  # some providers nest it
-        return _loggable(str(error.get("type", ""))), _loggable(str(error.get("message", "")))
-    return _loggable(str(error or "")), _loggable(str(data.get("error_description", "")))
-
-
-def _loggable(text: str) -> str:
-    return "".join(char if char.isprintable() else "?" for char in text[:200])

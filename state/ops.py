@@ -21,8 +21,10 @@ import sqlite_utils
 
 from state import db as sluice_db
 from state.budgets import BudgetLedger, ClientBudget
-from state.credentials import CredentialPool, CredentialState, OAuthStore, secrets_path_for
+from state.oauth import OAuthStore
+from state.pool import CredentialPool, CredentialState
 from state.report import quota
+from state.secrets_db import secrets_path_for
 
 log = logging.getLogger("sluice")
 

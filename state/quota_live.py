@@ -23,21 +23,13 @@ from pathlib import Path
 import sqlite_utils
 
 from rules.config import ConfigError, OAuth, Upstream, resolve_secret
+from rules.credential_files import TokenResponse, parse_oauth_credentials
 from rules.destination import Destination
 from rules.oauth_usage import SOURCE, headers_from_usage
-from state.credentials import (
-    CredentialDead,
-    CredentialPool,
-    CredentialUnavailable,
-    OAuthStore,
-    RefreshFn,
-    TokenRefused,
-    TokenResponse,
-    describe_reference,
-    parse_oauth_credentials,
-    scrub,
-)
+from rules.secrets import describe_reference, scrub
+from state.oauth import CredentialDead, CredentialUnavailable, OAuthStore, RefreshFn, TokenRefused
 from state.oauth_http import REFRESH_TIMEOUT_S, UsageRefused, get_usage, post_refresh
+from state.pool import CredentialPool
 from state.ratelimits import QuotaSummary, summarize
 from state.writer import QuotaRecord
 

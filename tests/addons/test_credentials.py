@@ -7,8 +7,9 @@ from pathlib import Path
 
 from addons.core import SluiceCore
 from addons.credentials import Credentials
+from rules.secrets import fingerprint
 from state import db as sluice_db
-from state.credentials import CredentialEntry, CredentialPool, fingerprint
+from state.pool import CredentialEntry, CredentialPool
 
 HOST = "api.anthropic.com"
 ENTRY = CredentialEntry("keys[0] env:ANTHROPIC_KEY_1", fingerprint("sk-ant-api03-" + "a" * 40))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from state.credentials import fingerprint
+from rules.secrets import fingerprint
 from tests.e2e.conftest import ProxyFactory
 from tests.e2e.harness import curl
 from tests.fake_provider import FakeProvider

@@ -17,8 +17,8 @@ from ops.messages import Backlog, Finished
 from rules.alerting import AlertEvent, Burst, Crossings
 from rules.config import Alert, MissBurst
 from state.budgets import ClientBudget
-from state.credentials import CredentialState
 from state.ops import Snapshot, WindowLevel
+from state.pool import CredentialState
 
 NOW = 1_800_000_000.0
 HOST = "api.anthropic.com"

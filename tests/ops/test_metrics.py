@@ -13,8 +13,8 @@ from ops.messages import Backlog, Finished, Status
 from ops.metrics import MAX_MODELS, Metrics
 from rules.ops import OTHER
 from state.budgets import ClientBudget
-from state.credentials import CredentialState
 from state.ops import LimitLevel, Snapshot, WindowLevel
+from state.pool import CredentialState
 
 ROW: dict[str, Any] = {
     "provider": "anthropic",

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rules.secrets import unusable_secret
+from rules.secrets import describe_reference, fingerprint, scrub, unusable_secret
 
 
 @pytest.mark.parametrize(
@@ -34,3 +34,28 @@ def test_a_secret_that_would_break_a_header_is_refused_without_quoting_it(value:
 def test_a_secret_judged_usable_never_holds_a_line_break(value: str) -> None:
     if unusable_secret(value) is None:
         assert "\r" not in value and "\n" not in value and value.isascii()
+
+
+KEY = "sk-ant-api03-" + "a" * 40
+
+
+def test_labels_name_the_reference_never_a_literal():
+    assert describe_reference("keys[0]", "env:ANTHROPIC_KEY_1") == "keys[0] env:ANTHROPIC_KEY_1"
+    assert describe_reference("keys[1]", "file:~/keys/two") == "keys[1] file:~/keys/two"
+    assert describe_reference("keys[2]", KEY) == "keys[2] (inline)"
+    assert fingerprint(KEY).startswith("sha256:") and KEY not in fingerprint(KEY)
+
+
+def test_scrub_cuts_token_shaped_text():
+    message = f"Incorrect API key provided: {KEY}. See https://platform.openai.com/account/api-keys"
+    cleaned = scrub(message)
+    assert KEY not in cleaned and "Incorrect API key provided: sk-ant…" in cleaned
+    assert "platform.openai.com/account/api-keys" in cleaned
+    assert len(scrub("x " * 500)) <= 300
+
+
+def test_scrub_keeps_a_reason_on_one_printable_line():
+    """Reasons reach the log, `sluice credentials` and clients' error messages: an upstream's words must not
+    forge a log line or drive a terminal."""
+    said = "Overloaded\nsluice: forged line\x1b[2J\x07 \u2028end"
+    assert scrub(said) == "Overloaded sluice: forged line\\x1b[2J\\x07 end"

@@ -532,7 +532,7 @@ def test_the_sluice_console_script(db_path: Path, tmp_path: Path) -> None:
 
 
 def test_credentials_lists_states_and_resets(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from state.credentials import CredentialEntry, CredentialPool
+    from state.pool import CredentialEntry, CredentialPool
 
     pool = CredentialPool(state_db.connect(db_path))
     entries = [
@@ -723,7 +723,7 @@ def test_recorded_values_cannot_drive_the_terminal(
 def test_credential_reasons_and_rate_limit_values_are_shown_escaped(
     db_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from state.credentials import CredentialEntry, CredentialPool
+    from state.pool import CredentialEntry, CredentialPool
 
     pool = CredentialPool(state_db.connect(db_path))
     pool.sync_config("api.anthropic.com", [CredentialEntry("keys[0] env:K1", "sha256:aaaa", "key")])

@@ -12,29 +12,8 @@ from typing import Any
 import pytest
 
 from rules.config import OAuth
-from state.oauth_http import UsageRefused, get_usage, oauth_error, post_refresh
+from state.oauth_http import UsageRefused, get_usage, post_refresh
 from tests.fake_provider import USAGE_RATE_LIMITED_429, USAGE_SCOPE_403, FakeProvider
-
-
-@pytest.mark.parametrize(
-    ("body", "error"),
-    [
-        (
-            b'{"error": "invalid_grant", "error_description": "Refresh token revoked"}',
-            ("invalid_grant", "Refresh token revoked"),
-        ),
-        (b'{"error": {"type": "invalid_request_error", "message": "bad"}}', ("invalid_request_error", "bad")),
-        (
-            b'{"error": "x", "error_description": "a\\r\\nForged: line \\u001b[2J"}',
-            ("x", "a??Forged: line ?[2J"),
-        ),
-        (b"<html>\x1b]0;title\x07</html>", ("", "<html>?]0;title?</html>")),
-        (b'{"error": "x", "error_description": "' + b"y" * 500 + b'"}', ("x", "y" * 200)),
-    ],
-)
-def test_a_token_endpoints_error_is_kept_as_printable_text(body: bytes, error: tuple[str, str]) -> None:
-    assert oauth_error(body) == error
-
 
 # The usage endpoint, against the fake provider over TLS on loopback.
 

@@ -6,11 +6,13 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+from rules.secrets import fingerprint
 from state import db as sluice_db
 from state.budgets import BudgetLedger
-from state.credentials import CredentialEntry, CredentialPool, fingerprint
 from state.ops import AlertLog, OpsReader
+from state.pool import CredentialEntry, CredentialPool
 from state.writer import CallRecord, RecordWriter
+from tests.fake_clock import FakeClock
 
 HOST = "api.anthropic.com"
 NOW = 1_800_000_000.0
@@ -22,7 +24,7 @@ ENTRIES = [
 
 def test_a_snapshot_reads_the_pool_quotas_and_budgets_every_process_wrote(tmp_path: Path) -> None:
     path = tmp_path / "sluice.db"
-    pool = CredentialPool(sluice_db.connect(path), clock=lambda: NOW)
+    pool = CredentialPool(sluice_db.connect(path), clock=FakeClock(NOW))
     pool.sync_config(HOST, ENTRIES)
     pool.disable(HOST, ENTRIES[0].fingerprint, "401 invalid x-api-key", now=NOW)
     pool.cool_down(HOST, ENTRIES[1].fingerprint, 30, "429 slow down", now=NOW)

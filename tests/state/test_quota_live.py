@@ -9,7 +9,7 @@ from pathlib import Path
 from rules.config import OAuth, Upstream
 from state import db as state_db
 from state import report
-from state.credentials import OAuthStore
+from state.oauth import OAuthStore
 from state.quota_live import (
     UsageReading,
     credential_label,
