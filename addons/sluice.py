@@ -17,7 +17,7 @@ prompt-cache health is judged as its row is built (cache_health, through the met
 the "LLM" contentview renders both.
 
 Operations (not security parts): Prometheus metrics, OpenTelemetry spans and webhook alerts run in a process
-of their own (ops/), fed each finished row by the ops feed (addons/ops.py), off the request path.
+of their own (ops/), fed each finished row by the ops feed (addons/ops_feed.py), off the request path.
 
 mitmproxy sees one addon, `sluice` (addons/chain.py), which calls the parts' hooks in this order.
 """
@@ -42,7 +42,7 @@ from addons.framing import Framing  # noqa: E402
 from addons.gate import Gate  # noqa: E402
 from addons.headers import Headers  # noqa: E402
 from addons.meter import Meter  # noqa: E402
-from addons.ops import OpsFeed  # noqa: E402
+from addons.ops_feed import OpsFeed  # noqa: E402
 from addons.quota_poll import QuotaPoll  # noqa: E402
 from addons.rewrite import Rewrite  # noqa: E402
 from addons.sandbox import Sandbox  # noqa: E402

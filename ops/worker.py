@@ -1,4 +1,4 @@
-"""The ops process: `python -m ops.worker`, started by the proxy (addons/ops.py) with a pipe on its stdin.
+"""The ops process: `python -m ops.worker`, started by the proxy (addons/ops_feed.py), a pipe on its stdin.
 
 It reads its `Settings`, then `Tick`s (the calls finished since the last one, and the proxy's own figures)
 until `STOP` or the end of the pipe (the proxy exited, however it exited). Each call goes to the parts

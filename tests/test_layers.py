@@ -58,3 +58,10 @@ def test_state_never_imports_mitmproxy_or_the_addons(path: Path) -> None:
 def test_the_ops_process_never_imports_mitmproxy_or_the_addons(path: Path) -> None:
     """ops/ runs in a process of its own, started without mitmproxy (and lighter for it)."""
     assert not imported_roots(path) & {"mitmproxy", "addons"}
+
+
+def test_no_addon_module_shadows_a_top_level_package() -> None:
+    """mitmproxy puts addons/ itself on sys.path (`-s addons/sluice.py`): a module there named like a
+    package (`ops.py` beside `ops/`) would be imported in the package's place."""
+    packages = {path.parent.name for path in ROOT.glob("*/__init__.py")}
+    assert not {path.stem for path in modules("addons")} & packages

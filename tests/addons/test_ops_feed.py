@@ -14,10 +14,10 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
 
-from addons import ops
+from addons import ops_feed
 from addons.calls import Call
 from addons.core import SluiceCore
-from addons.ops import QUEUE_MAX, OpsFeed
+from addons.ops_feed import QUEUE_MAX, OpsFeed
 from ops.messages import Finished, Settings
 from rules.usage import Reading
 from state.writer import CallRecord
@@ -140,7 +140,7 @@ def test_calls_reach_the_ops_process_in_batches_and_its_metrics_are_scraped(feed
 def test_an_ops_process_that_dies_is_started_again_on_the_same_socket(
     feed: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ops, "RESTART_S", 0.0)
+    monkeypatch.setattr(ops_feed, "RESTART_S", 0.0)
     feed, tctx = feed
     port = free_port()
     tctx.configure(feed, sluice_metrics=f"127.0.0.1:{port}")
