@@ -366,17 +366,23 @@ class ProxyConnection:
         mitmproxy has no injection command for HTTP streams; its client TLS layer does the encryption so
         the TLS record sequence stays intact.
 
-        Relies on: the handler's `layer` is the root of the layer tree; a `ClientTLSLayer`'s `send_data`
-        yields the `SendData` commands that carry the encrypted bytes; `transports[connection].writer` is
-        the stream those bytes are written to.
+        Relies on: a `ClientTLSLayer`'s `send_data` yields the `SendData` commands that carry the encrypted
+        bytes; `transports[connection].writer` is the stream those bytes are written to.
         """
-        tls = client_tls_layer(self._handler.layer, client)
+        tls = self.client_tls_layer(client)
         commands_out = tls.send_data(plaintext) if tls is not None else [SendData(client, plaintext)]
         for command in commands_out:
             if isinstance(command, SendData):
                 transport = self._handler.transports.get(command.connection)
                 if transport is not None and transport.writer is not None:
                     transport.writer.write(command.data)
+
+    def client_tls_layer(self, client: connection.Client) -> Any | None:
+        """The TLS layer that speaks to this client (None for a client in the clear).
+
+        Relies on: the handler's `layer` is the root of the layer tree (`client_tls_layer`).
+        """
+        return client_tls_layer(self._handler.layer, client)
 
     def close_server(self, server: connection.Server) -> None:
         """Close the upstream connection's stream; mitmproxy then sees the server connection closed.
