@@ -101,4 +101,5 @@ def check_mitmproxy() -> None:
         lines = [f"mitmproxy {mitm_internals.mitmproxy_version()} lacks what sluice relies on:"]
         lines += [f"  {name}" for name in e.missing]
         lines.append(f"sluice was verified against mitmproxy {', '.join(mitm_internals.VERIFIED_VERSIONS)}")
+        lines.append(f"what changed: pytest {mitm_internals.CONTRACT_TESTS}")
         raise StartupError("mitmproxy", str(e), lines) from None
