@@ -33,7 +33,8 @@ from mitmproxy.tools.dump import DumpMaster
 
 from addons import decoding, mitm_internals, startup
 from addons.core import SluiceCore
-from tests.e2e.harness import CertAuthority, curl, free_port, make_test_ca
+from tests.e2e.conftest import fake, fake_server, test_ca  # noqa: F401  (the e2e fixtures, found by name)
+from tests.e2e.harness import CertAuthority, curl, free_port
 from tests.fake_provider import FakeProvider
 from tests.h2_upstream import H2Upstream
 
@@ -166,17 +167,6 @@ def start_mitmproxy(tmp_path: Path) -> Iterator[Callable[..., InProcessProxy]]:
     yield start
     for proxy in reversed(started):
         proxy.stop()
-
-
-@pytest.fixture(scope="module")
-def test_ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
-    return make_test_ca(tmp_path_factory.mktemp("test-ca"))
-
-
-@pytest.fixture(scope="module")
-def fake(test_ca: CertAuthority) -> Iterator[FakeProvider]:
-    with FakeProvider(certfile=test_ca.leaf_cert, keyfile=test_ca.leaf_key, ca_pem=test_ca.ca_cert) as server:
-        yield server
 
 
 @pytest.fixture
@@ -321,7 +311,6 @@ def test_http1_upstream_writes_the_request_the_wrapper_hands_it(
     fake: FakeProvider,
     test_ca: CertAuthority,
 ) -> None:
-    fake.reset()
     seen: list[tuple[http.Request, connection.Server]] = []
     on_the_wire(marking(seen))
     probe = Probe()
@@ -382,7 +371,6 @@ def test_a_request_event_keeps_its_stream_and_end_of_stream_and_other_events_pas
 def test_the_layer_tree_leads_to_the_clients_tls_layer_which_writes_into_its_stream(
     start_mitmproxy: Callable[..., InProcessProxy], fake: FakeProvider, test_ca: CertAuthority
 ) -> None:
-    fake.reset()
     resume = threading.Event()
     fake.next(stall_after=1, stall_seconds=TIMEOUT, resume=resume)
     probe = Probe(stream=True)
