@@ -33,7 +33,6 @@ from mitmproxy.tools.dump import DumpMaster
 
 from addons import decoding, mitm_internals, startup
 from addons.core import SluiceCore
-from tests.e2e.conftest import fake, fake_server, test_ca  # noqa: F401  (the e2e fixtures, found by name)
 from tests.e2e.harness import CertAuthority, curl, free_port
 from tests.fake_provider import FakeProvider
 from tests.h2_upstream import H2Upstream
@@ -185,6 +184,8 @@ def on_the_wire(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
 
 
 def marking(requests: list[tuple[http.Request, connection.Server]]) -> Callable[..., http.Request]:
+    """A rewrite that adds `x-on-the-wire: yes` to a copy of each request, noting what it was handed."""
+
     def rewrite(request: http.Request, server: connection.Server) -> http.Request:
         requests.append((request, server))
         wire = request.copy()
@@ -305,16 +306,34 @@ def test_http2_upstream_failure_is_written_by_the_wrapped_layer_for_the_flows_er
 # The upstream-side layers: what is written on the wire.
 
 
-def test_http1_upstream_writes_the_request_the_wrapper_hands_it(
-    start_mitmproxy: Callable[..., InProcessProxy],
-    on_the_wire: Callable[..., None],
-    fake: FakeProvider,
-    test_ca: CertAuthority,
-) -> None:
-    seen: list[tuple[http.Request, connection.Server]] = []
+Rewritten = list[tuple[http.Request, connection.Server]]
+
+
+@pytest.fixture
+def rewriting_proxy(
+    start_mitmproxy: Callable[..., InProcessProxy], on_the_wire: Callable[..., None], test_ca: CertAuthority
+) -> tuple[InProcessProxy, Probe, Rewritten]:
+    """A proxy whose upstream layers write each request with `x-on-the-wire: yes` added, its probe, and the
+    (request, server connection) pairs the rewrite was handed."""
+    seen: Rewritten = []
     on_the_wire(marking(seen))
     probe = Probe()
-    proxy = start_mitmproxy(probe, ssl_verify_upstream_trusted_ca=str(test_ca.ca_cert))
+    return start_mitmproxy(probe, ssl_verify_upstream_trusted_ca=str(test_ca.ca_cert)), probe, seen
+
+
+def handed_the_flows_request(probe: Probe, seen: Rewritten) -> connection.Server:
+    """The rewrite was handed the flow's own request, which stays as it was; the server connection it got."""
+    [flow] = probe.responded
+    assert "x-on-the-wire" not in flow.request.headers  # the flow's request is not what went out
+    [(request, server)] = seen
+    assert request is flow.request
+    return server
+
+
+def test_http1_upstream_writes_the_request_the_wrapper_hands_it(
+    rewriting_proxy: tuple[InProcessProxy, Probe, Rewritten], fake: FakeProvider
+) -> None:
+    proxy, probe, seen = rewriting_proxy
     body = json.dumps(MESSAGE).encode()
     with proxy.client() as client:
         answer = client.post(f"https://127.0.0.1:{fake.port}/v1/messages", content=body)
@@ -323,20 +342,14 @@ def test_http1_upstream_writes_the_request_the_wrapper_hands_it(
     [received] = fake.requests
     assert received.header("x-on-the-wire") == "yes"
     assert received.body == body  # the request head is replaced, the body still follows it
-    [flow] = probe.responded
-    assert "x-on-the-wire" not in flow.request.headers  # the flow's request is not what went out
-    [(request, server)] = seen
-    assert request is flow.request
+    server = handed_the_flows_request(probe, seen)
     assert server.address == ("127.0.0.1", fake.port) and server.tls and server.alpn != b"h2"
 
 
 def test_http2_upstream_writes_the_request_the_wrapper_hands_it(
-    start_mitmproxy: Callable[..., InProcessProxy], on_the_wire: Callable[..., None], test_ca: CertAuthority
+    rewriting_proxy: tuple[InProcessProxy, Probe, Rewritten], test_ca: CertAuthority
 ) -> None:
-    seen: list[tuple[http.Request, connection.Server]] = []
-    on_the_wire(marking(seen))
-    probe = Probe()
-    proxy = start_mitmproxy(probe, ssl_verify_upstream_trusted_ca=str(test_ca.ca_cert))
+    proxy, probe, seen = rewriting_proxy
     body = json.dumps(MESSAGE).encode()
     with H2Upstream(certfile=test_ca.leaf_cert, keyfile=test_ca.leaf_key) as upstream:
         url = f"https://127.0.0.1:{upstream.port}/v1/messages"
@@ -345,10 +358,7 @@ def test_http2_upstream_writes_the_request_the_wrapper_hands_it(
 
     assert answer.status == 200, answer.stderr
     assert [(r.header("x-on-the-wire"), r.body) for r in received] == [("yes", body)]
-    [flow] = probe.responded
-    assert "x-on-the-wire" not in flow.request.headers
-    [(request, server)] = seen
-    assert request is flow.request
+    server = handed_the_flows_request(probe, seen)
     assert server.address == ("127.0.0.1", upstream.port) and server.alpn == b"h2"
 
 
