@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import mitmproxy.ctx
 import mitmproxy.proxy.layers.tls
 import mitmproxy.version
 import pytest
@@ -151,6 +152,13 @@ def wait_for(found: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> A
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(autouse=True)
+def mitmproxy_context_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The masters built here set mitmproxy's global `ctx`; the tests after these find it as it was."""
+    for name in ("master", "options", "log"):
+        monkeypatch.setattr(mitmproxy.ctx, name, getattr(mitmproxy.ctx, name, None), raising=False)
 
 
 @pytest.fixture
@@ -442,7 +450,10 @@ def test_mitmdump_alone_runs_a_dump_master_and_every_tool_checks_start_up_errors
 
     async def seen_as(master_class: type) -> tuple[bool, bool]:
         master = master_class(options.Options(), with_termlog=False)
-        return mitm_internals.is_mitmdump(master), mitm_internals.starting_from_command_line()
+        seen = mitm_internals.is_mitmdump(master), mitm_internals.starting_from_command_line()
+        master.addons.get("errorcheck").finish()  # its log handler, installed as it was built
+        await master.done()
+        return seen
 
     assert asyncio.run(seen_as(dump_master)) == (True, True)
     assert asyncio.run(seen_as(web_master)) == (False, True)
