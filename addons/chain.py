@@ -25,10 +25,10 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mitmproxy import exceptions, hooks, http
+from mitmproxy import exceptions, http
 from mitmproxy import flow as mflow
 
-from addons import startup
+from addons import mitm_internals, startup
 from addons.core import SluiceCore, destination
 
 log = logging.getLogger("sluice")
@@ -55,7 +55,7 @@ class Chain:
         self.name = name  # mitmproxy's registry name for this addon
         self.parts = list(parts)
         core = next((part for part in self.parts if isinstance(part, SluiceCore)), None)
-        for hook in hooks.all_hooks:
+        for hook in mitm_internals.hook_names():
             found = [(part, method) for part in self.parts if callable(method := getattr(part, hook, None))]
             if found:
                 setattr(self, hook, _dispatcher(hook, found, core))

@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 
 from mitmproxy import ctx, exceptions, http
-from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import ReverseMode, TransparentMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
+from addons import mitm_internals
 from addons.core import SluiceCore, destination
 from addons.meter import call_for
 from rules.destination import credential_refusal, misdirection, normalize_host
@@ -37,7 +37,7 @@ def stated_authorities(request: http.Request) -> list[tuple[str, int | None]]:
     values = list(request.headers.get_all("host"))
     if request.authority:  # HTTP/2 and HTTP/3 `:authority`, or an absolute-form target inside a tunnel
         values.append(request.authority)
-    return [url.parse_authority(value, check=False) for value in values]
+    return [mitm_internals.parse_authority(value) for value in values]
 
 
 def upstream_server_name(flow: http.HTTPFlow) -> str | None:

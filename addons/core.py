@@ -7,13 +7,13 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from mitmproxy import ctx, exceptions, http, optmanager
-from mitmproxy.tools.dump import DumpMaster
+from mitmproxy import ctx, exceptions, http
 
+from addons import mitm_internals
 from addons.annotate import MARK_SETS
 from addons.calls import Call
 from addons.decoding import DEFAULT_DECODE_MAX
-from addons.startup import check_options, config_error
+from addons.startup import check_mitmproxy, check_options, config_error
 from rules.config import Config, ConfigError, Upstream, load_config
 from rules.destination import Destination, normalize_host
 from rules.providers import provider as provider_named
@@ -30,7 +30,7 @@ DEFAULT_KEEP_BODY = 4 * 1024 * 1024
 # `[[upstreams]]` entry names them.
 
 
-def connect_lazily(options: optmanager.OptManager) -> None:
+def connect_lazily(options: mitm_internals.OptManager) -> None:
     """Make `connection_strategy=lazy` sluice's default, unless the operator chose a strategy.
 
     mitmproxy's own default, eager, connects upstream as soon as a client opens its tunnel: a provider that
@@ -39,8 +39,7 @@ def connect_lazily(options: optmanager.OptManager) -> None:
     which sluice answers in the provider's envelope and records. `--set connection_strategy=eager` still
     wins: an explicit choice is a value set on the option, the default is not.
     """
-    option = options._options.get("connection_strategy")
-    if option is not None and option.value is optmanager.unset:
+    if mitm_internals.option_left_unset(options, "connection_strategy"):
         options.update(connection_strategy="lazy")
 
 
@@ -112,7 +111,9 @@ class SluiceCore:
         saving = "save_stream_file" in options and bool(options.save_stream_file)
         # From flow_detail 3, mitmdump prints bodies through the contentviews, sluice's LLM view included.
         printing = "flow_detail" in options and options.flow_detail >= 3
-        self.flows_shown = saving or printing or not isinstance(ctx.master, DumpMaster)
+        self.flows_shown = saving or printing or not mitm_internals.is_mitmdump(ctx.master)
+        if not self.started:
+            check_mitmproxy()
         check_options()
         if "sluice_marks" in updated and options.sluice_marks not in MARK_SETS:
             choices = ", ".join(MARK_SETS)

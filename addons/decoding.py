@@ -25,6 +25,8 @@ import brotli
 import zstandard
 from mitmproxy import http
 
+from addons import mitm_internals
+
 DEFAULT_DECODE_MAX = 32 * 1024 * 1024
 READ_SLICE = 1024 * 1024  # decoded bytes per read() when the caller asks for everything
 # Whole bodies at least this large, or compressed (a few bytes may decode to the cap), are read on a worker
@@ -303,11 +305,7 @@ _BOUNDED_CODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
 def bound_mitmproxy_decoding() -> None:
     """Put the cap on mitmproxy's `Message.content` too: what mitmweb's views, the console and exports
     decode. A body over the cap is then "cannot decode" there (mitmproxy shows the raw bytes instead)."""
-    from mitmproxy.net import encoding
-
-    from addons.layer_patch import patch_once
-
-    patch_once(encoding, "decode", _capped_decode)
+    mitm_internals.wrap_content_decoding(_capped_decode)
 
 
 def _capped_decode(original: Callable[..., object]) -> Callable[..., object]:

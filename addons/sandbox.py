@@ -24,10 +24,10 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 
 from mitmproxy import connection, ctx, dns, exceptions, http, tls
-from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import TransparentMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
+from addons import mitm_internals
 from addons.core import SluiceCore
 from rules.destination import normalize_host
 from rules.egress import is_allowed, names
@@ -158,7 +158,7 @@ class Sandbox:
         host_header = flow.request.host_header
         if not host_header:
             return None
-        host, _ = url.parse_authority(host_header, check=False)
+        host, _ = mitm_internals.parse_authority(host_header)
         return host
 
     @staticmethod

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 
 from mitmproxy import ctx, exceptions
 
+from addons import mitm_internals
 from rules.config import ConfigError
 
 EXIT_STATUS = 1  # as mitmproxy itself exits on a bad option
@@ -54,10 +55,7 @@ def lines_for(error: exceptions.OptionsError, config_path: str | None = None) ->
 def starting_from_command_line() -> bool:
     """Whether mitmproxy is starting from its command line: its tools install the `errorcheck` addon,
     which stops start-up after any error; a test's master does not."""
-    try:
-        return ctx.master.addons.get("errorcheck") is not None
-    except AttributeError:  # no master yet
-        return False
+    return mitm_internals.starting_from_command_line()
 
 
 def exit_with(error: exceptions.OptionsError) -> None:
@@ -89,6 +87,19 @@ def unknown_sluice_options(deferred: Mapping[str, object], known: Iterable[str])
 def check_options() -> None:
     """Refuse a `--set sluice_...` name that no part of sluice defines (see `unknown_sluice_options`)."""
     options = ctx.options
-    problems = unknown_sluice_options(options.deferred, options.keys())
+    problems = unknown_sluice_options(mitm_internals.deferred_options(options), options.keys())
     if problems:
         raise StartupError("--set", "; ".join(problems), problems)
+
+
+def check_mitmproxy() -> None:
+    """Refuse to start on a mitmproxy that lacks an internal sluice relies on, naming it; warn (in the log)
+    on one the contract tests were not run on (addons/mitm_internals.py)."""
+    try:
+        mitm_internals.check_startup()
+    except mitm_internals.MissingInternals as e:
+        lines = [f"mitmproxy {mitm_internals.mitmproxy_version()} lacks what sluice relies on:"]
+        lines += [f"  {name}" for name in e.missing]
+        lines.append(f"sluice was verified against mitmproxy {', '.join(mitm_internals.VERIFIED_VERSIONS)}")
+        lines.append(f"what changed: pytest {mitm_internals.CONTRACT_TESTS}")
+        raise StartupError("mitmproxy", str(e), lines) from None

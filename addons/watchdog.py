@@ -11,15 +11,12 @@ is written either way, with the partial usage and the reason.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from typing import Any
 
-from mitmproxy import ctx, http
-from mitmproxy.proxy import commands
-from mitmproxy.proxy.layers.tls import ClientTLSLayer
+from mitmproxy import http
 
+from addons import mitm_internals
 from addons.calls import Call
 from addons.core import SluiceCore
 from rules.providers import provider
@@ -75,20 +72,17 @@ class Watchdog:
         log.warning("sluice: flow %s: %s", flow.id, message)
         call.notes.append(f"idle timeout after {limit:g}s")
         call.ended_by = message
-        proxyserver = ctx.master.addons.get("proxyserver")
-        handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
-        if handler is None:
+        live = mitm_internals.proxy_connection(flow.client_conn)
+        if live is None:
             return
         if _can_end_cleanly(flow):
             # A blank line first closes any half-sent record; the error record; then the last chunk.
             record = b"\n\n" + provider(call.provider).sse_error_event(504, message)
             if call.reader is not None:
                 call.reader.feed(record)
-            _send_to_client(handler, flow, f"{len(record):x}\r\n".encode() + record + b"\r\n0\r\n\r\n")
-        transport = handler.transports.get(flow.server_conn)
-        if transport is not None and transport.writer is not None:
-            with contextlib.suppress(OSError):
-                transport.writer.close()
+            chunks = f"{len(record):x}\r\n".encode() + record + b"\r\n0\r\n\r\n"
+            live.send_to_client(flow.client_conn, chunks)
+        live.close_server(flow.server_conn)
 
 
 def _can_end_cleanly(flow: http.HTTPFlow) -> bool:
@@ -100,39 +94,3 @@ def _can_end_cleanly(flow: http.HTTPFlow) -> bool:
         and "chunked" in response.headers.get("transfer-encoding", "").lower()
         and not response.headers.get("content-encoding")
     )
-
-
-def _send_to_client(handler: Any, flow: http.HTTPFlow, plaintext: bytes) -> None:
-    """Write bytes to the client as if they came through the HTTP layer, TLS-wrapped where it is TLS.
-
-    mitmproxy has no injection command for HTTP streams; its client TLS layer does the encryption so the
-    TLS record sequence stays intact.
-    """
-    tls = _client_tls_layer(handler.layer, flow.client_conn)
-    commands_out = (
-        tls.send_data(plaintext) if tls is not None else [commands.SendData(flow.client_conn, plaintext)]
-    )
-    for command in commands_out:
-        if isinstance(command, commands.SendData):
-            transport = handler.transports.get(command.connection)
-            if transport is not None and transport.writer is not None:
-                transport.writer.write(command.data)
-
-
-def _client_tls_layer(root: Any, client: Any) -> ClientTLSLayer | None:
-    """The TLS layer that speaks to this client, found by walking mitmproxy's layer tree."""
-    pending, seen = [root], set()
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, ClientTLSLayer) and current.conn == client:
-            return current
-        pending.extend(getattr(current, name, None) for name in ("layer", "child_layer"))
-        # Mode layers hand events on through a bound method of their child.
-        pending.append(getattr(getattr(current, "_handle_event", None), "__self__", None))
-        streams = getattr(current, "streams", None)
-        if isinstance(streams, dict):
-            pending.extend(streams.values())
-    return None

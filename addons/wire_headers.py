@@ -4,10 +4,10 @@ upstream, and never onto the flow.
 Anything that reads a flow while its request is in flight — mitmweb's REST API (the flow list, one flow, a
 dump of all flows), an export, another addon, `-w` at shutdown — would otherwise see the real credential in
 the window between the request leaving and the response headers arriving. mitmproxy has no hook at the
-moment of sending, so thin wrappers around its upstream-side HTTP/1 and HTTP/2 layers send a copy of the
-request with the registered headers instead of the flow's own request object. The copy lives only as long
-as the connection layer needs it. (An HTTP/3 upstream, which mitmproxy only uses in QUIC modes sluice does
-not support, is not wrapped.)
+moment of sending, so thin wrappers around its upstream-side HTTP/1 and HTTP/2 layers
+(addons/mitm_internals.py) send a copy of the request with the registered headers instead of the flow's own
+request object. The copy lives only as long as the connection layer needs it. (An HTTP/3 upstream, which
+mitmproxy only uses in QUIC modes sluice does not support, is not wrapped.)
 
 The wrappers also check, at the last moment, that the connection the request is about to be written on
 goes where the credential may go: the host and port it was chosen for, over TLS, with that server name in
@@ -23,16 +23,11 @@ from __future__ import annotations
 import copy
 import logging
 import weakref
-from collections.abc import Generator
-from typing import Any
 
 from mitmproxy import http
 from mitmproxy.connection import Server
-from mitmproxy.proxy import commands
-from mitmproxy.proxy.layers.http import _http1, _http2
-from mitmproxy.proxy.layers.http._events import RequestHeaders
 
-from addons.layer_patch import Method, patch_once
+from addons import mitm_internals
 from rules.destination import Destination, normalize_host
 
 log = logging.getLogger("sluice")
@@ -74,30 +69,27 @@ def pending() -> int:
     return len(_PENDING)
 
 
-def _on_the_wire(event: Any, server: Server) -> Any:
-    if not isinstance(event, RequestHeaders):
-        return event
-    entry = _PENDING.get(id(event.request))
-    if entry is None or entry[0]() is not event.request:
-        return event
+def _on_the_wire(request: http.Request, server: Server) -> http.Request | None:
+    """What is written upstream on `server` in place of `request`: a copy with the registered headers (or
+    without any credential header, on a connection that goes elsewhere); None for a request nothing was
+    registered for (it is sent as it is)."""
+    entry = _PENDING.get(id(request))
+    if entry is None or entry[0]() is not request:
+        return None
     fields = entry[1]
     wrong = _wrong_connection(server, entry[2])
     entry[3].written = wrong is None
     if wrong is not None:
-        log.error(
-            "sluice: credential withheld from %s %s: %s", event.request.method, event.request.url, wrong
-        )
+        log.error("sluice: credential withheld from %s %s: %s", request.method, request.url, wrong)
         fields = tuple(
-            (name, value)
-            for name, value in event.request.headers.fields
-            if name.lower() not in CREDENTIAL_HEADERS
+            (name, value) for name, value in request.headers.fields if name.lower() not in CREDENTIAL_HEADERS
         )
     # A shallow copy with headers of its own: the body and everything else are shared, not copied
     # (`Request.copy()` serializes the whole request, ~90 µs).
-    wire = copy.copy(event.request)
-    wire.data = copy.copy(event.request.data)
+    wire = copy.copy(request)
+    wire.data = copy.copy(request.data)
     wire.data.headers = http.Headers(fields)
-    return RequestHeaders(event.stream_id, wire, event.end_stream)
+    return wire
 
 
 def _wrong_connection(server: Server, destination: Destination) -> str | None:
@@ -115,12 +107,4 @@ def _wrong_connection(server: Server, destination: Destination) -> str | None:
 
 
 def install() -> None:
-    patch_once(_http1.Http1Client, "send", _rewired)  # HTTP/1.1 upstreams: every request event passes here
-    patch_once(_http2.Http2Client, "_handle_event", _rewired)  # HTTP/2 upstreams: likewise
-
-
-def _rewired(original: Method) -> Method:
-    def wrapped(self: Any, event: Any) -> Generator[commands.Command, Any, None]:
-        yield from original(self, _on_the_wire(event, self.context.server))
-
-    return wrapped
+    mitm_internals.rewrite_requests_on_the_wire(_on_the_wire)

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import pytest
 from mitmproxy.connection import Server
-from mitmproxy.proxy.layers.http._events import RequestData, RequestHeaders
 from mitmproxy.test import tutils
 
 from addons import wire_headers
@@ -29,27 +28,21 @@ def test_a_registered_request_is_sent_as_a_copy_with_the_registered_headers() ->
     request = tutils.treq(headers=((b"host", b"api.anthropic.com"), (b"x-api-key", b"sk-client")))
     wire_headers.send_with(request, REAL, ANTHROPIC)
     try:
-        sent = wire_headers._on_the_wire(
-            RequestHeaders(1, request, end_stream=False), ON_THE_RIGHT_CONNECTION
-        )
-        assert sent.request is not request
-        assert sent.request.headers.fields == REAL
-        assert (sent.stream_id, sent.end_stream) == (1, False)
-        assert sent.request.raw_content is request.raw_content  # the body is not copied
+        sent = wire_headers._on_the_wire(request, ON_THE_RIGHT_CONNECTION)
+        assert sent is not None and sent is not request
+        assert sent.headers.fields == REAL
+        assert sent.raw_content is request.raw_content  # the body is not copied
         assert request.headers["x-api-key"] == "sk-client"  # the flow's request never holds the real key
     finally:
         wire_headers.forget(request)
     assert wire_headers.pending() == 0
 
 
-def test_other_requests_and_events_pass_unchanged() -> None:
+def test_other_requests_pass_unchanged() -> None:
     registered, other = tutils.treq(), tutils.treq()
     wire_headers.send_with(registered, REAL, ANTHROPIC)
     try:
-        event = RequestHeaders(3, other, end_stream=True)
-        assert wire_headers._on_the_wire(event, ON_THE_RIGHT_CONNECTION) is event
-        data = RequestData(3, b"body")
-        assert wire_headers._on_the_wire(data, ON_THE_RIGHT_CONNECTION) is data
+        assert wire_headers._on_the_wire(other, ON_THE_RIGHT_CONNECTION) is None
     finally:
         wire_headers.forget(registered)
 
@@ -61,8 +54,7 @@ def test_a_request_gone_from_memory_never_matches_a_new_one_at_the_same_address(
     _, fields, going_to, delivery = wire_headers._PENDING[key]
     wire_headers._PENDING[key] = (lambda: None, fields, going_to, delivery)  # type: ignore[assignment]  # as if collected
     try:
-        event = RequestHeaders(1, request, end_stream=True)
-        assert wire_headers._on_the_wire(event, ON_THE_RIGHT_CONNECTION) is event
+        assert wire_headers._on_the_wire(request, ON_THE_RIGHT_CONNECTION) is None
     finally:
         wire_headers.forget(request)
 
@@ -71,9 +63,8 @@ def test_the_copy_shares_nothing_it_could_change_back_into_the_flow() -> None:
     request = tutils.treq(headers=((b"x-api-key", b"sk-client"),))
     wire_headers.send_with(request, REAL, ANTHROPIC)
     try:
-        sent = wire_headers._on_the_wire(
-            RequestHeaders(1, request, end_stream=False), ON_THE_RIGHT_CONNECTION
-        ).request
+        sent = wire_headers._on_the_wire(request, ON_THE_RIGHT_CONNECTION)
+        assert sent is not None
         sent.headers["x-extra"] = "added on the wire"
         sent.path = "/elsewhere"
         assert request.headers.fields == ((b"x-api-key", b"sk-client"),)
@@ -106,7 +97,8 @@ def test_a_connection_that_goes_elsewhere_gets_the_request_without_any_credentia
     )
     wire_headers.send_with(request, REAL, ANTHROPIC)
     try:
-        sent = wire_headers._on_the_wire(RequestHeaders(1, request, end_stream=True), connection).request
+        sent = wire_headers._on_the_wire(request, connection)
+        assert sent is not None
         assert sent.headers.fields == ((b"host", b"api.anthropic.com"),)
         assert b"sk-ant-REAL" not in bytes(repr(sent.headers.fields), "latin-1")
     finally:
@@ -118,7 +110,8 @@ def test_the_destination_compares_without_case_or_trailing_dot() -> None:
     wire_headers.send_with(request, REAL, ANTHROPIC)
     try:
         connection = server("API.Anthropic.COM.", 443, sni="api.anthropic.com.")
-        sent = wire_headers._on_the_wire(RequestHeaders(1, request, end_stream=True), connection).request
+        sent = wire_headers._on_the_wire(request, connection)
+        assert sent is not None
         assert sent.headers.fields == REAL
     finally:
         wire_headers.forget(request)
@@ -129,9 +122,9 @@ def test_the_delivery_says_whether_the_credential_was_written() -> None:
     delivery = wire_headers.send_with(request, REAL, ANTHROPIC)
     try:
         assert delivery.written is False  # not sent yet
-        wire_headers._on_the_wire(RequestHeaders(1, request, end_stream=True), server("127.0.0.1", 9000))
+        wire_headers._on_the_wire(request, server("127.0.0.1", 9000))
         assert delivery.written is False  # withheld
-        wire_headers._on_the_wire(RequestHeaders(1, request, end_stream=True), ON_THE_RIGHT_CONNECTION)
+        wire_headers._on_the_wire(request, ON_THE_RIGHT_CONNECTION)
         assert delivery.written is True
     finally:
         wire_headers.forget(request)
