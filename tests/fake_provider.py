@@ -657,6 +657,8 @@ class _Responder:
         self.b = behaviour
         self.served = served
         self.provider = provider_for(request.path, request.header("host"))
+        if request.header("x-goog-api-key") is not None:  # `GET /v1/models` on a bare address is Gemini's too
+            self.provider = "gemini"
         self.now = datetime.now(UTC)
         self.created = int(self.now.timestamp())
         self.request_id = (
