@@ -14,6 +14,7 @@ shared `fake` and proxies.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import time
@@ -95,29 +96,19 @@ def fake(gemini_fake_server: FakeProvider) -> Iterator[FakeProvider]:
 
 
 @pytest.fixture(scope="module")
-def module_proxies(
-    tmp_path_factory: pytest.TempPathFactory, gemini_fake_server: FakeProvider
-) -> Iterator[dict[str, Proxy]]:
-    """Started on first use, stopped when the module ends: `recording` (sluice with no config) and `gated`
-    (sluice with a client-key gate for Anthropic)."""
-    started: dict[str, Proxy] = {}
-    yield started
-    for proxy in started.values():
-        proxy.stop()
+def recording(tmp_path_factory: pytest.TempPathFactory, gemini_fake_server: FakeProvider) -> Iterator[Proxy]:
+    """sluice with no config: it records the providers it knows, and passes everything else on."""
+    workdir = tmp_path_factory.mktemp("recording")
+    with harness.start_proxy(workdir, fake=gemini_fake_server, env=ENV) as proxy:
+        yield proxy
 
 
-def _proxy(proxies: dict[str, Proxy], name: str, fake: FakeProvider, tmp: pytest.TempPathFactory) -> Proxy:
-    if name not in proxies:
-        config = ANTHROPIC_GATE if name == "gated" else None
-        proxies[name] = harness.start_proxy(tmp.mktemp(name), fake=fake, config_toml=config, env=ENV)
-    return proxies[name]
-
-
-@pytest.fixture
-def recording(
-    module_proxies: dict[str, Proxy], fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory
-) -> Proxy:
-    return _proxy(module_proxies, "recording", fake, tmp_path_factory)
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory: pytest.TempPathFactory, gemini_fake_server: FakeProvider) -> Iterator[Proxy]:
+    """sluice with a client-key gate for its Anthropic upstream, and nothing said of Gemini."""
+    workdir = tmp_path_factory.mktemp("gated")
+    with harness.start_proxy(workdir, fake=gemini_fake_server, config_toml=ANTHROPIC_GATE, env=ENV) as proxy:
+        yield proxy
 
 
 @pytest.fixture
@@ -145,13 +136,6 @@ def wait_until_serving(proxy: Proxy, timeout: float = 10.0) -> None:
     raise AssertionError(f"mitmdump not listening after {timeout}s:\n{proxy.log_tail()}")
 
 
-@pytest.fixture
-def gated(
-    module_proxies: dict[str, Proxy], fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory
-) -> Proxy:
-    return _proxy(module_proxies, "gated", fake, tmp_path_factory)
-
-
 # The SDK, configured for the proxy.
 
 
@@ -169,14 +153,9 @@ def gemini_client(proxy: Proxy, api_key: str = CLIENT_KEY) -> genai.Client:
     return genai.Client(api_key=api_key, http_options=options)
 
 
-def generate(client: genai.Client, **config: Any) -> types.GenerateContentResponse:
-    return client.models.generate_content(
-        model=MODEL,
-        contents="Say hello.",
-        config=types.GenerateContentConfig(
-            system_instruction="Answer in one line.", max_output_tokens=256, **config
-        ),
-    )
+def generate(client: genai.Client) -> types.GenerateContentResponse:
+    config = types.GenerateContentConfig(system_instruction="Answer in one line.", max_output_tokens=256)
+    return client.models.generate_content(model=MODEL, contents="Say hello.", config=config)
 
 
 def stream(client: genai.Client) -> list[types.GenerateContentResponse]:
@@ -191,7 +170,7 @@ def only_request(fake: FakeProvider) -> RecordedRequest:
     return request
 
 
-def no_rows_besides_a_metered_call(proxy: Proxy, fake: FakeProvider, since: int) -> list[dict[str, Any]]:
+def rows_up_to_a_metered_call(proxy: Proxy, fake: FakeProvider, since: int) -> list[dict[str, Any]]:
     """The `calls` rows written since `since`, read once an Anthropic call made afterwards has its row: a row
     for the Gemini call, had sluice written one, would have been queued before it."""
     fake.next(path="/v1/messages", usage=Usage(input_tokens=3, output_tokens=2))
@@ -266,6 +245,19 @@ def test_a_stream_with_thoughts_and_cached_tokens_arrives_whole_and_in_order(
     assert counts == sorted(counts) and counts[0] < counts[-1]
     assert {c.response_id for c in chunks} == {chunks[0].response_id}
     assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
+
+
+def test_the_async_client_streams_through_the_proxy_too(recording: Proxy, fake: FakeProvider):
+    """`client.aio` builds its own HTTP client from `async_client_args`."""
+    fake.next(path=STREAM)
+
+    async def collect() -> str:
+        async with gemini_client(recording).aio as client:
+            chunks = await client.models.generate_content_stream(model=MODEL, contents="Say hello.")
+            return "".join([chunk.text or "" async for chunk in chunks])
+
+    assert asyncio.run(collect()) == DEFAULT_TEXT
+    assert only_request(fake).target == STREAM + "?alt=sse"
 
 
 def test_the_environment_the_readme_names_is_enough_for_the_sdk(
@@ -344,7 +336,7 @@ def test_a_gate_for_other_hosts_leaves_gemini_alone(gated: Proxy, fake: FakeProv
 
     assert answer.text == DEFAULT_TEXT
     assert only_request(fake).header("x-goog-api-key") == GEMINI_KEY
-    rows = no_rows_besides_a_metered_call(gated, fake, since)
+    rows = rows_up_to_a_metered_call(gated, fake, since)
     assert [row["host"] for row in rows] == ["api.anthropic.com"]
 
 
@@ -355,8 +347,9 @@ def test_today_a_gemini_call_leaves_no_row(recording: Proxy, fake: FakeProvider)
     with gemini_client(recording) as client:
         generate(client)
 
-    rows = no_rows_besides_a_metered_call(recording, fake, since)
+    rows = rows_up_to_a_metered_call(recording, fake, since)
     assert [row["host"] for row in rows] == ["api.anthropic.com"]
+    assert recording.tracebacks() == []
 
 
 # What must hold once Gemini is a provider (issue "Providers as modules"). Each fails today; drop the mark
@@ -371,7 +364,7 @@ def test_a_streamed_call_is_metered_from_its_last_chunk(recording: Proxy, fake: 
     with gemini_client(recording) as client:
         stream(client)
 
-    rows = no_rows_besides_a_metered_call(recording, fake, since)
+    rows = rows_up_to_a_metered_call(recording, fake, since)
     gemini_rows = [row for row in rows if row["host"] == GEMINI_HOST]
     assert len(gemini_rows) == 1, rows
     [row] = gemini_rows
