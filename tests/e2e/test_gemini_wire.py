@@ -7,9 +7,9 @@ directions, with or without a client-key gate configured for other hosts. What m
 provider is asserted too, marked `xfail(strict=True)`: those tests start passing (and so fail as xfails) the
 day it lands, and then lose their mark.
 
-The session's test CA (tests/e2e/harness.py `LEAF_NAMES`) does not name the Gemini host, so this module runs
-its own fake behind its own CA that does; once `LEAF_NAMES` names it, these fixtures can give way to the
-shared `fake` and proxies.
+The session's test CA (tests/e2e/harness.py `LEAF_NAMES`) does not name the Gemini host, so this module
+overrides `fake_server` with a fake behind a CA that does; `fake`, `start_proxy` and `module_start_proxy`
+(tests/e2e/conftest.py) then use it. Once `LEAF_NAMES` names the host, the override can go.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from tests.e2e import harness
+from tests.e2e.conftest import ProxyFactory
 from tests.e2e.harness import CLIENT_TIMEOUT, LEAF_NAMES, Proxy, anthropic_client, make_test_ca
 from tests.fake_provider import DEFAULT_TEXT, GEMINI_HOST, FakeProvider, RecordedRequest, Usage
 
@@ -79,47 +80,31 @@ CACHED_THINKING = Usage(input_tokens=91, cache_read_tokens=2048, output_tokens=3
 
 
 @pytest.fixture(scope="module")
-def gemini_fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProvider]:
+def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProvider]:
+    """The module's TLS fake, its certificate naming the Gemini host as well as the others."""
     ca = make_test_ca(tmp_path_factory.mktemp("gemini-ca"), names=(*LEAF_NAMES, GEMINI_HOST))
     with FakeProvider(certfile=ca.leaf_cert, keyfile=ca.leaf_key, ca_pem=ca.ca_cert) as server:
         yield server
 
 
-@pytest.fixture
-def fake(gemini_fake_server: FakeProvider) -> Iterator[FakeProvider]:
-    gemini_fake_server.reset()
-    yield gemini_fake_server
-    errors = gemini_fake_server.errors
-    gemini_fake_server.reset()
-    if errors:
-        pytest.fail("the fake provider crashed:\n" + "\n".join(errors))
-
-
 @pytest.fixture(scope="module")
-def recording(tmp_path_factory: pytest.TempPathFactory, gemini_fake_server: FakeProvider) -> Iterator[Proxy]:
+def recording(module_start_proxy: ProxyFactory) -> Proxy:
     """sluice with no config: it records the providers it knows, and passes everything else on."""
-    workdir = tmp_path_factory.mktemp("recording")
-    with harness.start_proxy(workdir, fake=gemini_fake_server, env=ENV) as proxy:
-        yield proxy
+    return module_start_proxy(env=ENV)
 
 
 @pytest.fixture(scope="module")
-def gated(tmp_path_factory: pytest.TempPathFactory, gemini_fake_server: FakeProvider) -> Iterator[Proxy]:
+def gated(module_start_proxy: ProxyFactory) -> Proxy:
     """sluice with a client-key gate for its Anthropic upstream, and nothing said of Gemini."""
-    workdir = tmp_path_factory.mktemp("gated")
-    with harness.start_proxy(workdir, fake=gemini_fake_server, config_toml=ANTHROPIC_GATE, env=ENV) as proxy:
-        yield proxy
+    return module_start_proxy(config_toml=ANTHROPIC_GATE, env=ENV)
 
 
 @pytest.fixture
-def gemini_upstream(fake: FakeProvider, tmp_path: Path) -> Iterator[Proxy]:
+def gemini_upstream(start_proxy: ProxyFactory) -> Proxy:
     """A sluice whose config names Gemini as an upstream; today its config check refuses the provider."""
-    proxy = harness.start_proxy(tmp_path / "gemini-upstream", fake=fake, config_toml=GEMINI_UPSTREAM, env=ENV)
-    try:
-        wait_until_serving(proxy)
-        yield proxy
-    finally:
-        proxy.stop()
+    proxy = start_proxy(config_toml=GEMINI_UPSTREAM, env=ENV)
+    wait_until_serving(proxy)
+    return proxy
 
 
 def wait_until_serving(proxy: Proxy, timeout: float = 10.0) -> None:
@@ -163,6 +148,13 @@ def stream(client: genai.Client) -> list[types.GenerateContentResponse]:
         max_output_tokens=1024, thinking_config=types.ThinkingConfig(include_thoughts=True)
     )
     return list(client.models.generate_content_stream(model=MODEL, contents="Say hello.", config=config))
+
+
+def curl_with_key_in_query(proxy: Proxy) -> harness.CurlResult:
+    """The REST example's call by the real curl, with the client key as `?key=`."""
+    body = json.dumps({"contents": [{"role": "user", "parts": [{"text": "Say hello."}]}]})
+    url = f"https://{GEMINI_HOST}{REST_GENERATE}?key={CLIENT_KEY}"
+    return harness.curl(proxy, url, "-H", "content-type: application/json", "--data-binary", body)
 
 
 def only_request(fake: FakeProvider) -> RecordedRequest:
@@ -282,16 +274,8 @@ def test_a_key_in_the_query_passes_as_it_is(recording: Proxy, fake: FakeProvider
     """The other way the API takes a key (curl examples, older clients): `?key=`. Today sluice leaves it in
     the URL, where mitmweb and saved flows show it."""
     fake.next(path=REST_GENERATE)
-    body = json.dumps({"contents": [{"role": "user", "parts": [{"text": "Say hello."}]}]})
 
-    result = harness.curl(
-        recording,
-        f"https://{GEMINI_HOST}{REST_GENERATE}?key={CLIENT_KEY}",
-        "-H",
-        "content-type: application/json",
-        "--data-binary",
-        body,
-    )
+    result = curl_with_key_in_query(recording)
 
     assert result.status == 200, result.body
     request = only_request(fake)
@@ -389,16 +373,8 @@ def test_a_client_key_is_swapped_for_the_real_key_in_the_header(gemini_upstream:
 def test_a_client_key_in_the_query_is_swapped_too(gemini_upstream: Proxy, fake: FakeProvider):
     """`?key=` is a credential like the header: swapped on the wire, never left in the URL a flow shows."""
     fake.accepted_credentials = {GEMINI_KEY}
-    body = json.dumps({"contents": [{"role": "user", "parts": [{"text": "Say hello."}]}]})
 
-    result = harness.curl(
-        gemini_upstream,
-        f"https://{GEMINI_HOST}{REST_GENERATE}?key={CLIENT_KEY}",
-        "-H",
-        "content-type: application/json",
-        "--data-binary",
-        body,
-    )
+    result = curl_with_key_in_query(gemini_upstream)
 
     assert result.status == 200, result.body
     assert only_request(fake).credential() == GEMINI_KEY

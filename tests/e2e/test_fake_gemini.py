@@ -1,7 +1,8 @@
 """The fake provider's Gemini side, and the Gemini fixtures, checked against the real `google-genai` SDK and
-genai-prices' own reading of Gemini usage. In-process, plain HTTP on loopback: the SDK is pointed at the fake
-with `HttpOptions.base_url` (the fake tells Gemini from the path, `/v1beta/models/{model}:{method}`).
-The same SDK through a real mitmdump is tests/e2e/test_gemini_wire.py.
+genai-prices' own reading of Gemini usage. No proxy: the SDK talks plain HTTP to the session's plain fake
+(`plain_fake`), pointed at it with `HttpOptions.base_url` (the fake tells Gemini from the path,
+`/v1beta/models/{model}:{method}`, or from `x-goog-api-key`). The same SDK through a real mitmdump is
+tests/e2e/test_gemini_wire.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from google.genai import types
 
 from tests.fake_provider import DEFAULT_TEXT, GEMINI_HOST, FakeProvider, Usage, provider_for
 
-FIXTURES = Path(__file__).parent / "fixtures" / "gemini"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gemini"
 MODEL = "gemini-2.5-flash"
 BODY = {"contents": [{"role": "user", "parts": [{"text": "Say hello."}]}]}
 KEY = "AIzaSyFAKE-KEY-FOR-THE-FAKE-000000000000"
@@ -35,19 +36,9 @@ def _errors() -> list[Any]:
     return [pytest.param(path, id=path.stem) for path in sorted(FIXTURES.glob("error_*.json"))]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeProvider]:
-    with FakeProvider() as fake:
-        yield fake
-
-
 @pytest.fixture
-def fake(server: FakeProvider) -> Iterator[FakeProvider]:
-    server.reset()
-    yield server
-    errors = server.errors
-    server.reset()
-    assert not errors, "the fake provider crashed:\n" + "\n".join(errors)
+def fake(plain_fake: FakeProvider) -> FakeProvider:
+    return plain_fake
 
 
 @pytest.fixture
