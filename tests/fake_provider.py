@@ -9,6 +9,14 @@ lets one refresh token be exchanged, once; any other gets `invalid_grant`. And t
 `fake.oauth_usage` (a realistic answer by default) to a bearer token the fake issued through a grant or was
 told of with `fake.know_token(...)`, and 401 to any other.
 
+Gemini (`generativelanguage.googleapis.com`, or any host for a `/v1[beta]/models/{model}:{method}` path):
+`generateContent`, `streamGenerateContent` (SSE with `?alt=sse`, else one JSON array), `countTokens` and the
+models list. The key is read from `x-goog-api-key` or `?key=`; with `accepted_credentials` set, a wrong key
+gets Google's 400 API_KEY_INVALID and a missing one 403 PERMISSION_DENIED. `fake.next(status=429)` answers
+RESOURCE_EXHAUSTED with a QuotaFailure and a RetryInfo (`retry_delay="45.8s"`, `None` for none;
+`quota_id=...PerDay...` for a daily quota); `thinking=` adds a thought summary, `usage=Usage(...,
+reasoning_tokens=N)` the thoughts' count.
+
 The HTTP/1.1 side is written by hand on purpose: the faults a proxy must survive (an SSE record split across
 two TCP writes, a stream cut before its terminal frame, a stall, a TCP reset) need control over every write,
 which a framework would take away.
