@@ -1,4 +1,4 @@
-"""A local fake of the Anthropic and OpenAI HTTP APIs, for end-to-end tests and benchmarks.
+"""A local fake of the Anthropic, OpenAI and Google Gemini HTTP APIs, for end-to-end tests and benchmarks.
 
 It speaks the providers' real wire formats (JSON bodies, SSE streams, error envelopes, rate-limit headers)
 over HTTP/1.1, with TLS or without, from a background thread of the test process. Each test scripts what
@@ -8,6 +8,14 @@ lets one refresh token be exchanged, once; any other gets `invalid_grant`. And t
 (`GET /api/oauth/usage` on the Anthropic host, what Claude Code's `/usage` reads): it answers
 `fake.oauth_usage` (a realistic answer by default) to a bearer token the fake issued through a grant or was
 told of with `fake.know_token(...)`, and 401 to any other.
+
+Gemini (`generativelanguage.googleapis.com`, or any host for a `/v1[beta]/models/{model}:{method}` path):
+`generateContent`, `streamGenerateContent` (SSE with `?alt=sse`, else one JSON array), `countTokens` and the
+models list. The key is read from `x-goog-api-key` or `?key=`; with `accepted_credentials` set, a wrong key
+gets Google's 400 API_KEY_INVALID and a missing one 403 PERMISSION_DENIED. `fake.next(status=429)` answers
+RESOURCE_EXHAUSTED with a QuotaFailure and a RetryInfo (`retry_delay="45.8s"`, `None` for none;
+`quota_id=...PerDay...` for a daily quota); `thinking=` adds a thought summary, `usage=Usage(...,
+reasoning_tokens=N)` the thoughts' count.
 
 The HTTP/1.1 side is written by hand on purpose: the faults a proxy must survive (an SSE record split across
 two TCP writes, a stream cut before its terminal frame, a stall, a TCP reset) need control over every write,
@@ -51,7 +59,7 @@ import zstandard
 if TYPE_CHECKING:
     from tests.fake_accounts import KeyLimits, PromptCache
 
-Provider = Literal["anthropic", "openai"]
+Provider = Literal["anthropic", "openai", "gemini"]
 _Ending = Literal["keep-alive", "close", "cut"]
 Encoding = Literal["gzip", "br", "zstd"]
 
@@ -82,8 +90,10 @@ USAGE_RATE_LIMITED_429 = {
 }
 # A host that is not a provider's own API (a gateway in front of one): `.test` never resolves for real.
 GATEWAY_HOST = "gateway.sluice.test"
+# The Gemini API (Google AI Studio keys; not Vertex AI): https://ai.google.dev/api/generate-content
+GEMINI_HOST = "generativelanguage.googleapis.com"
 # Every name the harness resolves to the fake.
-TEST_HOSTS = (*PROVIDER_HOSTS, OAUTH_HOST, GATEWAY_HOST)
+TEST_HOSTS = (*PROVIDER_HOSTS, OAUTH_HOST, GATEWAY_HOST, GEMINI_HOST)
 
 DEFAULT_TEXT = "Hello from the fake provider."
 MAX_HEADER_BYTES = 64 * 1024
@@ -103,6 +113,35 @@ _ANTHROPIC_ERRORS = {
     500: ("api_error", "Internal server error."),
     529: ("overloaded_error", "Overloaded"),
 }
+# Google's status names and messages per HTTP status, as the Gemini API words them
+# (https://ai.google.dev/gemini-api/docs/troubleshooting, and answers users posted: tests/fixtures/gemini/).
+_GEMINI_ERRORS = {
+    400: ("INVALID_ARGUMENT", "Request contains an invalid argument."),
+    401: (
+        "UNAUTHENTICATED",
+        "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or "
+        "other valid authentication credential.",
+    ),
+    403: ("PERMISSION_DENIED", "The caller does not have permission"),
+    404: ("NOT_FOUND", "Requested entity was not found."),
+    429: (
+        "RESOURCE_EXHAUSTED",
+        "You exceeded your current quota, please check your plan and billing details. For more information "
+        "on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.",
+    ),
+    500: (
+        "INTERNAL",
+        "An internal error has occurred. Please retry or report in "
+        "https://developers.generativeai.google/guide/troubleshooting",
+    ),
+    503: ("UNAVAILABLE", "The model is overloaded. Please try again later."),
+    504: ("DEADLINE_EXCEEDED", "Deadline expired before operation could complete."),
+}
+GEMINI_NO_KEY_MESSAGE = (
+    "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or "
+    "other form of API consumer identity to call this API."
+)
+GEMINI_BAD_KEY_MESSAGE = "API key not valid. Please pass a valid API key."
 _OPENAI_ERRORS = {
     400: ("invalid_request_error", None, "Invalid request."),
     401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
@@ -130,6 +169,9 @@ class Usage:
     cache_write_1h_tokens: int = 0
     output_tokens: int = 9
     reasoning_tokens: int = 0
+    # Gemini only: tokens of tool results (Google Search, code execution) fed back to the model as input;
+    # `toolUsePromptTokenCount`, outside `promptTokenCount`.
+    tool_use_prompt_tokens: int = 0
 
     def anthropic(self, *, output_tokens: int | None = None) -> dict[str, Any]:
         return {
@@ -158,6 +200,29 @@ class Usage:
                 "rejected_prediction_tokens": 0,
             },
         }
+
+    def gemini(self, *, output_tokens: int | None = None, with_output: bool = True) -> dict[str, Any]:
+        """`usageMetadata`: `promptTokenCount` includes the cached tokens, `candidatesTokenCount` excludes the
+        thoughts, `totalTokenCount` is prompt + candidates + thoughts + tool-use prompt. Zero counts are left
+        out, as protobuf JSON leaves out default values. `output_tokens` (thoughts included) overrides the
+        output so far, for a stream's cumulative chunks; `with_output=False` is a chunk before any answer."""
+        output = self.output_tokens if output_tokens is None else output_tokens
+        thoughts = min(self.reasoning_tokens, output)
+        candidates = output - thoughts if with_output else 0
+        prompt = self.input_tokens + self.cache_read_tokens
+        counts = {
+            "promptTokenCount": prompt,
+            "candidatesTokenCount": candidates,
+            "cachedContentTokenCount": self.cache_read_tokens,
+            "toolUsePromptTokenCount": self.tool_use_prompt_tokens,
+            "thoughtsTokenCount": self.reasoning_tokens,
+            "totalTokenCount": prompt + candidates + self.reasoning_tokens + self.tool_use_prompt_tokens,
+        }
+        usage: dict[str, Any] = {k: v for k, v in counts.items() if v}
+        usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt}]
+        if self.cache_read_tokens:
+            usage["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": self.cache_read_tokens}]
+        return usage
 
     def openai_responses(self) -> dict[str, Any]:
         total_input = self.input_tokens + self.cache_read_tokens
@@ -203,6 +268,11 @@ class Behaviour:
     message_deltas: int = 1
     responses_status: Literal["completed", "failed", "incomplete"] = "completed"
     ratelimit_headers: bool = True
+    # Gemini's 429 RESOURCE_EXHAUSTED: the `google.rpc.RetryInfo` delay (a protobuf Duration, "17s" or
+    # "45.837906927s"; None leaves RetryInfo out) and the `google.rpc.QuotaFailure` quota that ran out (a
+    # `...PerDay...` id is a daily quota). Google sends no Retry-After header and no rate-limit headers.
+    retry_delay: str | None = "17s"
+    quota_id: str = "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
     # An event stream prepared already content-encoded (a compression bomb): sent as it is, in HTTP chunks
     # of `stream_chunk` bytes, with `encoding` named in its Content-Encoding header (not applied again).
     encoded_stream: bytes | None = None
@@ -277,12 +347,20 @@ class RecordedRequest:
     def json(self) -> Any:
         return json.loads(self.body)
 
+    def query(self, name: str) -> str | None:
+        """The first value of query parameter `name` in the request target, decoded; None when absent."""
+        values = parse_qs(urlsplit(self.target).query, keep_blank_values=True).get(name)
+        return values[0] if values else None
+
     def credential(self) -> str | None:
-        """The key the request carries: `x-api-key`, else an `Authorization: Bearer` token."""
+        """The key the request carries: `x-api-key`, an `Authorization: Bearer` token, Gemini's
+        `x-goog-api-key`, else Gemini's `key=` query parameter."""
         if key := self.header("x-api-key"):
             return key
         auth = self.header("authorization") or ""
-        return auth[7:] if auth.lower().startswith("bearer ") else None
+        if auth.lower().startswith("bearer "):
+            return auth[7:]
+        return self.header("x-goog-api-key") or self.query("key")
 
 
 def _first(headers: Iterable[tuple[str, str]], name: str) -> str | None:
@@ -298,6 +376,25 @@ class _Sse:
     def encode(self) -> bytes:
         prefix = f"event: {self.event}\n" if self.event else ""
         return f"{prefix}data: {self.data}\n\n".encode()
+
+
+@dataclass
+class _CrlfSse(_Sse):
+    """A Gemini `alt=sse` record: `data:` only, no event name, ended by CRLF CRLF."""
+
+    def encode(self) -> bytes:
+        return f"data: {self.data}\r\n\r\n".encode()
+
+
+@dataclass
+class _JsonArrayPiece(_Sse):
+    """One element of a Gemini stream without `alt=sse`: a JSON array sent element by element."""
+
+    prefix: str = ""
+    suffix: str = ""
+
+    def encode(self) -> bytes:
+        return f"{self.prefix}{self.data}{self.suffix}".encode()
 
 
 @dataclass
@@ -328,12 +425,20 @@ def _reason(status: int) -> str:
         return _EXTRA_REASONS.get(status, "Unknown")
 
 
+# `POST /v1beta/models/{model}:generateContent` and its siblings (v1 and v1alpha take the same paths).
+GEMINI_MODEL_PATH = re.compile(r"^/v1(?:beta|alpha)?/models/([^/:]+):([A-Za-z]+)$")
+GEMINI_MODELS_PATH = re.compile(r"^/v1(?:beta|alpha)?/models$")
+GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
+
+
 def provider_for(path: str, host: str | None) -> Provider:
     """Which provider a request is for: by path for the known endpoints, else by Host."""
     if path.startswith("/v1/messages"):
         return "anthropic"
     if path.startswith(("/v1/chat/", "/v1/responses")):
         return "openai"
+    if GEMINI_MODEL_PATH.match(path) or (host and "googleapis" in host.lower()):
+        return "gemini"
     return "openai" if host and "openai" in host.lower() else "anthropic"
 
 
@@ -414,6 +519,8 @@ def openai_ratelimit_headers(served: int) -> list[tuple[str, str]]:
 
 def error_body(provider: Provider, status: int, message: str | None = None, request_id: str = "") -> bytes:
     """The provider's error envelope for `status`."""
+    if provider == "gemini":
+        return _dumps(gemini_error(status, message)).encode()
     if provider == "anthropic":
         kind, default = _ANTHROPIC_ERRORS.get(status, ("api_error", "Internal server error."))
         envelope: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message or default}}
@@ -424,6 +531,84 @@ def error_body(provider: Provider, status: int, message: str | None = None, requ
     return _dumps(
         {"error": {"message": message or default, "type": kind, "param": None, "code": code}}
     ).encode()
+
+
+def gemini_error(
+    status: int, message: str | None = None, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Google's error envelope (`google.rpc.Status` as JSON): `{"error": {"code", "message", "status",
+    "details"}}`; `details` is left out when there are none, as Google does."""
+    name, default = _GEMINI_ERRORS.get(status, ("UNKNOWN", "Unknown error."))
+    error: dict[str, Any] = {"code": status, "message": message or default, "status": name}
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+def gemini_key_invalid() -> dict[str, Any]:
+    """What the Gemini API answers a key it does not know: 400 INVALID_ARGUMENT (not 401, not 403) with an
+    `ErrorInfo` whose reason is API_KEY_INVALID."""
+    return gemini_error(
+        400,
+        GEMINI_BAD_KEY_MESSAGE,
+        [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": GEMINI_HOST},
+            },
+            {
+                "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
+                "locale": "en-US",
+                "message": GEMINI_BAD_KEY_MESSAGE,
+            },
+        ],
+    )
+
+
+def gemini_quota_exhausted(model: str, quota_id: str, retry_delay: str | None) -> dict[str, Any]:
+    """A 429 RESOURCE_EXHAUSTED as the Gemini API words it: the quota in a `QuotaFailure`, a `Help` link, and,
+    when `retry_delay` is given, a `RetryInfo` whose `retryDelay` is a protobuf Duration ("17s"). The message
+    repeats the wait with the nanoseconds the Duration rounds away."""
+    free = quota_id.endswith("-FreeTier")
+    tokens = "InputTokens" in quota_id
+    if tokens:
+        metric = f"generate_content_{'free' if free else 'paid'}_tier_input_token_count"
+    else:
+        metric = "generate_content_free_tier_requests" if free else "generate_requests_per_model"
+    limit = "250000" if tokens else "10"
+    message = (
+        _GEMINI_ERRORS[429][1] + " To monitor your current usage, head to: https://ai.dev/rate-limit. \n"
+        f"* Quota exceeded for metric: {GEMINI_HOST}/{metric}, limit: {limit}, model: {model}"
+    )
+    details: list[dict[str, Any]] = [
+        {
+            "@type": "type.googleapis.com/google.rpc.Help",
+            "links": [
+                {
+                    "description": "Learn more about Gemini API quotas",
+                    "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                }
+            ],
+        },
+        {
+            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": [
+                {
+                    "quotaMetric": f"{GEMINI_HOST}/{metric}",
+                    "quotaId": quota_id,
+                    "quotaDimensions": {"location": "global", "model": model},
+                    "quotaValue": limit,
+                }
+            ],
+        },
+    ]
+    if retry_delay is not None:
+        seconds = retry_delay.removesuffix("s")
+        message += f"\nPlease retry in {seconds if '.' in seconds else seconds + '.302873521'}s."
+        details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay})
+    return gemini_error(429, message, details)
 
 
 def _anthropic_error(kind: str, message: str) -> dict[str, Any]:
@@ -480,11 +665,15 @@ class _Responder:
         self.b = behaviour
         self.served = served
         self.provider = provider_for(request.path, request.header("host"))
+        if request.header("x-goog-api-key") is not None:  # `GET /v1/models` on a bare address is Gemini's too
+            self.provider = "gemini"
         self.now = datetime.now(UTC)
         self.created = int(self.now.timestamp())
         self.request_id = (
             _random_id("req_011C", 22) if self.provider == "anthropic" else "req_" + secrets.token_hex(16)
         )
+        if self.provider == "gemini":  # Gemini has no request id header; `responseId` is 23 base64url chars
+            self.request_id = _random_id("", 23, string.ascii_letters + string.digits + "-_")
 
     def plan(self, accepted_credentials: set[str] | None) -> _Plan:
         b = self.b
@@ -494,6 +683,8 @@ class _Responder:
             return self._plain(b.status or 200, self._raw_body(b.body), "application/json")
         if b.status is not None and b.status >= 400:
             return self._error(b.status)
+        if self.provider == "gemini":
+            return self._gemini(accepted_credentials)
         if accepted_credentials is not None and self._credential() not in accepted_credentials:
             return self._error(401)
         if self.request.method == "GET" and self.request.path.split("?")[0] == "/v1/models":
@@ -554,6 +745,18 @@ class _Responder:
             ]
             if self.b.ratelimit_headers:
                 headers += anthropic_ratelimit_headers(self.served, self.now)
+        elif self.provider == "gemini":
+            # Google's front end: no request id and no rate-limit headers, whatever `ratelimit_headers` says.
+            headers += [
+                ("vary", "Origin"),
+                ("vary", "X-Origin"),
+                ("vary", "Referer"),
+                ("x-xss-protection", "0"),
+                ("x-frame-options", "SAMEORIGIN"),
+                ("x-content-type-options", "nosniff"),
+                ("server-timing", f"gfet4t7; dur={400 + self.served % 97}"),
+                ("alt-svc", 'h3=":443"; ma=2592000,h3-29=":443"; ma=2592000'),
+            ]
         else:
             headers += [
                 ("x-request-id", self.request_id),
@@ -587,13 +790,13 @@ class _Responder:
         units = [encoded[: len(encoded) // 2], encoded[len(encoded) // 2 :]] if self.b.split else [encoded]
         return _Plan(status, self._finish_headers(headers), units, streamed=False, body=body)
 
-    def _stream(self, records: list[_Sse]) -> _Plan:
+    def _stream(self, records: list[_Sse], content_type: str = "text/event-stream; charset=utf-8") -> _Plan:
         if self.b.malformed and records:
             broken = records[min(2, len(records) - 1)]
             broken.data = broken.data[: max(len(broken.data) // 2, 1)]
         headers = [
             *self._common_headers(),
-            ("content-type", "text/event-stream; charset=utf-8"),
+            ("content-type", content_type),
             ("cache-control", "no-cache"),
         ]
         if self.b.encoding:
@@ -618,6 +821,8 @@ class _Responder:
         return _Plan(200, self._finish_headers(headers), units, streamed=False, body=wire)
 
     def _error(self, status: int, message: str | None = None) -> _Plan:
+        if self.provider == "gemini":
+            return self._gemini_error(status, message)
         extra: list[tuple[str, str]] = []
         if status in (429, 529, 503):
             extra.append(("retry-after", "1"))
@@ -873,6 +1078,133 @@ class _Responder:
             "param": None,
         }
         return self._apply_stream_error(records, _Sse("error", _dumps(error)))
+
+    # Google Gemini: https://ai.google.dev/api/generate-content (facts and sources in tests/fixtures/gemini/)
+
+    def _gemini(self, accepted_credentials: set[str] | None) -> _Plan:
+        """The Gemini API's answer to an unscripted request: a refused key, the models list, or a model
+        method (`generateContent`, `streamGenerateContent`, `countTokens`)."""
+        request = self.request
+        if accepted_credentials is not None and (key := request.credential()) not in accepted_credentials:
+            if key is None:
+                return self._gemini_error(403, GEMINI_NO_KEY_MESSAGE)
+            return self._gemini_json(gemini_key_invalid(), status=400)
+        if request.method == "GET" and GEMINI_MODELS_PATH.match(request.path):
+            return self._gemini_json(self._gemini_models())
+        found = GEMINI_MODEL_PATH.match(request.path)
+        if request.method != "POST" or found is None or found.group(2) not in GEMINI_METHODS:
+            return self._gemini_error(404)
+        model, method = found.group(1), found.group(2)
+        try:
+            payload = json.loads(request.body or b"{}")
+        except ValueError:
+            return self._gemini_error(400, "Invalid JSON payload received. Unexpected token.")
+        if not isinstance(payload, dict):
+            return self._gemini_error(400, "Invalid JSON payload received. Expected an object.")
+        if method == "countTokens":
+            return self._gemini_json(self._gemini_count())
+        contents = payload.get("contents")
+        if not isinstance(contents, list) or not contents:
+            return self._gemini_error(400, "* GenerateContentRequest.contents: contents is not specified\n")
+        model = self.b.model or model
+        if method == "generateContent":
+            return self._gemini_json(self._gemini_response(model))
+        chunks = [_dumps(chunk) for chunk in self._gemini_chunks(model)]
+        if request.query("alt") == "sse":
+            error = _CrlfSse(None, _dumps(self._gemini_stream_error()))
+            return self._stream(self._apply_stream_error([_CrlfSse(None, c) for c in chunks], error))
+        # Without alt=sse the stream is one JSON array, sent an element at a time.
+        pieces: list[_Sse] = [
+            _JsonArrayPiece(None, c, prefix="[" if n == 0 else ",\r\n") for n, c in enumerate(chunks)
+        ]
+        pieces.append(_JsonArrayPiece(None, "", suffix="]"))
+        return self._stream(pieces, "application/json; charset=UTF-8")
+
+    def _gemini_json(self, body: dict[str, Any], status: int | None = None) -> _Plan:
+        encoded = _dumps(body).encode()
+        return self._plain(status or self.b.status or 200, encoded, "application/json; charset=UTF-8")
+
+    def _gemini_error(self, status: int, message: str | None = None) -> _Plan:
+        """Google's envelope; a 429 names its quota and, unless told otherwise, a RetryInfo delay."""
+        found = GEMINI_MODEL_PATH.match(self.request.path)
+        model = self.b.model or (found.group(1) if found else "gemini-2.5-flash")
+        if status == 429 and message is None and self.b.error_message is None:
+            body = gemini_quota_exhausted(model, self.b.quota_id, self.b.retry_delay)
+        else:
+            body = gemini_error(status, message or self.b.error_message)
+        return self._gemini_json(body, status=status)
+
+    def _gemini_stream_error(self) -> dict[str, Any]:
+        """What ends a Gemini stream that fails part way: one more `data:` record, the error envelope."""
+        name = self.b.error_type or "UNAVAILABLE"
+        status = next((code for code, (known, _) in _GEMINI_ERRORS.items() if known == name), 503)
+        message = self.b.error_message or _GEMINI_ERRORS.get(status, _GEMINI_ERRORS[503])[1]
+        return {"error": {"code": status, "message": message, "status": name}}
+
+    def _gemini_parts(self) -> list[dict[str, Any]]:
+        parts: list[dict[str, Any]] = []
+        if self.b.thinking is not None:  # a thought summary, as `thinkingConfig.includeThoughts` asks for
+            parts.append({"text": self.b.thinking, "thought": True})
+        parts.append({"text": self.b.text})
+        return parts
+
+    def _gemini_response(self, model: str) -> dict[str, Any]:
+        candidate = {
+            "content": {"parts": self._gemini_parts(), "role": "model"},
+            "finishReason": self.b.stop_reason or "STOP",
+            "index": 0,
+        }
+        return {
+            "candidates": [candidate],
+            "usageMetadata": self._usage_extra(self.b.usage.gemini()),
+            "modelVersion": model,
+            "responseId": self.request_id,
+        }
+
+    def _gemini_chunks(self, model: str) -> list[dict[str, Any]]:
+        """A streamed answer: every chunk a whole GenerateContentResponse with the same `responseId`, each
+        carrying `usageMetadata` whose counts are cumulative (the last chunk's are the call's); thought
+        summaries first, then the text, `finishReason` on the last chunk only."""
+        usage = self.b.usage
+
+        def chunk(part: dict[str, Any], metadata: dict[str, Any], finish: bool = False) -> dict[str, Any]:
+            candidate: dict[str, Any] = {"content": {"parts": [part], "role": "model"}, "index": 0}
+            if finish:
+                candidate["finishReason"] = self.b.stop_reason or "STOP"
+            return {
+                "candidates": [candidate],
+                "usageMetadata": self._usage_extra(metadata),
+                "modelVersion": model,
+                "responseId": self.request_id,
+            }
+
+        chunks = []
+        if self.b.thinking is not None:
+            before = usage.gemini(with_output=False)
+            chunks += [chunk({"text": p, "thought": True}, before) for p in _text_pieces(self.b.thinking)]
+        pieces = _text_pieces(self.b.text)
+        answer = usage.output_tokens - usage.reasoning_tokens
+        for n, piece in enumerate(pieces, 1):
+            so_far = usage.gemini(output_tokens=usage.reasoning_tokens + answer * n // len(pieces))
+            chunks.append(chunk({"text": piece}, so_far, finish=n == len(pieces)))
+        return chunks
+
+    def _gemini_count(self) -> dict[str, Any]:
+        prompt = self.b.usage.input_tokens + self.b.usage.cache_read_tokens
+        return {"totalTokens": prompt, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}]}
+
+    @staticmethod
+    def _gemini_models() -> dict[str, Any]:
+        model = {
+            "name": "models/gemini-2.5-flash",
+            "version": "001",
+            "displayName": "Gemini 2.5 Flash",
+            "inputTokenLimit": 1048576,
+            "outputTokenLimit": 65536,
+            "supportedGenerationMethods": ["generateContent", "countTokens", "createCachedContent"],
+            "thinking": True,
+        }
+        return {"models": [model]}
 
 
 class _Reader:
