@@ -61,6 +61,7 @@ class Provider:
     # (name -> value, None to remove). Every header a client may carry a key in is removed or replaced.
     write_credential: Callable[[Mapping[str, str], str, str], dict[bytes, bytes | None]]
     key_headers: tuple[str, ...]  # every header a key may travel in (never logged, never recorded)
+    key_query: str | None = None  # a query parameter a client may put its key in (taken out upstream)
     overloaded_status: int = 503  # what sluice answers while the provider says it is overloaded
     pricing_id: str | None = None  # genai-prices' provider id, when not `name`
 

@@ -1,0 +1,65 @@
+"""Google's Gemini API: `generateContent` and `streamGenerateContent?alt=sse` (and the free `countTokens`)
+on generativelanguage.googleapis.com, `/v1/` or `/v1beta/models/{model}:{method}`; the model is in the
+path, not the body (https://ai.google.dev/api/generate-content).
+
+Keys: the `x-goog-api-key` header, or a `key=` query parameter. sluice writes the real key in the header
+and takes a `key=` parameter out of the URL, so a key never travels in a URL upstream and never lands in a
+recorded path or a flow's URL. Errors: `{"error": {"code", "message", "status", "details"?}}` with
+Google's canonical status names (https://ai.google.dev/gemini-api/docs/troubleshooting); in a stream, a
+`data:` record with the same body. Overloaded is 503 UNAVAILABLE. Priced as genai-prices' `google`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from rules.providers import Provider
+
+# status -> Google's canonical status name (google.rpc.Code)
+_STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+KEY_QUERY = "key"
+
+
+def error_body(status: int, message: str, code: str | None = None) -> bytes:
+    name = code or _STATUS_NAMES.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
+    body = {"error": {"code": status, "message": message, "status": name}}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def sse_error_event(status: int, message: str) -> bytes:
+    return b"data: " + error_body(status, message) + b"\n\n"
+
+
+def write_credential(headers: Mapping[str, str], secret: str, kind: str) -> dict[bytes, bytes | None]:
+    """An API key in `x-goog-api-key`; an OAuth access token as a bearer. Any other key header goes."""
+    if kind == "key":
+        return {b"x-goog-api-key": secret.encode(), b"authorization": None, b"x-api-key": None}
+    return {b"x-goog-api-key": None, b"x-api-key": None, b"authorization": b"Bearer " + secret.encode()}
+
+
+GEMINI = Provider(
+    name="gemini",
+    hosts=("generativelanguage.googleapis.com",),
+    # x-goog-api-client (the SDK's name and version), x-goog-user-project, x-goog-request-params, ...
+    request_headers=("x-goog-api-key", "x-goog-*"),
+    response_headers=("x-goog-*", "server-timing"),
+    error_body=error_body,
+    sse_error_event=sse_error_event,
+    write_credential=write_credential,
+    key_headers=("x-goog-api-key", "authorization", "x-api-key"),
+    key_query=KEY_QUERY,
+    pricing_id="google",
+)
