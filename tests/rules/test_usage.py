@@ -9,15 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.usage import (
-    Reading,
-    StreamReader,
-    Usage,
-    read_anthropic_usage,
-    read_openai_chat_usage,
-    read_openai_responses_usage,
-    read_response_body,
-)
+from rules.providers import WireFormat, provider, wire_format
+from rules.providers.anthropic.usage import read_anthropic_usage
+from rules.providers.openai.usage import read_openai_chat_usage, read_openai_responses_usage
+from rules.usage import Reading, StreamReader, Usage, read_response_body
 from tests.rules.nesting import nested
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -28,7 +23,7 @@ def fixture(name: str) -> bytes:
 
 
 def read_stream(api: str, *chunks: bytes) -> tuple[Reading, list[bool]]:
-    reader = StreamReader(api)
+    reader = StreamReader(wire_format(api))
     firsts = [reader.feed(chunk) for chunk in chunks]
     return reader.finish(), firsts
 
@@ -295,7 +290,7 @@ def test_events_named_only_in_their_json_read_the_same(name: str) -> None:
 
 def test_partial_reading_mid_stream() -> None:
     stream = fixture("anthropic_messages_stream.sse")
-    reader = StreamReader("messages")
+    reader = StreamReader(wire_format("messages"))
     reader.feed(stream[: stream.index(b"event: content_block_start")])
     partial = reader.reading
     assert partial.model == "claude-sonnet-4-5-20250929"
@@ -309,7 +304,7 @@ def test_partial_reading_mid_stream() -> None:
 
 
 def test_finish_is_idempotent_and_later_bytes_are_ignored() -> None:
-    reader = StreamReader("messages")
+    reader = StreamReader(wire_format("messages"))
     reader.feed(fixture("anthropic_messages_stream.sse"))
     first = reader.finish()
     assert reader.feed(b"event: error\ndata: {}\n\n") is False
@@ -804,12 +799,12 @@ BODIES = [
 
 @pytest.mark.parametrize(("name", "api", "status", "expected"), BODIES, ids=[b[0] for b in BODIES])
 def test_read_response_body(name: str, api: str, status: int, expected: Reading) -> None:
-    assert read_response_body(api, fixture(name), status) == expected
+    assert read_response_body(wire_format(api), fixture(name), status) == expected
 
 
 def test_failed_response_body() -> None:
     body = {"id": "resp_1", "status": "failed", "error": {"code": "server_error", "message": "boom"}}
-    reading = read_response_body("responses", json.dumps(body).encode(), 200)
+    reading = read_response_body(wire_format("responses"), json.dumps(body).encode(), 200)
     assert (reading.stop_reason, reading.error) == ("failed", "server_error: boom")
 
 
@@ -830,17 +825,23 @@ def test_failed_response_body() -> None:
 )
 def test_unusable_bodies(body: bytes, status: int, error: str) -> None:
     for api in ("messages", "count_tokens", "chat", "responses"):
-        reading = read_response_body(api, body, status)
+        reading = read_response_body(wire_format(api), body, status)
         assert reading.error is not None
         assert reading.error.startswith(error)
         assert reading.usage == Usage()
 
 
-def test_unknown_api_is_a_programming_error() -> None:
-    with pytest.raises(ValueError, match="unknown API kind 'embeddings'"):
-        StreamReader("embeddings")
-    with pytest.raises(ValueError, match="unknown API kind"):
-        read_response_body("embeddings", b"{}", 200)
+def test_a_wire_format_without_answer_readers_is_read_as_far_as_generic_parts_go() -> None:
+    """A wire format declared without `read_body`/`stream_events`: its answers are still complete or not,
+    their errors still read, and a stream says it was not read rather than that it was cut short."""
+    bare = WireFormat(name="bare", provider=provider("openai"), path_suffixes=("/v1/bare",))
+    body = b'{"id": "x", "usage": {"input_tokens": 5}}'
+    assert read_response_body(bare, body, 200) == Reading(complete=True)
+    assert read_response_body(bare, b'{"error": {"type": "boom", "message": "no"}}', 200).error == "boom: no"
+    assert read_response_body(bare, b'{"error": "gone"}', 502) == Reading(error="gone", complete=True)
+    reader = StreamReader(bare)
+    assert reader.feed(b'data: {"usage": {"input_tokens": 5}}\n\ndata: [DONE]\n\n') is False
+    assert reader.finish() == Reading(error="bare streams are not read")
 
 
 # --- robustness and speed ----------------------------------------------------------------------------------
@@ -902,7 +903,7 @@ EVENT_NAMES = st.sampled_from(
 )
 def test_stream_reader_never_raises(api: str, records: list[tuple[str | None, Any]], size: int) -> None:
     stream = sse(*records)
-    reader = StreamReader(api)
+    reader = StreamReader(wire_format(api))
     for i in range(0, len(stream), size):
         reader.feed(stream[i : i + size])
     partial = reader.reading
@@ -918,7 +919,7 @@ def test_stream_reader_never_raises(api: str, records: list[tuple[str | None, An
     st.sampled_from([200, 201, 400, 429, 500, 529]),
 )
 def test_read_response_body_never_raises(api: str, body: bytes, status: int) -> None:
-    reading = read_response_body(api, body, status)
+    reading = read_response_body(wire_format(api), body, status)
     if status >= 400:
         assert reading.error
 
@@ -932,14 +933,14 @@ APIS = ("messages", "count_tokens", "chat", "responses")
 @given(value=nested(), api=st.sampled_from(APIS), status=st.sampled_from([200, 400, 529]))
 def test_a_deeply_nested_body_is_read_as_malformed_never_raised(value: str, api: str, status: int) -> None:
     for body in (value, '{"usage":' + value + "}", '{"type":"error","error":' + value + "}"):
-        reading = read_response_body(api, body.encode(), status)
+        reading = read_response_body(wire_format(api), body.encode(), status)
         assert isinstance(reading, Reading)
 
 
 @settings(max_examples=60, deadline=None)
 @given(value=nested(), api=st.sampled_from(APIS))
 def test_deeply_nested_stream_events_never_stop_the_reader(value: str, api: str) -> None:
-    reader = StreamReader(api)
+    reader = StreamReader(wire_format(api))
     for event in ("message_start", "message_delta", "error", "response.completed", None):
         head = f"event: {event}\n" if event else ""
         reader.feed(f'{head}data: {{"type":"{event}","message":{value}}}\n\n'.encode())
