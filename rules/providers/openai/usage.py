@@ -24,29 +24,25 @@ from rules.usage import (
 
 def read_openai_chat_usage(usage: Mapping[str, object]) -> Usage:
     """A Chat Completions `usage`: `prompt_tokens` includes cached tokens, `completion_tokens` reasoning."""
-    suspect: dict[str, str] = {}
-    cached = tokens(dig(usage, ("prompt_tokens_details", "cached_tokens")), "cached_tokens", suspect)
-    return Usage(
-        input_tokens=_uncached(tokens(usage.get("prompt_tokens"), "prompt_tokens", suspect), cached),
-        cache_read_tokens=cached,
-        output_tokens=tokens(usage.get("completion_tokens"), "completion_tokens", suspect),
-        reasoning_tokens=tokens(
-            dig(usage, ("completion_tokens_details", "reasoning_tokens")), "reasoning_tokens", suspect
-        ),
-        suspect=suspect_text(suspect),
-    )
+    return _read_usage(usage, "prompt_tokens", "completion_tokens")
 
 
 def read_openai_responses_usage(usage: Mapping[str, object]) -> Usage:
     """A Responses `usage`: `input_tokens` includes cached tokens, `output_tokens` reasoning."""
+    return _read_usage(usage, "input_tokens", "output_tokens")
+
+
+def _read_usage(usage: Mapping[str, object], input_name: str, output_name: str) -> Usage:
+    """Both APIs' usage, which differ only in names: `<input>` with `<input>_details.cached_tokens` in it,
+    `<output>` with `<output>_details.reasoning_tokens` in it."""
     suspect: dict[str, str] = {}
-    cached = tokens(dig(usage, ("input_tokens_details", "cached_tokens")), "cached_tokens", suspect)
+    cached = tokens(dig(usage, (f"{input_name}_details", "cached_tokens")), "cached_tokens", suspect)
     return Usage(
-        input_tokens=_uncached(tokens(usage.get("input_tokens"), "input_tokens", suspect), cached),
+        input_tokens=_uncached(tokens(usage.get(input_name), input_name, suspect), cached),
         cache_read_tokens=cached,
-        output_tokens=tokens(usage.get("output_tokens"), "output_tokens", suspect),
+        output_tokens=tokens(usage.get(output_name), output_name, suspect),
         reasoning_tokens=tokens(
-            dig(usage, ("output_tokens_details", "reasoning_tokens")), "reasoning_tokens", suspect
+            dig(usage, (f"{output_name}_details", "reasoning_tokens")), "reasoning_tokens", suspect
         ),
         suspect=suspect_text(suspect),
     )
