@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from mitmproxy import ctx, exceptions, http
 
 from addons.core import SluiceCore
-from rules.providers import providers
+from rules.providers import providers, wire_format
 from state import db as sluice_db
 from state.budgets import BudgetLedger
 from state.pricing import estimate_call, highest_prices, price_call
@@ -56,7 +56,7 @@ class Budget:
         if flow.response is not None or not flow.live or self.ledger is None:
             return
         call = self.core.calls.get(flow.id)
-        if call is None or call.client not in self.limits or call.api == "count_tokens":
+        if call is None or call.client not in self.limits or not wire_format(call.api).billed:
             return
         usd, period = self.limits[call.client]
         stand_in = self.core.config.budget_price_unknown_models_as.get(call.provider)

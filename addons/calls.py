@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from addons.decoding import StreamDecoder
+from rules.providers import wire_format
 from rules.usage import Reading, StreamReader, Usage
 from state.pricing import Priced, price_as, price_call
 from state.writer import CallRecord
@@ -108,8 +109,8 @@ def build_record(
 ) -> CallRecord:
     usage = reading.usage
     model = reading.model or call.request_model
-    if call.api == "count_tokens":
-        cost, cost_note = (0.0, "count_tokens is not billed")
+    if not wire_format(call.api).billed:
+        cost, cost_note = (0.0, f"{call.api} is not billed")
     elif call.answered_locally:
         cost, cost_note = (0.0, "answered by sluice; upstream not contacted")
     else:

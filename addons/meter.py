@@ -35,6 +35,7 @@ from addons.decoding import (
 from addons.fields import header_values
 from rules.clients import presented_key
 from rules.endpoints import classify
+from rules.providers import wire_format
 from rules.rewrite import is_usage_only_chunk
 from rules.secrets import fingerprint
 from rules.stream_filter import SSERecordFilter
@@ -131,7 +132,7 @@ class Meter:
         if not headers.get("content-type", "").startswith("text/event-stream"):
             return
         call.stream = True
-        call.reader = StreamReader(call.api)
+        call.reader = StreamReader(wire_format(call.api))
         encoding = headers.get("content-encoding", "")
         try:
             call.decoder = make_decoder(encoding)
@@ -388,4 +389,4 @@ def _read_buffered(api: str, response: http.Response) -> Buffered:
     status = response.status_code
     if decoded.body is None:
         return Reading(error=f"HTTP {status}" if status >= 400 else None), f"usage not read: {decoded.reason}"
-    return read_response_body(api, decoded.body, status), None
+    return read_response_body(wire_format(api), decoded.body, status), None

@@ -3,17 +3,24 @@
 Used to reserve budget, so every doubt is resolved upwards (fails closed: never an estimate below what the
 provider may bill). Input tokens are estimated from the body's size (about 4 bytes a token for text and
 JSON; base64 media over-counts, which errs on the side of the budget). Output is the request's own
-ceiling: Anthropic `max_tokens`, OpenAI chat `max_completion_tokens`/`max_tokens` (the larger, times `n`
-choices), Responses `max_output_tokens`. A ceiling is believed only when it is a positive integer as JSON
-spells one; anything else the provider might still read as a number (`"9"`, `9.0`, `-1`, `1e30`, `true`)
-is estimated at UNBOUNDED_OUTPUT_TOKENS. Without a ceiling: Anthropic refuses such a request (or sluice's
-`max_tokens_default` backfilled one, which is then in the body), so `default_output` suffices; OpenAI lets
-the model write up to its own maximum, so UNBOUNDED_OUTPUT_TOKENS.
+ceiling, in the fields its wire format names (`WireFormat.output_fields`: Anthropic `max_tokens`, OpenAI
+chat `max_completion_tokens`/`max_tokens`, Responses `max_output_tokens`); the larger when two are set,
+times the number of choices where each may use the whole ceiling (`WireFormat.choices_field`: chat's
+`n`). A ceiling is believed only when it is a positive integer as JSON spells one; anything else the
+provider might still read as a number (`"9"`, `9.0`, `-1`, `1e30`, `true`) is estimated at
+UNBOUNDED_OUTPUT_TOKENS. Without a ceiling: where the model may then write up to its own maximum
+(`WireFormat.unbounded_without_ceiling`, OpenAI's), UNBOUNDED_OUTPUT_TOKENS; where the provider refuses
+such a request (Anthropic, or sluice's `max_tokens_default` backfilled one, which is then in the body),
+`default_output` suffices.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rules.providers import WireFormat
 
 BYTES_PER_TOKEN = 4
 DEFAULT_OUTPUT_TOKENS = 4096
@@ -25,17 +32,12 @@ UNBOUNDED_OUTPUT_TOKENS = 128_000
 # call far beyond any budget anyway.
 MAX_ESTIMATE_TOKENS = 10**9
 
-_OUTPUT_FIELDS = {
-    "messages": ("max_tokens",),
-    "chat": ("max_completion_tokens", "max_tokens"),
-    "responses": ("max_output_tokens",),
-}
-# APIs whose provider writes up to the model's own maximum when the request states no ceiling.
-_UNBOUNDED_WITHOUT_CEILING = frozenset({"chat", "responses"})
-
 
 def estimate_tokens(
-    api: str, body: Mapping[str, object] | None, body_bytes: int, default_output: int = DEFAULT_OUTPUT_TOKENS
+    wire: WireFormat,
+    body: Mapping[str, object] | None,
+    body_bytes: int,
+    default_output: int = DEFAULT_OUTPUT_TOKENS,
 ) -> tuple[int, int]:
     """(input tokens, output tokens) at most, roughly; never raises. Output is always at least 1.
 
@@ -45,28 +47,28 @@ def estimate_tokens(
     input_tokens = min(-(-max(body_bytes, 0) // BYTES_PER_TOKEN), MAX_ESTIMATE_TOKENS)
     if body is None:
         return input_tokens, UNBOUNDED_OUTPUT_TOKENS
-    output_tokens = _output_ceiling(api, body, default_output)
-    if api == "chat":
-        output_tokens *= _choices(body.get("n"))
+    output_tokens = _output_ceiling(wire, body, default_output)
+    if wire.choices_field is not None:
+        output_tokens *= _choices(body.get(wire.choices_field))
     return input_tokens, max(1, min(output_tokens, MAX_ESTIMATE_TOKENS))
 
 
-def _output_ceiling(api: str, body: Mapping[str, object], default_output: int) -> int:
+def _output_ceiling(wire: WireFormat, body: Mapping[str, object], default_output: int) -> int:
     """The largest ceiling the request states: when two fields are set, the provider may honour either."""
     found: list[int] = []
-    for name in _OUTPUT_FIELDS.get(api, ()):
+    for name in wire.output_fields:
         if name not in body or body[name] is None:
             continue  # JSON null: the provider's default, as if absent
         value = _whole_number(body[name])
         found.append(value if value is not None and value > 0 else UNBOUNDED_OUTPUT_TOKENS)
     if found:
         return max(found)
-    return UNBOUNDED_OUTPUT_TOKENS if api in _UNBOUNDED_WITHOUT_CEILING else max(1, default_output)
+    return UNBOUNDED_OUTPUT_TOKENS if wire.unbounded_without_ceiling else max(1, default_output)
 
 
 def _choices(value: object) -> int:
-    """OpenAI chat's `n`: each of n choices may use the whole ceiling. Absent or not a positive integer: 1
-    (the API refuses an `n` that is not one)."""
+    """The number of choices (chat's `n`), each of which may use the whole ceiling. Absent or not a positive
+    integer: 1 (the API refuses a count that is not one)."""
     count = _whole_number(value)
     return count if count is not None and count > 0 else 1
 

@@ -101,15 +101,17 @@ def is_event_stream(body: bytes, content_type: str | None = None) -> bool:
 def reassemble(api: str, body: bytes, *, status: int = 200, streamed: bool | None = None) -> Transcript:
     """The assistant's output of one response body (decoded), streamed or whole.
 
-    `streamed=None` sniffs the body. Raises ValueError only for an `api` outside rules.usage.API_KINDS.
+    `streamed=None` sniffs the body. Raises KeyError only for an `api` no wire format has.
     """
+    from rules.providers import wire_format  # not at import: the provider modules import this one
+
     if streamed is None:
         streamed = is_event_stream(body)
     if not streamed:
-        reading = read_response_body(api, body, status)
+        reading = read_response_body(wire_format(api), body, status)
         obj = _json_object(body)
         return Transcript(api, False, tuple(_whole_body_parts(api, obj)) if obj else (), reading)
-    reader = StreamReader(api)
+    reader = StreamReader(wire_format(api))
     reader.feed(body)
     reading = reader.finish()
     builder = _STREAM_BUILDERS.get(api, _NoParts)()

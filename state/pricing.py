@@ -24,6 +24,7 @@ from genai_prices import types as genai_types
 from genai_prices.data_snapshot import get_snapshot
 
 from rules.estimate import estimate_tokens
+from rules.providers import wire_format
 from rules.usage import MAX_TOKENS_PER_CALL
 
 # Anthropic reports `service_tier` as standard/priority/batch, OpenAI as default/priority/flex/scale/auto;
@@ -166,7 +167,7 @@ def estimate_call(
     - Anything that comes to zero, or is not a finite number, is refused: a budget never admits a call
       for free.
     """
-    input_tokens, output_tokens = estimate_tokens(api, body, body_bytes)
+    input_tokens, output_tokens = estimate_tokens(wire_format(api), body, body_bytes)
     if body is None:
         cost = price_at_highest(provider, input_tokens=input_tokens, output_tokens=output_tokens)
         if cost is None:

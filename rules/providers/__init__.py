@@ -32,7 +32,9 @@ class StreamEvents(Protocol):
     """A wire format's reader of one streamed answer's events (rules/usage.py's StreamReader drives it)."""
 
     def on_event(self, name: str | None, data: str, reading: Reading) -> bool:
-        """Read one SSE event into `reading`; True iff it is the first output-bearing event."""
+        """Read one SSE event (its `event:` name, None when unnamed, and its data) into `reading`; True iff
+        it bears output (StreamReader keeps which was the first). The terminal event sets
+        `reading.complete`. Called for every event of the stream: keep the common ones cheap."""
         ...
 
 
@@ -78,7 +80,8 @@ class WireFormat:
     path_suffixes: tuple[str, ...]  # a POST whose path ends so is this wire format (gateways mount prefixes)
     billed: bool = True  # False: the call costs nothing (a token count)
     # -- answers (rules/usage.py drives these) ---------------------------------------------------------
-    read_body: Callable[[bytes, int], Reading] | None = None  # a whole (decoded) answer, any status
+    # A whole 2xx answer's JSON object -> what it says (statuses, JSON, error envelopes are read generically)
+    read_body: Callable[[Mapping[str, object]], Reading] | None = None
     stream_events: Callable[[], StreamEvents] | None = None  # a fresh reader of one stream's events
     terminal_event: str = ""  # the event that ends a complete stream (named in "stream ended before ...")
     # -- the request body (rules/rewrite.py applies the rules in its fixed order) ----------------------

@@ -2,45 +2,16 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.usage import (
-    Reading,
-    StreamReader,
-    Usage,
-    read_anthropic_usage,
-    read_openai_chat_usage,
-    read_openai_responses_usage,
-    read_response_body,
-)
+from rules.providers import WireFormat, provider, wire_format
+from rules.usage import Reading, StreamReader, Usage, read_response_body
+from tests.rules.answers import fixture, read_stream, sse
 from tests.rules.nesting import nested
-
-FIXTURES = Path(__file__).parent.parent / "fixtures"
-
-
-def fixture(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
-
-
-def read_stream(api: str, *chunks: bytes) -> tuple[Reading, list[bool]]:
-    reader = StreamReader(api)
-    firsts = [reader.feed(chunk) for chunk in chunks]
-    return reader.finish(), firsts
-
-
-def sse(*records: tuple[str | None, Any]) -> bytes:
-    """An event stream from (event name, JSON payload or raw string) pairs."""
-    out = []
-    for name, payload in records:
-        data = payload if isinstance(payload, str) else json.dumps(payload)
-        out.append((f"event: {name}\n" if name else "") + f"data: {data}\n\n")
-    return "".join(out).encode()
-
 
 OPENAI_500 = (
     "An error occurred while processing your request. You can retry your request, or contact us through our "
@@ -295,7 +266,7 @@ def test_events_named_only_in_their_json_read_the_same(name: str) -> None:
 
 def test_partial_reading_mid_stream() -> None:
     stream = fixture("anthropic_messages_stream.sse")
-    reader = StreamReader("messages")
+    reader = StreamReader(wire_format("messages"))
     reader.feed(stream[: stream.index(b"event: content_block_start")])
     partial = reader.reading
     assert partial.model == "claude-sonnet-4-5-20250929"
@@ -309,392 +280,11 @@ def test_partial_reading_mid_stream() -> None:
 
 
 def test_finish_is_idempotent_and_later_bytes_are_ignored() -> None:
-    reader = StreamReader("messages")
+    reader = StreamReader(wire_format("messages"))
     reader.feed(fixture("anthropic_messages_stream.sse"))
     first = reader.finish()
     assert reader.feed(b"event: error\ndata: {}\n\n") is False
     assert reader.finish() == first
-
-
-# --- Anthropic ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("usage", "expected"),
-    [
-        pytest.param(
-            {
-                "input_tokens": 12,
-                "cache_creation_input_tokens": 300,
-                "cache_read_input_tokens": 4000,
-                "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
-                "output_tokens": 50,
-                "output_tokens_details": {"thinking_tokens": 20},
-                "server_tool_use": {"web_search_requests": 3, "web_fetch_requests": 1},
-                "service_tier": "priority",
-                "speed": "fast",
-                "inference_geo": "eu",
-                "brand_new_counter": 99,
-            },
-            Usage(12, 4000, 100, 200, 50, 20, 3, "priority", "fast"),
-            id="everything",
-        ),
-        pytest.param(
-            {"input_tokens": 5, "cache_creation_input_tokens": 700, "output_tokens": 9},
-            Usage(input_tokens=5, cache_write_5m_tokens=700, output_tokens=9),
-            id="no breakdown: all 5m",
-        ),
-        pytest.param(
-            {"cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 64}},
-            Usage(cache_write_5m_tokens=0, cache_write_1h_tokens=64),
-            id="breakdown without total",
-        ),
-        pytest.param(
-            {"cache_creation_input_tokens": 64, "cache_creation": {"ephemeral_1h_input_tokens": 64}},
-            Usage(cache_write_5m_tokens=0, cache_write_1h_tokens=64),
-            id="1h only in breakdown",
-        ),
-        pytest.param(
-            {
-                "input_tokens": True,
-                "output_tokens": "12",
-                "cache_read_input_tokens": -1,
-                "cache_creation_input_tokens": 1.5,
-                "cache_creation": "lots",
-                "server_tool_use": {"web_search_requests": None},
-                "service_tier": 1,
-                "speed": "",
-            },
-            Usage(
-                suspect="input_tokens=True; cache_read_input_tokens=-1; cache_creation_input_tokens=1.5; "
-                "output_tokens='12'"
-            ),
-            id="nonsense values are not counted but noted as suspect",
-        ),
-        pytest.param(
-            {"input_tokens": 10, "output_tokens": 10**30},
-            Usage(input_tokens=10, suspect=f"output_tokens={10**30}"),
-            id="an absurd count is suspect",
-        ),
-        pytest.param(
-            {"input_tokens": 10, "output_tokens": 10**9},
-            Usage(input_tokens=10, output_tokens=10**9),
-            id="up to a billion tokens is believed",
-        ),
-        pytest.param({}, Usage(), id="empty"),
-    ],
-)
-def test_read_anthropic_usage(usage: dict[str, object], expected: Usage) -> None:
-    assert read_anthropic_usage(usage) == expected
-
-
-def message_start(usage: dict[str, object]) -> tuple[str, dict[str, object]]:
-    message = {"id": "msg_1", "type": "message", "model": "claude-x", "content": [], "usage": usage}
-    return ("message_start", {"type": "message_start", "message": message})
-
-
-def message_delta(usage: dict[str, object], stop: str | None = None) -> tuple[str, dict[str, object]]:
-    return ("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop}, "usage": usage})
-
-
-STOP = ("message_stop", {"type": "message_stop"})
-
-
-@pytest.mark.parametrize(
-    ("records", "expected"),
-    [
-        pytest.param(
-            [message_start({"input_tokens": 10, "output_tokens": 1}), message_delta({"output_tokens": 40})],
-            Usage(input_tokens=10, output_tokens=40),
-            id="placeholder output replaced",
-        ),
-        pytest.param(
-            [
-                message_start({"input_tokens": 10, "output_tokens": 1}),
-                message_delta({"output_tokens": 40}),
-                message_delta({"output_tokens": 95}),
-            ],
-            Usage(input_tokens=10, output_tokens=95),
-            id="cumulative deltas overwrite, never add",
-        ),
-        pytest.param(
-            [
-                message_start(
-                    {
-                        "input_tokens": 10,
-                        "cache_creation_input_tokens": 300,
-                        "cache_creation": {
-                            "ephemeral_5m_input_tokens": 100,
-                            "ephemeral_1h_input_tokens": 200,
-                        },
-                        "output_tokens": 1,
-                    }
-                ),
-                message_delta({"input_tokens": 10, "cache_creation_input_tokens": 300, "output_tokens": 7}),
-            ],
-            Usage(input_tokens=10, cache_write_5m_tokens=100, cache_write_1h_tokens=200, output_tokens=7),
-            id="delta total without breakdown keeps the 1h split",
-        ),
-        pytest.param(
-            [
-                message_start(
-                    {
-                        "cache_creation_input_tokens": 300,
-                        "cache_creation": {
-                            "ephemeral_5m_input_tokens": 100,
-                            "ephemeral_1h_input_tokens": 200,
-                        },
-                    }
-                ),
-                message_delta({"cache_creation_input_tokens": 450}),
-            ],
-            Usage(cache_write_5m_tokens=250, cache_write_1h_tokens=200),
-            id="a grown total is the newest word",
-        ),
-        pytest.param(
-            [
-                message_start({"input_tokens": 10, "service_tier": "standard", "output_tokens": 1}),
-                message_delta({"output_tokens": 5, "server_tool_use": {"web_search_requests": 2}}),
-            ],
-            Usage(input_tokens=10, output_tokens=5, web_search_requests=2, service_tier="standard"),
-            id="fields only in message_start survive",
-        ),
-        pytest.param(
-            [
-                message_start({"input_tokens": 10, "output_tokens": 1}),
-                message_delta({"input_tokens": None, "output_tokens": -3}),
-            ],
-            Usage(input_tokens=10, suspect="output_tokens=-3"),
-            id="null does not overwrite; negative is suspect and replaces the count",
-        ),
-        pytest.param(
-            [
-                message_start({"input_tokens": 10, "output_tokens": 1.5}),
-                message_delta({"output_tokens": 5}),
-            ],
-            Usage(input_tokens=10, output_tokens=5),
-            id="a valid later count clears what was suspect",
-        ),
-    ],
-)
-def test_anthropic_stream_usage_is_cumulative(records: list[tuple[str, Any]], expected: Usage) -> None:
-    reading, _ = read_stream("messages", sse(*records, STOP))
-    assert reading.usage == expected
-    assert reading.usage_seen
-    assert reading.complete
-    assert reading.error is None
-
-
-def test_anthropic_stop_reason_from_message_delta() -> None:
-    reading, _ = read_stream("messages", sse(message_start({}), message_delta({}, stop="max_tokens"), STOP))
-    assert reading.stop_reason == "max_tokens"
-
-
-def test_anthropic_error_event_without_json() -> None:
-    reading, _ = read_stream("messages", sse(message_start({}), ("error", "upstream exploded")))
-    assert reading.error == "in-stream error: upstream exploded"
-    assert not reading.complete
-
-
-def test_anthropic_first_error_wins() -> None:
-    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
-    later = {"type": "error", "error": {"type": "api_error", "message": "Internal server error"}}
-    reading, _ = read_stream("messages", sse(message_start({}), ("error", error), ("error", later)))
-    assert reading.error == "overloaded_error: Overloaded"
-
-
-def test_anthropic_only_the_first_delta_marks_output() -> None:
-    delta = ("content_block_delta", {"type": "content_block_delta", "delta": {"text": "x"}})
-    stream = sse(message_start({}), ("ping", {"type": "ping"}), delta, delta, delta, STOP)
-    records = [r + b"\n\n" for r in stream.split(b"\n\n") if r]
-    _, firsts = read_stream("messages", *records)
-    assert firsts == [False, False, True, False, False, False]
-
-
-# --- OpenAI Chat Completions -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("usage", "expected"),
-    [
-        pytest.param(
-            {
-                "prompt_tokens": 1000,
-                "completion_tokens": 300,
-                "total_tokens": 1300,
-                "prompt_tokens_details": {"cached_tokens": 768, "audio_tokens": 0},
-                "completion_tokens_details": {"reasoning_tokens": 256},
-            },
-            Usage(input_tokens=232, cache_read_tokens=768, output_tokens=300, reasoning_tokens=256),
-            id="cached and reasoning",
-        ),
-        pytest.param(
-            {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25},
-            Usage(input_tokens=20, output_tokens=5),
-            id="no details",
-        ),
-        pytest.param(
-            {"prompt_tokens": 20, "prompt_tokens_details": {"cached_tokens": 64}},
-            Usage(input_tokens=0, cache_read_tokens=64),
-            id="cached over prompt clamps at zero",
-        ),
-        pytest.param(
-            {
-                "prompt_tokens": False,
-                "completion_tokens": "5",
-                "prompt_tokens_details": {"cached_tokens": None},
-            },
-            Usage(suspect="prompt_tokens=False; completion_tokens='5'"),
-            id="nonsense values are not counted but noted as suspect",
-        ),
-    ],
-)
-def test_read_openai_chat_usage(usage: dict[str, object], expected: Usage) -> None:
-    assert read_openai_chat_usage(usage) == expected
-
-
-def chunk(content: str | None = None, finish: str | None = None, **extra: Any) -> tuple[None, dict[str, Any]]:
-    delta = {} if content is None else {"content": content}
-    body = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "model": "gpt-4o",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        "usage": None,
-    }
-    return (None, body | extra)
-
-
-DONE = (None, "[DONE]")
-USAGE = {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
-
-
-def test_chat_role_only_chunk_is_not_output() -> None:
-    stream = sse(
-        (None, {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}), chunk("Hi")
-    )
-    records = [r + b"\n\n" for r in stream.split(b"\n\n") if r]
-    assert read_stream("chat", *records)[1] == [False, True]
-
-
-@pytest.mark.parametrize(
-    "late_chunk",
-    [
-        pytest.param(
-            '{"choices":[{"index":0,"delta":{},"finish_reason": "length"}],"usage": null}', id="spaced"
-        ),
-        pytest.param('{"choices":[{"index":0,"delta":{},"finish_reason" :\t "length"}]}', id="tab"),
-    ],
-)
-def test_chat_finish_reason_found_however_it_is_spaced(late_chunk: str) -> None:
-    stream = sse(chunk(""), chunk("a"), chunk("b"), chunk("c"), (None, late_chunk), DONE)
-    assert read_stream("chat", stream)[0].stop_reason == "length"
-
-
-def test_chat_usage_found_however_it_is_spaced() -> None:
-    usage_chunk = '{"id":"chatcmpl-1","choices": [], "usage" : {"prompt_tokens": 10, "completion_tokens": 4}}'
-    stream = sse(chunk(""), chunk("a"), chunk("b"), chunk("c", finish="stop"), (None, usage_chunk), DONE)
-    reading, _ = read_stream("chat", stream)
-    assert reading.usage == Usage(input_tokens=10, output_tokens=4)
-    assert reading.stop_reason == "stop"
-
-
-def test_chat_content_that_mentions_usage_is_not_usage() -> None:
-    stream = sse(chunk("a"), chunk("b"), chunk('"usage":{"prompt_tokens":1} "error":"x"'), DONE)
-    reading, _ = read_stream("chat", stream)
-    assert reading.usage == Usage()
-    assert not reading.usage_seen
-    assert reading.error is None
-
-
-def test_chat_azure_empty_first_chunk_does_not_hide_model() -> None:
-    filters = {"id": "", "model": "", "object": "", "created": 0, "choices": [], "prompt_filter_results": []}
-    reading, _ = read_stream(
-        "chat", sse((None, filters), chunk("Hi"), chunk(finish="stop", usage=USAGE), DONE)
-    )
-    assert (reading.model, reading.response_id) == ("gpt-4o", "chatcmpl-1")
-
-
-def test_chat_error_null_is_no_error() -> None:
-    reading, _ = read_stream("chat", sse(chunk("a", error=None), DONE))
-    assert reading.error is None
-
-
-@pytest.mark.parametrize(
-    ("record", "error"),
-    [
-        pytest.param(
-            (None, {"error": {"message": "Too many tokens", "type": None, "code": "rate_limit_exceeded"}}),
-            "rate_limit_exceeded: Too many tokens",
-            id="code when type is null",
-        ),
-        pytest.param(
-            ("error", {"message": "gateway timeout", "code": 504}),
-            "504: gateway timeout",
-            id="event named error",
-        ),
-        pytest.param(("error", "not json"), "in-stream error: not json", id="event named error, raw"),
-    ],
-)
-def test_chat_stream_errors(record: tuple[str | None, Any], error: str) -> None:
-    reading, _ = read_stream("chat", sse(chunk("a"), chunk("b"), chunk("c"), record))
-    assert reading.error == error
-    assert not reading.complete
-
-
-# --- OpenAI Responses --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("usage", "expected"),
-    [
-        pytest.param(
-            {
-                "input_tokens": 5000,
-                "input_tokens_details": {"cached_tokens": 4096},
-                "output_tokens": 700,
-                "output_tokens_details": {"reasoning_tokens": 600},
-                "total_tokens": 5700,
-            },
-            Usage(input_tokens=904, cache_read_tokens=4096, output_tokens=700, reasoning_tokens=600),
-            id="cached and reasoning",
-        ),
-        pytest.param(
-            {"input_tokens": 7, "output_tokens": 2}, Usage(input_tokens=7, output_tokens=2), id="bare"
-        ),
-        pytest.param(
-            {"input_tokens": "7", "output_tokens": True},
-            Usage(suspect="input_tokens='7'; output_tokens=True"),
-            id="nonsense values are not counted but noted as suspect",
-        ),
-        pytest.param(
-            {"input_tokens": 7, "output_tokens": 1e30},
-            Usage(input_tokens=7, suspect="output_tokens=1e+30"),
-            id="a float count is suspect",
-        ),
-    ],
-)
-def test_read_openai_responses_usage(usage: dict[str, object], expected: Usage) -> None:
-    assert read_openai_responses_usage(usage) == expected
-
-
-def test_responses_failed_without_error_object() -> None:
-    failed = {"type": "response.failed", "response": {"id": "resp_1", "status": "failed", "error": None}}
-    reading, _ = read_stream("responses", sse(("response.failed", failed)))
-    assert reading.error == "response failed without an error object"
-    assert reading.complete
-
-
-def test_responses_nested_error_event() -> None:
-    error = {"type": "error", "error": {"type": "invalid_request_error", "message": "bad input"}}
-    reading, _ = read_stream("responses", sse(("error", error)))
-    assert reading.error == "invalid_request_error: bad input"
-
-
-def test_responses_every_delta_kind_counts_as_output() -> None:
-    delta = {"type": "response.function_call_arguments.delta", "delta": "{"}
-    _, firsts = read_stream("responses", sse(("response.function_call_arguments.delta", delta)))
-    assert firsts == [True]
 
 
 # --- whole bodies ------------------------------------------------------------------------------------------
@@ -804,12 +394,12 @@ BODIES = [
 
 @pytest.mark.parametrize(("name", "api", "status", "expected"), BODIES, ids=[b[0] for b in BODIES])
 def test_read_response_body(name: str, api: str, status: int, expected: Reading) -> None:
-    assert read_response_body(api, fixture(name), status) == expected
+    assert read_response_body(wire_format(api), fixture(name), status) == expected
 
 
 def test_failed_response_body() -> None:
     body = {"id": "resp_1", "status": "failed", "error": {"code": "server_error", "message": "boom"}}
-    reading = read_response_body("responses", json.dumps(body).encode(), 200)
+    reading = read_response_body(wire_format("responses"), json.dumps(body).encode(), 200)
     assert (reading.stop_reason, reading.error) == ("failed", "server_error: boom")
 
 
@@ -830,17 +420,23 @@ def test_failed_response_body() -> None:
 )
 def test_unusable_bodies(body: bytes, status: int, error: str) -> None:
     for api in ("messages", "count_tokens", "chat", "responses"):
-        reading = read_response_body(api, body, status)
+        reading = read_response_body(wire_format(api), body, status)
         assert reading.error is not None
         assert reading.error.startswith(error)
         assert reading.usage == Usage()
 
 
-def test_unknown_api_is_a_programming_error() -> None:
-    with pytest.raises(ValueError, match="unknown API kind 'embeddings'"):
-        StreamReader("embeddings")
-    with pytest.raises(ValueError, match="unknown API kind"):
-        read_response_body("embeddings", b"{}", 200)
+def test_a_wire_format_without_answer_readers_is_read_as_far_as_generic_parts_go() -> None:
+    """A wire format declared without `read_body`/`stream_events`: its answers are still complete or not,
+    their errors still read, and a stream says it was not read rather than that it was cut short."""
+    bare = WireFormat(name="bare", provider=provider("openai"), path_suffixes=("/v1/bare",))
+    body = b'{"id": "x", "usage": {"input_tokens": 5}}'
+    assert read_response_body(bare, body, 200) == Reading(complete=True)
+    assert read_response_body(bare, b'{"error": {"type": "boom", "message": "no"}}', 200).error == "boom: no"
+    assert read_response_body(bare, b'{"error": "gone"}', 502) == Reading(error="gone", complete=True)
+    reader = StreamReader(bare)
+    assert reader.feed(b'data: {"usage": {"input_tokens": 5}}\n\ndata: [DONE]\n\n') is False
+    assert reader.finish() == Reading(error="bare streams are not read")
 
 
 # --- robustness and speed ----------------------------------------------------------------------------------
@@ -902,7 +498,7 @@ EVENT_NAMES = st.sampled_from(
 )
 def test_stream_reader_never_raises(api: str, records: list[tuple[str | None, Any]], size: int) -> None:
     stream = sse(*records)
-    reader = StreamReader(api)
+    reader = StreamReader(wire_format(api))
     for i in range(0, len(stream), size):
         reader.feed(stream[i : i + size])
     partial = reader.reading
@@ -918,7 +514,7 @@ def test_stream_reader_never_raises(api: str, records: list[tuple[str | None, An
     st.sampled_from([200, 201, 400, 429, 500, 529]),
 )
 def test_read_response_body_never_raises(api: str, body: bytes, status: int) -> None:
-    reading = read_response_body(api, body, status)
+    reading = read_response_body(wire_format(api), body, status)
     if status >= 400:
         assert reading.error
 
@@ -932,14 +528,14 @@ APIS = ("messages", "count_tokens", "chat", "responses")
 @given(value=nested(), api=st.sampled_from(APIS), status=st.sampled_from([200, 400, 529]))
 def test_a_deeply_nested_body_is_read_as_malformed_never_raised(value: str, api: str, status: int) -> None:
     for body in (value, '{"usage":' + value + "}", '{"type":"error","error":' + value + "}"):
-        reading = read_response_body(api, body.encode(), status)
+        reading = read_response_body(wire_format(api), body.encode(), status)
         assert isinstance(reading, Reading)
 
 
 @settings(max_examples=60, deadline=None)
 @given(value=nested(), api=st.sampled_from(APIS))
 def test_deeply_nested_stream_events_never_stop_the_reader(value: str, api: str) -> None:
-    reader = StreamReader(api)
+    reader = StreamReader(wire_format(api))
     for event in ("message_start", "message_delta", "error", "response.completed", None):
         head = f"event: {event}\n" if event else ""
         reader.feed(f'{head}data: {{"type":"{event}","message":{value}}}\n\n'.encode())

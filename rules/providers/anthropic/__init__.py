@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 
 from rules.providers import Provider, WireFormat, register
+from rules.providers.anthropic import usage
 
 OAUTH_BETA = "oauth-2025-04-20"  # Anthropic requires it on requests carrying an OAuth bearer token
 
@@ -66,6 +67,11 @@ MESSAGES = WireFormat(
     name="messages",
     provider=ANTHROPIC,
     path_suffixes=("/v1/messages",),
+    read_body=usage.read_message,
+    stream_events=usage.MessagesEvents,
+    terminal_event="message_stop",
+    output_fields=("max_tokens",),
+    unbounded_without_ceiling=False,  # a request without `max_tokens` is refused
     messages_field="messages",
     system_field="system",
 )
@@ -75,6 +81,10 @@ COUNT_TOKENS = WireFormat(
     provider=ANTHROPIC,
     path_suffixes=("/v1/messages/count_tokens",),
     billed=False,
+    read_body=usage.read_count,
+    stream_events=usage.MessagesEvents,
+    terminal_event="message_stop",
+    unbounded_without_ceiling=False,  # writes nothing
     messages_field="messages",
     system_field="system",
 )

@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 
 from rules.providers import Provider, WireFormat, register
+from rules.providers.openai import usage
 
 # status -> (the envelope's error type, its code)
 _ERROR_KINDS: dict[int, tuple[str, str | None]] = {
@@ -56,6 +57,11 @@ CHAT = WireFormat(
     name="chat",
     provider=OPENAI,
     path_suffixes=("/chat/completions",),
+    read_body=usage.read_chat,
+    stream_events=usage.ChatEvents,
+    terminal_event="[DONE]",
+    output_fields=("max_completion_tokens", "max_tokens"),
+    choices_field="n",
     messages_field="messages",
 )
 
@@ -63,6 +69,10 @@ RESPONSES = WireFormat(
     name="responses",
     provider=OPENAI,
     path_suffixes=("/v1/responses",),
+    read_body=usage.read_response,
+    stream_events=usage.ResponsesEvents,
+    terminal_event="response.completed",
+    output_fields=("max_output_tokens",),
     messages_field="input",
     system_field="instructions",
 )
