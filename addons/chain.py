@@ -58,10 +58,13 @@ class Chain:
         order.check(parts, ordering)  # raises PartOrderError: loading the script fails, start-up stops
         self.name = name  # mitmproxy's registry name for this addon
         self.parts = list(parts)
+        # hook -> the parts whose hook it calls, in order (what mitmproxy reaches through this addon)
+        self.reached: dict[str, list[object]] = {}
         core = next((part for part in self.parts if isinstance(part, SluiceCore)), None)
         for hook in mitm_internals.hook_names():
             found = [(part, method) for part in self.parts if callable(method := getattr(part, hook, None))]
             if found:
+                self.reached[hook] = [part for part, _ in found]
                 setattr(self, hook, _dispatcher(hook, found, core))
 
 

@@ -131,7 +131,11 @@ def answer(
 
 def on_the_wire(flow: http.HTTPFlow, host: str = HOST, port: int = 443) -> http.Request:
     """The request as it is written upstream on a TLS connection to `host` (addons/wire_headers.py): with the
-    headers the credential swap registered, if it did."""
+    headers the credential swap registered, if it did. Sent: the registration is dropped, as the credential
+    part drops it once the response headers come."""
     server = Server(address=(host, port))
     server.tls, server.sni = True, host
-    return wire_headers._on_the_wire(flow.request, server) or flow.request
+    try:
+        return wire_headers._on_the_wire(flow.request, server) or flow.request
+    finally:
+        wire_headers.forget(flow.request)
