@@ -59,3 +59,30 @@ def test_every_part_written_in_addons_is_in_the_list() -> None:
 def test_the_script_puts_the_checkout_on_the_path_before_importing_it() -> None:
     source = inspect.getsource(sluice)
     assert source.index("sys.path.insert(0, _ROOT)") < source.index("from addons")
+
+
+# Hooks mitmproxy calls on a connection or a request before the request hooks, where no record exists yet.
+BEFORE_THE_RECORD = (
+    "client_connected",
+    "http_connect",
+    "http_connect_upstream",
+    "requestheaders",
+    "server_connect",
+    "server_connected",
+    "tls_clienthello",
+    "tls_start_client",
+    "tls_start_server",
+)
+
+
+def test_no_part_looks_for_a_call_record_before_the_core_creates_it() -> None:
+    """The core creates each record in its `request` hook: a part reading one in an earlier hook would find
+    none, and decide without it."""
+    early = []
+    for part in sluice.parts:
+        for hook in BEFORE_THE_RECORD:
+            method = getattr(part, hook, None)
+            if callable(method) and ".calls" in inspect.getsource(method):
+                early.append(f"{name_of(part)}.{hook}")
+    assert early == []
+    assert "requestheaders" not in sluice.addons[0].reached  # none acts before the body arrives
