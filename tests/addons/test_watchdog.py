@@ -11,6 +11,7 @@ import pytest
 from mitmproxy import connection, http
 
 from addons import mitm_internals
+from addons.calls import Call
 from addons.meter import Meter
 from addons.watchdog import Watchdog
 from rules.providers import provider
@@ -55,78 +56,59 @@ async def ended(connection_: Connection, deadline_s: float = 10) -> bool:
     return True
 
 
+async def watch(
+    tmp_path: Path, flow: http.HTTPFlow, response: http.Response, first: bytes = b""
+) -> tuple[Watchdog, Call | None]:
+    """Meter and watchdog over `flow`, answered with `response` (streamed: `first`, then nothing); the
+    watchdog runs until it has ended the stream, or its deadline. The watchdog and the call's record."""
+    parts: list[object] = []
+
+    def make(core):  # type: ignore[no-untyped-def]
+        parts.extend([Meter(core), Watchdog(core)])
+        return parts
+
+    with configured(tmp_path, make, CONFIG_IDLE) as proxy:
+        watchdog = parts[1]
+        assert isinstance(watchdog, Watchdog)
+        await proxy.hook("request", flow)
+        flow.response = response
+        await proxy.hook("responseheaders", flow)
+        if first:
+            assert callable(flow.response.stream)  # the meter tees it
+            flow.response.stream(first)
+        if watchdog.flows:
+            watchdog.running()
+            try:
+                live = mitm_internals.proxy_connection(flow.client_conn)
+                assert isinstance(live, Connection) and await ended(live)
+            finally:
+                watchdog.done()
+        return watchdog, proxy.record(flow)
+
+
 def test_a_silent_stream_is_ended_with_the_providers_error_event_and_the_row_says_why(
     tmp_path: Path, client_connection: Connection
 ) -> None:
     flow = llm_flow()
-    watchdog: list[Watchdog] = []
-
-    def parts(core):  # type: ignore[no-untyped-def]
-        watchdog.append(Watchdog(core))
-        return [Meter(core), watchdog[0]]
-
-    async def run() -> None:
-        with configured(tmp_path, parts, CONFIG_IDLE) as proxy:
-            await proxy.hook("request", flow)
-            flow.response = stream()
-            await proxy.hook("responseheaders", flow)
-            assert flow.response.stream  # the meter tees it
-            flow.response.stream(b"event: ping\ndata: {}\n\n")  # a first event, then silence
-            watchdog[0].running()
-            try:
-                assert await ended(client_connection)
-            finally:
-                watchdog[0].done()
-            call = proxy.record(flow)
-            assert call is not None
-            assert call.ended_by == f"sluice: the upstream sent nothing for {IDLE_S:g}s; the stream was ended"
-            assert call.reader is not None and call.reader.reading.error  # the row reads the error event
-            assert call.notes == [f"idle timeout after {IDLE_S:g}s"]
-
-    asyncio.run(run())
-    assert client_connection.closed == [flow.server_conn]
+    _, call = asyncio.run(watch(tmp_path, flow, stream(), b"event: ping\ndata: {}\n\n"))
     message = f"sluice: the upstream sent nothing for {IDLE_S:g}s; the stream was ended"
+    assert call is not None and call.ended_by == message
+    assert call.reader is not None and call.reader.reading.error  # the row reads the error event
+    assert call.notes == [f"idle timeout after {IDLE_S:g}s"]
+    assert client_connection.closed == [flow.server_conn]
     assert provider("anthropic").sse_error_event(504, message) in client_connection.sent
     assert client_connection.sent.endswith(b"\r\n0\r\n\r\n")  # the last chunk: the client's SDK sees the end
 
 
 def test_a_compressed_stream_is_only_cut_upstream(tmp_path: Path, client_connection: Connection) -> None:
     flow = llm_flow()
-    watchdog: list[Watchdog] = []
-
-    def parts(core):  # type: ignore[no-untyped-def]
-        watchdog.append(Watchdog(core))
-        return [Meter(core), watchdog[0]]
-
-    async def run() -> None:
-        with configured(tmp_path, parts, CONFIG_IDLE) as proxy:
-            await proxy.hook("request", flow)
-            flow.response = stream({"content-encoding": "gzip"})
-            await proxy.hook("responseheaders", flow)
-            watchdog[0].running()
-            try:
-                assert await ended(client_connection)
-            finally:
-                watchdog[0].done()
-
-    asyncio.run(run())
+    asyncio.run(watch(tmp_path, flow, stream({"content-encoding": "gzip"})))
     assert client_connection.sent == b""  # an error record cannot be written into a gzip stream
     assert client_connection.closed == [flow.server_conn]
 
 
-def test_an_answer_that_is_not_a_stream_is_not_watched(tmp_path: Path) -> None:
+def test_an_answer_that_is_not_a_stream_is_not_watched(tmp_path: Path, client_connection: Connection) -> None:
     flow = llm_flow()
-    watchdog: list[Watchdog] = []
-
-    def parts(core):  # type: ignore[no-untyped-def]
-        watchdog.append(Watchdog(core))
-        return [Meter(core), watchdog[0]]
-
-    async def run() -> None:
-        with configured(tmp_path, parts, CONFIG_IDLE) as proxy:
-            await proxy.hook("request", flow)
-            flow.response = http.Response.make(200, b"{}", {"content-type": "application/json"})
-            await proxy.hook("responseheaders", flow)
-
-    asyncio.run(run())
-    assert watchdog[0].flows == {}
+    answer = http.Response.make(200, b"{}", {"content-type": "application/json"})
+    watchdog, _ = asyncio.run(watch(tmp_path, flow, answer))
+    assert watchdog.flows == {} and client_connection.closed == []
