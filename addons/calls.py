@@ -63,7 +63,7 @@ WRITERS: dict[str, Writer] = {
     "answered_locally": Writer(
         ("core",),
         "request: `answer`/`answered`, for the part that answers (confine, sandbox, gate, budget, "
-        "credentials)",
+        "credentials, and the chain failing closed); at creation, for an answer given before sluice's parts",
     ),
     "rules_applied": Writer(
         ("rewrite", "headers"),
