@@ -2,6 +2,10 @@
 
 Kept in the addon's own table keyed by flow id, never in `flow.metadata` (which mitmproxy saves with `-w`
 and shows in mitmweb). Turned into one `calls` row when the call ends, whichever way it ends.
+
+Created in one place: the core's `request` hook (addons/core.py `new_call`), before any other part runs;
+every other part only reads it (`core.calls.get(flow.id)`). Each field then has one part that writes it,
+named in `WRITERS` below (tests/addons/test_calls.py reads addons/ and fails on a write not listed there).
 """
 
 from __future__ import annotations
@@ -16,6 +20,76 @@ from rules.providers import wire_format
 from rules.usage import Reading, StreamReader, Usage
 from state.pricing import Priced, price_as, price_call
 from state.writer import CallRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Writer:
+    """Who writes a field of `Call` after the core created the record: the addons/ modules, and in which
+    hooks. More than one module only for a field that says why it is shared."""
+
+    parts: tuple[str, ...]
+    hooks: str
+    shared: str = ""
+
+
+# What the core sets when it creates the record (addons/core.py `new_call`, `request`) and nobody changes:
+# flow_id, method, path, provider, api, started, session_id, request_headers. Every other write:
+WRITERS: dict[str, Writer] = {
+    # request side
+    "host": Writer(
+        ("core",), "request: `repoint`, for confine and sandbox re-pointing a transparent request"
+    ),
+    "client": Writer(("gate",), "request"),
+    "user_id": Writer(("gate",), "request"),
+    "credential": Writer(("credentials",), "request: the pool entry it swapped in (was: the presented key)"),
+    "request_read": Writer(("rewrite",), "request"),
+    "request_json_before": Writer(("rewrite",), "request"),
+    "request_json": Writer(("rewrite",), "request"),
+    "client_asked_usage": Writer(("rewrite",), "request"),
+    "request_model": Writer(
+        ("rewrite", "meter"),
+        "request",
+        "the rewrite reads the body it rules on (and the budget prices what it read, before the meter); the "
+        "meter reads it only where the rewrite could not (compressed, past the cap), for the row",
+    ),
+    "stream": Writer(
+        ("rewrite", "meter"),
+        "request; responseheaders",
+        "as for request_model on the request side; then the answer's own word (an event stream), which the "
+        "meter reads in responseheaders",
+    ),
+    "price_unknown_as": Writer(("budget",), "request"),
+    "budget_hold": Writer(("budget",), "request"),
+    "request_bytes": Writer(("meter",), "request"),
+    "answered_locally": Writer(
+        ("core",),
+        "request: `answer`/`answered`, for the part that answers (confine, sandbox, gate, budget, "
+        "credentials, and the chain failing closed); at creation, for an answer given before sluice's parts",
+    ),
+    "rules_applied": Writer(
+        ("rewrite", "headers"),
+        "request; responseheaders; response",
+        "appended to by each part that applies a rule to the call: the body's rules, the header allow-lists",
+    ),
+    "notes": Writer(
+        ("core", "chain", "budget", "echo", "meter", "rewrite", "watchdog"),
+        "any",
+        "appended to (never rewritten) by every part with something to say on the row, and by the chain for "
+        "a part that failed",
+    ),
+    # response side: the meter reads the answer (the reader and decoder it made are driven by it alone,
+    # except that the watchdog feeds the reader the error event it ends an idle stream with)
+    "headers_at": Writer(("meter",), "responseheaders"),
+    "reader": Writer(("meter",), "responseheaders; response; error"),
+    "decoder": Writer(("meter",), "responseheaders"),
+    "body_copy": Writer(("meter",), "responseheaders; the stream's tee"),
+    "response_bytes": Writer(("meter",), "the stream's tee; response"),
+    "last_byte_at": Writer(("meter",), "the stream's tee"),
+    "first_output_at": Writer(("meter",), "the stream's tee"),
+    "final_reading": Writer(("meter",), "the stream's tee"),
+    "finished": Writer(("meter",), "response; error; done"),
+    "ended_by": Writer(("watchdog",), "its idle check"),
+}
 
 
 @dataclass(slots=True)

@@ -6,7 +6,8 @@ call (bench/run.py), more than some of the parts themselves. `Chain` looks the p
 is the only addon mitmproxy walks.
 
 The parts run in list order; a part's hook may be async and is awaited before the next part runs (an async
-hook pauses only its own flow).
+hook pauses only its own flow). Which parts must run before which, and why, is data (addons/order.py): a
+chain whose list breaks a pair is never built, so a misordered list stops start-up naming the pair.
 
 A part that fails never costs the parts after it their turn: on a flow event, an exception from one part is
 logged with the flow id, noted on the call's row (`note:part failed: ...`) and the next part runs. Parts
@@ -22,13 +23,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from mitmproxy import exceptions, http
 from mitmproxy import flow as mflow
 
-from addons import mitm_internals, startup
+from addons import mitm_internals, order, startup
 from addons.core import SluiceCore, destination
 
 log = logging.getLogger("sluice")
@@ -51,13 +52,19 @@ def is_security_part(part: object) -> bool:
 
 
 class Chain:
-    def __init__(self, name: str, parts: Sequence[object]) -> None:
+    def __init__(
+        self, name: str, parts: Sequence[object], ordering: Iterable[order.Before] = order.ORDER
+    ) -> None:
+        order.check(parts, ordering)  # raises PartOrderError: loading the script fails, start-up stops
         self.name = name  # mitmproxy's registry name for this addon
         self.parts = list(parts)
+        # hook -> the parts whose hook it calls, in order (what mitmproxy reaches through this addon)
+        self.reached: dict[str, list[object]] = {}
         core = next((part for part in self.parts if isinstance(part, SluiceCore)), None)
         for hook in mitm_internals.hook_names():
             found = [(part, method) for part in self.parts if callable(method := getattr(part, hook, None))]
             if found:
+                self.reached[hook] = [part for part, _ in found]
                 setattr(self, hook, _dispatcher(hook, found, core))
 
 

@@ -1,11 +1,12 @@
 """Confinement: a request involving a host sluice holds credentials for goes exactly there, or nowhere.
 
-Runs first on every request. Where the request's connection really goes (addons/core.py `destination`) and
-what the request itself names (each Host header, HTTP/2's `:authority`, an absolute-form target) must agree
-whenever either side is a host sluice swaps credentials for; and a credential host is reached only over TLS
-on its configured port. Anything else is answered here, in the provider's envelope, and nothing is sent
-upstream: 421 Misdirected Request (RFC 9110 §15.5.20) for a disagreement, 403 for cleartext or another port.
-Fails closed. Traffic that involves no credential host passes untouched.
+Runs first on every request (after the core, which only creates its call record). Where the request's
+connection really goes (addons/core.py `destination`) and what the request itself names (each Host header,
+HTTP/2's `:authority`, an absolute-form target) must agree whenever either side is a host sluice swaps
+credentials for; and a credential host is reached only over TLS on its configured port. Anything else is
+answered here, in the provider's envelope, and nothing is sent upstream: 421 Misdirected Request (RFC 9110
+§15.5.20) for a disagreement, 403 for cleartext or another port. Fails closed. Traffic that involves no
+credential host passes untouched.
 
 In transparent mode the connection's address is whatever the client (or the DNS it asked) chose, so it is
 never trusted with a credential: a request that names a credential host (by its TLS server name or its
@@ -23,7 +24,6 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from addons import mitm_internals
 from addons.core import SluiceCore, destination
-from addons.meter import call_for
 from rules.destination import credential_refusal, misdirection, normalize_host
 
 log = logging.getLogger("sluice")
@@ -74,7 +74,7 @@ def connect_by_name(flow: http.HTTPFlow, stated: list[tuple[str, int | None]], c
             upstream.host,
             flow.request.host,
         )
-        flow.request.data.host = upstream.host
+        core.repoint(flow, upstream.host)
 
 
 class Confinement:
@@ -126,7 +126,6 @@ class Confinement:
         if reason is None:
             return
         provider = (upstream or named[0]).provider
-        call_for(self.core, flow)  # a metered call gets its row, saying why it was refused
         self.core.answer(
             flow,
             provider,

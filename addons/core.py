@@ -1,4 +1,11 @@
-"""Options, configuration and the database writer that every other sluice addon shares."""
+"""Options, configuration, the per-call records and the database writer that every other sluice part shares.
+
+The core is the first part in the chain (addons/sluice.py, addons/order.py): its `request` hook creates the
+call record of every metered request (addons/calls.py) before any other part looks at the flow, and every
+other part only reads it (`core.calls.get(flow.id)`). No part acts on a call earlier: none has a
+`requestheaders`, `http_connect` or `server_connect` hook that reads a record (confinement's and the
+sandbox's `server_connect` judge the connection alone).
+"""
 
 from __future__ import annotations
 
@@ -13,11 +20,14 @@ from addons import mitm_internals
 from addons.annotate import MARK_SETS
 from addons.calls import Call
 from addons.decoding import DEFAULT_DECODE_MAX
+from addons.fields import header_values
 from addons.startup import check_mitmproxy, check_options, config_error
+from rules.clients import presented_key
 from rules.config import Config, ConfigError, Upstream, load_config
 from rules.destination import Destination, normalize_host
+from rules.providers import classify, provider_for_host
 from rules.providers import provider as provider_named
-from rules.providers import provider_for_host
+from rules.secrets import fingerprint
 from state import db as sluice_db
 from state.pricing import price_call
 from state.writer import Record, RecordWriter
@@ -52,6 +62,30 @@ def destination(flow: http.HTTPFlow) -> Destination:
     """
     request = flow.request
     return Destination.of(request.scheme, request.host, request.port)
+
+
+def new_call(flow: http.HTTPFlow) -> Call | None:
+    """The call record of a metered LLM request, as it arrived (before any part changed it); None for a
+    request that is not one (sluice forwards it untouched and records nothing)."""
+    endpoint = classify(flow.request.method, flow.request.path)
+    if endpoint is None:
+        return None
+    headers = header_values(flow.request.headers.fields)
+    key = presented_key(headers)
+    return Call(
+        flow_id=flow.id,
+        host=destination(flow).authority,  # where it really goes, not its Host header
+        method=flow.request.method,
+        path=flow.request.path.split("?", 1)[0],
+        provider=endpoint.provider,
+        api=endpoint.api,
+        started=flow.request.timestamp_start,
+        session_id=headers.get("x-claude-code-session-id"),
+        credential=fingerprint(key) if key else "none",
+        request_headers=headers,
+        # Another addon (mitmproxy's server replay, say) answered before sluice's parts ran.
+        answered_locally=flow.response is not None,
+    )
 
 
 class SluiceCore:
@@ -140,6 +174,21 @@ class SluiceCore:
         self.writer = RecordWriter(lambda: sluice_db.connect(path), path=path)
         self.writer.start()
 
+    def request(self, flow: http.HTTPFlow) -> None:
+        """Create the flow's call record: the one place a record is made, before any other part runs."""
+        if flow.live and flow.id not in self.calls:
+            call = new_call(flow)
+            if call is not None:
+                self.calls[flow.id] = call
+
+    def repoint(self, flow: http.HTTPFlow, host: str) -> None:
+        """Send the request to `host` (by name, on the connection's scheme and port) instead of where the
+        client's connection was headed, and keep the call's row saying where it really went."""
+        flow.request.data.host = host
+        call = self.calls.get(flow.id)
+        if call is not None:
+            call.host = destination(flow).authority
+
     def upstream_for(self, host: str) -> Upstream | None:
         """The `[[upstreams]]` entry for a host name (any case, trailing dot or not), if configured.
 
@@ -176,6 +225,10 @@ class SluiceCore:
             provider_named(provider).error_body(status, message, None),
             {"content-type": "application/json", **headers},
         )
+        self.answered(flow, note)
+
+    def answered(self, flow: http.HTTPFlow, note: str) -> None:
+        """A part has answered the request itself (`flow.response`): the call's row says so, and why."""
         call = self.calls.get(flow.id)
         if call is not None:
             call.answered_locally = True

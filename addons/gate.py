@@ -13,7 +13,6 @@ import logging
 from mitmproxy import ctx, exceptions, http
 
 from addons.core import SluiceCore, destination
-from addons.meter import call_for
 from rules.clients import KnownClient, digest, match_client, presented_key
 from rules.config import ConfigError, resolve_secret
 
@@ -72,7 +71,7 @@ class Gate:
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not flow.live:
             return
-        call = call_for(self.core, flow)
+        call = self.core.calls.get(flow.id)
         headers = call.request_headers if call is not None else flow.request.headers
         client = match_client(presented_key(headers), self.clients) if self.clients else None
         if call is not None and client is not None:

@@ -22,7 +22,7 @@ from mitmproxy import ctx, http
 
 from addons.annotate import annotate
 from addons.calls import Call, build_record
-from addons.core import SluiceCore, destination
+from addons.core import SluiceCore
 from addons.decoding import (
     OFF_LOOP_BYTES,
     DecodeError,
@@ -33,11 +33,8 @@ from addons.decoding import (
     set_decode_max,
 )
 from addons.fields import header_values
-from rules.clients import presented_key
-from rules.endpoints import classify
 from rules.providers import wire_format
 from rules.rewrite import is_usage_only_chunk
-from rules.secrets import fingerprint
 from rules.stream_filter import SSERecordFilter
 from rules.usage import Reading, StreamReader, read_response_body
 from state.writer import CallRecord
@@ -49,34 +46,6 @@ _STREAM_HEADERS = frozenset({b"content-type", b"content-encoding"})
 # Decoded stream bytes parsed per turn of the event loop: at worst (a flood of tiny events) ~3 ms of the
 # usage parser. What one wire chunk decodes to beyond that is parsed on the following turns.
 PARSE_PER_TURN = 64 * 1024
-
-
-def call_for(core: SluiceCore, flow: http.HTTPFlow) -> Call | None:
-    """The call record of a flow, created on first sight of a metered LLM request."""
-    call = core.calls.get(flow.id)
-    if call is None and flow.live:
-        endpoint = classify(flow.request.method, flow.request.path)
-        if endpoint is not None:
-            headers = header_values(flow.request.headers.fields)
-            call = Call(
-                flow_id=flow.id,
-                host=destination(flow).authority,  # where it really went, not its Host header
-                method=flow.request.method,
-                path=flow.request.path.split("?", 1)[0],
-                provider=endpoint.provider,
-                api=endpoint.api,
-                started=flow.request.timestamp_start,
-                session_id=headers.get("x-claude-code-session-id"),
-                credential=_presented_credential(headers),
-                request_headers=headers,
-            )
-            core.calls[flow.id] = call
-    return call
-
-
-def _presented_credential(headers: dict[str, str]) -> str:
-    key = presented_key(headers)
-    return fingerprint(key) if key else "none"
 
 
 # A whole response's reading, and why its body was not read (None when it was).
@@ -103,12 +72,11 @@ class Meter:
             set_decode_max(ctx.options.sluice_decode_max)
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        call = call_for(self.core, flow)
+        call = self.core.calls.get(flow.id)
         if call is None:
             return
         raw = flow.request.raw_content or b""
         call.request_bytes = len(raw)
-        call.answered_locally = flow.response is not None
         if call.request_read:
             return
         encoding = flow.request.headers.get("content-encoding")

@@ -13,7 +13,6 @@ from mitmproxy import http
 from addons.core import SluiceCore, destination
 from addons.decoding import OFF_LOOP_BYTES, decode_max
 from addons.fields import with_headers
-from addons.meter import call_for
 from rules.rewrite import MemberMemo, RuleContext, apply_request_rules, should_strip_billing_block
 
 
@@ -25,7 +24,7 @@ class Rewrite:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not flow.live:
             return
-        call = call_for(self.core, flow)
+        call = self.core.calls.get(flow.id)
         if call is None:
             return
         host = destination(flow).host

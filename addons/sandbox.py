@@ -126,7 +126,7 @@ class Sandbox:
         name = self._named(flow)
         port = flow.request.port
         if name is not None and self.permitted(name, port):
-            flow.request.data.host = normalize_host(name)
+            self.core.repoint(flow, normalize_host(name))
             return
         where = name or flow.request.host
         reason = f"{where}:{port} is not an allowed host and port"
@@ -134,6 +134,7 @@ class Sandbox:
         flow.response = http.Response.make(
             403, f"sluice sandbox: {reason}\n".encode(), {"content-type": "text/plain; charset=utf-8"}
         )
+        self.core.answered(flow, f"refused: {reason}")
 
     def server_connect(self, data: ServerConnectionHookData) -> None:
         """The backstop: no connection is opened for the sandbox unless it goes by name where it may."""

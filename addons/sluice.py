@@ -19,7 +19,9 @@ the "LLM" contentview renders both.
 Operations (not security parts): Prometheus metrics, OpenTelemetry spans and webhook alerts run in a process
 of their own (ops/), fed each finished row by the ops feed (addons/ops_feed.py), off the request path.
 
-mitmproxy sees one addon, `sluice` (addons/chain.py), which calls the parts' hooks in this order.
+mitmproxy sees one addon, `sluice` (addons/chain.py), which calls the parts' hooks in this order. The pairs
+that must stay in order, and why, are data in addons/order.py; the chain refuses to start with a list that
+breaks one, naming the pair.
 """
 
 import sys
@@ -66,11 +68,11 @@ parts = [
     Headers(core),
     Framing(),
     EchoScrub(core, credentials),
+    UpstreamErrors(core),
     # The ops feed sees each row after cache health has judged it.
     Meter(core, before_record=[cache_health.before_record, ops_feed.before_record]),
     cache_health,
     Watchdog(core),
-    UpstreamErrors(core),
     credentials,
     QuotaPoll(core, credentials),
 ]

@@ -27,7 +27,8 @@ log = logging.getLogger("sluice")
 class Watchdog:
     def __init__(self, core: SluiceCore) -> None:
         self.core = core
-        self.flows: dict[str, http.HTTPFlow] = {}
+        # Streams watched, by flow id: the flow, and when its headers came (idle from then to a first byte).
+        self.flows: dict[str, tuple[http.HTTPFlow, float]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def running(self) -> None:
@@ -41,9 +42,8 @@ class Watchdog:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = self.core.calls.get(flow.id)
-        if call is not None and call.reader is not None:
-            call.last_byte_at = time.monotonic()
-            self.flows[flow.id] = flow
+        if call is not None and call.reader is not None:  # the meter reads the stream (it runs before)
+            self.flows[flow.id] = (flow, time.monotonic())
 
     def response(self, flow: http.HTTPFlow) -> None:
         self.flows.pop(flow.id, None)
@@ -56,11 +56,11 @@ class Watchdog:
             limit = self.core.config.idle_timeout_s
             await asyncio.sleep(min(1.0, limit / 4))
             now = time.monotonic()
-            for flow_id, flow in list(self.flows.items()):
+            for flow_id, (flow, since) in list(self.flows.items()):
                 call = self.core.calls.get(flow_id)
                 if call is None or call.finished:
                     self.flows.pop(flow_id, None)
-                elif call.last_byte_at is not None and now - call.last_byte_at > limit:
+                elif now - max(since, call.last_byte_at or since) > limit:
                     self.flows.pop(flow_id, None)
                     try:
                         await self._end(flow, call, limit)

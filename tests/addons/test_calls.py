@@ -1,10 +1,15 @@
-"""Pricing and budget settlement of a finished call's record (addons/calls.py)."""
+"""Pricing and budget settlement of a finished call's record, and who writes each of its fields
+(addons/calls.py)."""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+from pathlib import Path
+
 import pytest
 
-from addons.calls import Call, build_record
+from addons.calls import WRITERS, Call, build_record
 from rules.usage import Reading, Usage
 
 HOLD = 0.5
@@ -54,3 +59,168 @@ def test_suspect_usage_is_stored_unpriced_and_settles_at_the_estimate():
 def test_an_unbudgeted_call_is_not_priced_as_anything_else():
     done = record("claude-imaginary-9", Usage(input_tokens=1000, output_tokens=100), hold=None)
     assert done.row["cost_usd"] is None and done.budget is None
+
+
+# --- who writes each field (addons/calls.py WRITERS) -------------------------------------------------------
+
+ADDONS = Path(__file__).resolve().parents[2] / "addons"
+# In-place changes of a field's value: a list, dict or bytearray changed without assigning the field.
+MUTATORS = frozenset({"append", "extend", "insert", "remove", "pop", "clear", "update", "setdefault", "add"})
+# How a record is reached: the core's table, or a new one.
+RECORD_SOURCES = frozenset({"get", "pop", "values", "setdefault"})
+
+
+def _is_record_source(node: ast.AST) -> bool:
+    """`<...>.calls.get(...)`, `.pop(...)`, `.calls[...]`, `Call(...)`, `new_call(...)`."""
+    if isinstance(node, ast.Call):
+        func = node.func
+        if isinstance(func, ast.Name) and func.id in ("Call", "new_call"):
+            return True
+        return (
+            isinstance(func, ast.Attribute)
+            and func.attr in RECORD_SOURCES
+            and isinstance(func.value, ast.Attribute)
+            and func.value.attr == "calls"
+        )
+    return (
+        isinstance(node, ast.Subscript)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "calls"
+    )
+
+
+def _annotated_call(annotation: ast.AST | None) -> bool:
+    return annotation is not None and "Call" in {
+        n.id for n in ast.walk(annotation) if isinstance(n, ast.Name)
+    }
+
+
+def record_names(tree: ast.AST) -> set[str]:
+    """Every name a module binds a call record to."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg) and _annotated_call(node.annotation):
+            names.add(node.arg)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if _annotated_call(node.annotation):
+                names.add(node.target.id)
+        elif isinstance(node, (ast.Assign, ast.NamedExpr)) and _is_record_source(node.value):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets if isinstance(t, ast.Name) for n in [t]}
+        elif isinstance(node, ast.For) and _is_record_source(
+            node.iter.args[0] if _wrapped(node.iter) else node.iter
+        ):
+            names |= {n.id for n in ast.walk(node.target) if isinstance(n, ast.Name)}
+    return names
+
+
+def _wrapped(node: ast.AST) -> bool:
+    """`list(...)` around a source."""
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "list"
+        and bool(node.args)
+    )
+
+
+def field_writes(tree: ast.AST) -> list[tuple[str, int]]:
+    """(field, line) for each write to `call.<field>`: assigned, augmented, deleted or changed in place."""
+    writes = []
+
+    def field_of(target: ast.AST) -> str | None:
+        if (
+            isinstance(target, ast.Attribute)
+            and isinstance(target.value, ast.Name)
+            and target.value.id == "call"
+        ):
+            return target.attr
+        return None
+
+    for node in ast.walk(tree):
+        targets: list[ast.AST] = []
+        if isinstance(node, ast.Assign):
+            stored = (t for target in node.targets for t in ast.walk(target))
+            targets = [t for t in stored if isinstance(t, ast.Attribute) and isinstance(t.ctx, ast.Store)]
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif isinstance(node, ast.Delete):
+            targets = list(node.targets)
+        elif (
+            isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in MUTATORS
+        ):
+            targets = [node.func.value]
+        elif _is_setattr_on_a_record(node):
+            writes.append(("<setattr>", getattr(node, "lineno", 0)))
+        for target in targets:
+            name = field_of(target)
+            if name is not None:
+                writes.append((name, node.lineno))
+    return writes
+
+
+def _is_setattr_on_a_record(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "setattr"
+        and bool(node.args)
+        and isinstance(node.args[0], ast.Name)
+        and node.args[0].id == "call"
+    )
+
+
+def modules() -> list[tuple[str, ast.Module]]:
+    return [(path.stem, ast.parse(path.read_text(), str(path))) for path in sorted(ADDONS.glob("*.py"))]
+
+
+def test_a_record_is_always_called_call_so_every_write_is_found() -> None:
+    elsewhere = {name: sorted(record_names(tree) - {"call"}) for name, tree in modules()}
+    assert {name: found for name, found in elsewhere.items() if found} == {}
+
+
+def test_a_record_is_created_only_by_the_core() -> None:
+    creators = sorted(
+        name
+        for name, tree in modules()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Call"
+    )
+    assert creators == ["core"]
+
+
+def test_each_field_is_written_only_by_its_documented_owner() -> None:
+    fields = {f.name for f in dataclasses.fields(Call)}
+    written: dict[str, set[str]] = {}
+    undocumented = []
+    for module, tree in modules():
+        for name, line in field_writes(tree):
+            written.setdefault(name, set()).add(module)
+            owner = WRITERS.get(name)
+            if name not in fields:
+                undocumented.append(f"addons/{module}.py:{line}: call.{name} is not a field of Call")
+            elif owner is None or module not in owner.parts:
+                undocumented.append(f"addons/{module}.py:{line}: call.{name} written outside WRITERS")
+    assert undocumented == []
+    # And the table names no writer that does not write: a stale entry would hide a moved write.
+    assert {name: set(owner.parts) for name, owner in WRITERS.items()} == written
+
+
+def test_a_field_shared_by_parts_says_why() -> None:
+    assert [name for name, owner in WRITERS.items() if len(owner.parts) > 1 and not owner.shared] == []
+    assert set(WRITERS) <= {f.name for f in dataclasses.fields(Call)}
+
+
+def test_the_write_scanner_finds_each_kind_of_write() -> None:
+    tree = ast.parse(
+        "def f(core, flow):\n"
+        "    call = core.calls.get(flow.id)\n"
+        "    call.client = 'a'\n"
+        "    call.response_bytes += 1\n"
+        "    call.notes.append('n')\n"
+        "    call.host, x = 'h', 1\n"
+        "    other = core.calls.pop(flow.id)\n"
+        "    table[call.flow_id] = call.api\n"
+    )
+    assert sorted(field_writes(tree)) == [("client", 3), ("host", 6), ("notes", 5), ("response_bytes", 4)]
+    assert record_names(tree) == {"call", "other"}

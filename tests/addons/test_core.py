@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from mitmproxy import http
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons
 
 from addons.core import SluiceCore, connect_lazily
+from rules.secrets import fingerprint
+from tests.addons.proxy import CLIENT_KEY, llm_flow
 
 
 def test_sluice_connects_upstream_lazily_by_default() -> None:
@@ -50,3 +53,51 @@ def test_flows_are_shown_by_a_ui_when_saved_or_printed_not_by_a_plain_mitmdump(t
         tctx.master.addons.add(core)
         core.configure(set())
         assert core.flows_shown is True
+
+
+# --- the call record, created by the core's request hook ----------------------------------------------------
+
+
+def test_the_core_creates_a_metered_calls_record_as_the_request_arrived() -> None:
+    core = SluiceCore()
+    flow = llm_flow(headers=[("X-Claude-Code-Session-Id", "session-1")])
+    flow.request.path = "/v1/messages?beta=true"
+    core.request(flow)
+    call = core.calls[flow.id]
+    assert (call.flow_id, call.host, call.method, call.path) == (
+        flow.id,
+        "api.anthropic.com",
+        "POST",
+        "/v1/messages",
+    )
+    assert (call.provider, call.api, call.session_id) == ("anthropic", "messages", "session-1")
+    assert call.credential == fingerprint(CLIENT_KEY) and call.request_headers["x-api-key"] == CLIENT_KEY
+    assert call.started == flow.request.timestamp_start and not call.answered_locally
+    core.request(flow)
+    assert core.calls[flow.id] is call  # created once
+
+    answered = llm_flow()
+    answered.response = http.Response.make(200)  # by another addon, before sluice's parts ran
+    core.request(answered)
+    assert core.calls[answered.id].answered_locally
+
+
+def test_no_record_for_what_is_not_a_metered_call_or_not_live() -> None:
+    core = SluiceCore()
+    listing = llm_flow(path="/v1/models")
+    listing.request.method = "GET"
+    saved = llm_flow()
+    saved.live = False  # a flow read back from a file
+    for flow in (listing, saved):
+        core.request(flow)
+    assert core.calls == {}
+
+
+def test_a_repointed_request_is_recorded_where_it_really_goes() -> None:
+    core = SluiceCore()
+    flow = llm_flow()
+    flow.request.data.host = "203.0.113.9"
+    core.request(flow)
+    assert core.calls[flow.id].host == "203.0.113.9"  # where the client's connection was headed
+    core.repoint(flow, "api.anthropic.com")
+    assert flow.request.host == "api.anthropic.com" and core.calls[flow.id].host == "api.anthropic.com"

@@ -189,6 +189,20 @@ def test_a_request_to_anything_else_is_answered_403_and_recorded(sandbox) -> Non
     assert events(core, db) == [("request", "evil.example", 80, AGENT)]
 
 
+def test_a_metered_call_refused_or_repointed_has_its_record_say_so(sandbox) -> None:  # type: ignore[no-untyped-def]
+    part, core, _ = sandbox
+    refused = http_flow("http", "10.9.9.9", 80, "evil.example")
+    repointed = http_flow("https", "10.9.9.9", 443, "api.openai.com", sni="api.openai.com")
+    for flow in (refused, repointed):
+        flow.request.method, flow.request.path = "POST", "/v1/chat/completions"
+        flow.live = True
+        core.request(flow)  # the core creates the record first, where the connection was headed
+        part.request(flow)
+    assert core.calls[refused.id].answered_locally
+    assert core.calls[refused.id].notes == ["refused: evil.example:80 is not an allowed host and port"]
+    assert core.calls[repointed.id].host == "api.openai.com" and not core.calls[repointed.id].answered_locally
+
+
 def test_nothing_is_touched_outside_a_sandbox(tmp_path: Path) -> None:
     from mitmproxy.addons.proxyserver import Proxyserver
 

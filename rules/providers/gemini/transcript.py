@@ -66,7 +66,9 @@ def _part(part: Mapping[str, Any], choice: int) -> Part:
     call = get(part, "functionCall")
     if isinstance(call, Mapping):
         name = as_str(call.get("name")) or None
-        return Part("tool_call", pretty_json(call.get("args", {})), name, as_str(call.get("id")) or None, choice)
+        return Part(
+            "tool_call", pretty_json(call.get("args", {})), name, as_str(call.get("id")) or None, choice
+        )
     shown = {key: value for key, value in part.items() if key not in ("thought", "thoughtSignature")}
     return Part("other", compact(shown), choice=choice)
 
@@ -109,7 +111,9 @@ def _entry(path: str, part: Mapping[str, Any], role: str) -> Entry:
         return Entry(path, "tool_use", pretty_json(call.get("args", {})), role, as_str(call.get("name")))
     answer = get(part, "functionResponse")
     if isinstance(answer, Mapping):
-        return Entry(path, "tool_result", pretty_json(answer.get("response", {})), role, as_str(answer.get("name")))
+        return Entry(
+            path, "tool_result", pretty_json(answer.get("response", {})), role, as_str(answer.get("name"))
+        )
     data = get(part, "inlineData") or get(part, "fileData")
     if isinstance(data, Mapping):
         kind = as_str(get(data, "mimeType")) or "data"

@@ -1,0 +1,79 @@
+"""Budget admission (addons/budget.py): a budgeted client's call goes out only if its worst case fits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from addons.budget import UNKNOWN_MODELS_OPTION, Budget
+from addons.gate import Gate
+from addons.rewrite import Rewrite
+from tests.addons.proxy import CONFIG, MESSAGE, configured, llm_flow
+
+
+def budgeted(usd: float) -> str:
+    return CONFIG.replace('user_id = "alice@example.com"', f'budget = {{ usd = {usd}, period = "day" }}')
+
+
+def parts(core):  # type: ignore[no-untyped-def]
+    return [Gate(core), Rewrite(core), Budget(core)]
+
+
+def test_a_call_over_the_budget_is_refused_with_429_naming_the_budget_and_when_to_retry(
+    tmp_path: Path,
+) -> None:
+    flow = llm_flow({**MESSAGE, "model": "claude-opus-4-1", "max_tokens": 32000})
+    with configured(tmp_path, parts, budgeted(0.01)) as proxy:
+        asyncio.run(proxy.hook("request", flow))
+        call = proxy.record(flow)
+    assert flow.response is not None and flow.response.status_code == 429
+    assert flow.response.headers["x-should-retry"] == "false"
+    assert 1 <= int(flow.response.headers["retry-after"]) <= 24 * 3600  # the UTC day's end
+    error = json.loads(flow.response.content or b"")["error"]
+    assert error["type"] == "rate_limit_error" and "alice" in error["message"] and "day" in error["message"]
+    assert call.notes == ["refused: budget exhausted"] and call.budget_hold is None and call.answered_locally
+
+
+def test_a_call_that_fits_is_admitted_and_holds_its_estimate(tmp_path: Path) -> None:
+    flow = llm_flow()
+    with configured(tmp_path, parts, budgeted(10)) as proxy:
+        asyncio.run(proxy.hook("request", flow))
+        call = proxy.record(flow)
+    assert flow.response is None
+    assert call.budget_hold is not None and 0 < call.budget_hold < 0.01
+
+
+def test_holds_add_up_until_the_budget_refuses(tmp_path: Path) -> None:
+    """The holds of calls still in flight count: the budget cannot be overrun by calls sent at once."""
+    body = {**MESSAGE, "max_tokens": 4000}
+    with configured(tmp_path, parts, budgeted(0.05)) as proxy:
+        flows = [llm_flow(body) for _ in range(5)]
+        for flow in flows:
+            asyncio.run(proxy.hook("request", flow))
+        statuses = [flow.response.status_code if flow.response else None for flow in flows]
+        held = sum(proxy.record(flow).budget_hold or 0 for flow in flows)
+    assert statuses[0] is None and 429 in statuses
+    assert held <= 0.05
+
+
+def test_a_model_without_a_price_is_refused_naming_the_option(tmp_path: Path) -> None:
+    flow = llm_flow({**MESSAGE, "model": "claude-not-a-real-model"})
+    with configured(tmp_path, parts, budgeted(10)) as proxy:
+        asyncio.run(proxy.hook("request", flow))
+    assert flow.response is not None and flow.response.status_code == 403
+    assert UNKNOWN_MODELS_OPTION in json.loads(flow.response.content or b"")["error"]["message"]
+
+
+def test_a_token_count_is_not_held(tmp_path: Path) -> None:
+    count = llm_flow(path="/v1/messages/count_tokens")
+    with configured(tmp_path, parts, budgeted(0.0001)) as proxy:
+        asyncio.run(proxy.hook("request", count))
+        assert count.response is None and proxy.record(count).budget_hold is None
+
+
+def test_a_client_without_a_budget_is_not_held(tmp_path: Path) -> None:
+    unbudgeted = llm_flow({**MESSAGE, "max_tokens": 32000})
+    with configured(tmp_path, parts) as proxy:
+        asyncio.run(proxy.hook("request", unbudgeted))
+        assert unbudgeted.response is None and proxy.record(unbudgeted).budget_hold is None
