@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 
 from rules.providers import Provider, WireFormat, register
+from rules.providers.anthropic import transcript
 
 OAUTH_BETA = "oauth-2025-04-20"  # Anthropic requires it on requests carrying an OAuth bearer token
 
@@ -66,6 +67,9 @@ MESSAGES = WireFormat(
     name="messages",
     provider=ANTHROPIC,
     path_suffixes=("/v1/messages",),
+    body_parts=transcript.body_parts,
+    stream_parts=transcript.MessagesStream,
+    outline=transcript.outline,
     messages_field="messages",
     system_field="system",
 )
@@ -75,6 +79,7 @@ COUNT_TOKENS = WireFormat(
     provider=ANTHROPIC,
     path_suffixes=("/v1/messages/count_tokens",),
     billed=False,
+    outline=transcript.outline,  # laid out as a message request; its answer is a count, no content
     messages_field="messages",
     system_field="system",
 )
