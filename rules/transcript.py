@@ -41,7 +41,8 @@ class Part:
 
     `kind` is "text", "thinking", "redacted_thinking", "refusal", "tool_call" (`name`, `call_id`, `text` the
     input as indented JSON), "tool_result" (a server tool's result; `name` its type) or "other" (a block of
-    a type this module does not know, shown as compact JSON). `choice` numbers Chat Completions choices.
+    a type its wire format does not lay out, shown as compact JSON). `choice` numbers an answer's
+    alternatives when it has several (a request's `n`).
     """
 
     kind: str
@@ -103,11 +104,11 @@ def reassemble(
     if streamed is None:
         streamed = is_event_stream(body)
     if not streamed:
-        reading = read_response_body(wire.name, body, status)
+        reading = read_response_body(wire, body, status)
         obj = _json_object(body)
         parts = wire.body_parts(obj) if obj and wire.body_parts is not None else []
         return Transcript(wire.name, False, tuple(parts), reading)
-    reader = StreamReader(wire.name)
+    reader = StreamReader(wire)
     reader.feed(body)
     reading = reader.finish()
     builder = wire.stream_parts() if wire.stream_parts is not None else None
@@ -127,7 +128,7 @@ def reassemble(
 def outline_request(wire: WireFormat, body: Mapping[str, Any]) -> RequestOutline:
     """A request body's settings, tools, system blocks and messages, in prompt order. Never raises.
 
-    A wire format without an outline shows nothing of its request but the bytes (the JSON view)."""
+    A wire format without an outline lays out nothing (the view then shows only what sluice changed)."""
     return wire.outline(body) if wire.outline is not None else RequestOutline()
 
 
@@ -206,7 +207,7 @@ class _Unparsed:
 
 
 def arguments_text(raw: object) -> str:
-    """A tool call's arguments as indented JSON (OpenAI sends a JSON string, Anthropic an object)."""
+    """A tool call's arguments as indented JSON, sent as a JSON string or as an object."""
     return pretty_json(loads_or_text(raw) if isinstance(raw, str) else raw)
 
 
