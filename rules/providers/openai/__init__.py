@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 
 from rules.providers import Provider, WireFormat, register
-from rules.providers.openai import chat_transcript, responses_transcript
+from rules.providers.openai import transcript
 
 # status -> (the envelope's error type, its code)
 _ERROR_KINDS: dict[int, tuple[str, str | None]] = {
@@ -57,9 +57,9 @@ CHAT = WireFormat(
     name="chat",
     provider=OPENAI,
     path_suffixes=("/chat/completions",),
-    body_parts=chat_transcript.body_parts,
-    stream_parts=chat_transcript.ChatStream,
-    outline=chat_transcript.outline,
+    body_parts=transcript.chat_body_parts,
+    stream_parts=transcript.ChatStream,
+    outline=transcript.chat_outline,
     messages_field="messages",
 )
 
@@ -67,9 +67,9 @@ RESPONSES = WireFormat(
     name="responses",
     provider=OPENAI,
     path_suffixes=("/v1/responses",),
-    body_parts=responses_transcript.body_parts,
-    stream_parts=responses_transcript.ResponsesStream,
-    outline=responses_transcript.outline,
+    body_parts=transcript.responses_body_parts,
+    stream_parts=transcript.ResponsesStream,
+    outline=transcript.responses_outline,
     messages_field="input",
     system_field="instructions",
 )
