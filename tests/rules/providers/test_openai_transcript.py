@@ -82,6 +82,8 @@ def test_responses_deltas_fill_items_until_a_done_item_replaces_them() -> None:
 def test_an_openai_chat_request_puts_system_and_developer_messages_first() -> None:
     body = {
         "model": "gpt-5",
+        "reasoning_effort": "low",
+        "max_completion_tokens": 500,
         "tools": [{"type": "function", "function": {"name": "lookup", "description": "Look it up."}}],
         "messages": [
             {"role": "developer", "content": "Be brief."},
@@ -97,6 +99,8 @@ def test_an_openai_chat_request_puts_system_and_developer_messages_first() -> No
         ],
     }
     outline = outline_request(CHAT, body)
+    shown = (("model", "gpt-5"), ("max_completion_tokens", "500"), ("reasoning_effort", "low"))
+    assert outline.settings == shown  # in the order a person reads them, whatever the body's order
     assert [(e.name, e.text) for e in outline.tools] == [("lookup", "Look it up.")]
     assert [(e.path, e.text) for e in outline.system] == [("messages[0]", "Be brief.")]
     assert [(e.path, e.kind) for e in outline.messages] == [
@@ -107,7 +111,19 @@ def test_an_openai_chat_request_puts_system_and_developer_messages_first() -> No
 
 
 def test_an_openai_responses_request_shows_instructions_and_input_items() -> None:
-    outline = outline_request(RESPONSES, {"model": "gpt-5", "instructions": "Be kind.", "input": "hi"})
+    body = {
+        "model": "gpt-5",
+        "reasoning": {"effort": "high"},
+        "previous_response_id": "resp_1",
+        "instructions": "Be kind.",
+        "input": "hi",
+    }
+    outline = outline_request(RESPONSES, body)
+    assert dict(outline.settings) == {
+        "model": "gpt-5",
+        "reasoning": '{"effort":"high"}',
+        "previous_response_id": "resp_1",
+    }
     assert outline.system == (Entry("instructions", "text", "Be kind.", "system"),)
     assert outline.messages == (Entry("input", "text", "hi", "user"),)
     items = outline_request(
