@@ -1,9 +1,9 @@
 """The "LLM" contentview: an LLM call in mitmweb (and mitmproxy's console) as a person reads it.
 
-A response — streamed or whole, Anthropic Messages, OpenAI Chat Completions or Responses — is shown as the
-assistant's turn put back together (rules/transcript.py): text, thinking, tool calls with their JSON input,
-server tool results; above it the model, stop reason, usage and cost, the rate-limit state the response
-carried, the prompt-cache verdict and any error.
+A response — streamed or whole, of any wire format (rules/providers) — is shown as the assistant's turn put
+back together (rules/transcript.py): text, thinking, tool calls with their JSON input, server tool results;
+above it the model, stop reason, usage and cost, the rate-limit state the response carried, the
+prompt-cache verdict and any error.
 
 A request is shown as its settings, tools, system blocks and messages, in prompt order, with cache
 breakpoints tagged, and with what sluice changed in it marked in the left margin (`+` added by sluice, `~`
@@ -28,6 +28,7 @@ from addons.changes import METADATA_KEY
 from addons.decoding import bound_mitmproxy_decoding
 from rules.endpoints import Endpoint, classify
 from rules.json_diff import Change, path_is_within
+from rules.providers import wire_format
 from rules.transcript import Entry, Part, is_event_stream, outline_request, reassemble
 from state.ratelimits import statusline, summarize
 
@@ -94,7 +95,8 @@ def render_response(
     streamed = is_event_stream(data, content_type)
     if not streamed and not data.lstrip().startswith(b"{"):
         raise ValueError("neither an event stream nor a JSON object")
-    transcript = reassemble(endpoint.api, data, status=status, streamed=streamed)  # never raises on data
+    wire = wire_format(endpoint.api)
+    transcript = reassemble(wire, data, status=status, streamed=streamed)  # never raises on data
     reading = transcript.reading
     how = f"streamed ({transcript.events} events)" if streamed else "whole body"
     lines = [f"LLM response · {endpoint.provider} {endpoint.api} · HTTP {status} · {how}", ""]
@@ -180,7 +182,7 @@ def render_request(endpoint: Endpoint, data: bytes, notes: Mapping[str, Any]) ->
         raise ValueError(f"request body is not JSON: {e}") from e
     if not isinstance(body, dict):
         raise ValueError("request body is not a JSON object")
-    outline = outline_request(endpoint.api, body)
+    outline = outline_request(wire_format(endpoint.api), body)
     changes = [c for c in map(Change.from_dict, _list(notes.get("changes"))) if c is not None]
     rules = [str(rule) for rule in _list(notes.get("rules"))]
     lines = [f"LLM request · {endpoint.provider} {endpoint.api}", ""]

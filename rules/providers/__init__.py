@@ -97,9 +97,9 @@ class WireFormat:
     unbounded_without_ceiling: bool = True  # no ceiling: the model may write up to its own maximum
     choices_field: str | None = None  # each of `n` choices may use the whole ceiling
     # -- the mitmweb view (rules/transcript.py) --------------------------------------------------------
-    body_parts: Callable[[Mapping[str, Any]], list[Part]] | None = None  # a whole answer's output
-    stream_parts: Callable[[], PartsBuilder] | None = None
-    outline: Callable[[Mapping[str, Any]], RequestOutline] | None = None
+    body_parts: Callable[[Mapping[str, Any]], list[Part]] | None = None  # a whole answer's JSON -> output
+    stream_parts: Callable[[], PartsBuilder] | None = None  # a fresh builder, fed each JSON event in order
+    outline: Callable[[Mapping[str, Any]], RequestOutline] | None = None  # a request body; never raises
     # -- prompt cache (rules/cache_health.py) ----------------------------------------------------------
     prompt_shape: Callable[[JSONObject], PromptShape] | None = None  # None: the cache is not judged
     first_user_message: Callable[[JSONObject], object | None] | None = None

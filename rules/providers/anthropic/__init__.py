@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 
 from rules.providers import Provider, WireFormat, register
-from rules.providers.anthropic import usage
+from rules.providers.anthropic import transcript, usage
 
 OAUTH_BETA = "oauth-2025-04-20"  # Anthropic requires it on requests carrying an OAuth bearer token
 
@@ -72,6 +72,9 @@ MESSAGES = WireFormat(
     terminal_event="message_stop",
     output_fields=("max_tokens",),
     unbounded_without_ceiling=False,  # a request without `max_tokens` is refused
+    body_parts=transcript.body_parts,
+    stream_parts=transcript.MessagesStream,
+    outline=transcript.outline,
     messages_field="messages",
     system_field="system",
 )
@@ -85,6 +88,7 @@ COUNT_TOKENS = WireFormat(
     stream_events=usage.MessagesEvents,
     terminal_event="message_stop",
     unbounded_without_ceiling=False,  # writes nothing
+    outline=transcript.outline,  # laid out as a message request; its answer is a count, no content
     messages_field="messages",
     system_field="system",
 )

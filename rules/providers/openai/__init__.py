@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 
 from rules.providers import Provider, WireFormat, register
-from rules.providers.openai import usage
+from rules.providers.openai import transcript, usage
 
 # status -> (the envelope's error type, its code)
 _ERROR_KINDS: dict[int, tuple[str, str | None]] = {
@@ -62,6 +62,9 @@ CHAT = WireFormat(
     terminal_event="[DONE]",
     output_fields=("max_completion_tokens", "max_tokens"),
     choices_field="n",
+    body_parts=transcript.chat_body_parts,
+    stream_parts=transcript.ChatStream,
+    outline=transcript.chat_outline,
     messages_field="messages",
 )
 
@@ -73,6 +76,9 @@ RESPONSES = WireFormat(
     stream_events=usage.ResponsesEvents,
     terminal_event="response.completed",
     output_fields=("max_output_tokens",),
+    body_parts=transcript.responses_body_parts,
+    stream_parts=transcript.ResponsesStream,
+    outline=transcript.responses_outline,
     messages_field="input",
     system_field="instructions",
 )
