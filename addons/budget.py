@@ -76,7 +76,7 @@ class Budget:
             message = found.refusal or "sluice: this call's cost cannot be estimated"
             headers = {"x-should-retry": "false"}
             note = f"refused: {found.reason or 'cost cannot be estimated'}"
-            self.core.answer(flow, call.provider, 403, message, headers, note)
+            self.core.answer(flow, 403, message, headers, note)
             log.info("sluice: flow %s: %s", flow.id, message)
             return
         if found.note:
@@ -93,7 +93,7 @@ class Budget:
         if admission.resets_at is not None:
             wait = (admission.resets_at - datetime.now(UTC)).total_seconds()
             headers["retry-after"] = str(max(1, math.ceil(wait)))
-        self.core.answer(flow, call.provider, 429, message, headers, "refused: budget exhausted")
+        self.core.answer(flow, 429, message, headers, "refused: budget exhausted")
         log.info("sluice: flow %s: %s", flow.id, message)
 
     def _check_stand_ins(self) -> None:

@@ -33,12 +33,14 @@ class Writer:
 
 
 # What the core sets when it creates the record (addons/core.py `new_call`, `request`) and nobody changes:
-# flow_id, method, path, provider, api, started, session_id, request_headers. Every other write:
+# flow_id, method, path, api, started, session_id, request_headers. Every other write:
 WRITERS: dict[str, Writer] = {
     # request side
     "host": Writer(
         ("core",), "request: `repoint`, for confine and sandbox re-pointing a transparent request"
     ),
+    "provider": Writer(("core",), "request: `bill`, again at `repoint` (who bills depends on the host)"),
+    "billed_by": Writer(("core",), "request: `bill`, again at `repoint`"),
     "client": Writer(("gate",), "request"),
     "user_id": Writer(("gate",), "request"),
     "credential": Writer(("credentials",), "request: the pool entry it swapped in (was: the presented key)"),
@@ -98,9 +100,10 @@ class Call:
     host: str
     method: str
     path: str
-    provider: str
-    api: str
+    provider: str  # who serves and bills the call (the row's `provider`): `billed_by`, else the wire's
+    api: str  # the wire format (rules/providers), whose provider's envelope sluice answers in
     started: float
+    billed_by: str | None = None  # who bills it, when the host says (state/pricing.py `billing_provider`)
     client: str | None = None
     user_id: str | None = None
     credential: str = "none"
@@ -188,7 +191,7 @@ def build_record(
     elif call.answered_locally:
         cost, cost_note = (0.0, "answered by sluice; upstream not contacted")
     else:
-        priced = price_usage(call.provider, model, usage, call.price_unknown_as)
+        priced = price_usage(call.billed_by, model, usage, call.price_unknown_as)
         cost, cost_note = priced.cost_usd, priced.note
     ttft_at = call.first_output_at if call.stream else headers_at
     row: dict[str, Any] = {

@@ -30,7 +30,7 @@ from mitmproxy import exceptions, http
 from mitmproxy import flow as mflow
 
 from addons import mitm_internals, order, startup
-from addons.core import SluiceCore, destination
+from addons.core import SluiceCore
 
 log = logging.getLogger("sluice")
 
@@ -152,12 +152,8 @@ def _contain(hook: str, part: object, flow: mflow.Flow, error: Exception, core: 
 def _fail_closed(flow: http.HTTPFlow, part: str, core: SluiceCore | None) -> None:
     """Answer in sluice's name instead of forwarding a request a security part could not check."""
     message = FAILED_CLOSED.format(part=part)
-    call = core.calls.get(flow.id) if core is not None else None
-    provider = call.provider if call is not None else None
-    if provider is None and core is not None:
-        provider = core.provider_for(destination(flow).host)
     headers = {"x-should-retry": "false"}
-    if core is not None and provider is not None:
-        core.answer(flow, provider, 502, message, headers, f"failed closed: {part} failed")
+    if core is not None and core.envelope(flow) is not None:
+        core.answer(flow, 502, message, headers, f"failed closed: {part} failed")
         return
     flow.response = http.Response.make(502, message.encode(), {"content-type": "text/plain", **headers})

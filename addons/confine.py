@@ -23,7 +23,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode, TransparentMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from addons import mitm_internals
-from addons.core import SluiceCore, destination
+from addons.core import SluiceCore, destination, speaks
 from rules.destination import credential_refusal, misdirection, normalize_host
 
 log = logging.getLogger("sluice")
@@ -125,14 +125,13 @@ class Confinement:
             status, reason = 403, credential_refusal(going_to, upstream.host, upstream.port)
         if reason is None:
             return
-        provider = (upstream or named[0]).provider
         self.core.answer(
             flow,
-            provider,
             status,
             f"sluice: {reason}; the request was not sent",
             {"x-should-retry": "false"},
             f"refused: {reason}",
+            speaks(upstream or named[0]),
         )
         log.warning(
             "sluice: flow %s: refused %s %s: %s", flow.id, flow.request.method, going_to.authority, reason

@@ -25,11 +25,11 @@ from addons.startup import check_mitmproxy, check_options, config_error
 from rules.clients import presented_key
 from rules.config import Config, ConfigError, Upstream, load_config
 from rules.destination import Destination, normalize_host
-from rules.providers import classify, provider_for_host
+from rules.providers import Provider, classify, find_provider, provider_for_host, wire_format
 from rules.providers import provider as provider_named
 from rules.secrets import fingerprint
 from state import db as sluice_db
-from state.pricing import price_call
+from state.pricing import billing_provider, price_call
 from state.writer import Record, RecordWriter
 
 log = logging.getLogger("sluice")
@@ -86,6 +86,12 @@ def new_call(flow: http.HTTPFlow) -> Call | None:
         # Another addon (mitmproxy's server replay, say) answered before sluice's parts ran.
         answered_locally=flow.response is not None,
     )
+
+
+def speaks(upstream: Upstream) -> Provider:
+    """The format a configured upstream speaks: its provider's, or OpenAI's for a gateway sluice has no
+    module for (OpenRouter, Groq, DeepSeek, ...: `provider` then says who bills)."""
+    return find_provider(upstream.provider) or provider_named("openai")
 
 
 class SluiceCore:
@@ -179,6 +185,7 @@ class SluiceCore:
         if flow.live and flow.id not in self.calls:
             call = new_call(flow)
             if call is not None:
+                self.bill(call, destination(flow).host)
                 self.calls[flow.id] = call
 
     def repoint(self, flow: http.HTTPFlow, host: str) -> None:
@@ -188,6 +195,18 @@ class SluiceCore:
         call = self.calls.get(flow.id)
         if call is not None:
             call.host = destination(flow).authority
+            self.bill(call, host)
+
+    def bill(self, call: Call, host: str) -> None:
+        """Who bills the call, from where it goes: its `[[upstreams]]` entry's provider, else the provider
+        whose own host it is (sluice's, then genai-prices' host map); else the row names the wire format's
+        provider and the model's name decides its price."""
+        call.billed_by = self.billed_by(host)
+        call.provider = call.billed_by or wire_format(call.api).provider.name
+
+    def billed_by(self, host: str) -> str | None:
+        upstream = self.upstream_for(host)
+        return upstream.provider if upstream is not None else billing_provider(normalize_host(host))
 
     def upstream_for(self, host: str) -> Upstream | None:
         """The `[[upstreams]]` entry for a host name (any case, trailing dot or not), if configured.
@@ -201,28 +220,40 @@ class SluiceCore:
         upstream = self.upstream_for(host)
         return upstream if upstream is not None and (upstream.keys or upstream.oauth) else None
 
-    def provider_for(self, host: str) -> str | None:
-        """Which provider's API a host serves: configured upstreams first, then the providers' own hosts."""
+    def speaks(self, host: str) -> Provider | None:
+        """The provider whose format a host speaks (header families, how a key is written, its envelope): a
+        configured upstream's, when sluice has a module for its provider, else OpenAI's (the format the
+        gateways genai-prices prices speak); else the provider whose own host it is."""
         upstream = self.upstream_for(host)
         if upstream is not None:
-            return upstream.provider
-        known = provider_for_host(host)
-        return known.name if known is not None else None
+            return speaks(upstream)
+        return provider_for_host(normalize_host(host))
+
+    def envelope(self, flow: http.HTTPFlow) -> Provider | None:
+        """The provider in whose format sluice answers a flow: its call's wire format's (a chat call on
+        Anthropic's host is answered as OpenAI's API would), else its destination's; None for a flow that
+        is neither a call nor to a provider host."""
+        call = self.calls.get(flow.id)
+        if call is not None:
+            return wire_format(call.api).provider
+        return self.speaks(destination(flow).host)
 
     def answer(
         self,
         flow: http.HTTPFlow,
-        provider: str,
         status: int,
         message: str,
         headers: dict[str, str],
         note: str,
+        provider: Provider | None = None,
     ) -> None:
-        """Answer the request in sluice's name, in the provider's own error envelope; the upstream is never
+        """Answer the request in sluice's name, in the provider's own error envelope (`provider`, else the
+        flow's: `envelope`; OpenAI's for a host that speaks none sluice knows); the upstream is never
         contacted. The call's row says why (`note`)."""
+        provider = provider or self.envelope(flow) or provider_named("openai")
         flow.response = http.Response.make(
             status,
-            provider_named(provider).error_body(status, message, None),
+            provider.error_body(status, message, None),
             {"content-type": "application/json", **headers},
         )
         self.answered(flow, note)

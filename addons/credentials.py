@@ -32,7 +32,7 @@ from functools import partial
 from mitmproxy import ctx, exceptions, http
 
 from addons import wire_headers
-from addons.core import SluiceCore, destination
+from addons.core import SluiceCore, destination, speaks
 from addons.decoding import OFF_LOOP_BYTES, decode_body, readable_body
 from addons.fields import rate_limit_values, with_headers
 from rules.cache_health import affinity_key
@@ -48,7 +48,6 @@ from rules.provider_answers import (
     judge_answer,
     read_error,
 )
-from rules.providers import provider as provider_named
 from rules.secrets import describe_reference, fingerprint, scrub
 from state import db as sluice_db
 from state.oauth import CredentialDead, CredentialUnavailable, OAuthStore, RejectOutcome, TokenRefused
@@ -219,7 +218,7 @@ class Credentials:
         going_to: Destination,
     ) -> None:
         headers = flow.request.headers
-        changes = provider_named(upstream.provider).write_credential(headers, secret, entry.kind)
+        changes = speaks(upstream).write_credential(headers, secret, entry.kind)
         delivery = wire_headers.send_with(flow.request, with_headers(headers.fields, changes), going_to)
         self._sent[flow.id] = Swapped(upstream.host, entry, secret, delivery)
         call = self.core.calls.get(flow.id)
@@ -229,9 +228,9 @@ class Credentials:
     def _answer_overloaded(self, flow: http.HTTPFlow, upstream: Upstream, open_for: float) -> None:
         wait = max(1, math.ceil(open_for))
         message = f"sluice: {upstream.host} said it is overloaded; not sending more for {wait}s (retry then)"
-        status = provider_named(upstream.provider).overloaded_status
+        status = speaks(upstream).overloaded_status
         headers = {"retry-after": str(wait), "x-should-retry": "true"}
-        self.core.answer(flow, upstream.provider, status, message, headers, message)
+        self.core.answer(flow, status, message, headers, message)
 
     def _answer_unavailable(
         self, flow: http.HTTPFlow, upstream: Upstream, retry_after_s: float | None, reasons: tuple[str, ...]
@@ -248,7 +247,7 @@ class Credentials:
             message = f"sluice: no usable credential for {upstream.host}: {detail}"
             headers = {"x-should-retry": "false"}
             status = 503
-        self.core.answer(flow, upstream.provider, status, message, headers, message)
+        self.core.answer(flow, status, message, headers, message)
         log.warning("sluice: flow %s: %s", flow.id, message)
 
     # -- after the request has left ---------------------------------------------------------------
@@ -336,7 +335,7 @@ class Credentials:
     def _retry_soon(self, flow: http.HTTPFlow, upstream: Upstream, text: str) -> None:
         flow.response = http.Response.make(
             429,
-            provider_named(upstream.provider).error_body(429, text, None),
+            speaks(upstream).error_body(429, text, None),
             {"content-type": "application/json", "retry-after": str(RETRY_SOON_S), "x-should-retry": "true"},
         )
 

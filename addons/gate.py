@@ -81,9 +81,7 @@ class Gate:
         upstream = self.core.swapping_upstream(destination(flow).host)
         if upstream is None or client is not None:
             return
-        self.core.answer(
-            flow, upstream.provider, 401, REFUSAL, {"x-should-retry": "false"}, "refused: no known client key"
-        )
+        self.core.answer(flow, 401, REFUSAL, {"x-should-retry": "false"}, "refused: no known client key")
         log.info(
             "sluice: flow %s: refused %s %s: no known client key",
             flow.id,

@@ -92,10 +92,8 @@ class Headers:
     def _provider(self, flow: http.HTTPFlow) -> str | None:
         """Whose policy applies: the destination's provider (where the request really goes), else the
         metered call's (an LLM path on a host sluice does not know)."""
-        provider = self.core.provider_for(destination(flow).host)
-        if provider is None and (call := self.core.calls.get(flow.id)) is not None:
-            provider = call.provider
-        return provider
+        provider = self.core.speaks(destination(flow).host) or self.core.envelope(flow)
+        return provider.name if provider is not None else None
 
     def _note(self, flow: http.HTTPFlow, applied: str) -> None:
         call = self.core.calls.get(flow.id)

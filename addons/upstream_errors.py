@@ -22,7 +22,6 @@ from mitmproxy import http
 
 from addons import mitm_internals
 from addons.core import SluiceCore, destination
-from rules.providers import provider as provider_named
 
 log = logging.getLogger("sluice")
 
@@ -61,8 +60,7 @@ class UpstreamErrors:
         # A streamed response has already reached the client; mitmproxy then only closes the connection.
         if flow.error is None or (flow.response is not None and flow.response.stream):
             return
-        call = self.core.calls.get(flow.id)
-        provider = call.provider if call is not None else self.core.provider_for(destination(flow).host)
+        provider = self.core.envelope(flow)
         version = flow.request.http_version
         if provider is None or version not in ("HTTP/1.1", "HTTP/1.0", "HTTP/2.0"):
             return
@@ -72,9 +70,7 @@ class UpstreamErrors:
         headers = {"content-type": "application/json", "x-should-retry": "true"}
         if version != "HTTP/2.0":
             headers["connection"] = "close"  # HTTP/1: the connection's state after the failure is unknown
-        response = http.Response.make(
-            status, provider_named(provider).error_body(status, message, None), headers
-        )
+        response = http.Response.make(status, provider.error_body(status, message, None), headers)
         response.http_version = version
         if version == "HTTP/2.0":
             _H2_ENVELOPES.setdefault((flow.client_conn.id, reason), deque()).append(response)

@@ -19,7 +19,7 @@ from mitmproxy import http
 from addons import mitm_internals
 from addons.calls import Call
 from addons.core import SluiceCore
-from rules.providers import provider
+from rules.providers import wire_format
 
 log = logging.getLogger("sluice")
 
@@ -77,7 +77,7 @@ class Watchdog:
             return
         if _can_end_cleanly(flow):
             # A blank line first closes any half-sent record; the error record; then the last chunk.
-            record = b"\n\n" + provider(call.provider).sse_error_event(504, message)
+            record = b"\n\n" + wire_format(call.api).provider.sse_error_event(504, message)
             if call.reader is not None:
                 call.reader.feed(record)
             chunks = f"{len(record):x}\r\n".encode() + record + b"\r\n0\r\n\r\n"

@@ -1,5 +1,11 @@
 """Prices a call with genai-prices; never guesses.
 
+Who bills a call decides its prices (`billing_provider`): the `provider` of its `[[upstreams]]` entry, else
+the provider whose own API host it went to (sluice's providers, then genai-prices' map of provider hosts:
+OpenRouter, Groq, DeepSeek, Together, ...), else the model's own name: a `vendor/model` prefix naming a
+provider, or genai-prices' match of the model's name (`claude-*`, `gpt-*`, `gemini-*`). What none of them
+prices stays unpriced, with the reason.
+
 sluice's token columns are normalized (`input_tokens` is uncached input only); genai-prices wants the total
 input with cache reads and writes as parts of it, so the totals are rebuilt here. An unknown model, usage
 the library cannot price, or counts no real call has (rules/usage.py's MAX_TOKENS_PER_CALL) give `None`
@@ -24,7 +30,7 @@ from genai_prices import types as genai_types
 from genai_prices.data_snapshot import get_snapshot
 
 from rules.estimate import estimate_tokens
-from rules.providers import wire_format
+from rules.providers import provider_for_host, providers, wire_format
 from rules.usage import MAX_TOKENS_PER_CALL
 
 # Anthropic reports `service_tier` as standard/priority/batch, OpenAI as default/priority/flex/scale/auto;
@@ -54,7 +60,8 @@ def price_call(
     service_tier: str | None = None,
     speed: str | None = None,
 ) -> Priced:
-    """Price one call at today's prices (a call is priced when it finishes)."""
+    """Price one call at today's prices (a call is priced when it finishes). `provider` is who bills it (a
+    sluice provider or a genai-prices id); None lets the model's name decide (`billing_provider`)."""
     if not model:
         return Priced(None, "no model in request or response", unpriced_model=True)
     if input_tokens is None and output_tokens is None:
@@ -90,7 +97,45 @@ def price_call(
         context["speed"] = "fast"
     if service_tier in _PRICED_TIERS:
         context["processing" if service_tier == "batch" else "service_tier"] = service_tier
-    return _price(provider, model, tuple(sorted(usage.items())), tuple(sorted(context.items())))
+    provider_id = pricing_id(provider) if provider else None
+    if provider_id is None and (prefixed := _by_prefix(model)) is not None:
+        provider_id, model = prefixed
+    return _price(provider_id, model, tuple(sorted(usage.items())), tuple(sorted(context.items())))
+
+
+def pricing_id(provider: str) -> str:
+    """genai-prices' id for a provider sluice names (`gemini` is priced as `google`)."""
+    for known in providers():
+        if known.name == provider:
+            return known.pricing_id or known.name
+    return provider
+
+
+@lru_cache(maxsize=1024)
+def billing_provider(host: str) -> str | None:
+    """The provider whose own API host `host` is: sluice's providers, then genai-prices' host map; None
+    when neither knows it (the model's name decides then, at pricing)."""
+    own = provider_for_host(host)
+    if own is not None:
+        return own.name
+    try:
+        return str(get_snapshot().find_provider(None, None, f"https://{host.lower().rstrip('.')}/").id)
+    except LookupError:
+        return None
+
+
+@lru_cache(maxsize=1)
+def price_providers() -> frozenset[str]:
+    """Every provider genai-prices has prices for, by id."""
+    return frozenset(str(provider.id) for provider in get_snapshot().providers)
+
+
+def _by_prefix(model: str) -> tuple[str, str] | None:
+    """(provider, model) for a `vendor/model` name whose vendor genai-prices knows (`anthropic/claude-…`)."""
+    vendor, slash, rest = model.partition("/")
+    if slash and rest and vendor.lower() in price_providers():
+        return vendor.lower(), rest
+    return None
 
 
 @lru_cache(maxsize=4096)
@@ -245,8 +290,9 @@ def highest_prices(provider: str) -> tuple[Decimal, Decimal] | None:
     variant genai-prices lists for `provider`; None if it lists no token prices there. Read from the
     library's own data at first use (addons/budget.py calls it at start-up)."""
     highest = {"input": Decimal(0), "output": Decimal(0)}
+    wanted = pricing_id(provider)
     for known in get_snapshot().providers:
-        if known.id != provider:
+        if known.id != wanted:
             continue
         for model in known.models:
             for prices in _all_prices(model):

@@ -170,6 +170,11 @@ def provider(name: str) -> Provider:
         raise KeyError(f"unknown provider {name!r}; known: {', '.join(sorted(_PROVIDERS))}") from None
 
 
+def find_provider(name: str) -> Provider | None:
+    """A provider sluice has a module for, by name; None for any other (a gateway genai-prices prices)."""
+    return _PROVIDERS.get(name)
+
+
 def providers() -> Iterator[Provider]:
     return iter(list(_PROVIDERS.values()))
 
