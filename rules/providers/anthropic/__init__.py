@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 
 from rules.providers import Provider, WireFormat, register
+from rules.providers.anthropic import cache, cache_control, request
 
 OAUTH_BETA = "oauth-2025-04-20"  # Anthropic requires it on requests carrying an OAuth bearer token
 
@@ -66,6 +67,15 @@ MESSAGES = WireFormat(
     name="messages",
     provider=ANTHROPIC,
     path_suffixes=("/v1/messages",),
+    rule_set=frozenset({"billing", "alias", "system", "user_id", "max_tokens", "cache"}),
+    strip_billing=request.strip_billing_block,
+    inject_system=request.inject_system,
+    stamp_user=request.stamp_user,
+    backfill_max_tokens=request.backfill_max_tokens,
+    mark_cache=cache_control.mark_cache,
+    count_cache_marks=cache_control.count_cache_breakpoints,
+    prompt_shape=cache.prompt_shape,
+    first_user_message=cache.first_user_message,
     messages_field="messages",
     system_field="system",
 )
@@ -75,6 +85,13 @@ COUNT_TOKENS = WireFormat(
     provider=ANTHROPIC,
     path_suffixes=("/v1/messages/count_tokens",),
     billed=False,
+    # What changes the count (system blocks, aliases, cache markers), not the rest; no cache to judge.
+    rule_set=frozenset({"billing", "alias", "system", "cache"}),
+    strip_billing=request.strip_billing_block,
+    inject_system=request.inject_system,
+    mark_cache=cache_control.mark_cache,
+    count_cache_marks=cache_control.count_cache_breakpoints,
+    first_user_message=cache.first_user_message,
     messages_field="messages",
     system_field="system",
 )

@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 
 from rules.providers import Provider, WireFormat, register
+from rules.providers.openai import cache, request
 
 # status -> (the envelope's error type, its code)
 _ERROR_KINDS: dict[int, tuple[str, str | None]] = {
@@ -56,6 +57,13 @@ CHAT = WireFormat(
     name="chat",
     provider=OPENAI,
     path_suffixes=("/chat/completions",),
+    rule_set=frozenset({"alias", "system", "user_id", "stream_usage"}),
+    inject_system=request.inject_chat_system,
+    stamp_user=request.stamp_safety_identifier,
+    request_stream_usage=request.request_usage_in_stream,
+    usage_only_chunk=request.is_usage_only_chunk,
+    prompt_shape=cache.chat_prompt_shape,
+    first_user_message=cache.chat_first_user_message,
     messages_field="messages",
 )
 
@@ -63,6 +71,11 @@ RESPONSES = WireFormat(
     name="responses",
     provider=OPENAI,
     path_suffixes=("/v1/responses",),
+    rule_set=frozenset({"alias", "system", "user_id"}),
+    inject_system=request.inject_responses_system,
+    stamp_user=request.stamp_safety_identifier,
+    prompt_shape=cache.responses_prompt_shape,
+    first_user_message=cache.responses_first_user_message,
     messages_field="input",
     system_field="instructions",
 )
