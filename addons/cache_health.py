@@ -32,6 +32,7 @@ from rules.cache_health import (
     read_prompt_shape,
     remember,
 )
+from rules.providers import wire_format
 from rules.usage import Reading
 from state.writer import CallRecord
 
@@ -51,8 +52,8 @@ class CacheHealth:
         if flow.response is not None or not flow.live:
             return
         call = self.core.calls.get(flow.id)
-        if call is None or call.api not in ("messages", "chat", "responses"):
-            return
+        if call is None or wire_format(call.api).prompt_shape is None:
+            return  # a wire format whose prompt cache is not judged
         body = call.request_json  # as the rewrite parsed and left it: what goes upstream
         if body is None:
             return  # fails open: a body the rewrite could not read is recorded, just not judged
@@ -132,7 +133,7 @@ class CacheHealth:
 
 
 def _conversation_shape(call: Call, body: dict[str, Any]) -> tuple[str, PromptShape] | None:
-    shape = read_prompt_shape(call.provider, call.api, body)
+    shape = read_prompt_shape(wire_format(call.api), body)
     if shape is None:
         return None
     return conversation_key(call.provider, call.request_model, call.session_id, call.client, shape), shape

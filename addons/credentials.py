@@ -48,6 +48,7 @@ from rules.provider_answers import (
     judge_answer,
     read_error,
 )
+from rules.providers import wire_format
 from rules.secrets import describe_reference, fingerprint, scrub
 from state import db as sluice_db
 from state.oauth import CredentialDead, CredentialUnavailable, OAuthStore, RejectOutcome, TokenRefused
@@ -190,9 +191,10 @@ class Credentials:
         if call is None:
             return None
         if call.session_id or len(flow.request.raw_content or b"") < OFF_LOOP_BYTES:
-            return affinity_key(call.session_id, call.client, call.api, call.request_json)
+            return affinity_key(call.session_id, call.client, wire_format(call.api), call.request_json)
         # Digesting a large first message takes milliseconds: off the loop (it is pure).
-        return await asyncio.to_thread(affinity_key, None, call.client, call.api, call.request_json)
+        wire = wire_format(call.api)
+        return await asyncio.to_thread(affinity_key, None, call.client, wire, call.request_json)
 
     async def _secret(self, host: str, entry: CredentialEntry) -> str:
         if entry.kind == "key":

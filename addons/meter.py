@@ -34,7 +34,6 @@ from addons.decoding import (
 )
 from addons.fields import header_values
 from rules.providers import wire_format
-from rules.rewrite import is_usage_only_chunk
 from rules.stream_filter import SSERecordFilter
 from rules.usage import Reading, StreamReader, read_response_body
 from state.writer import CallRecord
@@ -115,7 +114,12 @@ class Meter:
         keep = self.core.keep_body
         # sluice asked for stream usage on the client's behalf: cut the extra chunk back out. Only on
         # bytes in the clear; an encoded stream passes whole (fails open).
-        cut = SSERecordFilter(is_usage_only_chunk) if not call.client_asked_usage and not encoded else None
+        usage_only = wire_format(call.api).usage_only_chunk
+        cut = (
+            SSERecordFilter(usage_only)
+            if usage_only is not None and not call.client_asked_usage and not encoded
+            else None
+        )
 
         def tee(chunk: bytes) -> bytes | list[bytes]:
             # b"" marks the end of the body. Never return b"" before then: on HTTP/1.1 an empty chunk

@@ -20,6 +20,7 @@ from mitmproxy import exceptions, http, io
 from rules.clients import KnownClient, digest, match_client, presented_key
 from rules.config import Config, ConfigError, resolve_secret
 from rules.endpoints import classify
+from rules.providers import wire_format
 from rules.replay import ReplayedRequest, replay_request
 from rules.rewrite import RuleContext, should_strip_billing_block
 
@@ -47,15 +48,15 @@ def replay_file(flows: str | Path, config: Config, config_dir: Path | None) -> R
         host = request.host  # where the request went (mitmproxy's destination), not its Host header
         upstream = next((u for u in config.upstreams if u.host == host.lower().rstrip(".")), None)
         client = match_client(presented_key(request.headers), clients)
+        wire = wire_format(endpoint.api)
         context = RuleContext(
-            provider=upstream.provider if upstream else endpoint.provider,
-            api=endpoint.api,
+            wire=wire,
             host=host,
             rules=config.rules,
             client=client.name if client else None,
             user_id=client.user_id if client else None,
             strip_billing_block=should_strip_billing_block(
-                host, upstream.strip_billing_header if upstream else None
+                wire, host, upstream.strip_billing_header if upstream else None
             ),
             content_encoding=request.headers.get("content-encoding"),
         )

@@ -13,6 +13,7 @@ from mitmproxy import http
 from addons.core import SluiceCore, destination
 from addons.decoding import OFF_LOOP_BYTES, decode_max
 from addons.fields import with_headers
+from rules.providers import wire_format
 from rules.rewrite import MemberMemo, RuleContext, apply_request_rules, should_strip_billing_block
 
 
@@ -34,15 +35,15 @@ class Rewrite:
             # Parsed, a JSON body takes several times its size in memory: past the cap it goes as it came
             # (the meter, held to the same cap, says so on the row).
             return
+        wire = wire_format(call.api)
         context = RuleContext(
-            provider=call.provider,
-            api=call.api,
+            wire=wire,
             host=host,
             rules=self.core.config.rules,
             client=call.client,
             user_id=call.user_id,
             strip_billing_block=should_strip_billing_block(
-                host, upstream.strip_billing_header if upstream else None
+                wire, host, upstream.strip_billing_header if upstream else None
             ),
             content_encoding=call.request_headers.get("content-encoding"),
             memo=self.members,

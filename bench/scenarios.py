@@ -325,17 +325,18 @@ def measure_rewrite(body: bytes, settings: Settings) -> dict[str, Any]:
     """`apply_request_rules` on one body with the benchmark's rules, called as the rewrite addon calls it;
     and `json.loads` + `json.dumps` of the same body, the least any parse-and-rewrite must spend."""
     from rules.config import parse_config
+    from rules.providers import wire_format
     from rules.rewrite import RuleContext, apply_request_rules, should_strip_billing_block
 
     config = parse_config(SLUICE_CONFIG, "bench config")
+    wire = wire_format("messages")
     context = RuleContext(
-        provider="anthropic",
-        api="messages",
+        wire=wire,
         host=PROVIDER_HOST,
         rules=config.rules,
         client=CLIENT_NAME,
         user_id=CLIENT_USER_ID,
-        strip_billing_block=should_strip_billing_block(PROVIDER_HOST, None),
+        strip_billing_block=should_strip_billing_block(wire, PROVIDER_HOST, None),
     )
     result = apply_request_rules(body, context)
     if result.body is None:

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rules.cache_control import find_cache_breakpoints
 from rules.rewrite import ParsedObject, compact_encoder
+
+if TYPE_CHECKING:
+    from rules.providers import WireFormat
 
 JSONObject = dict[str, Any]
 
@@ -64,14 +66,15 @@ class PromptShape(_Chained):
     """What the cache sees of one request.
 
     `chain[i*8:(i+1)*8]` is the digest of blocks 0..i; `labels[i]` names block i (`system[2]`,
-    `messages[3].content[0]`); `breakpoints` are the positions of blocks carrying a `cache_control`
-    (Anthropic); `cacheable` is how many blocks the provider may cache: up to the last breakpoint, or the
-    whole prompt for OpenAI's automatic caching. `settings` digests what invalidates the messages part
-    without being a block (`tool_choice`, `thinking`); `messages_start` is the position of the first message
-    block. `first_user` digests the first user message, which names the conversation.
+    `messages[3].content[0]`); `marked` whether the provider caches only up to the breakpoints the request
+    marks (Anthropic's `cache_control`), `breakpoints` the positions of those blocks; `cacheable` is how
+    many blocks the provider may cache: up to the last breakpoint, or the whole prompt for automatic caching
+    (OpenAI's). `settings` digests what invalidates the messages part without being a block (`tool_choice`,
+    `thinking`); `messages_start` is the position of the first message block. `first_user` digests the
+    first user message, which names the conversation.
     """
 
-    provider: str
+    marked: bool
     chain: bytes
     labels: tuple[str, ...]
     breakpoints: tuple[int, ...]
@@ -107,21 +110,18 @@ class CacheVerdict:
 NOT_JUDGED = CacheVerdict(None)
 
 
-def read_prompt_shape(provider: str, api: str, body: object) -> PromptShape | None:
-    """The cacheable shape of a request body; None when there is nothing to judge. Never raises.
+def read_prompt_shape(wire: WireFormat, body: object) -> PromptShape | None:
+    """The cacheable shape of a request body (the wire format's `prompt_shape`); None when there is
+    nothing to judge. Never raises.
 
     A block parsed by rules/rewrite.py keeps its digest: one seen before (the very object) is not
     digested again."""
-    if not isinstance(body, dict):
+    if wire.prompt_shape is None or not isinstance(body, dict):
         return None
     try:
-        if provider == "anthropic" and api == "messages":
-            return _anthropic_shape(body)
-        if provider == "openai" and api in ("chat", "responses"):
-            return _openai_shape(body, api)
+        return wire.prompt_shape(body)
     except (TypeError, ValueError, RecursionError):
         return None
-    return None
 
 
 def conversation_key(
@@ -138,7 +138,7 @@ def conversation_key(
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def affinity_key(session_id: str | None, client: str | None, api: str, body: object) -> str | None:
+def affinity_key(session_id: str | None, client: str | None, wire: WireFormat, body: object) -> str | None:
     """Names a conversation for the key pool's routing (state/pool.py): Claude Code's session id
     when sent (its sub-agents and side calls share the session, and so its key), else the client with the
     first user message (without cache markers, which move from turn to turn). None when neither is there:
@@ -146,26 +146,27 @@ def affinity_key(session_id: str | None, client: str | None, api: str, body: obj
     if session_id:
         who = f"session:{session_id}"
     else:
+        if wire.first_user_message is None or not isinstance(body, dict):
+            return None
         try:
-            first = _first_user_message(api, body)
+            first = wire.first_user_message(body)
         except (TypeError, ValueError, RecursionError):
             return None
         if first is None:
             return None
-        who = f"client:{client or ''}\x1f{_digest_text(first)}"
+        who = f"client:{client or ''}\x1f{digest_text(first)}"
     return hashlib.sha256(who.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def _first_user_message(api: str, body: object) -> object | None:
-    if not isinstance(body, dict):
-        return None
-    items = body.get("input") if api == "responses" else body.get("messages")
+def first_user_in(items: object) -> object | None:
+    """The content of the first `role: user` item of a list of messages (or the items when a string),
+    without cache markers (the first turn's breakpoint moves on to later turns); None when there is none."""
     if isinstance(items, str):
         return items
     for item in items if isinstance(items, list) else []:
         if isinstance(item, dict) and item.get("role") == "user":
             content = item.get("content")
-            return [_without_marker(block) for block in content] if isinstance(content, list) else content
+            return [without_marker(block) for block in content] if isinstance(content, list) else content
     return None
 
 
@@ -223,7 +224,7 @@ def _causes(previous: Turn, shape: PromptShape, started: float, credential: str)
             f"TTL expired ({_duration(elapsed)} since the previous call; cache TTL "
             f"{_duration(previous.ttl_seconds)})"
         )
-    if shape.provider == "anthropic" and diverged is None:
+    if shape.marked and diverged is None:
         if not shape.breakpoints:
             causes.append("no cache_control breakpoint in this request")
         elif not _reachable(previous.breakpoints, shape.breakpoints):
@@ -262,7 +263,9 @@ def _duration(seconds: float) -> str:
 # --- reading prompts ------------------------------------------------------------------------------------
 
 
-class _Chain:
+class Chain:
+    """The digests of a prompt's blocks, in prompt order, each covering every block before it."""
+
     def __init__(self) -> None:
         self.digest = b""
         self.parts: list[bytes] = []
@@ -291,11 +294,11 @@ def _digest_of(role: str, block: object, strip_markers: bool) -> bytes:
     system blocks and earlier messages come back as the very same objects call after call (MemberMemo in
     rules/rewrite.py), and are digested once."""
     if type(block) is not ParsedObject:
-        return _block_digest(role, _without_marker(block) if strip_markers else block)
+        return _block_digest(role, without_marker(block) if strip_markers else block)
     kept: tuple[str, bool, bytes] | None = getattr(block, "digest", None)
     if kept is not None and kept[0] == role and kept[1] == strip_markers:
         return kept[2]
-    digest = _block_digest(role, _without_marker(block) if strip_markers else block)
+    digest = _block_digest(role, without_marker(block) if strip_markers else block)
     block.digest = (role, strip_markers, digest)
     return digest
 
@@ -305,7 +308,7 @@ def _block_digest(role: str, block: object) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:16]
 
 
-def _without_marker(block: object) -> object:
+def without_marker(block: object) -> object:
     """A block as the cache keys it: without its `cache_control`, nested content blocks likewise.
 
     The very same object when it carries no marker at any depth (most blocks): nothing is copied.
@@ -329,103 +332,12 @@ def _without_marker(block: object) -> object:
 
 
 def _children_without_marker(children: list[Any]) -> list[Any]:
-    stripped = [_without_marker(child) for child in children]
+    stripped = [without_marker(child) for child in children]
     return children if all(new is old for new, old in zip(stripped, children, strict=True)) else stripped
 
 
-def _anthropic_shape(body: JSONObject) -> PromptShape:
-    chain = _Chain()
-    positions: dict[tuple[str | int, ...], int] = {}
-    tools = body.get("tools")
-    if isinstance(tools, list):
-        positions.update((("tools", index), chain.size + index) for index in range(len(tools)))
-        chain.add_blocks("tools", "tool", tools, strip_markers=True)
-    system = body.get("system")
-    if isinstance(system, str):
-        chain.add("system", "system", system)
-    elif isinstance(system, list):
-        positions.update((("system", index), chain.size + index) for index in range(len(system)))
-        chain.add_blocks("system", "system", system, strip_markers=True)
-    messages_start = chain.size
-    first_user = ""
-    messages = body.get("messages")
-    for index, message in enumerate(messages if isinstance(messages, list) else []):
-        if not isinstance(message, dict):
-            chain.add(f"messages[{index}]", "", message)
-            continue
-        role = str(message.get("role"))
-        content = message.get("content")
-        if not first_user and role == "user":
-            # Without markers: the first turn's breakpoint moves on to later turns.
-            first_user = _digest_text(
-                [_without_marker(block) for block in content] if isinstance(content, list) else content
-            )
-        if isinstance(content, list):
-            for position, block in enumerate(content):
-                positions[("messages", index, "content", position)] = chain.size
-                chain.add(f"messages[{index}].content[{position}]", role, block, strip_markers=True)
-        else:
-            chain.add(f"messages[{index}].content", role, content)
-    breakpoints: list[int] = []
-    ttls: list[int] = []
-    for point in find_cache_breakpoints(body):
-        # A nested block's marker caches the top-level block that holds it; the request-level marker
-        # (automatic caching) the last block.
-        at = positions.get(point.path[:4] if point.path[:1] == ("messages",) else point.path[:2])
-        if not point.path:
-            at = chain.size - 1
-        if at is not None and at >= 0:
-            breakpoints.append(at)
-            ttls.append(TTL_SECONDS.get(point.ttl, DEFAULT_TTL_SECONDS))
-    breakpoints.sort()
-    settings = _digest_text([body.get("tool_choice"), body.get("thinking")])
-    return PromptShape(
-        provider="anthropic",
-        chain=b"".join(chain.parts),
-        labels=tuple(chain.labels),
-        breakpoints=tuple(breakpoints),
-        cacheable=breakpoints[-1] + 1 if breakpoints else 0,
-        ttl_seconds=max(ttls, default=DEFAULT_TTL_SECONDS),
-        settings=settings,
-        messages_start=messages_start,
-        first_user=first_user,
-    )
-
-
-def _openai_shape(body: JSONObject, api: str) -> PromptShape:
-    chain = _Chain()
-    tools = body.get("tools")
-    if isinstance(tools, list):
-        chain.add_blocks("tools", "tool", tools, strip_markers=False)
-    first_user = ""
-    if api == "responses" and isinstance(body.get("instructions"), str):
-        chain.add("instructions", "system", body["instructions"])
-    messages_start = chain.size
-    items = body.get("messages") if api == "chat" else body.get("input")
-    name = "messages" if api == "chat" else "input"
-    if isinstance(items, str):
-        chain.add(name, "user", items)
-        first_user = _digest_text(items)
-    for index, item in enumerate(items if isinstance(items, list) else []):
-        role = str(item.get("role", item.get("type", ""))) if isinstance(item, dict) else ""
-        if not first_user and role == "user" and isinstance(item, dict):
-            first_user = _digest_text(item.get("content"))
-        chain.add(f"{name}[{index}]", role, item)
-    retention = body.get("prompt_cache_retention")
-    return PromptShape(
-        provider="openai",
-        chain=b"".join(chain.parts),
-        labels=tuple(chain.labels),
-        breakpoints=(),
-        cacheable=chain.size,
-        ttl_seconds=TTL_SECONDS["24h"] if retention == "24h" else DEFAULT_TTL_SECONDS,
-        settings="",  # OpenAI's automatic cache is keyed by the prompt alone
-        messages_start=messages_start,
-        first_user=first_user,
-    )
-
-
-def _digest_text(value: object) -> str:
+def digest_text(value: object) -> str:
+    """A short digest of any JSON value (a first user message, the settings that invalidate a cache)."""
     text = _TEXT_ENCODER(value)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 

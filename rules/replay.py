@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rules.cache_control import count_cache_breakpoints
 from rules.cache_health import PromptShape, first_difference, read_prompt_shape, remember
 from rules.rewrite import RuleContext, apply_request_rules
 
@@ -68,8 +67,8 @@ def replay_request(flow_id: str, path: str, raw: bytes, context: RuleContext) ->
         flow_id=flow_id,
         host=context.host,
         path=path,
-        provider=context.provider,
-        api=context.api,
+        provider=context.wire.provider.name,
+        api=context.wire.name,
         client=context.client,
         model=result.model,
         bytes_before=len(raw),
@@ -86,11 +85,12 @@ def replay_request(flow_id: str, path: str, raw: bytes, context: RuleContext) ->
     if before_body is None or after_body is None:
         return report
     breakpoints: tuple[int | None, int | None] = (None, None)
-    if context.provider == "anthropic":
-        breakpoints = (count_cache_breakpoints(before_body), count_cache_breakpoints(after_body))
+    count = context.wire.count_cache_marks
+    if count is not None:
+        breakpoints = (count(before_body), count(after_body))
     prefix, prefix_note = compare_prefix(
-        read_prompt_shape(context.provider, context.api, before_body),
-        read_prompt_shape(context.provider, context.api, after_body),
+        read_prompt_shape(context.wire, before_body),
+        read_prompt_shape(context.wire, after_body),
         model_before=_model(before_body),
         model_after=_model(after_body),
     )

@@ -21,23 +21,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rules.cache_control import (
-    BlockPath,
-    breakpoints_over_cap,
-    find_cache_breakpoints,
-    fix_ttl_order,
-    without_markers,
-)
 from rules.config import Rules, SystemBlock
 
-JSONObject = dict[str, Any]
+if TYPE_CHECKING:
+    from rules.providers import WireFormat
 
-# Claude Code's attribution block at system[0]; Anthropic's API recognises and strips it by position.
-BILLING_BLOCK_PREFIX = "x-anthropic-billing-header:"
-# OpenAI: "a maximum length of 128 characters" (Chat Completions / Responses `safety_identifier`).
-OPENAI_SAFETY_IDENTIFIER_MAX = 128
+JSONObject = dict[str, Any]
 
 
 # --- JSON that round-trips ----------------------------------------------------------------------------
@@ -393,66 +384,30 @@ def select_system_blocks(
     return selected
 
 
-def inject_system_blocks(
-    body: JSONObject, blocks: Sequence[SystemBlock], provider: str, api: str
-) -> JSONObject:
-    """Append the operator's system blocks after the request's own; fails open.
-
-    - Anthropic (messages, count_tokens): text blocks appended to the `system` array, never before
-      system[0] (Claude Code's attribution block lives there and the API finds it by position). A string
-      `system` becomes one text block followed by the new ones, and only when something is injected.
-      A block with `cache` carries `cache_control` (`ttl` written only for "1h"; 5m is the API default).
-    - OpenAI chat: one message per block after the leading system/developer messages, with role
-      `developer` when the request already uses that role, `system` otherwise.
-    - OpenAI responses: appended to `instructions`, separated by a blank line.
+def inject_system_blocks(body: JSONObject, blocks: Sequence[SystemBlock], wire: WireFormat) -> JSONObject:
+    """Append the operator's system blocks after the request's own, as the wire format takes them (its
+    `inject_system`: Anthropic's `system` array, OpenAI chat's leading messages, Responses' `instructions`);
+    fails open.
 
     Idempotent: a block whose text is already there is not added again, so applying twice equals applying
     once. Deterministic: the output depends on the body and the blocks alone, so every turn of a
-    conversation gets the same bytes (Anthropic's prompt cache and thinking blocks depend on the prefix).
-    A body whose shape it does not know (e.g. `system` neither string nor list) is returned unchanged.
+    conversation gets the same bytes (prompt caches and Anthropic's thinking blocks depend on the prefix).
+    A body whose shape the wire format does not know is returned unchanged.
     """
-    return _inject(body, blocks, provider, api)[0]
+    return _inject(body, blocks, wire)[0]
 
 
 def _inject(
-    body: JSONObject, blocks: Sequence[SystemBlock], provider: str, api: str
-) -> tuple[JSONObject, list[str], list[BlockPath]]:
-    """`inject_system_blocks`, also returning the names added and, for Anthropic, the new blocks' paths."""
-    if not blocks:
+    body: JSONObject, blocks: Sequence[SystemBlock], wire: WireFormat
+) -> tuple[JSONObject, list[str], list[Any]]:
+    """`inject_system_blocks`, also returning the names added and where the new blocks lie (for the wire
+    format's cache markers)."""
+    if not blocks or wire.inject_system is None:
         return body, [], []
-    if provider == "anthropic" and api in {"messages", "count_tokens"}:
-        return _inject_anthropic(body, blocks)
-    if provider == "openai" and api == "chat":
-        new_body, names = _inject_openai_chat(body, blocks)
-        return new_body, names, []
-    if provider == "openai" and api == "responses":
-        new_body, names = _inject_openai_responses(body, blocks)
-        return new_body, names, []
-    return body, [], []
+    return wire.inject_system(body, blocks)
 
 
-def _anthropic_block(block: SystemBlock) -> JSONObject:
-    """The operator's block as the API takes it: one object per configured block, shared by every call
-    (nothing mutates a body), so what a reader derives from it (its prompt-cache digest) is kept."""
-    key = (block.text, block.cache)
-    found = _ANTHROPIC_BLOCKS.get(key)
-    if found is None:
-        # https://docs.claude.com/en/api/messages (system: TextBlockParam[]; cache_control.ttl "5m" | "1h")
-        found = ParsedObject(type="text", text=block.text)
-        if block.cache == "1h":
-            found["cache_control"] = {"type": "ephemeral", "ttl": "1h"}
-        elif block.cache == "5m":
-            found["cache_control"] = {"type": "ephemeral"}
-        if len(_ANTHROPIC_BLOCKS) < _ANTHROPIC_BLOCKS_MAX:  # configurations are small; reloads add a few
-            _ANTHROPIC_BLOCKS[key] = found
-    return found
-
-
-_ANTHROPIC_BLOCKS: dict[tuple[str, str | None], JSONObject] = {}
-_ANTHROPIC_BLOCKS_MAX = 1024
-
-
-def _new_blocks(blocks: Sequence[SystemBlock], present: set[str]) -> list[SystemBlock]:
+def new_blocks(blocks: Sequence[SystemBlock], present: set[str]) -> list[SystemBlock]:
     """Blocks whose text is not already present, first occurrence only, in configured order."""
     seen = set(present)
     result = []
@@ -463,137 +418,17 @@ def _new_blocks(blocks: Sequence[SystemBlock], present: set[str]) -> list[System
     return result
 
 
-def _inject_anthropic(
-    body: JSONObject, blocks: Sequence[SystemBlock]
-) -> tuple[JSONObject, list[str], list[BlockPath]]:
-    system = body.get("system")
-    existing: list[Any]
-    if system is None:
-        existing = []
-    elif isinstance(system, str):
-        # An empty string is no prompt at all; a text block may not be empty, so it is not kept as one.
-        existing = [{"type": "text", "text": system}] if system else []
-    elif isinstance(system, list):
-        existing = system
-    else:
-        return body, [], []
-    present = {
-        item["text"]
-        for item in existing
-        if isinstance(item, dict) and item.get("type") == "text" and isinstance(item.get("text"), str)
-    }
-    added = _new_blocks(blocks, present)
-    if not added:
-        return body, [], []
-    new_system = [*existing, *(_anthropic_block(block) for block in added)]
-    paths: list[BlockPath] = [("system", index) for index in range(len(existing), len(new_system))]
-    return {**body, "system": new_system}, [block.name for block in added], paths
+# --- identity, model -------------------------------------------------------------------------------------
 
 
-def _message_texts(message: JSONObject) -> set[str]:
-    content = message.get("content")
-    if isinstance(content, str):
-        return {content}
-    if isinstance(content, list):
-        return {
-            part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
-        }
-    return set()
-
-
-def _inject_openai_chat(body: JSONObject, blocks: Sequence[SystemBlock]) -> tuple[JSONObject, list[str]]:
-    # https://platform.openai.com/docs/api-reference/chat/create (messages[].role system | developer)
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        return body, []
-    instruction_roles = {"system", "developer"}
-    present: set[str] = set()
-    uses_developer = False
-    for message in messages:
-        if isinstance(message, dict) and message.get("role") in instruction_roles:
-            present |= _message_texts(message)
-            uses_developer = uses_developer or message.get("role") == "developer"
-    added = _new_blocks(blocks, present)
-    if not added:
-        return body, []
-    leading = 0
-    while (
-        leading < len(messages)
-        and isinstance(messages[leading], dict)
-        and messages[leading].get("role") in instruction_roles
-    ):
-        leading += 1
-    role = "developer" if uses_developer else "system"
-    inserted = [{"role": role, "content": block.text} for block in added]
-    new_messages = [*messages[:leading], *inserted, *messages[leading:]]
-    return {**body, "messages": new_messages}, [block.name for block in added]
-
-
-def _has_segment(instructions: str, text: str) -> bool:
-    """Whether `text` is one of the blank-line-separated pieces of `instructions` (or all of it)."""
-    separator = "\n\n"
-    return (
-        instructions == text
-        or instructions.startswith(text + separator)
-        or instructions.endswith(separator + text)
-        or f"{separator}{text}{separator}" in instructions
-    )
-
-
-def _inject_openai_responses(body: JSONObject, blocks: Sequence[SystemBlock]) -> tuple[JSONObject, list[str]]:
-    # https://platform.openai.com/docs/api-reference/responses/create (instructions: string)
-    instructions = body.get("instructions")
-    if instructions is None:
-        instructions = ""
-    if not isinstance(instructions, str):
-        return body, []
-    added: list[SystemBlock] = []
-    combined = instructions
-    for block in blocks:
-        if combined and _has_segment(combined, block.text):
-            continue
-        combined = f"{combined}\n\n{block.text}" if combined else block.text
-        added.append(block)
-    if not added:
-        return body, []
-    return {**body, "instructions": combined}, [block.name for block in added]
-
-
-# --- identity, limits, model ------------------------------------------------------------------------
-
-
-def stamp_user_id(body: JSONObject, user_id: str | None, provider: str) -> JSONObject:
-    """Set the end-user id when the request carries none; never overwrites one; fails open.
-
-    Anthropic: `metadata.user_id` (Claude Code puts a JSON string with its session there: kept as is).
-    OpenAI (chat and responses): `safety_identifier`, skipped when `user_id` is over OpenAI's 128
-    characters. An absent or null field counts as missing; any other value, even "", is the client's.
-    A `metadata` that is not an object is left alone.
+def stamp_user_id(body: JSONObject, user_id: str | None, wire: WireFormat) -> JSONObject:
+    """Set the end-user id where the wire format keeps it (its `stamp_user`: Anthropic's
+    `metadata.user_id`, OpenAI's `safety_identifier`) when the request carries none; never overwrites one;
+    fails open. An absent or null field counts as missing; any other value, even "", is the client's.
     """
-    if not user_id:
+    if not user_id or wire.stamp_user is None:
         return body
-    if provider == "anthropic":
-        metadata = body.get("metadata")
-        if metadata is None:
-            return {**body, "metadata": {"user_id": user_id}}
-        if isinstance(metadata, dict) and metadata.get("user_id") is None:
-            return {**body, "metadata": {**metadata, "user_id": user_id}}
-        return body
-    if provider == "openai":
-        if body.get("safety_identifier") is None and len(user_id) <= OPENAI_SAFETY_IDENTIFIER_MAX:
-            return {**body, "safety_identifier": user_id}
-        return body
-    return body
-
-
-def backfill_max_tokens(body: JSONObject, default: int | None) -> JSONObject:
-    """Anthropic Messages requires `max_tokens`; add `default` when it is absent or null; fails open.
-
-    A present value, even one the API would reject, is the client's and stays.
-    """
-    if default is None or body.get("max_tokens") is not None:
-        return body
-    return {**body, "max_tokens": default}
+    return wire.stamp_user(body, user_id)
 
 
 def alias_model(body: JSONObject, aliases: dict[str, str]) -> JSONObject:
@@ -607,83 +442,19 @@ def alias_model(body: JSONObject, aliases: dict[str, str]) -> JSONObject:
     return {**body, "model": aliases[model]}
 
 
-# --- OpenAI stream usage ----------------------------------------------------------------------------
-
-
-def request_usage_in_stream(body: JSONObject) -> tuple[JSONObject, bool]:
-    """Ask an OpenAI Chat Completions stream for its usage chunk; returns (body, client_asked).
-
-    Only a streamed request (`stream: true`) is changed: `stream_options.include_usage = true`, keeping any
-    other stream options. `client_asked` is True when the client had already set it, in which case the body
-    is returned unchanged; when sluice asks on the client's behalf, the addon must drop the extra
-    `choices: []` chunk (`is_usage_only_chunk`) because clients that did not ask may crash on it.
-    https://platform.openai.com/docs/api-reference/chat/create#chat-create-stream_options
-    Fails open: a `stream_options` that is neither an object nor null is left as sent.
-    """
-    if body.get("stream") is not True:
-        return body, False
-    options = body.get("stream_options")
-    if options is None:
-        return {**body, "stream_options": {"include_usage": True}}, False
-    if not isinstance(options, dict):
-        return body, False
-    if options.get("include_usage") is True:
-        return body, True
-    return {**body, "stream_options": {**options, "include_usage": True}}, False
-
-
-def is_usage_only_chunk(data: str) -> bool:
-    """Whether an SSE `data:` payload is the usage-only chunk: `choices: []` and a `usage` object.
-
-    `[DONE]`, malformed JSON and ordinary chunks (which carry `"usage": null` once usage is on) are not.
-    """
-    text = data.strip()
-    if not text.startswith("{"):
-        return False
-    try:
-        chunk = json.loads(text)
-    except (ValueError, RecursionError):
-        return False
-    return isinstance(chunk, dict) and chunk.get("choices") == [] and isinstance(chunk.get("usage"), dict)
-
-
 # --- billing block ----------------------------------------------------------------------------------
 
 
-def strip_billing_block(body: JSONObject) -> JSONObject:
-    """Remove Claude Code's attribution text block from system[0]; fails open.
+def should_strip_billing_block(wire: WireFormat, host: str, setting: bool | None) -> bool:
+    """`Upstream.strip_billing_header`: an explicit setting wins; unset, strip for every host but the
+    provider's own API hosts.
 
-    Only Anthropic's own API knows to drop that block; another upstream would feed it to the model as
-    prompt text. Only position 0 is looked at (that is where the client puts it and the API looks).
-    When it was the only block, `system` is removed rather than left as an empty list.
-    """
-    system = body.get("system")
-    if not isinstance(system, list) or not system:
-        return body
-    first = system[0]
-    if not (
-        isinstance(first, dict)
-        and first.get("type") == "text"
-        and isinstance(first.get("text"), str)
-        and first["text"].lower().startswith(BILLING_BLOCK_PREFIX)
-    ):
-        return body
-    if len(system) == 1:
-        return {key: value for key, value in body.items() if key != "system"}
-    return {**body, "system": system[1:]}
-
-
-ANTHROPIC_API_HOST = "api.anthropic.com"
-
-
-def should_strip_billing_block(host: str, setting: bool | None) -> bool:
-    """`Upstream.strip_billing_header`: an explicit setting wins; unset, strip for every host but Anthropic's.
-
-    Anthropic's own API drops the attribution block by position; a gateway or another backend would not.
+    A client's attribution block (Claude Code's at Anthropic's system[0]) is dropped by the provider's own
+    API by position; a gateway or another backend would feed it to the model as prompt text.
     """
     if setting is not None:
         return setting
-    return host.lower().rstrip(".") != ANTHROPIC_API_HOST
+    return host.lower().rstrip(".") not in wire.provider.hosts
 
 
 # --- the entry point --------------------------------------------------------------------------------
@@ -691,10 +462,10 @@ def should_strip_billing_block(host: str, setting: bool | None) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class RuleContext:
-    """What the addon knows about a call. `provider`/`api` are `rules.endpoints.classify`'s values."""
+    """What the addon knows about a call: its wire format (the rules it declares and their hooks), where
+    it goes and who sends it."""
 
-    provider: str  # "anthropic" | "openai"
-    api: str  # "messages" | "count_tokens" | "chat" | "responses"
+    wire: WireFormat
     host: str
     rules: Rules
     client: str | None = None
@@ -709,9 +480,10 @@ class RuleResult:
     """What `apply_request_rules` decided.
 
     `body` is None when the original bytes must be forwarded untouched. `client_asked_usage` is False only
-    when sluice turned on OpenAI's stream usage for a client that did not ask: exactly then the addon drops
-    usage-only chunks before they reach the client. `model` is the model the request goes upstream with
-    (after aliasing), `stream` whether it asks for a stream.
+    when sluice turned on stream usage (OpenAI chat's) for a client that did not ask: exactly then the
+    addon drops usage-only chunks (the wire format's `usage_only_chunk`) before they reach the client.
+    `model` is the model the request goes upstream with (after aliasing), `stream` whether it asks for a
+    stream.
     """
 
     body: bytes | None
@@ -726,20 +498,11 @@ class RuleResult:
     rewritten: JSONObject | None = None
 
 
-_RULE_SETS: dict[tuple[str, str], frozenset[str]] = {
-    # count_tokens gets what changes the count (system blocks, aliases, caching markers), not the rest.
-    ("anthropic", "messages"): frozenset({"billing", "alias", "system", "user_id", "max_tokens", "cache"}),
-    ("anthropic", "count_tokens"): frozenset({"billing", "alias", "system", "cache"}),
-    ("openai", "chat"): frozenset({"alias", "system", "user_id", "stream_usage"}),
-    ("openai", "responses"): frozenset({"alias", "system", "user_id"}),
-}
-
-
 def apply_request_rules(raw: bytes, ctx: RuleContext) -> RuleResult:
     """Apply every configured rule to one request body; the only function the rewrite addon calls.
 
     Fails open, never raises: a compressed, non-UTF-8, malformed, too deeply nested or non-object body, one
-    with duplicate keys, an unknown provider/api, or any failure inside a rule forwards the original bytes
+    with duplicate keys, a wire format with no rules, or any failure inside a rule forwards the original bytes
     (body None) with a `note`. When no rule changes anything, body is None too and the bytes go out exactly
     as sent.
     Order: billing block, model alias, system blocks, user id, max_tokens, cache cap, TTL order, stream usage.
@@ -747,9 +510,9 @@ def apply_request_rules(raw: bytes, ctx: RuleContext) -> RuleResult:
     encoding = (ctx.content_encoding or "").strip().lower()
     if encoding not in {"", "identity"}:
         return RuleResult(None, note=f"body is compressed ({encoding})")
-    rule_set = _RULE_SETS.get((ctx.provider, ctx.api))
-    if rule_set is None:
-        return RuleResult(None, note=f"no rules for {ctx.provider} {ctx.api}")
+    wire = ctx.wire
+    if not wire.rule_set:
+        return RuleResult(None, note=f"no rules for {wire.provider.name} {wire.name}")
     if not raw.strip():
         return RuleResult(None, note="body is empty")
     try:
@@ -772,23 +535,23 @@ def apply_request_rules(raw: bytes, ctx: RuleContext) -> RuleResult:
         return dump_json(body) if spans is None else dump_json_spliced(body, parsed, text, spans)
 
     try:
-        return _apply(parsed, ctx, rule_set, dump)
+        return _apply(parsed, ctx, dump)
     except RecursionError:
         return RuleResult(None, note="body nests too deeply")
     except Exception as e:  # a rule bug must not take the request down: forward it untouched
         return RuleResult(None, note=f"rules failed: {type(e).__name__}: {e}")
 
 
-def _apply(
-    original: JSONObject, ctx: RuleContext, rule_set: frozenset[str], dump: Callable[[JSONObject], bytes]
-) -> RuleResult:
-    rules = ctx.rules
+def _apply(original: JSONObject, ctx: RuleContext, dump: Callable[[JSONObject], bytes]) -> RuleResult:
+    # Each rule runs only where the wire format declares it (`rule_set`), through the wire format's hook.
+    rules, wire = ctx.rules, ctx.wire
+    rule_set = wire.rule_set
     body = original
     applied: list[str] = []
     client_asked_usage = True
 
     if "billing" in rule_set and ctx.strip_billing_block:
-        body, changed = _step(body, strip_billing_block(body))
+        body, changed = _step(body, _hook(wire.strip_billing)(body))
         if changed:
             applied.append("billing_block")
 
@@ -799,38 +562,29 @@ def _apply(
             applied.append(f"model_alias:{requested}->{body['model']}")
     model = body.get("model") if isinstance(body.get("model"), str) else None
 
-    sluice_paths: list[BlockPath] = []
+    sluice_paths: list[Any] = []
     if "system" in rule_set and rules.system_blocks:
         names = [name for name in (requested, model) if name]
         blocks = select_system_blocks(rules.system_blocks, ctx.host, ctx.client, names)
-        body, added, sluice_paths = _inject(body, blocks, ctx.provider, ctx.api)
+        body, added, sluice_paths = _inject(body, blocks, wire)
         applied.extend(f"system_block:{name}" for name in added)
 
     if "user_id" in rule_set:
-        body, changed = _step(body, stamp_user_id(body, ctx.user_id, ctx.provider))
+        body, changed = _step(body, stamp_user_id(body, ctx.user_id, wire))
         if changed:
             applied.append("user_id")
 
     if "max_tokens" in rule_set:
-        body, changed = _step(body, backfill_max_tokens(body, rules.max_tokens_default))
+        body, changed = _step(body, _hook(wire.backfill_max_tokens)(body, rules.max_tokens_default))
         if changed:
             applied.append("max_tokens")
 
     if "cache" in rule_set:
-        # One walk for both rules: capping removes markers only, so the paths of the rest stay valid.
-        found = find_cache_breakpoints(body)
-        over = breakpoints_over_cap(found, rules.cache_control_max, sluice_paths)
-        if over:
-            body = without_markers(body, over)
-            applied.append(f"cache_control_cap:{len(found)}->{len(found) - len(over)}")
-            dropped = {bp.path for bp in over}
-            found = [bp for bp in found if bp.path not in dropped]
-        body, changed = _step(body, fix_ttl_order(body, found))
-        if changed:
-            applied.append("cache_ttl_order")
+        body, done = _hook(wire.mark_cache)(body, rules.cache_control_max, sluice_paths)
+        applied.extend(done)
 
     if "stream_usage" in rule_set and rules.openai_include_usage:
-        new_body, client_asked = request_usage_in_stream(body)
+        new_body, client_asked = _hook(wire.request_stream_usage)(body)
         body, changed = _step(body, new_body)
         if changed:
             applied.append("stream_usage")
@@ -848,6 +602,13 @@ def _apply(
         parsed=original,
         rewritten=body,
     )
+
+
+def _hook[F](hook: F | None) -> F:
+    """The hook of a rule the wire format declares (WireFormat refuses to be built without it)."""
+    if hook is None:
+        raise TypeError("a declared request rule has no hook")
+    return hook
 
 
 def _step(before: JSONObject, after: JSONObject) -> tuple[JSONObject, bool]:

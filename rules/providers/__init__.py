@@ -85,13 +85,23 @@ class WireFormat:
     stream_events: Callable[[], StreamEvents] | None = None  # a fresh reader of one stream's events
     terminal_event: str = ""  # the event that ends a complete stream (named in "stream ended before ...")
     # -- the request body (rules/rewrite.py applies the rules in its fixed order) ----------------------
-    # Which of "billing", "alias", "system", "user_id", "max_tokens", "cache", "stream_usage" apply.
+    # Which of "billing", "alias", "system", "user_id", "max_tokens", "cache", "stream_usage" apply; each
+    # but "alias" (the body's `model`, the same everywhere) through its hook below. Each hook returns the
+    # very same body when it has nothing to do, and never mutates its input.
     rule_set: frozenset[str] = frozenset()
-    # (body, blocks) -> (body, names added, paths of the added blocks where cache markers count them)
+    strip_billing: Callable[[JSONObject], JSONObject] | None = None  # a client's attribution block
+    # (body, blocks) -> (body, names added, where the added blocks lie, for `mark_cache`)
     inject_system: (
         Callable[[JSONObject, Sequence[SystemBlock]], tuple[JSONObject, list[str], list[Any]]] | None
     ) = None
-    stamp_user: Callable[[JSONObject, str], JSONObject] | None = None
+    stamp_user: Callable[[JSONObject, str], JSONObject] | None = None  # (body, user id): never overwrites
+    backfill_max_tokens: Callable[[JSONObject, int | None], JSONObject] | None = None  # (body, default)
+    # (body, most markers allowed, where sluice's blocks lie) -> (body, what was done, for `applied`)
+    mark_cache: Callable[[JSONObject, int, Sequence[Any]], tuple[JSONObject, list[str]]] | None = None
+    count_cache_marks: Callable[[JSONObject], int] | None = None  # the body's cache markers (sluice replay)
+    # body -> (body asking its stream for usage, whether the client had asked itself)
+    request_stream_usage: Callable[[JSONObject], tuple[JSONObject, bool]] | None = None
+    usage_only_chunk: Callable[[str], bool] | None = None  # an SSE `data:` only there because sluice asked
     # -- estimate (budgets: rules/estimate.py) ---------------------------------------------------------
     output_fields: tuple[str, ...] = ()  # the request's output ceiling, any of these (the largest counts)
     unbounded_without_ceiling: bool = True  # no ceiling: the model may write up to its own maximum
@@ -106,6 +116,22 @@ class WireFormat:
     # -- content export (opted-in OpenTelemetry content) -----------------------------------------------
     messages_field: str | None = None
     system_field: str | None = None
+
+    def __post_init__(self) -> None:
+        hooks = {
+            "billing": (self.strip_billing,),
+            "alias": (),
+            "system": (self.inject_system,),
+            "user_id": (self.stamp_user,),
+            "max_tokens": (self.backfill_max_tokens,),
+            "cache": (self.mark_cache,),
+            "stream_usage": (self.request_stream_usage, self.usage_only_chunk),
+        }
+        for rule in sorted(self.rule_set):
+            if rule not in hooks:
+                raise ValueError(f"wire format {self.name!r}: unknown request rule {rule!r}")
+            if any(hook is None for hook in hooks[rule]):
+                raise ValueError(f"wire format {self.name!r}: request rule {rule!r} has no hook")
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from rules.cache_health import (
     read_prompt_shape,
     remember,
 )
+from rules.providers import wire_format
 from rules.rewrite import parse_json
 from tests.rules.nesting import bodies
 
@@ -52,8 +53,8 @@ def anthropic(
     }
 
 
-def shape_of(body: dict[str, Any], provider: str = "anthropic", api: str = "messages") -> PromptShape:
-    shape = read_prompt_shape(provider, api, body)
+def shape_of(body: dict[str, Any], api: str = "messages") -> PromptShape:
+    shape = read_prompt_shape(wire_format(api), body)
     assert shape is not None
     return shape
 
@@ -132,32 +133,32 @@ def test_breakpoints_and_ttl(body: dict[str, Any], breakpoints: tuple[int, ...],
 
 def test_openai_prompts_are_cacheable_whole() -> None:
     chat = shape_of(
-        {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]}, "openai", "chat"
+        {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]}, "chat"
     )
     assert chat.labels == ("messages[0]", "messages[1]") and chat.cacheable == 2
     responses = shape_of(
-        {"instructions": "be kind", "input": "hi", "prompt_cache_retention": "24h"}, "openai", "responses"
+        {"instructions": "be kind", "input": "hi", "prompt_cache_retention": "24h"}, "responses"
     )
     assert responses.labels == ("instructions", "input") and responses.ttl_seconds == 86_400
 
 
 @pytest.mark.parametrize(
-    ("provider", "api", "body"),
+    ("api", "body"),
     [
-        ("anthropic", "count_tokens", anthropic()),
-        ("anthropic", "messages", "not a dict"),
-        ("anthropic", "messages", ["nope"]),
-        ("mystery", "messages", anthropic()),
+        ("count_tokens", anthropic()),  # a wire format without a prompt cache to judge
+        ("messages", "not a dict"),
+        ("messages", ["nope"]),
+        ("chat", None),
     ],
 )
-def test_nothing_to_judge(provider: str, api: str, body: Any) -> None:
-    assert read_prompt_shape(provider, api, body) is None
+def test_nothing_to_judge(api: str, body: Any) -> None:
+    assert read_prompt_shape(wire_format(api), body) is None
 
 
 def test_odd_bodies_are_read_without_raising() -> None:
     for body in ({"system": 3, "messages": [None, {"role": "user"}]}, {"tools": "x", "messages": "y"}, {}):
-        assert read_prompt_shape("anthropic", "messages", body) is not None
-        assert read_prompt_shape("openai", "chat", body) is not None
+        assert read_prompt_shape(wire_format("messages"), body) is not None
+        assert read_prompt_shape(wire_format("chat"), body) is not None
 
 
 # --- naming a conversation ------------------------------------------------------------------------------
@@ -274,15 +275,22 @@ def test_openai_misses_after_a_hit() -> None:
     def chat(*texts: str) -> dict[str, Any]:
         return {"messages": [{"role": "user", "content": text} for text in texts]}
 
-    first = read_prompt_shape("openai", "chat", chat("long prompt", "q1"))
+    first = read_prompt_shape(wire_format("chat"), chat("long prompt", "q1"))
     assert first is not None
     previous = remember(first, started=T0, credential="k", cached=True)
-    current = read_prompt_shape("openai", "chat", chat("long prompt changed", "q1", "q2"))
+    current = read_prompt_shape(wire_format("chat"), chat("long prompt changed", "q1", "q2"))
     assert current is not None
     verdict = judge_cache(
         previous, current, started=T0 + 10, credential="k", cache_read=0, cache_write=0, ok=True
     )
     assert verdict == CacheVerdict(MISS, "prefix changed at messages[0]")
+    # Automatic caching has no breakpoints to miss: a miss on the same prefix is not blamed on them.
+    same = read_prompt_shape(wire_format("chat"), chat("long prompt", "q1", "q2"))
+    assert same is not None
+    verdict = judge_cache(
+        previous, same, started=T0 + 10, credential="k", cache_read=0, cache_write=0, ok=True
+    )
+    assert verdict == CacheVerdict(MISS, "cause unknown: same prefix and credential, within the TTL")
 
 
 def test_remember_keeps_only_the_cacheable_digests() -> None:
@@ -312,25 +320,25 @@ def test_blocks_parsed_before_keep_their_digests(monkeypatch) -> None:  # type: 
     first = {"model": "m", "tools": tools, "messages": [earlier]}
     later = {"role": "user", "content": [{"type": "text", "text": "two", "cache_control": EPHEMERAL}]}
     second = {**first, "messages": [earlier, parse_json(json.dumps(later))]}
-    fresh = read_prompt_shape("anthropic", "messages", json.loads(json.dumps(second)))  # plain dicts
-    read_prompt_shape("anthropic", "messages", first)
+    fresh = read_prompt_shape(wire_format("messages"), json.loads(json.dumps(second)))  # plain dicts
+    read_prompt_shape(wire_format("messages"), first)
 
     digested = _counting_digests(monkeypatch)
-    remembered = read_prompt_shape("anthropic", "messages", second)
+    remembered = read_prompt_shape(wire_format("messages"), second)
 
     assert remembered == fresh  # the same shape, digest for digest
     assert digested == [{"type": "text", "text": "two"}]  # only the new block: the rest were digested before
-    assert read_prompt_shape("anthropic", "messages", second) == fresh and len(digested) == 1
+    assert read_prompt_shape(wire_format("messages"), second) == fresh and len(digested) == 1
 
 
 def test_a_kept_digest_is_for_its_role_and_marker_handling() -> None:
     block = parse_json('{"type": "text", "text": "same", "cache_control": {"type": "ephemeral"}}')
-    as_user = read_prompt_shape("anthropic", "messages", {"messages": [{"role": "user", "content": [block]}]})
+    as_user = read_prompt_shape(wire_format("messages"), {"messages": [{"role": "user", "content": [block]}]})
     as_assistant = read_prompt_shape(
-        "anthropic", "messages", {"messages": [{"role": "assistant", "content": [block]}]}
+        wire_format("messages"), {"messages": [{"role": "assistant", "content": [block]}]}
     )
     unparsed = read_prompt_shape(
-        "anthropic", "messages", {"messages": [{"role": "assistant", "content": [dict(block)]}]}
+        wire_format("messages"), {"messages": [{"role": "assistant", "content": [dict(block)]}]}
     )
     assert as_user is not None and as_assistant is not None
     assert as_user.chain != as_assistant.chain and as_assistant == unparsed
@@ -344,12 +352,12 @@ def test_a_rebuilt_system_list_still_reuses_the_clients_block_digests(monkeypatc
         "system": [*client_blocks, dict(ours)],
         "messages": [{"role": "user", "content": "hi"}],
     }
-    read_prompt_shape("anthropic", "messages", turn)
+    read_prompt_shape(wire_format("messages"), turn)
 
     rebuilt = {**turn, "system": [*client_blocks, dict(ours)]}  # a new list, as the rewrite builds per call
-    fresh = read_prompt_shape("anthropic", "messages", json.loads(json.dumps(rebuilt)))  # plain dicts
+    fresh = read_prompt_shape(wire_format("messages"), json.loads(json.dumps(rebuilt)))  # plain dicts
     digested = _counting_digests(monkeypatch)
-    shape = read_prompt_shape("anthropic", "messages", rebuilt)
+    shape = read_prompt_shape(wire_format("messages"), rebuilt)
 
     assert shape == fresh
     assert digested == [ours, "hi"]  # the operator's new block object and the message; not the client's three
@@ -365,7 +373,7 @@ def test_a_deeply_nested_prompt_is_shaped_or_skipped_never_raised(body: str, api
         parsed = parse_json(body)
     except (ValueError, RecursionError):
         return  # refused by the parser: never reaches the shape
-    read_prompt_shape("openai" if api != "messages" else "anthropic", api, parsed)
+    read_prompt_shape(wire_format(api), parsed)
 
 
 def _turn(first: str, *later: str, marker: bool = False) -> dict[str, object]:
@@ -378,13 +386,14 @@ def _turn(first: str, *later: str, marker: bool = False) -> dict[str, object]:
 
 
 def test_affinity_key_names_a_conversation_across_its_turns() -> None:
-    first = affinity_key(None, "ci", "messages", _turn("fix the build", marker=True))
-    later = affinity_key(None, "ci", "messages", _turn("fix the build", "done", "next"))
+    messages = wire_format("messages")
+    first = affinity_key(None, "ci", messages, _turn("fix the build", marker=True))
+    later = affinity_key(None, "ci", messages, _turn("fix the build", "done", "next"))
     assert first is not None and first == later
-    assert affinity_key(None, "other-client", "messages", _turn("fix the build")) != first
-    assert affinity_key(None, "ci", "messages", _turn("write the docs")) != first
-    session = affinity_key("5f0c-session", "ci", "messages", _turn("anything"))
-    assert session == affinity_key("5f0c-session", "other", "messages", _turn("a sub-agent's prompt"))
+    assert affinity_key(None, "other-client", messages, _turn("fix the build")) != first
+    assert affinity_key(None, "ci", messages, _turn("write the docs")) != first
+    session = affinity_key("5f0c-session", "ci", messages, _turn("anything"))
+    assert session == affinity_key("5f0c-session", "other", messages, _turn("a sub-agent's prompt"))
     assert "fix the build" not in str(first)
 
 
@@ -397,11 +406,11 @@ def test_affinity_key_names_a_conversation_across_its_turns() -> None:
     ],
 )
 def test_affinity_key_reads_the_openai_shapes(api: str, body: dict[str, object]) -> None:
-    assert affinity_key(None, "c", api, body) is not None
+    assert affinity_key(None, "c", wire_format(api), body) is not None
 
 
 @pytest.mark.parametrize(
     "body", [None, [], {}, {"messages": [{"role": "assistant", "content": "x"}]}, {"messages": 3}]
 )
 def test_affinity_key_is_none_without_a_first_user_message(body: object) -> None:
-    assert affinity_key(None, "c", "messages", body) is None
+    assert affinity_key(None, "c", wire_format("messages"), body) is None

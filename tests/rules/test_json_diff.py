@@ -117,6 +117,7 @@ def test_a_deeply_nested_difference_is_found_or_refused_never_raised(body: str) 
 
 def test_a_client_block_whose_ttl_sluice_raised_is_changed_not_added() -> None:
     from rules.config import Rules, SystemBlock
+    from rules.providers import wire_format
     from rules.rewrite import RuleContext, apply_request_rules
 
     client_block = {
@@ -131,7 +132,7 @@ def test_a_client_block_whose_ttl_sluice_raised_is_changed_not_added() -> None:
         "messages": [{"role": "user", "content": "hi"}],
     }
     rules = Rules(system_blocks=[SystemBlock(name="policy", text="Be careful.", cache="1h")])
-    context = RuleContext(provider="anthropic", api="messages", host="api.anthropic.com", rules=rules)
+    context = RuleContext(wire=wire_format("messages"), host="api.anthropic.com", rules=rules)
     result = apply_request_rules(json.dumps(body).encode(), context)
     assert result.applied == ["system_block:policy", "cache_ttl_order"]
     assert result.parsed is not None and result.rewritten is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from rules.config import Rules, SystemBlock
+from rules.providers import wire_format
 from rules.rewrite import MemberMemo, RuleContext, apply_request_rules, parse_json, parse_object_with_spans
 
 TOOLS = [
@@ -57,11 +58,9 @@ def test_a_remembered_prefix_does_not_hide_what_follows_it() -> None:
 
 def test_rules_give_the_same_bytes_with_and_without_the_memo() -> None:
     rules = Rules.model_validate({"max_tokens_default": 1000, "model_aliases": {"m": "claude-sonnet-4-6"}})
-    plain = RuleContext(provider="anthropic", api="messages", host="api.anthropic.com", rules=rules)
+    plain = RuleContext(wire=wire_format("messages"), host="api.anthropic.com", rules=rules)
     memo = MemberMemo()
-    remembering = RuleContext(
-        provider="anthropic", api="messages", host="api.anthropic.com", rules=rules, memo=memo
-    )
+    remembering = RuleContext(wire=wire_format("messages"), host="api.anthropic.com", rules=rules, memo=memo)
     for question in ("one", "two", "three"):
         raw = body(question).encode()
         assert apply_request_rules(raw, remembering).body == apply_request_rules(raw, plain).body
@@ -123,7 +122,7 @@ def test_malformed_message_lists_are_not_read_with_or_without_a_memory() -> None
         text = '{"model": "m", "messages": ' + broken + "}"
         assert parse_object_with_spans(text, memo) is None
         rules = Rules.model_validate({"max_tokens_default": 1000})
-        context = RuleContext(provider="anthropic", api="messages", host="h", rules=rules, memo=memo)
+        context = RuleContext(wire=wire_format("messages"), host="h", rules=rules, memo=memo)
         assert apply_request_rules(text.encode(), context).note == "body is not JSON"
 
 
@@ -142,9 +141,9 @@ def test_rules_give_the_same_bytes_over_a_growing_conversation_with_and_without_
     rules = Rules.model_validate(
         {"cache_control_max": 2, "model_aliases": {"m": "claude-sonnet-4-6"}, "max_tokens_default": 10}
     )
-    plain = RuleContext(provider="anthropic", api="messages", host="api.anthropic.com", rules=rules)
+    plain = RuleContext(wire=wire_format("messages"), host="api.anthropic.com", rules=rules)
     remembering = RuleContext(
-        provider="anthropic", api="messages", host="api.anthropic.com", rules=rules, memo=MemberMemo()
+        wire=wire_format("messages"), host="api.anthropic.com", rules=rules, memo=MemberMemo()
     )
     messages: list[dict[str, object]] = []
     for turn in range(6):
@@ -183,7 +182,7 @@ def test_the_operators_system_block_is_one_object_that_no_rule_changes() -> None
 
     def ours(cap: int) -> dict[str, object]:
         rules = Rules(system_blocks=[block], cache_control_max=cap)
-        context = RuleContext(provider="anthropic", api="messages", host="api.anthropic.com", rules=rules)
+        context = RuleContext(wire=wire_format("messages"), host="api.anthropic.com", rules=rules)
         result = apply_request_rules(raw, context)
         assert result.rewritten is not None
         return result.rewritten["system"][-1]  # type: ignore[no-any-return]

@@ -4,14 +4,15 @@ import json
 from typing import Any
 
 from rules.config import Rules, SystemBlock
+from rules.providers import wire_format
 from rules.replay import replay_request
 from rules.rewrite import RuleContext
 
 MARK = {"type": "ephemeral"}
 
 
-def context(rules: Rules, provider: str = "anthropic", api: str = "messages") -> RuleContext:
-    return RuleContext(provider=provider, api=api, host="api.anthropic.com", rules=rules)
+def context(rules: Rules, api: str = "messages") -> RuleContext:
+    return RuleContext(wire=wire_format(api), host="api.anthropic.com", rules=rules)
 
 
 def cached_body(marks: int = 2, **fields: Any) -> bytes:
@@ -53,7 +54,7 @@ def test_an_alias_to_another_model_busts_the_cache() -> None:
 def test_openai_caches_the_whole_prompt_so_a_system_message_changes_it() -> None:
     body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
     rules = Rules(system_blocks=[SystemBlock(name="policy", text="Be brief.")])
-    result = replay_request("f1", "/v1/chat/completions", body, context(rules, "openai", "chat"))
+    result = replay_request("f1", "/v1/chat/completions", body, context(rules, "chat"))
     assert result.blocks_injected == ["policy"]
     assert result.breakpoints_before is None  # OpenAI has no breakpoints
     assert result.prefix == "changed" and result.prefix_note is not None

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from rules.rewrite import is_usage_only_chunk
+from rules.providers.openai.request import is_usage_only_chunk
 from rules.stream_filter import SSERecordFilter
 
 USAGE_RECORD = b'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}\n\n'

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 
 from rules.providers import Provider, WireFormat, register
-from rules.providers.anthropic import transcript, usage
+from rules.providers.anthropic import cache, cache_control, request, transcript, usage
 
 OAUTH_BETA = "oauth-2025-04-20"  # Anthropic requires it on requests carrying an OAuth bearer token
 
@@ -75,6 +75,15 @@ MESSAGES = WireFormat(
     body_parts=transcript.body_parts,
     stream_parts=transcript.MessagesStream,
     outline=transcript.outline,
+    rule_set=frozenset({"billing", "alias", "system", "user_id", "max_tokens", "cache"}),
+    strip_billing=request.strip_billing_block,
+    inject_system=request.inject_system,
+    stamp_user=request.stamp_user,
+    backfill_max_tokens=request.backfill_max_tokens,
+    mark_cache=cache_control.mark_cache,
+    count_cache_marks=cache_control.count_cache_breakpoints,
+    prompt_shape=cache.prompt_shape,
+    first_user_message=cache.first_user_message,
     messages_field="messages",
     system_field="system",
 )
@@ -89,6 +98,13 @@ COUNT_TOKENS = WireFormat(
     terminal_event="message_stop",
     unbounded_without_ceiling=False,  # writes nothing
     outline=transcript.outline,  # laid out as a message request; its answer is a count, no content
+    # What changes the count (system blocks, aliases, cache markers), not the rest; no cache to judge.
+    rule_set=frozenset({"billing", "alias", "system", "cache"}),
+    strip_billing=request.strip_billing_block,
+    inject_system=request.inject_system,
+    mark_cache=cache_control.mark_cache,
+    count_cache_marks=cache_control.count_cache_breakpoints,
+    first_user_message=cache.first_user_message,
     messages_field="messages",
     system_field="system",
 )

@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 
 from rules.providers import Provider, WireFormat, register
-from rules.providers.openai import transcript, usage
+from rules.providers.openai import cache, request, transcript, usage
 
 # status -> (the envelope's error type, its code)
 _ERROR_KINDS: dict[int, tuple[str, str | None]] = {
@@ -65,6 +65,13 @@ CHAT = WireFormat(
     body_parts=transcript.chat_body_parts,
     stream_parts=transcript.ChatStream,
     outline=transcript.chat_outline,
+    rule_set=frozenset({"alias", "system", "user_id", "stream_usage"}),
+    inject_system=request.inject_chat_system,
+    stamp_user=request.stamp_safety_identifier,
+    request_stream_usage=request.request_usage_in_stream,
+    usage_only_chunk=request.is_usage_only_chunk,
+    prompt_shape=cache.chat_prompt_shape,
+    first_user_message=cache.chat_first_user_message,
     messages_field="messages",
 )
 
@@ -79,6 +86,11 @@ RESPONSES = WireFormat(
     body_parts=transcript.responses_body_parts,
     stream_parts=transcript.ResponsesStream,
     outline=transcript.responses_outline,
+    rule_set=frozenset({"alias", "system", "user_id"}),
+    inject_system=request.inject_responses_system,
+    stamp_user=request.stamp_safety_identifier,
+    prompt_shape=cache.responses_prompt_shape,
+    first_user_message=cache.responses_first_user_message,
     messages_field="input",
     system_field="instructions",
 )

@@ -5,12 +5,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rules.cache_control import (
+from rules.providers.anthropic.cache_control import (
     cap_cache_control,
     count_cache_breakpoints,
     drop_order,
     find_cache_breakpoints,
     fix_ttl_order,
+    mark_cache,
 )
 
 EPHEMERAL = {"type": "ephemeral"}
@@ -136,6 +137,16 @@ def test_sluice_blocks_are_dropped_before_the_clients() -> None:
     assert "cache_control" not in capped["system"][2]
     assert count_cache_breakpoints(capped) == 4
     assert marked_paths(capped) == marked_paths(claude_code_like(2))
+
+
+def test_mark_cache_caps_then_orders_ttls_and_says_what_it_did() -> None:
+    body = claude_code_like(3)
+    body["messages"][-2]["content"][0]["cache_control"] = LONG  # the last is 1h: the rest must be too
+    marked, done = mark_cache(body, 4, [])
+    assert done == ["cache_control_cap:5->4", "cache_ttl_order"]
+    assert [bp.ttl for bp in find_cache_breakpoints(marked)] == ["1h"] * 4
+    assert mark_cache(marked, 4, []) == (marked, [])
+    assert mark_cache(marked, 4, [])[0] is marked  # nothing to do: the very same body
 
 
 def test_sluice_block_that_is_the_last_breakpoint_is_kept() -> None:

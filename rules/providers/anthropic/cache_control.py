@@ -16,7 +16,7 @@ very same object when nothing needs to change. Neither ever mutates its input.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -92,6 +92,27 @@ def _note_marker(holder: object, path: BlockPath, section: Section, found: list[
 
 def count_cache_breakpoints(body: JSONObject) -> int:
     return len(find_cache_breakpoints(body))
+
+
+def mark_cache(
+    body: JSONObject, limit: int, sluice_paths: Sequence[BlockPath]
+) -> tuple[JSONObject, list[str]]:
+    """Both rules, as the rewrite applies them: the cap (`cap_cache_control`), then the TTL order
+    (`fix_ttl_order`); returns the body and what was done (`cache_control_cap:5->4`, `cache_ttl_order`).
+    Fails open as each rule does: the very same body when neither has anything to do."""
+    # One walk for both rules: capping removes markers only, so the paths of the rest stay valid.
+    done: list[str] = []
+    found = find_cache_breakpoints(body)
+    over = breakpoints_over_cap(found, limit, sluice_paths)
+    if over:
+        body = without_markers(body, over)
+        done.append(f"cache_control_cap:{len(found)}->{len(found) - len(over)}")
+        dropped = {bp.path for bp in over}
+        found = [bp for bp in found if bp.path not in dropped]
+    ordered = fix_ttl_order(body, found)
+    if ordered is not body:
+        done.append("cache_ttl_order")
+    return ordered, done
 
 
 def cap_cache_control(
