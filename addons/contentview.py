@@ -26,9 +26,8 @@ from mitmproxy.contentviews import Contentview, Metadata
 from addons.calls import price_usage
 from addons.changes import METADATA_KEY
 from addons.decoding import bound_mitmproxy_decoding
-from rules.endpoints import Endpoint, classify
 from rules.json_diff import Change, path_is_within
-from rules.providers import wire_format
+from rules.providers import Endpoint, classify, wire_format
 from rules.transcript import Entry, Part, is_event_stream, outline_request, reassemble
 from state.ratelimits import statusline, summarize
 

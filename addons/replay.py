@@ -19,8 +19,7 @@ from mitmproxy import exceptions, http, io
 
 from rules.clients import KnownClient, digest, match_client, presented_key
 from rules.config import Config, ConfigError, resolve_secret
-from rules.endpoints import classify
-from rules.providers import wire_format
+from rules.providers import classify, wire_format
 from rules.replay import ReplayedRequest, replay_request
 from rules.rewrite import RuleContext, should_strip_billing_block
 

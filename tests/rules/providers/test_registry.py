@@ -1,0 +1,54 @@
+"""The registry: which wire format a request speaks, and the providers' names and hosts."""
+
+import pytest
+
+from rules.providers import (
+    Provider,
+    WireFormat,
+    classify,
+    find_provider,
+    provider,
+    provider_for_host,
+    register,
+    wire_format,
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [
+        ("POST", "/v1/messages", ("anthropic", "messages")),
+        ("POST", "/v1/messages?beta=true", ("anthropic", "messages")),
+        ("POST", "/v1/messages/count_tokens", ("anthropic", "count_tokens")),
+        ("POST", "/anthropic/v1/messages", ("anthropic", "messages")),
+        ("POST", "/v1/chat/completions", ("openai", "chat")),
+        ("POST", "/openai/deployments/gpt/chat/completions", ("openai", "chat")),
+        ("POST", "/v1beta/openai/chat/completions", ("openai", "chat")),
+        ("POST", "/v1/responses", ("openai", "responses")),
+        ("GET", "/v1/messages", None),
+        ("GET", "/v1/models", None),
+        ("POST", "/v1/messages/batches", None),
+        ("POST", "/v1/responses/resp_123/cancel", None),
+        ("POST", "/v1/embeddings", None),
+    ],
+)
+def test_classify(method, path, expected):
+    found = classify(method, path)
+    assert (None if found is None else (found.provider, found.api)) == expected
+
+
+def test_names_and_hosts():
+    assert wire_format("chat").provider is provider("openai")
+    assert provider_for_host("API.Anthropic.com.") is provider("anthropic")
+    assert provider_for_host("example.com") is None
+    assert find_provider("openrouter") is None
+    with pytest.raises(KeyError, match=r"known: .*messages"):
+        wire_format("embeddings")
+
+
+def test_a_second_wire_format_under_a_known_name_is_refused():
+    impostor = Provider(
+        "anthropic", (), (), (), provider("anthropic").error_body, lambda s, m: b"", lambda h, s, k: {}, ()
+    )
+    with pytest.raises(ValueError, match="a second Provider named 'anthropic'"):
+        register(WireFormat("other", impostor, ("/other",)))
