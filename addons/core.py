@@ -71,7 +71,8 @@ def new_call(flow: http.HTTPFlow) -> Call | None:
     if endpoint is None:
         return None
     headers = header_values(flow.request.headers.fields)
-    key = presented_key(headers)
+    key = presented_key(headers, query_key(flow, endpoint.wire.provider))
+    path_model = endpoint.wire.path_model
     return Call(
         flow_id=flow.id,
         host=destination(flow).authority,  # where it really goes, not its Host header
@@ -83,9 +84,17 @@ def new_call(flow: http.HTTPFlow) -> Call | None:
         session_id=headers.get("x-claude-code-session-id"),
         credential=fingerprint(key) if key else "none",
         request_headers=headers,
+        request_model=path_model(flow.request.path) if path_model is not None else None,
         # Another addon (mitmproxy's server replay, say) answered before sluice's parts ran.
         answered_locally=flow.response is not None,
     )
+
+
+def query_key(flow: http.HTTPFlow, provider: Provider | None) -> str | None:
+    """A key the client put in the URL, for a provider that takes one there (Gemini's `key=`)."""
+    if provider is None or provider.key_query is None:
+        return None
+    return flow.request.query.get(provider.key_query)
 
 
 def speaks(upstream: Upstream) -> Provider:

@@ -220,7 +220,11 @@ class Credentials:
         going_to: Destination,
     ) -> None:
         headers = flow.request.headers
-        changes = speaks(upstream).write_credential(headers, secret, entry.kind)
+        provider = speaks(upstream)
+        if provider.key_query is not None and provider.key_query in flow.request.query:
+            # The client's key in the URL: the real one goes in a header, and no key travels in a URL.
+            del flow.request.query[provider.key_query]
+        changes = provider.write_credential(headers, secret, entry.kind)
         delivery = wire_headers.send_with(flow.request, with_headers(headers.fields, changes), going_to)
         self._sent[flow.id] = Swapped(upstream.host, entry, secret, delivery)
         call = self.core.calls.get(flow.id)

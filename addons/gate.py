@@ -12,7 +12,7 @@ import logging
 
 from mitmproxy import ctx, exceptions, http
 
-from addons.core import SluiceCore, destination
+from addons.core import SluiceCore, destination, query_key
 from rules.clients import KnownClient, digest, match_client, presented_key
 from rules.config import ConfigError, resolve_secret
 
@@ -73,7 +73,8 @@ class Gate:
             return
         call = self.core.calls.get(flow.id)
         headers = call.request_headers if call is not None else flow.request.headers
-        client = match_client(presented_key(headers), self.clients) if self.clients else None
+        key = presented_key(headers, query_key(flow, self.core.envelope(flow)))
+        client = match_client(key, self.clients) if self.clients else None
         if call is not None and client is not None:
             call.client = client.name
             call.user_id = client.user_id

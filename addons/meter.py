@@ -87,7 +87,7 @@ class Meter:
         if note is not None:
             call.notes.append(note)
             return
-        call.request_model = model
+        call.request_model = model or call.request_model
         call.stream = stream
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:

@@ -55,7 +55,7 @@ class Rewrite:
         call.request_read = result.note is None
         call.request_json_before = result.parsed
         call.request_json = result.rewritten
-        call.request_model = result.model
+        call.request_model = result.model or call.request_model  # Gemini names it in the path
         call.stream = result.stream
         call.client_asked_usage = result.client_asked_usage
         call.rules_applied.extend(result.applied)

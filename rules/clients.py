@@ -11,6 +11,8 @@ import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from rules.providers import providers
+
 
 def digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
@@ -23,18 +25,26 @@ class KnownClient:
     user_id: str | None = None
 
 
-def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The credential a request carries: `x-api-key`, else an `Authorization: Bearer` token.
+def presented_key(headers: Mapping[str, str], query_key: str | None = None) -> str | None:
+    """The credential a request carries: a key header of some provider's (`x-api-key`, `x-goog-api-key`),
+    else an `Authorization: Bearer` token, else `query_key` (a key in the URL, for a provider that takes
+    one there: the caller reads it).
 
     `headers` must look names up case-insensitively (mitmproxy's Headers does).
     """
-    key = headers.get("x-api-key")
-    if key:
-        return key.strip()
+    for name in _key_headers():
+        key = headers.get(name)
+        if key:
+            return key.strip()
     scheme, _, token = (headers.get("authorization") or "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return None
+    return query_key.strip() if query_key and query_key.strip() else None
+
+
+def _key_headers() -> tuple[str, ...]:
+    names = {name for provider in providers() for name in provider.key_headers}
+    return tuple(sorted(names - {"authorization"}))
 
 
 def match_client(key: str | None, clients: Iterable[KnownClient]) -> KnownClient | None:

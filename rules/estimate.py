@@ -4,14 +4,14 @@ Used to reserve budget, so every doubt is resolved upwards (fails closed: never 
 provider may bill). Input tokens are estimated from the body's size (about 4 bytes a token for text and
 JSON; base64 media over-counts, which errs on the side of the budget). Output is the request's own
 ceiling, in the fields its wire format names (`WireFormat.output_fields`: Anthropic `max_tokens`, OpenAI
-chat `max_completion_tokens`/`max_tokens`, Responses `max_output_tokens`); the larger when two are set,
-times the number of choices where each may use the whole ceiling (`WireFormat.choices_field`: chat's
-`n`). A ceiling is believed only when it is a positive integer as JSON spells one; anything else the
-provider might still read as a number (`"9"`, `9.0`, `-1`, `1e30`, `true`) is estimated at
-UNBOUNDED_OUTPUT_TOKENS. Without a ceiling: where the model may then write up to its own maximum
-(`WireFormat.unbounded_without_ceiling`, OpenAI's), UNBOUNDED_OUTPUT_TOKENS; where the provider refuses
-such a request (Anthropic, or sluice's `max_tokens_default` backfilled one, which is then in the body),
-`default_output` suffices.
+chat `max_completion_tokens`/`max_tokens`, Responses `max_output_tokens`, Gemini's nested
+`generationConfig.maxOutputTokens`); the larger when two are set, times the number of choices where each
+may use the whole ceiling (`WireFormat.choices_fields`: chat's `n`). A ceiling is believed only when it is
+a positive integer as JSON spells one; anything else the provider might still read as a number (`"9"`,
+`9.0`, `-1`, `1e30`, `true`) is estimated at UNBOUNDED_OUTPUT_TOKENS. Without a ceiling: where the model
+may then write up to its own maximum (`WireFormat.unbounded_without_ceiling`, OpenAI's and Gemini's),
+UNBOUNDED_OUTPUT_TOKENS; where the provider refuses such a request (Anthropic, or sluice's
+`max_tokens_default` backfilled one, which is then in the body), `default_output` suffices.
 """
 
 from __future__ import annotations
@@ -48,22 +48,33 @@ def estimate_tokens(
     if body is None:
         return input_tokens, UNBOUNDED_OUTPUT_TOKENS
     output_tokens = _output_ceiling(wire, body, default_output)
-    if wire.choices_field is not None:
-        output_tokens *= _choices(body.get(wire.choices_field))
+    if wire.choices_fields:
+        output_tokens *= max(_choices(_at(body, path)) for path in wire.choices_fields)
     return input_tokens, max(1, min(output_tokens, MAX_ESTIMATE_TOKENS))
 
 
 def _output_ceiling(wire: WireFormat, body: Mapping[str, object], default_output: int) -> int:
     """The largest ceiling the request states: when two fields are set, the provider may honour either."""
     found: list[int] = []
-    for name in wire.output_fields:
-        if name not in body or body[name] is None:
-            continue  # JSON null: the provider's default, as if absent
-        value = _whole_number(body[name])
+    for path in wire.output_fields:
+        stated = _at(body, path)
+        if stated is None:
+            continue  # absent, or JSON null: the provider's default, as if absent
+        value = _whole_number(stated)
         found.append(value if value is not None and value > 0 else UNBOUNDED_OUTPUT_TOKENS)
     if found:
         return max(found)
     return UNBOUNDED_OUTPUT_TOKENS if wire.unbounded_without_ceiling else max(1, default_output)
+
+
+def _at(body: Mapping[str, object], path: str) -> object:
+    """A field by its dotted path (`generationConfig.maxOutputTokens`); None when any step is missing."""
+    value: object = body
+    for name in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(name)
+    return value
 
 
 def _choices(value: object) -> int:

@@ -79,6 +79,7 @@ class WireFormat:
     provider: Provider
     path_suffixes: tuple[str, ...]  # a POST whose path ends so is this wire format (gateways mount prefixes)
     billed: bool = True  # False: the call costs nothing (a token count)
+    path_model: Callable[[str], str | None] | None = None  # the model, where the path names it (Gemini)
     # -- answers (rules/usage.py drives these) ---------------------------------------------------------
     # A whole 2xx answer's JSON object -> what it says (statuses, JSON, error envelopes are read generically)
     read_body: Callable[[Mapping[str, object]], Reading] | None = None
@@ -103,9 +104,10 @@ class WireFormat:
     request_stream_usage: Callable[[JSONObject], tuple[JSONObject, bool]] | None = None
     usage_only_chunk: Callable[[str], bool] | None = None  # an SSE `data:` only there because sluice asked
     # -- estimate (budgets: rules/estimate.py) ---------------------------------------------------------
-    output_fields: tuple[str, ...] = ()  # the request's output ceiling, any of these (the largest counts)
+    # The request's output ceiling, any of these (the largest counts); a dotted path where it is nested.
+    output_fields: tuple[str, ...] = ()
     unbounded_without_ceiling: bool = True  # no ceiling: the model may write up to its own maximum
-    choices_field: str | None = None  # each of `n` choices may use the whole ceiling
+    choices_fields: tuple[str, ...] = ()  # each of `n` choices may use the whole ceiling (the largest `n`)
     # -- the mitmweb view (rules/transcript.py) --------------------------------------------------------
     body_parts: Callable[[Mapping[str, Any]], list[Part]] | None = None  # a whole answer's JSON -> output
     stream_parts: Callable[[], PartsBuilder] | None = None  # a fresh builder, fed each JSON event in order
@@ -219,4 +221,4 @@ def provider_for_host(host: str) -> Provider | None:
 
 
 # The built-in providers register themselves on import.
-from rules.providers import anthropic, openai  # noqa: E402, F401
+from rules.providers import anthropic, gemini, openai  # noqa: E402, F401

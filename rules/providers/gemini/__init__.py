@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from rules.providers import Provider
+from rules.providers import Provider, WireFormat, register
+from rules.providers.gemini import cache, request, transcript, usage
 
 # status -> Google's canonical status name (google.rpc.Code)
 _STATUS_NAMES = {
@@ -63,3 +64,39 @@ GEMINI = Provider(
     key_query=KEY_QUERY,
     pricing_id="google",
 )
+
+
+def path_model(path: str) -> str | None:
+    """The model a path names: `/v1beta/models/gemini-2.5-flash:generateContent` -> `gemini-2.5-flash`."""
+    head, colon, _ = path.split("?", 1)[0].rpartition(":")
+    if not colon:
+        return None
+    _, found, model = head.rpartition("/models/")
+    return model if found and model and "/" not in model else None
+
+
+# Both spellings (rules/providers/gemini/fields.py): a ceiling the provider reads must not be missed.
+_CONFIGS = ("generationConfig", "generation_config")
+
+GENERATE_CONTENT = WireFormat(
+    name="generate_content",
+    provider=GEMINI,
+    path_suffixes=(":generateContent", ":streamGenerateContent"),
+    path_model=path_model,
+    read_body=usage.read_body,
+    stream_events=usage.GenerateEvents,
+    terminal_event="a chunk with a finishReason",
+    rule_set=frozenset({"system"}),
+    inject_system=request.inject_system,
+    output_fields=tuple(f"{c}.{f}" for c in _CONFIGS for f in ("maxOutputTokens", "max_output_tokens")),
+    choices_fields=tuple(f"{c}.{f}" for c in _CONFIGS for f in ("candidateCount", "candidate_count")),
+    body_parts=transcript.body_parts,
+    stream_parts=transcript.GenerateStream,
+    outline=transcript.outline,
+    prompt_shape=cache.prompt_shape,
+    first_user_message=cache.first_user_message,
+    messages_field="contents",
+    system_field="systemInstruction",
+)
+
+register(GENERATE_CONTENT)
