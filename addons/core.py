@@ -25,11 +25,11 @@ from addons.startup import check_mitmproxy, check_options, config_error
 from rules.clients import presented_key
 from rules.config import Config, ConfigError, Upstream, load_config
 from rules.destination import Destination, normalize_host
-from rules.providers import Provider, classify, find_provider, provider_for_host, wire_format
+from rules.providers import Provider, classify, find_provider, provider_for_host, providers, wire_format
 from rules.providers import provider as provider_named
 from rules.secrets import fingerprint
 from state import db as sluice_db
-from state.pricing import billing_provider, price_call
+from state.pricing import billing_provider, price_call, price_providers
 from state.writer import Record, RecordWriter
 
 log = logging.getLogger("sluice")
@@ -88,6 +88,20 @@ def new_call(flow: http.HTTPFlow) -> Call | None:
         # Another addon (mitmproxy's server replay, say) answered before sluice's parts ran.
         answered_locally=flow.response is not None,
     )
+
+
+def check_providers(config: Config, source: str) -> None:
+    """Every upstream's provider is one sluice speaks or one genai-prices prices (a gateway); ConfigError
+    naming the entry otherwise."""
+    for index, upstream in enumerate(config.upstreams):
+        if find_provider(upstream.provider) is None and upstream.provider not in price_providers():
+            speaks = ", ".join(sorted(known.name for known in providers()))
+            field = f"upstreams[{index}].provider"
+            reason = (
+                f"unknown provider {upstream.provider!r}: sluice speaks {speaks}; a gateway is named by its "
+                "genai-prices provider id (openrouter, groq, deepseek, together, ...)"
+            )
+            raise ConfigError(f"{source}: {field}: {reason}", source=source, problems=[(field, reason)])
 
 
 def query_key(flow: http.HTTPFlow, provider: Provider | None) -> str | None:
@@ -171,6 +185,7 @@ class SluiceCore:
             path = ctx.options.sluice_config
             try:
                 self.config = load_config(path) if path else Config()
+                check_providers(self.config, path)
             except ConfigError as e:
                 raise config_error("sluice_config", e) from None
             self.config_dir = Path(path).expanduser().resolve().parent if path else None

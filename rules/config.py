@@ -33,17 +33,22 @@ from rules.destination import normalize_host
 from rules.egress import AllowEntry, parse_allow_entry
 from rules.secrets import unusable_secret
 
+_PROVIDER_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
 
 def _known_provider(name: str) -> str:
-    """A provider sluice has a module for (rules/providers); the error lists them."""
+    """Who serves (and bills) an upstream: a provider sluice has a module for (rules/providers), or the
+    genai-prices id of a gateway that speaks one of their formats (`openrouter`, `groq`): such an id is
+    checked against genai-prices where it is loaded (addons/core.py), here only its form."""
     # Imported here: the provider modules import this one (system blocks, rules), so a module-level import
     # would be circular; by the time a config is read every module is loaded.
-    from rules.providers import provider
+    from rules.providers import find_provider, providers
 
-    try:
-        provider(name)
-    except KeyError as e:
-        raise ValueError(str(e.args[0])) from None
+    if find_provider(name) is None and not _PROVIDER_ID.fullmatch(name):
+        known = ", ".join(sorted(known.name for known in providers()))
+        raise ValueError(
+            f"unknown provider {name!r}; sluice speaks {known}, or name a genai-prices provider id"
+        )
     return name
 
 

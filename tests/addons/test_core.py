@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from mitmproxy import http
+import pytest
+from mitmproxy import exceptions, http
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons
 
@@ -101,3 +102,17 @@ def test_a_repointed_request_is_recorded_where_it_really_goes() -> None:
     assert core.calls[flow.id].host == "203.0.113.9"  # where the client's connection was headed
     core.repoint(flow, "api.anthropic.com")
     assert flow.request.host == "api.anthropic.com" and core.calls[flow.id].host == "api.anthropic.com"
+
+
+def test_a_gateway_is_named_by_its_genai_prices_id_and_a_typo_stops_start_up(tmp_path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text('[[upstreams]]\nhost = "openrouter.ai"\nprovider = "openrouter"\n')
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[[upstreams]]\nhost = "openrouter.ai"\nprovider = "openruoter"\n')
+    core = SluiceCore()
+    with taddons.context(core) as tctx:
+        tctx.configure(core, sluice_config=str(good), sluice_db=str(tmp_path / "sluice.db"))
+        assert core.speaks("openrouter.ai").name == "openai"  # gateways speak OpenAI's format
+        assert core.billed_by("openrouter.ai") == "openrouter"
+        with pytest.raises(exceptions.OptionsError, match="unknown provider 'openruoter'"):
+            tctx.configure(core, sluice_config=str(typo))

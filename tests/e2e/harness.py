@@ -51,6 +51,7 @@ LEAF_NAMES = (
     "api.openai.com",
     "console.anthropic.com",
     "gateway.sluice.test",
+    "generativelanguage.googleapis.com",
     "localhost",
     "127.0.0.1",
 )

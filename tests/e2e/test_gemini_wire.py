@@ -1,15 +1,8 @@
-"""The Gemini API's wire, end to end: the official `google-genai` SDK through a real mitmdump running sluice,
-to the fake provider answering as `generativelanguage.googleapis.com` (streamed with `alt=sse`, and not).
-
-sluice does not know Gemini yet. What holds today is asserted plainly: the host is neither a provider's nor a
-configured upstream, so a call passes through untouched — not gated, not filtered, not metered — in both
-directions, with or without a client-key gate configured for other hosts. What must change once Gemini is a
-provider is asserted too, marked `xfail(strict=True)`: those tests start passing (and so fail as xfails) the
-day it lands, and then lose their mark.
-
-The session's test CA (tests/e2e/harness.py `LEAF_NAMES`) does not name the Gemini host, so this module
-overrides `fake_server` with a fake behind a CA that does; `fake`, `start_proxy` and `module_start_proxy`
-(tests/e2e/conftest.py) then use it. Once `LEAF_NAMES` names the host, the override can go.
+"""The Gemini API end to end: the official `google-genai` SDK (and curl, for a key in the URL) through a
+real mitmdump running sluice, to the fake provider answering as `generativelanguage.googleapis.com`
+(streamed with `alt=sse`, and not): metered with Google's usage mapped onto sluice's columns and priced,
+its headers held to the allow-list, a client key swapped for the real one whether it came in the header or
+the URL (and taken out of the URL), a call without a client key refused in Google's own envelope.
 """
 
 from __future__ import annotations
@@ -18,7 +11,6 @@ import asyncio
 import json
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +21,7 @@ from google.genai import types
 
 from tests.e2e import harness
 from tests.e2e.conftest import ProxyFactory
-from tests.e2e.harness import CLIENT_TIMEOUT, LEAF_NAMES, Proxy, anthropic_client, make_test_ca
+from tests.e2e.harness import CLIENT_TIMEOUT, Proxy, anthropic_client
 from tests.fake_provider import DEFAULT_TEXT, GEMINI_HOST, FakeProvider, RecordedRequest, Usage
 
 pytestmark = pytest.mark.e2e
@@ -80,14 +72,6 @@ CACHED_THINKING = Usage(input_tokens=91, cache_read_tokens=2048, output_tokens=3
 
 
 @pytest.fixture(scope="module")
-def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProvider]:
-    """The module's TLS fake, its certificate naming the Gemini host as well as the others."""
-    ca = make_test_ca(tmp_path_factory.mktemp("gemini-ca"), names=(*LEAF_NAMES, GEMINI_HOST))
-    with FakeProvider(certfile=ca.leaf_cert, keyfile=ca.leaf_key, ca_pem=ca.ca_cert) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def recording(module_start_proxy: ProxyFactory) -> Proxy:
     """sluice with no config: it records the providers it knows, and passes everything else on."""
     return module_start_proxy(env=ENV)
@@ -101,7 +85,7 @@ def gated(module_start_proxy: ProxyFactory) -> Proxy:
 
 @pytest.fixture
 def gemini_upstream(start_proxy: ProxyFactory) -> Proxy:
-    """A sluice whose config names Gemini as an upstream; today its config check refuses the provider."""
+    """A sluice whose config names Gemini as an upstream, with a real key and a client key."""
     proxy = start_proxy(config_toml=GEMINI_UPSTREAM, env=ENV)
     wait_until_serving(proxy)
     return proxy
@@ -311,7 +295,7 @@ def test_a_bad_key_is_googles_400_not_a_401(recording: Proxy, fake: FakeProvider
 
 def test_a_gate_for_other_hosts_leaves_gemini_alone(gated: Proxy, fake: FakeProvider):
     """With clients and an Anthropic upstream configured, a Gemini call carrying no client key at all is
-    neither refused nor rewritten: the gate covers configured upstreams only."""
+    neither refused nor rewritten (the gate covers configured upstreams only), and it is metered."""
     since = len(gated.rows())
     fake.next(path=GENERATE)
 
@@ -321,26 +305,12 @@ def test_a_gate_for_other_hosts_leaves_gemini_alone(gated: Proxy, fake: FakeProv
     assert answer.text == DEFAULT_TEXT
     assert only_request(fake).header("x-goog-api-key") == GEMINI_KEY
     rows = rows_up_to_a_metered_call(gated, fake, since)
-    assert [row["host"] for row in rows] == ["api.anthropic.com"]
+    assert [row["host"] for row in rows] == [GEMINI_HOST, "api.anthropic.com"]
 
 
-def test_today_a_gemini_call_leaves_no_row(recording: Proxy, fake: FakeProvider):
-    since = len(recording.rows())
-    fake.next(path=GENERATE)
-
-    with gemini_client(recording) as client:
-        generate(client)
-
-    rows = rows_up_to_a_metered_call(recording, fake, since)
-    assert [row["host"] for row in rows] == ["api.anthropic.com"]
-    assert recording.tracebacks() == []
+# Gemini as a provider: metered, keys swapped (header or query), a missing client key refused.
 
 
-# What must hold once Gemini is a provider (issue "Providers as modules"). Each fails today; drop the mark
-# (and `test_today_a_gemini_call_leaves_no_row`) when it passes.
-
-
-@pytest.mark.xfail(strict=True, reason="sluice does not meter Gemini yet: no row is written")
 def test_a_streamed_call_is_metered_from_its_last_chunk(recording: Proxy, fake: FakeProvider):
     since = len(recording.rows())
     fake.next(path=STREAM, thinking="The user wants a greeting.", usage=CACHED_THINKING)
@@ -358,7 +328,6 @@ def test_a_streamed_call_is_metered_from_its_last_chunk(recording: Proxy, fake: 
     assert row["cost_usd"] == pytest.approx((91 * 0.30 + 2048 * 0.03 + 349 * 2.50) / 1e6)
 
 
-@pytest.mark.xfail(strict=True, reason="sluice does not know Gemini yet: no config can name it")
 def test_a_client_key_is_swapped_for_the_real_key_in_the_header(gemini_upstream: Proxy, fake: FakeProvider):
     fake.accepted_credentials = {GEMINI_KEY}
 
@@ -369,7 +338,6 @@ def test_a_client_key_is_swapped_for_the_real_key_in_the_header(gemini_upstream:
     assert only_request(fake).header("x-goog-api-key") == GEMINI_KEY
 
 
-@pytest.mark.xfail(strict=True, reason="sluice does not know Gemini yet: no config can name it")
 def test_a_client_key_in_the_query_is_swapped_too(gemini_upstream: Proxy, fake: FakeProvider):
     """`?key=` is a credential like the header: swapped on the wire, never left in the URL a flow shows."""
     fake.accepted_credentials = {GEMINI_KEY}
@@ -381,7 +349,6 @@ def test_a_client_key_in_the_query_is_swapped_too(gemini_upstream: Proxy, fake: 
     assert CLIENT_KEY not in only_request(fake).target
 
 
-@pytest.mark.xfail(strict=True, reason="sluice does not know Gemini yet: no config can name it")
 def test_a_call_without_a_client_key_is_refused_in_google_envelope(
     gemini_upstream: Proxy, fake: FakeProvider
 ):

@@ -48,8 +48,8 @@ def test_empty_config_is_recording_only():
             "sluice.toml: upstreams[0].host: a bare host name",
         ),
         (
-            "[[upstreams]]\nhost='api.x.com'\nprovider='gogle'\n",
-            "sluice.toml: upstreams[0].provider: unknown provider 'gogle'; known: anthropic,",
+            "[[upstreams]]\nhost='api.x.com'\nprovider='Google AI'\n",
+            "sluice.toml: upstreams[0].provider: unknown provider 'Google AI'; sluice speaks anthropic, gemini,",
         ),
         ("[[clients]]\nname='a'\nkey='k'\n[[clients]]\nname='a'\nkey='j'\n", "client names must be unique"),
         ("not toml = = 1", "sluice.toml: not valid TOML"),
@@ -124,8 +124,8 @@ def test_an_upstream_port_is_given_once_and_valid(text: str, message: str) -> No
     ("text", "message"),
     [
         (
-            'budget_price_unknown_models_as = { google = "gemini-2.5-pro" }',
-            "budget_price_unknown_models_as.google",
+            'budget_price_unknown_models_as = { "Google AI" = "gemini-2.5-pro" }',
+            "budget_price_unknown_models_as",
         ),
         ('budget_price_unknown_models_as = { openai = "" }', "budget_price_unknown_models_as.openai"),
         ('budget_price_unknown_models_as = "claude-opus-4-1"', "budget_price_unknown_models_as"),
@@ -161,8 +161,8 @@ def test_no_error_echoes_a_value_that_may_be_a_secret(text: str, field: str) -> 
 
 def test_values_of_fields_that_hold_no_secret_are_echoed() -> None:
     with pytest.raises(ConfigError) as e:
-        parse_config("[[upstreams]]\nhost = 'h'\nprovider = 'google'\n", "sluice.toml")
-    assert "(got 'google')" in str(e.value)
+        parse_config("[[upstreams]]\nhost = 'h'\nprovider = 'Google AI'\n", "sluice.toml")
+    assert "(got 'Google AI')" in str(e.value)
 
 
 @pytest.mark.parametrize("reference", ["env:SLUICE_TEST_CRLF_KEY", "file:key.txt", "sk-ant\r\nX-Evil: 1"])
