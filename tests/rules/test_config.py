@@ -49,7 +49,7 @@ def test_empty_config_is_recording_only():
         ),
         (
             "[[upstreams]]\nhost='api.x.com'\nprovider='Google AI'\n",
-            "sluice.toml: upstreams[0].provider: unknown provider 'Google AI'; sluice speaks anthropic, gemini,",
+            "sluice.toml: upstreams[0].provider: unknown provider 'Google AI'; sluice speaks anthropic,",
         ),
         ("[[clients]]\nname='a'\nkey='k'\n[[clients]]\nname='a'\nkey='j'\n", "client names must be unique"),
         ("not toml = = 1", "sluice.toml: not valid TOML"),
