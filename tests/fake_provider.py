@@ -93,7 +93,8 @@ GATEWAY_HOST = "gateway.sluice.test"
 # The Gemini API (Google AI Studio keys; not Vertex AI): https://ai.google.dev/api/generate-content
 GEMINI_HOST = "generativelanguage.googleapis.com"
 # Every name the harness resolves to the fake.
-TEST_HOSTS = (*PROVIDER_HOSTS, OAUTH_HOST, GATEWAY_HOST, GEMINI_HOST)
+OPENROUTER_HOST = "openrouter.ai"  # a gateway genai-prices prices (OpenAI's wire format)
+TEST_HOSTS = (*PROVIDER_HOSTS, OAUTH_HOST, GATEWAY_HOST, GEMINI_HOST, OPENROUTER_HOST)
 
 DEFAULT_TEXT = "Hello from the fake provider."
 MAX_HEADER_BYTES = 64 * 1024

@@ -52,6 +52,7 @@ LEAF_NAMES = (
     "console.anthropic.com",
     "gateway.sluice.test",
     "generativelanguage.googleapis.com",
+    "openrouter.ai",
     "localhost",
     "127.0.0.1",
 )
