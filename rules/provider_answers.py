@@ -58,18 +58,29 @@ _TERMINAL_WORDS = (
     "credit balance is too low",
     "account has been deactivated",
     "account is not active",
+    "api key was reported as leaked",  # Google: a key found in public, blocked for good
 )
-_TERMINAL_CODES = ("insufficient_quota", "account_deactivated", "billing_not_active")
+# OpenAI's codes; Google's ErrorInfo reasons (an invalid key is its 400, not a 401).
+_TERMINAL_CODES = (
+    "insufficient_quota",
+    "account_deactivated",
+    "billing_not_active",
+    "API_KEY_INVALID",
+    "CONSUMER_SUSPENDED",
+)
 
 
 @dataclass(frozen=True, slots=True)
 class ErrorFields:
     """The error envelope's fields: Anthropic `{"type": "error", "error": {"type", "message"}}`, OpenAI
-    `{"error": {"message", "type", "code"}}`. Empty strings when absent."""
+    `{"error": {"message", "type", "code"}}`, Google `{"error": {"code", "message", "status", "details"}}`
+    (`type` is then the status name, `code` the ErrorInfo reason when there is one, `retry_s` the RetryInfo
+    delay). Empty strings when absent."""
 
     type: str = ""
     code: str = ""
     message: str = ""
+    retry_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +109,28 @@ def read_error(body: bytes | None) -> ErrorFields:
         return ErrorFields(message=error)
     if not isinstance(error, dict):
         return ErrorFields()
-    return ErrorFields(_text(error.get("type")), _text(error.get("code")), _text(error.get("message")))
+    reason, delay = _google_details(error.get("details"))
+    kind = _text(error.get("type")) or _text(error.get("status"))
+    return ErrorFields(kind, reason or _text(error.get("code")), _text(error.get("message")), delay)
+
+
+_DURATION = re.compile(r"(\d{1,9}(?:\.\d{1,9})?)s")
+
+
+def _google_details(details: object) -> tuple[str, float | None]:
+    """(ErrorInfo reason, RetryInfo delay in seconds) of Google's `details`
+    (https://cloud.google.com/apis/design/errors#error_details): `API_KEY_INVALID`, `"17s"`."""
+    reason, delay = "", None
+    for detail in details if isinstance(details, list) else ():
+        if not isinstance(detail, dict):
+            continue
+        kind = _text(detail.get("@type"))
+        if kind.endswith("google.rpc.ErrorInfo"):
+            reason = _text(detail.get("reason"))
+        elif kind.endswith("google.rpc.RetryInfo") and isinstance(detail.get("retryDelay"), str):
+            found = _DURATION.fullmatch(detail["retryDelay"].strip())
+            delay = min(float(found.group(1)), MAX_COOLDOWN_S) if found else None
+    return reason, delay
 
 
 def judge_answer(
@@ -119,8 +151,8 @@ def judge_answer(
         said = said.replace(phrase, " ")
     words = " ".join((error.type.lower(), error.code.lower(), said))
     message = error.message
-    if status == 529 or error.type == "overloaded_error":
-        wait = retry_after(lowered, now)
+    if status == 529 or error.type == "overloaded_error" or (status == 503 and error.type == "UNAVAILABLE"):
+        wait = retry_after(lowered, now) or error.retry_s
         return Verdict("overloaded", _reason(status, message, "overloaded"), wait)
     if status < 400 or status >= 500:
         return NOTHING
@@ -134,7 +166,7 @@ def judge_answer(
         return NOTHING
     if lowered.get(UNIFIED + "status") == "rejected" or any(word in words for word in _WINDOW_WORDS):
         return _window(lowered, message, now)
-    seconds = parse_cooldown(lowered, now, RATE_LIMITED_COOLDOWN_S)
+    seconds = parse_cooldown(lowered, now, error.retry_s or RATE_LIMITED_COOLDOWN_S)
     return Verdict("cool", _reason(status, message, "rate limited"), seconds)
 
 

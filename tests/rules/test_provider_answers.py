@@ -25,10 +25,12 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "provider_answers"
 NOW = 1_796_000_000.0
 
 
+GEMINI = Path(__file__).parent.parent / "fixtures" / "gemini"
+
+
 def _fixtures() -> list[Any]:
-    return [
-        pytest.param(json.loads(path.read_text()), id=path.stem) for path in sorted(FIXTURES.glob("*.json"))
-    ]
+    paths = [*sorted(FIXTURES.glob("*.json")), *sorted(GEMINI.glob("error_*.json"))]
+    return [pytest.param(json.loads(path.read_text()), id=path.stem) for path in paths]
 
 
 def test_every_fixture_says_where_its_shape_comes_from() -> None:
