@@ -23,6 +23,8 @@ from typing import Any
 
 from mitmproxy import http
 
+from rules.providers import find_wire_format
+
 
 def _tokens(n: int | None) -> str:
     if n is None:
@@ -39,7 +41,8 @@ def summarize(row: Mapping[str, Any]) -> str:
     """
     parts = []
     model = str(row.get("model") or row.get("api") or "?")
-    if row.get("api") == "count_tokens":
+    wire = find_wire_format(str(row.get("api")))
+    if wire is not None and not wire.billed:
         parts.append(f"counted {_tokens(row.get('counted_tokens'))}")
     else:
         cost = row.get("cost_usd")

@@ -25,11 +25,19 @@ from addons.startup import check_mitmproxy, check_options, config_error
 from rules.clients import presented_key
 from rules.config import Config, ConfigError, Upstream, load_config
 from rules.destination import Destination, normalize_host
-from rules.providers import Provider, classify, find_provider, provider_for_host, providers, wire_format
-from rules.providers import provider as provider_named
+from rules.providers import (
+    GATEWAY_FORMAT,
+    Provider,
+    classify,
+    find_provider,
+    format_of,
+    provider_for_host,
+    providers,
+    wire_format,
+)
 from rules.secrets import fingerprint
 from state import db as sluice_db
-from state.pricing import billing_provider, price_call, price_providers
+from state.pricing import billing_provider, price_providers
 from state.writer import Record, RecordWriter
 
 log = logging.getLogger("sluice")
@@ -114,7 +122,7 @@ def query_key(flow: http.HTTPFlow, provider: Provider | None) -> str | None:
 def speaks(upstream: Upstream) -> Provider:
     """The format a configured upstream speaks: its provider's, or OpenAI's for a gateway sluice has no
     module for (OpenRouter, Groq, DeepSeek, ...: `provider` then says who bills)."""
-    return find_provider(upstream.provider) or provider_named("openai")
+    return format_of(upstream.provider)
 
 
 class SluiceCore:
@@ -274,7 +282,7 @@ class SluiceCore:
         """Answer the request in sluice's name, in the provider's own error envelope (`provider`, else the
         flow's: `envelope`; OpenAI's for a host that speaks none sluice knows); the upstream is never
         contacted. The call's row says why (`note`)."""
-        provider = provider or self.envelope(flow) or provider_named("openai")
+        provider = provider or self.envelope(flow) or format_of(GATEWAY_FORMAT)
         flow.response = http.Response.make(
             status,
             provider.error_body(status, message, None),
@@ -309,7 +317,7 @@ class SluiceCore:
         # first call) lives as long as the process. Frozen, it is left out of every later collection: a full
         # collection of it (~115k objects) costs ~40 ms, which would land on the event loop at random, in
         # the middle of other flows' streams.
-        price_call("anthropic", "claude-sonnet-4-5", input_tokens=0, output_tokens=0)
+        price_providers()
         gc.collect()
         gc.freeze()
 

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from rules.providers import find_wire_format
+
 OTHER = "other"
 NONE = "none"
 # A label value longer than this is not a name anyone chose on purpose: it folds into OTHER.
@@ -98,12 +100,11 @@ def seconds(milliseconds: object) -> float | None:
     return None
 
 
-# The operation each metered endpoint performs, in the conventions' well-known values where one fits.
-_OPERATIONS = {"messages": "chat", "chat": "chat", "responses": "chat", "count_tokens": "count_tokens"}
-
-
 def operation_name(api: object) -> str:
-    return _OPERATIONS.get(str(api), str(api))
+    """The operation an API performs, in the conventions' well-known values where one fits (its wire
+    format's `operation`); the API's own name for one sluice does not know."""
+    found = find_wire_format(str(api))
+    return found.operation if found is not None else str(api)
 
 
 def error_type(row: Mapping[str, Any]) -> str | None:

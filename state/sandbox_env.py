@@ -14,16 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rules.config import Config, ConfigError, resolve_secret
+from rules.providers import format_of, providers
 
 # Variables a command would use to reach a proxy that does not exist inside the sandbox.
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 # Where each client trusts extra or replacement CAs: Node adds to its own list; OpenSSL, requests and curl
 # replace theirs, so they get the system's bundle with sluice's CA appended.
 CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-KEY_VARIABLES = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 # Provider credentials a command would otherwise inherit from this process's environment: never passed on
 # (a key the command should hold is its client key, set by the sandbox).
-DROPPED_VARIABLES = frozenset({*KEY_VARIABLES.values(), "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"})
+DROPPED_VARIABLES = frozenset(
+    {
+        *(name for known in providers() for name in known.key_variables),
+        "ANTHROPIC_AUTH_TOKEN",
+        "CLAUDE_CODE_OAUTH_TOKEN",
+    }
+)
 
 
 class SandboxError(RuntimeError):
@@ -83,7 +89,7 @@ def command_environment(
     if key is not None:
         for upstream in config.upstreams:
             if upstream.keys or upstream.oauth:
-                env[KEY_VARIABLES[upstream.provider]] = key
+                env.update(dict.fromkeys(format_of(upstream.provider).key_variables, key))
     if account is not None:
         env.update(HOME=account.home, USER=account.name, LOGNAME=account.name)
     return env

@@ -64,6 +64,9 @@ class Provider:
     write_credential: Callable[[Mapping[str, str], str, str], dict[bytes, bytes | None]]
     key_headers: tuple[str, ...]  # every header a key may travel in (never logged, never recorded)
     key_query: str | None = None  # a query parameter a client may put its key in (taken out upstream)
+    # The environment variables this provider's SDKs and CLIs read their key from (`sluice sandbox` sets
+    # them to the client key, and never passes the real ones on).
+    key_variables: tuple[str, ...] = ()
     overloaded_status: int = 503  # what sluice answers while the provider says it is overloaded
     pricing_id: str | None = None  # genai-prices' provider id, when not `name`
 
@@ -118,6 +121,8 @@ class WireFormat:
     # -- content export (opted-in OpenTelemetry content) -----------------------------------------------
     messages_field: str | None = None
     system_field: str | None = None
+    # The GenAI semantic conventions' `gen_ai.operation.name` (ops/tracing.py).
+    operation: str = "chat"
 
     def __post_init__(self) -> None:
         hooks = {
@@ -183,6 +188,10 @@ def classify(method: str, path: str) -> Endpoint | None:
     return None
 
 
+def find_wire_format(api: str) -> WireFormat | None:
+    return _WIRES.get(api)
+
+
 def wire_format(api: str) -> WireFormat:
     """A wire format by its `api` name; KeyError names the known ones."""
     try:
@@ -201,6 +210,15 @@ def provider(name: str) -> Provider:
 def find_provider(name: str) -> Provider | None:
     """A provider sluice has a module for, by name; None for any other (a gateway genai-prices prices)."""
     return _PROVIDERS.get(name)
+
+
+# The format a gateway speaks when sluice has no module for its provider (OpenRouter, Groq, DeepSeek, ...).
+GATEWAY_FORMAT = "openai"
+
+
+def format_of(name: str) -> Provider:
+    """The provider whose format an upstream named `name` speaks: its own, or a gateway's (OpenAI's)."""
+    return _PROVIDERS.get(name) or _PROVIDERS[GATEWAY_FORMAT]
 
 
 def providers() -> Iterator[Provider]:

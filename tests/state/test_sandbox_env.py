@@ -109,3 +109,16 @@ def test_without_clients_no_key_is_set(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("K", "sk-ant-REAL-0004-abcdef")
     env = environment(config, request(tmp_path), None, {"K": "sk-ant-REAL-0004-abcdef"})
     assert "ANTHROPIC_API_KEY" not in env and "K" not in env
+
+
+def test_a_gemini_or_gateway_upstream_gets_the_key_variables_its_clients_read(tmp_path: Path) -> None:
+    text = (
+        CONFIG
+        + '\n[[upstreams]]\nhost = "generativelanguage.googleapis.com"\nprovider = "gemini"\n'
+        + 'keys = ["env:SBX_REAL_ANT"]\n'
+        + '\n[[upstreams]]\nhost = "openrouter.ai"\nprovider = "openrouter"\nkeys = ["env:SBX_REAL_OAI"]\n'
+    )
+    environ = {**ENVIRON, "GEMINI_API_KEY": "a real Gemini key of the caller's"}
+    env = environment(parse_config(text), request(tmp_path), None, environ)
+    assert env["GEMINI_API_KEY"] == env["GOOGLE_API_KEY"] == env["OPENAI_API_KEY"] == "sk-client-agent-123456"
+    assert "a real Gemini key" not in repr(env)

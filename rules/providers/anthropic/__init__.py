@@ -61,6 +61,7 @@ ANTHROPIC = Provider(
     write_credential=write_credential,
     key_headers=("x-api-key", "authorization"),
     overloaded_status=529,
+    key_variables=("ANTHROPIC_API_KEY",),
 )
 
 MESSAGES = WireFormat(
@@ -93,6 +94,7 @@ COUNT_TOKENS = WireFormat(
     provider=ANTHROPIC,
     path_suffixes=("/v1/messages/count_tokens",),
     billed=False,
+    operation="count_tokens",
     read_body=usage.read_count,
     stream_events=usage.MessagesEvents,
     terminal_event="message_stop",

@@ -63,6 +63,7 @@ GEMINI = Provider(
     key_headers=("x-goog-api-key", "authorization", "x-api-key"),
     key_query=KEY_QUERY,
     pricing_id="google",
+    key_variables=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
 )
 
 
@@ -97,6 +98,7 @@ GENERATE_CONTENT = WireFormat(
     first_user_message=cache.first_user_message,
     messages_field="contents",
     system_field="systemInstruction",
+    operation="generate_content",
 )
 
 register(GENERATE_CONTENT)

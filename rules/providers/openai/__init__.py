@@ -51,6 +51,7 @@ OPENAI = Provider(
     sse_error_event=sse_error_event,
     write_credential=write_credential,
     key_headers=("authorization", "x-api-key"),
+    key_variables=("OPENAI_API_KEY",),
 )
 
 CHAT = WireFormat(
