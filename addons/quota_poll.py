@@ -2,8 +2,8 @@
 
 Quota then shows in `sluice quota` (and its status line) before any traffic has carried rate-limit headers,
 and stays current while none does. The reading comes from Anthropic's OAuth usage endpoint (the one Claude
-Code's `/usage` reads; rules/oauth_usage.py says what is known of it) and is recorded through the writer
-like a call's headers, marked `oauth-usage` (state/quota_live.py).
+Code's `/usage` reads; rules/providers/anthropic/oauth_usage.py says what is known of it) and is recorded
+through the writer like a call's headers, marked `oauth-usage` (state/quota_live.py).
 
 - Off by default (`sluice_quota_poll=0`). The endpoint rate-limits hard and for long, so the interval is at
   least MIN_POLL_S; a reading another process sharing the database made within the interval counts (a

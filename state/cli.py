@@ -35,7 +35,7 @@ from rich.text import Text
 
 from rules.config import ConfigError, load_config
 from rules.credential_files import TokenResponse
-from rules.oauth_usage import SOURCE as OAUTH_USAGE_SOURCE
+from rules.providers.anthropic.oauth_usage import SOURCE as OAUTH_USAGE_SOURCE
 from state import db as state_db
 from state import html_report, quota_live, report, sandbox
 from state.budgets import BudgetLedger, budget_usd

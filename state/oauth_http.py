@@ -4,10 +4,10 @@ The refresh (RFC 6749 §6) is what `OAuthStore` calls, injected as its `refresh_
 lease: one call per expiry across processes. Errors are sorted the way the store needs them: a 4xx answer is
 `TokenRefused` (terminal: the refresh token is spent or revoked), anything else is OSError (transient).
 
-`get_usage` reads the subscription's usage windows from Anthropic's OAuth usage endpoint (rules/oauth_usage.py
-says what is known of it, and that it is not documented). It connects to exactly the host and port it is
-given, over TLS verified with the context it is given, and never through a proxy from the environment: the
-access token goes nowhere else.
+`get_usage` reads the subscription's usage windows from Anthropic's OAuth usage endpoint
+(rules/providers/anthropic/oauth_usage.py says what is known of it, and that it is not documented). It
+connects to exactly the host and port it is given, over TLS verified with the context it is given, and never
+through a proxy from the environment: the access token goes nowhere else.
 
 Nothing here logs or raises a token; the endpoints' own words are cut to printable text.
 """
@@ -24,8 +24,8 @@ import urllib.request
 
 from rules.config import OAuth
 from rules.credential_files import TokenResponse, oauth_error, token_response
-from rules.oauth_usage import SCOPE_NEEDED, USAGE_BETA, USAGE_PATH
 from rules.provider_answers import retry_after as read_retry_after
+from rules.providers.anthropic.oauth_usage import SCOPE_NEEDED, USAGE_BETA, USAGE_PATH
 from state.oauth import TokenRefused
 
 # Below the OAuth store's own 20 s limit, so a late answer (carrying a rotated, single-use token) is not lost.

@@ -1,10 +1,10 @@
 """Quota read from the provider instead of waited for: the OAuth usage endpoint, through a configured login.
 
 `sluice quota --live` (state/cli.py) and the proxy's poll (addons/quota_poll.py) both read it here. A reading
-is the endpoint's answer written as rate-limit headers (rules/oauth_usage.py: utilization turned from a
-percent into the headers' 0..1 fraction), stored in `rate_limits` under the upstream's host and the OAuth
-credential's label, the same (host, credential) that calls through the proxy record their headers under,
-with `call_id` = `oauth-usage` to tell it apart. `sluice quota` then shows the newest of both.
+is the endpoint's answer written as rate-limit headers (rules/providers/anthropic/oauth_usage.py: utilization
+turned from a percent into the headers' 0..1 fraction), stored in `rate_limits` under the upstream's host and
+the OAuth credential's label, the same (host, credential) that calls through the proxy record their headers
+under, with `call_id` = `oauth-usage` to tell it apart. `sluice quota` then shows the newest of both.
 
 The endpoint is called on the configured upstream's host and port only (the token goes nowhere else), and
 the token comes from the OAuth store under its usual rules (refreshed ahead of expiry, one refresh per
@@ -25,7 +25,7 @@ import sqlite_utils
 from rules.config import ConfigError, OAuth, Upstream, resolve_secret
 from rules.credential_files import TokenResponse, parse_oauth_credentials
 from rules.destination import Destination
-from rules.oauth_usage import SOURCE, headers_from_usage
+from rules.providers.anthropic.oauth_usage import SOURCE, headers_from_usage
 from rules.secrets import describe_reference, scrub
 from state.oauth import CredentialDead, CredentialUnavailable, OAuthStore, RefreshFn, TokenRefused
 from state.oauth_http import REFRESH_TIMEOUT_S, UsageRefused, get_usage, post_refresh
@@ -73,7 +73,8 @@ def credential_label(oauth: OAuth) -> str:
 def read_usage(upstream: Upstream, access_token: str, context: ssl.SSLContext) -> UsageReading:
     """Ask `upstream`'s usage endpoint, on its configured host and port. Blocking: run it in a thread.
 
-    Raises UsageRefused or OSError (rules/oauth_usage.py and state/oauth_http.py say which and when).
+    Raises UsageRefused or OSError (rules/providers/anthropic/oauth_usage.py and state/oauth_http.py say
+    which and when).
     """
     if upstream.oauth is None:
         raise LookupError(f"{upstream.host} has no OAuth credential")

@@ -69,7 +69,8 @@ PROVIDER_HOSTS = (ANTHROPIC_HOST, OPENAI_HOST)
 # Where Claude Code refreshes its OAuth tokens (RFC 6749 §6); the fake serves `OAUTH_TOKEN_PATH` there.
 OAUTH_HOST = "console.anthropic.com"
 OAUTH_TOKEN_PATH = "/v1/oauth/token"
-# The subscription usage endpoint (not documented by Anthropic: rules/oauth_usage.py says what is known).
+# The subscription usage endpoint (not documented by Anthropic: rules/providers/anthropic/oauth_usage.py
+# says what is known).
 OAUTH_USAGE_PATH = "/api/oauth/usage"
 OAUTH_BETA = "oauth-2025-04-20"
 # Paths a behaviour queued for "any path" never takes: they are sluice's own calls, not the client's.

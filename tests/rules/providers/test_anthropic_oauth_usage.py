@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from rules.oauth_usage import (
+from rules.providers.anthropic.oauth_usage import (
     MAX_ENTRIES,
     MAX_VALUE_CHARS,
     headers_from_usage,
