@@ -85,6 +85,24 @@ class PromptShape(_Chained):
     first_user: str
 
 
+def automatic_shape(
+    chain: Chain, *, messages_start: int, first_user: str, ttl_seconds: int, settings: str
+) -> PromptShape:
+    """The shape of a prompt whose provider caches it automatically, whole, with no markers (OpenAI's,
+    Gemini's implicit cache)."""
+    return PromptShape(
+        marked=False,
+        chain=b"".join(chain.parts),
+        labels=tuple(chain.labels),
+        breakpoints=(),
+        cacheable=chain.size,
+        ttl_seconds=ttl_seconds,
+        settings=settings,
+        messages_start=messages_start,
+        first_user=first_user,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Turn(_Chained):
     """The last judged call of a conversation, as later calls compare against it (no labels: memory)."""

@@ -6,7 +6,7 @@ change of it explains a miss."""
 
 from __future__ import annotations
 
-from rules.cache_health import DEFAULT_TTL_SECONDS, Chain, PromptShape, digest_text
+from rules.cache_health import DEFAULT_TTL_SECONDS, Chain, PromptShape, automatic_shape, digest_text
 from rules.providers.gemini.fields import get, key_of
 from rules.rewrite import JSONObject
 
@@ -28,16 +28,12 @@ def prompt_shape(body: JSONObject) -> PromptShape:
         if not first_user and role == "user" and isinstance(content, dict):
             first_user = digest_text(content.get("parts"))
         chain.add(f"contents[{index}]", role, content)
-    return PromptShape(
-        marked=False,
-        chain=b"".join(chain.parts),
-        labels=tuple(chain.labels),
-        breakpoints=(),
-        cacheable=chain.size,
-        ttl_seconds=DEFAULT_TTL_SECONDS,
-        settings=digest_text([get(body, "cachedContent"), get(body, "toolConfig")]),
+    return automatic_shape(
+        chain,
         messages_start=messages_start,
         first_user=first_user,
+        ttl_seconds=DEFAULT_TTL_SECONDS,
+        settings=digest_text([get(body, "cachedContent"), get(body, "toolConfig")]),
     )
 
 

@@ -12,6 +12,7 @@ from rules.cache_health import (
     TTL_SECONDS,
     Chain,
     PromptShape,
+    automatic_shape,
     digest_text,
     first_user_in,
 )
@@ -53,14 +54,10 @@ def _prompt_shape(body: JSONObject, name: str, *, instructions: bool) -> PromptS
             first_user = digest_text(item.get("content"))
         chain.add(f"{name}[{index}]", role, item)
     retention = body.get("prompt_cache_retention")
-    return PromptShape(
-        marked=False,
-        chain=b"".join(chain.parts),
-        labels=tuple(chain.labels),
-        breakpoints=(),
-        cacheable=chain.size,
-        ttl_seconds=TTL_SECONDS["24h"] if retention == "24h" else DEFAULT_TTL_SECONDS,
-        settings="",  # OpenAI's automatic cache is keyed by the prompt alone
+    return automatic_shape(
+        chain,
         messages_start=messages_start,
         first_user=first_user,
+        ttl_seconds=TTL_SECONDS["24h"] if retention == "24h" else DEFAULT_TTL_SECONDS,
+        settings="",  # OpenAI's automatic cache is keyed by the prompt alone
     )
