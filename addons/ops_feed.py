@@ -55,7 +55,10 @@ class OpsFeed:
     def __init__(self, core: SluiceCore) -> None:
         self.core = core
         self.pending: collections.deque[Finished] = collections.deque()
-        self.dropped = 0
+        # Calls left out: while the queue was full (counted on the event loop), and while the ops process
+        # was down (counted by the sender thread). Two counters, each written by one thread.
+        self.dropped_full = 0
+        self.dropped_down = 0
         self.settings: Settings | None = None  # what the running ops process was told; None: all off
         self.listener: socket.socket | None = None  # the /metrics socket, bound here
         self.process: subprocess.Popen[bytes] | None = None
@@ -150,9 +153,9 @@ class OpsFeed:
         if self.settings is None:
             return
         if len(self.pending) >= QUEUE_MAX:
-            self.dropped += 1
-            if self.dropped in (1, 100) or self.dropped % 10_000 == 0:
-                log.warning("sluice: ops: the ops process is behind; %d calls left out", self.dropped)
+            self.dropped_full += 1
+            if self.dropped_full in (1, 100) or self.dropped_full % 10_000 == 0:
+                log.warning("sluice: ops: the ops process is behind; %d calls left out", self.dropped_full)
             return
         headers = call.request_headers
         self.pending.append(
@@ -166,6 +169,10 @@ class OpsFeed:
                 request_json=call.request_json if self.keep_content else None,
             )
         )
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_full + self.dropped_down
 
     # -- the sender thread -----------------------------------------------------------------------------
 
@@ -203,7 +210,7 @@ class OpsFeed:
                     log.error("sluice: ops: the ops process exited (%s)", process.returncode)
                     self.process = None
                 if self.settings is None or time.monotonic() - self.started_at < RESTART_S:
-                    self.dropped += len(calls)
+                    self.dropped_down += len(calls)
                     return False
                 self._start_process()
                 process = self.process
@@ -212,7 +219,7 @@ class OpsFeed:
                 write_frame(process.stdin, Tick(calls, backlog, dropped))
             except (BrokenPipeError, ValueError, OSError) as e:
                 log.error("sluice: ops: cannot hand calls to the ops process: %s", e)
-                self.dropped += len(calls)
+                self.dropped_down += len(calls)
                 return False
             return True
 
