@@ -30,7 +30,7 @@ from state.ops import OpsReader, Snapshot
 
 log = logging.getLogger("sluice")
 
-NICE = 10
+NICE = 19  # the lowest priority: telemetry never competes with the traffic it describes
 FRAMES_MAX = 16  # ticks read ahead of the parts; past it the pipe fills and the proxy counts drops
 
 
