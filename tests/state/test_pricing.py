@@ -1,7 +1,7 @@
 import pytest
 
 from rules.estimate import UNBOUNDED_OUTPUT_TOKENS
-from state.pricing import estimate_call, highest_prices, price_as, price_call
+from state.pricing import billing_provider, estimate_call, highest_prices, price_as, price_call
 
 
 def test_anthropic_cache_writes_priced_by_ttl():
@@ -158,3 +158,31 @@ def test_every_budgeted_estimate_is_positive_and_finite(body):
     found = estimate_call("anthropic", "messages", "claude-sonnet-4-5", body, 100)
     assert found.cost_usd is not None
     assert 0 < found.cost_usd < 20_000  # 10^9 output tokens at $15/MTok at most
+
+
+@pytest.mark.parametrize(
+    ("host", "biller"),
+    [
+        ("api.anthropic.com", "anthropic"),  # its own host, whatever the path (its OpenAI-compatible one too)
+        ("generativelanguage.googleapis.com", "gemini"),
+        ("openrouter.ai", "openrouter"),  # genai-prices' map of provider hosts
+        ("api.groq.com", "groq"),
+        ("api.deepseek.com", "deepseek"),
+        ("localhost", None),  # a local vLLM or Ollama: the model's name decides
+        ("gateway.internal", None),
+    ],
+)
+def test_who_bills_a_call_is_read_from_its_host(host: str, biller: str | None) -> None:
+    assert billing_provider(host) == biller
+
+
+def test_a_call_nobody_is_named_for_is_priced_by_its_models_own_name() -> None:
+    by_prefix = price_call(None, "anthropic/claude-sonnet-4-5", input_tokens=1000, output_tokens=1000)
+    by_name = price_call(None, "claude-sonnet-4-5", input_tokens=1000, output_tokens=1000)
+    assert by_prefix.cost_usd == by_name.cost_usd == pytest.approx(0.018)
+    gemini = price_call("gemini", "gemini-2.5-flash", input_tokens=1000, output_tokens=1000)
+    assert gemini.cost_usd == pytest.approx(0.0028)  # sluice's `gemini` is genai-prices' `google`
+    local = price_call(None, "llama3.1:8b", input_tokens=1000, output_tokens=1000)
+    assert local.cost_usd is None and local.note == "no price known for model 'llama3.1:8b' at any provider"
+    # A prefix naming no provider genai-prices knows is not split off: the whole name is looked up.
+    assert price_call(None, "acme/claude-sonnet-4-5", input_tokens=1, output_tokens=1).cost_usd is None
