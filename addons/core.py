@@ -25,7 +25,15 @@ from addons.startup import check_mitmproxy, check_options, config_error
 from rules.clients import presented_key
 from rules.config import Config, ConfigError, Upstream, load_config
 from rules.destination import Destination, normalize_host
-from rules.providers import Provider, classify, find_provider, provider_for_host, providers, wire_format
+from rules.providers import (
+    Provider,
+    classify,
+    find_provider,
+    provider_for_host,
+    providers,
+    served_path,
+    wire_format,
+)
 from rules.providers import provider as provider_named
 from rules.secrets import fingerprint
 from state import db as sluice_db
@@ -84,7 +92,7 @@ def new_call(flow: http.HTTPFlow) -> Call | None:
         session_id=headers.get("x-claude-code-session-id"),
         credential=fingerprint(key) if key else "none",
         request_headers=headers,
-        request_model=path_model(flow.request.path) if path_model is not None else None,
+        request_model=path_model(served_path(flow.request.path)) if path_model is not None else None,
         # Another addon (mitmproxy's server replay, say) answered before sluice's parts ran.
         answered_locally=flow.response is not None,
     )

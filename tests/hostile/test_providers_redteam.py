@@ -115,3 +115,67 @@ def test_was_a_gap_a_refused_key_in_the_url_is_not_logged(gemini: Proxy, fake: F
     assert fake.requests == []
     gemini.wait_for_log("no known client key")
     assert STRAY_KEY not in gemini.log_text()
+
+
+# A budget no call fits in: a call sluice recognises is refused before the upstream; one it does not
+# recognise would reach the provider unbudgeted and unrecorded.
+BUDGETED = f"""
+[[clients]]
+name = "alice"
+key = "env:SLUICE_E2E_ALICE"
+budget = {{ usd = 0.000001, period = "day" }}
+
+[[upstreams]]
+host = "api.anthropic.com"
+provider = "anthropic"
+keys = ["env:SLUICE_E2E_ANT"]
+{CONFIG.split("[[upstreams]]", 1)[1].join(["[[upstreams]]", ""])}
+"""
+ANT_BODY = json.dumps(
+    {"model": "claude-haiku-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+)
+
+
+@pytest.fixture(scope="module")
+def budgeted(module_start_proxy: ProxyFactory) -> Proxy:
+    return module_start_proxy(
+        config_toml=BUDGETED, env={**ENV, "SLUICE_E2E_ANT": "sk-ant-api03-REAL-redteam-0000"}
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # Dot segments and percent-encoding that an HTTP server resolves to a billed endpoint (RFC 3986
+        # §5.2.4, §6.2.2): sluice must see the endpoint the provider will serve.
+        "https://api.anthropic.com/v1/messages/count_tokens/..",
+        "https://api.anthropic.com/v1/x/../messages",
+        "https://api.anthropic.com/v1/%6Dessages",
+        f"https://{GEMINI_HOST}/v1beta/models/gemini-2.5-flash%3AgenerateContent",
+        f"https://{GEMINI_HOST}/v1beta/models/gemini-2.5-flash:generateContent/.",
+    ],
+)
+def test_was_a_gap_a_disguised_path_does_not_skip_the_budget(
+    budgeted: Proxy, fake: FakeProvider, url: str
+) -> None:
+    """Was a gap: the endpoint was matched on the raw path, so a billed call spelt with dot segments or
+    percent-escapes was not recognised: no budget, no row, and the provider (which normalises the path)
+    billed it."""
+    body = BODY if GEMINI_HOST in url else ANT_BODY
+    result = harness.curl(
+        budgeted,
+        url,
+        "--path-as-is",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        f"x-api-key: {CLIENT_KEY}",
+        "-H",
+        "anthropic-version: 2023-06-01",
+        "--data-binary",
+        body,
+    )
+
+    assert result.status == 429, result.body
+    assert b"budget" in result.body
+    assert fake.requests == []
