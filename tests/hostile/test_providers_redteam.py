@@ -179,3 +179,46 @@ def test_was_a_gap_a_disguised_path_does_not_skip_the_budget(
     assert result.status == 429, result.body
     assert b"budget" in result.body
     assert fake.requests == []
+
+
+def test_guard_a_gemini_key_header_on_anthropics_host_goes_nowhere(
+    budgeted: Proxy, fake: FakeProvider
+) -> None:
+    """GUARD: a client key sent as `x-goog-api-key` to an Anthropic upstream is a client key like any
+    other (the budget still holds the call), and Anthropic's header policy keeps Google's header off the
+    wire: the client key never reaches the provider."""
+    result = harness.curl(
+        budgeted,
+        "https://api.anthropic.com/v1/messages",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        f"x-goog-api-key: {CLIENT_KEY}",
+        "-H",
+        "anthropic-version: 2023-06-01",
+        "--data-binary",
+        ANT_BODY,
+    )
+
+    assert result.status == 429, result.body  # known client, over its budget: not a 401
+    assert fake.requests == []
+
+
+def test_guard_every_key_header_the_client_sent_is_replaced(gemini: Proxy, fake: FakeProvider) -> None:
+    """GUARD: a client key in each of the headers some provider reads: Gemini gets the real key once, in
+    its own header, and none of the others."""
+    fake.accepted_credentials = {GEMINI_KEY}
+
+    result = call(
+        gemini,
+        "alt=json",
+        f"x-api-key: {CLIENT_KEY}",
+        f"authorization: Bearer {CLIENT_KEY}",
+        f"x-goog-api-key: {CLIENT_KEY}",
+    )
+
+    assert result.status == 200, result.body
+    request = only_request(fake)
+    assert_sent_once_in_the_header(request)
+    assert request.header_values("x-api-key") == []
+    assert request.header_values("authorization") == []
