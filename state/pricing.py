@@ -253,8 +253,8 @@ def estimate_call(
             return Estimate(
                 None,
                 refusal=(
-                    f"sluice: model {shown(model)} has no known price, so a budgeted client cannot be charged "
-                    f"for it ({priced.note}); the operator can set {option} = "
+                    f"sluice: model {shown(model)} has no known price, so a budgeted client cannot be "
+                    f"charged for it ({priced.note}); the operator can set {option} = "
                     f'{{ {provider} = "{example}" }} to price such models as a known one'
                 ),
                 reason=f"model has no price ({option} not set)",
