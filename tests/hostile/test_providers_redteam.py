@@ -1,5 +1,6 @@
-"""Red team of the Gemini provider: keys in the URL (duplicated, spelt otherwise, in both places), and what
-the operator's log keeps of a refused request.
+"""Red team of the Gemini provider and the registry: keys in the URL (duplicated, spelt otherwise, in both
+places) and in every provider's key header, what the operator's log keeps of a refused request, and paths
+spelt so that sluice would not recognise the billed endpoint the provider serves.
 
 GUARD tests were tried against a real mitmdump and hold today; "Was a gap" tests got through first and
 are fixed since. Every test runs with the hostile suite's autouse check: no trap receives a real key.
@@ -14,25 +15,14 @@ import pytest
 from tests.e2e import harness
 from tests.e2e.conftest import ProxyFactory
 from tests.e2e.harness import Proxy
+from tests.e2e.test_gemini_wire import CLIENT_KEY, ENV, GEMINI_KEY, GEMINI_UPSTREAM
 from tests.fake_provider import GEMINI_HOST, FakeProvider, RecordedRequest
 
 pytestmark = pytest.mark.e2e
 
-CLIENT_KEY = "sluice-client-alice-gemini-redteam"
-GEMINI_KEY = "AIzaSyREAL-GEMINI-KEY-redteam-0000000"
 # A real-looking Gemini key a client sends by mistake (or to probe): it is not a client key.
 STRAY_KEY = "AIzaSyCLIENTS-OWN-REAL-KEY-11111111111"
-ENV = {"SLUICE_E2E_ALICE": CLIENT_KEY, "SLUICE_E2E_GEM": GEMINI_KEY}
-CONFIG = """
-[[clients]]
-name = "alice"
-key = "env:SLUICE_E2E_ALICE"
-
-[[upstreams]]
-host = "generativelanguage.googleapis.com"
-provider = "gemini"
-keys = ["env:SLUICE_E2E_GEM"]
-"""
+CONFIG = GEMINI_UPSTREAM
 GENERATE = "/v1beta/models/gemini-2.5-flash:generateContent"
 BODY = json.dumps({"contents": [{"role": "user", "parts": [{"text": "Say hello."}]}]})
 
@@ -119,18 +109,16 @@ def test_was_a_gap_a_refused_key_in_the_url_is_not_logged(gemini: Proxy, fake: F
 
 # A budget no call fits in: a call sluice recognises is refused before the upstream; one it does not
 # recognise would reach the provider unbudgeted and unrecorded.
-BUDGETED = f"""
-[[clients]]
-name = "alice"
-key = "env:SLUICE_E2E_ALICE"
-budget = {{ usd = 0.000001, period = "day" }}
-
+BUDGET = 'budget = { usd = 0.000001, period = "day" }'
+BUDGETED = (
+    GEMINI_UPSTREAM.replace('name = "alice"', f'name = "alice"\n{BUDGET}')
+    + """
 [[upstreams]]
 host = "api.anthropic.com"
 provider = "anthropic"
 keys = ["env:SLUICE_E2E_ANT"]
-{CONFIG.split("[[upstreams]]", 1)[1].join(["[[upstreams]]", ""])}
 """
+)
 ANT_BODY = json.dumps(
     {"model": "claude-haiku-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 )
