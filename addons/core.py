@@ -33,6 +33,7 @@ from rules.providers import (
     format_of,
     provider_for_host,
     providers,
+    served_path,
     wire_format,
 )
 from rules.secrets import fingerprint
@@ -92,7 +93,7 @@ def new_call(flow: http.HTTPFlow) -> Call | None:
         session_id=headers.get("x-claude-code-session-id"),
         credential=fingerprint(key) if key else "none",
         request_headers=headers,
-        request_model=path_model(flow.request.path) if path_model is not None else None,
+        request_model=path_model(served_path(flow.request.path)) if path_model is not None else None,
         # Another addon (mitmproxy's server replay, say) answered before sluice's parts ran.
         answered_locally=flow.response is not None,
     )

@@ -87,7 +87,8 @@ class Gate:
             "sluice: flow %s: refused %s %s: no known client key",
             flow.id,
             flow.request.method,
-            flow.request.pretty_url,
+            # Without the query: a key sent as `?key=` (Gemini) must not reach the log.
+            flow.request.pretty_url.split("?", 1)[0],
         )
 
 

@@ -36,6 +36,7 @@ from rules.usage import MAX_TOKENS_PER_CALL
 # Anthropic reports `service_tier` as standard/priority/batch, OpenAI as default/priority/flex/scale/auto;
 # genai-prices keys tier variants on these names. Values not listed here are priced at the standard rate.
 _PRICED_TIERS = {"priority", "flex", "batch"}
+MAX_MODEL_CHARS = 256  # longer than any provider's model id (OpenRouter's and fine-tunes' are under 100)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,10 @@ def price_call(
     sluice provider or a genai-prices id); None lets the model's name decide (`billing_provider`)."""
     if not model:
         return Priced(None, "no model in request or response", unpriced_model=True)
+    if len(model) > MAX_MODEL_CHARS:
+        # A client writes the name: genai-prices' lookup takes time linear in it, and the note and the
+        # price cache would keep it. No provider names a model this long.
+        return Priced(None, f"model name over {MAX_MODEL_CHARS} characters; not priced", unpriced_model=True)
     if input_tokens is None and output_tokens is None:
         return Priced(None, "no usage reported")
     counts = {
@@ -248,8 +253,8 @@ def estimate_call(
             return Estimate(
                 None,
                 refusal=(
-                    f"sluice: model {model!r} has no known price, so a budgeted client cannot be charged "
-                    f"for it ({priced.note}); the operator can set {option} = "
+                    f"sluice: model {shown(model)} has no known price, so a budgeted client cannot be "
+                    f"charged for it ({priced.note}); the operator can set {option} = "
                     f'{{ {provider} = "{example}" }} to price such models as a known one'
                 ),
                 reason=f"model has no price ({option} not set)",
@@ -260,6 +265,13 @@ def estimate_call(
             reason="cost cannot be estimated",
         )
     return _checked(Estimate(priced.cost_usd, priced.note))
+
+
+def shown(model: str | None) -> str:
+    """A client's model name as a message repeats it: quoted, cut short."""
+    if model is not None and len(model) > MAX_MODEL_CHARS:
+        return f"{model[:MAX_MODEL_CHARS]!r}… ({len(model)} characters)"
+    return repr(model)
 
 
 def _checked(estimate: Estimate) -> Estimate:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote
 
 if TYPE_CHECKING:
     from rules.cache_health import PromptShape
@@ -181,7 +182,7 @@ def classify(method: str, path: str) -> Endpoint | None:
     (`/anthropic/v1/messages`, `/openai/v1/chat/completions`) are recognised too."""
     if method.upper() != "POST":
         return None
-    bare = path.split("?", 1)[0].rstrip("/")
+    bare = served_path(path)
     for suffix, wire in _BY_SUFFIX:
         if bare.endswith(suffix):
             return Endpoint(wire)
@@ -190,6 +191,21 @@ def classify(method: str, path: str) -> Endpoint | None:
 
 def find_wire_format(api: str) -> WireFormat | None:
     return _WIRES.get(api)
+
+
+def served_path(path: str) -> str:
+    """The path a server serves for `path`: without the query, percent-escapes decoded, dot segments
+    resolved (RFC 3986 §5.2.4), no trailing slash. Endpoints are matched on it, not on the raw path: a
+    billed call spelt `/v1/x/../messages` or `...%3AgenerateContent` reaches the provider's endpoint all
+    the same, and must not pass unrecognised (unbudgeted, unrecorded)."""
+    segments: list[str] = []
+    for segment in unquote(path.split("?", 1)[0]).split("/"):
+        if segment == "..":
+            if len(segments) > 1:
+                segments.pop()
+        elif segment != ".":
+            segments.append(segment)
+    return "/".join(segments).rstrip("/")
 
 
 def wire_format(api: str) -> WireFormat:

@@ -186,3 +186,28 @@ def test_a_call_nobody_is_named_for_is_priced_by_its_models_own_name() -> None:
     assert local.cost_usd is None and local.note == "no price known for model 'llama3.1:8b' at any provider"
     # A prefix naming no provider genai-prices knows is not split off: the whole name is looked up.
     assert price_call(None, "acme/claude-sonnet-4-5", input_tokens=1, output_tokens=1).cost_usd is None
+
+
+def test_a_model_name_no_provider_uses_is_not_looked_up_nor_repeated():
+    """A client writes the model name: one of a megabyte took genai-prices a second to look up (on the
+    proxy's event loop, at admission and again at settlement) and was repeated in the note, the refusal and
+    the price cache. Names that long are no model's: unpriced, and not repeated."""
+    model = "gpt-4o-mini" + "a" * 1_000_000
+
+    priced = price_call("openrouter", model, input_tokens=1_000, output_tokens=1_000)
+    estimate = estimate_call("openai", "chat", model, {"model": model, "max_tokens": 9}, 100)
+
+    assert priced.cost_usd is None and priced.unpriced_model
+    assert priced.note is not None and len(priced.note) < 300
+    assert estimate.cost_usd is None
+    assert estimate.refusal is not None and len(estimate.refusal) < 1_000
+
+
+def test_a_long_unknown_model_is_charged_as_the_stand_in():
+    model = "claude-" + "x" * 5_000
+
+    estimate = estimate_call(
+        "anthropic", "messages", model, {"model": model}, 100, unknown_model_as="claude-opus-4-1"
+    )
+
+    assert estimate.cost_usd is not None and estimate.cost_usd > 0
