@@ -62,6 +62,18 @@ ANTHROPIC = Provider(
     key_headers=("x-api-key", "authorization"),
     overloaded_status=529,
     key_variables=("ANTHROPIC_API_KEY",),
+    window_prefix="anthropic-ratelimit-unified-",
+    # Its subscription limits are worded for people ("You've hit your usage limit", "out of extra usage");
+    # its terminal answers name the organization.
+    window_words=("extra usage", "usage limit", "usage_limit"),
+    terminal_words=(
+        "oauth authentication is currently not allowed for this organization",
+        "organization has been disabled",
+        "organization is disabled",
+        "credit balance is too low",
+    ),
+    overloaded_answers=((529, None), (None, "overloaded_error")),
+    example_model="claude-opus-4-1",
 )
 
 MESSAGES = WireFormat(
