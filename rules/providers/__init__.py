@@ -78,6 +78,8 @@ class Provider:
     terminal_codes: tuple[str, ...] = ()  # error codes (or ErrorInfo reasons) that do
     # (status, error type) of its "overloaded" answers; None matches any.
     overloaded_answers: tuple[tuple[int | None, str | None], ...] = ()
+    # The headers that list its models with an API key (`sluice doctor --online`); None: a bearer token.
+    models_headers: Callable[[str], dict[str, str]] | None = None
     example_model: str = ""  # a model it serves, for examples in messages (`sluice doctor`, pricing)
 
 
