@@ -284,8 +284,9 @@ class Credentials:
             return
         # An error envelope is small: a larger body is not one, and is not decoded on the loop to find out.
         error = read_error(readable_body(flow.response, MAX_ERROR_BODY))
-        echoed = await self._echoed(flow.request, class_words(error))
-        verdict = judge_answer(status, limits, error, swapped.entry.kind, now, echoed)
+        speaker = speaks(upstream)
+        echoed = await self._echoed(flow.request, class_words(speaker, error))
+        verdict = judge_answer(speaker, status, limits, error, swapped.entry.kind, now, echoed)
         if verdict.action not in ("cool", "window"):
             # A rest outlasts the limit it is for: what this answer says of the room left is old news by
             # the time the key is used again (and would keep new conversations off it for good).

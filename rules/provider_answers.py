@@ -29,9 +29,12 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from rules.times import parse_reset
+
+if TYPE_CHECKING:
+    from rules.providers import Provider
 
 Action = Literal["none", "cool", "window", "overloaded", "disable", "reauth"]
 Kind = Literal["key", "oauth"]
@@ -47,27 +50,9 @@ MAX_COOLDOWN_S = 7 * 24 * 3600.0
 # Error bodies are small; a larger one is not an error envelope worth reading.
 MAX_ERROR_BODY = 64 * 1024
 
+# The header family of Anthropic's subscription windows: still read by name by `quota_status`, `headroom` and
+# `parse_cooldown`; `judge_answer` reads the family its provider names (`Provider.window_prefix`).
 UNIFIED = "anthropic-ratelimit-unified-"
-# Substrings of provider messages (lower-cased) that mark each class. Anthropic words its subscription limits
-# for people ("You've hit your usage limit", "out of extra usage"); terminal answers name the organization.
-_WINDOW_WORDS = ("extra usage", "usage limit", "usage_limit")
-_TERMINAL_WORDS = (
-    "oauth authentication is currently not allowed for this organization",
-    "organization has been disabled",
-    "organization is disabled",
-    "credit balance is too low",
-    "account has been deactivated",
-    "account is not active",
-    "api key was reported as leaked",  # Google: a key found in public, blocked for good
-)
-# OpenAI's codes; Google's ErrorInfo reasons (an invalid key is its 400, not a 401).
-_TERMINAL_CODES = (
-    "insufficient_quota",
-    "account_deactivated",
-    "billing_not_active",
-    "API_KEY_INVALID",
-    "CONSUMER_SUSPENDED",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +119,7 @@ def _google_details(details: object) -> tuple[str, float | None]:
 
 
 def judge_answer(
+    provider: Provider,
     status: int,
     headers: Mapping[str, str],
     error: ErrorFields,
@@ -144,19 +130,20 @@ def judge_answer(
     """What the pool does with the credential that got this answer (see the module's docstring). Header names
     are compared case-insensitively. `echoed`: the words of `class_words` that the client wrote itself
     (`client_wrote`); in the message they are the client's words repeated, not the provider's, and say
-    nothing of the credential."""
+    nothing of the credential. `provider`: the format of the upstream whose key got the answer
+    (rules/providers `format_of`): its words, codes, window headers and overloaded answers are read."""
     lowered = {name.lower(): value.strip() for name, value in headers.items()}
     said = error.message.lower()
     for phrase in echoed:
         said = said.replace(phrase, " ")
     words = " ".join((error.type.lower(), error.code.lower(), said))
     message = error.message
-    if status == 529 or error.type == "overloaded_error" or (status == 503 and error.type == "UNAVAILABLE"):
+    if _overloaded(provider, status, error.type):
         wait = retry_after(lowered, now) or error.retry_s
         return Verdict("overloaded", _reason(status, message, "overloaded"), wait)
     if status < 400 or status >= 500:
         return NOTHING
-    if any(word in words for word in _TERMINAL_WORDS) or error.code in _TERMINAL_CODES:
+    if any(word in words for word in provider.terminal_words) or error.code in provider.terminal_codes:
         return Verdict("disable", _reason(status, message, error.code or "refused"))
     if status == 401:
         if kind == "oauth":
@@ -164,19 +151,29 @@ def judge_answer(
         return Verdict("disable", _reason(status, message, "refused"))
     if status != 429:
         return NOTHING
-    if lowered.get(UNIFIED + "status") == "rejected" or any(word in words for word in _WINDOW_WORDS):
-        return _window(lowered, message, now)
+    prefix = provider.window_prefix
+    rejected = bool(prefix) and lowered.get(prefix + "status") == "rejected"
+    if rejected or any(word in words for word in provider.window_words):
+        return _window(prefix, lowered, message, now)
     seconds = parse_cooldown(lowered, now, error.retry_s or RATE_LIMITED_COOLDOWN_S)
     return Verdict("cool", _reason(status, message, "rate limited"), seconds)
 
 
-def class_words(error: ErrorFields) -> tuple[str, ...]:
+def _overloaded(provider: Provider, status: int, kind: str) -> bool:
+    """Whether the answer is one of the provider's "overloaded" answers (its state, not the key's)."""
+    return any(
+        (want_status is None or want_status == status) and (want_type is None or want_type == kind)
+        for want_status, want_type in provider.overloaded_answers
+    )
+
+
+def class_words(provider: Provider, error: ErrorFields) -> tuple[str, ...]:
     """The words in an error message that would rest or disable a credential. Providers repeat a client's
     input in their messages (Anthropic's 404 `model: <model>`, an unexpected `anthropic-beta` value, OpenAI's
     "The model `<model>` does not exist"), so a client could write them itself: check them with
     `client_wrote` before the pool acts on them."""
     message = error.message.lower()
-    return tuple(word for word in (*_TERMINAL_WORDS, *_WINDOW_WORDS) if word in message)
+    return tuple(word for word in (*provider.terminal_words, *provider.window_words) if word in message)
 
 
 def client_wrote(words: Collection[str], body: bytes | None, texts: Iterable[str]) -> frozenset[str]:
@@ -215,15 +212,19 @@ def _strings(value: object) -> list[str]:
     return found
 
 
-def _window(headers: Mapping[str, str], message: str, now: float) -> Verdict:
-    """A spent subscription window: rest until it resets, and say which window and when."""
-    claim = headers.get(UNIFIED + "representative-claim") or _rejected_window(headers) or "subscription"
-    reset = _epoch(headers.get(UNIFIED + "reset"), now)
+def _window(prefix: str, headers: Mapping[str, str], message: str, now: float) -> Verdict:
+    """A spent subscription window: rest until it resets, and say which window and when. `prefix`: the
+    provider's window header family ("" when it has none)."""
+    claim = (prefix and headers.get(prefix + "representative-claim")) or _rejected_window(prefix, headers)
+    reset = _epoch(headers.get(prefix + "reset"), now) if prefix else None
     if reset is None:
         resets = [
             moment
             for name, value in headers.items()
-            if name.startswith(UNIFIED) and name.endswith("-reset") and name != UNIFIED + "overage-reset"
+            if prefix
+            and name.startswith(prefix)
+            and name.endswith("-reset")
+            and name != prefix + "overage-reset"
             if (moment := _epoch(value, now)) is not None
         ]
         reset = max(resets, default=None)
@@ -234,13 +235,13 @@ def _window(headers: Mapping[str, str], message: str, now: float) -> Verdict:
         seconds = min(reset - now, MAX_COOLDOWN_S)
         until = datetime.fromtimestamp(reset, UTC).strftime("%Y-%m-%d %H:%M UTC")
     words = f": {message.strip()}" if message.strip() else ""
-    return Verdict("window", f"429 {claim} window exhausted until {until}{words}", seconds)
+    return Verdict("window", f"429 {claim or 'subscription'} window exhausted until {until}{words}", seconds)
 
 
-def _rejected_window(headers: Mapping[str, str]) -> str | None:
+def _rejected_window(prefix: str, headers: Mapping[str, str]) -> str | None:
     for name, value in headers.items():
-        if name.startswith(UNIFIED) and name.endswith("-status") and value == "rejected":
-            window = name[len(UNIFIED) : -len("-status")]
+        if prefix and name.startswith(prefix) and name.endswith("-status") and value == "rejected":
+            window = name[len(prefix) : -len("-status")]
             if window and window != "overage":
                 return window
     return None

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from rules.config import Config, ConfigError, Upstream, load_config, resolve_secret
-from rules.providers import providers
+from rules.providers import format_of, providers
 from rules.secrets import unusable_secret
 
 Status = Literal["pass", "fail", "skip"]
@@ -39,7 +39,6 @@ TRUST_VARIABLES = {
 PROVIDER_HOSTS = tuple(host for known in providers() for host in known.hosts)
 CONNECT_TIMEOUT_S = 2.0
 ONLINE_TIMEOUT_S = 10.0
-ANTHROPIC_VERSION = "2023-06-01"
 
 
 @dataclass(frozen=True)
@@ -382,10 +381,8 @@ def _check_key(upstream: Upstream, field: str, reference: str, base_dir: Path, f
 def _models_request(upstream: Upstream, key: str) -> urllib.request.Request:
     port = "" if upstream.port == 443 else f":{upstream.port}"
     url = f"https://{upstream.host}{port}/v1/models"
-    if upstream.provider == "anthropic":
-        headers = {"x-api-key": key, "anthropic-version": ANTHROPIC_VERSION}
-    else:
-        headers = {"authorization": f"Bearer {key}"}
+    write = format_of(upstream.provider).models_headers
+    headers = write(key) if write else {"authorization": f"Bearer {key}"}
     return urllib.request.Request(url, headers={**headers, "user-agent": "sluice-doctor"}, method="GET")
 
 

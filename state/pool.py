@@ -35,6 +35,7 @@ import sqlite_utils
 from rules.provider_answers import ErrorFields, Kind, Verdict, judge_answer
 from rules.provider_answers import headroom as read_headroom
 from rules.provider_answers import quota_status as read_quota_status
+from rules.providers import GATEWAY_FORMAT, format_of, provider_for_host
 from rules.secrets import scrub
 from state.clock import SYSTEM_CLOCK, Clock
 from state.db import immediate
@@ -405,7 +406,9 @@ class CredentialPool:
         Returns the new state, or None when nothing changed."""
         now = self._clock.time() if now is None else now
         error = ErrorFields(message=message or "")
-        verdict = judge_answer(status, headers or {}, error, self._kind(host, fingerprint), now)
+        kind = self._kind(host, fingerprint)
+        speaker = provider_for_host(host) or format_of(GATEWAY_FORMAT)  # the pool knows hosts, not upstreams
+        verdict = judge_answer(speaker, status, headers or {}, error, kind, now)
         return self.apply(host, fingerprint, verdict, now)
 
     def apply(

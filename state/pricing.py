@@ -30,7 +30,7 @@ from genai_prices import types as genai_types
 from genai_prices.data_snapshot import get_snapshot
 
 from rules.estimate import estimate_tokens
-from rules.providers import provider_for_host, providers, wire_format
+from rules.providers import find_provider, provider_for_host, providers, wire_format
 from rules.usage import MAX_TOKENS_PER_CALL
 
 # Anthropic reports `service_tier` as standard/priority/batch, OpenAI as default/priority/flex/scale/auto;
@@ -249,7 +249,8 @@ def estimate_call(
     priced = price_as(priced, unknown_model_as, price)
     if priced.cost_usd is None:
         if priced.unpriced_model and not unknown_model_as:
-            example = {"anthropic": "claude-opus-4-1", "openai": "gpt-5"}.get(provider, "a-known-model")
+            known = find_provider(provider)
+            example = (known.example_model if known else "") or "a-known-model"
             return Estimate(
                 None,
                 refusal=(

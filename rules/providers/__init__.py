@@ -70,6 +70,18 @@ class Provider:
     key_variables: tuple[str, ...] = ()
     overloaded_status: int = 503  # what sluice answers while the provider says it is overloaded
     pricing_id: str | None = None  # genai-prices' provider id, when not `name`
+    # -- what its answers say of the credential (rules/provider_answers.py `judge_answer`) -------------
+    # The header family of its subscription windows: `<prefix>status` is `rejected` when one is spent,
+    # `<prefix>reset` (epoch seconds), `<prefix><window>-status` / `-reset`, `<prefix>representative-claim`.
+    window_prefix: str = ""
+    window_words: tuple[str, ...] = ()  # lower-case words of its messages that mark a spent window
+    terminal_words: tuple[str, ...] = ()  # ... that mark a credential disabled for good
+    terminal_codes: tuple[str, ...] = ()  # error codes (or ErrorInfo reasons) that do
+    # (status, error type) of its "overloaded" answers; None matches any.
+    overloaded_answers: tuple[tuple[int | None, str | None], ...] = ()
+    # The headers that list its models with an API key (`sluice doctor --online`); None: a bearer token.
+    models_headers: Callable[[str], dict[str, str]] | None = None
+    example_model: str = ""  # a model it serves, for examples in messages (`sluice doctor`, pricing)
 
 
 @dataclass(frozen=True, slots=True)

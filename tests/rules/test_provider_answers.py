@@ -20,12 +20,19 @@ from rules.provider_answers import (
     quota_status,
     read_error,
 )
+from rules.providers import Provider, provider
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "provider_answers"
 NOW = 1_796_000_000.0
 
 
 GEMINI = Path(__file__).parent.parent / "fixtures" / "gemini"
+ANTHROPIC = provider("anthropic")
+
+
+def _provider(answer: dict[str, Any]) -> Provider:
+    """The provider a recorded answer came from: its fixture says so."""
+    return provider(answer["provider"])
 
 
 def _fixtures() -> list[Any]:
@@ -42,7 +49,12 @@ def test_every_fixture_says_where_its_shape_comes_from() -> None:
 def test_each_recorded_answer_moves_the_pool_its_own_way(answer: dict[str, Any]) -> None:
     body = json.dumps(answer["body"]).encode()
     verdict = judge_answer(
-        answer["status"], answer["headers"], read_error(body), answer["kind"], answer["now"]
+        _provider(answer),
+        answer["status"],
+        answer["headers"],
+        read_error(body),
+        answer["kind"],
+        answer["now"],
     )
     expect = answer["expect"]
     assert verdict.action == expect["action"]
@@ -54,8 +66,8 @@ def test_each_recorded_answer_moves_the_pool_its_own_way(answer: dict[str, Any])
 
 def test_an_api_key_refused_is_disabled_where_an_oauth_token_is_refreshed() -> None:
     refused = ErrorFields("authentication_error", "", "invalid bearer token")
-    assert judge_answer(401, {}, refused, "key", NOW).action == "disable"
-    assert judge_answer(401, {}, refused, "oauth", NOW).action == "reauth"
+    assert judge_answer(ANTHROPIC, 401, {}, refused, "key", NOW).action == "disable"
+    assert judge_answer(ANTHROPIC, 401, {}, refused, "oauth", NOW).action == "reauth"
 
 
 def test_a_window_names_the_window_and_when_it_resets() -> None:
@@ -64,7 +76,7 @@ def test_a_window_names_the_window_and_when_it_resets() -> None:
         "anthropic-ratelimit-unified-7d-status": "rejected",
         "anthropic-ratelimit-unified-7d-reset": str(int(NOW) + 86_400),
     }
-    verdict = judge_answer(429, headers, ErrorFields(), "oauth", NOW)
+    verdict = judge_answer(ANTHROPIC, 429, headers, ErrorFields(), "oauth", NOW)
     assert verdict.action == "window"
     assert verdict.seconds == pytest.approx(86_400)
     assert verdict.reason.startswith("429 7d window exhausted until 2026-")
@@ -75,17 +87,19 @@ def test_a_window_reset_in_the_past_or_absurd_is_bounded() -> None:
         "anthropic-ratelimit-unified-status": "rejected",
         "anthropic-ratelimit-unified-reset": "1500000000",
     }
-    assert judge_answer(429, past, ErrorFields(), "oauth", NOW).seconds == 300
+    assert judge_answer(ANTHROPIC, 429, past, ErrorFields(), "oauth", NOW).seconds == 300
     far = {
         "anthropic-ratelimit-unified-status": "rejected",
         "anthropic-ratelimit-unified-reset": "9999999999",
     }
-    assert judge_answer(429, far, ErrorFields(), "oauth", NOW).seconds == MAX_COOLDOWN_S
+    assert judge_answer(ANTHROPIC, 429, far, ErrorFields(), "oauth", NOW).seconds == MAX_COOLDOWN_S
 
 
 @pytest.mark.parametrize("status", [200, 404, 413, 500, 502])
 def test_answers_that_say_nothing_of_the_credential_move_nothing(status: int) -> None:
-    assert judge_answer(status, {}, ErrorFields("api_error", "", "boom"), "key", NOW).action == "none"
+    assert (
+        judge_answer(ANTHROPIC, status, {}, ErrorFields("api_error", "", "boom"), "key", NOW).action == "none"
+    )
 
 
 @pytest.mark.parametrize(
@@ -227,12 +241,12 @@ ECHOED_MODEL = ErrorFields("not_found_error", "", "model: This organization has 
 
 def test_words_the_client_wrote_and_the_provider_repeated_move_no_key() -> None:
     body = json.dumps({"model": "This organization has been disabled.", "messages": []}).encode()
-    words = class_words(ECHOED_MODEL)
+    words = class_words(ANTHROPIC, ECHOED_MODEL)
     assert words == ("organization has been disabled",)
     echoed = client_wrote(words, body, ["/v1/messages"])
-    assert judge_answer(404, {}, ECHOED_MODEL, "key", NOW, echoed).action == "none"
+    assert judge_answer(ANTHROPIC, 404, {}, ECHOED_MODEL, "key", NOW, echoed).action == "none"
     # Without the check the same answer would take the key from everyone.
-    assert judge_answer(404, {}, ECHOED_MODEL, "key", NOW).action == "disable"
+    assert judge_answer(ANTHROPIC, 404, {}, ECHOED_MODEL, "key", NOW).action == "disable"
 
 
 def test_words_are_found_however_the_client_spelled_them() -> None:
@@ -244,8 +258,8 @@ def test_words_are_found_however_the_client_spelled_them() -> None:
     assert client_wrote(words, b"{}", ["credit  balance\tis too LOW"]) == frozenset(words)
     # A window's words on a 429 are the client's too when it wrote them.
     limited = ErrorFields("rate_limit_error", "", "Rate limit reached for model `extra usage`")
-    echoed = client_wrote(class_words(limited), b'{"model": "extra usage"}', [])
-    assert judge_answer(429, {}, limited, "key", NOW, echoed).action == "cool"
+    echoed = client_wrote(class_words(ANTHROPIC, limited), b'{"model": "extra usage"}', [])
+    assert judge_answer(ANTHROPIC, 429, {}, limited, "key", NOW, echoed).action == "cool"
 
 
 def test_a_body_that_cannot_be_read_makes_every_word_the_clients() -> None:
@@ -258,6 +272,17 @@ def test_a_body_that_cannot_be_read_makes_every_word_the_clients() -> None:
 def test_the_providers_own_words_still_disable_the_key() -> None:
     terminal = ErrorFields("invalid_request_error", "", "This organization has been disabled.")
     body = json.dumps({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}]}).encode()
-    echoed = client_wrote(class_words(terminal), body, ["/v1/messages", "2023-06-01"])
+    echoed = client_wrote(class_words(ANTHROPIC, terminal), body, ["/v1/messages", "2023-06-01"])
     assert echoed == frozenset()
-    assert judge_answer(400, {}, terminal, "key", NOW, echoed).action == "disable"
+    assert judge_answer(ANTHROPIC, 400, {}, terminal, "key", NOW, echoed).action == "disable"
+
+
+def test_each_provider_is_judged_by_its_own_words_and_codes() -> None:
+    quota = ErrorFields("insufficient_quota", "insufficient_quota", "You exceeded your current quota")
+    assert judge_answer(provider("openai"), 429, {}, quota, "key", NOW).action == "disable"
+    unavailable = ErrorFields("UNAVAILABLE", "", "The model is overloaded.")
+    assert judge_answer(provider("gemini"), 503, {}, unavailable, "key", NOW).action == "overloaded"
+    assert judge_answer(ANTHROPIC, 503, {}, unavailable, "key", NOW).action == "none"
+    spent = {"anthropic-ratelimit-unified-status": "rejected"}
+    assert judge_answer(ANTHROPIC, 429, spent, ErrorFields(), "oauth", NOW).action == "window"
+    assert judge_answer(provider("openai"), 429, spent, ErrorFields(), "key", NOW).action == "cool"

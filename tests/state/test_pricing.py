@@ -113,9 +113,12 @@ def test_estimate_refuses_an_unknown_model_and_names_the_option():
     assert found.refusal is not None
     assert "claude-imaginary-9" in found.refusal and "no known price" in found.refusal
     assert "budget_price_unknown_models_as" in found.refusal
+    assert '{ anthropic = "claude-opus-4-1" }' in found.refusal  # the example is the provider's own model
     assert found.reason is not None and "no price" in found.reason
     missing = estimate_call("openai", "chat", None, {"messages": []}, 40)
     assert missing.cost_usd is None and "budget_price_unknown_models_as" in (missing.refusal or "")
+    gateway = estimate_call("openrouter", "chat", "imaginary-9", {"messages": []}, 40)
+    assert '{ openrouter = "a-known-model" }' in (gateway.refusal or "")
 
 
 def test_estimate_prices_an_unknown_model_as_the_named_one():

@@ -28,6 +28,14 @@ _ERROR_TYPES = {
 }
 
 
+API_VERSION = "2023-06-01"  # https://docs.claude.com/en/api/versioning
+
+
+def models_headers(key: str) -> dict[str, str]:
+    """The headers of a `GET /v1/models` with an API key."""
+    return {"x-api-key": key, "anthropic-version": API_VERSION}
+
+
 def error_body(status: int, message: str, code: str | None = None) -> bytes:
     body = {"type": "error", "error": {"type": _ERROR_TYPES.get(status, "api_error"), "message": message}}
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
@@ -62,6 +70,19 @@ ANTHROPIC = Provider(
     key_headers=("x-api-key", "authorization"),
     overloaded_status=529,
     key_variables=("ANTHROPIC_API_KEY",),
+    window_prefix="anthropic-ratelimit-unified-",
+    # Its subscription limits are worded for people ("You've hit your usage limit", "out of extra usage");
+    # its terminal answers name the organization.
+    window_words=("extra usage", "usage limit", "usage_limit"),
+    terminal_words=(
+        "oauth authentication is currently not allowed for this organization",
+        "organization has been disabled",
+        "organization is disabled",
+        "credit balance is too low",
+    ),
+    overloaded_answers=((529, None), (None, "overloaded_error")),
+    models_headers=models_headers,
+    example_model="claude-opus-4-1",
 )
 
 MESSAGES = WireFormat(

@@ -64,6 +64,10 @@ GEMINI = Provider(
     key_query=KEY_QUERY,
     pricing_id="google",
     key_variables=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    terminal_words=("api key was reported as leaked",),  # a key found in public, blocked for good
+    # Google's ErrorInfo reasons (an invalid key is its 400, not a 401).
+    terminal_codes=("API_KEY_INVALID", "CONSUMER_SUSPENDED"),
+    overloaded_answers=((503, "UNAVAILABLE"),),
 )
 
 

@@ -52,6 +52,9 @@ OPENAI = Provider(
     write_credential=write_credential,
     key_headers=("authorization", "x-api-key"),
     key_variables=("OPENAI_API_KEY",),
+    terminal_words=("account has been deactivated", "account is not active"),
+    terminal_codes=("insufficient_quota", "account_deactivated", "billing_not_active"),
+    example_model="gpt-5",
 )
 
 CHAT = WireFormat(
