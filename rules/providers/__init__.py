@@ -253,10 +253,6 @@ def providers() -> Iterator[Provider]:
     return iter(list(_PROVIDERS.values()))
 
 
-def wire_formats() -> Iterator[WireFormat]:
-    return iter(list(_WIRES.values()))
-
-
 def provider_for_host(host: str) -> Provider | None:
     """The provider whose own API host this is (any case, trailing dot or not)."""
     wanted = host.lower().rstrip(".")
