@@ -41,6 +41,7 @@ WRITERS: dict[str, Writer] = {
     ),
     "provider": Writer(("core",), "request: `bill`, again at `repoint` (who bills depends on the host)"),
     "billed_by": Writer(("core",), "request: `bill`, again at `repoint`"),
+    "region": Writer(("core",), "request: `bill`, again at `repoint`"),
     "client": Writer(("gate",), "request"),
     "user_id": Writer(("gate",), "request"),
     "credential": Writer(("credentials",), "request: the pool entry it swapped in (was: the presented key)"),
@@ -104,6 +105,7 @@ class Call:
     api: str  # the wire format (rules/providers), whose provider's envelope sluice answers in
     started: float
     billed_by: str | None = None  # who bills it, when the host says (state/pricing.py `billing_provider`)
+    region: str | None = None  # the cloud region its host names (rules/providers `host_region`)
     client: str | None = None
     user_id: str | None = None
     credential: str = "none"
@@ -230,6 +232,7 @@ def build_record(
         "rules_applied": json.dumps(call.rules_applied + [f"note:{n}" for n in call.notes]) or None,
         "rate_limits": json.dumps(dict(rate_limits)) if rate_limits else None,
         "session_id": call.session_id,
+        "region": call.region,
     }
     if row["rules_applied"] == "[]":
         row["rules_applied"] = None

@@ -31,6 +31,7 @@ from rules.providers import (
     classify,
     find_provider,
     format_of,
+    host_region,
     provider_for_host,
     providers,
     served_path,
@@ -236,6 +237,7 @@ class SluiceCore:
         provider and the model's name decides its price."""
         call.billed_by = self.billed_by(host)
         call.provider = call.billed_by or wire_format(call.api).provider.name
+        call.region = host_region(normalize_host(host))
 
     def billed_by(self, host: str) -> str | None:
         upstream = self.upstream_for(host)

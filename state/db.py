@@ -58,6 +58,8 @@ CALL_COLUMNS: dict[str, type] = {
     # miss, the likely cause.
     "cache_status": str,
     "cache_note": str,
+    # The cloud region a regional host names (Bedrock's, Vertex AI's); NULL for any other host.
+    "region": str,
 }
 
 
@@ -328,6 +330,12 @@ def _migration_8_sandbox_events(db: sqlite_utils.Database) -> None:
     db["sandbox_events"].create_index(["at"])  # type: ignore[union-attr]
 
 
+def _migration_9_region(db: sqlite_utils.Database) -> None:
+    # As in migration 5: a database created before the column existed gets it.
+    if "region" not in db["calls"].columns_dict:
+        db["calls"].add_column("region", str)  # type: ignore[union-attr]
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1_calls_and_rate_limits,
     _migration_2_views,
@@ -337,6 +345,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_6_credential_history_and_routing,
     _migration_7_alerts,
     _migration_8_sandbox_events,
+    _migration_9_region,
 ]
 
 

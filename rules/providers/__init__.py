@@ -70,6 +70,9 @@ class Provider:
     key_variables: tuple[str, ...] = ()
     overloaded_status: int = 503  # what sluice answers while the provider says it is overloaded
     pricing_id: str | None = None  # genai-prices' provider id, when not `name`
+    # A cloud's regional hosts (`bedrock-runtime.us-east-1.amazonaws.com`): host -> its region, None for a
+    # host that is not one of them. A regional host is the provider's own like those in `hosts`.
+    regional_host: Callable[[str], str | None] | None = None
     # -- what its answers say of the credential (rules/provider_answers.py `judge_answer`) -------------
     # The header family of its subscription windows: `<prefix>status` is `rejected` when one is spent,
     # `<prefix>reset` (epoch seconds), `<prefix><window>-status` / `-reset`, `<prefix>representative-claim`.
@@ -257,8 +260,17 @@ def provider_for_host(host: str) -> Provider | None:
     """The provider whose own API host this is (any case, trailing dot or not)."""
     wanted = host.lower().rstrip(".")
     for known in _PROVIDERS.values():
-        if wanted in known.hosts:
+        if wanted in known.hosts or (known.regional_host is not None and known.regional_host(wanted)):
             return known
+    return None
+
+
+def host_region(host: str) -> str | None:
+    """The cloud region a provider's regional host names (the row's `region`); None for any other host."""
+    wanted = host.lower().rstrip(".")
+    for known in _PROVIDERS.values():
+        if known.regional_host is not None and (region := known.regional_host(wanted)):
+            return region
     return None
 
 

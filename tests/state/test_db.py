@@ -138,3 +138,15 @@ def test_a_database_from_before_cache_health_gains_its_columns(tmp_path: Path) -
     assert [row["id"] for row in upgraded.query("select id from calls")] == ["x"]
     assert "cache_misses" in upgraded.view_names()
     state_db.migrate(upgraded)  # again: nothing to do, no error
+
+
+def test_a_database_from_before_regions_gains_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = state_db.connect(path)
+    old["calls"].insert(call("x", "2026-11-20T10:00:00+00:00"))
+    old.execute("alter table calls drop column region")
+    old.execute("delete from _sluice_migrations where id = 9")
+    old.close()
+    upgraded = state_db.connect(path)
+    assert "region" in upgraded["calls"].columns_dict
+    assert [row["region"] for row in upgraded.query("select region from calls")] == [None]

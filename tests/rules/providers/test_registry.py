@@ -52,3 +52,26 @@ def test_a_second_wire_format_under_a_known_name_is_refused():
     )
     with pytest.raises(ValueError, match="a second Provider named 'anthropic'"):
         register(WireFormat("other", impostor, ("/other",)))
+
+
+def test_a_cloud_provider_owns_its_regional_hosts_and_names_their_region():
+    from rules.providers import _PROVIDERS, host_region
+
+    def regional(host: str) -> str | None:
+        prefix, _, rest = host.partition(".")
+        return rest.removesuffix(".cloud.test") if prefix == "llm" and rest.endswith(".cloud.test") else None
+
+    base = provider("anthropic")
+    cloud = Provider(
+        "toy-cloud", (), (), (), base.error_body, base.sse_error_event, base.write_credential, (),
+        regional_host=regional,
+    )  # fmt: skip
+    _PROVIDERS[cloud.name] = cloud
+    try:
+        assert provider_for_host("LLM.eu-west-3.cloud.test.") is cloud
+        assert host_region("llm.eu-west-3.cloud.test") == "eu-west-3"
+        assert host_region("other.eu-west-3.cloud.test") is None
+        assert provider_for_host("other.eu-west-3.cloud.test") is None
+        assert host_region("api.anthropic.com") is None
+    finally:
+        del _PROVIDERS[cloud.name]
