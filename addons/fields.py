@@ -12,6 +12,11 @@ from collections.abc import Mapping
 
 Fields = tuple[tuple[bytes, bytes], ...]
 
+# What names a rate-limit header: every provider's families have it in their names (rules/providers:
+# `Provider.window_prefix`, `counted_limits`; a test holds each to it), as do the IETF draft's `RateLimit`
+# headers some gateways send. The row keeps every header named so, as it came.
+RATE_LIMIT_MARKER = "ratelimit"
+
 
 def header_values(fields: Fields, only: frozenset[bytes] | None = None) -> dict[str, str]:
     """Each header's first value by lower-cased name (`only` those, given lower-cased), decoded as
@@ -27,13 +32,16 @@ def header_values(fields: Fields, only: frozenset[bytes] | None = None) -> dict[
     return found
 
 
+_MARKER = RATE_LIMIT_MARKER.encode()
+
+
 def rate_limit_values(fields: Fields) -> dict[str, str]:
-    """The rate-limit headers (`anthropic-ratelimit-*`, `x-ratelimit-*`) and `retry-after*`, first value by
-    lower-cased name: the few a reader of an answer's limits needs, without decoding the rest."""
+    """The rate-limit headers (RATE_LIMIT_MARKER) and `retry-after*`, first value by lower-cased name: the
+    few a reader of an answer's limits needs, without decoding the rest."""
     found: dict[str, str] = {}
     for name, value in fields:
         lowered = name.lower()
-        if b"ratelimit" in lowered or lowered.startswith(b"retry-after"):
+        if _MARKER in lowered or lowered.startswith(b"retry-after"):
             key = lowered.decode("utf-8", "surrogateescape")
             if key not in found:
                 found[key] = value.decode("utf-8", "surrogateescape")

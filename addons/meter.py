@@ -32,7 +32,7 @@ from addons.decoding import (
     make_decoder,
     set_decode_max,
 )
-from addons.fields import header_values
+from addons.fields import RATE_LIMIT_MARKER, header_values
 from rules.providers import wire_format
 from rules.stream_filter import SSERecordFilter
 from rules.usage import Reading, StreamReader, read_response_body
@@ -40,7 +40,6 @@ from state.writer import CallRecord
 
 log = logging.getLogger("sluice")
 
-RATE_LIMIT_MARKER = "ratelimit"  # anthropic-ratelimit-*, anthropic-ratelimit-unified-*, x-ratelimit-*
 _STREAM_HEADERS = frozenset({b"content-type", b"content-encoding"})
 # Decoded stream bytes parsed per turn of the event loop: at worst (a flood of tiny events) ~3 ms of the
 # usage parser. What one wire chunk decodes to beyond that is parsed on the following turns.

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
+from rules.providers import counted_limit_header, window_header, window_prefixes
 from rules.times import parse_reset
 
 if TYPE_CHECKING:
@@ -49,10 +50,6 @@ OVERLOADED_RETRY_S = 5.0
 MAX_COOLDOWN_S = 7 * 24 * 3600.0
 # Error bodies are small; a larger one is not an error envelope worth reading.
 MAX_ERROR_BODY = 64 * 1024
-
-# The header family of Anthropic's subscription windows: still read by name by `quota_status`, `headroom` and
-# `parse_cooldown`; `judge_answer` reads the family its provider names (`Provider.window_prefix`).
-UNIFIED = "anthropic-ratelimit-unified-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,9 +245,11 @@ def _rejected_window(prefix: str, headers: Mapping[str, str]) -> str | None:
 
 
 def quota_status(headers: Mapping[str, str]) -> str | None:
-    """Anthropic's subscription status on this answer (`allowed`, `allowed_warning`, `rejected`), if any."""
+    """The subscription status on this answer (`allowed`, `allowed_warning`, `rejected`: a provider's
+    `<window_prefix>status`), if any."""
     for name, value in headers.items():
-        if name.lower() == UNIFIED + "status":
+        window = window_header(name.lower())
+        if window is not None and window[1] == "status":
             text = value.strip().lower()
             return text if re.fullmatch(r"[a-z_]{1,32}", text) else None
     return None
@@ -258,28 +257,32 @@ def quota_status(headers: Mapping[str, str]) -> str | None:
 
 def headroom(headers: Mapping[str, str]) -> float | None:
     """How much of its limits a credential has left, 0..1, by the tightest limit the answer reports; None
-    when it reports none. Anthropic's subscription windows report utilization (`...-5h-utilization`, 0..1);
-    standard limits report remaining and limit (`anthropic-ratelimit-tokens-*`, `x-ratelimit-*-tokens`)."""
-    lowered = {name.lower(): value for name, value in headers.items()}
+    when it reports none. Subscription windows report utilization (`<window_prefix>5h-utilization`, 0..1);
+    counted limits report remaining and limit (`Provider.counted_limits`)."""
     left: list[float] = []
-    for name, value in lowered.items():
-        if name.startswith(UNIFIED) and name.endswith("-utilization"):
+    for name, value in headers.items():
+        window = window_header(name.lower())
+        if window is not None and window[1].endswith("-utilization"):
             used = _number(value)
             if used is not None:
                 left.append(1.0 - used)
-        elif name.endswith("-remaining") and name.startswith("anthropic-ratelimit-"):
-            limit = _number(lowered.get(name[: -len("remaining")] + "limit"))
-            remaining = _number(value)
-            if limit and remaining is not None:
-                left.append(remaining / limit)
-        elif name.startswith("x-ratelimit-remaining-"):
-            limit = _number(lowered.get("x-ratelimit-limit-" + name[len("x-ratelimit-remaining-") :]))
-            remaining = _number(value)
-            if limit and remaining is not None:
-                left.append(remaining / limit)
+    for fields in _counted_limits(headers).values():
+        limit, remaining = _number(fields.get("limit")), _number(fields.get("remaining"))
+        if limit and remaining is not None:
+            left.append(remaining / limit)
     if not left:
         return None
     return min(1.0, max(0.0, min(left)))
+
+
+def _counted_limits(headers: Mapping[str, str]) -> dict[tuple[str, str], dict[str, str]]:
+    """The answer's counted limits: (provider, limit) -> {field: value} (`limit`, `remaining`, `reset`)."""
+    found: dict[tuple[str, str], dict[str, str]] = {}
+    for name, value in headers.items():
+        if counted := counted_limit_header(name.lower()):
+            provider, limit, field = counted
+            found.setdefault((provider.name, limit), {})[field] = value
+    return found
 
 
 # -- times ---------------------------------------------------------------------------------------------------
@@ -289,20 +292,21 @@ def parse_cooldown(headers: Mapping[str, str], now: float, default_s: float) -> 
     """How long to rest a credential after a 429, in seconds, from the answer's headers.
 
     In order: `retry-after-ms` (milliseconds; Anthropic and OpenAI send it and their SDKs prefer it),
-    `retry-after` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3); then, for Anthropic's subscription
-    limits, `anthropic-ratelimit-unified-reset` (epoch seconds) when `-unified-status` is `rejected`; then the
-    reset of an exhausted standard limit (`x-ratelimit-reset-*` durations, `anthropic-ratelimit-*-reset`
-    RFC 3339). A missing or malformed value falls through to the next; `default_s` when none is usable. The
-    result is capped at MAX_COOLDOWN_S. Header names are compared case-insensitively.
+    `retry-after` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3); then, for a subscription window
+    family, `<window_prefix>reset` (epoch seconds) when `<window_prefix>status` is `rejected`; then the reset
+    of an exhausted counted limit (`Provider.counted_limits`: OpenAI's durations, Anthropic's RFC 3339). A
+    missing or malformed value falls through to the next; `default_s` when none is usable. The result is
+    capped at MAX_COOLDOWN_S. Header names are compared case-insensitively.
     """
     lowered = {name.lower(): value.strip() for name, value in headers.items()}
     wait = retry_after(lowered, now)
     if wait is not None:
         return wait
-    if lowered.get(UNIFIED + "status") == "rejected":
-        reset = _epoch(lowered.get(UNIFIED + "reset"), now)
-        if reset is not None and reset > now:
-            return min(reset - now, MAX_COOLDOWN_S)
+    for prefix in window_prefixes():
+        if lowered.get(prefix + "status") == "rejected":
+            reset = _epoch(lowered.get(prefix + "reset"), now)
+            if reset is not None and reset > now:
+                return min(reset - now, MAX_COOLDOWN_S)
     exhausted = _exhausted_reset(lowered, now)
     return exhausted if exhausted is not None else default_s
 
@@ -324,18 +328,12 @@ def retry_after(headers: Mapping[str, str], now: float) -> float | None:
 
 
 def _exhausted_reset(headers: Mapping[str, str], now: float) -> float | None:
-    """The latest reset among standard limits with nothing remaining (the one the 429 is about)."""
+    """The latest reset among counted limits with nothing remaining (the one the 429 is about)."""
     resets: list[float] = []
-    for name, value in headers.items():
-        if name.startswith("x-ratelimit-remaining-"):
-            reset_name = "x-ratelimit-reset-" + name[len("x-ratelimit-remaining-") :]
-        elif name.startswith("anthropic-ratelimit-") and name.endswith("-remaining"):
-            reset_name = name[: -len("remaining")] + "reset"
-        else:
+    for fields in _counted_limits(headers).values():
+        if _number(fields.get("remaining")) != 0 or "reset" not in fields:
             continue
-        if _number(value) != 0 or reset_name not in headers:
-            continue
-        moment = parse_reset(headers[reset_name], datetime.fromtimestamp(now, UTC))
+        moment = parse_reset(fields["reset"], datetime.fromtimestamp(now, UTC))
         if moment is not None and moment.timestamp() > now:
             resets.append(moment.timestamp() - now)
     return min(max(resets), MAX_COOLDOWN_S) if resets else None

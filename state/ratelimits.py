@@ -3,17 +3,16 @@
 Pure: header values and the time they were observed go in, frozen dataclasses come out. Nothing here reads a
 clock or a database; callers pass `observed_at` (when the response carried the headers) and `now`.
 
-Header families:
+Header families are the providers' own (rules/providers: a `Provider`'s `window_prefix` and
+`counted_limits`):
 
-- Anthropic standard limits,
-  `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}`, reset as
-  RFC 3339 (https://docs.anthropic.com/en/api/rate-limits#response-headers).
-- Anthropic subscription ("unified") limits, `anthropic-ratelimit-unified-*`: an overall status and reset
-  (epoch seconds), a representative claim, windows `5h`, `7d` and model-scoped weekly windows (`7d_opus`,
-  `7d_sonnet`, ... and the hyphenated `7d-<model>` spelling) with utilization as a 0..1 fraction, fallback and
-  overage.
-- OpenAI, `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, reset as a Go-style duration such as
-  `6m0s`, `12ms` or `1h2m3.5s` (https://platform.openai.com/docs/guides/rate-limits).
+- counted limits, each a limit, what remains of it and when it resets (Anthropic's
+  `anthropic-ratelimit-tokens-remaining`, reset as RFC 3339; OpenAI's `x-ratelimit-remaining-tokens`, reset
+  as a Go-style duration such as `6m0s` or `1h2m3.5s`);
+- subscription windows (Anthropic's `anthropic-ratelimit-unified-*`): an overall status and reset (epoch
+  seconds), a representative claim, windows named by their length (`5h`, `7d`) or scoped to a model (`7d_opus`
+  and the hyphenated `7d-opus`), each with its utilization as a 0..1 fraction, fallback and overage;
+- `retry-after-ms` and `retry-after`, which any provider may send.
 
 A header that belongs to no family, or whose value does not parse, is kept raw in `QuotaSummary.other`:
 a provider's next header is shown, never dropped.
@@ -28,15 +27,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from rules.providers import counted_limit_header, window_header
 from rules.times import as_utc, parse_reset
 
-UNIFIED_PREFIX = "anthropic-ratelimit-unified-"
-
-
-_ANTHROPIC_STANDARD = re.compile(
-    r"anthropic-ratelimit-(?P<name>[a-z0-9-]+?)-(?P<field>limit|remaining|reset)"
-)
-_OPENAI = re.compile(r"x-ratelimit-(?P<field>limit|remaining|reset)-(?P<name>[a-z0-9-]+)")
 # Windows are named by their length, optionally scoped to a model: `5h`, `7d`, `7d_opus`, `7d-opus`.
 _UNIFIED_WINDOW = re.compile(r"(?P<count>\d+)(?P<unit>[hd])(?:[_-][a-z0-9_.-]+)?")
 _LIMIT_ORDER = ("requests", "tokens", "input-tokens", "output-tokens")
@@ -382,28 +375,25 @@ class _Builder:
             self.other.append(RawHeader(name, value, at))
 
     def _place(self, name: str, value: str, at: datetime) -> bool:
-        if name.startswith(UNIFIED_PREFIX):
-            return self._place_unified(name.removeprefix(UNIFIED_PREFIX), value, at)
-        if match := _ANTHROPIC_STANDARD.fullmatch(name):
-            group: _Group = ("limit", "anthropic", match["name"])
-        elif match := _OPENAI.fullmatch(name):
-            group = ("limit", "openai", match["name"])
-        elif name == "retry-after-ms":
+        if window := window_header(name):
+            return self._place_unified(window[1], value, at)
+        if counted := counted_limit_header(name):
+            provider, limit, field = counted
+            parser = None if field == "reset" else _integer
+            return self._store(("limit", provider.name, limit), field, value, at, parser)
+        if name == "retry-after-ms":
             milliseconds = _number(value)
             if milliseconds is None:
                 return False
             self.retry[name] = at + timedelta(milliseconds=milliseconds)
             return True
-        elif name == "retry-after":
+        if name == "retry-after":
             retry_at = parse_reset(value, at)
             if retry_at is None:
                 return False
             self.retry[name] = retry_at
             return True
-        else:
-            return False
-        parser = None if match["field"] == "reset" else _integer
-        return self._store(group, match["field"], value, at, parser)
+        return False
 
     def _place_unified(self, rest: str, value: str, at: datetime) -> bool:
         if rest in _UNIFIED_FIELDS:

@@ -15,6 +15,7 @@ Pure: this package and its modules import the standard library, pydantic and rul
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -77,6 +78,10 @@ class Provider:
     # The header family of its subscription windows: `<prefix>status` is `rejected` when one is spent,
     # `<prefix>reset` (epoch seconds), `<prefix><window>-status` / `-reset`, `<prefix>representative-claim`.
     window_prefix: str = ""
+    # Its counted rate limits' headers (`x-ratelimit-remaining-tokens`): a full match of a lower-case name
+    # gives the limit (group `name`) and which of its `limit`, `remaining` or `reset` the header is (group
+    # `field`); a reset is a time or a duration (rules/times.py `parse_reset`). Matched after the windows.
+    counted_limits: re.Pattern[str] | None = None
     window_words: tuple[str, ...] = ()  # lower-case words of its messages that mark a spent window
     terminal_words: tuple[str, ...] = ()  # ... that mark a credential disabled for good
     terminal_codes: tuple[str, ...] = ()  # error codes (or ErrorInfo reasons) that do
@@ -263,6 +268,31 @@ def provider_for_host(host: str) -> Provider | None:
         if wanted in known.hosts or (known.regional_host is not None and known.regional_host(wanted)):
             return known
     return None
+
+
+def window_header(name: str) -> tuple[Provider, str] | None:
+    """The provider whose subscription-window family a rate-limit header (lower-case name) belongs to, and
+    what follows the family's prefix (`status`, `5h-utilization`, ...); None for any other header."""
+    for known in _PROVIDERS.values():
+        if known.window_prefix and name.startswith(known.window_prefix):
+            return known, name[len(known.window_prefix) :]
+    return None
+
+
+def counted_limit_header(name: str) -> tuple[Provider, str, str] | None:
+    """(provider, limit, field) of a counted rate limit's header (lower-case name), None for any other. A
+    window's header is not one, though a family's pattern may match it."""
+    if window_header(name) is not None:
+        return None
+    for known in _PROVIDERS.values():
+        if known.counted_limits is not None and (match := known.counted_limits.fullmatch(name)):
+            return known, match["name"], match["field"]
+    return None
+
+
+def window_prefixes() -> list[str]:
+    """Every provider's subscription-window header prefix."""
+    return [known.window_prefix for known in _PROVIDERS.values() if known.window_prefix]
 
 
 def host_region(host: str) -> str | None:

@@ -55,3 +55,14 @@ def test_rate_limit_values_keeps_only_what_a_reader_of_limits_needs() -> None:
         "retry-after": "3",
         "retry-after-ms": "2500",
     }
+
+
+def test_every_rate_limit_family_is_named_so_that_the_row_keeps_it():
+    from addons.fields import RATE_LIMIT_MARKER
+    from rules.providers import providers
+
+    for known in providers():
+        if known.window_prefix:
+            assert RATE_LIMIT_MARKER in known.window_prefix, known.name
+        if known.counted_limits is not None:
+            assert RATE_LIMIT_MARKER in known.counted_limits.pattern, known.name

@@ -9,6 +9,7 @@ Keys: `x-api-key` for API keys, `Authorization: Bearer` with the `oauth-2025-04-
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 
 from rules.providers import Provider, WireFormat, register
@@ -71,6 +72,9 @@ ANTHROPIC = Provider(
     overloaded_status=529,
     key_variables=("ANTHROPIC_API_KEY",),
     window_prefix="anthropic-ratelimit-unified-",
+    # anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}, resets as
+    # RFC 3339 times. https://docs.claude.com/en/api/rate-limits#response-headers
+    counted_limits=re.compile(r"anthropic-ratelimit-(?P<name>[a-z0-9-]+?)-(?P<field>limit|remaining|reset)"),
     # Its subscription limits are worded for people ("You've hit your usage limit", "out of extra usage");
     # its terminal answers name the organization.
     window_words=("extra usage", "usage limit", "usage_limit"),

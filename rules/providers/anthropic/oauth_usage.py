@@ -31,7 +31,7 @@ import re
 from datetime import datetime
 from decimal import Decimal
 
-from rules.providers.anthropic import OAUTH_BETA
+from rules.providers.anthropic import ANTHROPIC, OAUTH_BETA
 
 USAGE_PATH = "/api/oauth/usage"
 USAGE_BETA = OAUTH_BETA  # the same beta flag every OAuth-authenticated Anthropic request carries
@@ -40,7 +40,7 @@ SCOPE_NEEDED = "user:profile"
 SOURCE = "oauth-usage"
 RAW_PREFIX = "oauth-usage."
 
-_UNIFIED = "anthropic-ratelimit-unified-"
+_UNIFIED = ANTHROPIC.window_prefix
 _WINDOW_KEY = re.compile(r"(?P<count>\d+|[a-z]+)_(?P<unit>hour|day|week)s?(?:_(?P<scope>[a-z0-9_]+))?")
 _NUMBER_WORDS = {
     "one": 1,

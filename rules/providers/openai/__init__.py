@@ -8,6 +8,7 @@ Keys: `Authorization: Bearer`. Errors: `{"error": {"message", "type", "param", "
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 
 from rules.providers import Provider, WireFormat, register
@@ -52,6 +53,9 @@ OPENAI = Provider(
     write_credential=write_credential,
     key_headers=("authorization", "x-api-key"),
     key_variables=("OPENAI_API_KEY",),
+    # x-ratelimit-{limit,remaining,reset}-{requests,tokens}, resets as durations (`6m0s`, `12ms`); the
+    # gateways that speak its format send the same. https://platform.openai.com/docs/guides/rate-limits
+    counted_limits=re.compile(r"x-ratelimit-(?P<field>limit|remaining|reset)-(?P<name>[a-z0-9-]+)"),
     terminal_words=("account has been deactivated", "account is not active"),
     terminal_codes=("insufficient_quota", "account_deactivated", "billing_not_active"),
     example_model="gpt-5",

@@ -5,13 +5,16 @@ and every generic part of sluice meters, rewrites, estimates, shows and answers 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 from rules.config import Rules, SystemBlock
 from rules.estimate import estimate_tokens
+from rules.provider_answers import headroom, parse_cooldown
 from rules.providers import classify, provider, provider_for_host
 from rules.rewrite import RuleContext, apply_request_rules
 from rules.transcript import reassemble
 from rules.usage import StreamReader, read_response_body
+from state.ratelimits import summarize
 from tests.rules.providers import toy
 
 
@@ -52,3 +55,22 @@ def test_the_toy_provider_is_classified_read_rewritten_estimated_and_shown() -> 
     assert json.loads(provider("toy").error_body(429, "slow down", None)) == {
         "problem": {"status": 429, "detail": "slow down"}
     }
+
+
+def test_the_toy_providers_rate_limits_are_read_for_the_pool_and_the_quota_view() -> None:
+    headers = {
+        "X-Toy-Ratelimit-Limit-Calls": "100",
+        "x-toy-ratelimit-remaining-calls": "0",
+        "x-toy-ratelimit-reset-calls": "30s",
+        "x-toy-ratelimit-limit-words": "1000",
+        "x-toy-ratelimit-remaining-words": "800",
+    }
+    assert headroom(headers) == 0.0
+    assert parse_cooldown(headers, now=1_000.0, default_s=60.0) == 30.0
+    at = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    summary = summarize(headers, at)
+    assert [(limit.provider, limit.name, limit.limit, limit.remaining) for limit in summary.limits] == [
+        ("toy", "calls", 100, 0),
+        ("toy", "words", 1000, 800),
+    ]
+    assert summary.limits[0].reset_at == at + timedelta(seconds=30) and not summary.other

@@ -75,3 +75,19 @@ def test_a_cloud_provider_owns_its_regional_hosts_and_names_their_region():
         assert host_region("api.anthropic.com") is None
     finally:
         del _PROVIDERS[cloud.name]
+
+
+def test_rate_limit_headers_are_read_by_the_family_that_declares_them():
+    from rules.providers import counted_limit_header, window_header
+
+    assert window_header("anthropic-ratelimit-unified-5h-utilization") == (
+        provider("anthropic"),
+        "5h-utilization",
+    )
+    assert counted_limit_header("anthropic-ratelimit-unified-5h-reset") is None  # a window's, not counted
+    assert counted_limit_header("anthropic-ratelimit-input-tokens-remaining") == (
+        provider("anthropic"), "input-tokens", "remaining"
+    )  # fmt: skip
+    assert counted_limit_header("x-ratelimit-reset-tokens") == (provider("openai"), "tokens", "reset")
+    assert counted_limit_header("x-ratelimit-remaining") is None
+    assert window_header("x-ratelimit-remaining-tokens") is None

@@ -6,6 +6,7 @@ stream of `data: {"delta": ".."}` events ending with `event: done` carrying the 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,8 @@ TOY = Provider(
     sse_error_event=lambda status, message: b"event: problem\ndata: " + error_body(status, message) + b"\n\n",
     write_credential=lambda headers, secret, kind: {b"x-toy-key": secret.encode(), b"authorization": None},
     key_headers=("x-toy-key",),
+    # x-toy-ratelimit-{limit,remaining,reset}-{calls,words}
+    counted_limits=re.compile(r"x-toy-ratelimit-(?P<field>limit|remaining|reset)-(?P<name>calls|words)"),
 )
 
 
