@@ -7,6 +7,7 @@
         "rules": ["system_block:policy", "cache_control_cap:5->4"],   # what the rewrite applied
         "changes": [{"op": "added", "path": "system[1]", "after": "{...}"}, ...],
         "cache": {"status": "miss", "note": "prefix changed at system[2]"},   # addons/cache_health.py
+        "provider": "bedrock", "billed_by": "bedrock", "region": "us-east-1",  # the row's, for the view
     }
 
 Only strings, lists and dicts: the metadata is saved with the flow (`-w`), and the contentview
@@ -61,7 +62,12 @@ class RequestChanges:
         if not self.core.flows_shown:
             return
         call = self.core.calls.get(flow.id)
-        if call is None or call.request_json_before is None or call.request_json is None:
+        if call is None:
+            return
+        meta = sluice_metadata(flow)
+        # Who bills the call and where it ran, for the contentview's price and title (the row says the same).
+        meta["provider"], meta["billed_by"], meta["region"] = call.provider, call.billed_by, call.region
+        if call.request_json_before is None or call.request_json is None:
             return
         before, after = call.request_json_before, call.request_json
         if before is after:  # the rules share what they do not change, and never mutate
@@ -71,6 +77,5 @@ class RequestChanges:
         except RecursionError as e:
             log.debug("sluice: flow %s: request change not shown: %r", flow.id, e)
             return
-        meta = sluice_metadata(flow)
         meta["changes"] = [change.to_dict() for change in changes]
         meta["rules"] = list(call.rules_applied)

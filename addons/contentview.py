@@ -98,7 +98,7 @@ def render_response(
     transcript = reassemble(wire, data, status=status, streamed=streamed)  # never raises on data
     reading = transcript.reading
     how = f"streamed ({transcript.events} events)" if streamed else "whole body"
-    lines = [f"LLM response · {endpoint.provider} {endpoint.api} · HTTP {status} · {how}", ""]
+    lines = [f"LLM response · {_served_by(endpoint, notes)} {endpoint.api} · HTTP {status} · {how}", ""]
     facts: list[tuple[str, str]] = []
     if reading.model:
         facts.append(("model", reading.model))
@@ -109,7 +109,7 @@ def render_response(
     if reading.counted_tokens is not None:
         facts.append(("counted", f"{reading.counted_tokens:,} input tokens (not billed)"))
     elif reading.usage_seen:
-        facts.append(("usage", _usage_text(endpoint, reading)))
+        facts.append(("usage", _usage_text(endpoint, reading, notes)))
     if response is not None and (limits := _rate_limit_text(response)):
         facts.append(("limits", limits))
     facts += _cache_facts(notes)
@@ -123,7 +123,15 @@ def render_response(
     return "\n".join(lines) + "\n"
 
 
-def _usage_text(endpoint: Endpoint, reading: Any) -> str:
+def _served_by(endpoint: Endpoint, notes: Mapping[str, Any]) -> str:
+    """Who served the call, as its row says (`provider`, and the cloud `region` when there is one); the
+    wire format's provider for a flow saved without them."""
+    provider, region = notes.get("provider"), notes.get("region")
+    name = provider if isinstance(provider, str) and provider else endpoint.provider
+    return f"{name} ({region})" if isinstance(region, str) and region else name
+
+
+def _usage_text(endpoint: Endpoint, reading: Any, notes: Mapping[str, Any]) -> str:
     usage = reading.usage
     text = f"in {_n(usage.input_tokens)}"
     if usage.cache_read_tokens:
@@ -138,7 +146,10 @@ def _usage_text(endpoint: Endpoint, reading: Any) -> str:
         text += f" (reasoning {_n(usage.reasoning_tokens)})"
     if usage.web_search_requests:
         text += f" · {usage.web_search_requests} web searches"
-    priced = price_usage(endpoint.provider, reading.model, usage)
+    # Priced as the row is: by who bills the call (None: the model's name decides); a flow saved without it
+    # by its wire format's provider.
+    billed_by = notes.get("billed_by", endpoint.provider)
+    priced = price_usage(billed_by if isinstance(billed_by, str) else None, reading.model, usage)
     if priced.cost_usd is None:
         return f"{text} · cost unknown ({priced.note})"
     return f"{text} · ${priced.cost_usd:.4f}"
@@ -184,7 +195,7 @@ def render_request(endpoint: Endpoint, data: bytes, notes: Mapping[str, Any]) ->
     outline = outline_request(wire_format(endpoint.api), body)
     changes = [c for c in map(Change.from_dict, _list(notes.get("changes"))) if c is not None]
     rules = [str(rule) for rule in _list(notes.get("rules"))]
-    lines = [f"LLM request · {endpoint.provider} {endpoint.api}", ""]
+    lines = [f"LLM request · {_served_by(endpoint, notes)} {endpoint.api}", ""]
     if changes or rules:
         lines.append(f"sluice changed this request: {', '.join(rules) or 'see below'}")
         lines += [f"  {_change_line(change)}" for change in changes]

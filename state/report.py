@@ -26,6 +26,7 @@ GROUP_BY_COLUMNS: dict[str, str] = {
     "client": "client",
     "host": "host",
     "provider": "provider",
+    "region": "region",  # a cloud's (Bedrock's, Vertex AI's); none for a provider's own API
     "api": "api",
     "hour": "strftime('%Y-%m-%dT%H:00Z', started_at)",
     "session": "session_id",

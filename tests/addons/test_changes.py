@@ -43,6 +43,9 @@ def test_a_rewritten_body_keeps_its_differences_on_the_flow() -> None:
     after = {**BODY, "system": [*BODY["system"], {"type": "text", "text": "policy"}], "max_tokens": 4096}
     flow = run(json.dumps(BODY).encode(), json.dumps(after).encode())
     assert flow.metadata[METADATA_KEY] == {
+        "provider": "anthropic",
+        "billed_by": None,
+        "region": None,
         "changes": [
             {"op": "added", "path": "system[1]", "after": '{"type":"text","text":"policy"}'},
             {"op": "added", "path": "max_tokens", "after": "4096"},
@@ -51,14 +54,14 @@ def test_a_rewritten_body_keeps_its_differences_on_the_flow() -> None:
     }
 
 
-def test_an_untouched_body_leaves_no_metadata() -> None:
+def test_an_untouched_body_leaves_no_changes_only_who_serves_it() -> None:
     flow = run(json.dumps(BODY).encode(), None)
-    assert METADATA_KEY not in flow.metadata
+    assert flow.metadata[METADATA_KEY] == {"provider": "anthropic", "billed_by": None, "region": None}
 
 
 def test_a_body_that_is_not_json_is_not_diffed() -> None:
     flow = run(b"not json", b"still not json")
-    assert METADATA_KEY not in flow.metadata
+    assert "changes" not in flow.metadata[METADATA_KEY]
 
 
 def test_numbers_are_shown_as_the_client_wrote_them() -> None:

@@ -241,3 +241,22 @@ def test_a_client_block_whose_ttl_sluice_raised_is_marked_changed_not_added() ->
     lines = request_lines(["system_block:policy", "cache_ttl_order"], [raised, ADDED_BLOCK])
     assert "~ system[0] · text  ◀ changed by sluice" in lines
     assert "+ system[1] · text · [cache 5m]  ◀ added by sluice" in lines
+
+
+def test_the_view_names_who_served_the_call_and_prices_it_as_its_row_does() -> None:
+    answer = (FIXTURES / "anthropic_message.json").read_bytes()
+    plain = flow(response=answer)
+    assert "LLM response · anthropic messages" in shown(plain.response, plain)[1]  # type: ignore[arg-type]
+
+    cloud = flow(response=answer)
+    cloud.metadata["sluice"] = {"provider": "anthropic", "billed_by": "anthropic", "region": "us-east-1"}
+    text = shown(cloud.response, cloud)[1]  # type: ignore[arg-type]
+    assert "LLM response · anthropic (us-east-1) messages" in text
+    assert "LLM request · anthropic (us-east-1) messages" in shown(cloud.request, cloud)[1]
+    assert " · $" in text
+
+    # A biller that does not price this model: the view says so, as the row does, instead of a guess.
+    gateway = flow(response=answer)
+    gateway.metadata["sluice"] = {"provider": "groq", "billed_by": "groq", "region": None}
+    text = shown(gateway.response, gateway)[1]  # type: ignore[arg-type]
+    assert "LLM response · groq messages" in text and "cost unknown" in text

@@ -197,6 +197,7 @@ def test_usage_total_is_exact(filled: sqlite_utils.Database) -> None:
             [("anthropic", "count_tokens", 1), ("anthropic", "messages", 4), ("openai", "chat", 2)],
         ),
         (("host",), [({"host": "api.anthropic.com"}, 5), ({"host": "api.openai.com"}, 2)]),
+        (("region",), [({"region": None}, 7)]),
     ],
 )
 def test_usage_group_by(
@@ -433,3 +434,12 @@ def test_usage_by_session_in_the_order_sessions_began(db: sqlite_utils.Database)
     ]
     assert list(rows[0].to_dict())[:3] == ["session", "first_call_at", "last_call_at"]
     assert "first_call_at" not in report.usage(db, group_by=["model"]).rows[0].to_dict()
+
+
+def test_usage_by_cloud_region(db: sqlite_utils.Database) -> None:
+    at = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    db["calls"].insert(call(at, region="us-east-1", provider="bedrock"))
+    db["calls"].insert(call(at + timedelta(minutes=1), region="eu-west-3", provider="bedrock"))
+    db["calls"].insert(call(at + timedelta(minutes=2), region="us-east-1", provider="bedrock"))
+    rows = report.usage(db, group_by=["provider", "region"]).rows
+    assert [(row.group["region"], row.calls) for row in rows] == [("eu-west-3", 1), ("us-east-1", 2)]
