@@ -18,6 +18,7 @@ Filter them in mitmweb or mitmdump with `~marked`, `~marker hourglass`, or `~com
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -86,7 +87,11 @@ SYMBOL_MARKS = {
 }
 # `sluice_marks`: which marks flagged calls get; "off" leaves marking to the user (the #tags stay).
 MARK_SETS: dict[str, dict[str, str]] = {"emoji": MARKS, "symbols": SYMBOL_MARKS, "off": {}}
-BUDGET_REFUSAL = "note:refused: budget exhausted"
+# sluice's own refusals (addons/budget.py), as its notes start in the row's `rules_applied`: a budget's
+# (the client's or its team's) and a rate limit's or window share's. The note says which limit, its value and
+# when it resets; the comment shows it.
+BUDGET_REFUSALS = ("note:refused: budget exhausted", "note:refused: team budget exhausted")
+_REFUSAL = re.compile(r'"note:(refused: (?:budget|team budget|rate limit|window share)[^"]*)"')
 RATE_LIMIT_STATUSES = (429, 529)
 RATE_LIMIT_ERRORS = ("rate_limit_error", "overloaded_error", "rate_limit_exceeded")
 
@@ -97,7 +102,8 @@ def flags(row: Mapping[str, Any]) -> list[str]:
     status = row.get("status")
     error = str(row.get("error") or "")
     failed = _failed(row)
-    if BUDGET_REFUSAL in str(row.get("rules_applied") or ""):
+    applied = str(row.get("rules_applied") or "")
+    if any(refusal in applied for refusal in BUDGET_REFUSALS):
         found.append("budget")
     elif status in RATE_LIMIT_STATUSES or error.startswith(RATE_LIMIT_ERRORS):
         found.append("rate-limited")
@@ -112,6 +118,8 @@ def annotate(flow: http.HTTPFlow, row: Mapping[str, Any], marks: Mapping[str, st
     """Comment every metered flow; mark a flagged one with `marks` (unless someone marked it already)."""
     tags = flags(row)
     summary = summarize(row)
+    if refusal := _REFUSAL.search(str(row.get("rules_applied") or "")):
+        summary += f" · {refusal[1]}"
     if row.get("cache_status") == "miss" and row.get("cache_note"):
         summary += f" · cache miss: {row['cache_note']}"
     flow.comment = " ".join([*(f"#{tag}" for tag in tags), summary])

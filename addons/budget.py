@@ -1,31 +1,47 @@
-"""Budget admission: a budgeted client's call is admitted only if its worst-case cost fits.
+"""Admission: a call of a governed client is admitted only within its window share, its rate limits and
+its budget, its team's included.
 
 Runs after the gate (who is calling) and the rewrite (the model and max_tokens the call really goes out
-with). Over budget, sluice answers itself — 429 in the provider's envelope, naming the budget, the period and
-when it resets, with `x-should-retry: false` so SDKs do not hammer it — and the upstream is never
-contacted. The hold is settled when the call's row is written (addons/calls.py, state/budgets.py).
+with). In order, each refusal answered by sluice itself in the provider's envelope, the upstream never
+contacted, and the row's note naming the limit, its value and when it resets:
 
-Fails closed: a call is admitted only with a positive estimate it can afford (state/pricing.py's
+1. **Window share** (`window_share = { "5h" = 0.6 }`, the client's and its team's: the smaller counts): while
+   every usable credential of the upstream has used that share of a subscription window, the client gets 429
+   with `retry-after` at the window's reset; other clients keep going. Read from the rate-limit headers and
+   OAuth usage readings sluice records (state/rates.py `window_use`).
+2. **Rate limits** (`limits = { rpm, input_tpm, output_tpm, concurrent }`): 429 with an honest
+   `retry-after`, `x-should-retry: true` and the provider's own rate-limit headers (its `limit_headers`), so
+   the official SDKs back off and retry by themselves; `x-sluice-limit` says they are sluice's.
+3. **Budgets** (the client's and its team's, in one transaction): 429 naming the budget, the period and when
+   it resets, `x-should-retry: false`. The hold is settled when the call's row is written (addons/calls.py,
+   state/budgets.py).
+
+Fails closed: a budget admits a call only with a positive estimate it can afford (state/pricing.py's
 `estimate_call`). A model genai-prices has no price for is refused with 403 naming the option
 `budget_price_unknown_models_as`, which prices such models as a known one, both for the hold and when
 the call is settled. A body sluice could not read (not JSON, duplicate keys, compressed, nested too deep)
-is estimated at the provider's highest known prices.
+is estimated at the provider's highest known prices, and at an output it cannot bound for rate limits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from datetime import UTC, datetime
 
 from mitmproxy import ctx, exceptions, http
 
+from addons.calls import Call
 from addons.core import SluiceCore
+from rules.config import Config, Limits
+from rules.estimate import estimate_tokens
 from rules.providers import providers, wire_format
 from state import db as sluice_db
-from state.budgets import BudgetLedger
+from state.budgets import BudgetLedger, TeamBudget, budget_usd
 from state.pricing import estimate_call, highest_prices, price_call
+from state.rates import HEARTBEAT_S, RateLedger, RateRefusal, RateScope, WindowUse, window_use
 
 UNKNOWN_MODELS_OPTION = "budget_price_unknown_models_as"
 
@@ -38,27 +54,161 @@ class Budget:
     def __init__(self, core: SluiceCore) -> None:
         self.core = core
         self.ledger: BudgetLedger | None = None
+        self.rates: RateLedger | None = None
         self.limits: dict[str, tuple[float, str]] = {}
+        self.team_budgets: dict[str, TeamBudget] = {}
+        self.team_of: dict[str, str] = {}
+        self.rate_scopes: dict[str, list[RateScope]] = {}
+        self.shares: dict[str, dict[str, float]] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
 
     def configure(self, updated: set[str]) -> None:
         if not {"sluice_config", "sluice_db"} & updated:
             return
-        self.limits = {c.name: (c.budget.usd, c.budget.period) for c in self.core.config.clients if c.budget}
+        config = self.core.config
+        self.limits = {c.name: (c.budget.usd, c.budget.period) for c in config.clients if c.budget}
+        self.team_of = {member: team.name for team in config.teams for member in team.members}
+        self.team_budgets = {
+            team.name: TeamBudget(team.name, team.budget.usd, team.budget.period)
+            for team in config.teams
+            if team.budget
+        }
+        self.rate_scopes = _rate_scopes(config)
+        self.shares = _shares(config)
         self._check_stand_ins()
-        if not self.limits:
+        path = ctx.options.sluice_db
+        if not self.limits and not self.team_budgets:
             self.ledger = None
-            return
-        if self.ledger is None or "sluice_db" in updated:
-            self.ledger = BudgetLedger(sluice_db.connect(ctx.options.sluice_db))
-        self.ledger.sync_budgets(self.limits)
+        else:
+            if self.ledger is None or "sluice_db" in updated:
+                self.ledger = BudgetLedger(sluice_db.connect(path))
+            self.ledger.sync_budgets(
+                self.limits,
+                {
+                    team.name: (team.budget.usd, team.budget.period, team.members)
+                    for team in config.teams
+                    if team.budget
+                },
+            )
+        if not self.rate_scopes:
+            self.rates = None
+        elif self.rates is None or "sluice_db" in updated:
+            self.rates = RateLedger(sluice_db.connect(path))
+
+    def running(self) -> None:
+        self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+
+    def done(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+
+    async def _beat(self) -> None:
+        """Say this proxy is alive every HEARTBEAT_S, so its calls in flight keep counting."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            rates = self.rates
+            if rates is not None:
+                try:
+                    await asyncio.to_thread(rates.heartbeat)
+                except Exception as e:  # a busy or missing database: the next beat tries again
+                    log.warning("sluice: rate limits: could not say this proxy is alive: %s", e)
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or not flow.live or self.ledger is None:
+        if flow.response is not None or not flow.live:
             return
         call = self.core.calls.get(flow.id)
-        if call is None or call.client not in self.limits or not wire_format(call.api).billed:
+        if call is None or call.client is None or not wire_format(call.api).billed:
             return
-        usd, period = self.limits[call.client]
+        client = call.client
+        if client in self.shares and not await self._within_share(flow, call, self.shares[client]):
+            return
+        if client in self.rate_scopes and not await self._within_rates(flow, call):
+            return
+        team = self.team_budgets.get(self.team_of.get(client, ""))
+        if self.ledger is None or (client not in self.limits and team is None):
+            return
+        if not await self._within_budget(flow, call, team):
+            await self._release_rate(call)
+
+    async def _within_share(self, flow: http.HTTPFlow, call: Call, shares: dict[str, float]) -> bool:
+        upstream = self.core.upstream_for(flow.request.host)
+        db_path = ctx.options.sluice_db
+        if upstream is None:
+            return True
+
+        def read() -> list[WindowUse]:
+            db = sluice_db.connect(db_path)
+            try:
+                return window_use(db, upstream.host, list(shares), datetime.now(UTC))
+            finally:
+                db.conn.close()
+
+        for use in await asyncio.to_thread(read):
+            share = shares[use.window]
+            if use.utilization < share:
+                continue
+            resets = use.resets_at.isoformat() if use.resets_at else "a time the provider did not say"
+            who = f"client {call.client}"
+            message = (
+                f"sluice: window share for {who}: {share:.0%} of the {use.window} window, and every "
+                f"credential has used {use.utilization:.0%} of it; it resets at {resets}"
+            )
+            headers = {"x-should-retry": "false", "x-sluice-limit": f"{who} window_share {use.window}"}
+            if use.resets_at is not None:
+                wait = (use.resets_at - datetime.now(UTC)).total_seconds()
+                headers["retry-after"] = str(max(1, math.ceil(wait)))
+            note = f"refused: window share ({who}: {use.window} {share:.0%}, {use.utilization:.0%} used, "
+            note += f"resets {resets})"
+            self.core.answer(flow, 429, message, headers, note)
+            log.info("sluice: flow %s: %s", flow.id, message)
+            return False
+        return True
+
+    async def _within_rates(self, flow: http.HTTPFlow, call: Call) -> bool:
+        rates = self.rates
+        if rates is None or call.client is None:
+            return True
+        wire = wire_format(call.api)
+        input_tokens, output_tokens = estimate_tokens(
+            wire, call.request_json, len(flow.request.raw_content or b"")
+        )
+        scopes = self.rate_scopes[call.client]
+        team = self.team_of.get(call.client)
+        refusal = await asyncio.to_thread(
+            rates.admit, call.flow_id, call.client, team, input_tokens, output_tokens, scopes
+        )
+        if refusal is None:
+            call.rate_held = True
+            return True
+        self._refuse_rate(flow, refusal)
+        return False
+
+    def _refuse_rate(self, flow: http.HTTPFlow, refusal: RateRefusal) -> None:
+        headers = {"x-sluice-limit": f"{refusal.kind} {refusal.name} {refusal.limit}"}
+        if refusal.never_fits:
+            headers["x-should-retry"] = "false"
+        else:
+            wait = refusal.retry_after_s if refusal.retry_after_s is not None else 1.0
+            headers["x-should-retry"] = "true"
+            headers["retry-after"] = str(max(1, math.ceil(wait)))
+            headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
+            speaks = self.core.envelope(flow)
+            if speaks is not None and speaks.limit_headers is not None:
+                remaining = max(0, refusal.value - refusal.used)
+                headers.update(speaks.limit_headers(refusal.limit, refusal.value, remaining, wait))
+        self.core.answer(flow, 429, refusal.message(), headers, refusal.note())
+        log.info("sluice: flow %s: %s", flow.id, refusal.message())
+
+    async def _release_rate(self, call: Call) -> None:
+        if call.rate_held and self.rates is not None:
+            call.rate_held = False
+            with contextlib.suppress(Exception):  # the admission then ends with the minute it counts in
+                await asyncio.to_thread(self.rates.release, call.flow_id)
+
+    async def _within_budget(self, flow: http.HTTPFlow, call: Call, team: TeamBudget | None) -> bool:
+        assert self.ledger is not None and call.client is not None
+        own = self.limits.get(call.client)
         stand_in = self.core.config.budget_price_unknown_models_as.get(call.provider)
         call.price_unknown_as = stand_in
         # `request_json` is None exactly when the rewrite could not read the body; `request_model` is then
@@ -78,23 +228,36 @@ class Budget:
             note = f"refused: {found.reason or 'cost cannot be estimated'}"
             self.core.answer(flow, 403, message, headers, note)
             log.info("sluice: flow %s: %s", flow.id, message)
-            return
+            return False
         if found.note:
             call.notes.append(f"budget estimate: {found.note}")
         estimate = found.cost_usd
         admission = await asyncio.to_thread(
-            self.ledger.admit, call.flow_id, call.client, estimate, usd, period
+            self.ledger.admit,
+            call.flow_id,
+            call.client,
+            estimate,
+            own[0] if own else None,
+            own[1] if own else "day",
+            team=team,
         )
         if admission.admitted:
             call.budget_hold = estimate
-            return
+            return True
         message = admission.refusal()
         headers = {"x-should-retry": "false"}
+        whose = f"team {admission.team}" if admission.team else f"client {call.client}"
+        headers["x-sluice-limit"] = f"{whose} {admission.limit.replace(' ', '_')}"
         if admission.resets_at is not None:
             wait = (admission.resets_at - datetime.now(UTC)).total_seconds()
             headers["retry-after"] = str(max(1, math.ceil(wait)))
-        self.core.answer(flow, 429, message, headers, "refused: budget exhausted")
+        spent = admission.spent_usd + admission.reserved_usd
+        resets = f", resets {admission.resets_at.isoformat()}" if admission.resets_at else ""
+        note = f"refused: {admission.limit} exhausted ({whose}: {budget_usd(admission.limit_usd)}/"
+        note += f"{admission.period}, ${spent:.4f} used{resets})"
+        self.core.answer(flow, 429, message, headers, note)
         log.info("sluice: flow %s: %s", flow.id, message)
+        return False
 
     def _check_stand_ins(self) -> None:
         """Fail start-up when a model named to price unknown models as has no price itself (a typo would
@@ -108,3 +271,41 @@ class Budget:
                 )
         for known in providers():
             highest_prices(known.name)
+
+
+def _rate_scopes(config: Config) -> dict[str, list[RateScope]]:
+    """Each rate-limited client's scopes: its own limits, then its team's."""
+    teams = {team.name: team for team in config.teams}
+    team_of = {member: team.name for team in config.teams for member in team.members}
+    found: dict[str, list[RateScope]] = {}
+    for client in config.clients:
+        scopes = []
+        if client.limits is not None:
+            scopes.append(_scope("client", client.name, client.limits))
+        team = teams.get(team_of.get(client.name, ""))
+        if team is not None and team.limits is not None:
+            scopes.append(_scope("team", team.name, team.limits))
+        scopes = [scope for scope in scopes if scope.limited()]
+        if scopes:
+            found[client.name] = scopes
+    return found
+
+
+def _scope(kind: str, name: str, limits: Limits) -> RateScope:
+    return RateScope(kind, name, limits.rpm, limits.input_tpm, limits.output_tpm, limits.concurrent)
+
+
+def _shares(config: Config) -> dict[str, dict[str, float]]:
+    """Each client's window shares: its own and its team's, the smaller where both name a window."""
+    teams = {team.name: team for team in config.teams}
+    team_of = {member: team.name for team in config.teams for member in team.members}
+    found: dict[str, dict[str, float]] = {}
+    for client in config.clients:
+        shares = dict(client.window_share)
+        team = teams.get(team_of.get(client.name, ""))
+        if team is not None:
+            for window, share in team.window_share.items():
+                shares[window] = min(share, shares.get(window, share))
+        if shares:
+            found[client.name] = shares
+    return found

@@ -63,6 +63,7 @@ WRITERS: dict[str, Writer] = {
     ),
     "price_unknown_as": Writer(("budget",), "request"),
     "budget_hold": Writer(("budget",), "request"),
+    "rate_held": Writer(("budget",), "request"),
     "request_bytes": Writer(("meter",), "request"),
     "answered_locally": Writer(
         ("core",),
@@ -119,6 +120,7 @@ class Call:
     request_json: dict[str, Any] | None = None
     client_asked_usage: bool = True
     budget_hold: float | None = None  # USD reserved for this call, when its client has a budget
+    rate_held: bool = False  # the call counts against its client's (or team's) rate limits (state/rates.py)
     # The model this budgeted call is priced as if its own has no price (`budget_price_unknown_models_as`).
     price_unknown_as: str | None = None
     stream: bool = False
@@ -243,7 +245,19 @@ def build_record(
         credential=call.credential,
         observed_at=iso(ended),
         budget=_settlement(call, reading, cost, status, budget_without_usage),
+        rate=_rate_used(reading) if call.rate_held else None,
     )
+
+
+def _rate_used(reading: Reading) -> tuple[int | None, int | None]:
+    """The tokens a call counts against per-minute limits, as the providers count them: input it was billed
+    for as new (uncached input and cache writes; reads do not count) and output. None where no usage was
+    seen: its estimate at admission stands."""
+    if not reading.usage_seen:
+        return (None, None)
+    usage = reading.usage
+    written = (usage.cache_write_5m_tokens or 0) + (usage.cache_write_1h_tokens or 0)
+    return ((usage.input_tokens or 0) + written, usage.output_tokens)
 
 
 def _settlement(

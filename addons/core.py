@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -135,6 +136,8 @@ class SluiceCore:
         self._db_path: str | None = None
         self.calls: dict[str, Call] = {}
         self._upstreams: dict[str, Upstream] = {}
+        # The responses sluice made itself, for as long as their flows hold them.
+        self._own_answers: weakref.WeakSet[http.Response] = weakref.WeakSet()
         # Run at shutdown before the writer drains, so calls still in flight get their rows.
         self.shutdown_hooks: list[Callable[[], None]] = []
         # Someone can see what sluice notes on a flow (comment, marks, metadata) while it is live: a UI
@@ -291,7 +294,13 @@ class SluiceCore:
             provider.error_body(status, message, None),
             {"content-type": "application/json", **headers},
         )
+        self._own_answers.add(flow.response)
         self.answered(flow, note)
+
+    def answered_by_sluice(self, response: http.Response) -> bool:
+        """Whether sluice made this response itself (`answer`): its headers are sluice's own choice, which
+        the header filter lets through (`x-sluice-*` from anywhere else never is)."""
+        return response in self._own_answers
 
     def answered(self, flow: http.HTTPFlow, note: str) -> None:
         """A part has answered the request itself (`flow.response`): the call's row says so, and why."""

@@ -73,6 +73,8 @@ class Headers:
     ) -> None:
         if not flow.live:
             return
+        if isinstance(message, http.Response) and self.core.answered_by_sluice(message):
+            return  # sluice's own answer: every header in it is sluice's choice
         provider = self._provider(flow)
         if provider is None:
             return

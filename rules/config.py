@@ -65,11 +65,40 @@ class Budget(_Model):
     period: Literal["day", "week", "month", "total"] = "day"
 
 
+class Limits(_Model):
+    """How fast a client (or a team, all its members together) may call: requests and tokens per minute,
+    and calls at once. Tokens are counted as the providers count them: at admission the input estimate and
+    the output ceiling (`max_tokens`), settled to the usage the answer reports (state/rates.py)."""
+
+    rpm: Annotated[int, Field(gt=0)] | None = None
+    input_tpm: Annotated[int, Field(gt=0)] | None = None
+    output_tpm: Annotated[int, Field(gt=0)] | None = None
+    concurrent: Annotated[int, Field(gt=0)] | None = None
+
+
+# A subscription window, named as its provider names it (`5h`, `7d`, `7d_opus`): the share of it a client (or
+# team) may use, 0..1. Over it, the client waits for the window's reset while others keep going.
+WindowName = Annotated[str, Field(pattern=r"^\d+[hd](?:[_-][a-z0-9_.-]+)?$")]
+WindowShare = dict[WindowName, Annotated[float, Field(gt=0, le=1)]]
+
+
 class Client(_Model):
     name: Annotated[str, Field(min_length=1)]
     key: Annotated[str, Field(min_length=1, description="secret reference: env:NAME, file:PATH or a literal")]
     user_id: str | None = None
     budget: Budget | None = None
+    limits: Limits | None = None
+    window_share: WindowShare = {}
+
+
+class Team(_Model):
+    """Clients that share a budget, rate limits and window shares, on top of each member's own."""
+
+    name: Annotated[str, Field(min_length=1)]
+    members: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    budget: Budget | None = None
+    limits: Limits | None = None
+    window_share: WindowShare = {}
 
 
 class OAuth(_Model):
@@ -198,6 +227,7 @@ class Sandbox(_Model):
 
 class Config(_Model):
     clients: list[Client] = []
+    teams: list[Team] = []
     upstreams: list[Upstream] = []
     rules: Rules = Rules()
     sandbox: Sandbox = Sandbox()
@@ -228,6 +258,32 @@ class Config(_Model):
         if duplicates:
             raise ValueError(f"one [[upstreams]] entry per host; repeated: {', '.join(duplicates)}")
         return value
+
+    @model_validator(mode="after")
+    def _teams_name_their_clients_once(self) -> Config:
+        """Each team's members are configured clients, and a client is in one team at most (its spend
+        counts against one team budget)."""
+        names = [team.name for team in self.teams]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"team names must be unique; repeated: {', '.join(repeated)}")
+        clients = {client.name for client in self.clients}
+        team_of: dict[str, str] = {}
+        for team in self.teams:
+            for member in team.members:
+                if member not in clients:
+                    raise ValueError(f"[[teams]] {team.name}: no [[clients]] entry is named {member!r}")
+                if member in team_of and team_of[member] != team.name:
+                    raise ValueError(
+                        f"client {member!r} is a member of teams {team_of[member]!r} and {team.name!r}; "
+                        "a client belongs to one team"
+                    )
+                team_of[member] = team.name
+        return self
+
+    def team_of(self, client: str) -> Team | None:
+        """The team a client belongs to, if any."""
+        return next((team for team in self.teams if client in team.members), None)
 
     @model_validator(mode="after")
     def _sandbox_client_is_configured(self) -> Config:

@@ -1,11 +1,13 @@
-"""Per-client budgets: reserve an estimate before a call, settle to the actual cost, refund on failure.
+"""Budgets of clients and teams: reserve an estimate before a call, settle to the actual cost, refund on
+failure.
 
-Every admitted call holds a row in `budget_holds`. Admission is one `BEGIN IMMEDIATE` transaction that sums
-the client's settled and held amounts for the current period and inserts the new hold only if
-`spent + reserved + estimate <= limit` — so concurrent requests, in one process or several sharing the
-database, can never together pass a check that only one of them could. Settlement is done by the writer
-thread in the same transaction that writes the call's row (`settle_sql`), so a call's cost is never missing
-from both the holds and the calls table.
+Every admitted call holds a row in `budget_holds`, which names its client and, when the client is in a team
+with a budget, its team. Admission is one `BEGIN IMMEDIATE` transaction that sums the settled and held
+amounts of the client's budget and of its team's, each for its own current period, and inserts the new hold
+only if `spent + reserved + estimate <= limit` holds for both — so concurrent requests, in one process or
+several sharing the database, can never together pass a check that only one of them could. Settlement is
+done by the writer thread in the same transaction that writes the call's row (`settle_sql`), so a call's
+cost is never missing from both the holds and the calls table.
 
 Periods are calendar periods in UTC: `day` (midnight UTC), `week` (Monday 00:00 UTC), `month` (the 1st),
 `total` (never resets). A hold belongs to the period it was admitted in; it does not move. A hold left
@@ -14,10 +16,11 @@ behind by a crashed process expires after `hold_ttl_s` and stops counting.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -61,7 +64,19 @@ def period_key(period: Period, now: datetime) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class TeamBudget:
+    """A team's budget, which each member's calls count against on top of the member's own."""
+
+    team: str
+    usd: float
+    period: Period
+
+
+@dataclass(frozen=True, slots=True)
 class Admission:
+    """What the admission found; when refused, of the budget that refused (the client's or its team's:
+    `team` names the team then)."""
+
     admitted: bool
     client: str
     limit_usd: float
@@ -70,16 +85,23 @@ class Admission:
     reserved_usd: float
     estimate_usd: float
     resets_at: datetime | None
+    team: str | None = None
 
     def refusal(self) -> str:
         """The message a refused client reads: which budget, how much is used, when it resets."""
         resets = f"; it resets at {self.resets_at.isoformat()}" if self.resets_at else "; it does not reset"
         scope = "in total" if self.period == "total" else f"per {self.period}"
+        whose = f"client {self.client}" if self.team is None else f"team {self.team} (client {self.client})"
         return (
-            f"sluice: budget exhausted for client {self.client}: {budget_usd(self.limit_usd)} {scope}, "
+            f"sluice: budget exhausted for {whose}: {budget_usd(self.limit_usd)} {scope}, "
             f"${self.spent_usd:.4f} spent and ${self.reserved_usd:.4f} reserved by calls in flight, "
             f"this call needs up to ${self.estimate_usd:.4f}{resets}"
         )
+
+    @property
+    def limit(self) -> str:
+        """Which limit refused, for the row: `budget` (the client's) or `team budget`."""
+        return "budget" if self.team is None else "team budget"
 
 
 def budget_usd(value: float) -> str:
@@ -111,6 +133,29 @@ class ClientBudget:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class TeamSpend:
+    team: str
+    members: tuple[str, ...]
+    limit_usd: float
+    period: Period
+    spent_usd: float
+    reserved_usd: float
+    resets_at: datetime | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "team": self.team,
+            "members": list(self.members),
+            "limit_usd": self.limit_usd,
+            "period": self.period,
+            "spent_usd": self.spent_usd,
+            "reserved_usd": self.reserved_usd,
+            "remaining_usd": max(0.0, self.limit_usd - self.spent_usd - self.reserved_usd),
+            "resets_at": self.resets_at.isoformat() if self.resets_at else None,
+        }
+
+
 class BudgetLedger:
     """Budgets over the main database. Give it its own connection; methods are blocking (use a thread)."""
 
@@ -127,8 +172,13 @@ class BudgetLedger:
         # One connection serves every worker thread; its transactions must not interleave.
         self._lock = threading.Lock()
 
-    def sync_budgets(self, budgets: Mapping[str, tuple[float, Period]]) -> None:
-        """Record the configured budgets (client → (usd, period)) so reports can show them."""
+    def sync_budgets(
+        self,
+        budgets: Mapping[str, tuple[float, Period]],
+        teams: Mapping[str, tuple[float, Period, Sequence[str]]] | None = None,
+    ) -> None:
+        """Record the configured budgets (client → (usd, period); team → (usd, period, members)) so reports
+        can show them."""
         now = self._clock()
         with self._lock, immediate(self._conn):
             self._conn.execute("delete from budgets")
@@ -136,35 +186,87 @@ class BudgetLedger:
                 "insert into budgets (client, usd, period, updated_at) values (?, ?, ?, ?)",
                 [(client, usd, period, now) for client, (usd, period) in budgets.items()],
             )
+            self._conn.execute("delete from team_budgets")
+            self._conn.executemany(
+                "insert into team_budgets (team, usd, period, members, updated_at) values (?, ?, ?, ?, ?)",
+                [
+                    (team, usd, period, json.dumps(list(members)), now)
+                    for team, (usd, period, members) in (teams or {}).items()
+                ],
+            )
 
     def admit(
-        self, call_id: str, client: str, estimate_usd: float, limit_usd: float, period: Period
+        self,
+        call_id: str,
+        client: str,
+        estimate_usd: float,
+        limit_usd: float | None,
+        period: Period,
+        *,
+        team: TeamBudget | None = None,
     ) -> Admission:
-        """Reserve `estimate_usd` for this call if the budget allows it; one immediate transaction.
+        """Reserve `estimate_usd` for this call if the client's budget (`limit_usd` per `period`; None when
+        the client has none of its own) and its team's allow it; one immediate transaction.
 
         Raises ValueError for an estimate that is not a positive finite amount: a hold of nothing (or NaN,
         which every comparison passes) would let the call through for free.
         """
         if not (math.isfinite(estimate_usd) and estimate_usd > 0):
             raise ValueError(f"a budget hold must be a positive amount, not {estimate_usd!r}")
+        if limit_usd is None and team is None:
+            raise ValueError("a hold needs a budget: the client's or its team's")
         now = self._clock()
         moment = datetime.fromtimestamp(now, UTC)
-        key = period_key(period, moment)
-        _, resets_at = period_bounds(period, moment)
+        key = period_key(period, moment) if limit_usd is not None else ""
+        team_key = period_key(team.period, moment) if team is not None else None
         with self._lock, immediate(self._conn):
             self._expire_stale(now)
-            spent, reserved = self._sums(client, key)
-            admitted = spent + reserved + estimate_usd <= limit_usd + 1e-12
-            if admitted:
+            found: list[Admission] = []
+            if limit_usd is not None:
+                spent, reserved = self._sums(client, key)
+                _, resets_at = period_bounds(period, moment)
+                fits = spent + reserved + estimate_usd <= limit_usd + 1e-12
+                found.append(
+                    Admission(fits, client, limit_usd, period, spent, reserved, estimate_usd, resets_at)
+                )
+            if team is not None and team_key is not None:
+                spent, reserved = self._team_sums(team.team, team_key)
+                _, resets_at = period_bounds(team.period, moment)
+                fits = spent + reserved + estimate_usd <= team.usd + 1e-12
+                found.append(
+                    Admission(
+                        fits,
+                        client,
+                        team.usd,
+                        team.period,
+                        spent,
+                        reserved,
+                        estimate_usd,
+                        resets_at,
+                        team.team,
+                    )
+                )
+            refused = next((admission for admission in found if not admission.admitted), None)
+            if refused is None:
                 self._conn.execute(
                     """
                     insert or ignore into budget_holds
-                        (id, client, period_key, amount_usd, estimate_usd, state, created_at)
-                    values (?, ?, ?, ?, ?, 'held', ?)
+                        (id, client, period_key, team, team_period_key, amount_usd, estimate_usd, state,
+                         created_at)
+                    values (?, ?, ?, ?, ?, ?, ?, 'held', ?)
                     """,
-                    (call_id, client, key, estimate_usd, estimate_usd, now),
+                    (
+                        call_id,
+                        client,
+                        key,
+                        team.team if team is not None else None,
+                        team_key,
+                        estimate_usd,
+                        estimate_usd,
+                        now,
+                    ),
                 )
-        return Admission(admitted, client, limit_usd, period, spent, reserved, estimate_usd, resets_at)
+        return refused or found[0]
 
     def refund(self, call_id: str) -> None:
         """Release a hold now (the call never reached the provider)."""
@@ -184,6 +286,37 @@ class BudgetLedger:
                 _, resets_at = period_bounds(period, moment)
                 result.append(ClientBudget(client, float(usd), period, spent, reserved, resets_at))
         return result
+
+    def team_status(self) -> list[TeamSpend]:
+        """Each team budget's spend and reservations in its current period, with its members."""
+        now = self._clock()
+        moment = datetime.fromtimestamp(now, UTC)
+        result = []
+        with self._lock, immediate(self._conn):
+            rows = self._conn.execute(
+                "select team, usd, period, members from team_budgets order by team"
+            ).fetchall()
+            self._expire_stale(now)
+            for team, usd, period, members in rows:
+                spent, reserved = self._team_sums(team, period_key(period, moment))
+                _, resets_at = period_bounds(period, moment)
+                result.append(
+                    TeamSpend(
+                        team, tuple(json.loads(members)), float(usd), period, spent, reserved, resets_at
+                    )
+                )
+        return result
+
+    def _team_sums(self, team: str, key: str) -> tuple[float, float]:
+        spent, reserved = self._conn.execute(
+            """
+            select coalesce(sum(case when state = 'settled' then amount_usd end), 0),
+                   coalesce(sum(case when state = 'held' then amount_usd end), 0)
+            from budget_holds where team = ? and team_period_key = ?
+            """,
+            (team, key),
+        ).fetchone()
+        return float(spent), float(reserved)
 
     def _sums(self, client: str, key: str) -> tuple[float, float]:
         spent, reserved = self._conn.execute(

@@ -868,6 +868,50 @@ def run_clients(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_teams(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "teams",
+        parents=[common],
+        help="each team budget's members, spend, reservations, limit and reset time",
+        description="Team budgets as sluice enforces them, for the current period of each team (UTC).",
+    )
+    parser.add_argument("--json", dest="format", action="store_const", const="json", help="print JSON")
+    parser.set_defaults(handler=run_teams, format="table")
+
+
+def run_teams(args: argparse.Namespace) -> int:
+    database = open_database(args.db)
+    try:
+        teams = BudgetLedger(database).team_status()
+    finally:
+        database.close()
+    if args.format == "json":
+        _write_json([team.to_dict() for team in teams])
+        return 0
+    if not teams:
+        print("no team budgets configured")
+        return 0
+    now = clock()
+    table = Table(title="Team budgets")
+    for column in ("Team", "Members", "Limit", "Spent", "Reserved", "Left", "Resets"):
+        table.add_column(column, justify="left" if column in ("Team", "Members", "Resets") else "right")
+    for team in teams:
+        left = max(0.0, team.limit_usd - team.spent_usd - team.reserved_usd)
+        scope = "total" if team.period == "total" else f"/{team.period}"
+        _add_row(
+            table,
+            team.team,
+            ", ".join(team.members),
+            f"{budget_usd(team.limit_usd)} {scope}",
+            f"${team.spent_usd:,.4f}",
+            f"${team.reserved_usd:,.4f}",
+            f"${left:,.4f}",
+            _reset_text(team.resets_at, now) if team.resets_at else "never",
+        )
+    _print_table(Console(), table)
+    return 0
+
+
 # ── sandbox ──────────────────────────────────────
 
 
@@ -1099,6 +1143,7 @@ SUBCOMMANDS: tuple[Callable[[Subparsers, argparse.ArgumentParser], None], ...] =
     _add_quota,
     _add_credentials,
     _add_clients,
+    _add_teams,
     _add_sandbox,
     _add_doctor,
     _add_replay,

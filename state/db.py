@@ -336,6 +336,43 @@ def _migration_9_region(db: sqlite_utils.Database) -> None:
         db["calls"].add_column("region", str)  # type: ignore[union-attr]
 
 
+def _migration_10_teams_and_rates(db: sqlite_utils.Database) -> None:
+    # A hold names the team whose budget it counts against, with that budget's period.
+    holds = db["budget_holds"]
+    for column in ("team", "team_period_key"):
+        if column not in holds.columns_dict:
+            holds.add_column(column, str)  # type: ignore[union-attr]
+    holds.create_index(["team", "team_period_key", "state"], if_not_exists=True)  # type: ignore[union-attr]
+    # The configured team budgets, so `sluice teams` can show them without the config file.
+    db["team_budgets"].create(  # type: ignore[union-attr]
+        {"team": str, "usd": float, "period": str, "members": str, "updated_at": float},
+        pk="team",
+        not_null={"team", "usd", "period", "members"},
+    )
+    # One row per admitted call of a rate-limited client (state/rates.py), and the proxies holding them open.
+    db["rate_admissions"].create(  # type: ignore[union-attr]
+        {
+            "id": str,
+            "client": str,
+            "team": str,
+            "owner": str,
+            "admitted_at": float,
+            "input_tokens": int,
+            "output_tokens": int,
+            "state": str,
+            "ended_at": float,
+        },
+        pk="id",
+        not_null={"id", "client", "owner", "admitted_at", "state"},
+    )
+    db["rate_admissions"].create_index(["client", "admitted_at"])  # type: ignore[union-attr]
+    db["rate_admissions"].create_index(["team", "admitted_at"])  # type: ignore[union-attr]
+    db["rate_admissions"].create_index(["state", "owner"])  # type: ignore[union-attr]
+    db["proxy_instances"].create(  # type: ignore[union-attr]
+        {"id": str, "seen_at": float}, pk="id", not_null={"id", "seen_at"}
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1_calls_and_rate_limits,
     _migration_2_views,
@@ -346,6 +383,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_7_alerts,
     _migration_8_sandbox_events,
     _migration_9_region,
+    _migration_10_teams_and_rates,
 ]
 
 

@@ -35,6 +35,7 @@ import sqlite_utils
 
 from state.budgets import SETTLE_SQL
 from state.db import CALL_COLUMNS, SANDBOX_EVENT_COLUMNS
+from state.rates import SETTLE_RATE_SQL
 
 log = logging.getLogger("sluice")
 
@@ -65,6 +66,9 @@ class CallRecord:
     observed_at: str = ""
     # Settle this call's budget hold with the row: ("settled", cost) or ("refunded", 0.0).
     budget: tuple[str, float] | None = None
+    # Settle this call's rate admission with the row: (input tokens, output tokens) it used, None where no
+    # usage was seen (its estimate stands).
+    rate: tuple[int | None, int | None] | None = None
 
 
 @dataclass(slots=True)
@@ -342,6 +346,11 @@ class RecordWriter:
             for record in calls
             if record.budget is not None
         ]
+        rate_rows = [
+            (settled_at, record.rate[0], record.rate[1], record.row["id"])
+            for record in calls
+            if record.rate is not None
+        ]
         conn = db.conn
         conn.execute("begin immediate")
         try:
@@ -353,6 +362,8 @@ class RecordWriter:
                 conn.executemany(_RATE_LIMIT_SQL, limit_rows)
             if settle_rows:
                 conn.executemany(SETTLE_SQL, settle_rows)
+            if rate_rows:
+                conn.executemany(SETTLE_RATE_SQL, rate_rows)
             conn.execute("commit")
         except BaseException:
             if conn.in_transaction:

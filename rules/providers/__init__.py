@@ -82,6 +82,9 @@ class Provider:
     # gives the limit (group `name`) and which of its `limit`, `remaining` or `reset` the header is (group
     # `field`); a reset is a time or a duration (rules/times.py `parse_reset`). Matched after the windows.
     counted_limits: re.Pattern[str] | None = None
+    # The same family written by sluice, for its own 429s (a client's or team's rate limit): (sluice's limit:
+    # `rpm`, `input_tpm` or `output_tpm`; its value; what remains; seconds until it has room) -> headers.
+    limit_headers: Callable[[str, int, int, float], dict[str, str]] | None = None
     window_words: tuple[str, ...] = ()  # lower-case words of its messages that mark a spent window
     terminal_words: tuple[str, ...] = ()  # ... that mark a credential disabled for good
     terminal_codes: tuple[str, ...] = ()  # error codes (or ErrorInfo reasons) that do

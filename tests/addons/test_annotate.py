@@ -94,3 +94,29 @@ def test_every_symbol_mark_is_a_shortcode_mitmweb_shows_as_a_text_character() ->
         character = emoji.emoji[shortcode].replace("\ufe0f", "")
         assert len(character) == 1 and ord(character) < 0x2800, flag  # not in the emoji planes
     assert set(MARK_SETS["symbols"]) == set(MARKS)
+
+
+@pytest.mark.parametrize(
+    ("note", "flag"),
+    [
+        (
+            "refused: budget exhausted (client alice: $1.00/day, $0.9900 used, resets 2026-12-05)",
+            "budget",
+        ),
+        (
+            "refused: team budget exhausted (team ci: $5.00/month, $5.0000 used, resets 2027-01-01)",
+            "budget",
+        ),
+        ("refused: rate limit (client alice: rpm 60, 60 used, retry in 12 s)", "rate-limited"),
+        (
+            "refused: window share (client ci: 5h 60%, 62% used, resets 2026-12-04T15:00:00+00:00)",
+            "rate-limited",
+        ),
+    ],
+)
+def test_sluices_refusals_are_marked_and_say_which_limit_in_the_comment(note: str, flag: str) -> None:
+    row = ROW | {"status": 429, "cost_usd": 0.0, "rules_applied": f'["note:{note}"]'}
+    flow = tflow.tflow()
+    annotate(flow, row)
+    assert flow.comment.startswith(f"#{flag} ") and flow.comment.endswith(f" · {note}")
+    assert flow.marked == MARKS[flag]

@@ -32,7 +32,10 @@ def test_a_call_over_the_budget_is_refused_with_429_naming_the_budget_and_when_t
     assert 1 <= int(flow.response.headers["retry-after"]) <= 24 * 3600  # the UTC day's end
     error = json.loads(flow.response.content or b"")["error"]
     assert error["type"] == "rate_limit_error" and "alice" in error["message"] and "day" in error["message"]
-    assert call.notes == ["refused: budget exhausted"] and call.budget_hold is None and call.answered_locally
+    [note] = call.notes
+    assert note.startswith("refused: budget exhausted (client alice: $")
+    assert "/day, $" in note and ", resets 20" in note
+    assert call.budget_hold is None and call.answered_locally
 
 
 def test_a_call_that_fits_is_admitted_and_holds_its_estimate(tmp_path: Path) -> None:

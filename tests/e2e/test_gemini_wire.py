@@ -161,7 +161,12 @@ def rows_up_to_a_metered_call(proxy: Proxy, fake: FakeProvider, since: int) -> l
         client.messages.create(
             model="claude-haiku-4-5", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
         )
+    deadline = time.monotonic() + 10
     rows = proxy.wait_for_rows(1, since=since)
+    # The Gemini row, if any, may land in a batch before the Anthropic one: wait for the Anthropic row.
+    while rows[-1]["host"] != "api.anthropic.com" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        rows = proxy.rows()[since:]
     assert rows[-1]["host"] == "api.anthropic.com", rows
     return rows
 

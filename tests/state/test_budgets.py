@@ -134,3 +134,42 @@ def test_a_budget_is_shown_with_every_digit_it_has(amount: float, shown: str) ->
     from state.budgets import budget_usd
 
     assert budget_usd(amount) == shown
+
+
+def test_a_team_budget_binds_its_members_together_in_its_own_period(tmp_path):
+    from state.budgets import TeamBudget
+
+    budgets = ledger(tmp_path / "s.db")
+    budgets.sync_budgets({"alice": (1.0, "day")}, {"ci": (1.5, "month", ["alice", "bob"])})
+    team = TeamBudget("ci", 1.5, "month")
+    assert budgets.admit("a1", "alice", 0.9, 1.0, "day", team=team).admitted
+    assert budgets.admit("b1", "bob", 0.5, None, "day", team=team).admitted
+    refused = budgets.admit("b2", "bob", 0.2, None, "day", team=team)
+    assert not refused.admitted and refused.team == "ci" and refused.limit == "team budget"
+    assert "budget exhausted for team ci (client bob): $1.50 per month" in refused.refusal()
+    assert "2026-12-01T00:00:00+00:00" in refused.refusal()
+    own = budgets.admit("a2", "alice", 0.2, 1.0, "day", team=team)
+    assert not own.admitted and own.team is None  # alice's own budget refuses first
+    [spend] = budgets.team_status()
+    assert (spend.team, spend.members, spend.reserved_usd) == ("ci", ("alice", "bob"), pytest.approx(1.4))
+
+
+def test_fifty_concurrent_admissions_never_overspend_a_team(tmp_path):
+    from state.budgets import TeamBudget
+
+    budgets = ledger(tmp_path / "s.db")
+    team = TeamBudget("ci", 1.0, "day")
+    results = []
+    barrier = threading.Barrier(50)
+
+    def attempt(i):
+        barrier.wait()
+        client = "alice" if i % 2 else "bob"
+        results.append(budgets.admit(f"c{i}", client, 0.1, None, "day", team=team).admitted)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(results) == 10

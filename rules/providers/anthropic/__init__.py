@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 
 from rules.providers import Provider, WireFormat, register
 from rules.providers.anthropic import cache, cache_control, request, transcript, usage
@@ -35,6 +36,24 @@ API_VERSION = "2023-06-01"  # https://docs.claude.com/en/api/versioning
 def models_headers(key: str) -> dict[str, str]:
     """The headers of a `GET /v1/models` with an API key."""
     return {"x-api-key": key, "anthropic-version": API_VERSION}
+
+
+_LIMIT_NAMES = {"rpm": "requests", "input_tpm": "input-tokens", "output_tpm": "output-tokens"}
+
+
+def limit_headers(limit: str, value: int, remaining: int, reset_s: float) -> dict[str, str]:
+    """`anthropic-ratelimit-{requests,input-tokens,output-tokens}-{limit,remaining,reset}`, the reset as an
+    RFC 3339 time, as Anthropic writes them."""
+    name = _LIMIT_NAMES.get(limit)
+    if name is None:
+        return {}
+    reset = datetime.now(UTC) + timedelta(seconds=max(0.0, reset_s))
+    prefix = f"anthropic-ratelimit-{name}-"
+    return {
+        prefix + "limit": str(value),
+        prefix + "remaining": str(max(0, remaining)),
+        prefix + "reset": reset.isoformat(timespec="seconds").replace("+00:00", "Z"),
+    }
 
 
 def error_body(status: int, message: str, code: str | None = None) -> bytes:
@@ -74,6 +93,7 @@ ANTHROPIC = Provider(
     window_prefix="anthropic-ratelimit-unified-",
     # anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}, resets as
     # RFC 3339 times. https://docs.claude.com/en/api/rate-limits#response-headers
+    limit_headers=limit_headers,
     counted_limits=re.compile(r"anthropic-ratelimit-(?P<name>[a-z0-9-]+?)-(?P<field>limit|remaining|reset)"),
     # Its subscription limits are worded for people ("You've hit your usage limit", "out of extra usage");
     # its terminal answers name the organization.

@@ -8,6 +8,7 @@ Keys: `Authorization: Bearer`. Errors: `{"error": {"message", "type", "param", "
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 
@@ -24,6 +25,21 @@ _ERROR_KINDS: dict[int, tuple[str, str | None]] = {
     504: ("server_error", "timeout"),
     529: ("server_error", "overloaded"),
 }
+
+
+def limit_headers(limit: str, value: int, remaining: int, reset_s: float) -> dict[str, str]:
+    """`x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, the reset as a duration (`12s`), as OpenAI
+    writes them; its token limit counts input and output together."""
+    name = {"rpm": "requests", "input_tpm": "tokens", "output_tpm": "tokens"}.get(limit)
+    if name is None:
+        return {}
+    milliseconds = max(0, math.ceil(reset_s * 1000))
+    reset = f"{milliseconds}ms" if milliseconds < 1000 else f"{math.ceil(milliseconds / 1000)}s"
+    return {
+        f"x-ratelimit-limit-{name}": str(value),
+        f"x-ratelimit-remaining-{name}": str(max(0, remaining)),
+        f"x-ratelimit-reset-{name}": reset,
+    }
 
 
 def error_body(status: int, message: str, code: str | None = None) -> bytes:
@@ -55,6 +71,7 @@ OPENAI = Provider(
     key_variables=("OPENAI_API_KEY",),
     # x-ratelimit-{limit,remaining,reset}-{requests,tokens}, resets as durations (`6m0s`, `12ms`); the
     # gateways that speak its format send the same. https://platform.openai.com/docs/guides/rate-limits
+    limit_headers=limit_headers,
     counted_limits=re.compile(r"x-ratelimit-(?P<field>limit|remaining|reset)-(?P<name>[a-z0-9-]+)"),
     terminal_words=("account has been deactivated", "account is not active"),
     terminal_codes=("insufficient_quota", "account_deactivated", "billing_not_active"),
