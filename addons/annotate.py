@@ -90,8 +90,14 @@ MARK_SETS: dict[str, dict[str, str]] = {"emoji": MARKS, "symbols": SYMBOL_MARKS,
 # sluice's own refusals (addons/budget.py), as its notes start in the row's `rules_applied`: a budget's
 # (the client's or its team's) and a rate limit's or window share's. The note says which limit, its value and
 # when it resets; the comment shows it.
-BUDGET_REFUSALS = ("note:refused: budget exhausted", "note:refused: team budget exhausted")
-_REFUSAL = re.compile(r'"note:(refused: (?:budget|team budget|rate limit|window share)[^"]*)"')
+BUDGET_REFUSALS = (
+    "note:refused: budget exhausted",
+    "note:refused: team budget exhausted",
+    "note:budget reached mid-stream",
+)
+_REFUSAL = re.compile(
+    r'"note:((?:refused: (?:budget|team budget|rate limit|window share)|budget reached mid-stream)[^"]*)"'
+)
 RATE_LIMIT_STATUSES = (429, 529)
 RATE_LIMIT_ERRORS = ("rate_limit_error", "overloaded_error", "rate_limit_exceeded")
 

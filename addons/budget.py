@@ -40,7 +40,7 @@ from rules.estimate import estimate_tokens
 from rules.providers import providers, wire_format
 from state import db as sluice_db
 from state.budgets import BudgetLedger, TeamBudget, budget_usd
-from state.pricing import estimate_call, highest_prices, price_call
+from state.pricing import estimate_call, highest_prices, price_as, price_call
 from state.rates import HEARTBEAT_S, RateLedger, RateRefusal, RateScope, WindowUse, window_use
 
 UNKNOWN_MODELS_OPTION = "budget_price_unknown_models_as"
@@ -60,6 +60,7 @@ class Budget:
         self.team_of: dict[str, str] = {}
         self.rate_scopes: dict[str, list[RateScope]] = {}
         self.shares: dict[str, dict[str, float]] = {}
+        self.streamed: set[str] = set()
         self._heartbeat: asyncio.Task[None] | None = None
 
     def configure(self, updated: set[str]) -> None:
@@ -75,6 +76,21 @@ class Budget:
         }
         self.rate_scopes = _rate_scopes(config)
         self.shares = _shares(config)
+        # Clients every budget of which is enforced mid-stream (their own and their team's).
+        teams = {team.name: team for team in config.teams}
+        self.streamed = {
+            c.name
+            for c in config.clients
+            if all(
+                budget.enforce == "stream"
+                for budget in (
+                    c.budget,
+                    teams[self.team_of[c.name]].budget if c.name in self.team_of else None,
+                )
+                if budget is not None
+            )
+            and (c.budget is not None or self.team_budgets.get(self.team_of.get(c.name, "")) is not None)
+        }
         self._check_stand_ins()
         path = ctx.options.sluice_db
         if not self.limits and not self.team_budgets:
@@ -232,6 +248,7 @@ class Budget:
         if found.note:
             call.notes.append(f"budget estimate: {found.note}")
         estimate = found.cost_usd
+        minimum = self._stream_minimum(flow, call, team) if call.client in self.streamed else None
         admission = await asyncio.to_thread(
             self.ledger.admit,
             call.flow_id,
@@ -240,9 +257,15 @@ class Budget:
             own[0] if own else None,
             own[1] if own else "day",
             team=team,
+            minimum_usd=minimum,
         )
         if admission.admitted:
-            call.budget_hold = estimate
+            call.budget_hold = admission.hold_usd
+            if admission.capped:
+                call.stream_budget = admission.hold_usd
+                call.notes.append(
+                    f"budget: admitted with ${admission.hold_usd:.4f} left, enforced mid-stream"
+                )
             return True
         message = admission.refusal()
         headers = {"x-should-retry": "false"}
@@ -258,6 +281,22 @@ class Budget:
         self.core.answer(flow, 429, message, headers, note)
         log.info("sluice: flow %s: %s", flow.id, message)
         return False
+
+    def _stream_minimum(self, flow: http.HTTPFlow, call: Call, team: TeamBudget | None) -> float | None:
+        """The least a budget enforced mid-stream admits a call with: its input and a token of output, priced
+        as its hold is. None where the call's stream cannot be metered as it flows (not streamed, a wire
+        format whose output sluice cannot count, a body it could not read)."""
+        wire = wire_format(call.api)
+        body = call.request_json
+        if body is None or body.get("stream") is not True or wire.output_chars is None:
+            return None
+        input_tokens, _ = estimate_tokens(wire, body, len(flow.request.raw_content or b""))
+        priced = price_as(
+            price_call(call.billed_by, call.request_model, input_tokens=input_tokens, output_tokens=1),
+            call.price_unknown_as,
+            lambda name: price_call(call.billed_by, name, input_tokens=input_tokens, output_tokens=1),
+        )
+        return priced.cost_usd if priced.cost_usd else None
 
     def _check_stand_ins(self) -> None:
         """Fail start-up when a model named to price unknown models as has no price itself (a typo would

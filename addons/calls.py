@@ -11,11 +11,12 @@ named in `WRITERS` below (tests/addons/test_calls.py reads addons/ and fails on 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from addons.decoding import StreamDecoder
+from rules.estimate import BYTES_PER_TOKEN
 from rules.providers import wire_format
 from rules.usage import Reading, StreamReader, Usage
 from state.pricing import Priced, price_as, price_call
@@ -64,6 +65,7 @@ WRITERS: dict[str, Writer] = {
     "price_unknown_as": Writer(("budget",), "request"),
     "budget_hold": Writer(("budget",), "request"),
     "rate_held": Writer(("budget",), "request"),
+    "stream_budget": Writer(("budget",), "request"),
     "request_bytes": Writer(("meter",), "request"),
     "answered_locally": Writer(
         ("core",),
@@ -76,7 +78,7 @@ WRITERS: dict[str, Writer] = {
         "appended to by each part that applies a rule to the call: the body's rules, the header allow-lists",
     ),
     "notes": Writer(
-        ("core", "chain", "budget", "echo", "meter", "rewrite", "watchdog"),
+        ("core", "chain", "budget", "echo", "meter", "rewrite", "stream_end"),
         "any",
         "appended to (never rewritten) by every part with something to say on the row, and by the chain for "
         "a part that failed",
@@ -92,7 +94,10 @@ WRITERS: dict[str, Writer] = {
     "first_output_at": Writer(("meter",), "the stream's tee"),
     "final_reading": Writer(("meter",), "the stream's tee"),
     "finished": Writer(("meter",), "response; error; done"),
-    "ended_by": Writer(("watchdog",), "its idle check"),
+    "ended_by": Writer(
+        ("stream_end",),
+        "when the watchdog (an idle upstream) or the meter (a budget reached mid-stream) ends a stream",
+    ),
 }
 
 
@@ -121,6 +126,8 @@ class Call:
     client_asked_usage: bool = True
     budget_hold: float | None = None  # USD reserved for this call, when its client has a budget
     rate_held: bool = False  # the call counts against its client's (or team's) rate limits (state/rates.py)
+    # USD its stream may spend, when a budget enforced mid-stream admitted it with only what was left.
+    stream_budget: float | None = None
     # The model this budgeted call is priced as if its own has no price (`budget_price_unknown_models_as`).
     price_unknown_as: str | None = None
     stream: bool = False
@@ -170,6 +177,18 @@ def price_usage(
         )
 
     return price_as(price(model), unknown_model_as, price)
+
+
+def streamed_so_far(call: Call, reading: Reading) -> tuple[Reading, float | None]:
+    """A stream's reading so far with its output counted from the text it carried (about BYTES_PER_TOKEN
+    characters a token) where that is more than the provider reported yet, and that reading's cost."""
+    counted = -(-reading.output_chars // BYTES_PER_TOKEN)
+    if counted > (reading.usage.output_tokens or 0):
+        reading = replace(reading, usage=replace(reading.usage, output_tokens=counted), usage_seen=True)
+    priced = price_usage(
+        call.billed_by, reading.model or call.request_model, reading.usage, call.price_unknown_as
+    )
+    return reading, priced.cost_usd
 
 
 def _ms(start: float, end: float | None) -> float | None:

@@ -13,15 +13,17 @@ compressed or large is decoded and parsed on a worker thread, so one flow never 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from mitmproxy import ctx, http
 
 from addons.annotate import annotate
-from addons.calls import Call, build_record
+from addons.calls import Call, build_record, streamed_so_far
 from addons.core import SluiceCore
 from addons.decoding import (
     OFF_LOOP_BYTES,
@@ -33,6 +35,7 @@ from addons.decoding import (
     set_decode_max,
 )
 from addons.fields import RATE_LIMIT_MARKER, header_values
+from addons.stream_end import end_stream
 from rules.providers import wire_format
 from rules.stream_filter import SSERecordFilter
 from rules.usage import Reading, StreamReader, read_response_body
@@ -63,6 +66,8 @@ class Meter:
         # Streams whose decoded copy is still being parsed on later loop turns: resolved when it is done.
         self.parsing: dict[str, asyncio.Future[None]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        # Streams metered against what is left of a budget as they flow (`Call.stream_budget`), by flow id.
+        self.capped: dict[str, http.HTTPFlow] = {}
         core.shutdown_hooks.append(self._finish_in_flight)
 
     def configure(self, updated: set[str]) -> None:
@@ -98,7 +103,11 @@ class Meter:
         if not headers.get("content-type", "").startswith("text/event-stream"):
             return
         call.stream = True
-        call.reader = StreamReader(wire_format(call.api))
+        watch = None
+        if call.stream_budget is not None:
+            self.capped[flow.id] = flow
+            watch = functools.partial(_over_budget, call, call.stream_budget)
+        call.reader = StreamReader(wire_format(call.api), watch=watch)
         encoding = headers.get("content-encoding", "")
         try:
             call.decoder = make_decoder(encoding)
@@ -125,6 +134,8 @@ class Meter:
             # ends the chunked body early. An empty list emits nothing.
             if not chunk:
                 return cut.close() if cut is not None else chunk
+            if call.ended_by is not None:
+                return []  # sluice ended the stream (addons/stream_end.py): nothing more reaches the client
             call.response_bytes += len(chunk)
             call.last_byte_at = time.monotonic()
             if call.body_copy is not None:
@@ -137,6 +148,8 @@ class Meter:
                 call.decoder.feed(chunk)
                 if call.flow_id not in self.parsing:  # else the scheduled turn gets to it, in order
                     self._parse(call)
+                if call.ended_by is not None:
+                    return []  # this chunk reached a budget: the stream has just been ended before it
             if cut is not None:
                 passed = cut.feed(chunk)
                 return passed if passed else []
@@ -174,9 +187,34 @@ class Meter:
             except Exception as e:  # a parser bug must never break the client's stream
                 log.warning("sluice: flow %s: usage parser stopped: %r", call.flow_id, e)
                 self._stop_reading(call, f"usage parser stopped: {e!r}")
+            if call.reader is not None and call.reader.stopped:
+                self._hold_to_budget(call)
         done = self.parsing.pop(call.flow_id, None)
         if done is not None and not done.done():
             done.set_result(None)
+
+    def _hold_to_budget(self, call: Call) -> None:
+        """End a stream whose cost so far has reached what was left of its budget (`Call.stream_budget`: its
+        reader stopped at the event that reached it), with the provider's error event; its row is priced at
+        that event (the output counted from the text it carried), which the budget settles at."""
+        assert call.reader is not None and call.stream_budget is not None
+        reading, cost = streamed_so_far(call, call.reader.reading)
+        flow = self.capped.get(call.flow_id)
+        if flow is None or cost is None or call.ended_by is not None:
+            return
+        message = (
+            f"sluice: budget reached mid-stream for client {call.client}: this call could spend "
+            f"${call.stream_budget:.4f}, what was left; the stream was ended"
+        )
+        log.info("sluice: flow %s: %s", call.flow_id, message)
+        note = f"budget reached mid-stream (client {call.client}: ${call.stream_budget:.4f} left, "
+        note += f"${cost:.4f} streamed)"
+        end_stream(flow, call, 429, message, note)
+        if call.reader is not None:
+            reading = replace(reading, error=call.reader.reading.error or message)
+        self.capped.pop(call.flow_id, None)
+        call.final_reading = reading
+        call.reader = None
 
     @staticmethod
     def _stop_reading(call: Call, note: str) -> None:
@@ -272,6 +310,7 @@ class Meter:
 
     def _finish(self, flow: http.HTTPFlow, call: Call, reading: Reading, error: str | None) -> None:
         call.finished = True
+        self.capped.pop(call.flow_id, None)
         response = flow.response
         rate_limits: list[tuple[str, str]] = []
         ids: dict[str, str] = {}
@@ -341,6 +380,12 @@ def read_request_fields(raw: bytes, content_encoding: str | None) -> tuple[str |
         return None, False, None
     model = body.get("model")
     return (model if isinstance(model, str) else None), body.get("stream") is True, None
+
+
+def _over_budget(call: Call, budget: float, reading: Reading) -> bool:
+    """Whether a stream's cost so far has reached `budget` (StreamReader's `watch`, after each event)."""
+    cost = streamed_so_far(call, reading)[1]
+    return cost is not None and cost >= budget
 
 
 def _buffered_reading_needed(call: Call, response: http.Response) -> bool:

@@ -1,11 +1,9 @@
 """Ends streams whose upstream has gone silent, with a proper error event instead of a hang.
 
 A streamed call that receives no byte for `idle_timeout_s` (config, default 60 s; Anthropic sends `ping`
-events well within that) is ended by sluice. When the client reads an HTTP/1.1 chunked body in the clear
-(no content-encoding), it is sent an `error` record in the provider's own format and the last chunk, so its
-SDK raises its normal stream error; then the stalled upstream connection is closed. Otherwise (HTTP/2
-client, compressed stream) only the upstream is closed and the client sees the stream cut. The call's row
-is written either way, with the partial usage and the reason.
+events well within that) is ended by sluice (addons/stream_end.py: an error record in the provider's own
+format where the client can read one, then the stalled upstream connection closed). The call's row is
+written with the partial usage and the reason.
 """
 
 from __future__ import annotations
@@ -16,10 +14,9 @@ import time
 
 from mitmproxy import http
 
-from addons import mitm_internals
 from addons.calls import Call
 from addons.core import SluiceCore
-from rules.providers import wire_format
+from addons.stream_end import end_stream
 
 log = logging.getLogger("sluice")
 
@@ -70,27 +67,4 @@ class Watchdog:
     async def _end(self, flow: http.HTTPFlow, call: Call, limit: float) -> None:
         message = f"sluice: the upstream sent nothing for {limit:g}s; the stream was ended"
         log.warning("sluice: flow %s: %s", flow.id, message)
-        call.notes.append(f"idle timeout after {limit:g}s")
-        call.ended_by = message
-        live = mitm_internals.proxy_connection(flow.client_conn)
-        if live is None:
-            return
-        if _can_end_cleanly(flow):
-            # A blank line first closes any half-sent record; the error record; then the last chunk.
-            record = b"\n\n" + wire_format(call.api).provider.sse_error_event(504, message)
-            if call.reader is not None:
-                call.reader.feed(record)
-            chunks = f"{len(record):x}\r\n".encode() + record + b"\r\n0\r\n\r\n"
-            live.send_to_client(flow.client_conn, chunks)
-        live.close_server(flow.server_conn)
-
-
-def _can_end_cleanly(flow: http.HTTPFlow) -> bool:
-    """The client reads an HTTP/1.1 chunked body in the clear: an error record and a last chunk fit."""
-    response = flow.response
-    return (
-        response is not None
-        and flow.request.http_version == "HTTP/1.1"
-        and "chunked" in response.headers.get("transfer-encoding", "").lower()
-        and not response.headers.get("content-encoding")
-    )
+        end_stream(flow, call, 504, message, f"idle timeout after {limit:g}s")

@@ -63,6 +63,10 @@ class _Model(BaseModel):
 class Budget(_Model):
     usd: Annotated[float, Field(gt=0)]
     period: Literal["day", "week", "month", "total"] = "day"
+    # "reserve": a call is admitted only if its worst case (its `max_tokens` ceiling) fits. "stream": a call
+    # whose worst case does not fit is admitted with what is left, and its stream is metered as it flows and
+    # ended when its cost reaches that (addons/meter.py).
+    enforce: Literal["reserve", "stream"] = "reserve"
 
 
 class Limits(_Model):

@@ -16,7 +16,7 @@ priced from what is left (addons/calls.py).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -63,6 +63,7 @@ class Reading:
     counted_tokens: int | None = None  # count_tokens result (not billed usage)
     error: str | None = None  # "<type>: <message>", or a note on why the reading is incomplete
     complete: bool = False  # the terminal frame was seen, or a whole JSON body was parsed
+    output_chars: int = 0  # characters of output streamed so far, when the reader counts them
 
 
 # --- whole bodies -----------------------------------------------------------------------------------------
@@ -102,9 +103,25 @@ class StreamReader:
     reader (`wire.stream_events()`), which fills the reading and marks it complete on its terminal event.
     """
 
-    __slots__ = ("_cut_short", "_finished", "_on_event", "_output_seen", "_parser", "_reading")
+    __slots__ = (
+        "_count",
+        "_cut_short",
+        "_finished",
+        "_on_event",
+        "_output_seen",
+        "_parser",
+        "_reading",
+        "_watch",
+        "stopped",
+    )
 
-    def __init__(self, wire: WireFormat) -> None:
+    def __init__(self, wire: WireFormat, *, watch: Callable[[Reading], bool] | None = None) -> None:
+        """`watch`: also count the characters of output each event carries (`reading.output_chars`, where
+        the wire format can say: `WireFormat.output_chars`), and ask `watch` after each event whether to
+        stop there; the reader then reads nothing more (`stopped`), so the reading ends at that event."""
+        self._count = wire.output_chars if watch is not None else None
+        self._watch = watch
+        self.stopped = False
         if wire.stream_events is not None:
             events: StreamEvents = wire.stream_events()
             self._on_event = events.on_event  # bound once: called for every event of the stream
@@ -123,9 +140,15 @@ class StreamReader:
             return False
         first = False
         on_event, reading = self._on_event, self._reading
+        count, watch = self._count, self._watch
         for event in self._parser.feed(chunk):
             if on_event(event.event, event.data, reading) and not self._output_seen:
                 self._output_seen = first = True
+            if count is not None:
+                reading.output_chars += count(event.event, event.data)
+            if watch is not None and watch(reading):
+                self.stopped = self._finished = True
+                break
         return first
 
     def finish(self) -> Reading:

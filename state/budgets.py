@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -86,6 +86,10 @@ class Admission:
     estimate_usd: float
     resets_at: datetime | None
     team: str | None = None
+    # What is held for the call when admitted: its estimate, or (`capped`) only what was left, which its
+    # stream may then spend and no more.
+    hold_usd: float = 0.0
+    capped: bool = False
 
     def refusal(self) -> str:
         """The message a refused client reads: which budget, how much is used, when it resets."""
@@ -204,9 +208,14 @@ class BudgetLedger:
         period: Period,
         *,
         team: TeamBudget | None = None,
+        minimum_usd: float | None = None,
     ) -> Admission:
         """Reserve `estimate_usd` for this call if the client's budget (`limit_usd` per `period`; None when
         the client has none of its own) and its team's allow it; one immediate transaction.
+
+        With `minimum_usd` (a budget enforced mid-stream), a call whose estimate does not fit is still
+        admitted when at least that much is left in every budget: it holds what is left (the least of
+        them), `capped`.
 
         Raises ValueError for an estimate that is not a positive finite amount: a hold of nothing (or NaN,
         which every comparison passes) would let the call through for free.
@@ -247,6 +256,10 @@ class BudgetLedger:
                     )
                 )
             refused = next((admission for admission in found if not admission.admitted), None)
+            hold, capped = estimate_usd, False
+            left = min(a.limit_usd - a.spent_usd - a.reserved_usd for a in found)
+            if refused is not None and minimum_usd is not None and left >= minimum_usd > 0:
+                refused, hold, capped = None, left, True
             if refused is None:
                 self._conn.execute(
                     """
@@ -261,12 +274,13 @@ class BudgetLedger:
                         key,
                         team.team if team is not None else None,
                         team_key,
-                        estimate_usd,
+                        hold,
                         estimate_usd,
                         now,
                     ),
                 )
-        return refused or found[0]
+                return replace(found[0], admitted=True, hold_usd=hold, capped=capped)
+        return refused
 
     def refund(self, call_id: str) -> None:
         """Release a hold now (the call never reached the provider)."""

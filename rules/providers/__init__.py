@@ -112,6 +112,9 @@ class WireFormat:
     read_body: Callable[[Mapping[str, object]], Reading] | None = None
     stream_events: Callable[[], StreamEvents] | None = None  # a fresh reader of one stream's events
     terminal_event: str = ""  # the event that ends a complete stream (named in "stream ended before ...")
+    # (event name, data) -> the characters of output the event carries (text, thinking, tool arguments), for a
+    # stream metered as it flows (a budget enforced mid-stream); None: such a stream cannot be.
+    output_chars: Callable[[str | None, str], int] | None = None
     # -- the request body (rules/rewrite.py applies the rules in its fixed order) ----------------------
     # Which of "billing", "alias", "system", "user_id", "max_tokens", "cache", "stream_usage" apply; each
     # but "alias" (the body's `model`, the same everywhere) through its hook below. Each hook returns the

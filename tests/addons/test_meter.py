@@ -6,7 +6,9 @@ import asyncio
 import gzip
 import json
 import zlib
+from collections.abc import Iterator
 
+import pytest
 from mitmproxy.test import taddons, tflow, tutils
 
 from addons.calls import Call
@@ -31,6 +33,14 @@ class Records:
 
     def put(self, record: CallRecord) -> None:
         self.rows.append(record.row)
+
+
+@pytest.fixture(autouse=True)
+def mitmproxy_context() -> Iterator[None]:
+    """The options a running mitmproxy would have (`sluice_marks`, read when a row is built): without it
+    these tests passed only after another module had set up a context."""
+    with taddons.context():
+        yield
 
 
 def answered(shown: bool) -> tuple[SluiceCore, Meter, Records, tflow.http.HTTPFlow]:

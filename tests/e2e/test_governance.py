@@ -209,3 +209,40 @@ def test_two_proxies_share_one_rate_limit(fake: FakeProvider, start_proxy, tmp_p
     assert sum(not isinstance(result, BaseException) for result in results) == 7
     assert all(isinstance(r, anthropic.RateLimitError) for r in results if isinstance(r, BaseException))
     assert len(fake.requests) == 7
+
+
+def test_a_budget_enforced_mid_stream_ends_the_stream_at_what_was_left(
+    fake: FakeProvider, start_proxy
+) -> None:
+    budget = 'budget = { usd = 0.02, period = "day", enforce = "stream" }'
+    proxy = start_proxy(config_toml=config(client("alice", budget)), env=ENV)
+    fake.set_default(event_delay=0.0)
+    fake.next(usage=FULL_USE)
+    with anthropic_client(proxy, api_key=KEYS["alice"]) as alice:
+        alice.messages.create(**REQUEST)  # ~$0.0151 of $0.02: the next call's ceiling ($0.015) no longer fits
+        [first] = proxy.wait_for_rows(1)
+        left = 0.02 - first["cost_usd"]
+        words = "abcdefgh " * 600  # each word one delta of 9 characters, about 2.25 tokens
+        fake.next(text=words, usage=Usage(input_tokens=20, output_tokens=1400))
+        received = ""
+        with pytest.raises(anthropic.APIStatusError) as ended, alice.messages.stream(**REQUEST) as stream:
+            for text in stream.text_stream:
+                received += text
+        assert "budget reached mid-stream for client alice" in str(ended.value)
+        assert 0 < len(received) < len(words)
+        with pytest.raises(anthropic.RateLimitError) as refused:
+            alice.messages.create(**REQUEST)  # nothing is left for even its input
+        assert "budget exhausted for client alice" in refused.value.body["error"]["message"]  # type: ignore[index]
+    rows = proxy.wait_for_rows(3)
+    cut = rows[1]
+    one_event = 3 * 15 / 1e6  # a delta's tokens (at most 3) at $15 per million output tokens
+    assert cut["cost_usd"] == pytest.approx(left, abs=one_event)
+    assert cut["cost_usd"] >= left - one_event and "budget reached mid-stream" in cut["error"]
+    assert "budget reached mid-stream (client alice: $" in cut["rules_applied"]
+    # Output counted from the text up to the event that reached the budget (4 characters a token); the
+    # client got at most that (the chunk that held the event is not passed on).
+    assert -(-len(received) // 4) <= cut["output_tokens"] < 400
+    [alice_budget] = sluice_json(proxy, "clients")
+    assert alice_budget["reserved_usd"] == 0
+    assert alice_budget["spent_usd"] == pytest.approx(0.02, abs=one_event)
+    assert len(fake.requests) == 2

@@ -541,3 +541,46 @@ def test_deeply_nested_stream_events_never_stop_the_reader(value: str, api: str)
         reader.feed(f'{head}data: {{"type":"{event}","message":{value}}}\n\n'.encode())
         reader.feed(f"{head}data: {value}\n\n".encode())
     assert isinstance(reader.finish(), Reading)
+
+
+@pytest.mark.parametrize(
+    ("name", "api"),
+    [
+        ("anthropic_messages_stream.sse", "messages"),
+        ("openai_chat_stream_usage.sse", "chat"),
+        ("openai_responses_stream_completed.sse", "responses"),
+    ],
+)
+def test_a_watched_stream_counts_its_output_and_stops_where_the_watch_says(name: str, api: str) -> None:
+    from rules.transcript import reassemble
+
+    stream = fixture(name)
+    wire = wire_format(api)
+    written = sum(len(part.text) for part in reassemble(wire, stream, streamed=True).parts)
+    whole = StreamReader(wire, watch=lambda reading: False)
+    whole.feed(stream)
+    # The output's characters: what the transcript shows, less how it lays out tool calls and names.
+    counted = whole.reading.output_chars
+    assert written * 0.7 <= counted <= written and not whole.stopped
+
+    seen: list[int] = []
+
+    def watch(reading: Reading) -> bool:
+        seen.append(reading.output_chars)
+        return reading.output_chars >= counted // 2
+
+    half = StreamReader(wire, watch=watch)
+    half.feed(stream)
+    assert half.stopped and counted // 2 <= half.reading.output_chars < counted
+    assert half.reading.output_chars == seen[-1]  # nothing after the event that stopped it was read
+    assert not half.feed(b"data: more\n\n") and half.finish().error is None and not half.reading.complete
+
+
+def test_gemini_counts_the_text_and_call_arguments_of_each_chunk() -> None:
+    from rules.providers.gemini.usage import output_chars
+
+    chunk = {
+        "candidates": [{"content": {"parts": [{"text": "Hello"}, {"functionCall": {"args": {"a": 1}}}]}}]
+    }
+    assert output_chars(None, json.dumps(chunk)) == len("Hello") + len('{"a": 1}')
+    assert output_chars(None, "not json") == 0

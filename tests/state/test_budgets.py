@@ -173,3 +173,19 @@ def test_fifty_concurrent_admissions_never_overspend_a_team(tmp_path):
     for thread in threads:
         thread.join()
     assert sum(results) == 10
+
+
+def test_a_budget_enforced_mid_stream_admits_with_what_is_left(tmp_path):
+    from state.budgets import TeamBudget
+
+    budgets = ledger(tmp_path / "s.db")
+    assert budgets.admit("c1", "alice", 0.7, 1.0, "day").admitted
+    capped = budgets.admit("c2", "alice", 0.5, 1.0, "day", minimum_usd=0.01)
+    assert capped.admitted and capped.capped and capped.hold_usd == pytest.approx(0.3)
+    refused = budgets.admit("c3", "alice", 0.5, 1.0, "day", minimum_usd=0.01)
+    assert not refused.admitted  # nothing left for even the input
+    team = TeamBudget("ci", 0.8, "day")  # the least left of the client's budget and its team's is held
+    capped = budgets.admit("b1", "bob", 0.9, 2.0, "day", team=team, minimum_usd=0.01)
+    assert capped.capped and capped.hold_usd == pytest.approx(0.8)
+    whole = budgets.admit("b2", "carol", 0.1, 2.0, "day", minimum_usd=0.01)
+    assert whole.admitted and not whole.capped and whole.hold_usd == 0.1

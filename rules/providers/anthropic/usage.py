@@ -184,3 +184,17 @@ class MessagesEvents:
             self._fields.overwrite(usage)
             reading.usage = self._fields.usage()
             reading.usage_seen = True
+
+
+def output_chars(name: str | None, data: str) -> int:
+    """The characters of output one Messages stream event carries: a text, thinking or tool-input delta
+    (`WireFormat.output_chars`)."""
+    payload = json_object(data) if name in ("content_block_delta", None) else None
+    if payload is None or (name is None and payload.get("type") != "content_block_delta"):
+        return 0
+    delta = payload.get("delta")
+    if not isinstance(delta, Mapping):
+        return 0
+    return sum(
+        len(value) for key in ("text", "thinking", "partial_json") if isinstance(value := delta.get(key), str)
+    )

@@ -90,6 +90,7 @@ GENERATE_CONTENT = WireFormat(
     path_model=path_model,
     read_body=usage.read_body,
     stream_events=usage.GenerateEvents,
+    output_chars=usage.output_chars,
     terminal_event="a chunk with a finishReason",
     rule_set=frozenset({"system"}),
     inject_system=request.inject_system,

@@ -15,6 +15,7 @@ Zero counts are left out of the JSON (protobuf), so a count missing from a usage
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 from rules.usage import Reading, Usage, json_object, record_error, suspect_text, text, tokens
@@ -116,3 +117,23 @@ def has_output(chunk: Mapping[str, object]) -> bool:
             if isinstance(part, Mapping) and (part.get("text") or part.get("functionCall")):
                 return True
     return False
+
+
+def output_chars(name: str | None, data: str) -> int:
+    """The characters of output one streamed GenerateContentResponse carries: its parts' text and function
+    call arguments (`WireFormat.output_chars`)."""
+    chunk = json_object(data)
+    candidates = chunk.get("candidates") if chunk is not None else None
+    count = 0
+    for candidate in candidates if isinstance(candidates, list) else ():
+        content = candidate.get("content") if isinstance(candidate, Mapping) else None
+        parts = content.get("parts") if isinstance(content, Mapping) else None
+        for part in parts if isinstance(parts, list) else ():
+            if not isinstance(part, Mapping):
+                continue
+            if isinstance(value := part.get("text"), str):
+                count += len(value)
+            call = part.get("functionCall")
+            if isinstance(call, Mapping) and call.get("args") is not None:
+                count += len(json.dumps(call["args"]))
+    return count

@@ -271,3 +271,35 @@ def _responses_error_event(payload: Mapping[str, object] | None) -> str | None:
     kind = label(payload.get("code")) or "error"
     message = text(payload.get("message"))
     return f"{kind}: {message}" if message else None
+
+
+def chat_output_chars(name: str | None, data: str) -> int:
+    """The characters of output one Chat Completions chunk carries: content, reasoning, a refusal, tool-call
+    arguments, over every choice (`WireFormat.output_chars`)."""
+    chunk = json_object(data) if not data.startswith("[DONE]") else None
+    choices = chunk.get("choices") if chunk is not None else None
+    if not isinstance(choices, list):
+        return 0
+    count = 0
+    for choice in choices:
+        delta = choice.get("delta") if isinstance(choice, Mapping) else None
+        if not isinstance(delta, Mapping):
+            continue
+        for key in ("content", "reasoning_content", "reasoning", "refusal"):
+            if isinstance(value := delta.get(key), str):
+                count += len(value)
+        calls = delta.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            function = call.get("function") if isinstance(call, Mapping) else None
+            if isinstance(function, Mapping) and isinstance(arguments := function.get("arguments"), str):
+                count += len(arguments)
+    return count
+
+
+def responses_output_chars(name: str | None, data: str) -> int:
+    """The characters of output one Responses stream event carries: every `*.delta` event's `delta`."""
+    if name is None or not name.endswith(".delta"):
+        return 0
+    payload = json_object(data)
+    delta = payload.get("delta") if payload is not None else None
+    return len(delta) if isinstance(delta, str) else 0
