@@ -189,3 +189,28 @@ def test_a_budget_enforced_mid_stream_admits_with_what_is_left(tmp_path):
     assert capped.capped and capped.hold_usd == pytest.approx(0.8)
     whole = budgets.admit("b2", "carol", 0.1, 2.0, "day", minimum_usd=0.01)
     assert whole.admitted and not whole.capped and whole.hold_usd == 0.1
+
+
+def _admit_team(path: str, client: str, count: int, out) -> None:
+    from state.budgets import TeamBudget
+
+    budgets = BudgetLedger(sluice_db.connect(path), clock=lambda: NOW)
+    team = TeamBudget("ci", 1.0, "day")
+    out.put(
+        sum(budgets.admit(f"{client}{i}", client, 0.1, None, "day", team=team).admitted for i in range(count))
+    )
+
+
+def test_two_processes_share_one_team_budget(tmp_path):
+    path = str(tmp_path / "s.db")
+    sluice_db.connect(path)
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    workers = [
+        context.Process(target=_admit_team, args=(path, client, 25, out)) for client in ("alice", "bob")
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert out.get(timeout=5) + out.get(timeout=5) == 10
