@@ -25,6 +25,7 @@ def test_every_common_set_up_has_an_example() -> None:
         "team-key-pool.toml",
         "claude-code-oauth.toml",
         "ci-budgets.toml",
+        "shared-subscription.toml",
     }
 
 
