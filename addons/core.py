@@ -214,7 +214,11 @@ class SluiceCore:
         if self.writer is not None:
             self.writer.close()
         self._db_path = path
-        self.writer = RecordWriter(lambda: sluice_db.connect(path), path=path)
+        # Calls still in flight, read from the writer's thread (a dict's length: one atomic read), let it
+        # wait a few ms for their rows and write them in one transaction.
+        self.writer = RecordWriter(
+            lambda: sluice_db.connect(path), path=path, in_flight=lambda: len(self.calls)
+        )
         self.writer.start()
 
     def request(self, flow: http.HTTPFlow) -> None:

@@ -38,6 +38,7 @@ from ops.messages import STOP, AlertTarget, Backlog, Finished, Settings, Tick, w
 from rules.config import ConfigError, resolve_secret
 from rules.ops import parse_listen_address, parse_otlp_endpoint
 from rules.usage import Reading
+from state.threads import name_this_thread
 from state.writer import CallRecord
 
 log = logging.getLogger("sluice")
@@ -182,6 +183,7 @@ class OpsFeed:
         return Backlog(queued, held)
 
     def _send_loop(self) -> None:
+        name_this_thread("sluice-ops")
         last: tuple[Backlog, int] | None = None
         last_sent = 0.0
         while not self.stopping.is_set():

@@ -66,6 +66,68 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What a proxy process has used so far: CPU by thread (its main thread, sluice's writer thread, every
+    other thread of it) and by the processes it started, and its read and write system calls (Linux's
+    /proc/PID/io `syscr`, `syscw`; its own threads, not its children's). Subtract two to get a phase's."""
+
+    main_s: float = 0.0
+    writer_s: float = 0.0
+    other_threads_s: float = 0.0
+    children_s: float = 0.0
+    read_calls: int = 0
+    write_calls: int = 0
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(
+            self.main_s - other.main_s,
+            self.writer_s - other.writer_s,
+            self.other_threads_s - other.other_threads_s,
+            self.children_s - other.children_s,
+            self.read_calls - other.read_calls,
+            self.write_calls - other.write_calls,
+        )
+
+
+WRITER_THREAD = "sluice-writer"  # state/writer.py names its thread so (state/threads.py)
+
+
+def usage(pid: int) -> Usage | None:
+    """A snapshot of `pid`'s use, thread by thread; None where /proc cannot say (not Linux)."""
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.exists():
+        return None
+    main = writer = other = 0.0
+    for task in tasks.iterdir():
+        try:
+            comm = (task / "comm").read_text().strip()
+        except OSError:
+            continue
+        seconds = _stat_cpu_seconds(task / "stat")
+        if task.name == str(pid):
+            main += seconds
+        elif comm == WRITER_THREAD:
+            writer += seconds
+        else:
+            other += seconds
+    children = sum(_proc_cpu_seconds(each) for each in _with_descendants(pid) if each != pid)
+    io = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            key, _, value = line.partition(":")
+            io[key] = int(value)
+    return Usage(main, writer, other, children, io.get("syscr", 0), io.get("syscw", 0))
+
+
+def _stat_cpu_seconds(stat: Path) -> float:
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:  # gone since it was listed
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _proc_cpu_seconds(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -229,6 +291,9 @@ class Proxy:
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.child.pid)
+
+    def usage(self) -> Usage | None:
+        return usage(self.child.pid)
 
 
 def start_mitmdump(

@@ -194,6 +194,40 @@ def build_figures(raw: dict[str, Any], proxies: dict[str, Proxy], s: Settings) -
     f["cpu_per_request_ms"] = Figure(
         "mitmdump CPU per request (throughput phase)", "ms", *per_unit("throughput", 1e3), note="user+system"
     )
+
+    def used_per_request(part: str, factor: float) -> tuple[float | None, ...]:
+        return both("throughput", lambda d: _sum_per_unit(d, (part,), factor))
+
+    f["main_cpu_per_request_ms"] = Figure(
+        "main-thread CPU per request (throughput phase)",
+        "ms",
+        *used_per_request("main_s", 1e3),
+        ("added_max", 0.3),
+        "the event loop: where a request waits",
+    )
+    f["writer_cpu_per_row_ms"] = Figure(
+        "writer-thread CPU per row (throughput phase)", "ms", *used_per_request("writer_s", 1e3)
+    )
+    f["other_cpu_per_request_ms"] = Figure(
+        "other threads and child processes, CPU per request",
+        "ms",
+        *both(
+            "throughput",
+            lambda d: _sum_per_unit(d, ("other_threads_s", "children_s"), 1e3),
+        ),
+    )
+    f["write_syscalls_per_request"] = Figure(
+        "file write system calls per request (throughput phase)",
+        "",
+        *used_per_request("write_calls", 1.0),
+        note="write(2) and kin, /proc io: the database's; sockets not counted",
+    )
+    f["read_syscalls_per_request"] = Figure(
+        "file read system calls per request (throughput phase)",
+        "",
+        *used_per_request("read_calls", 1.0),
+        note="read(2) and kin, /proc io",
+    )
     f["latency_p50_ms"] = Figure(
         "request latency p50, 1 connection",
         "ms",
@@ -294,6 +328,16 @@ def build_figures(raw: dict[str, Any], proxies: dict[str, Proxy], s: Settings) -
         scaled(max(huge.get("sluice", []), default=None), 1e3),
     )
     return f
+
+
+def _sum_per_unit(d: dict[str, list[Any]], parts: Sequence[str], factor: float) -> float | None:
+    """The `usage` snapshots' `parts` summed over rounds, per unit (request), times `factor`."""
+    total = units = 0.0
+    for used, count in zip(d.get("usage") or [], d["units"], strict=False):
+        if used and count:
+            total += sum(used[part] for part in parts)
+            units += count
+    return total / units * factor if units else None
 
 
 def _number(value: float | None) -> str:

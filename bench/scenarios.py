@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 from bench.bombs import request_bomb
 from bench.client import REQUEST_TIMEOUT_S, Connection, connections, request_head
 from bench.payloads import UPSTREAM_MODEL, agent_request, client_headers, stamped
-from bench.processes import BenchError, Proxy
+from bench.processes import BenchError, Proxy, Usage
 from bench.settings import CLIENT_NAME, CLIENT_USER_ID, PROVIDER_HOST, SLUICE_CONFIG, Settings
 
 MESSAGES_PATH = "/v1/messages?beta=true"  # Claude Code's own path, query included
@@ -105,8 +105,14 @@ async def throughput(proxy: Proxy, work: Workload) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         begin = time.monotonic() + s.throughput_warmup_s
         end = begin + s.throughput_s
-        loop.call_later(s.throughput_warmup_s, lambda: cpu.append(proxy.cpu_seconds()))
-        loop.call_later(s.throughput_warmup_s + s.throughput_s, lambda: cpu.append(proxy.cpu_seconds()))
+        used: list[Usage | None] = []
+
+        def mark() -> None:
+            cpu.append(proxy.cpu_seconds())
+            used.append(proxy.usage())
+
+        loop.call_later(s.throughput_warmup_s, mark)
+        loop.call_later(s.throughput_warmup_s + s.throughput_s, mark)
 
         async def worker(conn: Connection) -> None:
             nonlocal completed
@@ -120,7 +126,13 @@ async def throughput(proxy: Proxy, work: Workload) -> dict[str, Any]:
         await asyncio.gather(*(worker(conn) for conn in conns))
     proxy.window("throughput", begin, end)
     cpu_s = cpu[1] - cpu[0] if len(cpu) == 2 else None
-    return {"rps": completed / s.throughput_s, "cpu_s": cpu_s, "units": completed}
+    phase = used[1] - used[0] if len(used) == 2 and used[0] is not None and used[1] is not None else None
+    return {
+        "rps": completed / s.throughput_s,
+        "cpu_s": cpu_s,
+        "units": completed,
+        "usage": asdict(phase) if phase is not None else None,
+    }
 
 
 async def streams(proxy: Proxy, work: Workload, concurrency: int, per_connection: int, phase: str) -> dict:

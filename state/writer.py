@@ -36,6 +36,7 @@ import sqlite_utils
 from state.budgets import SETTLE_SQL
 from state.db import CALL_COLUMNS, SANDBOX_EVENT_COLUMNS
 from state.rates import SETTLE_RATE_SQL
+from state.threads import name_this_thread
 
 log = logging.getLogger("sluice")
 
@@ -106,6 +107,11 @@ class WriterStats:
 
 _STOP = object()
 MIN_RETRY_BATCH = 64
+# How long the writer waits after a record for more to write with it (group commit), while other calls are
+# in flight. A row, and the budget settlement in its transaction, lands up to this much later; in exchange a
+# busy proxy appends to the WAL once per burst rather than once per call (bench/: file write system calls
+# per request).
+GROUP_WAIT_S = 0.02
 
 # Errors that are one record's fault (a value no database can bind, a constraint it breaks), as opposed
 # to the database's (locked, full, read-only, corrupt: sqlite3.OperationalError, DatabaseError, OSError),
@@ -131,8 +137,12 @@ class RecordWriter:
         retry_initial_s: float = 0.2,
         retry_max_s: float = 5.0,
         path: str | os.PathLike[str] | None = None,
+        group_wait_s: float = GROUP_WAIT_S,
+        in_flight: Callable[[], int] | None = None,
     ) -> None:
         self._open_db = open_db
+        self._group_wait_s = group_wait_s
+        self._calls_in_flight = in_flight
         self._path = path
         self._file: tuple[int, int] | None = None  # (device, inode) of the file the writer has open
         self._batch_max = batch_max
@@ -194,6 +204,7 @@ class RecordWriter:
     _closing_deadline: float | None = None
 
     def _run(self) -> None:
+        name_this_thread("sluice-writer")
         db: sqlite_utils.Database | None = None
         delay = self._retry_initial_s
         stopping = False
@@ -201,6 +212,8 @@ class RecordWriter:
         while not (stopping and not self._pending):
             if not self._pending:
                 stopping |= self._accept(self._queue.get())
+                if not stopping:
+                    stopping |= self._gather()
             while not self._queue.empty():
                 stopping |= self._accept(self._queue.get_nowait())
             if not self._pending:
@@ -241,6 +254,27 @@ class RecordWriter:
                 time.sleep(delay)
                 delay = min(delay * 2, self._retry_max_s)
                 db = None  # reopen: the file may have been replaced, or the handle be in a bad state
+
+    def _gather(self) -> bool:
+        """Group commit: while other calls are in flight (`in_flight`, read from the proxy), wait up to
+        `group_wait_s` for their records after the first, so that one transaction (one append to the WAL)
+        carries a burst's rows instead of one each. A lone call's row is written at once, as it always was.
+        True when the stop signal came."""
+        in_flight = self._calls_in_flight
+        if in_flight is None or self._group_wait_s <= 0 or in_flight() < 1:
+            return False
+        deadline = time.monotonic() + self._group_wait_s
+        while len(self._pending) < self._batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                item = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                return False
+            if self._accept(item):
+                return True
+        return False
 
     def _open(self) -> sqlite_utils.Database:
         db = self._open_db()

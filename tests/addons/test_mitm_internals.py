@@ -400,7 +400,9 @@ def test_the_layer_tree_leads_to_the_clients_tls_layer_which_writes_into_its_str
             client.stream("POST", url, content=json.dumps({**MESSAGE, "stream": True})) as answer,
         ):
             pieces = answer.iter_raw()
-            first = next(pieces)  # the upstream's first record, then it stalls
+            first = b""
+            while b"\n\n" not in first:  # the upstream's first record (in one piece or more), then it stalls
+                first += next(pieces)
             [flow] = wait_for(lambda: probe.streaming, "the streamed response")
             live = proxy.call(lambda: mitm_internals.proxy_connection(flow.client_conn))
             assert live is not None

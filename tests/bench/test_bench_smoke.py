@@ -21,6 +21,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 FIGURES = {
     "throughput_rps": True,
     "cpu_per_request_ms": True,
+    "main_cpu_per_request_ms": True,
+    "writer_cpu_per_row_ms": True,
+    "other_cpu_per_request_ms": True,
+    "write_syscalls_per_request": True,
+    "read_syscalls_per_request": True,
     "latency_p50_ms": True,
     "latency_p99_ms": True,
     "stream1_ttfb_p50_ms": True,
@@ -51,6 +56,7 @@ FIGURES = {
 }
 TARGETED = {
     "throughput_rps",
+    "main_cpu_per_request_ms",
     "latency_p50_ms",
     "stream1_event_p99_ms",
     "stream20_event_p99_ms",

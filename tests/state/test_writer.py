@@ -381,3 +381,25 @@ def test_sandbox_events_go_to_their_own_table_in_the_same_batches(db_path):
     with sqlite3.connect(db_path) as conn:
         rows = conn.execute("select id, kind, host, port, reason from sandbox_events").fetchall()
     assert rows == [("e1", "dns", "evil.example", 53, "not on the allow-list")]  # same id: kept once
+
+
+def test_while_other_calls_are_in_flight_their_rows_are_written_in_one_transaction(db_path):
+    # A wait far longer than the test: the batch is written when it is full, not when the wait ends.
+    writer = RecordWriter(
+        lambda: sluice_db.connect(db_path), batch_max=3, group_wait_s=60, in_flight=lambda: 2
+    )
+    writer.start()
+    for n in range(3):
+        writer.put(_record(n))
+    assert writer.flush(timeout=10)
+    assert _count(db_path) == 3 and writer.stats.batches == 1
+    writer.close()
+
+
+def test_a_lone_calls_row_is_written_at_once(db_path):
+    writer = RecordWriter(lambda: sluice_db.connect(db_path), group_wait_s=60, in_flight=lambda: 0)
+    writer.start()
+    writer.put(_record(1))
+    assert writer.flush(timeout=10)  # not held for the group wait: no other call is in flight
+    assert _count(db_path) == 1
+    writer.close()
