@@ -150,6 +150,32 @@ def agent_request(target_bytes: int, *, stream: bool, seed: int = 7) -> bytes:
     return _dump(body)
 
 
+def conversation_request(turns: int, *, stream: bool = False, seed: int = 11) -> bytes:
+    """Turn `turns` of one Claude Code conversation: the same system prompt and tools whatever the turn, and
+    `turns` file reads after the first message, so that a later turn's body begins with an earlier one's."""
+    rng = random.Random(seed)
+    tools = [_tool(rng, name) for name in _TOOL_NAMES]
+    tools[-1]["cache_control"] = {"type": "ephemeral"}
+    body: dict[str, Any] = {
+        "model": CLIENT_MODEL,
+        "max_tokens": 32_000,
+        "stream": stream,
+        "system": [
+            {"type": "text", "text": BILLING_BLOCK},
+            {"type": "text", "text": _text(rng, 1_500), "cache_control": {"type": "ephemeral"}},
+        ],
+        "tools": tools,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": _text(rng, 30)}]}],
+    }
+    for index in range(turns):
+        body["messages"].extend(_turn(rng, index))
+    last = body["messages"][-1]["content"][-1]
+    last["cache_control"] = {"type": "ephemeral"}
+    key = "text" if last["type"] == "text" else "content"
+    last[key] = f"{TURN_STAMP.decode()} {last[key]}"
+    return _dump(body)
+
+
 def stamped(body: bytes, number: int) -> bytes:
     """`body` (from agent_request) with request `number` in its last message: a new turn, same length."""
     stamp = f"turn-{number:0{len(TURN_STAMP) - 5}d}".encode()

@@ -228,6 +228,30 @@ def build_figures(raw: dict[str, Any], proxies: dict[str, Proxy], s: Settings) -
         *used_per_request("read_calls", 1.0),
         note="read(2) and kin, /proc io",
     )
+    # Cost growth: CPU per call against request size, and against one conversation's length.
+    for phase, size in (
+        ("latency", s.small_request_bytes),
+        ("agent", s.agent_request_bytes),
+        ("huge", s.huge_request_bytes),
+    ):
+        f[f"cpu_per_request_{phase}_ms"] = Figure(
+            f"CPU per request of {_size(size)}, 1 connection", "ms", *per_unit(phase, 1e3), note="user+system"
+        )
+    for turns in s.conversation_turns:
+
+        def at_turn(d: dict[str, list[Any]], t: int = turns) -> float | None:
+            pairs = [
+                (c, u) for c, u in zip(d[f"cpu_s_{t}"], d[f"units_{t}"], strict=True) if c is not None and u
+            ]
+            return sum(c for c, _ in pairs) / sum(u for _, u in pairs) * 1e3 if pairs else None
+
+        size = both("conversation", lambda d, t=turns: float(d[f"bytes_{t}"][0]))[1]
+        f[f"cpu_per_request_turn{turns}_ms"] = Figure(
+            f"CPU per request at turn {turns} of a conversation",
+            "ms",
+            *both("conversation", at_turn),
+            note=f"{size / 1000:.0f} KB body" if size else "",
+        )
     f["latency_p50_ms"] = Figure(
         "request latency p50, 1 connection",
         "ms",

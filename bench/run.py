@@ -53,6 +53,7 @@ from bench.scenarios import (
     Workload,
     bombs,
     bulk,
+    conversation,
     measure_rewrite,
     measure_writer,
     sequential,
@@ -70,7 +71,17 @@ from bench.settings import (
 )
 from tests.e2e.harness import clean_env, free_port
 
-PROXY_PHASES = ("latency", "throughput", "stream1", "stream20", "agent", "huge", "bulk", "bomb")
+PROXY_PHASES = (
+    "latency",
+    "throughput",
+    "stream1",
+    "stream20",
+    "agent",
+    "huge",
+    "conversation",
+    "bulk",
+    "bomb",
+)
 LOCAL_PHASES = ("rewrite", "writer")
 PAUSE_S = 0.1  # between two runs of a phase: the previous proxy's last writes settle
 STARTUP_GRACE_S = 1.0  # for a mitmdump that failed its first requests to finish exiting
@@ -85,6 +96,7 @@ def _phases(work: Workload) -> dict[str, Callable[[Proxy], Awaitable[dict[str, A
         "stream20": lambda p: streams(p, work, s.many_streams, s.many_stream_waves, "stream20"),
         "agent": lambda p: sequential(p, work, work.agent, s.agent_requests, "agent"),
         "huge": lambda p: sequential(p, work, work.huge, s.huge_requests, "huge"),
+        "conversation": lambda p: conversation(p, work),
         "bulk": lambda p: bulk(p, work),
         "bomb": lambda p: bombs(p, work),
     }

@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.bombs import request_bomb
 from bench.client import REQUEST_TIMEOUT_S, Connection, connections, request_head
-from bench.payloads import UPSTREAM_MODEL, agent_request, client_headers, stamped
+from bench.payloads import UPSTREAM_MODEL, agent_request, client_headers, conversation_request, stamped
 from bench.processes import BenchError, Proxy, Usage
 from bench.settings import CLIENT_NAME, CLIENT_USER_ID, PROVIDER_HOST, SLUICE_CONFIG, Settings
 
@@ -43,6 +43,7 @@ class Workload:
     small_stream: bytes = field(init=False)
     agent: bytes = field(init=False)
     huge: bytes = field(init=False)
+    turns: dict[int, bytes] = field(init=False)  # one conversation at each of `conversation_turns`
     sent: int = field(default=0, init=False)
     _request_bomb: bytes | None = field(default=None, init=False)
 
@@ -52,6 +53,7 @@ class Workload:
         self.small_stream = agent_request(s.small_request_bytes, stream=True)
         self.agent = agent_request(s.agent_request_bytes, stream=False)
         self.huge = agent_request(s.huge_request_bytes, stream=False)
+        self.turns = {turns: conversation_request(turns) for turns in s.conversation_turns}
 
     def turn(self, body: bytes) -> bytes:
         """`body` as the next turn of its conversation: the same prefix, a new last message."""
@@ -92,6 +94,18 @@ async def sequential(proxy: Proxy, work: Workload, body: bytes, count: int, phas
                 raise BenchError(f"sluice did not apply its rules (no model alias): {response[:200]!r}")
         proxy.window(phase, start, time.monotonic())
         return {"latency": samples, "cpu_s": proxy.cpu_seconds() - cpu, "units": count}
+
+
+async def conversation(proxy: Proxy, work: Workload) -> dict[str, Any]:
+    """One conversation at each of `conversation_turns`, `turn_requests` calls at each (each a new turn on
+    the same prefix): CPU per call against conversation length."""
+    found: dict[str, Any] = {}
+    for turns, body in work.turns.items():
+        result = await sequential(proxy, work, body, work.settings.turn_requests, "conversation")
+        found[f"cpu_s_{turns}"] = result["cpu_s"]
+        found[f"units_{turns}"] = result["units"]
+        found[f"bytes_{turns}"] = len(body)
+    return found
 
 
 async def throughput(proxy: Proxy, work: Workload) -> dict[str, Any]:

@@ -65,6 +65,9 @@ class Settings:
     agent_requests: int
     huge_request_bytes: int
     huge_requests: int
+    # One conversation at these turn counts (each turn a file read: ~2 KB), `turn_requests` calls at each.
+    conversation_turns: tuple[int, ...]
+    turn_requests: int
     bulk_stream_bytes: int
     bomb_bytes: int  # what each gzip bomb inflates to (about 1 MB on the wire per GiB)
     bomb_others: int  # other clients calling back to back while a bomb passes
@@ -92,6 +95,8 @@ FULL = Settings(
     agent_requests=60,
     huge_request_bytes=2_000_000,
     huge_requests=8,
+    conversation_turns=(1, 50, 100, 200),
+    turn_requests=40,
     bulk_stream_bytes=200_000_000,
     bomb_bytes=1024 * 1024 * 1024,
     bomb_others=4,
@@ -119,6 +124,8 @@ QUICK = Settings(
     agent_requests=5,
     huge_request_bytes=200_000,
     huge_requests=3,
+    conversation_turns=(1, 20),
+    turn_requests=5,
     bulk_stream_bytes=4_000_000,
     bomb_bytes=64 * 1024 * 1024,
     bomb_others=2,
