@@ -96,8 +96,14 @@ class Connection:
 
 
 @contextlib.asynccontextmanager
-async def connections(proxy: Proxy, count: int) -> AsyncIterator[list[Connection]]:
-    opened = await asyncio.gather(*(Connection.open(proxy) for _ in range(count)), return_exceptions=True)
+async def connections(proxy: Proxy, count: int, batch: int | None = None) -> AsyncIterator[list[Connection]]:
+    """`count` connections through `proxy`, opened `batch` at a time (all at once by default): a thousand
+    TLS handshakes at once would time out on the handshakes, not measure the proxy."""
+    step = batch or max(1, count)
+    opened: list[Connection | BaseException] = []
+    for first in range(0, count, step):
+        size = min(step, count - first)
+        opened += await asyncio.gather(*(Connection.open(proxy) for _ in range(size)), return_exceptions=True)
     good = [conn for conn in opened if isinstance(conn, Connection)]
     try:
         for failure in opened:

@@ -274,6 +274,37 @@ def build_figures(raw: dict[str, Any], proxies: dict[str, Proxy], s: Settings) -
             ("added_max", 1.0),
             f"one event every {s.stream_interval_us / 1000:g} ms",
         )
+    fleet = f"{s.fleet_streams:,} streams at once"
+    f["fleet_event_p50_ms"] = Figure(f"per-event latency p50, {fleet}", "ms", *pct_ms("fleet", "events", 50))
+    f["fleet_event_p99_ms"] = Figure(
+        f"per-event latency p99, {fleet}",
+        "ms",
+        *pct_ms("fleet", "events", 99),
+        ("added_max", 2.0),
+        f"{s.fleet_events} events each, one every {s.fleet_interval_us / 1000:g} ms; while all are open",
+    )
+    f["fleet_worst_stream_p99_ms"] = Figure(
+        f"slowest stream's p99 event latency, {fleet}",
+        "ms",
+        *both("fleet", lambda d: scaled(max(v for v in d["worst_stream_p99"] if v is not None), 1e3)),
+    )
+    f["fleet_starved_streams"] = Figure(
+        f"streams with an event a second or more late, {fleet}",
+        "",
+        *both("fleet", lambda d: float(max(d["starved"]))),
+        ("max", 0.0),
+        "worst round",
+    )
+    f["fleet_rss_per_stream_kb"] = Figure(
+        f"resident memory per open stream, {fleet}",
+        "KB",
+        *both("fleet", lambda d: max(d["rss_per_stream"]) / 1024),
+        ("added_max", 16.0),
+        "peak while streaming over before the connections opened; worst round",
+    )
+    f["fleet_cpu_per_event_us"] = Figure(
+        f"mitmdump CPU per streamed event, {fleet}", "us", *per_unit("fleet", 1e6)
+    )
     f["cpu_per_event_us"] = Figure(
         f"mitmdump CPU per streamed event ({s.many_streams} streams)", "us", *per_unit("stream20", 1e6)
     )

@@ -188,6 +188,66 @@ async def streams(proxy: Proxy, work: Workload, concurrency: int, per_connection
     return {"ttfb": ttfb, "events": events, "cpu_s": cpu_s, "units": len(events)}
 
 
+FLEET_OPEN_BATCH = 50  # connections opened at a time
+
+
+async def fleet(proxy: Proxy, work: Workload) -> dict[str, Any]:
+    """`fleet_streams` paced streams open at once through one proxy, as a fleet of agents streaming. They
+    start spread over `fleet_ramp_s`; what is measured is the steady state while every one is open: each
+    event's one-way latency, the slowest stream's p99, the streams with an event a second or more late
+    (starved), and the proxy's resident memory per open stream (its peak while they stream, over what it
+    held before their connections opened)."""
+    s = work.settings
+    count = s.fleet_streams
+    query = f"bench=paced&events={s.fleet_events}&interval_us={s.fleet_interval_us}"
+    head = work.head(work.small_stream, stream=True, query=query)
+    length_s = s.fleet_events * s.fleet_interval_us / 1e6
+    if length_s <= s.fleet_ramp_s:
+        raise BenchError("fleet streams must outlast their ramp: no moment has every stream open")
+    per_stream: list[list[tuple[int, float]]] = [[] for _ in range(count)]
+    limit = REQUEST_TIMEOUT_S + s.fleet_ramp_s + length_s
+
+    async def worker(index: int, conn: Connection) -> None:
+        await asyncio.sleep(index * s.fleet_ramp_s / count)
+        async with asyncio.timeout(limit):
+            await conn.send(head, work.turn(work.small_stream))
+            headers = await conn.read_head()
+            async for chunk in conn.chunks(headers):
+                received = time.monotonic_ns()
+                for stamp in _EVENT_TIME.findall(chunk):
+                    per_stream[index].append((received, (received - int(stamp)) / 1e9))
+        if len(per_stream[index]) != s.fleet_events:
+            raise BenchError(f"{proxy.name}: a stream delivered {len(per_stream[index])} of {s.fleet_events}")
+
+    sampler = RssSampler(proxy.child.pid)
+    before = sampler.rss()
+    async with connections(proxy, count, batch=FLEET_OPEN_BATCH) as conns:
+        with sampler:
+            begin_ns = time.monotonic_ns()
+            cpu, start = proxy.cpu_seconds(), time.monotonic()
+            await asyncio.gather(*(worker(index, conn) for index, conn in enumerate(conns)))
+            proxy.window("fleet", start, time.monotonic())
+            cpu_s = proxy.cpu_seconds() - cpu
+    # Every stream is open from the last one's start to the first one's end.
+    steady = (begin_ns + int(s.fleet_ramp_s * 1e9), begin_ns + int(length_s * 1e9))
+    streams = [[late for at, late in stream if steady[0] <= at <= steady[1]] for stream in per_stream]
+    events = [late for stream in streams for late in stream]
+    worst = max((_p99(stream) for stream in streams if stream), default=None)
+    return {
+        "events": events,
+        "worst_stream_p99": worst,
+        "starved": sum(1 for stream in streams if stream and max(stream) >= 1.0),
+        "rss_per_stream": max(0, sampler.peak - before) / count,
+        "cpu_s": cpu_s,
+        "units": sum(len(stream) for stream in per_stream),
+    }
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
 class RssSampler:
     """Peak resident memory of a process while a block runs: sampled every few ms, plus the kernel's own
     high-water mark (VmHWM, reset on entry through clear_refs), which no sampling interval can miss."""

@@ -61,6 +61,11 @@ class Settings:
     single_streams: int  # streams per round, one after another
     many_streams: int  # concurrent streams
     many_stream_waves: int  # streams per round on each of the concurrent connections
+    # A fleet: this many paced streams open at once through one proxy, each `fleet_events` events long.
+    fleet_streams: int
+    fleet_events: int
+    fleet_interval_us: int
+    fleet_ramp_s: float  # the streams start spread over this long; events count once every one is open
     agent_request_bytes: int
     agent_requests: int
     huge_request_bytes: int
@@ -91,6 +96,10 @@ FULL = Settings(
     single_streams=6,
     many_streams=20,
     many_stream_waves=2,
+    fleet_streams=1_000,
+    fleet_events=60,
+    fleet_interval_us=500_000,  # 2 events/s a stream, 2,000 through the proxy
+    fleet_ramp_s=10.0,  # 100 new streams a second: the requests' own cost is not what this measures
     agent_request_bytes=100_000,
     agent_requests=60,
     huge_request_bytes=2_000_000,
@@ -120,6 +129,10 @@ QUICK = Settings(
     single_streams=2,
     many_streams=20,
     many_stream_waves=1,
+    fleet_streams=40,
+    fleet_events=10,
+    fleet_interval_us=20_000,
+    fleet_ramp_s=0.05,
     agent_request_bytes=20_000,
     agent_requests=5,
     huge_request_bytes=200_000,
