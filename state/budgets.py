@@ -322,24 +322,18 @@ class BudgetLedger:
         return result
 
     def _team_sums(self, team: str, key: str) -> tuple[float, float]:
-        spent, reserved = self._conn.execute(
-            """
-            select coalesce(sum(case when state = 'settled' then amount_usd end), 0),
-                   coalesce(sum(case when state = 'held' then amount_usd end), 0)
-            from budget_holds where team = ? and team_period_key = ?
-            """,
-            (team, key),
-        ).fetchone()
-        return float(spent), float(reserved)
+        return self._sums(team, key, by="team")
 
-    def _sums(self, client: str, key: str) -> tuple[float, float]:
+    def _sums(self, name: str, key: str, by: str = "client") -> tuple[float, float]:
+        """(settled, held) amounts of a client's budget (`by="client"`) or a team's in one period."""
+        column, period = ("team", "team_period_key") if by == "team" else ("client", "period_key")
         spent, reserved = self._conn.execute(
-            """
+            f"""
             select coalesce(sum(case when state = 'settled' then amount_usd end), 0),
                    coalesce(sum(case when state = 'held' then amount_usd end), 0)
-            from budget_holds where client = ? and period_key = ?
+            from budget_holds where {column} = ? and {period} = ?
             """,
-            (client, key),
+            (name, key),
         ).fetchone()
         return float(spent), float(reserved)
 

@@ -38,7 +38,7 @@ from rules.credential_files import TokenResponse
 from rules.providers.anthropic.oauth_usage import SOURCE as OAUTH_USAGE_SOURCE
 from state import db as state_db
 from state import html_report, quota_live, report, sandbox
-from state.budgets import BudgetLedger, budget_usd
+from state.budgets import BudgetLedger, ClientBudget, TeamSpend, budget_usd
 from state.netns import clean_stale
 from state.oauth import CredentialDead, CredentialUnavailable, OAuthStore
 from state.oauth_http import post_refresh
@@ -852,20 +852,22 @@ def run_clients(args: argparse.Namespace) -> int:
     for column in ("Client", "Limit", "Spent", "Reserved", "Left", "Resets"):
         table.add_column(column, justify="left" if column in ("Client", "Resets") else "right")
     for budget in budgets:
-        left = max(0.0, budget.limit_usd - budget.spent_usd - budget.reserved_usd)
-        scope = "total" if budget.period == "total" else f"/{budget.period}"
-        resets = budget.resets_at
-        _add_row(
-            table,
-            budget.client,
-            f"{budget_usd(budget.limit_usd)} {scope}",
-            f"${budget.spent_usd:,.4f}",
-            f"${budget.reserved_usd:,.4f}",
-            f"${left:,.4f}",
-            _reset_text(resets, now) if resets else "never",
-        )
+        _add_row(table, budget.client, *_budget_cells(budget, now))
     _print_table(Console(), table)
     return 0
+
+
+def _budget_cells(budget: ClientBudget | TeamSpend, now: datetime) -> list[str]:
+    """Limit, spent, reserved, left and reset of a client's or a team's budget, as the tables show them."""
+    left = max(0.0, budget.limit_usd - budget.spent_usd - budget.reserved_usd)
+    scope = "total" if budget.period == "total" else f"/{budget.period}"
+    return [
+        f"{budget_usd(budget.limit_usd)} {scope}",
+        f"${budget.spent_usd:,.4f}",
+        f"${budget.reserved_usd:,.4f}",
+        f"${left:,.4f}",
+        _reset_text(budget.resets_at, now) if budget.resets_at else "never",
+    ]
 
 
 def _add_teams(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -896,18 +898,7 @@ def run_teams(args: argparse.Namespace) -> int:
     for column in ("Team", "Members", "Limit", "Spent", "Reserved", "Left", "Resets"):
         table.add_column(column, justify="left" if column in ("Team", "Members", "Resets") else "right")
     for team in teams:
-        left = max(0.0, team.limit_usd - team.spent_usd - team.reserved_usd)
-        scope = "total" if team.period == "total" else f"/{team.period}"
-        _add_row(
-            table,
-            team.team,
-            ", ".join(team.members),
-            f"{budget_usd(team.limit_usd)} {scope}",
-            f"${team.spent_usd:,.4f}",
-            f"${team.reserved_usd:,.4f}",
-            f"${left:,.4f}",
-            _reset_text(team.resets_at, now) if team.resets_at else "never",
-        )
+        _add_row(table, team.team, ", ".join(team.members), *_budget_cells(team, now))
     _print_table(Console(), table)
     return 0
 

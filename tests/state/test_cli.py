@@ -578,6 +578,29 @@ def test_clients_shows_budgets(db_path: Path, capsys: pytest.CaptureFixture[str]
     assert "$20.00 /day" in out and "never" in out
 
 
+def test_teams_shows_team_budgets_with_their_members(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from state.budgets import BudgetLedger, TeamBudget
+
+    ledger = BudgetLedger(state_db.connect(db_path))
+    assert main(["teams", "--db", str(db_path)]) == 0
+    assert "no team budgets configured" in capsys.readouterr().out
+    ledger.sync_budgets({}, {"platform": (100.0, "month", ["alice", "ci"])})
+    assert ledger.admit("x1", "ci", 2.5, None, "day", team=TeamBudget("platform", 100.0, "month")).admitted
+    assert main(["teams", "--db", str(db_path), "--json"]) == 0
+    [team] = json.loads(capsys.readouterr().out)
+    assert (team["team"], team["members"], team["reserved_usd"], team["remaining_usd"]) == (
+        "platform",
+        ["alice", "ci"],
+        2.5,
+        97.5,
+    )
+    assert main(["teams", "--db", str(db_path)]) == 0
+    out = capsys.readouterr().out
+    assert "platform" in out and "alice, ci" in out and "$100.00 /month" in out and "$97.5000" in out
+
+
 # ── seeing it: sessions, 5-hour blocks, the HTML page, Claude Code's status line ──
 
 
