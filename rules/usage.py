@@ -16,11 +16,11 @@ priced from what is left (addons/calls.py).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from rules.sse import SSEParser
+from rules.sse import SSEEvent, SSEParser
 
 if TYPE_CHECKING:
     from rules.providers import StreamEvents, WireFormat
@@ -93,6 +93,55 @@ def read_response_body(wire: WireFormat, body: bytes, status: int) -> Reading:
 # --- streams ----------------------------------------------------------------------------------------------
 
 
+class EventParser(Protocol):
+    """An incremental parser of one stream framing: bytes cut anywhere in, whole events out (`event` its
+    name, `data` its payload as text). Never raises on input; `error` says why it stopped reading (a frame
+    that fails its checksum), `oversized` that it dropped an event too large to hold."""
+
+    oversized: bool
+
+    def feed(self, chunk: bytes) -> Sequence[SSEEvent]: ...
+
+    def close(self) -> object: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """How a wire format's streams are framed (`WireFormat.stream_framing`): the content type that marks
+    a streamed answer, and a fresh parser for one."""
+
+    name: str
+    content_type: str
+    parser: Callable[[], EventParser]
+
+
+_FRAMINGS: dict[str, Framing] = {"sse": Framing("sse", "text/event-stream", SSEParser)}
+
+
+def register_framing(found: Framing) -> None:
+    """Make a framing known; one whose parser needs a library rules/ may not import (AWS event-stream
+    frames: botocore) is registered by the addon that imports it (addons/event_frames.py)."""
+    _FRAMINGS[found.name] = found
+
+
+def framing(name: str) -> Framing:
+    try:
+        return _FRAMINGS[name]
+    except KeyError:
+        raise KeyError(
+            f"stream framing {name!r} is not registered (known: {', '.join(sorted(_FRAMINGS))})"
+        ) from None
+
+
+def is_stream_type(wire: WireFormat, content_type: str | None) -> bool:
+    """Whether an answer's Content-Type is its wire format's stream framing."""
+    wanted = framing(wire.stream_framing).content_type
+    return (content_type or "").split(";", 1)[0].strip().lower() == wanted
+
+
 class StreamReader:
     """Reads a streamed response body as it passes; fails open (never raises on what the provider sends).
 
@@ -112,7 +161,7 @@ class StreamReader:
         else:
             self._on_event = _unread
             self._cut_short = f"{wire.name} streams are not read"
-        self._parser = SSEParser()
+        self._parser = framing(wire.stream_framing).parser()
         self._reading = Reading()
         self._output_seen = False
         self._finished = False
@@ -126,6 +175,8 @@ class StreamReader:
         for event in self._parser.feed(chunk):
             if on_event(event.event, event.data, reading) and not self._output_seen:
                 self._output_seen = first = True
+        if self._parser.error is not None:
+            record_error(reading, self._parser.error)
         return first
 
     def finish(self) -> Reading:
