@@ -12,6 +12,7 @@ still pass untouched. Bounded: botocore holds at most one frame (its payload lim
 from __future__ import annotations
 
 import json
+import struct
 
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
 
@@ -24,11 +25,12 @@ CONTENT_TYPE = "application/vnd.amazon.eventstream"
 class EventFrameParser:
     """Frames in (cut anywhere), events out; stops at the first frame that fails its checks."""
 
-    __slots__ = ("_buffer", "_error", "oversized", "truncated")
+    __slots__ = ("_buffer", "_error", "_pending", "oversized", "truncated")
 
     def __init__(self) -> None:
         self._buffer = EventStreamBuffer()
         self._error: str | None = None
+        self._pending = 0  # bytes fed that no whole frame has used yet
         self.oversized = False  # botocore refuses an oversized frame: that is an `error` here
         self.truncated = False
 
@@ -40,17 +42,20 @@ class EventFrameParser:
         if self._error is not None or not chunk:
             return []
         self._buffer.add_data(bytes(chunk))
+        self._pending += len(chunk)
         events: list[SSEEvent] = []
         try:
-            events.extend(_event(message) for message in self._buffer)
-        except ParserError as e:
+            for message in self._buffer:
+                self._pending -= message.prelude.total_length
+                events.append(_event(message))
+        except (ParserError, ValueError, struct.error) as e:
             self._error = f"event-stream frame unreadable ({type(e).__name__}): {e}"
             self._buffer = EventStreamBuffer()  # the rest is not read: let go of what it held
         return events
 
     def close(self) -> None:
         """End of body: bytes of an unfinished frame left over mean the stream was cut mid-frame."""
-        self.truncated = bool(self._buffer._data) and self._error is None
+        self.truncated = self._pending > 0 and self._error is None
 
 
 def _event(message: EventStreamMessage) -> SSEEvent:

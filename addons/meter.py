@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 from mitmproxy import ctx, http
 
+from addons import event_frames  # noqa: F401 - registers the event-stream framing the meter reads
 from addons.annotate import annotate
 from addons.calls import Call, build_record
 from addons.core import SluiceCore
@@ -35,7 +36,7 @@ from addons.decoding import (
 from addons.fields import header_values
 from rules.providers import wire_format
 from rules.stream_filter import SSERecordFilter
-from rules.usage import Reading, StreamReader, read_response_body
+from rules.usage import Reading, StreamReader, is_stream_type, read_response_body
 from state.writer import CallRecord
 
 log = logging.getLogger("sluice")
@@ -96,10 +97,11 @@ class Meter:
             return
         call.headers_at = time.time()
         headers = header_values(flow.response.headers.fields, _STREAM_HEADERS)
-        if not headers.get("content-type", "").startswith("text/event-stream"):
+        wire = wire_format(call.api)
+        if not is_stream_type(wire, headers.get("content-type")):
             return
         call.stream = True
-        call.reader = StreamReader(wire_format(call.api))
+        call.reader = StreamReader(wire)
         encoding = headers.get("content-encoding", "")
         try:
             call.decoder = make_decoder(encoding)
