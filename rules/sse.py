@@ -71,7 +71,7 @@ class SSEParser:
 
     @property
     def error(self) -> str | None:
-        """Why reading stopped: never, for SSE (a record has no checksum to fail; rules/usage.py EventParser)."""
+        """Why reading stopped: never for SSE (no checksum to fail; rules/usage.py EventParser)."""
         return None
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:

@@ -95,7 +95,7 @@ def is_event_stream(body: bytes, content_type: str | None = None, wire: WireForm
         wanted = framing(wire.stream_framing).content_type if wire is not None else "text/event-stream"
         return content_type.split(";", 1)[0].strip().lower() == wanted
     if wire is not None and wire.stream_framing != "sse":
-        return bool(body) and not body.lstrip()[:1] == b"{"
+        return bool(body) and body.lstrip()[:1] != b"{"
     head = body.lstrip()[:16]
     return head.startswith((b"event:", b"data:", b":", b"id:"))
 
