@@ -79,7 +79,7 @@ def read_response_body(wire: WireFormat, body: bytes, status: int) -> Reading:
     parsed, problem = parse_json(body)
     obj = parsed if isinstance(parsed, Mapping) else None
     if status >= 400:
-        message = envelope_error(obj) if obj is not None else None
+        message = (envelope_error(obj) or bare_error(obj)) if obj is not None else None
         return Reading(error=message or f"HTTP {status}", complete=obj is not None)
     if obj is None:
         return Reading(error=f"malformed JSON response: {problem or 'not a JSON object'}")
@@ -227,6 +227,17 @@ def json_object(raw: str) -> Mapping[str, object] | None:
 def envelope_error(body: Mapping[str, object]) -> str | None:
     """The error an envelope nests: `{"error": {...}}` (Anthropic adds `"type": "error"` beside it)."""
     return error_text(body.get("error"))
+
+
+def bare_error(body: Mapping[str, object]) -> str | None:
+    """An error answer's message when it is not nested in `error` (AWS: `{"message"}`, `__type` in sluice's
+    own answers); read only from an error status, where such a body can be nothing else."""
+    if "error" in body:
+        return None
+    kind, message = text(body.get("__type")), text(body.get("message"))
+    if kind is None:
+        return message
+    return f"{kind.rsplit('#', 1)[-1]}: {message}" if message else kind
 
 
 def error_text(error: object) -> str | None:

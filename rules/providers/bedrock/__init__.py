@@ -30,6 +30,7 @@ from rules.providers.bedrock.eventstream import exception_frame
 # status -> Bedrock's error type (https://docs.aws.amazon.com/bedrock/latest/APIReference/CommonErrors.html)
 _ERROR_TYPES = {
     400: "ValidationException",
+    401: "UnrecognizedClientException",  # sluice's own refusal of a missing client key (Bedrock says 403)
     403: "AccessDeniedException",
     404: "ResourceNotFoundException",
     408: "ModelTimeoutException",
