@@ -3,6 +3,8 @@ the error type comes from `x-amzn-errortype`, as botocore reads it."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from rules.provider_answers import judge_answer, read_error
@@ -12,7 +14,7 @@ NOW = 1_800_000_000.0
 
 
 def judge(status: int, kind: str, message: str = "", headers: dict[str, str] | None = None):
-    body = ('{"message":"%s"}' % message).encode()
+    body = json.dumps({"message": message}).encode()
     error = read_error(body, f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/")
     return judge_answer(BEDROCK, status, headers or {}, error, "key", NOW)
 

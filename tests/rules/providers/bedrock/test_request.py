@@ -1,5 +1,6 @@
 """The operator's rules on Bedrock bodies: InvokeModel takes Anthropic's hooks (a system block in
-`system`, max_tokens, cache markers), Converse its own (`system` blocks, a `cachePoint` after a cached one)."""
+`system`, max_tokens, cache markers),
+Converse its own (`system` blocks, a `cachePoint` after a cached one)."""
 
 from __future__ import annotations
 

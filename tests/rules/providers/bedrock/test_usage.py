@@ -1,5 +1,6 @@
 """Bedrock answers read into sluice's columns (rules/providers/bedrock/invoke.py, converse.py), whole and
-streamed, through the generic reader (rules/usage.py) with the event-stream framing (addons/event_frames.py)."""
+streamed, through the generic reader (rules/usage.py) with the event-stream framing
+(addons/event_frames.py)."""
 
 from __future__ import annotations
 
