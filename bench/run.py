@@ -60,6 +60,8 @@ from bench.scenarios import (
     throughput,
 )
 from bench.settings import (
+    BEDROCK_HOST,
+    BEDROCK_KEY_ENV,
     CLIENT_KEY_ENV,
     FULL,
     PROVIDER_HOST,
@@ -70,7 +72,7 @@ from bench.settings import (
 )
 from tests.e2e.harness import clean_env, free_port
 
-PROXY_PHASES = ("latency", "throughput", "stream1", "stream20", "agent", "huge", "bulk", "bomb")
+PROXY_PHASES = ("latency", "throughput", "stream1", "stream20", "bedrock1", "agent", "huge", "bulk", "bomb")
 LOCAL_PHASES = ("rewrite", "writer")
 PAUSE_S = 0.1  # between two runs of a phase: the previous proxy's last writes settle
 STARTUP_GRACE_S = 1.0  # for a mitmdump that failed its first requests to finish exiting
@@ -83,6 +85,7 @@ def _phases(work: Workload) -> dict[str, Callable[[Proxy], Awaitable[dict[str, A
         "throughput": lambda p: throughput(p, work),
         "stream1": lambda p: streams(p, work, 1, s.single_streams, "stream1"),
         "stream20": lambda p: streams(p, work, s.many_streams, s.many_stream_waves, "stream20"),
+        "bedrock1": lambda p: streams(p, work, 1, s.single_streams, "bedrock1", bedrock=True),
         "agent": lambda p: sequential(p, work, work.agent, s.agent_requests, "agent"),
         "huge": lambda p: sequential(p, work, work.huge, s.huge_requests, "huge"),
         "bulk": lambda p: bulk(p, work),
@@ -143,8 +146,11 @@ def _start_proxies(
     env = clean_env(
         {
             "PYTHONPATH": str(SITECUSTOMIZE_DIR),
-            "SLUICE_TEST_HOSTS": f"{PROVIDER_HOST}=127.0.0.1:{upstream_port}",
+            "SLUICE_TEST_HOSTS": ",".join(
+                f"{h}=127.0.0.1:{upstream_port}" for h in (PROVIDER_HOST, BEDROCK_HOST)
+            ),
             CLIENT_KEY_ENV: work.client_key,
+            BEDROCK_KEY_ENV: "ABSK" + secrets.token_hex(24),
             **{name: "sk-ant-api03-bench-" + secrets.token_hex(24) for name in UPSTREAM_KEY_ENV},
         }
     )

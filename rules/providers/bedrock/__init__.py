@@ -93,7 +93,9 @@ BEDROCK = Provider(
     error_body=error_body,
     sse_error_event=sse_error_event,
     write_credential=write_credential,
-    key_headers=("authorization", "x-amz-security-token"),
+    # A client key travels as a Bedrock API key (bearer). A session token (`x-amz-security-token`) belongs to
+    # a SigV4 signature, not to a client key: it is no place to look for one.
+    key_headers=("authorization",),
     key_variables=("AWS_BEARER_TOKEN_BEDROCK",),
     overloaded_status=503,
     pricing_id="aws",
