@@ -35,7 +35,7 @@ class EventFrameParser:
         self.truncated = False
 
     @property
-    def error(self) -> str | None:
+    def failure(self) -> str | None:
         return self._error
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:

@@ -70,7 +70,7 @@ class SSEParser:
         self._dropping_line = False
 
     @property
-    def error(self) -> str | None:
+    def failure(self) -> str | None:
         """Why reading stopped: never for SSE (no checksum to fail; rules/usage.py EventParser)."""
         return None
 

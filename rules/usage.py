@@ -95,7 +95,7 @@ def read_response_body(wire: WireFormat, body: bytes, status: int) -> Reading:
 
 class EventParser(Protocol):
     """An incremental parser of one stream framing: bytes cut anywhere in, whole events out (`event` its
-    name, `data` its payload as text). Never raises on input; `error` says why it stopped reading (a frame
+    name, `data` its payload as text). Never raises on input; `failure` says why it stopped reading (a frame
     that fails its checksum), `oversized` that it dropped an event too large to hold."""
 
     oversized: bool
@@ -105,7 +105,7 @@ class EventParser(Protocol):
     def close(self) -> object: ...
 
     @property
-    def error(self) -> str | None: ...
+    def failure(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +175,8 @@ class StreamReader:
         for event in self._parser.feed(chunk):
             if on_event(event.event, event.data, reading) and not self._output_seen:
                 self._output_seen = first = True
-        if self._parser.error is not None:
-            record_error(reading, self._parser.error)
+        if self._parser.failure is not None:
+            record_error(reading, self._parser.failure)
         return first
 
     def finish(self) -> Reading:

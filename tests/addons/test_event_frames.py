@@ -26,7 +26,7 @@ def test_frames_fed_a_byte_at_a_time_become_the_same_events():
         ("throttlingException", {"message": "slow"}),
     ]
     parser.close()
-    assert parser.error is None and not parser.truncated
+    assert parser.failure is None and not parser.truncated
 
 
 def test_an_error_frame_is_named_by_its_code():
@@ -40,7 +40,7 @@ def test_a_bad_frame_stops_the_reading_and_nothing_after_it_is_read():
     broken[20] ^= 0x01
     parser = EventFrameParser()
     assert parser.feed(bytes(broken)) == []
-    assert parser.error is not None and "ChecksumMismatch" in parser.error
+    assert parser.failure is not None and "ChecksumMismatch" in parser.failure
     assert parser.feed(event_frame("metadata", b"{}")) == []
 
 
@@ -50,7 +50,7 @@ def test_a_frame_longer_than_botocore_holds_is_refused_not_buffered():
     parser = EventFrameParser()
     prelude = struct.pack("!II", 100_000_000, 0)
     parser.feed(prelude + struct.pack("!I", zlib.crc32(prelude)) + head[12:])
-    assert parser.error is not None and "InvalidPayloadLength" in parser.error
+    assert parser.failure is not None and "InvalidPayloadLength" in parser.failure
 
 
 def test_a_stream_cut_mid_frame_is_truncated():
