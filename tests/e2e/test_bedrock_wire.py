@@ -17,6 +17,7 @@ import boto3
 import botocore.exceptions
 import pytest
 from botocore.config import Config
+from botocore.eventstream import ChecksumMismatch
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 from mitmproxy import io as mitm_io
@@ -26,7 +27,7 @@ from addons.contentview import LLMContentview
 from tests.e2e.conftest import ProxyFactory
 from tests.e2e.harness import CLIENT_TIMEOUT, Proxy
 from tests.e2e.test_credentials import credential_states
-from tests.fake_bedrock import BEDROCK_HOST, REGION
+from tests.fake_bedrock import BEDROCK_HOST, REGION, STREAM_TYPE, converse_frames
 from tests.fake_provider import DEFAULT_TEXT, FakeProvider, RecordedRequest, Usage
 
 pytestmark = pytest.mark.e2e
@@ -255,6 +256,43 @@ def test_a_throttled_key_rests_and_the_next_call_takes_the_other(
     bedrock.converse(**CONVERSE_ARGS)
     second = fake.requests[-1].header("authorization")
     assert {first, second} == {f"Bearer {REAL_KEY_1}", f"Bearer {REAL_KEY_2}"}
+    assert_no_real_key_anywhere(proxy, saved)
+
+
+def test_a_model_without_access_is_the_clients_answer_and_shelves_no_key(
+    bedrock: Any, proxy: Proxy, fake: FakeProvider, saved: Path
+):
+    """An attacker holding a client key asks for a model the account has not enabled, again and again:
+    each time Bedrock's 403 AccessDeniedException reaches the client, and every key stays in the pool."""
+    fake.next(status=403, times=3)
+
+    for _ in range(3):
+        with pytest.raises(botocore.exceptions.ClientError) as raised:
+            bedrock.converse(**{**CONVERSE_ARGS, "modelId": "anthropic.claude-opus-4-1-20250805-v1:0"})
+        assert raised.value.response["Error"]["Code"] == "AccessDeniedException"
+
+    states = credential_states(proxy.db_path)  # type: ignore[arg-type]
+    assert [state["state"] for state in states.values()] == ["active", "active"]
+    assert_no_real_key_anywhere(proxy, saved)
+
+
+def test_a_frame_that_fails_its_checksum_passes_untouched_and_is_the_rows_error(
+    bedrock: Any, proxy: Proxy, fake: FakeProvider, saved: Path
+):
+    frames = b"".join(frame.encode() for frame in converse_frames(["Hel", "lo"], "end_turn", CACHED))
+    broken = bytearray(frames)
+    broken[len(frames) // 2] ^= 0xFF
+    fake.next(encoded_stream=bytes(broken), headers=[("content-type", STREAM_TYPE)])
+
+    answer = bedrock.converse_stream(**CONVERSE_ARGS)
+    with pytest.raises(ChecksumMismatch):  # boto3 sees the very bytes Bedrock sent, and refuses them too
+        list(answer["stream"])
+
+    request = only_request(fake)
+    assert request.response is not None and request.response.wait_ended()
+    row = only_row(proxy)
+    assert row["response_bytes"] == len(broken)  # every byte passed, as it came
+    assert row["error"].startswith("event-stream frame unreadable (ChecksumMismatch)")
     assert_no_real_key_anywhere(proxy, saved)
 
 

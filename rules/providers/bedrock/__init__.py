@@ -101,8 +101,19 @@ BEDROCK = Provider(
     pricing_id="aws",
     regional_host=regional_host,
     error_type_header=ERROR_TYPE_HEADER,
-    # An unknown or revoked key, or an identity without access: the credential, not the moment.
-    terminal_codes=("UnrecognizedClientException", "AccessDeniedException"),
+    # A key Bedrock does not know (revoked, deleted, of another partition): the credential, for good. Not
+    # AccessDeniedException as such: Bedrock answers it for a model the account has no access to ("You
+    # don't have access to the model with the specified model ID.", an IAM policy naming the model), so a
+    # client could shelve every key by asking for such a model. It disables a key only when its message is
+    # about the key itself.
+    terminal_codes=("UnrecognizedClientException",),
+    terminal_words=(
+        "security token included in the request is invalid",
+        "security token included in the request is expired",
+        "bearer token has expired",
+        "api key is invalid",
+        "api key has been revoked",
+    ),
     overloaded_answers=((503, None), (None, "ServiceUnavailableException"), (None, "ModelNotReadyException")),
     example_model="us.anthropic.claude-sonnet-4-5-20250929-v1:0",
 )

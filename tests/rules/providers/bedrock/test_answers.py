@@ -45,9 +45,25 @@ def test_bedrock_busy_or_a_model_not_ready_is_bedrocks_state_not_the_keys(status
 
 
 @pytest.mark.parametrize("kind", ["UnrecognizedClientException", "AccessDeniedException"])
-def test_a_key_bedrock_does_not_know_or_lets_do_nothing_is_disabled(kind: str):
+def test_a_key_bedrock_does_not_know_is_disabled(kind: str):
     verdict = judge(403, kind, "The security token included in the request is invalid.")
     assert verdict.action == "disable" and "security token" in verdict.reason
+    assert judge(403, "UnrecognizedClientException", "").action == "disable"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "You don't have access to the model with the specified model ID.",
+        "User: arn:aws:iam::123456789012:user/ci is not authorized to perform: bedrock:InvokeModel on resource: "
+        "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-opus-4-1 because no identity-based policy "
+        "allows the bedrock:InvokeModel action",
+    ],
+)
+def test_access_denied_to_a_model_leaves_the_key_alone(message: str):
+    """A client holding a client key asks for a model the account has not enabled: that is the model's
+    answer, not the key's; the key must not be shelved for it (or any client could shelve every key)."""
+    assert judge(403, "AccessDeniedException", message).action == "none"
 
 
 def test_a_validation_error_says_nothing_of_the_key():
