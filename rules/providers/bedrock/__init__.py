@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 
+from rules.providers.anthropic import MESSAGES
 from rules.providers import Provider, WireFormat, register
-from rules.providers.anthropic import cache, cache_control, request, transcript, usage
 from rules.providers.bedrock import converse, invoke
 from rules.providers.bedrock.eventstream import exception_frame
 
@@ -132,31 +133,20 @@ def path_model(path: str) -> str | None:
     return model
 
 
-INVOKE = WireFormat(
+# Anthropic's Messages as Bedrock carries it: Anthropic's readers, request hooks, cache markers and transcript
+# (rules/providers/anthropic), with Bedrock's paths, frames and provider. Not "alias" (the model is the
+# path's, the body has none) nor "user_id" (Bedrock's Messages body takes no `metadata`).
+INVOKE = replace(
+    MESSAGES,
     name="bedrock_invoke",
     provider=BEDROCK,
     path_suffixes=INVOKE_SUFFIXES,
     path_contains="/model/",
     path_model=path_model,
     stream_framing="eventstream",
-    read_body=usage.read_message,
     stream_events=invoke.InvokeEvents,
-    terminal_event="message_stop",
-    output_fields=("max_tokens",),
-    unbounded_without_ceiling=False,  # Anthropic's body requires max_tokens
-    body_parts=invoke.body_parts,
     stream_parts=invoke.InvokeStream,
-    outline=transcript.outline,
     rule_set=frozenset({"billing", "system", "max_tokens", "cache"}),
-    strip_billing=request.strip_billing_block,
-    inject_system=request.inject_system,
-    backfill_max_tokens=request.backfill_max_tokens,
-    mark_cache=cache_control.mark_cache,
-    count_cache_marks=cache_control.count_cache_breakpoints,
-    prompt_shape=cache.prompt_shape,
-    first_user_message=cache.first_user_message,
-    messages_field="messages",
-    system_field="system",
 )
 
 CONVERSE = WireFormat(

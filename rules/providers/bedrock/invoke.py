@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
-from typing import Any
 
 from rules.providers.anthropic import transcript as anthropic_transcript
 from rules.providers.anthropic import usage as anthropic_usage
@@ -82,7 +80,3 @@ class InvokeStream:
 
     def parts(self) -> list[Part]:
         return self._messages.parts()
-
-
-def body_parts(message: Mapping[str, Any]) -> list[Part]:
-    return anthropic_transcript.body_parts(message)

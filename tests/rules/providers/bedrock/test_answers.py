@@ -55,9 +55,9 @@ def test_a_key_bedrock_does_not_know_is_disabled(kind: str):
     "message",
     [
         "You don't have access to the model with the specified model ID.",
-        "User: arn:aws:iam::123456789012:user/ci is not authorized to perform: bedrock:InvokeModel on resource: "
-        "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-opus-4-1 because no identity-based policy "
-        "allows the bedrock:InvokeModel action",
+        "User: arn:aws:iam::123456789012:user/ci is not authorized to perform: bedrock:InvokeModel on "
+        "resource: arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-opus-4-1 because no "
+        "identity-based policy allows the bedrock:InvokeModel action",
     ],
 )
 def test_access_denied_to_a_model_leaves_the_key_alone(message: str):
