@@ -23,8 +23,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import replace
 
-from rules.providers.anthropic import MESSAGES
 from rules.providers import Provider, WireFormat, register
+from rules.providers.anthropic import MESSAGES
 from rules.providers.bedrock import converse, invoke
 from rules.providers.bedrock.eventstream import exception_frame
 
