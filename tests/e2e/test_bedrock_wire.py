@@ -329,3 +329,31 @@ def test_a_call_without_a_client_key_never_reaches_bedrock(
     assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] in (401, 403)
     assert raised.value.response["Error"]["Code"]  # botocore classified sluice's answer
     assert [r for r in fake.requests if r.path.startswith("/model/")] == []
+
+
+def test_a_silent_upstream_is_ended_with_an_exception_frame_boto3_reads(
+    start_proxy: ProxyFactory, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """The idle watchdog ends a Bedrock stream as Bedrock would: an exception frame, not an SSE record."""
+    fake.accepted_credentials = {REAL_KEY_1, REAL_KEY_2}
+    proxy = start_proxy(config_toml="idle_timeout_s = 1\n" + CONFIG, env=ENV)
+    monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", CLIENT_KEY)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    client = boto3.client(
+        "bedrock-runtime",
+        region_name=REGION,
+        config=Config(proxies={"https": proxy.url}, retries={"total_max_attempts": 1}),
+        verify=str(proxy.ca_pem),
+    )
+    fake.next(stall_after=3, stall_seconds=8)
+
+    answer = client.converse_stream(**CONVERSE_ARGS)
+    seen = []
+    with pytest.raises(botocore.exceptions.EventStreamError) as ended:
+        seen.extend(next(iter(event)) for event in answer["stream"])
+
+    assert seen[:1] == ["messageStart"]
+    assert ended.value.response["Error"]["Code"] == "internalServerException"
+    assert "sent nothing for 1s" in ended.value.response["Error"]["Message"]
+    row = only_row(proxy)
+    assert "sent nothing for 1s" in row["error"] and row["region"] == REGION

@@ -26,7 +26,11 @@ CHUNK = "chunk"
 def unwrap(data: str) -> tuple[str | None, str] | None:
     """A chunk's Anthropic event: (its `type`, its JSON), or None when the chunk holds none."""
     wrapper = json_object(data)
-    raw = wrapper.get("bytes") if wrapper is not None else None
+    return decode_bytes(wrapper.get("bytes")) if wrapper is not None else None
+
+
+def decode_bytes(raw: object) -> tuple[str | None, str] | None:
+    """A chunk's `bytes`: base64 of one Anthropic event's JSON -> (its `type`, the JSON)."""
     if not isinstance(raw, str):
         return None
     try:
@@ -70,13 +74,10 @@ class InvokeStream:
         self._messages = anthropic_transcript.MessagesStream()
 
     def take(self, event: str | None, payload: JSONObject) -> None:
-        raw = payload.get("bytes")
-        if event != CHUNK or not isinstance(raw, str):
-            return
-        found = unwrap(f'{{"bytes":"{raw}"}}') if raw.isascii() else None
+        found = decode_bytes(payload.get("bytes")) if event == CHUNK else None
         inner = json_object(found[1]) if found is not None else None
-        if inner is not None:
-            self._messages.take(found[0] if found else None, dict(inner))
+        if found is not None and inner is not None:
+            self._messages.take(found[0], dict(inner))
 
     def parts(self) -> list[Part]:
         return self._messages.parts()
