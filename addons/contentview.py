@@ -23,11 +23,12 @@ from typing import Any
 from mitmproxy import contentviews, http
 from mitmproxy.contentviews import Contentview, Metadata
 
+from addons import event_frames  # noqa: F401 - registers the event-stream framing the views read
 from addons.calls import price_usage
 from addons.changes import METADATA_KEY
 from addons.decoding import bound_mitmproxy_decoding
 from rules.json_diff import Change, path_is_within
-from rules.providers import Endpoint, classify, wire_format
+from rules.providers import Endpoint, classify, host_region, wire_format
 from rules.transcript import Entry, Part, is_event_stream, outline_request, reassemble
 from state.ratelimits import statusline, summarize
 
@@ -48,8 +49,11 @@ class LLMContentview(Contentview):
     syntax_highlight = "none"
 
     def render_priority(self, data: bytes, metadata: Metadata) -> float:
-        if not data or _endpoint(metadata) is None:
+        endpoint = _endpoint(metadata) if data else None
+        if endpoint is None:
             return -1
+        if is_event_stream(data, metadata.content_type, wire_format(endpoint.api)):
+            return PRIORITY
         head = data.lstrip()[:1]
         return PRIORITY if head in (b"{", b"e", b"d", b":", b"i") else -1
 
@@ -60,10 +64,11 @@ class LLMContentview(Contentview):
         flow = metadata.flow
         sluice = flow.metadata.get(METADATA_KEY) if flow is not None else None
         notes = sluice if isinstance(sluice, Mapping) else {}
+        region = host_region(flow.request.pretty_host) if isinstance(flow, http.HTTPFlow) else None
         if isinstance(metadata.http_message, http.Request):
-            return render_request(endpoint, data, notes)
+            return render_request(endpoint, data, notes, region)
         response = metadata.http_message if isinstance(metadata.http_message, http.Response) else None
-        return render_response(endpoint, data, response, notes, metadata.content_type)
+        return render_response(endpoint, data, response, notes, metadata.content_type, region)
 
 
 def register() -> LLMContentview:
@@ -89,16 +94,17 @@ def render_response(
     response: http.Response | None,
     notes: Mapping[str, Any],
     content_type: str | None = None,
+    region: str | None = None,
 ) -> str:
     status = response.status_code if response is not None else 200
-    streamed = is_event_stream(data, content_type)
+    wire = wire_format(endpoint.api)
+    streamed = is_event_stream(data, content_type, wire)
     if not streamed and not data.lstrip().startswith(b"{"):
         raise ValueError("neither an event stream nor a JSON object")
-    wire = wire_format(endpoint.api)
     transcript = reassemble(wire, data, status=status, streamed=streamed)  # never raises on data
     reading = transcript.reading
     how = f"streamed ({transcript.events} events)" if streamed else "whole body"
-    lines = [f"LLM response · {_served_by(endpoint, notes)} {endpoint.api} · HTTP {status} · {how}", ""]
+    lines = [f"LLM response · {_served_by(endpoint, notes, region)} · HTTP {status} · {how}", ""]
     facts: list[tuple[str, str]] = []
     if reading.model:
         facts.append(("model", reading.model))
@@ -123,12 +129,13 @@ def render_response(
     return "\n".join(lines) + "\n"
 
 
-def _served_by(endpoint: Endpoint, notes: Mapping[str, Any]) -> str:
-    """Who served the call, as its row says (`provider`, and the cloud `region` when there is one); the
-    wire format's provider for a flow saved without them."""
-    provider, region = notes.get("provider"), notes.get("region")
+def _served_by(endpoint: Endpoint, notes: Mapping[str, Any], region: str | None = None) -> str:
+    """Who served the call and its API, as its row says (`provider`; the wire format's provider for a flow
+    saved without it), and the cloud region it went to (the row's, else the one its host names)."""
+    provider, noted = notes.get("provider"), notes.get("region")
     name = provider if isinstance(provider, str) and provider else endpoint.provider
-    return f"{name} ({region})" if isinstance(region, str) and region else name
+    region = noted if isinstance(noted, str) and noted else region
+    return f"{name} {endpoint.api}" + (f" · region {region}" if region else "")
 
 
 def _usage_text(endpoint: Endpoint, reading: Any, notes: Mapping[str, Any]) -> str:
@@ -183,7 +190,9 @@ def _part_title(part: Part, parts: Sequence[Part]) -> str:
 # --- requests --------------------------------------------------------------------------------------------
 
 
-def render_request(endpoint: Endpoint, data: bytes, notes: Mapping[str, Any]) -> str:
+def render_request(
+    endpoint: Endpoint, data: bytes, notes: Mapping[str, Any], region: str | None = None
+) -> str:
     try:
         body = json.loads(data)
     except RecursionError:
@@ -195,7 +204,7 @@ def render_request(endpoint: Endpoint, data: bytes, notes: Mapping[str, Any]) ->
     outline = outline_request(wire_format(endpoint.api), body)
     changes = [c for c in map(Change.from_dict, _list(notes.get("changes"))) if c is not None]
     rules = [str(rule) for rule in _list(notes.get("rules"))]
-    lines = [f"LLM request · {_served_by(endpoint, notes)} {endpoint.api}", ""]
+    lines = [f"LLM request · {_served_by(endpoint, notes, region)}", ""]
     if changes or rules:
         lines.append(f"sluice changed this request: {', '.join(rules) or 'see below'}")
         lines += [f"  {_change_line(change)}" for change in changes]

@@ -283,8 +283,12 @@ class Credentials:
             self._note_success(swapped)
             return
         # An error envelope is small: a larger body is not one, and is not decoded on the loop to find out.
-        error = read_error(readable_body(flow.response, MAX_ERROR_BODY))
         speaker = speaks(upstream)
+        type_header = speaker.error_type_header
+        error = read_error(
+            readable_body(flow.response, MAX_ERROR_BODY),
+            flow.response.headers.get(type_header) if type_header else None,
+        )
         echoed = await self._echoed(flow.request, class_words(speaker, error))
         verdict = judge_answer(speaker, status, limits, error, swapped.entry.kind, now, echoed)
         if verdict.action not in ("cool", "window"):

@@ -22,6 +22,7 @@ from dataclasses import replace
 
 from mitmproxy import ctx, http
 
+from addons import event_frames  # noqa: F401 - registers the event-stream framing the meter reads
 from addons.annotate import annotate
 from addons.calls import Call, build_record, streamed_so_far
 from addons.core import SluiceCore
@@ -38,7 +39,7 @@ from addons.fields import RATE_LIMIT_MARKER, header_values
 from addons.stream_end import end_stream
 from rules.providers import wire_format
 from rules.stream_filter import SSERecordFilter
-from rules.usage import Reading, StreamReader, read_response_body
+from rules.usage import Reading, StreamReader, is_stream_type, read_response_body
 from state.writer import CallRecord
 
 log = logging.getLogger("sluice")
@@ -100,14 +101,15 @@ class Meter:
             return
         call.headers_at = time.time()
         headers = header_values(flow.response.headers.fields, _STREAM_HEADERS)
-        if not headers.get("content-type", "").startswith("text/event-stream"):
+        wire = wire_format(call.api)
+        if not is_stream_type(wire, headers.get("content-type")):
             return
         call.stream = True
         watch = None
         if call.stream_budget is not None:
             self.capped[flow.id] = flow
             watch = functools.partial(_over_budget, call, call.stream_budget)
-        call.reader = StreamReader(wire_format(call.api), watch=watch)
+        call.reader = StreamReader(wire, watch=watch)
         encoding = headers.get("content-encoding", "")
         try:
             call.decoder = make_decoder(encoding)

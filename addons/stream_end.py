@@ -25,8 +25,12 @@ def end_stream(flow: http.HTTPFlow, call: Call, status: int, message: str, note:
     if live is None:
         return
     if can_end_cleanly(flow):
-        # A blank line first closes any half-sent record; the error record; then the last chunk.
-        record = b"\n\n" + wire_format(call.api).provider.sse_error_event(status, message)
+        # A blank line first closes any half-sent SSE record (binary frames have no such thing); the error
+        # record; then the last chunk.
+        wire = wire_format(call.api)
+        record = (b"\n\n" if wire.stream_framing == "sse" else b"") + wire.provider.sse_error_event(
+            status, message
+        )
         if call.reader is not None:
             call.reader.feed(record)
         chunks = f"{len(record):x}\r\n".encode() + record + b"\r\n0\r\n\r\n"

@@ -32,17 +32,15 @@ class Connection:
         self.writer = writer
 
     @classmethod
-    async def open(cls, proxy: Proxy) -> Connection:
+    async def open(cls, proxy: Proxy, host: str = PROVIDER_HOST) -> Connection:
         async with asyncio.timeout(REQUEST_TIMEOUT_S):
             reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, limit=READ_LIMIT)
-            writer.write(
-                f"CONNECT {PROVIDER_HOST}:443 HTTP/1.1\r\nhost: {PROVIDER_HOST}:443\r\n\r\n".encode()
-            )
+            writer.write(f"CONNECT {host}:443 HTTP/1.1\r\nhost: {host}:443\r\n\r\n".encode())
             head = await reader.readuntil(b"\r\n\r\n")
             if not head.startswith(b"HTTP/1.1 200"):
                 writer.close()
                 raise BenchError(f"{proxy.name}: CONNECT refused: {head[:200]!r}")
-            await writer.start_tls(proxy.client_tls, server_hostname=PROVIDER_HOST)
+            await writer.start_tls(proxy.client_tls, server_hostname=host)
         return cls(proxy, reader, writer)
 
     async def send(self, head: bytes, body: bytes) -> None:
@@ -96,14 +94,18 @@ class Connection:
 
 
 @contextlib.asynccontextmanager
-async def connections(proxy: Proxy, count: int, batch: int | None = None) -> AsyncIterator[list[Connection]]:
-    """`count` connections through `proxy`, opened `batch` at a time (all at once by default): a thousand
-    TLS handshakes at once would time out on the handshakes, not measure the proxy."""
+async def connections(
+    proxy: Proxy, count: int, host: str = PROVIDER_HOST, batch: int | None = None
+) -> AsyncIterator[list[Connection]]:
+    """`count` connections through `proxy` to `host`, opened `batch` at a time (all at once by default): a
+    thousand TLS handshakes at once would time out on the handshakes, not measure the proxy."""
     step = batch or max(1, count)
     opened: list[Connection | BaseException] = []
     for first in range(0, count, step):
         size = min(step, count - first)
-        opened += await asyncio.gather(*(Connection.open(proxy) for _ in range(size)), return_exceptions=True)
+        opened += await asyncio.gather(
+            *(Connection.open(proxy, host) for _ in range(size)), return_exceptions=True
+        )
     good = [conn for conn in opened if isinstance(conn, Connection)]
     try:
         for failure in opened:

@@ -305,6 +305,16 @@ def build_figures(raw: dict[str, Any], proxies: dict[str, Proxy], s: Settings) -
     f["fleet_cpu_per_event_us"] = Figure(
         f"mitmdump CPU per streamed event, {fleet}", "us", *per_unit("fleet", 1e6)
     )
+    f["bedrock1_event_p50_ms"] = Figure(
+        "per-event latency p50, 1 Bedrock event stream", "ms", *pct_ms("bedrock1", "events", 50)
+    )
+    f["bedrock1_event_p99_ms"] = Figure(
+        "per-event latency p99, 1 Bedrock event stream",
+        "ms",
+        *pct_ms("bedrock1", "events", 99),
+        ("added_max", 1.0),
+        f"ConverseStream frames, one every {s.stream_interval_us / 1000:g} ms",
+    )
     f["cpu_per_event_us"] = Figure(
         f"mitmdump CPU per streamed event ({s.many_streams} streams)", "us", *per_unit("stream20", 1e6)
     )

@@ -62,6 +62,8 @@ from bench.scenarios import (
     throughput,
 )
 from bench.settings import (
+    BEDROCK_HOST,
+    BEDROCK_KEY_ENV,
     CLIENT_KEY_ENV,
     FULL,
     PROVIDER_HOST,
@@ -77,6 +79,7 @@ PROXY_PHASES = (
     "throughput",
     "stream1",
     "stream20",
+    "bedrock1",
     "fleet",
     "agent",
     "huge",
@@ -97,6 +100,7 @@ def _phases(work: Workload) -> dict[str, Callable[[Proxy], Awaitable[dict[str, A
         "stream1": lambda p: streams(p, work, 1, s.single_streams, "stream1"),
         "stream20": lambda p: streams(p, work, s.many_streams, s.many_stream_waves, "stream20"),
         "fleet": lambda p: fleet(p, work),
+        "bedrock1": lambda p: streams(p, work, 1, s.single_streams, "bedrock1", bedrock=True),
         "agent": lambda p: sequential(p, work, work.agent, s.agent_requests, "agent"),
         "huge": lambda p: sequential(p, work, work.huge, s.huge_requests, "huge"),
         "conversation": lambda p: conversation(p, work),
@@ -158,8 +162,11 @@ def _start_proxies(
     env = clean_env(
         {
             "PYTHONPATH": str(SITECUSTOMIZE_DIR),
-            "SLUICE_TEST_HOSTS": f"{PROVIDER_HOST}=127.0.0.1:{upstream_port}",
+            "SLUICE_TEST_HOSTS": ",".join(
+                f"{h}=127.0.0.1:{upstream_port}" for h in (PROVIDER_HOST, BEDROCK_HOST)
+            ),
             CLIENT_KEY_ENV: work.client_key,
+            BEDROCK_KEY_ENV: "ABSK" + secrets.token_hex(24),
             **{name: "sk-ant-api03-bench-" + secrets.token_hex(24) for name in UPSTREAM_KEY_ENV},
         }
     )

@@ -26,7 +26,15 @@ from bench.bombs import request_bomb
 from bench.client import REQUEST_TIMEOUT_S, Connection, connections, request_head
 from bench.payloads import UPSTREAM_MODEL, agent_request, client_headers, conversation_request, stamped
 from bench.processes import BenchError, Proxy, Usage
-from bench.settings import CLIENT_NAME, CLIENT_USER_ID, PROVIDER_HOST, SLUICE_CONFIG, Settings
+from bench.settings import (
+    BEDROCK_HOST,
+    BEDROCK_STREAM_PATH,
+    CLIENT_NAME,
+    CLIENT_USER_ID,
+    PROVIDER_HOST,
+    SLUICE_CONFIG,
+    Settings,
+)
 
 MESSAGES_PATH = "/v1/messages?beta=true"  # Claude Code's own path, query included
 MAX_REQUESTS_PER_WORKER = 1_000_000
@@ -65,6 +73,30 @@ class Workload:
     ) -> bytes:
         path = f"{MESSAGES_PATH}&{query}" if query else MESSAGES_PATH
         return request_head(path, [*client_headers(self.client_key, stream=stream), *extra], len(body))
+
+    def bedrock_turn(self, query: str) -> tuple[bytes, bytes]:
+        """(head, body) of the next ConverseStream call, as boto3 sends one with a Bedrock API key."""
+        self.sent += 1
+        message = {"role": "user", "content": [{"text": f"Turn {self.sent}: carry on with the refactor."}]}
+        body = json.dumps(
+            {
+                "messages": [message],
+                "system": [{"text": "You are a careful engineer."}],
+                "inferenceConfig": {"maxTokens": 1024},
+            },
+            separators=(",", ":"),
+        ).encode()
+        headers = [
+            ("host", BEDROCK_HOST),
+            ("accept", "application/vnd.amazon.eventstream"),
+            ("accept-encoding", "identity"),
+            ("authorization", f"Bearer {self.client_key}"),
+            ("content-type", "application/json"),
+            ("user-agent", "Boto3/1.44.8 md/Botocore#1.44.8 ua/2.1 os/linux lang/python#3.12.1"),
+            ("amz-sdk-invocation-id", secrets.token_hex(16)),
+            ("amz-sdk-request", "attempt=1; max=1"),
+        ]
+        return request_head(f"{BEDROCK_STREAM_PATH}?{query}", headers, len(body)), body
 
     @property
     def request_bomb(self) -> bytes:
@@ -149,10 +181,13 @@ async def throughput(proxy: Proxy, work: Workload) -> dict[str, Any]:
     }
 
 
-async def streams(proxy: Proxy, work: Workload, concurrency: int, per_connection: int, phase: str) -> dict:
+async def streams(
+    proxy: Proxy, work: Workload, concurrency: int, per_connection: int, phase: str, bedrock: bool = False
+) -> dict:
     """Paced streams, `concurrency` at a time: each stream's time to first byte, and each event's one-way
     latency (client receive time minus the upstream's write time, both CLOCK_MONOTONIC). The connections
-    start staggered over one interval, so the events of different streams do not all fall on one instant."""
+    start staggered over one interval, so the events of different streams do not all fall on one instant.
+    `bedrock`: Bedrock ConverseStream calls (AWS event-stream frames) instead of Anthropic SSE ones."""
     s = work.settings
     query = f"bench=paced&events={s.stream_events}&interval_us={s.stream_interval_us}"
     head = work.head(work.small_stream, stream=True, query=query)
@@ -164,9 +199,12 @@ async def streams(proxy: Proxy, work: Workload, concurrency: int, per_connection
         await asyncio.sleep(index * s.stream_interval_us / 1e6 / concurrency)
         for _ in range(per_connection):
             async with asyncio.timeout(limit):
-                request = work.turn(work.small_stream)
+                if bedrock:
+                    call_head, request = work.bedrock_turn(query)
+                else:
+                    call_head, request = head, work.turn(work.small_stream)
                 sent = time.monotonic_ns()
-                await conn.send(head, request)
+                await conn.send(call_head, request)
                 headers = await conn.read_head()
                 first, count = True, 0
                 async for chunk in conn.chunks(headers):
@@ -180,7 +218,7 @@ async def streams(proxy: Proxy, work: Workload, concurrency: int, per_connection
             if count != s.stream_events:
                 raise BenchError(f"{proxy.name}: a stream delivered {count} of {s.stream_events} events")
 
-    async with connections(proxy, concurrency) as conns:
+    async with connections(proxy, concurrency, BEDROCK_HOST if bedrock else PROVIDER_HOST) as conns:
         cpu, start = proxy.cpu_seconds(), time.monotonic()
         await asyncio.gather(*(worker(index, conn) for index, conn in enumerate(conns)))
         proxy.window(phase, start, time.monotonic())

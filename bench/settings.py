@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PROVIDER_HOST = "api.anthropic.com"
+# Bedrock's runtime in one region: the `bedrock1` phase streams ConverseStream's event-stream frames from it.
+BEDROCK_HOST = "bedrock-runtime.us-east-1.amazonaws.com"
+BEDROCK_STREAM_PATH = "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/converse-stream"
 CLIENT_NAME = "bench"
 CLIENT_USER_ID = "bench-user-0001"
 
@@ -36,6 +39,11 @@ name = "opus-review"
 text = "You are reviewing; be terse."
 models = ["claude-opus-*"]
 
+[[upstreams]]
+host = "bedrock-runtime.us-east-1.amazonaws.com"
+provider = "bedrock"
+keys = ["env:SLUICE_BENCH_BEDROCK_KEY"]
+
 [rules.request_headers]
 allow = ["x-client-request-id"]
 deny = ["anthropic-dangerous-direct-browser-access"]
@@ -45,6 +53,7 @@ allow = ["x-envoy-upstream-service-time"]
 """
 UPSTREAM_KEY_ENV = ("SLUICE_BENCH_KEY_1", "SLUICE_BENCH_KEY_2", "SLUICE_BENCH_KEY_3")
 CLIENT_KEY_ENV = "SLUICE_BENCH_CLIENT_KEY"
+BEDROCK_KEY_ENV = "SLUICE_BENCH_BEDROCK_KEY"
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ from email.utils import formatdate
 from urllib.parse import parse_qs, urlsplit
 
 from bench.bombs import response_bomb, stream_bomb
+from rules.providers.bedrock.eventstream import event_frame
+from tests.fake_bedrock import converse_usage
 from tests.fake_provider import Usage, anthropic_ratelimit_headers
 
 MAX_HEAD_BYTES = 256 * 1024
@@ -113,7 +115,10 @@ class Upstream:
                 if scenario == "paced":
                     events = min(int(query.get("events", ["100"])[0]), MAX_EVENTS)
                     interval = int(query.get("interval_us", ["10000"])[0]) / 1e6
-                    await self._paced(writer, model, events, interval)
+                    if urlsplit(target).path.startswith("/model/"):  # Bedrock's ConverseStream
+                        await self._paced_frames(writer, events, interval)
+                    else:
+                        await self._paced(writer, model, events, interval)
                 elif scenario == "bulk":
                     await self._bulk(writer, model, min(int(query.get("bytes", ["0"])[0]), MAX_BULK_BYTES))
                 elif scenario == "bomb":
@@ -189,6 +194,34 @@ class Upstream:
             writer.write(_chunk(_sse("content_block_delta", delta)))
             await writer.drain()
         self._end(writer)
+        await writer.drain()
+
+    async def _paced_frames(self, writer: asyncio.StreamWriter, events: int, interval: float) -> None:
+        """A ConverseStream answer in AWS event-stream frames, one `contentBlockDelta` frame per event,
+        paced like `_paced`, each delta's text its send time."""
+        headers = [
+            ("date", formatdate(usegmt=True)),
+            ("content-type", "application/vnd.amazon.eventstream"),
+            ("x-amzn-requestid", secrets.token_hex(16)),
+            ("transfer-encoding", "chunked"),
+        ]
+        writer.write(self._head(200, headers) + _chunk(event_frame("messageStart", b'{"role":"assistant"}')))
+        await writer.drain()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for index in range(events):
+            delay = start + (index + 1) * interval - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            delta = f'{{"contentBlockIndex":0,"delta":{{"text":"{time.monotonic_ns()} "}}}}'.encode()
+            writer.write(_chunk(event_frame("contentBlockDelta", delta)))
+            await writer.drain()
+        metadata = json.dumps({"usage": converse_usage(USAGE), "metrics": {"latencyMs": 1}}).encode()
+        closing = event_frame("contentBlockStop", b'{"contentBlockIndex":0}')
+        closing += event_frame("messageStop", b'{"stopReason":"end_turn"}') + event_frame(
+            "metadata", metadata
+        )
+        writer.write(_chunk(closing) + b"0\r\n\r\n")
         await writer.drain()
 
     async def _bulk(self, writer: asyncio.StreamWriter, model: str, size: int) -> None:

@@ -78,22 +78,34 @@ class Verdict:
 NOTHING = Verdict("none")
 
 
-def read_error(body: bytes | None) -> ErrorFields:
-    """The error envelope of an answer body; empty fields when it is not one. Never raises."""
+def read_error(body: bytes | None, type_header: str | None = None) -> ErrorFields:
+    """The error envelope of an answer body; empty fields when it is not one. Never raises.
+
+    `type_header`: the value of the provider's error-type header (`Provider.error_type_header`), for an
+    envelope that carries only a message (AWS: `{"message": ...}` with `x-amzn-errortype`); a `__type` in
+    the body says the same (AWS JSON protocols)."""
     if not body or len(body) > MAX_ERROR_BODY:
-        return ErrorFields()
+        return ErrorFields(type=_aws_type(type_header), code=_aws_type(type_header))
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        return ErrorFields()
+        data = None
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, str):
         return ErrorFields(message=error)
     if not isinstance(error, dict):
-        return ErrorFields()
+        found = data if isinstance(data, dict) else {}
+        kind = _aws_type(_text(found.get("__type")) or type_header)
+        return ErrorFields(kind, kind, _text(found.get("message")) or _text(found.get("Message")))
     reason, delay = _google_details(error.get("details"))
     kind = _text(error.get("type")) or _text(error.get("status"))
     return ErrorFields(kind, reason or _text(error.get("code")), _text(error.get("message")), delay)
+
+
+def _aws_type(value: str | None) -> str:
+    """An AWS error type as botocore reads it: `ThrottlingException:http://...` and
+    `com.amazon.coral#ThrottlingException` are `ThrottlingException`."""
+    return (value or "").split(":", 1)[0].rsplit("#", 1)[-1].strip()
 
 
 _DURATION = re.compile(r"(\d{1,9}(?:\.\d{1,9})?)s")

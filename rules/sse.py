@@ -69,6 +69,11 @@ class SSEParser:
         self._discarding = False
         self._dropping_line = False
 
+    @property
+    def failure(self) -> str | None:
+        """Why reading stopped: never for SSE (no checksum to fail; rules/usage.py EventParser)."""
+        return None
+
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Every event completed by `chunk`, in order."""
         if not chunk:

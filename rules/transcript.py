@@ -21,8 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rules.sse import SSEParser
-from rules.usage import Reading, StreamReader, read_response_body
+from rules.usage import Reading, StreamReader, framing, read_response_body
 
 if TYPE_CHECKING:
     from rules.providers import WireFormat
@@ -89,10 +88,14 @@ class RequestOutline:
 # --- responses -------------------------------------------------------------------------------------------
 
 
-def is_event_stream(body: bytes, content_type: str | None = None) -> bool:
-    """Whether a body is SSE: by its content type when known, else by how it starts."""
+def is_event_stream(body: bytes, content_type: str | None = None, wire: WireFormat | None = None) -> bool:
+    """Whether a body is a stream (of `wire`'s framing; SSE without one): by its content type when known,
+    else by how it starts (binary frames: anything but a JSON object)."""
     if content_type:
-        return content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
+        wanted = framing(wire.stream_framing).content_type if wire is not None else "text/event-stream"
+        return content_type.split(";", 1)[0].strip().lower() == wanted
+    if wire is not None and wire.stream_framing != "sse":
+        return bool(body) and body.lstrip()[:1] != b"{"
     head = body.lstrip()[:16]
     return head.startswith((b"event:", b"data:", b":", b"id:"))
 
@@ -102,7 +105,7 @@ def reassemble(
 ) -> Transcript:
     """The assistant's output of one response body (decoded), streamed or whole; `streamed=None` sniffs."""
     if streamed is None:
-        streamed = is_event_stream(body)
+        streamed = is_event_stream(body, wire=wire)
     if not streamed:
         reading = read_response_body(wire, body, status)
         obj = _json_object(body)
@@ -112,7 +115,7 @@ def reassemble(
     reader.feed(body)
     reading = reader.finish()
     builder = wire.stream_parts() if wire.stream_parts is not None else None
-    parser = SSEParser()
+    parser = framing(wire.stream_framing).parser()
     events = parser.feed(body)
     parser.close()
     for event in events:

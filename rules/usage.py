@@ -16,11 +16,11 @@ priced from what is left (addons/calls.py).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from rules.sse import SSEParser
+from rules.sse import SSEEvent, SSEParser
 
 if TYPE_CHECKING:
     from rules.providers import StreamEvents, WireFormat
@@ -80,7 +80,7 @@ def read_response_body(wire: WireFormat, body: bytes, status: int) -> Reading:
     parsed, problem = parse_json(body)
     obj = parsed if isinstance(parsed, Mapping) else None
     if status >= 400:
-        message = envelope_error(obj) if obj is not None else None
+        message = (envelope_error(obj) or bare_error(obj)) if obj is not None else None
         return Reading(error=message or f"HTTP {status}", complete=obj is not None)
     if obj is None:
         return Reading(error=f"malformed JSON response: {problem or 'not a JSON object'}")
@@ -92,6 +92,55 @@ def read_response_body(wire: WireFormat, body: bytes, status: int) -> Reading:
 
 
 # --- streams ----------------------------------------------------------------------------------------------
+
+
+class EventParser(Protocol):
+    """An incremental parser of one stream framing: bytes cut anywhere in, whole events out (`event` its
+    name, `data` its payload as text). Never raises on input; `failure` says why it stopped reading (a frame
+    that fails its checksum), `oversized` that it dropped an event too large to hold."""
+
+    oversized: bool
+
+    def feed(self, chunk: bytes) -> Sequence[SSEEvent]: ...
+
+    def close(self) -> object: ...
+
+    @property
+    def failure(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """How a wire format's streams are framed (`WireFormat.stream_framing`): the content type that marks
+    a streamed answer, and a fresh parser for one."""
+
+    name: str
+    content_type: str
+    parser: Callable[[], EventParser]
+
+
+_FRAMINGS: dict[str, Framing] = {"sse": Framing("sse", "text/event-stream", SSEParser)}
+
+
+def register_framing(found: Framing) -> None:
+    """Make a framing known; one whose parser needs a library rules/ may not import (AWS event-stream
+    frames: botocore) is registered by the addon that imports it (addons/event_frames.py)."""
+    _FRAMINGS[found.name] = found
+
+
+def framing(name: str) -> Framing:
+    try:
+        return _FRAMINGS[name]
+    except KeyError:
+        raise KeyError(
+            f"stream framing {name!r} is not registered (known: {', '.join(sorted(_FRAMINGS))})"
+        ) from None
+
+
+def is_stream_type(wire: WireFormat, content_type: str | None) -> bool:
+    """Whether an answer's Content-Type is its wire format's stream framing."""
+    wanted = framing(wire.stream_framing).content_type
+    return (content_type or "").split(";", 1)[0].strip().lower() == wanted
 
 
 class StreamReader:
@@ -129,7 +178,7 @@ class StreamReader:
         else:
             self._on_event = _unread
             self._cut_short = f"{wire.name} streams are not read"
-        self._parser = SSEParser()
+        self._parser = framing(wire.stream_framing).parser()
         self._reading = Reading()
         self._output_seen = False
         self._finished = False
@@ -149,6 +198,8 @@ class StreamReader:
             if watch is not None and watch(reading):
                 self.stopped = self._finished = True
                 break
+        if self._parser.failure is not None:
+            record_error(reading, self._parser.failure)
         return first
 
     def finish(self) -> Reading:
@@ -199,6 +250,17 @@ def json_object(raw: str) -> Mapping[str, object] | None:
 def envelope_error(body: Mapping[str, object]) -> str | None:
     """The error an envelope nests: `{"error": {...}}` (Anthropic adds `"type": "error"` beside it)."""
     return error_text(body.get("error"))
+
+
+def bare_error(body: Mapping[str, object]) -> str | None:
+    """An error answer's message when it is not nested in `error` (AWS: `{"message"}`, `__type` in sluice's
+    own answers); read only from an error status, where such a body can be nothing else."""
+    if "error" in body:
+        return None
+    kind, message = text(body.get("__type")), text(body.get("message"))
+    if kind is None:
+        return message
+    return f"{kind.rsplit('#', 1)[-1]}: {message}" if message else kind
 
 
 def error_text(error: object) -> str | None:

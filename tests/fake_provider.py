@@ -56,10 +56,12 @@ from urllib.parse import parse_qs, urlsplit
 import brotli
 import zstandard
 
+from tests import fake_bedrock
+
 if TYPE_CHECKING:
     from tests.fake_accounts import KeyLimits, PromptCache
 
-Provider = Literal["anthropic", "openai", "gemini"]
+Provider = Literal["anthropic", "openai", "gemini", "bedrock"]
 _Ending = Literal["keep-alive", "close", "cut"]
 Encoding = Literal["gzip", "br", "zstd"]
 
@@ -95,7 +97,9 @@ GATEWAY_HOST = "gateway.sluice.test"
 GEMINI_HOST = "generativelanguage.googleapis.com"
 # Every name the harness resolves to the fake.
 OPENROUTER_HOST = "openrouter.ai"  # a gateway genai-prices prices (OpenAI's wire format)
-TEST_HOSTS = (*PROVIDER_HOSTS, OAUTH_HOST, GATEWAY_HOST, GEMINI_HOST, OPENROUTER_HOST)
+# Amazon Bedrock Runtime in us-east-1 (tests/fake_bedrock.py)
+BEDROCK_HOST = fake_bedrock.BEDROCK_HOST
+TEST_HOSTS = (*PROVIDER_HOSTS, OAUTH_HOST, GATEWAY_HOST, GEMINI_HOST, OPENROUTER_HOST, BEDROCK_HOST)
 
 DEFAULT_TEXT = "Hello from the fake provider."
 MAX_HEADER_BYTES = 64 * 1024
@@ -435,6 +439,8 @@ GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
 
 def provider_for(path: str, host: str | None) -> Provider:
     """Which provider a request is for: by path for the known endpoints, else by Host."""
+    if (host and host.lower().startswith("bedrock-runtime")) or fake_bedrock.operation(path) is not None:
+        return "bedrock"
     if path.startswith("/v1/messages"):
         return "anthropic"
     if path.startswith(("/v1/chat/", "/v1/responses")):
@@ -676,11 +682,17 @@ class _Responder:
         )
         if self.provider == "gemini":  # Gemini has no request id header; `responseId` is 23 base64url chars
             self.request_id = _random_id("", 23, string.ascii_letters + string.digits + "-_")
+        elif self.provider == "bedrock":
+            self.request_id = fake_bedrock.request_id()
+        # Access key id -> (secret, session token): the SigV4 credentials Bedrock knows (FakeProvider's).
+        self.aws_credentials: dict[str, tuple[str, str | None]] = {}
 
     def plan(self, accepted_credentials: set[str] | None) -> _Plan:
         b = self.b
         if b.encoded_stream is not None:
             return self._prepared_stream(b.encoded_stream)
+        if self.provider == "bedrock" and b.body is None:
+            return self._bedrock(accepted_credentials)
         if b.body is not None:
             return self._plain(b.status or 200, self._raw_body(b.body), "application/json")
         if b.status is not None and b.status >= 400:
@@ -747,6 +759,8 @@ class _Responder:
             ]
             if self.b.ratelimit_headers:
                 headers += anthropic_ratelimit_headers(self.served, self.now)
+        elif self.provider == "bedrock":
+            headers.append(("x-amzn-requestid", self.request_id))
         elif self.provider == "gemini":
             # Google's front end: no request id and no rate-limit headers, whatever `ratelimit_headers` says.
             headers += [
@@ -792,7 +806,11 @@ class _Responder:
         units = [encoded[: len(encoded) // 2], encoded[len(encoded) // 2 :]] if self.b.split else [encoded]
         return _Plan(status, self._finish_headers(headers), units, streamed=False, body=body)
 
-    def _stream(self, records: list[_Sse], content_type: str = "text/event-stream; charset=utf-8") -> _Plan:
+    def _stream(
+        self,
+        records: Sequence[_Sse | fake_bedrock.Frame],
+        content_type: str = "text/event-stream; charset=utf-8",
+    ) -> _Plan:
         if self.b.malformed and records:
             broken = records[min(2, len(records) - 1)]
             broken.data = broken.data[: max(len(broken.data) // 2, 1)]
@@ -1122,6 +1140,56 @@ class _Responder:
         pieces.append(_JsonArrayPiece(None, "", suffix="]"))
         return self._stream(pieces, "application/json; charset=UTF-8")
 
+    # Amazon Bedrock Runtime (tests/fake_bedrock.py)
+
+    def _bedrock(self, accepted_credentials: set[str] | None) -> _Plan:
+        """Bedrock's answer: a refused credential, a scripted error, or one of its four operations."""
+        request, b = self.request, self.b
+        refusal = fake_bedrock.authenticate(request, accepted_credentials, self.aws_credentials)
+        if refusal is not None:
+            return self._bedrock_error(refusal.status, refusal.kind, refusal.message)
+        if b.status is not None and b.status >= 400:
+            kind, message = fake_bedrock.ERRORS.get(b.status, fake_bedrock.ERRORS[500])
+            return self._bedrock_error(b.status, b.error_type or kind, b.error_message or message)
+        found = fake_bedrock.operation(request.path)
+        if request.method != "POST" or found is None:
+            return self._bedrock_error(404, "UnknownOperationException", "")
+        model, operation = found
+        try:
+            payload = json.loads(request.body or b"{}")
+        except ValueError:
+            return self._bedrock_error(400, *fake_bedrock.ERRORS[400])
+        if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
+            return self._bedrock_error(400, *fake_bedrock.ERRORS[400])
+        model = b.model or model
+        if operation.startswith("invoke"):
+            if "model" in payload or "anthropic_version" not in payload:
+                message = (
+                    "Malformed input request: #: extraneous key [model] is not permitted, please reformat "
+                    "your input and try again."
+                )
+                return self._bedrock_error(400, "ValidationException", message)
+            if operation == "invoke":
+                return self._json(self._message(model))
+            self.b = replace(b, error_after=None)
+            events = self._anthropic_events(model)
+            self.b = b
+            frames = fake_bedrock.invoke_frames({}, [(e.event or "", e.data) for e in events], b.usage)
+        elif operation == "converse":
+            stop = b.stop_reason or "end_turn"
+            return self._json(fake_bedrock.converse_answer(b.text, stop, b.usage))
+        else:
+            frames = fake_bedrock.converse_frames(_text_pieces(b.text), b.stop_reason or "end_turn", b.usage)
+        if b.error_after is not None:
+            frames = [*frames[: b.error_after], fake_bedrock.stream_exception(b)]
+        plan = self._stream(list(frames), fake_bedrock.STREAM_TYPE)
+        plan.headers.append(("x-amzn-bedrock-content-type", "application/json"))
+        return plan
+
+    def _bedrock_error(self, status: int, kind: str, message: str) -> _Plan:
+        extra = fake_bedrock.error_headers(kind, self.request_id)
+        return self._plain(status, fake_bedrock.error_body(kind, message), "application/json", extra)
+
     def _gemini_json(self, body: dict[str, Any], status: int | None = None) -> _Plan:
         encoded = _dumps(body).encode()
         return self._plain(status or self.b.status or 200, encoded, "application/json; charset=UTF-8")
@@ -1325,6 +1393,8 @@ class FakeProvider:
         self._accepted = 0
         self.default = Behaviour()
         self.accepted_credentials: set[str] | None = None
+        # Bedrock's SigV4 credentials: access key id -> (secret access key, session token or None).
+        self.aws_credentials: dict[str, tuple[str, str | None]] = {}
         # The OAuth token endpoint: refresh token -> the token response it is exchanged for, once
         # (refresh tokens rotate and are single-use). Any other refresh token gets `invalid_grant`.
         self.oauth_grants: dict[str, dict[str, Any]] = {}
@@ -1627,6 +1697,7 @@ class FakeProvider:
         behaviour, served = self._take(request.path, self.choose(request) if self.choose else None)
         behaviour = self._per_key(request, behaviour)
         responder = _Responder(request, behaviour, served)
+        responder.aws_credentials = self.aws_credentials
         # The token endpoint answers grants unless a behaviour was queued for its path explicitly.
         if request.path == OAUTH_TOKEN_PATH and behaviour.path != OAUTH_TOKEN_PATH:
             plan = responder.token(*self._redeem(request))

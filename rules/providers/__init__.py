@@ -74,6 +74,9 @@ class Provider:
     # A cloud's regional hosts (`bedrock-runtime.us-east-1.amazonaws.com`): host -> its region, None for a
     # host that is not one of them. A regional host is the provider's own like those in `hosts`.
     regional_host: Callable[[str], str | None] | None = None
+    # The response header naming an error's type when its body does not (AWS: `x-amzn-errortype`,
+    # `ThrottlingException:http://...`; rules/provider_answers.py reads it).
+    error_type_header: str | None = None
     # -- what its answers say of the credential (rules/provider_answers.py `judge_answer`) -------------
     # The header family of its subscription windows: `<prefix>status` is `rejected` when one is spent,
     # `<prefix>reset` (epoch seconds), `<prefix><window>-status` / `-reset`, `<prefix>representative-claim`.
@@ -105,12 +108,16 @@ class WireFormat:
     name: str  # the `api` column: "messages", "chat", ...
     provider: Provider
     path_suffixes: tuple[str, ...]  # a POST whose path ends so is this wire format (gateways mount prefixes)
+    path_contains: str = ""  # ... and holds this too (a suffix as short as Bedrock's `/invoke` needs it)
     billed: bool = True  # False: the call costs nothing (a token count)
     path_model: Callable[[str], str | None] | None = None  # the model, where the path names it (Gemini)
     # -- answers (rules/usage.py drives these) ---------------------------------------------------------
     # A whole 2xx answer's JSON object -> what it says (statuses, JSON, error envelopes are read generically)
     read_body: Callable[[Mapping[str, object]], Reading] | None = None
     stream_events: Callable[[], StreamEvents] | None = None  # a fresh reader of one stream's events
+    # How its streams are framed: "sse" (text/event-stream) or "eventstream" (AWS event-stream frames,
+    # application/vnd.amazon.eventstream); rules/usage.py `framing` names each one's parser.
+    stream_framing: str = "sse"
     terminal_event: str = ""  # the event that ends a complete stream (named in "stream ended before ...")
     # (event name, data) -> the characters of output the event carries (text, thinking, tool arguments), for a
     # stream metered as it flows (a budget enforced mid-stream); None: such a stream cannot be.
@@ -210,7 +217,7 @@ def classify(method: str, path: str) -> Endpoint | None:
         return None
     bare = served_path(path)
     for suffix, wire in _BY_SUFFIX:
-        if bare.endswith(suffix):
+        if bare.endswith(suffix) and wire.path_contains in bare:
             return Endpoint(wire)
     return None
 
@@ -311,4 +318,4 @@ def host_region(host: str) -> str | None:
 
 
 # The built-in providers register themselves on import.
-from rules.providers import anthropic, gemini, openai  # noqa: E402, F401
+from rules.providers import anthropic, bedrock, gemini, openai  # noqa: E402, F401

@@ -251,8 +251,8 @@ def test_the_view_names_who_served_the_call_and_prices_it_as_its_row_does() -> N
     cloud = flow(response=answer)
     cloud.metadata["sluice"] = {"provider": "anthropic", "billed_by": "anthropic", "region": "us-east-1"}
     text = shown(cloud.response, cloud)[1]  # type: ignore[arg-type]
-    assert "LLM response · anthropic (us-east-1) messages" in text
-    assert "LLM request · anthropic (us-east-1) messages" in shown(cloud.request, cloud)[1]
+    assert "LLM response · anthropic messages · region us-east-1" in text
+    assert "LLM request · anthropic messages · region us-east-1" in shown(cloud.request, cloud)[1]
     assert " · $" in text
 
     # A biller that does not price this model: the view says so, as the row does, instead of a guess.

@@ -53,6 +53,7 @@ LEAF_NAMES = (
     "gateway.sluice.test",
     "generativelanguage.googleapis.com",
     "openrouter.ai",
+    "bedrock-runtime.us-east-1.amazonaws.com",
     "localhost",
     "127.0.0.1",
 )
