@@ -286,7 +286,10 @@ def build_figures(raw: dict[str, Any], proxies: dict[str, Proxy], s: Settings) -
     f["fleet_worst_stream_p99_ms"] = Figure(
         f"slowest stream's p99 event latency, {fleet}",
         "ms",
-        *both("fleet", lambda d: scaled(max(v for v in d["worst_stream_p99"] if v is not None), 1e3)),
+        *both(
+            "fleet",
+            lambda d: scaled(max((v for v in d["worst_stream_p99"] if v is not None), default=None), 1e3),
+        ),
     )
     f["fleet_starved_streams"] = Figure(
         f"streams with an event a second or more late, {fleet}",
