@@ -275,4 +275,4 @@ def host_region(host: str) -> str | None:
 
 
 # The built-in providers register themselves on import.
-from rules.providers import anthropic, gemini, openai  # noqa: E402, F401
+from rules.providers import anthropic, gemini, openai, vertex  # noqa: E402, F401

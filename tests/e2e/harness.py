@@ -53,6 +53,7 @@ LEAF_NAMES = (
     "gateway.sluice.test",
     "generativelanguage.googleapis.com",
     "openrouter.ai",
+    "us-east5-aiplatform.googleapis.com",
     "localhost",
     "127.0.0.1",
 )
