@@ -13,10 +13,8 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anthropic
-import httpx
 import pytest
 from mitmproxy import io as mitm_io
 
@@ -210,21 +208,13 @@ def test_a_client_without_its_key_is_refused_and_nothing_is_minted_for_it(vertex
     assert vertex_requests(fake) == []
 
 
-def count_tokens_body() -> dict[str, Any]:
-    return {
-        "model": MODEL.split("@")[0],
-        "anthropic_version": "vertex-2023-10-16",
-        "messages": [{"role": "user", "content": "Say hello."}],
-    }
-
-
 def test_the_token_count_is_recorded_and_not_billed(vertex: Proxy, fake: FakeProvider):
-    path = f"/projects/{PROJECT}/locations/{REGION}/publishers/anthropic/models/count-tokens:rawPredict"
     with vertex_client(vertex) as client:
-        # The SDK's base URL ends in /v1.
-        answer = client.post(path, body=count_tokens_body(), cast_to=httpx.Response)
+        count = client.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "Hi."}])
 
-    assert answer.json() == {"input_tokens": 21}
+    assert count.input_tokens == 21
+    [request] = vertex_requests(fake)
+    assert request.path.endswith("/publishers/anthropic/models/count-tokens:rawPredict")
     [row] = vertex.wait_for_rows(1)
-    assert (row["api"], row["region"]) == ("raw_predict_count_tokens", REGION)
-    assert not row["cost_usd"]
+    assert (row["api"], row["counted_tokens"], row["region"]) == ("raw_predict_count_tokens", 21, REGION)
+    assert row["cost_usd"] == 0 and not row["input_tokens"]
