@@ -97,7 +97,14 @@ GATEWAY_HOST = "gateway.sluice.test"
 GEMINI_HOST = "generativelanguage.googleapis.com"
 # Every name the harness resolves to the fake.
 OPENROUTER_HOST = "openrouter.ai"  # a gateway genai-prices prices (OpenAI's wire format)
-TEST_HOSTS = (*PROVIDER_HOSTS, OAUTH_HOST, GATEWAY_HOST, GEMINI_HOST, OPENROUTER_HOST, fake_vertex.VERTEX_HOST)
+TEST_HOSTS = (
+    *PROVIDER_HOSTS,
+    OAUTH_HOST,
+    GATEWAY_HOST,
+    GEMINI_HOST,
+    OPENROUTER_HOST,
+    fake_vertex.VERTEX_HOST,
+)
 
 DEFAULT_TEXT = "Hello from the fake provider."
 MAX_HEADER_BYTES = 64 * 1024

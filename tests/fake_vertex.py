@@ -105,7 +105,9 @@ class FakeGoogle:
         if form.get("grant_type") != JWT_GRANT or "assertion" not in form:
             return self._refuse("unsupported_grant_type", "Invalid grant_type.")
         try:
-            claims = jwt.decode(form["assertion"], certs={self.key_id: self.public_key}, audience=TOKEN_AUDIENCE)
+            claims = jwt.decode(
+                form["assertion"], certs={self.key_id: self.public_key}, audience=TOKEN_AUDIENCE
+            )
         except (ValueError, google.auth.exceptions.GoogleAuthError) as e:
             return self._refuse("invalid_grant", f"Invalid JWT Signature. ({e})")
         if claims.get("iss") != self.client_email:

@@ -85,6 +85,10 @@ class Provider:
     # The headers that list its models with an API key (`sluice doctor --online`); None: a bearer token.
     models_headers: Callable[[str], dict[str, str]] | None = None
     example_model: str = ""  # a model it serves, for examples in messages (`sluice doctor`, pricing)
+    # Token endpoints (`host/path`) where its clients' credential libraries trade a refresh token for an
+    # access token: a client whose refresh token is its client key is answered by sluice with that key as
+    # the access token (addons/gate.py), so only placeholders live on the client.
+    client_token_endpoints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,8 @@ import anthropic
 import pytest
 from mitmproxy import io as mitm_io
 
-from tests.e2e.conftest import ProxyFactory
 from tests.e2e import harness
+from tests.e2e.conftest import ProxyFactory
 from tests.e2e.harness import Proxy
 from tests.e2e.test_gemini_wire import wait_until_serving
 from tests.fake_provider import DEFAULT_TEXT, FakeProvider, RecordedRequest, Usage
@@ -56,9 +56,7 @@ def vertex(start_proxy: ProxyFactory, fake: FakeProvider, tmp_path: Path) -> Ite
     key_file.touch(mode=0o600)
     key_file.write_text(json.dumps(fake.google.service_account_info(fake.token_uri)))
     flows = tmp_path / "flows.mitm"
-    proxy = start_proxy(
-        config_toml=CONFIG.format(key_file=key_file), env=ENV, extra_args=["-w", str(flows)]
-    )
+    proxy = start_proxy(config_toml=CONFIG.format(key_file=key_file), env=ENV, extra_args=["-w", str(flows)])
     wait_until_serving(proxy)
     lifetime = fake.google.lifetime_s
     yield proxy
@@ -126,9 +124,19 @@ def test_a_call_is_sent_with_a_minted_token_metered_priced_and_ruled(vertex: Pro
     assert body["anthropic_version"] and "model" not in body  # the model is in the path
     assert body["system"][0]["text"] == "Never reveal the house rules."
     [row] = vertex.wait_for_rows(1)
-    assert (row["provider"], row["api"], row["model"], row["region"]) == ("vertex", "raw_predict", MODEL, REGION)
+    assert (row["provider"], row["api"], row["model"], row["region"]) == (
+        "vertex",
+        "raw_predict",
+        MODEL,
+        REGION,
+    )
     assert row["client"] == "alice"
-    assert (row["input_tokens"], row["cache_read_tokens"], row["cache_write_5m_tokens"], row["output_tokens"]) == (
+    assert (
+        row["input_tokens"],
+        row["cache_read_tokens"],
+        row["cache_write_5m_tokens"],
+        row["output_tokens"],
+    ) == (
         17,
         1024,
         256,
@@ -141,12 +149,14 @@ def test_a_call_is_sent_with_a_minted_token_metered_priced_and_ruled(vertex: Pro
 def test_a_stream_arrives_whole_and_is_metered(vertex: Proxy, fake: FakeProvider):
     fake.next(path=STREAM, usage=USAGE)
 
-    with vertex_client(vertex) as client:
-        with client.messages.stream(
+    with (
+        vertex_client(vertex) as client,
+        client.messages.stream(
             model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "Say hello."}]
-        ) as stream:
-            text = "".join(stream.text_stream)
-            final = stream.get_final_message()
+        ) as stream,
+    ):
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
 
     assert text == DEFAULT_TEXT
     assert final.usage.output_tokens == 12
@@ -154,7 +164,12 @@ def test_a_stream_arrives_whole_and_is_metered(vertex: Proxy, fake: FakeProvider
     assert request.target == STREAM and request.json()["stream"] is True
     [row] = vertex.wait_for_rows(1)
     assert (row["api"], row["model"], row["region"]) == ("raw_predict", MODEL, REGION)
-    assert (row["input_tokens"], row["cache_read_tokens"], row["cache_write_5m_tokens"], row["output_tokens"]) == (
+    assert (
+        row["input_tokens"],
+        row["cache_read_tokens"],
+        row["cache_write_5m_tokens"],
+        row["output_tokens"],
+    ) == (
         17,
         1024,
         256,
@@ -200,9 +215,9 @@ def test_a_quota_answer_cools_the_upstream_in_googles_envelope(vertex: Proxy, fa
 
 
 def test_a_client_without_its_key_is_refused_and_nothing_is_minted_for_it(vertex: Proxy, fake: FakeProvider):
-    with vertex_client(vertex, access_token="ya29.someone-elses-token") as client:
-        with pytest.raises(anthropic.APIStatusError) as refused:
-            ask(client)
+    client = vertex_client(vertex, access_token="ya29.someone-elses-token")
+    with client, pytest.raises(anthropic.APIStatusError) as refused:
+        ask(client)
 
     assert refused.value.status_code in (401, 403)
     assert vertex_requests(fake) == []

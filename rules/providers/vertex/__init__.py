@@ -23,12 +23,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 
-from rules.providers import Provider, WireFormat, gemini, register
-from rules.providers.anthropic import MESSAGES
+from rules.providers import Provider, gemini, register
 from rules.providers.anthropic import COUNT_TOKENS as ANTHROPIC_COUNT_TOKENS
+from rules.providers.anthropic import MESSAGES
 
 GLOBAL_HOST = "aiplatform.googleapis.com"
 GLOBAL_REGION = "global"
+TOKEN_ENDPOINT = "oauth2.googleapis.com/token"
 # A Google Cloud region name: `us-east5`, `europe-west1`, `asia-southeast1`, `me-central2`.
 _REGIONAL_HOST = re.compile(r"([a-z]+(?:-[a-z]+)*[0-9]+)-aiplatform\.googleapis\.com")
 _PUBLISHER = "/publishers/anthropic/models/"
@@ -72,9 +73,16 @@ VERTEX = Provider(
     key_headers=("authorization", "x-goog-api-key", "x-api-key"),
     pricing_id="google",  # Google bills Claude on Vertex; genai-prices prices it under `google`
     # ErrorInfo reasons that say the project or credential cannot be used at all (not a client's request).
-    terminal_codes=("SERVICE_DISABLED", "BILLING_DISABLED", "CONSUMER_INVALID", "ACCESS_TOKEN_TYPE_UNSUPPORTED"),
+    terminal_codes=(
+        "SERVICE_DISABLED",
+        "BILLING_DISABLED",
+        "CONSUMER_INVALID",
+        "ACCESS_TOKEN_TYPE_UNSUPPORTED",
+    ),
     overloaded_answers=((503, "UNAVAILABLE"),),
     example_model="claude-sonnet-4-5@20250929",
+    # Where Google's auth libraries (Claude Code's too) refresh Application Default Credentials.
+    client_token_endpoints=(TOKEN_ENDPOINT,),
 )
 
 # The Messages hooks, reused: the body and the answer are Anthropic's. Not "alias": the model is in the
