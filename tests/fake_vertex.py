@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from tests.fake_provider import RecordedRequest
 
 VERTEX_HOST = "us-east5-aiplatform.googleapis.com"
+# Google's OAuth token endpoint, where Application Default Credentials are refreshed (sluice answers a client
+# key's refresh itself; any other reaches the fake's token endpoint).
+GOOGLE_TOKEN_HOST = "oauth2.googleapis.com"
 REGION = "us-east5"
 PROJECT = "sluice-test-project"
 TOKEN_PATH = "/token"

@@ -54,6 +54,7 @@ LEAF_NAMES = (
     "generativelanguage.googleapis.com",
     "openrouter.ai",
     "us-east5-aiplatform.googleapis.com",
+    "oauth2.googleapis.com",
     "localhost",
     "127.0.0.1",
 )
