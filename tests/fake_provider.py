@@ -104,6 +104,7 @@ TEST_HOSTS = (
     GEMINI_HOST,
     OPENROUTER_HOST,
     fake_vertex.VERTEX_HOST,
+    fake_vertex.GOOGLE_TOKEN_HOST,
 )
 
 DEFAULT_TEXT = "Hello from the fake provider."

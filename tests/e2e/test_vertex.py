@@ -255,7 +255,7 @@ def adc_file(home: Path) -> Path:
     return path
 
 
-@pytest.mark.skipif(not os.access(CLAUDE_BIN, os.X_OK), reason=f"Claude Code CLI not installed at {CLAUDE_BIN}")
+@pytest.mark.skipif(not os.access(CLAUDE_BIN, os.X_OK), reason=f"no Claude Code CLI at {CLAUDE_BIN}")
 def test_claude_code_on_vertex_holds_only_placeholders(vertex: Proxy, fake: FakeProvider, tmp_path: Path):
     fake.set_default(text=REPLY, usage=USAGE)
     home, workdir = tmp_path / "home", tmp_path / "project"
