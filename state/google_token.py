@@ -49,7 +49,7 @@ def check_credentials(credentials_json: str) -> str:
     if not isinstance(info, dict) or not isinstance(info.get("type"), str):
         raise ValueError("a Google credentials JSON has a `type` (service_account, authorized_user, ...)")
     try:
-        google.auth.load_credentials_from_dict(info, scopes=list(SCOPES))
+        google.auth.load_credentials_from_dict(info, scopes=list(SCOPES))  # type: ignore[no-untyped-call]
     except google.auth.exceptions.GoogleAuthError as e:
         raise ValueError(f"google-auth cannot use it: {type(e).__name__}") from None
     return str(info.get("client_email") or info["type"])
@@ -80,14 +80,15 @@ class _Request(google.auth.transport.requests.Request):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", MINT_TIMEOUT_S)
-        return super().__call__(*args, **kwargs)
+        return super().__call__(*args, **kwargs)  # type: ignore[no-untyped-call]
 
 
 def _credentials(credentials_json: str | None) -> Any:
     if credentials_json is None:
         credentials, _ = google.auth.default(scopes=list(SCOPES))
         return credentials
-    credentials, _ = google.auth.load_credentials_from_dict(json.loads(credentials_json), scopes=list(SCOPES))
+    info = json.loads(credentials_json)
+    credentials, _ = google.auth.load_credentials_from_dict(info, scopes=list(SCOPES))  # type: ignore[no-untyped-call]
     return credentials
 
 
