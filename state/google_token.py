@@ -1,11 +1,11 @@
 """Google access tokens minted in the proxy through google-auth, for the OAuth store's refresh.
 
 An upstream whose `oauth.mint = "google"` holds no token of its own: its credentials are a service-account
-key file (or another credentials JSON google-auth reads: an authorized user, workload identity federation),
-or `default` for Application Default Credentials (`google.auth.default()`: GOOGLE_APPLICATION_CREDENTIALS,
-the gcloud login, the metadata server). `OAuthStore` keeps the minted token in the secrets file and decides
-when to mint (ahead of expiry, once per expiry across processes: its lease and compare-and-swap); `mint` is
-its `refresh_fn`, run off the event loop.
+key file (or an authorized user's), or `default` for Application Default Credentials
+(`google.auth.default()`: GOOGLE_APPLICATION_CREDENTIALS, workload identity federation, the gcloud login,
+the metadata server). `OAuthStore` keeps the minted token in the secrets file and decides when to mint
+(ahead of expiry, once per expiry across processes: its lease and compare-and-swap); `mint` is its
+`refresh_fn`, run off the event loop.
 
 The token request goes to the credentials' own token endpoint directly, never through a proxy from the
 environment (HTTPS_PROXY may name sluice itself), verified with the CA bundle it is given. Nothing here logs
@@ -23,6 +23,8 @@ import google.auth
 import google.auth.exceptions
 import google.auth.transport.requests
 import requests
+from google.oauth2 import credentials as user_credentials
+from google.oauth2 import service_account
 
 from rules.credential_files import TokenResponse
 from rules.secrets import fingerprint
@@ -40,18 +42,19 @@ def identity(credentials_json: str | None) -> str:
 
 
 def check_credentials(credentials_json: str) -> str:
-    """The account a credentials JSON names (its `client_email`, or its type); ValueError saying what is
-    wrong, never quoting the file."""
+    """The account a key file names (its `client_email`, or its type); ValueError saying what is wrong,
+    never quoting the file."""
     try:
         info = json.loads(credentials_json)
     except ValueError:
         raise ValueError("not a JSON credentials file") from None
     if not isinstance(info, dict) or not isinstance(info.get("type"), str):
-        raise ValueError("a Google credentials JSON has a `type` (service_account, authorized_user, ...)")
+        raise ValueError("a Google credentials JSON has a `type` (service_account, authorized_user)")
     try:
-        google.auth.load_credentials_from_dict(info, scopes=list(SCOPES))  # type: ignore[no-untyped-call]
-    except google.auth.exceptions.GoogleAuthError as e:
-        raise ValueError(f"google-auth cannot use it: {type(e).__name__}") from None
+        _from_info(info)
+    except (ValueError, KeyError, google.auth.exceptions.GoogleAuthError) as e:
+        detail = e.args[0] if isinstance(e, ValueError) and e.args and "type" in str(e.args[0]) else ""
+        raise ValueError(f"google-auth cannot use it{': ' + detail if detail else ''}") from None
     return str(info.get("client_email") or info["type"])
 
 
@@ -87,9 +90,21 @@ def _credentials(credentials_json: str | None) -> Any:
     if credentials_json is None:
         credentials, _ = google.auth.default(scopes=list(SCOPES))
         return credentials
-    info = json.loads(credentials_json)
-    credentials, _ = google.auth.load_credentials_from_dict(info, scopes=list(SCOPES))  # type: ignore[no-untyped-call]
-    return credentials
+    return _from_info(json.loads(credentials_json))
+
+
+def _from_info(info: dict[str, Any]) -> Any:
+    """Credentials of the two kinds of key file a person hands the proxy. Others (workload identity
+    federation's `external_account`, which makes google-auth fetch URLs the file names) go through
+    `default`, from GOOGLE_APPLICATION_CREDENTIALS, where google-auth's own checks apply."""
+    kind = info.get("type")
+    if kind == "service_account":
+        return service_account.Credentials.from_service_account_info(info, scopes=list(SCOPES))  # type: ignore[no-untyped-call]
+    if kind == "authorized_user":
+        return user_credentials.Credentials.from_authorized_user_info(info, scopes=list(SCOPES))  # type: ignore[no-untyped-call]
+    raise ValueError(
+        f"credentials of type {kind!r} are read through `default` (GOOGLE_APPLICATION_CREDENTIALS)"
+    )
 
 
 def _lifetime(expiry: datetime.datetime | None) -> float:
