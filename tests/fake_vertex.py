@@ -23,6 +23,7 @@ import secrets
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -58,6 +59,23 @@ UNAUTHENTICATED_MESSAGE = (
     "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other "
     "valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project."
 )
+
+
+# A sluice config with one client and the Vertex upstream, its tokens minted from `key_file`.
+CONFIG = """
+[[clients]]
+name = "{client}"
+key = "env:{client_variable}"
+
+[[upstreams]]
+host = "us-east5-aiplatform.googleapis.com"
+provider = "vertex"
+oauth = {{ mint = "google", credentials = "{credentials}" }}
+"""
+
+
+def config(client: str, client_variable: str, credentials: str) -> str:
+    return CONFIG.format(client=client, client_variable=client_variable, credentials=credentials)
 
 
 def vertex_path(path: str) -> tuple[str, str] | None:
@@ -101,6 +119,13 @@ class FakeGoogle:
             "auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
             "universe_domain": "googleapis.com",
         }
+
+    def write_key_file(self, path: Path, token_uri: str, text: str | None = None) -> Path:
+        """The key file at `path`, readable by its owner only (as sluice requires)."""
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(text if text is not None else json.dumps(self.service_account_info(token_uri)))
+        return path
 
     def grant(self, request: RecordedRequest) -> tuple[int, dict[str, Any]]:
         """The token endpoint's (status, JSON answer) to one request."""

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from addons.credentials import Credentials
 from rules.secrets import fingerprint
 from state import db as sluice_db
 from state.pool import CredentialEntry, CredentialPool
+from tests import fake_vertex
 from tests.addons.proxy import configured
 from tests.fake_vertex import FakeGoogle
 
@@ -61,50 +61,47 @@ def test_history_writes_held_up_by_another_process_leave_the_worker_threads_free
 
 # Access tokens minted in the proxy: the key file is checked when the config is read.
 
-VERTEX = """
-[[clients]]
-name = "alice"
-key = "client-key-of-alice"
-
-[[upstreams]]
-host = "us-east5-aiplatform.googleapis.com"
-provider = "vertex"
-oauth = {{ mint = "google", credentials = "{credentials}" }}
-"""
+ENV = "SLUICE_TEST_ALICE"
 
 
 def key_file(tmp_path: Path, mode: int, text: str | None = None) -> Path:
-    path = tmp_path / "sa.json"
-    path.touch(mode=mode)
+    path = FakeGoogle(lifetime_s=60).write_key_file(
+        tmp_path / "sa.json", "https://oauth2.googleapis.com/token", text
+    )
     path.chmod(mode)
-    info = FakeGoogle(lifetime_s=60).service_account_info("https://oauth2.googleapis.com/token")
-    path.write_text(text if text is not None else json.dumps(info))
     return path
 
 
-def start(tmp_path: Path, credentials: str) -> None:
-    with configured(tmp_path, lambda core: [Credentials(core)], VERTEX.format(credentials=credentials)):
+def start(tmp_path: Path, credentials: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV, "client-key-of-alice")
+    with configured(
+        tmp_path, lambda core: [Credentials(core)], fake_vertex.config("alice", ENV, credentials)
+    ):
         pass
 
 
-def test_a_key_file_others_may_read_is_refused(tmp_path: Path) -> None:
+def test_a_key_file_others_may_read_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = key_file(tmp_path, 0o644)
     with pytest.raises(exceptions.OptionsError, match=r"readable by others \(mode 644\); chmod 600"):
-        start(tmp_path, f"file:{path}")
+        start(tmp_path, f"file:{path}", monkeypatch)
 
 
-def test_a_key_file_google_auth_cannot_use_is_refused_without_quoting_it(tmp_path: Path) -> None:
+def test_a_key_file_google_auth_cannot_use_is_refused_without_quoting_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = key_file(tmp_path, 0o600, '{"type": "service_account", "private_key": "s3cret-garbage"}')
     with pytest.raises(exceptions.OptionsError) as refused:
-        start(tmp_path, f"file:{path}")
+        start(tmp_path, f"file:{path}", monkeypatch)
     assert "google-auth cannot use it" in str(refused.value) and "s3cret" not in str(refused.value)
 
 
-def test_a_key_written_inline_is_refused(tmp_path: Path) -> None:
+def test_a_key_written_inline_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(exceptions.OptionsError, match="file:PATH or env:NAME, or say `default`"):
-        start(tmp_path, "just-a-literal")
+        start(tmp_path, "just-a-literal", monkeypatch)
 
 
-def test_a_private_key_file_and_the_platforms_own_credentials_are_accepted(tmp_path: Path) -> None:
-    start(tmp_path, f"file:{key_file(tmp_path, 0o600)}")
-    start(tmp_path, "default")  # nothing is minted until the first call
+def test_a_private_key_file_and_the_platforms_own_credentials_are_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start(tmp_path, f"file:{key_file(tmp_path, 0o600)}", monkeypatch)
+    start(tmp_path, "default", monkeypatch)  # nothing is minted until the first call

@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from tests import fake_vertex
 from tests.e2e.conftest import ProxyFactory
 from tests.e2e.harness import Proxy, curl
 from tests.e2e.test_gemini_wire import wait_until_serving
@@ -32,16 +33,6 @@ BODY = json.dumps(
     }
 )
 AUTH = ("-H", f"Authorization: Bearer {CLIENT_KEY}", "-H", "content-type: application/json")
-CONFIG = """
-[[clients]]
-name = "mallory"
-key = "env:SLUICE_E2E_MALLORY"
-
-[[upstreams]]
-host = "us-east5-aiplatform.googleapis.com"
-provider = "vertex"
-oauth = {{ mint = "google", credentials = "file:{key_file}" }}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +43,17 @@ def vertex(
     tls_trap: Trap,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Proxy:
-    key_file = tmp_path_factory.mktemp("vertex") / "sa.json"
-    key_file.touch(mode=0o600)
-    key_file.write_text(json.dumps(fake_server.google.service_account_info(fake_server.token_uri)))
+    key_file = fake_server.google.write_key_file(
+        tmp_path_factory.mktemp("vertex") / "sa.json", fake_server.token_uri
+    )
     env = {
         "SLUICE_E2E_MALLORY": CLIENT_KEY,
         "SLUICE_TEST_HOSTS": hosts_env(fake_server, plain_trap, tls_trap)
         + f",{VERTEX_HOST}:8443=127.0.0.1:{tls_trap.port},{GOOGLE_TOKEN_HOST}:80=127.0.0.1:{plain_trap.port}",
     }
-    proxy = module_start_proxy(config_toml=CONFIG.format(key_file=key_file), env=env)
+    proxy = module_start_proxy(
+        config_toml=fake_vertex.config("mallory", "SLUICE_E2E_MALLORY", f"file:{key_file}"), env=env
+    )
     wait_until_serving(proxy)
     return proxy
 
@@ -82,26 +75,20 @@ def test_the_honest_call_gets_a_minted_token(vertex: Proxy, fake: FakeProvider) 
     assert request.header("authorization") == f"Bearer {fake.google.issued[-1]}"
 
 
-@pytest.mark.parametrize("auth", [AUTH, ()], ids=["client-key", "no-key"])
-def test_a_tunnel_to_an_attackers_server_with_the_vertex_host_inside(
-    vertex: Proxy, fake: FakeProvider, tls_trap: Trap, auth: tuple[str, ...]
+@pytest.mark.parametrize(
+    ("scheme", "auth"),
+    [("https", AUTH), ("https", ()), ("http", AUTH)],
+    ids=["tls", "tls-no-key", "cleartext"],
+)
+def test_a_connection_to_an_attackers_server_with_the_vertex_host_inside(
+    vertex: Proxy, fake: FakeProvider, plain_trap: Trap, tls_trap: Trap, scheme: str, auth: tuple[str, ...]
 ) -> None:
-    before = len(tls_trap.received)
-    url = f"https://127.0.0.1:{tls_trap.port}{PATH}"
+    trap = tls_trap if scheme == "https" else plain_trap
+    before = len(trap.received)
+    url = f"{scheme}://127.0.0.1:{trap.port}{PATH}"
     result = curl(vertex, url, "-H", f"Host: {VERTEX_HOST}", *auth, "--data-binary", BODY)
-    assert_refused(result, 421, "vertex", f"127.0.0.1:{tls_trap.port}")
-    assert len(tls_trap.received) == before
-    assert_fake_saw_nothing(fake)
-
-
-def test_cleartext_to_the_vertex_host_gets_no_token(
-    vertex: Proxy, fake: FakeProvider, plain_trap: Trap
-) -> None:
-    before = len(plain_trap.received)
-    url = f"http://127.0.0.1:{plain_trap.port}{PATH}"
-    result = curl(vertex, url, "-H", f"Host: {VERTEX_HOST}", *AUTH, "--data-binary", BODY)
-    assert_refused(result, 421, "vertex")
-    assert len(plain_trap.received) == before
+    assert_refused(result, 421, "vertex", VERTEX_HOST)
+    assert len(trap.received) == before
     assert_fake_saw_nothing(fake)
 
 
