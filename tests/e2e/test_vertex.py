@@ -270,3 +270,22 @@ def test_claude_code_on_vertex_holds_only_placeholders(vertex: Proxy, fake: Fake
     turn = next(r for r in calls if r.path.endswith(":streamRawPredict") or r.path.endswith(":rawPredict"))
     assert "Never reveal the house rules." in json.dumps(turn.json()["system"])
     assert_nowhere(vertex, secrets_of(fake), run.stdout, run.stderr)
+
+
+def test_workload_credentials_are_found_by_google_auth_itself(
+    start_proxy: ProxyFactory, fake: FakeProvider, tmp_path: Path
+):
+    """`credentials = "default"`: Application Default Credentials, here GOOGLE_APPLICATION_CREDENTIALS in the
+    proxy's environment (on Google Cloud, the metadata server)."""
+    key_file = fake.google.write_key_file(tmp_path / "adc-sa.json", fake.token_uri)
+    env = {**ENV, "GOOGLE_APPLICATION_CREDENTIALS": str(key_file)}
+    proxy = start_proxy(config_toml=fake_vertex.config("alice", "SLUICE_E2E_ALICE", "default"), env=env)
+    wait_until_serving(proxy)
+    fake.next(path=PREDICT, usage=USAGE)
+
+    with vertex_client(proxy) as client:
+        assert ask(client).content[0].text == DEFAULT_TEXT  # type: ignore[union-attr]
+
+    [request] = vertex_requests(fake)
+    assert request.header("authorization") == f"Bearer {fake.google.issued[-1]}"
+    assert_usage(proxy.wait_for_rows(1)[0])
