@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -289,3 +291,39 @@ def test_workload_credentials_are_found_by_google_auth_itself(
     [request] = vertex_requests(fake)
     assert request.header("authorization") == f"Bearer {fake.google.issued[-1]}"
     assert_usage(proxy.wait_for_rows(1)[0])
+
+
+def test_mitmweb_never_holds_the_minted_token_while_a_call_is_in_flight(
+    start_proxy: ProxyFactory, fake: FakeProvider, tmp_path: Path
+):
+    """The call has gone to Vertex with the minted token and the answer is pending: the flow list, the
+    request's content and a dump of every flow carry only the client's key."""
+    key_file = fake.google.write_key_file(tmp_path / "vertex-sa.json", fake.token_uri)
+    config = fake_vertex.config("alice", "SLUICE_E2E_ALICE", f"file:{key_file}")
+    proxy = start_proxy(program="mitmweb", config_toml=config, env=ENV)
+    fake.next(path=PREDICT, delay=3.0)
+    client = vertex_client(proxy)
+    call = threading.Thread(target=ask, args=(client,))
+    call.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not vertex_requests(fake) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        [sent] = vertex_requests(fake)
+        assert sent.header("authorization") == f"Bearer {fake.google.issued[-1]}"  # and still answering
+
+        def fetch(path: str) -> str:
+            with urllib.request.urlopen(
+                f"{proxy.web_url}{path}?token={proxy.web_token}", timeout=5
+            ) as answer:
+                return str(answer.read().decode("latin-1"))
+
+        [flow] = [f for f in json.loads(fetch("/flows")) if f["request"]["path"] == PREDICT]
+        assert flow.get("response") is None  # really in flight
+        served = fetch("/flows") + fetch(f"/flows/{flow['id']}/request/content.data") + fetch("/flows/dump")
+        assert CLIENT_KEY in served
+        for secret in secrets_of(fake):
+            assert secret not in served
+    finally:
+        call.join(timeout=15)
+        client.close()
