@@ -327,3 +327,36 @@ def test_mitmweb_never_holds_the_minted_token_while_a_call_is_in_flight(
     finally:
         call.join(timeout=15)
         client.close()
+
+
+def test_proxies_sharing_a_database_mint_one_token_between_them(
+    start_proxy: ProxyFactory, fake: FakeProvider, tmp_path: Path
+):
+    """Two mitmdumps on one database, four calls at once through each: one token is minted (the OAuth store's
+    lease across processes), and every call carries it."""
+    key_file = fake.google.write_key_file(tmp_path / "vertex-sa.json", fake.token_uri)
+    config = fake_vertex.config("alice", "SLUICE_E2E_ALICE", f"file:{key_file}")
+    shared = tmp_path / "shared"
+    proxies = [start_proxy(shared, config_toml=config, env=ENV) for _ in range(2)]
+    for proxy in proxies:
+        wait_until_serving(proxy)
+    fake.set_default(delay=0.2)  # calls overlap while the first token is being minted
+    before = len(fake.google.issued)
+    clients = [vertex_client(proxy) for proxy in proxies for _ in range(4)]
+    answers: list[str] = []
+
+    def call(client: anthropic.AnthropicVertex) -> None:
+        block = ask(client).content[0]
+        answers.append(block.text if block.type == "text" else "")
+
+    threads = [threading.Thread(target=call, args=(client,)) for client in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    for client in clients:
+        client.close()
+
+    assert answers == [DEFAULT_TEXT] * 8
+    assert len(fake.google.issued) - before == 1
+    assert {r.header("authorization") for r in vertex_requests(fake)} == {f"Bearer {fake.google.issued[-1]}"}
