@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
@@ -37,7 +38,7 @@ from addons.decoding import OFF_LOOP_BYTES, decode_body, readable_body
 from addons.fields import rate_limit_values, with_headers
 from rules.cache_health import affinity_key
 from rules.config import ConfigError, OAuth, Upstream, resolve_secret
-from rules.credential_files import TokenResponse, parse_oauth_credentials
+from rules.credential_files import OAuthTokens, TokenResponse, parse_oauth_credentials
 from rules.destination import Destination, credential_refusal
 from rules.provider_answers import (
     MAX_ERROR_BODY,
@@ -51,6 +52,7 @@ from rules.provider_answers import (
 from rules.providers import wire_format
 from rules.secrets import describe_reference, fingerprint, scrub
 from state import db as sluice_db
+from state import google_token
 from state.oauth import CredentialDead, CredentialUnavailable, OAuthStore, RejectOutcome, TokenRefused
 from state.oauth_http import post_refresh
 from state.pool import CredentialEntry, CredentialPool
@@ -80,6 +82,7 @@ class Credentials:
         self.oauth: OAuthStore | None = None
         self._keys: dict[tuple[str, str], str] = {}
         self._oauth_config: dict[str, OAuth] = {}
+        self._mint_sources: dict[str, str | None] = {}  # host -> key file text (None: the platform's own)
         self._sent: dict[str, Swapped] = {}  # gone upstream with a pool credential, answer pending
         self._breakers: dict[str, Breaker] = {}  # per upstream host: the provider's overload
         self._background: set[asyncio.Task[None]] = set()  # history writes in flight, kept until done
@@ -132,19 +135,39 @@ class Credentials:
             entries.append(entry)
         if upstream.oauth is not None and self.oauth is not None:
             field = f"upstreams[{index}].oauth.credentials"
-            text, inline = resolve_secret(
-                upstream.oauth.credentials, field=field, base_dir=self.core.config_dir
-            )
-            if inline:
-                raise ConfigError(f"{field}: name the credentials as file:PATH or env:NAME")
-            try:
-                tokens = parse_oauth_credentials(text.get_secret_value())
-            except ValueError as e:
-                raise ConfigError(f"{field}: {e}") from None
+            if upstream.oauth.mint is not None:
+                tokens = self._mint_source(upstream.host, upstream.oauth, field)
+            else:
+                text, inline = resolve_secret(
+                    upstream.oauth.credentials, field=field, base_dir=self.core.config_dir
+                )
+                if inline:
+                    raise ConfigError(f"{field}: name the credentials as file:PATH or env:NAME")
+                try:
+                    tokens = parse_oauth_credentials(text.get_secret_value())
+                except ValueError as e:
+                    raise ConfigError(f"{field}: {e}") from None
             self.oauth.seed(upstream.host, tokens)
             label = describe_reference("oauth", upstream.oauth.credentials)
             entries.append(CredentialEntry(label, tokens.identity, "oauth"))
         return entries
+
+    def _mint_source(self, host: str, config: OAuth, field: str) -> OAuthTokens:
+        """What an access token minted in the proxy is made from (`oauth.mint`): kept in memory only, and
+        the store's seed naming it. The seed holds no token yet: the first call mints one."""
+        reference = config.credentials
+        text: str | None = None
+        if reference != google_token.DEFAULT:
+            if not reference.startswith(("file:", "env:")):
+                raise ConfigError(f"{field}: name the key file as file:PATH or env:NAME, or say `default`")
+            refuse_shared_file(reference, field, self.core.config_dir)
+            text = resolve_secret(reference, field=field, base_dir=self.core.config_dir)[0].get_secret_value()
+            try:
+                google_token.check_credentials(text)
+            except ValueError as e:
+                raise ConfigError(f"{field}: {e}") from None
+        self._mint_sources[host] = text
+        return OAuthTokens(access_token="", refresh_token=google_token.identity(text), expires_at=0.0)
 
     # -- the swap ----------------------------------------------------------------------------------
 
@@ -209,7 +232,7 @@ class Credentials:
         config = self._oauth_config.get(host)
         if config is None or self.oauth is None:
             raise LookupError(f"{host} has no OAuth credential")
-        return await self.oauth.access_token(host, lambda token: self._refresh(config, token))
+        return await self.oauth.access_token(host, lambda token: self._refresh(host, config, token))
 
     def _swap(
         self,
@@ -429,10 +452,34 @@ class Credentials:
 
     # -- OAuth refresh ----------------------------------------------------------------------------
 
-    async def _refresh(self, config: OAuth, refresh_token: str) -> TokenResponse:
+    async def _refresh(self, host: str, config: OAuth, refresh_token: str) -> TokenResponse:
+        if config.mint is not None:
+            return await asyncio.to_thread(google_token.mint, self._mint_sources[host], upstream_verify())
         if not config.token_url or not config.client_id:
             raise TokenRefused("not_configured", "oauth.token_url and oauth.client_id are needed to refresh")
         return await asyncio.to_thread(post_refresh, config, refresh_token, upstream_ssl_context())
+
+
+def upstream_verify() -> str | bool:
+    """The same verification for a `requests` session: the CA file, True (the system's), or False."""
+    if ctx.options.ssl_insecure:
+        return False
+    return str(ctx.options.ssl_verify_upstream_trusted_ca or "") or True
+
+
+def refuse_shared_file(reference: str, field: str, base_dir: Path | None) -> None:
+    """A key file others may read is refused (fails closed): a private key is for this proxy's user only."""
+    if not reference.startswith("file:"):
+        return
+    path = Path(reference[5:]).expanduser()
+    if base_dir is not None and not path.is_absolute():
+        path = base_dir / path
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise ConfigError(f"{field}: cannot read {path}: {e.strerror or e}") from None
+    if mode & 0o077:
+        raise ConfigError(f"{field}: {path} is readable by others (mode {mode & 0o777:o}); chmod 600 it")
 
 
 def upstream_ssl_context() -> ssl.SSLContext:

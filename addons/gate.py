@@ -8,6 +8,7 @@ attributes the call to its client. Keys are held only as SHA-256 digests (rules/
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 
 from mitmproxy import ctx, exceptions, http
@@ -15,9 +16,11 @@ from mitmproxy import ctx, exceptions, http
 from addons.core import SluiceCore, destination, query_key
 from rules.clients import KnownClient, digest, match_client, presented_key
 from rules.config import ConfigError, resolve_secret
+from rules.providers import find_provider, served_path
 
 log = logging.getLogger("sluice")
 
+TRADED_TOKEN_S = 3599  # what the client is told of the access token it traded its key for (Google's own)
 REFUSAL = (
     "sluice: this proxy needs a client key issued by its operator, sent as x-api-key or "
     "Authorization: Bearer; the key in this request is missing or unknown."
@@ -71,6 +74,8 @@ class Gate:
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not flow.live:
             return
+        if self._trade_client_key(flow):
+            return
         call = self.core.calls.get(flow.id)
         headers = call.request_headers if call is not None else flow.request.headers
         key = presented_key(headers, query_key(flow, self.core.envelope(flow)))
@@ -90,6 +95,40 @@ class Gate:
             # Without the query: a key sent as `?key=` (Gemini) must not reach the log.
             flow.request.pretty_url.split("?", 1)[0],
         )
+
+    def _trade_client_key(self, flow: http.HTTPFlow) -> bool:
+        """A client's credential library trading a refresh token for an access token at a token endpoint of
+        a configured upstream's provider (`Provider.client_token_endpoints`), the refresh token being the
+        client's key: answered here, the access token being that same key, so the client presents it on
+        its calls and holds nothing real. Any other trade (another refresh token, another grant, another
+        host) goes on untouched; only a TLS request is answered (a key never travels in cleartext)."""
+        request = flow.request
+        if request.method != "POST" or request.scheme != "https" or not self.clients:
+            return False
+        endpoint = f"{destination(flow).host}{served_path(request.path)}"
+        if endpoint not in self._token_endpoints():
+            return False
+        form = request.urlencoded_form  # mitmproxy's parser; empty unless the body is a form
+        key = form.get("refresh_token") if form.get("grant_type") == "refresh_token" else None
+        client = match_client(key, self.clients) if key else None
+        if client is None or key is None:
+            return False
+        answer = {"access_token": key, "expires_in": TRADED_TOKEN_S, "token_type": "Bearer"}
+        flow.response = http.Response.make(
+            200,
+            json.dumps(answer).encode(),
+            {
+                "content-type": "application/json; charset=utf-8",
+                "cache-control": "no-store",
+                "pragma": "no-cache",
+            },
+        )
+        log.info("sluice: flow %s: answered %s's token refresh at %s itself", flow.id, client.name, endpoint)
+        return True
+
+    def _token_endpoints(self) -> set[str]:
+        named = {u.provider for u in self.core.config.upstreams if u.keys or u.oauth}
+        return {e for name in named if (p := find_provider(name)) for e in p.client_token_endpoints}
 
 
 def _is_loopback(host: str) -> bool:

@@ -113,7 +113,8 @@ class QuotaPoll:
 
     def _start(self) -> None:
         self.stop()
-        upstreams = [u for u in self.core.config.upstreams if u.oauth is not None]
+        # A minted token has no subscription to read.
+        upstreams = [u for u in self.core.config.upstreams if u.oauth is not None and u.oauth.mint is None]
         if self.interval <= 0 or not upstreams:
             return
         self._waits.clear()

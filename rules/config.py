@@ -114,6 +114,9 @@ class OAuth(_Model):
     scope: str | None = None
     # RFC 6749 §6 says form-encoded; Anthropic's token endpoint (the one Claude Code uses) takes JSON.
     token_format: Literal["form", "json"] = "json"
+    # The access token is minted in the proxy from `credentials` (a key file, or `default` for the
+    # platform's workload credentials) rather than refreshed from a login's refresh token.
+    mint: Literal["google"] | None = None
 
 
 class Upstream(_Model):
@@ -427,6 +430,7 @@ _ECHOED_FIELDS = frozenset(
         "usd",
         "cache",
         "token_format",
+        "mint",
         "cache_control_max",
         "max_tokens_default",
         "openai_include_usage",

@@ -398,6 +398,7 @@ def run_quota_live(args: argparse.Namespace) -> int:
         u
         for u in config.upstreams
         if u.oauth is not None
+        and u.oauth.mint is None  # a minted token has no subscription to read
         and (args.host is None or args.host in (u.host, quota_live.row_host(u)))
         and (args.credential is None or args.credential == quota_live.credential_label(u.oauth))
     ]
@@ -733,6 +734,10 @@ def _refresh_by_hand(args: argparse.Namespace) -> int:
     if upstream is None or upstream.oauth is None:
         raise CliError(f"{args.config} has no OAuth credential for {host}")
     oauth = upstream.oauth
+    if oauth.mint is not None:
+        raise CliError(
+            f"{host}'s access token is minted by the proxy itself, ahead of expiry: nothing to refresh"
+        )
     database = open_database(args.db)
     secrets = secrets_path_for(args.db)
     if not secrets.exists():

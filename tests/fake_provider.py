@@ -56,7 +56,7 @@ from urllib.parse import parse_qs, urlsplit
 import brotli
 import zstandard
 
-from tests import fake_bedrock
+from tests import fake_bedrock, fake_vertex
 
 if TYPE_CHECKING:
     from tests.fake_accounts import KeyLimits, PromptCache
@@ -76,7 +76,7 @@ OAUTH_TOKEN_PATH = "/v1/oauth/token"
 OAUTH_USAGE_PATH = "/api/oauth/usage"
 OAUTH_BETA = "oauth-2025-04-20"
 # Paths a behaviour queued for "any path" never takes: they are sluice's own calls, not the client's.
-_OWN_PATHS = (OAUTH_TOKEN_PATH, OAUTH_USAGE_PATH)
+_OWN_PATHS = (OAUTH_TOKEN_PATH, OAUTH_USAGE_PATH, fake_vertex.TOKEN_PATH)
 # The usage endpoint's refusals as users reported them: a login without the profile scope
 # (anthropics/claude-code issues #12529 and #13334, 2025-11/12; request id left out) and its own rate limit
 # (anthropics/claude-code issue #31021 and others, 2026-03).
@@ -99,7 +99,16 @@ GEMINI_HOST = "generativelanguage.googleapis.com"
 OPENROUTER_HOST = "openrouter.ai"  # a gateway genai-prices prices (OpenAI's wire format)
 # Amazon Bedrock Runtime in us-east-1 (tests/fake_bedrock.py)
 BEDROCK_HOST = fake_bedrock.BEDROCK_HOST
-TEST_HOSTS = (*PROVIDER_HOSTS, OAUTH_HOST, GATEWAY_HOST, GEMINI_HOST, OPENROUTER_HOST, BEDROCK_HOST)
+TEST_HOSTS = (
+    *PROVIDER_HOSTS,
+    OAUTH_HOST,
+    GATEWAY_HOST,
+    GEMINI_HOST,
+    OPENROUTER_HOST,
+    BEDROCK_HOST,
+    fake_vertex.VERTEX_HOST,
+    fake_vertex.GOOGLE_TOKEN_HOST,
+)
 
 DEFAULT_TEXT = "Hello from the fake provider."
 MAX_HEADER_BYTES = 64 * 1024
@@ -1413,6 +1422,8 @@ class FakeProvider:
         # that show each key's load, and scheduled 429s). A scripted status, body or stream wins over both.
         self.prompt_cache: PromptCache | None = None
         self.key_limits: KeyLimits | None = None
+        # Google's token endpoint (`fake_vertex.TOKEN_PATH`) and Vertex AI (tests/fake_vertex.py).
+        self.google = fake_vertex.FakeGoogle()
 
     # Lifecycle.
 
@@ -1703,6 +1714,10 @@ class FakeProvider:
             plan = responder.token(*self._redeem(request))
         elif request.path == OAUTH_USAGE_PATH and behaviour.path != OAUTH_USAGE_PATH:
             plan = responder.token(*self._usage(request))
+        elif request.path == fake_vertex.TOKEN_PATH and behaviour.path != fake_vertex.TOKEN_PATH:
+            plan = responder.token(*self.google.grant(request))
+        elif fake_vertex.vertex_path(request.path) is not None:
+            plan = self._vertex(request, behaviour, served)
         else:
             plan = responder.plan(self.accepted_credentials)
         sent = SentResponse(plan.status, plan.headers, plan.body, plan.streamed)
@@ -1726,6 +1741,28 @@ class FakeProvider:
         sent.outcome = "complete"
         client_close = (request.header("connection") or "").lower() == "close"
         return "close" if behaviour.close_connection or client_close else "keep-alive"
+
+    @property
+    def token_uri(self) -> str:
+        """Where the service-account key file sends google-auth for a token: this fake, on loopback."""
+        return f"{self.base_url}{fake_vertex.TOKEN_PATH}"
+
+    def _vertex(self, request: RecordedRequest, behaviour: Behaviour, served: int) -> _Plan:
+        """Vertex AI: an access token the token endpoint issued, then Anthropic's answer; errors in Google's
+        envelope."""
+        google = _Responder(request, behaviour, served)
+        google.provider = "gemini"  # Google's front end and error envelope
+        if not self.google.accepts(request.header("authorization")):
+            return google._error(401, fake_vertex.UNAUTHENTICATED_MESSAGE)
+        if behaviour.status is not None and behaviour.status >= 400:
+            quota = fake_vertex.QUOTA_MESSAGE if behaviour.status == 429 else None
+            return google._error(behaviour.status, behaviour.error_message or quota)
+        anthropic = fake_vertex.as_anthropic(request)
+        if anthropic is None:
+            return google._error(400, "Invalid JSON payload received.")
+        responder = _Responder(anthropic, behaviour, served)
+        responder.provider = "anthropic"
+        return responder.plan(None)
 
     def _per_key(self, request: RecordedRequest, behaviour: Behaviour) -> Behaviour:
         """`behaviour` with the per-key models applied to a Messages call: a scheduled 429, the usage the

@@ -96,6 +96,10 @@ class Provider:
     # The headers that list its models with an API key (`sluice doctor --online`); None: a bearer token.
     models_headers: Callable[[str], dict[str, str]] | None = None
     example_model: str = ""  # a model it serves, for examples in messages (`sluice doctor`, pricing)
+    # Token endpoints (`host/path`) where its clients' credential libraries trade a refresh token for an
+    # access token: a client whose refresh token is its client key is answered by sluice with that key as
+    # the access token (addons/gate.py), so only placeholders live on the client.
+    client_token_endpoints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,4 +322,4 @@ def host_region(host: str) -> str | None:
 
 
 # The built-in providers register themselves on import.
-from rules.providers import anthropic, bedrock, gemini, openai  # noqa: E402, F401
+from rules.providers import anthropic, bedrock, gemini, openai, vertex  # noqa: E402, F401

@@ -5,11 +5,17 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+from mitmproxy import exceptions
+
 from addons.core import SluiceCore
 from addons.credentials import Credentials
 from rules.secrets import fingerprint
 from state import db as sluice_db
 from state.pool import CredentialEntry, CredentialPool
+from tests import fake_vertex
+from tests.addons.proxy import configured
+from tests.fake_vertex import FakeGoogle
 
 HOST = "api.anthropic.com"
 ENTRY = CredentialEntry("keys[0] env:ANTHROPIC_KEY_1", fingerprint("sk-ant-api03-" + "a" * 40))
@@ -51,3 +57,51 @@ def test_history_writes_held_up_by_another_process_leave_the_worker_threads_free
         elsewhere.close()
     assert waited < 5  # the writes wait up to 12 s each
     assert sluice_db.connect(db_path).execute("select count(*) from credential_affinity").fetchone()[0] == 40
+
+
+# Access tokens minted in the proxy: the key file is checked when the config is read.
+
+ENV = "SLUICE_TEST_ALICE"
+
+
+def key_file(tmp_path: Path, mode: int, text: str | None = None) -> Path:
+    path = FakeGoogle(lifetime_s=60).write_key_file(
+        tmp_path / "sa.json", "https://oauth2.googleapis.com/token", text
+    )
+    path.chmod(mode)
+    return path
+
+
+def start(tmp_path: Path, credentials: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV, "client-key-of-alice")
+    with configured(
+        tmp_path, lambda core: [Credentials(core)], fake_vertex.config("alice", ENV, credentials)
+    ):
+        pass
+
+
+def test_a_key_file_others_may_read_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = key_file(tmp_path, 0o644)
+    with pytest.raises(exceptions.OptionsError, match=r"readable by others \(mode 644\); chmod 600"):
+        start(tmp_path, f"file:{path}", monkeypatch)
+
+
+def test_a_key_file_google_auth_cannot_use_is_refused_without_quoting_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = key_file(tmp_path, 0o600, '{"type": "service_account", "private_key": "s3cret-garbage"}')
+    with pytest.raises(exceptions.OptionsError) as refused:
+        start(tmp_path, f"file:{path}", monkeypatch)
+    assert "google-auth cannot use it" in str(refused.value) and "s3cret" not in str(refused.value)
+
+
+def test_a_key_written_inline_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(exceptions.OptionsError, match="file:PATH or env:NAME, or say `default`"):
+        start(tmp_path, "just-a-literal", monkeypatch)
+
+
+def test_a_private_key_file_and_the_platforms_own_credentials_are_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start(tmp_path, f"file:{key_file(tmp_path, 0o600)}", monkeypatch)
+    start(tmp_path, "default", monkeypatch)  # nothing is minted until the first call

@@ -70,3 +70,70 @@ def test_a_request_another_part_answered_is_left_alone(proxy) -> None:  # type: 
     flow.response = http.Response.make(204)
     asyncio.run(proxy.hook("request", flow))
     assert flow.response.status_code == 204
+
+
+# A client's own key traded at a provider's token endpoint (Vertex: Application Default Credentials).
+
+VERTEX = (
+    CONFIG
+    + '\n[[upstreams]]\nhost = "us-east5-aiplatform.googleapis.com"\nprovider = "vertex"\n'
+    + 'oauth = { mint = "google", credentials = "default" }\n'
+)
+
+
+def token_flow(form: str, *, scheme: str = "https", host: str = "oauth2.googleapis.com") -> http.HTTPFlow:
+    flow = llm_flow(
+        form.encode(),
+        host=host,
+        path="/token",
+        key=None,
+        headers=[("content-type", "application/x-www-form-urlencoded")],
+    )
+    flow.request.headers["content-type"] = "application/x-www-form-urlencoded"
+    flow.request.scheme = scheme
+    return flow
+
+
+@pytest.fixture
+def vertex_proxy(tmp_path: Path):  # type: ignore[no-untyped-def]
+    with configured(tmp_path, lambda core: [Gate(core)], VERTEX) as proxy:
+        yield proxy
+
+
+def test_a_refresh_with_a_client_key_is_answered_with_that_key(vertex_proxy) -> None:  # type: ignore[no-untyped-def]
+    flow = token_flow(f"grant_type=refresh_token&client_id=x&client_secret=y&refresh_token={CLIENT_KEY}")
+    asyncio.run(vertex_proxy.hook("request", flow))
+    assert flow.response is not None and flow.response.status_code == 200
+    assert json.loads(flow.response.content or b"") == {
+        "access_token": CLIENT_KEY,
+        "expires_in": 3599,
+        "token_type": "Bearer",
+    }
+    assert flow.response.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("form", "scheme", "host"),
+    [
+        ("grant_type=refresh_token&refresh_token=someone-elses", "https", "oauth2.googleapis.com"),
+        (f"grant_type=authorization_code&refresh_token={CLIENT_KEY}", "https", "oauth2.googleapis.com"),
+        (f"grant_type=refresh_token&refresh_token={CLIENT_KEY}", "http", "oauth2.googleapis.com"),
+        (f"grant_type=refresh_token&refresh_token={CLIENT_KEY}", "https", "oauth2.attacker.example"),
+        (
+            json.dumps({"grant_type": "refresh_token", "refresh_token": CLIENT_KEY}),
+            "https",
+            "oauth2.googleapis.com",
+        ),
+    ],
+    ids=["unknown-token", "another-grant", "cleartext", "another-host", "not-a-form"],
+)
+def test_any_other_token_request_goes_on_untouched(vertex_proxy, form: str, scheme: str, host: str) -> None:  # type: ignore[no-untyped-def]
+    flow = token_flow(form, scheme=scheme, host=host)
+    asyncio.run(vertex_proxy.hook("request", flow))
+    assert flow.response is None
+
+
+def test_no_trade_is_answered_without_an_upstream_whose_provider_has_that_endpoint(proxy) -> None:  # type: ignore[no-untyped-def]
+    flow = token_flow(f"grant_type=refresh_token&refresh_token={CLIENT_KEY}")
+    asyncio.run(proxy.hook("request", flow))
+    assert flow.response is None

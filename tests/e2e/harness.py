@@ -54,6 +54,8 @@ LEAF_NAMES = (
     "generativelanguage.googleapis.com",
     "openrouter.ai",
     "bedrock-runtime.us-east-1.amazonaws.com",
+    "us-east5-aiplatform.googleapis.com",
+    "oauth2.googleapis.com",
     "localhost",
     "127.0.0.1",
 )

@@ -779,3 +779,15 @@ def test_a_model_without_a_price_is_shown_unpriced_not_zero_dollars(
         "1",
     ]  # cost, unpriced, errors
     assert "$0.0000" not in out
+
+
+def test_a_minted_token_is_not_refreshed_by_hand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "sluice.toml"
+    config.write_text(
+        '[[upstreams]]\nhost = "us-east5-aiplatform.googleapis.com"\nprovider = "vertex"\n'
+        'oauth = { mint = "google", credentials = "default" }\n'
+    )
+    refresh = ["--refresh", "us-east5-aiplatform.googleapis.com", "oauth default"]
+    code = main(["credentials", "--db", str(tmp_path / "sluice.db"), "--config", str(config), *refresh])
+    assert code != 0
+    assert "minted by the proxy itself" in capsys.readouterr().err
