@@ -10,8 +10,10 @@ import pytest
 from mitmproxy import contentviews, http
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons.contentview import LLMContentview, register
+from addons.contentview import LLMContentview, register, render_request, render_response
 from addons.decoding import DEFAULT_DECODE_MAX, set_decode_max
+from rules.providers import classify
+from tests.rules.providers.bedrock.test_usage import converse_stream, invoke_stream
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 REQUEST = {
@@ -260,3 +262,42 @@ def test_the_view_names_who_served_the_call_and_prices_it_as_its_row_does() -> N
     gateway.metadata["sluice"] = {"provider": "groq", "billed_by": "groq", "region": None}
     text = shown(gateway.response, gateway)[1]  # type: ignore[arg-type]
     assert "LLM response · groq messages" in text and "cost unknown" in text
+
+
+# --- Bedrock: event-stream frames, the cloud region -------------------------------------------------
+
+BEDROCK_CONVERSE_PATH = "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/converse-stream"
+BEDROCK_INVOKE_PATH = "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke-with-response-stream"
+
+
+def test_a_converse_stream_is_shown_with_its_text_usage_and_region():
+    endpoint = classify("POST", BEDROCK_CONVERSE_PATH)
+    assert endpoint is not None
+    shown = render_response(
+        endpoint, converse_stream(), None, {}, "application/vnd.amazon.eventstream", "us-east-1"
+    )
+    assert shown.startswith(
+        "LLM response · bedrock bedrock_converse · region us-east-1 · HTTP 200 · streamed (6 events)"
+    )
+    assert "Hello" in shown and "end_turn" in shown
+
+
+def test_an_invoke_stream_is_shown_from_its_anthropic_events():
+    endpoint = classify("POST", BEDROCK_INVOKE_PATH)
+    assert endpoint is not None
+    shown = render_response(
+        endpoint, invoke_stream(), None, {}, "application/vnd.amazon.eventstream", "eu-west-1"
+    )
+    assert "bedrock bedrock_invoke · region eu-west-1" in shown and "HelloHello" in shown and "msg_1" in shown
+
+
+def test_a_converse_request_is_laid_out():
+    endpoint = classify("POST", BEDROCK_CONVERSE_PATH)
+    assert endpoint is not None
+    body = {
+        "system": [{"text": "Be brief."}],
+        "messages": [{"role": "user", "content": [{"text": "Say hello."}]}],
+    }
+    shown = render_request(endpoint, json.dumps(body).encode(), {}, "us-east-1")
+    assert shown.startswith("LLM request · bedrock bedrock_converse · region us-east-1")
+    assert "Be brief." in shown and "Say hello." in shown
