@@ -190,6 +190,11 @@ def build_record(
 ) -> CallRecord:
     usage = reading.usage
     model = reading.model or call.request_model
+    if call.answered_locally:
+        # The headers are sluice's (a refusal's own rate-limit headers) or an old answer's, never what the
+        # provider says of a credential now: stored as a reading they would be one (a client over its own
+        # limit showing its credential at 0 requests left).
+        rate_limits = []
     if not wire_format(call.api).billed:
         cost, cost_note = (0.0, f"{call.api} is not billed")
     elif call.answered_locally:
