@@ -302,10 +302,14 @@ key = "k-bob"
     [
         ('[[teams]]\nname = "ops"\nmembers = ["alice", "carol"]', "no [[clients]] entry is named 'carol'"),
         (
-            '[[teams]]\nname = "ops"\nmembers = ["alice"]\n[[teams]]\nname = "ml"\nmembers = ["bob", "alice"]',
+            '[[teams]]\nname = "ops"\nmembers = ["alice"]\n'
+            '[[teams]]\nname = "ml"\nmembers = ["bob", "alice"]',
             "client 'alice' is a member of teams 'ops' and 'ml'",
         ),
-        ('[[teams]]\nname = "ops"\nmembers = ["alice", "bob", "alice"]', "[[teams]] ops: 'alice' is listed twice"),
+        (
+            '[[teams]]\nname = "ops"\nmembers = ["alice", "bob", "alice"]',
+            "[[teams]] ops: 'alice' is listed twice",
+        ),
         ('[[teams]]\nname = "ops"\nmembers = []', "members"),
         ('[[teams]]\nname = "ops"\nmembers = ["alice"]\nwindow_share = { "5h" = 0 }', "greater than 0"),
         ('[[teams]]\nname = "ops"\nmembers = ["alice"]\nwindow_share = { "5h" = 1.5 }', "less than or equal"),
