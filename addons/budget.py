@@ -41,7 +41,15 @@ from rules.providers import providers, wire_format
 from state import db as sluice_db
 from state.budgets import BudgetLedger, TeamBudget, budget_usd
 from state.pricing import estimate_call, highest_prices, price_as, price_call
-from state.rates import HEARTBEAT_S, RateLedger, RateRefusal, RateScope, WindowUse, window_use
+from state.rates import (
+    HEARTBEAT_S,
+    RateLedger,
+    RateRefusal,
+    RateScope,
+    WindowUse,
+    uncountable_input,
+    window_use,
+)
 
 UNKNOWN_MODELS_OPTION = "budget_price_unknown_models_as"
 
@@ -190,6 +198,12 @@ class Budget:
             wire, call.request_json, len(flow.request.raw_content or b"")
         )
         scopes = self.rate_scopes[call.client]
+        encoding = flow.request.headers.get("content-encoding", "").strip().lower()
+        if call.request_json is None and encoding not in ("", "identity"):
+            uncounted = uncountable_input(scopes, encoding)
+            if uncounted is not None:
+                self._refuse_rate(flow, uncounted)
+                return False
         team = self.team_of.get(call.client)
         refusal = await asyncio.to_thread(
             rates.admit, call.flow_id, call.client, team, input_tokens, output_tokens, scopes

@@ -209,6 +209,11 @@ def build_record(
 ) -> CallRecord:
     usage = reading.usage
     model = reading.model or call.request_model
+    if call.answered_locally:
+        # The headers are sluice's (a refusal's own rate-limit headers) or an old answer's, never what the
+        # provider says of a credential now: stored as a reading they would be one (a client over its own
+        # limit showing its credential at 0 requests left).
+        rate_limits = []
     if not wire_format(call.api).billed:
         cost, cost_note = (0.0, f"{call.api} is not billed")
     elif call.answered_locally:
@@ -264,19 +269,24 @@ def build_record(
         credential=call.credential,
         observed_at=iso(ended),
         budget=_settlement(call, reading, cost, status, budget_without_usage),
-        rate=_rate_used(reading) if call.rate_held else None,
+        rate=_rate_used(call, reading) if call.rate_held else None,
     )
 
 
-def _rate_used(reading: Reading) -> tuple[int | None, int | None]:
+def _rate_used(call: Call, reading: Reading) -> tuple[int | None, int | None]:
     """The tokens a call counts against per-minute limits, as the providers count them: input it was billed
     for as new (uncached input and cache writes; reads do not count) and output. None where no usage was
-    seen: its estimate at admission stands."""
+    seen, or none that can be believed (suspect usage is stored as None): its estimate at admission stands.
+    A call sluice answered itself after admitting it (no credential free, say) never reached the provider
+    and used none: it still counts as a request."""
+    if call.answered_locally:
+        return (0, 0)
     if not reading.usage_seen:
         return (None, None)
     usage = reading.usage
     written = (usage.cache_write_5m_tokens or 0) + (usage.cache_write_1h_tokens or 0)
-    return ((usage.input_tokens or 0) + written, usage.output_tokens)
+    new_input = None if usage.input_tokens is None else usage.input_tokens + written
+    return (new_input, usage.output_tokens)
 
 
 def _settlement(

@@ -277,6 +277,10 @@ class Config(_Model):
         clients = {client.name for client in self.clients}
         team_of: dict[str, str] = {}
         for team in self.teams:
+            twice = sorted({member for member in team.members if team.members.count(member) > 1})
+            if twice:
+                listed = ", ".join(repr(member) for member in twice)
+                raise ValueError(f"[[teams]] {team.name}: {listed} is listed twice in members")
             for member in team.members:
                 if member not in clients:
                     raise ValueError(f"[[teams]] {team.name}: no [[clients]] entry is named {member!r}")

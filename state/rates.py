@@ -89,10 +89,15 @@ class RateRefusal:
     used: int
     retry_after_s: float | None
     never_fits: bool = False
+    # Why the call cannot be counted against the limit at all (its size unknown), for a refusal that is not
+    # about what it needs.
+    uncounted: str | None = None
 
     def message(self) -> str:
         words = LIMIT_WORDS[self.limit]
         head = f"sluice: rate limit for {self.kind} {self.name}: {self.value:,} {words}"
+        if self.uncounted is not None:
+            return f"{head}; {self.uncounted}: it cannot be admitted"
         if self.never_fits:
             return f"{head}; this call alone needs {self.used:,}, more than the limit: it cannot be admitted"
         if self.limit == "concurrent":
@@ -105,6 +110,8 @@ class RateRefusal:
         wait = "" if self.retry_after_s is None else f", retry in {math.ceil(self.retry_after_s)} s"
         if self.never_fits:
             wait = ", never fits"
+        if self.uncounted is not None:
+            wait = f", not countable: {self.uncounted}"
         scope = f"{self.kind} {self.name}"
         return f"refused: rate limit ({scope}: {self.limit} {self.value}, {self.used} used{wait})"
 
@@ -342,3 +349,16 @@ def window_use(
             if name not in found or used < found[name].utilization:
                 found[name] = WindowUse(name, used, window.reset_at)
     return [found[name] for name in windows if name in found]
+
+
+def uncountable_input(scopes: Sequence[RateScope], encoding: str) -> RateRefusal | None:
+    """The refusal of a call whose input cannot be counted (a body sent compressed, which sluice could not
+    read: its size on the wire says nothing of its tokens) by the first scope that limits input tokens per
+    minute; None when none does. Fails closed: such a call could carry any number of tokens past the limit."""
+    for scope in scopes:
+        if scope.input_tpm is not None:
+            why = f"its body is compressed ({encoding}), so sluice cannot count its input tokens"
+            return RateRefusal(
+                scope.kind, scope.name, "input_tpm", scope.input_tpm, 0, None, never_fits=True, uncounted=why
+            )
+    return None

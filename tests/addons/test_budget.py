@@ -80,3 +80,38 @@ def test_a_client_without_a_budget_is_not_held(tmp_path: Path) -> None:
     with configured(tmp_path, parts) as proxy:
         asyncio.run(proxy.hook("request", unbudgeted))
         assert unbudgeted.response is None and proxy.record(unbudgeted).budget_hold is None
+
+
+def governed(extra: str) -> str:
+    return CONFIG.replace('user_id = "alice@example.com"', extra)
+
+
+def test_a_call_its_budget_refuses_gives_its_rate_admission_back(tmp_path: Path) -> None:
+    """Refused by the budget after its rates admitted it, a call never went out: it must not use up the
+    minute's requests (or its tokens) of a client that then sends a call it can afford."""
+    config = governed('budget = { usd = 0.01, period = "day" }\nlimits = { rpm = 1, output_tpm = 40000 }')
+    with configured(tmp_path, parts, config) as proxy:
+        costly = llm_flow({**MESSAGE, "model": "claude-opus-4-1", "max_tokens": 32000})
+        asyncio.run(proxy.hook("request", costly))
+        assert costly.response is not None and "budget exhausted" in (costly.response.text or "")
+        cheap = llm_flow()
+        asyncio.run(proxy.hook("request", cheap))
+        assert cheap.response is None and proxy.record(cheap).rate_held
+        third = llm_flow()
+        asyncio.run(proxy.hook("request", third))
+    assert third.response is not None and third.response.status_code == 429
+    assert third.response.headers["x-sluice-limit"] == "client alice rpm"
+
+
+def test_a_compressed_body_cannot_be_counted_against_input_tokens(tmp_path: Path) -> None:
+    config = governed("limits = { input_tpm = 5000 }")
+    with configured(tmp_path, parts, config) as proxy:
+        flow = llm_flow()
+        flow.request.headers["content-encoding"] = "br"
+        flow.request.raw_content = b"\x8b\x00\x80not really brotli"
+        asyncio.run(proxy.hook("request", flow))
+        call = proxy.record(flow)
+    assert flow.response is not None and flow.response.status_code == 429
+    assert flow.response.headers["x-should-retry"] == "false" and "retry-after" not in flow.response.headers
+    assert "its body is compressed (br)" in json.loads(flow.response.content or b"")["error"]["message"]
+    assert not call.rate_held

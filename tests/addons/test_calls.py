@@ -224,3 +224,40 @@ def test_the_write_scanner_finds_each_kind_of_write() -> None:
     )
     assert sorted(field_writes(tree)) == [("client", 3), ("host", 6), ("notes", 5), ("response_bytes", 4)]
     assert record_names(tree) == {"call", "other"}
+
+
+def rate_record(usage: Usage, *, answered_locally: bool = False):
+    call = Call("f1", "api.anthropic.com", "POST", "/v1/messages", "anthropic", "messages", 0.0)
+    call.request_model = "claude-sonnet-4-5"
+    call.rate_held = True
+    call.answered_locally = answered_locally
+    reading = Reading(model=call.request_model, usage=usage, usage_seen=not answered_locally, complete=True)
+    return build_record(
+        call,
+        reading,
+        status=503 if answered_locally else 200,
+        error=None,
+        request_id=None,
+        rate_limits=[("anthropic-ratelimit-requests-remaining", "0")],
+        headers_at=None,
+        ended=1.0,
+    )
+
+
+def test_a_rate_admission_settles_at_new_input_and_output():
+    usage = Usage(input_tokens=30, cache_write_5m_tokens=70, cache_read_tokens=900, output_tokens=5)
+    done = rate_record(usage)
+    assert done.rate == (100, 5)
+    assert done.rate_limits == [("anthropic-ratelimit-requests-remaining", "0")]
+
+
+def test_suspect_input_keeps_the_admission_estimate_rather_than_counting_nothing():
+    done = rate_record(Usage(output_tokens=5, suspect=f"input_tokens={10**30}"))
+    assert done.row["input_tokens"] is None
+    assert done.rate == (None, 5)
+
+
+def test_a_call_sluice_answered_uses_no_tokens_and_its_headers_are_no_credentials_reading():
+    done = rate_record(Usage(), answered_locally=True)
+    assert done.rate == (0, 0)
+    assert done.rate_limits == [] and done.row["rate_limits"] is None

@@ -65,3 +65,19 @@ def test_an_operator_allowed_header_crosses(tmp_path: Path) -> None:
         flow = llm_flow(headers=[("x-team", "search"), ("x-other", "1")])
         asyncio.run(proxy.hook("request", flow))
     assert flow.request.headers["x-team"] == "search" and "x-other" not in flow.request.headers
+
+
+def test_only_the_answer_sluice_made_keeps_its_headers_not_an_upstreams_copy_of_it(proxy) -> None:  # type: ignore[no-untyped-def]
+    own = llm_flow()
+    asyncio.run(proxy.hook("request", own))
+    limit = {"x-sluice-limit": "client alice rpm", "anthropic-ratelimit-requests-remaining": "0"}
+    proxy.core.answer(own, 429, "over the limit", limit, "refused: rate limit")
+    asyncio.run(proxy.hook("responseheaders", own))
+    assert own.response is not None and own.response.headers["x-sluice-limit"] == "client alice rpm"
+    # An upstream (or a gateway echoing a client) sends the very same answer, byte for byte: still filtered.
+    copied = llm_flow()
+    asyncio.run(proxy.hook("request", copied))
+    reply = http.Response.make(429, own.response.content, {**own.response.headers})
+    asyncio.run(proxy.call(copied, reply))
+    assert copied.response is not None and "x-sluice-limit" not in copied.response.headers
+    assert not proxy.core.answered_by_sluice(copied.response)

@@ -284,3 +284,50 @@ def test_a_secret_pasted_as_a_key_gets_no_suggestion_and_is_not_shown() -> None:
         parse_config(f'[[clients]]\nname="a"\nkey="k"\n"{SECRET}x" = 1\n', "sluice.toml")
     assert e.value.problems == [("clients[0].<a key not shown>", "unknown field")]
     assert SECRET not in e.value.block()
+
+
+GOVERNED = """
+[[clients]]
+name = "alice"
+key = "k-alice"
+
+[[clients]]
+name = "bob"
+key = "k-bob"
+"""
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ('[[teams]]\nname = "ops"\nmembers = ["alice", "carol"]', "no [[clients]] entry is named 'carol'"),
+        (
+            '[[teams]]\nname = "ops"\nmembers = ["alice"]\n'
+            '[[teams]]\nname = "ml"\nmembers = ["bob", "alice"]',
+            "client 'alice' is a member of teams 'ops' and 'ml'",
+        ),
+        (
+            '[[teams]]\nname = "ops"\nmembers = ["alice", "bob", "alice"]',
+            "[[teams]] ops: 'alice' is listed twice",
+        ),
+        ('[[teams]]\nname = "ops"\nmembers = []', "members"),
+        ('[[teams]]\nname = "ops"\nmembers = ["alice"]\nwindow_share = { "5h" = 0 }', "greater than 0"),
+        ('[[teams]]\nname = "ops"\nmembers = ["alice"]\nwindow_share = { "5h" = 1.5 }', "less than or equal"),
+        ('[[teams]]\nname = "ops"\nmembers = ["alice"]\nwindow_share = { "five" = 0.5 }', "five"),
+        ('[[teams]]\nname = "ops"\nmembers = ["alice"]\nlimits = { rpm = -1 }', "greater than 0"),
+        ('[[teams]]\nname = "ops"\nmembers = ["alice"]\nlimits = { rpm = 0 }', "greater than 0"),
+        ('[[teams]]\nname = "ops"\nmembers = ["alice"]\nlimits = { rmp = 5 }', "rmp"),
+        ('[[teams]]\nname = "ops"\nmembers = ["alice"]\nbudget = { usd = -1 }', "budget"),
+    ],
+)
+def test_a_misconfigured_team_stops_start_up_naming_the_mistake(toml: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config(GOVERNED + toml, "sluice.toml")
+    assert expected in str(refused.value)
+
+
+def test_a_team_needs_nothing_but_members_and_counts_each_once() -> None:
+    config = parse_config(GOVERNED + '[[teams]]\nname = "ops"\nmembers = ["bob", "alice"]', "sluice.toml")
+    [team] = config.teams
+    assert team.members == ["bob", "alice"] and team.budget is None and team.limits is None
+    assert config.team_of("alice") is team and config.team_of("carol") is None

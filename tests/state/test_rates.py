@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from state import db as sluice_db
-from state.rates import RateLedger, RateScope
+from state.rates import RateLedger, RateScope, uncountable_input
 from state.writer import CallRecord, RecordWriter
 
 NOW = 1_800_000_000.0
@@ -175,3 +175,29 @@ def test_window_use_is_the_most_room_any_usable_credential_has(tmp_path):
     assert (use.window, use.utilization, use.resets_at) == ("5h", 0.7, datetime.fromtimestamp(later, UTC))
     [reset] = window_use(db, "api.anthropic.com", ["5h"], now + timedelta(hours=3))
     assert reset.utilization == 0.0  # the window has reset since it was read
+
+
+def test_the_retry_after_of_a_token_limit_is_the_moment_the_call_fits_and_not_before(tmp_path):
+    now = [NOW]
+    rates = ledger(tmp_path / "s.db", now)
+    scope = [RateScope("client", "alice", input_tpm=1000)]
+    for i, at in enumerate((0.0, 7.5, 20.25)):
+        now[0] = NOW + at
+        assert admit(rates, f"c{i}", scope, tokens=(300, 1)) is None
+    now[0] = NOW + 30
+    refused = admit(rates, "late", scope, tokens=(700, 1))  # needs c0 and c1 gone: 900 + 700 - 1000 = 600
+    assert refused is not None and refused.retry_after_s == pytest.approx(37.5)
+    now[0] = NOW + 30 + refused.retry_after_s - 0.01
+    assert admit(rates, "early", scope, tokens=(700, 1)) is not None  # an SDK that came back early waits more
+    now[0] = NOW + 30 + refused.retry_after_s
+    assert admit(rates, "on time", scope, tokens=(700, 1)) is None  # one that waited as told gets through
+
+
+def test_a_body_whose_input_cannot_be_counted_is_refused_by_an_input_limit_only():
+    scopes = [RateScope("client", "alice", rpm=5), RateScope("team", "ops", input_tpm=2000)]
+    refused = uncountable_input(scopes, "gzip")
+    assert refused is not None and (refused.kind, refused.name, refused.limit) == ("team", "ops", "input_tpm")
+    assert refused.never_fits and refused.retry_after_s is None
+    assert "2,000 input tokens per minute; its body is compressed (gzip)" in refused.message()
+    assert refused.note().startswith("refused: rate limit (team ops: input_tpm 2000, 0 used, not countable")
+    assert uncountable_input([RateScope("client", "alice", rpm=5, output_tpm=10)], "br") is None

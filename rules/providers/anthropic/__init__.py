@@ -48,6 +48,8 @@ def limit_headers(limit: str, value: int, remaining: int, reset_s: float) -> dic
     if name is None:
         return {}
     reset = datetime.now(UTC) + timedelta(seconds=max(0.0, reset_s))
+    if reset.microsecond:  # written in whole seconds: rounded up, never a moment before the room is there
+        reset = reset.replace(microsecond=0) + timedelta(seconds=1)
     prefix = f"anthropic-ratelimit-{name}-"
     return {
         prefix + "limit": str(value),

@@ -1,8 +1,10 @@
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from rules.providers import provider
+from rules.providers.anthropic import limit_headers
 
 
 @pytest.mark.parametrize(
@@ -49,3 +51,14 @@ def test_anthropic_names_its_own_error_types(status, kind):
 def test_a_code_given_wins_over_the_statuss_own():
     body = json.loads(provider("openai").error_body(429, "slow down", "insufficient_quota"))
     assert body["error"]["code"] == "insufficient_quota"
+
+
+@pytest.mark.parametrize("wait", [0.2, 12.5, 59.999])
+def test_sluices_own_anthropic_reset_is_never_before_the_limit_has_room(wait: float) -> None:
+    before = datetime.now(UTC)
+    headers = limit_headers("rpm", 60, 0, wait)
+    reset = datetime.fromisoformat(headers["anthropic-ratelimit-requests-reset"])
+    assert headers["anthropic-ratelimit-requests-reset"].endswith("Z")
+    # Written in whole seconds, rounded up: an SDK that waits until the reset finds the room there.
+    assert reset >= before + timedelta(seconds=wait) and reset.microsecond == 0
+    assert reset <= datetime.now(UTC) + timedelta(seconds=wait + 1)
