@@ -210,6 +210,9 @@ class Budget:
         )
         if refusal is None:
             call.rate_held = True
+            if call.finished or flow.error is not None:
+                await self._release_rate(call)  # the client went while it was admitted: no row will settle it
+                return False
             return True
         self._refuse_rate(flow, refusal)
         return False

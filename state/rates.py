@@ -38,6 +38,9 @@ from state.report import quota
 WINDOW_S = 60.0
 HEARTBEAT_S = 10.0
 OWNER_STALE_S = 45.0
+# An admission still open after this long no longer counts as a call in flight: no stream lasts it, and an
+# admission whose row was never written (its flow gone while it was being admitted) must not hold a slot.
+OPEN_TTL_S = 3600.0
 # An old admission is of no use once out of every window; deleted as new ones come, a few at a time.
 PRUNE_AFTER_S = 3600.0
 PRUNE_BATCH = 500
@@ -273,8 +276,8 @@ class RateLedger:
         column = _scope_column(kind)
         (count,) = self._conn.execute(
             f"select count(*) from rate_admissions where {column} = ? and state = 'open' "
-            "and owner in (select id from proxy_instances where seen_at > ?)",
-            (name, now - self._owner_stale_s),
+            "and admitted_at > ? and owner in (select id from proxy_instances where seen_at > ?)",
+            (name, now - OPEN_TTL_S, now - self._owner_stale_s),
         ).fetchone()
         return int(count)
 

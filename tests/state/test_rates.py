@@ -201,3 +201,16 @@ def test_a_body_whose_input_cannot_be_counted_is_refused_by_an_input_limit_only(
     assert "2,000 input tokens per minute; its body is compressed (gzip)" in refused.message()
     assert refused.note().startswith("refused: rate limit (team ops: input_tpm 2000, 0 used, not countable")
     assert uncountable_input([RateScope("client", "alice", rpm=5, output_tpm=10)], "br") is None
+
+
+def test_an_admission_never_settled_stops_holding_a_slot_after_an_hour(tmp_path):
+    now = [NOW]
+    rates = ledger(tmp_path / "s.db", now)
+    scope = [RateScope("client", "alice", concurrent=1)]
+    assert admit(rates, "lost", scope) is None  # its row never comes (the flow went while it was admitted)
+    now[0] += 3000
+    rates.heartbeat()
+    assert admit(rates, "next", scope) is not None
+    now[0] += 601
+    rates.heartbeat()
+    assert admit(rates, "next", scope) is None
