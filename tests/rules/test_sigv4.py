@@ -9,7 +9,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from rules.sigv4 import Refusal, SignedBy, verify
+from rules.sigv4 import Refusal, SignedBy, resign, verify
 
 HOST = "bedrock-runtime.us-east-1.amazonaws.com"
 URL = f"https://{HOST}/model/anthropic.claude-3-haiku-20240307-v1%3A0/invoke"
@@ -123,3 +123,25 @@ def test_a_malformed_authorization_header_is_refused() -> None:
     headers["authorization"] = "AWS4-HMAC-SHA256 garbage" + "x" * 10_000
     verdict = check(headers, now)
     assert isinstance(verdict, Refusal) and verdict.exception == "IncompleteSignatureException"
+
+
+def test_a_request_is_resigned_with_the_real_credentials_over_the_rewritten_body() -> None:
+    client_headers, now = signed()
+    rewritten = BODY.replace(b'"messages"', b'"system": "policy", "messages"')
+    out = resign(
+        method="POST", url=URL, headers=client_headers, body=rewritten, access_key="AKIAREAL0000000001",
+        secret_key="real-secret", token="real-token", service="bedrock", region="us-east-1",
+    )  # fmt: skip
+    assert "AKIAPLACEHOLDER0001" not in out["Authorization"] and out["X-Amz-Security-Token"] == "real-token"
+    lowered = {name.lower(): value for name, value in out.items()}
+    real = {"AKIAREAL0000000001": "real-secret"}
+    verdict = verify(
+        method="POST", url=URL, headers=lowered, body=rewritten, secrets=real, service="bedrock",
+        region="us-east-1", now=now,
+    )  # fmt: skip
+    assert isinstance(verdict, SignedBy) and verdict.access_key_id == "AKIAREAL0000000001"
+    stale = verify(
+        method="POST", url=URL, headers=lowered, body=BODY, secrets=real, service="bedrock",
+        region="us-east-1", now=now,
+    )  # fmt: skip
+    assert isinstance(stale, Refusal)
