@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 import weakref
+from collections.abc import Callable
 
 from mitmproxy import http
 from mitmproxy.connection import Server
@@ -35,7 +36,11 @@ log = logging.getLogger("sluice")
 Fields = tuple[tuple[bytes, bytes], ...]
 
 # Never written onto a connection that goes anywhere but the destination a credential was chosen for.
-CREDENTIAL_HEADERS = frozenset({b"x-api-key", b"authorization", b"x-goog-api-key"})
+CREDENTIAL_HEADERS = frozenset({b"x-api-key", b"authorization", b"x-goog-api-key", b"x-amz-security-token"})
+
+# Header fields fixed when the credential is chosen, or computed from the request as it is written (a
+# signature over the final body: SigV4 is made after every rule and body rewrite).
+FieldsSource = Fields | Callable[[http.Request], Fields]
 
 
 class Delivery:
@@ -49,10 +54,10 @@ class Delivery:
 
 # id(request object) → (that object, the header fields to send in its place, where they may go, whether
 # they went). The weak reference makes sure a recycled id() never matches another request.
-_PENDING: dict[int, tuple[weakref.ref[http.Request], Fields, Destination, Delivery]] = {}
+_PENDING: dict[int, tuple[weakref.ref[http.Request], FieldsSource, Destination, Delivery]] = {}
 
 
-def send_with(request: http.Request, fields: Fields, destination: Destination) -> Delivery:
+def send_with(request: http.Request, fields: FieldsSource, destination: Destination) -> Delivery:
     """Send `request` upstream with `fields` as its headers, leaving the request's own headers as they are,
     provided the connection it is written on goes to `destination` over TLS."""
     delivery = Delivery()
@@ -76,10 +81,12 @@ def _on_the_wire(request: http.Request, server: Server) -> http.Request | None:
     entry = _PENDING.get(id(request))
     if entry is None or entry[0]() is not request:
         return None
-    fields = entry[1]
     wrong = _wrong_connection(server, entry[2])
     entry[3].written = wrong is None
-    if wrong is not None:
+    if wrong is None:
+        # A signer runs only for the right connection: no signature is ever made for another host.
+        fields = entry[1](request) if callable(entry[1]) else entry[1]
+    else:
         log.error("sluice: credential withheld from %s %s: %s", request.method, request.url, wrong)
         fields = tuple(
             (name, value) for name, value in request.headers.fields if name.lower() not in CREDENTIAL_HEADERS

@@ -86,6 +86,61 @@ WindowName = Annotated[str, Field(pattern=r"^\d+[hd](?:[_-][a-z0-9_.-]+)?$")]
 WindowShare = dict[WindowName, Annotated[float, Field(gt=0, le=1)]]
 
 
+def _reference_not_inline(value: str) -> str:
+    """A real AWS credential is named (env:NAME or file:PATH), never written into the config file."""
+    if not value.startswith(("env:", "file:")) or len(value) < 5:
+        raise ValueError("give a real AWS credential as env:NAME or file:PATH (a 0600 file), never inline")
+    return value
+
+
+AwsSecretReference = Annotated[str, AfterValidator(_reference_not_inline)]
+
+
+class AwsKeyPair(_Model):
+    """A client's placeholder AWS key pair: requests it signs with SigV4 are verified and attributed to it."""
+
+    access_key_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9]{16,128}$")]
+    secret_access_key: Annotated[
+        str, Field(min_length=1, description="secret reference: env:NAME, file:PATH or a literal")
+    ]
+
+
+class AwsCredentials(_Model):
+    """An upstream's real AWS credentials: static keys, a named profile, or a role assumed from either.
+
+    The request is re-signed with them as it is written to the upstream connection."""
+
+    access_key_id: AwsSecretReference | None = None
+    secret_access_key: AwsSecretReference | None = None
+    session_token: AwsSecretReference | None = None
+    profile: Annotated[str, Field(min_length=1)] | None = None
+    role_arn: (
+        Annotated[
+            str, Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9_+=,.@/-]+$", max_length=2048)
+        ]
+        | None
+    ) = None
+    external_id: Annotated[str, Field(min_length=2, max_length=1224)] | None = None
+    session_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_+=,.@-]{2,64}$")] = "sluice"
+    # STS's regional endpoint; None means botocore's default for the session.
+    sts_region: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AwsCredentials:
+        static = self.access_key_id is not None or self.secret_access_key is not None
+        if static and (self.access_key_id is None or self.secret_access_key is None):
+            raise ValueError("static AWS keys need both access_key_id and secret_access_key")
+        if self.session_token is not None and not static:
+            raise ValueError("session_token goes with access_key_id and secret_access_key")
+        if static and self.profile is not None:
+            raise ValueError("give static keys or a profile, not both")
+        if not static and self.profile is None and self.role_arn is None:
+            raise ValueError("give access_key_id + secret_access_key, a profile, or a role_arn")
+        if (self.external_id is not None) and self.role_arn is None:
+            raise ValueError("external_id goes with role_arn")
+        return self
+
+
 class Client(_Model):
     name: Annotated[str, Field(min_length=1)]
     key: Annotated[str, Field(min_length=1, description="secret reference: env:NAME, file:PATH or a literal")]
@@ -93,6 +148,7 @@ class Client(_Model):
     budget: Budget | None = None
     limits: Limits | None = None
     window_share: WindowShare = {}
+    aws: AwsKeyPair | None = None
 
 
 class Team(_Model):
@@ -131,6 +187,7 @@ class Upstream(_Model):
     provider: Provider
     keys: list[str] = []
     oauth: OAuth | None = None
+    aws: AwsCredentials | None = None
     # None means "decide by host": strip only when the host is not the provider's own API.
     strip_billing_header: bool | None = None
     # How the pool picks a credential (state/pool.py): "affinity" keeps a conversation on the key that
@@ -255,6 +312,17 @@ class Config(_Model):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"client names must be unique; repeated: {', '.join(duplicates)}")
+        return value
+
+    @field_validator("clients")
+    @classmethod
+    def _unique_aws_key_ids(cls, value: list[Client]) -> list[Client]:
+        ids = [client.aws.access_key_id for client in value if client.aws is not None]
+        duplicates = sorted({key for key in ids if ids.count(key) > 1})
+        if duplicates:
+            raise ValueError(
+                f"each client's aws.access_key_id must be its own; repeated: {', '.join(duplicates)}"
+            )
         return value
 
     @field_validator("upstreams")

@@ -128,3 +128,24 @@ def test_the_delivery_says_whether_the_credential_was_written() -> None:
         assert delivery.written is True
     finally:
         wire_headers.forget(request)
+
+
+def test_a_signer_runs_at_send_time_over_the_final_body_and_only_for_the_right_connection() -> None:
+    request = tutils.treq(headers=((b"host", b"api.anthropic.com"), (b"authorization", b"AWS4 placeholder")))
+    seen: list[bytes | None] = []
+
+    def sign(sent: object) -> wire_headers.Fields:
+        seen.append(request.raw_content)
+        return ((b"host", b"api.anthropic.com"), (b"authorization", b"AWS4 real"))
+
+    wire_headers.send_with(request, sign, ANTHROPIC)
+    try:
+        request.content = b"rewritten after the credential was chosen"
+        assert wire_headers._on_the_wire(request, server("elsewhere.example")) is not None
+        assert seen == []  # no signature is made for a connection that goes elsewhere
+        sent = wire_headers._on_the_wire(request, ON_THE_RIGHT_CONNECTION)
+        assert sent is not None and sent.headers["authorization"] == "AWS4 real"
+        assert seen == [b"rewritten after the credential was chosen"]
+        assert request.headers["authorization"] == "AWS4 placeholder"
+    finally:
+        wire_headers.forget(request)

@@ -331,3 +331,50 @@ def test_a_team_needs_nothing_but_members_and_counts_each_once() -> None:
     [team] = config.teams
     assert team.members == ["bob", "alice"] and team.budget is None and team.limits is None
     assert config.team_of("alice") is team and config.team_of("carol") is None
+
+
+AWS_CLIENTS = """
+[[clients]]
+name = "ci"
+key = "env:SLUICE_KEY_CI"
+aws = { access_key_id = "AKIAPLACEHOLDER0001", secret_access_key = "env:CI_AWS_PLACEHOLDER_SECRET" }
+"""
+
+
+def test_a_client_may_hold_a_placeholder_aws_key_pair():
+    config = parse_config(AWS_CLIENTS)
+    assert config.clients[0].aws is not None
+    assert config.clients[0].aws.access_key_id == "AKIAPLACEHOLDER0001"
+
+
+def test_two_clients_may_not_share_an_aws_access_key_id():
+    twice = AWS_CLIENTS + AWS_CLIENTS.replace('"ci"', '"cd"')
+    with pytest.raises(ConfigError, match="repeated: AKIAPLACEHOLDER0001"):
+        parse_config(twice)
+
+
+@pytest.mark.parametrize(
+    ("aws", "message"),
+    [
+        ('{ access_key_id = "env:K", secret_access_key = "env:S" }', None),
+        ('{ profile = "bedrock" }', None),
+        (
+            '{ role_arn = "arn:aws:iam::123456789012:role/sluice", external_id = "xyz", profile = "base" }',
+            None,
+        ),
+        ('{ access_key_id = "AKIAREALKEYINLINE", secret_access_key = "env:S" }', "never inline"),
+        ('{ access_key_id = "env:K" }', "need both"),
+        ('{ access_key_id = "env:K", secret_access_key = "env:S", profile = "p" }', "not both"),
+        ("{ }", "a profile, or a role_arn"),
+        ('{ profile = "p", external_id = "xyz" }', "external_id goes with role_arn"),
+        ('{ role_arn = "not-an-arn" }', "role_arn"),
+    ],
+)
+def test_upstream_aws_credentials_are_named_never_inline(aws, message):
+    host = "bedrock-runtime.us-east-1.amazonaws.com"
+    text = f'[[upstreams]]\nhost = "{host}"\nprovider = "anthropic"\naws = {aws}\n'
+    if message is None:
+        assert parse_config(text).upstreams[0].aws is not None
+    else:
+        with pytest.raises(ConfigError, match=message):
+            parse_config(text)
