@@ -4,7 +4,8 @@ Fails closed: a request that is unsigned, names an unknown access key id, leaves
 the body hash out of its signed headers, is dated too far from now, is scoped to another service or
 region, or whose signature botocore does not recompute, is refused with the exception name Bedrock
 itself answers with (botocore maps it to a ClientError the client's code already handles).
-The signature algorithm is botocore's; this module only rebuilds the request as received.
+The signature algorithm is botocore's; this module only rebuilds the request as received (so it lives in
+addons/, not in the pure rules/).
 """
 
 from __future__ import annotations

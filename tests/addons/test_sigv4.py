@@ -9,7 +9,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from rules.sigv4 import Refusal, SignedBy, resign, verify
+from addons.sigv4 import Refusal, SignedBy, resign, verify
 
 HOST = "bedrock-runtime.us-east-1.amazonaws.com"
 URL = f"https://{HOST}/model/anthropic.claude-3-haiku-20240307-v1%3A0/invoke"
