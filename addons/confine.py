@@ -89,7 +89,7 @@ class Confinement:
         # leave before confinement, the gate, the header policy and the budget have seen it.
         if not {"sluice_config", "stream_large_bodies"} & updated or not ctx.options.stream_large_bodies:
             return
-        swapping = [u.host for u in self.core.config.upstreams if u.keys or u.oauth]
+        swapping = [u.host for u in self.core.config.upstreams if u.swaps]
         if swapping:
             raise exceptions.OptionsError(
                 "stream_large_bodies: sluice cannot check a streamed request before it leaves, and swaps "

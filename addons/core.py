@@ -260,7 +260,7 @@ class SluiceCore:
     def swapping_upstream(self, host: str) -> Upstream | None:
         """The `[[upstreams]]` entry for a host name, if sluice swaps credentials for it."""
         upstream = self.upstream_for(host)
-        return upstream if upstream is not None and (upstream.keys or upstream.oauth) else None
+        return upstream if upstream is not None and upstream.swaps else None
 
     def speaks(self, host: str) -> Provider | None:
         """The provider whose format a host speaks (header families, how a key is written, its envelope): a
@@ -288,14 +288,16 @@ class SluiceCore:
         headers: dict[str, str],
         note: str,
         provider: Provider | None = None,
+        code: str | None = None,
     ) -> None:
         """Answer the request in sluice's name, in the provider's own error envelope (`provider`, else the
-        flow's: `envelope`; OpenAI's for a host that speaks none sluice knows); the upstream is never
-        contacted. The call's row says why (`note`)."""
+        flow's: `envelope`; OpenAI's for a host that speaks none sluice knows), with the provider's error
+        `code` when it has one for the case; the upstream is never contacted. The call's row says why
+        (`note`)."""
         provider = provider or self.envelope(flow) or format_of(GATEWAY_FORMAT)
         flow.response = http.Response.make(
             status,
-            provider.error_body(status, message, None),
+            provider.error_body(status, message, code),
             {"content-type": "application/json", **headers},
         )
         self._own_answers.add(flow.response)

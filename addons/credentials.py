@@ -30,14 +30,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from botocore.credentials import ReadOnlyCredentials
 from mitmproxy import ctx, exceptions, http
 
-from addons import wire_headers
+from addons import sigv4, wire_headers
 from addons.core import SluiceCore, destination, speaks
 from addons.decoding import OFF_LOOP_BYTES, decode_body, readable_body
-from addons.fields import rate_limit_values, with_headers
+from addons.fields import Fields, rate_limit_values, with_headers
 from rules.cache_health import affinity_key
-from rules.config import ConfigError, OAuth, Upstream, resolve_secret
+from rules.config import AwsCredentials, ConfigError, OAuth, Upstream, resolve_secret
 from rules.credential_files import OAuthTokens, TokenResponse, parse_oauth_credentials
 from rules.destination import Destination, credential_refusal
 from rules.provider_answers import (
@@ -49,10 +50,11 @@ from rules.provider_answers import (
     judge_answer,
     read_error,
 )
-from rules.providers import wire_format
+from rules.providers import host_region, wire_format
 from rules.secrets import describe_reference, fingerprint, scrub
 from state import db as sluice_db
 from state import google_token
+from state.aws_credentials import AwsCredentialSource, credential_source
 from state.oauth import CredentialDead, CredentialUnavailable, OAuthStore, RejectOutcome, TokenRefused
 from state.oauth_http import post_refresh
 from state.pool import CredentialEntry, CredentialPool
@@ -83,6 +85,7 @@ class Credentials:
         self._keys: dict[tuple[str, str], str] = {}
         self._oauth_config: dict[str, OAuth] = {}
         self._mint_sources: dict[str, str | None] = {}  # host -> key file text (None: the platform's own)
+        self._aws_sources: dict[str, tuple[AwsCredentialSource, str]] = {}  # host -> source, row label
         self._sent: dict[str, Swapped] = {}  # gone upstream with a pool credential, answer pending
         self._breakers: dict[str, Breaker] = {}  # per upstream host: the provider's overload
         self._background: set[asyncio.Task[None]] = set()  # history writes in flight, kept until done
@@ -97,6 +100,7 @@ class Credentials:
     def configure(self, updated: set[str]) -> None:
         if not {"sluice_config", "sluice_db"} & updated:
             return
+        self._aws_sources = self._aws_credential_sources()
         upstreams = [u for u in self.core.config.upstreams if u.keys or u.oauth]
         if not upstreams:
             self.pool = None
@@ -115,6 +119,20 @@ class Credentials:
             raise exceptions.OptionsError(f"sluice_config {ctx.options.sluice_config}: {e}") from None
         self._keys = keys
         self._oauth_config = {u.host: u.oauth for u in upstreams if u.oauth}
+
+    def _aws_credential_sources(self) -> dict[str, tuple[AwsCredentialSource, str]]:
+        """Each upstream's real AWS credentials (`aws`), and the label its rows name them by."""
+        found = {}
+        for index, upstream in enumerate(self.core.config.upstreams):
+            if upstream.aws is None:
+                continue
+            field = f"upstreams[{index}].aws"
+            try:
+                source = credential_source(upstream.aws, field=field, base_dir=self.core.config_dir)
+            except ConfigError as e:
+                raise exceptions.OptionsError(f"sluice_config {ctx.options.sluice_config}: {e}") from None
+            found[upstream.host] = (source, aws_label(upstream.aws))
+        return found
 
     def _entries(
         self, index: int, upstream: Upstream, keys: dict[tuple[str, str], str]
@@ -172,7 +190,7 @@ class Credentials:
     # -- the swap ----------------------------------------------------------------------------------
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or not flow.live or self.pool is None:
+        if flow.response is not None or not flow.live:
             return
         going_to = destination(flow)
         upstream = self.core.swapping_upstream(going_to.host)
@@ -181,6 +199,11 @@ class Credentials:
         if credential_refusal(going_to, upstream.host, upstream.port) is not None:
             return  # addons/confine.py has answered it already; a credential never goes there
         host = upstream.host
+        if upstream.aws is not None:
+            await self._sign(flow, upstream, going_to)
+            return
+        if self.pool is None:
+            return
         breaker = self._breakers.get(host)
         open_for = breaker.open_for(time.monotonic()) if breaker is not None else None
         if open_for is not None:
@@ -253,6 +276,31 @@ class Credentials:
         call = self.core.calls.get(flow.id)
         if call is not None:
             call.credential = entry.label
+
+    async def _sign(self, flow: http.HTTPFlow, upstream: Upstream, going_to: Destination) -> None:
+        """Have the request signed with the upstream's real AWS credentials as it is written to the upstream
+        connection (SigV4 by botocore, over the body and headers as they leave, after every rule): the
+        client's own signature never goes upstream, and the real one never goes onto the flow."""
+        source, label = self._aws_sources[upstream.host]
+        service = speaks(upstream).sigv4_service
+        region = host_region(upstream.host)
+        if service is None or region is None:
+            message = f"sluice: {upstream.host} takes no SigV4 signature sluice can make"
+            self.core.answer(flow, 503, message, {"x-should-retry": "false"}, message)
+            return
+        try:
+            # botocore may call STS for a role's session: off the event loop, and before the send.
+            credentials = await asyncio.to_thread(source.current)
+        except Exception as e:  # STS refused or unreachable, a profile gone: the call cannot be signed
+            message = f"sluice: no AWS credentials for {upstream.host}: {scrub(str(e))}"
+            self.core.answer(flow, 503, message, {"x-should-retry": "true", "retry-after": "5"}, message)
+            log.warning("sluice: flow %s: %s", flow.id, message)
+            return
+        signer = partial(_sigv4_fields, credentials, service, region)
+        wire_headers.send_with(flow.request, signer, going_to)
+        call = self.core.calls.get(flow.id)
+        if call is not None:
+            call.credential = label
 
     def _answer_overloaded(self, flow: http.HTTPFlow, upstream: Upstream, open_for: float) -> None:
         wait = max(1, math.ceil(open_for))
@@ -490,3 +538,31 @@ def upstream_ssl_context() -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def _sigv4_fields(
+    credentials: ReadOnlyCredentials, service: str, region: str, request: http.Request
+) -> Fields:
+    """The headers a request is written upstream with: its own, less the client's signature, signed for
+    `service` in `region` with the real credentials over its body as it is sent (addons/sigv4.py)."""
+    signed = sigv4.resign(
+        method=request.method,
+        url=f"https://{request.host}{request.path}",
+        headers={name: value for name, value in request.headers.items()},
+        body=request.raw_content or b"",
+        access_key=credentials.access_key,
+        secret_key=credentials.secret_key,
+        token=credentials.token,
+        service=service,
+        region=region,
+    )
+    return tuple((name.encode(), value.encode()) for name, value in signed.items())
+
+
+def aws_label(settings: AwsCredentials) -> str:
+    """How a row names an upstream's AWS credentials: where they come from, never what they are."""
+    if settings.role_arn is not None:
+        return f"aws role {settings.role_arn}"
+    if settings.profile is not None:
+        return f"aws profile {settings.profile}"
+    return describe_reference("aws", settings.access_key_id or "")

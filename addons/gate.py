@@ -10,13 +10,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+from datetime import UTC, datetime
 
 from mitmproxy import ctx, exceptions, http
 
+from addons import sigv4
 from addons.core import SluiceCore, destination, query_key
+from addons.sigv4 import Refusal
 from rules.clients import KnownClient, digest, match_client, presented_key
 from rules.config import ConfigError, resolve_secret
-from rules.providers import find_provider, served_path
+from rules.providers import find_provider, host_region, served_path
 
 log = logging.getLogger("sluice")
 
@@ -33,6 +36,8 @@ class Gate:
     def __init__(self, core: SluiceCore) -> None:
         self.core = core
         self.clients: list[KnownClient] = []
+        # A placeholder AWS access key id -> its client, and the placeholder secret it signs with.
+        self.aws_clients: dict[str, tuple[KnownClient, str]] = {}
 
     def configure(self, updated: set[str]) -> None:
         if "sluice_config" not in updated:
@@ -52,7 +57,8 @@ class Gate:
                 )
             clients.append(KnownClient(client.name, digest(secret.get_secret_value()), client.user_id))
         self.clients = clients
-        swapping = [u.host for u in self.core.config.upstreams if u.keys or u.oauth]
+        self.aws_clients = self._aws_clients()
+        swapping = [u.host for u in self.core.config.upstreams if u.swaps]
         if swapping and not clients:
             log.warning(
                 "sluice: credentials are swapped for %s but no [[clients]] are configured: every request "
@@ -61,7 +67,7 @@ class Gate:
             )
 
     def running(self) -> None:
-        swapping = any(u.keys or u.oauth for u in self.core.config.upstreams)
+        swapping = any(u.swaps for u in self.core.config.upstreams)
         host = ctx.options.listen_host
         if swapping and not _is_loopback(host):
             log.warning(
@@ -78,8 +84,16 @@ class Gate:
             return
         call = self.core.calls.get(flow.id)
         headers = call.request_headers if call is not None else flow.request.headers
+        signed = self._signed_by(flow)
+        if isinstance(signed, Refusal):
+            self.core.answer(
+                flow, 403, signed.message, {"x-should-retry": "false"}, f"refused: {signed.message}",
+                code=signed.exception,
+            )  # fmt: skip
+            log.info("sluice: flow %s: refused a SigV4 request: %s", flow.id, signed.message)
+            return
         key = presented_key(headers, query_key(flow, self.core.envelope(flow)))
-        client = match_client(key, self.clients) if self.clients else None
+        client = signed if signed is not None else (match_client(key, self.clients) if self.clients else None)
         if call is not None and client is not None:
             call.client = client.name
             call.user_id = client.user_id
@@ -95,6 +109,47 @@ class Gate:
             # Without the query: a key sent as `?key=` (Gemini) must not reach the log.
             flow.request.pretty_url.split("?", 1)[0],
         )
+
+    def _signed_by(self, flow: http.HTTPFlow) -> KnownClient | Refusal | None:
+        """The client whose placeholder AWS key pair signed this request (SigV4), verified by botocore over
+        the request as received; a Refusal when it is signed but not acceptably (unknown key id, wrong
+        signature, stale, another service or region...). None when the request is not SigV4-signed or goes
+        to no provider that takes such signatures: the client key rules apply then."""
+        provider = self.core.speaks(destination(flow).host)
+        service = provider.sigv4_service if provider is not None else None
+        authorization = flow.request.headers.get("authorization", "")
+        if service is None or not authorization.startswith("AWS4-"):
+            return None
+        request = flow.request
+        checked = sigv4.verify(
+            method=request.method,
+            url=f"https://{request.host}{request.path}",
+            headers={name.lower(): value for name, value in request.headers.items()},
+            body=request.raw_content or b"",
+            secrets={key_id: secret for key_id, (_, secret) in self.aws_clients.items()},
+            service=service,
+            region=host_region(destination(flow).host),
+            now=datetime.now(UTC),
+        )
+        if isinstance(checked, sigv4.Refusal):
+            return checked
+        return self.aws_clients[checked.access_key_id][0]
+
+    def _aws_clients(self) -> dict[str, tuple[KnownClient, str]]:
+        found = {}
+        for index, client in enumerate(self.core.config.clients):
+            if client.aws is None:
+                continue
+            field = f"clients[{index}].aws.secret_access_key"
+            try:
+                secret, _ = resolve_secret(
+                    client.aws.secret_access_key, field=field, base_dir=self.core.config_dir
+                )
+            except ConfigError as e:
+                raise exceptions.OptionsError(f"sluice_config {ctx.options.sluice_config}: {e}") from None
+            known = next(c for c in self.clients if c.name == client.name)
+            found[client.aws.access_key_id] = (known, secret.get_secret_value())
+        return found
 
     def _trade_client_key(self, flow: http.HTTPFlow) -> bool:
         """A client's credential library trading a refresh token for an access token at a token endpoint of
@@ -127,7 +182,7 @@ class Gate:
         return True
 
     def _token_endpoints(self) -> set[str]:
-        named = {u.provider for u in self.core.config.upstreams if u.keys or u.oauth}
+        named = {u.provider for u in self.core.config.upstreams if u.swaps}
         return {e for name in named if (p := find_provider(name)) for e in p.client_token_endpoints}
 
 

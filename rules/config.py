@@ -195,6 +195,12 @@ class Upstream(_Model):
     # first usable key in the order listed.
     routing: Literal["affinity", "first"] = "affinity"
 
+    @property
+    def swaps(self) -> bool:
+        """sluice puts a real credential on this upstream's requests: keys, an OAuth login, or AWS
+        credentials it signs them with."""
+        return bool(self.keys or self.oauth or self.aws)
+
     @model_validator(mode="before")
     @classmethod
     def _split_port(cls, data: object) -> object:

@@ -88,7 +88,7 @@ def command_environment(
     key = _client_key(config, config_dir, client)
     if key is not None:
         for upstream in config.upstreams:
-            if upstream.keys or upstream.oauth:
+            if upstream.swaps:
                 env.update(dict.fromkeys(format_of(upstream.provider).key_variables, key))
     if account is not None:
         env.update(HOME=account.home, USER=account.name, LOGNAME=account.name)

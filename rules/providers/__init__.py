@@ -70,6 +70,9 @@ class Provider:
     # them to the client key, and never passes the real ones on).
     key_variables: tuple[str, ...] = ()
     overloaded_status: int = 503  # what sluice answers while the provider says it is overloaded
+    # The AWS service name its requests are signed for with SigV4 (`bedrock`): a client may sign with its
+    # placeholder key pair, which sluice verifies, and sluice re-signs with the real credentials.
+    sigv4_service: str | None = None
     pricing_id: str | None = None  # genai-prices' provider id, when not `name`
     # A cloud's regional hosts (`bedrock-runtime.us-east-1.amazonaws.com`): host -> its region, None for a
     # host that is not one of them. A regional host is the provider's own like those in `hosts`.

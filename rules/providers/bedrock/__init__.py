@@ -84,6 +84,7 @@ def regional_host(host: str) -> str | None:
 BEDROCK = Provider(
     name="bedrock",
     hosts=(),
+    sigv4_service="bedrock",
     # SigV4's x-amz-date / x-amz-content-sha256 / x-amz-security-token, the SDKs' amz-sdk-invocation-id /
     # amz-sdk-request / x-amz-user-agent, Bedrock's x-amzn-bedrock-* (trace, guardrails, performance
     # config, service tier) and x-amzn-trace-id.
