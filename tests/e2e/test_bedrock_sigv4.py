@@ -8,6 +8,7 @@ a log line or a saved flow.
 from __future__ import annotations
 
 import json
+import os
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from botocore.config import Config
 
 from tests.e2e.conftest import ProxyFactory
 from tests.e2e.harness import CLIENT_TIMEOUT, Proxy
+from tests.e2e.test_claude_code import CLAUDE_BIN, REPLY, run_claude, through
 from tests.fake_bedrock import BEDROCK_HOST, REGION
 from tests.fake_provider import DEFAULT_TEXT, FakeProvider, Usage
 
@@ -207,3 +209,40 @@ def test_anthropics_bedrock_client_signs_with_its_placeholder_pair(
         14,
         6,
     )
+
+
+@pytest.mark.skipif(not os.access(CLAUDE_BIN, os.X_OK), reason=f"no Claude Code CLI at {CLAUDE_BIN}")
+def test_claude_code_on_bedrock_holds_only_a_placeholder_key_pair(
+    proxy: Proxy, fake: FakeProvider, tmp_path: Path, saved: Path
+) -> None:
+    fake.set_default(text=REPLY, usage=Usage(input_tokens=40, output_tokens=7))
+    home, workdir = tmp_path / "home", tmp_path / "project"
+    home.mkdir()
+    workdir.mkdir()
+    env = through(
+        proxy,
+        home,
+        CLAUDE_CODE_USE_BEDROCK="1",
+        AWS_REGION=REGION,
+        AWS_ACCESS_KEY_ID=PLACEHOLDER_ID,
+        AWS_SECRET_ACCESS_KEY=PLACEHOLDER_SECRET,
+        ANTHROPIC_MODEL=MODEL,
+        ANTHROPIC_SMALL_FAST_MODEL=MODEL,
+    )
+    del env["ANTHROPIC_API_KEY"]
+
+    run = run_claude(workdir, env, "say hi")
+
+    assert run.result["result"] == REPLY
+    calls = [r for r in fake.requests if r.path.startswith("/model/")]
+    assert calls, [r.path for r in fake.requests]
+    assert all(
+        (r.header("authorization") or "").startswith(f"AWS4-HMAC-SHA256 Credential={REAL_ID}/") for r in calls
+    )
+    rows = proxy.wait_for_rows(len(calls))
+    assert {(row["client"], row["provider"], row["region"]) for row in rows} == {("alice", "bedrock", REGION)}
+    turn = next(r for r in calls if "invoke" in r.path)
+    assert HOUSE_RULES in json.dumps(turn.json()["system"])
+    for secret in (REAL_SECRET,):
+        assert secret not in run.stdout + run.stderr
+    assert_no_secret_anywhere(proxy, saved)
