@@ -101,7 +101,7 @@ class Credentials:
         if not {"sluice_config", "sluice_db"} & updated:
             return
         self._aws_sources = self._aws_credential_sources()
-        upstreams = [u for u in self.core.config.upstreams if u.keys or u.oauth]
+        upstreams = [u for u in self.core.config.upstreams if u.swaps]
         if not upstreams:
             self.pool = None
             return
@@ -112,7 +112,11 @@ class Credentials:
                 self.oauth = self.oauth or OAuthStore(secrets_path_for(db_path), on_event=self._oauth_event)
             keys: dict[tuple[str, str], str] = {}
             for index, upstream in enumerate(self.core.config.upstreams):
-                if upstream.keys or upstream.oauth:
+                if upstream.aws is not None:
+                    # One key pair, named by where it comes from (its fingerprint is of that, never a secret).
+                    label = self._aws_sources[upstream.host][1]
+                    self.pool.sync_config(upstream.host, [CredentialEntry(label, fingerprint(label), "aws")])
+                elif upstream.keys or upstream.oauth:
                     entries = self._entries(index, upstream, keys)
                     self.pool.sync_config(upstream.host, entries)
         except (ConfigError, ValueError) as e:
@@ -199,9 +203,6 @@ class Credentials:
         if credential_refusal(going_to, upstream.host, upstream.port) is not None:
             return  # addons/confine.py has answered it already; a credential never goes there
         host = upstream.host
-        if upstream.aws is not None:
-            await self._sign(flow, upstream, going_to)
-            return
         if self.pool is None:
             return
         breaker = self._breakers.get(host)
@@ -216,6 +217,9 @@ class Credentials:
             entry = choice.credential
             if entry is None:
                 self._answer_unavailable(flow, upstream, choice.retry_after_s, choice.reasons)
+                return
+            if entry.kind == "aws":
+                await self._sign(flow, upstream, entry, going_to)
                 return
             try:
                 secret = await self._secret(host, entry)
@@ -277,10 +281,13 @@ class Credentials:
         if call is not None:
             call.credential = entry.label
 
-    async def _sign(self, flow: http.HTTPFlow, upstream: Upstream, going_to: Destination) -> None:
+    async def _sign(
+        self, flow: http.HTTPFlow, upstream: Upstream, entry: CredentialEntry, going_to: Destination
+    ) -> None:
         """Have the request signed with the upstream's real AWS credentials as it is written to the upstream
         connection (SigV4 by botocore, over the body and headers as they leave, after every rule): the
-        client's own signature never goes upstream, and the real one never goes onto the flow."""
+        client's own signature never goes upstream, and the real one never goes onto the flow. The answer
+        is judged like any credential's (a throttled key pair rests in the pool)."""
         source, label = self._aws_sources[upstream.host]
         service = speaks(upstream).sigv4_service
         region = host_region(upstream.host)
@@ -297,7 +304,8 @@ class Credentials:
             log.warning("sluice: flow %s: %s", flow.id, message)
             return
         signer = partial(_sigv4_fields, credentials, service, region)
-        wire_headers.send_with(flow.request, signer, going_to)
+        delivery = wire_headers.send_with(flow.request, signer, going_to)
+        self._sent[flow.id] = Swapped(upstream.host, entry, credentials.secret_key, delivery)
         call = self.core.calls.get(flow.id)
         if call is not None:
             call.credential = label

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from rules.providers import Provider
 
 Action = Literal["none", "cool", "window", "overloaded", "disable", "reauth"]
-Kind = Literal["key", "oauth"]
+Kind = Literal["key", "oauth", "aws"]  # aws: a key pair sluice signs with (SigV4)
 
 # When the answer names no time. Anthropic's SDKs and OpenAI's retry after ~0.5-8 s with backoff; a pool can
 # afford to rest a key longer, since the next key takes over at once.

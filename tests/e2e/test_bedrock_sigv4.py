@@ -22,6 +22,7 @@ from botocore.config import Config
 from tests.e2e.conftest import ProxyFactory
 from tests.e2e.harness import CLIENT_TIMEOUT, Proxy
 from tests.e2e.test_claude_code import CLAUDE_BIN, REPLY, run_claude, through
+from tests.e2e.test_credentials import credential_states
 from tests.fake_bedrock import BEDROCK_HOST, REGION
 from tests.fake_provider import DEFAULT_TEXT, FakeProvider, Usage
 
@@ -246,3 +247,23 @@ def test_claude_code_on_bedrock_holds_only_a_placeholder_key_pair(
     for secret in (REAL_SECRET,):
         assert secret not in run.stdout + run.stderr
     assert_no_secret_anywhere(proxy, saved)
+
+
+def test_a_throttled_key_pair_rests_in_the_pool_and_sluice_answers_until_it_may_be_used(
+    alice: Any, proxy: Proxy, fake: FakeProvider
+) -> None:
+    fake.next(status=429)
+    with pytest.raises(botocore.exceptions.ClientError) as throttled:
+        alice.invoke_model(modelId=MODEL, body=json.dumps(INVOKE_BODY))
+    assert throttled.value.response["Error"]["Code"] == "ThrottlingException"
+    assert proxy.db_path is not None
+    [state] = credential_states(proxy.db_path).values()
+    assert (state["state"], state["label"]) == ("cooling", "aws env:SLUICE_E2E_AWS_ID")
+
+    with pytest.raises(botocore.exceptions.ClientError) as resting:
+        alice.invoke_model(modelId=MODEL, body=json.dumps(INVOKE_BODY))
+    assert (
+        resting.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+    )  # sluice's own, in Bedrock's envelope
+    assert "cooling" in resting.value.response["Error"]["Message"]
+    assert len([r for r in fake.requests if r.path.startswith("/model/")]) == 1
