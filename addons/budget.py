@@ -84,21 +84,7 @@ class Budget:
         }
         self.rate_scopes = _rate_scopes(config)
         self.shares = _shares(config)
-        # Clients every budget of which is enforced mid-stream (their own and their team's).
-        teams = {team.name: team for team in config.teams}
-        self.streamed = {
-            c.name
-            for c in config.clients
-            if all(
-                budget.enforce == "stream"
-                for budget in (
-                    c.budget,
-                    teams[self.team_of[c.name]].budget if c.name in self.team_of else None,
-                )
-                if budget is not None
-            )
-            and (c.budget is not None or self.team_budgets.get(self.team_of.get(c.name, "")) is not None)
-        }
+        self.streamed = _streamed(config)
         self._check_stand_ins()
         path = ctx.options.sluice_db
         if not self.limits and not self.team_budgets:
@@ -331,14 +317,12 @@ class Budget:
 
 def _rate_scopes(config: Config) -> dict[str, list[RateScope]]:
     """Each rate-limited client's scopes: its own limits, then its team's."""
-    teams = {team.name: team for team in config.teams}
-    team_of = {member: team.name for team in config.teams for member in team.members}
     found: dict[str, list[RateScope]] = {}
     for client in config.clients:
         scopes = []
         if client.limits is not None:
             scopes.append(_scope("client", client.name, client.limits))
-        team = teams.get(team_of.get(client.name, ""))
+        team = config.team_of(client.name)
         if team is not None and team.limits is not None:
             scopes.append(_scope("team", team.name, team.limits))
         scopes = [scope for scope in scopes if scope.limited()]
@@ -353,15 +337,24 @@ def _scope(kind: str, name: str, limits: Limits) -> RateScope:
 
 def _shares(config: Config) -> dict[str, dict[str, float]]:
     """Each client's window shares: its own and its team's, the smaller where both name a window."""
-    teams = {team.name: team for team in config.teams}
-    team_of = {member: team.name for team in config.teams for member in team.members}
     found: dict[str, dict[str, float]] = {}
     for client in config.clients:
         shares = dict(client.window_share)
-        team = teams.get(team_of.get(client.name, ""))
+        team = config.team_of(client.name)
         if team is not None:
             for window, share in team.window_share.items():
                 shares[window] = min(share, shares.get(window, share))
         if shares:
             found[client.name] = shares
+    return found
+
+
+def _streamed(config: Config) -> set[str]:
+    """The clients with a budget every one of which (their own, their team's) is enforced mid-stream."""
+    found = set()
+    for client in config.clients:
+        team = config.team_of(client.name)
+        budgets = [b for b in (client.budget, team.budget if team is not None else None) if b is not None]
+        if budgets and all(budget.enforce == "stream" for budget in budgets):
+            found.add(client.name)
     return found

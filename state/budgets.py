@@ -126,15 +126,7 @@ class ClientBudget:
     resets_at: datetime | None
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "client": self.client,
-            "limit_usd": self.limit_usd,
-            "period": self.period,
-            "spent_usd": self.spent_usd,
-            "reserved_usd": self.reserved_usd,
-            "remaining_usd": max(0.0, self.limit_usd - self.spent_usd - self.reserved_usd),
-            "resets_at": self.resets_at.isoformat() if self.resets_at else None,
-        }
+        return {"client": self.client, **_spend_fields(self)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,16 +140,19 @@ class TeamSpend:
     resets_at: datetime | None
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "team": self.team,
-            "members": list(self.members),
-            "limit_usd": self.limit_usd,
-            "period": self.period,
-            "spent_usd": self.spent_usd,
-            "reserved_usd": self.reserved_usd,
-            "remaining_usd": max(0.0, self.limit_usd - self.spent_usd - self.reserved_usd),
-            "resets_at": self.resets_at.isoformat() if self.resets_at else None,
-        }
+        return {"team": self.team, "members": list(self.members), **_spend_fields(self)}
+
+
+def _spend_fields(budget: ClientBudget | TeamSpend) -> dict[str, object]:
+    """A budget's limit, period, spend, reservations, what is left and its reset, as JSON shows them."""
+    return {
+        "limit_usd": budget.limit_usd,
+        "period": budget.period,
+        "spent_usd": budget.spent_usd,
+        "reserved_usd": budget.reserved_usd,
+        "remaining_usd": max(0.0, budget.limit_usd - budget.spent_usd - budget.reserved_usd),
+        "resets_at": budget.resets_at.isoformat() if budget.resets_at else None,
+    }
 
 
 class BudgetLedger:
