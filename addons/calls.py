@@ -47,8 +47,10 @@ WRITERS: dict[str, Writer] = {
     "user_id": Writer(("gate",), "request"),
     "credential": Writer(("credentials",), "request: the pool entry it swapped in (was: the presented key)"),
     "request_read": Writer(("rewrite",), "request"),
-    "request_json_before": Writer(("rewrite",), "request"),
-    "request_json": Writer(("rewrite",), "request"),
+    "request_json_before": Writer(("rewrite",), "request; responseheaders (let go)"),
+    "request_json": Writer(
+        ("rewrite",), "request; responseheaders (let go, unless ops keeps it: `core.keeps_request_json`)"
+    ),
     "client_asked_usage": Writer(("rewrite",), "request"),
     "request_model": Writer(
         ("rewrite", "meter"),
@@ -116,7 +118,8 @@ class Call:
     user_id: str | None = None
     credential: str = "none"
     session_id: str | None = None
-    # The client's request headers, first value by lower-cased name, as they arrived (before any rule).
+    # The client's request headers a part reads (addons/core.py `read_request_headers`), first value by
+    # lower-cased name, as they arrived (before any rule).
     request_headers: dict[str, str] = field(default_factory=dict)
     request_model: str | None = None
     request_read: bool = False  # the request body was parsed (by the rewrite step) already

@@ -33,6 +33,7 @@ from rules.providers import (
     find_provider,
     format_of,
     host_region,
+    key_header_names,
     provider_for_host,
     providers,
     served_path,
@@ -75,13 +76,40 @@ def destination(flow: http.HTTPFlow) -> Destination:
     return Destination.of(request.scheme, request.host, request.port)
 
 
+# The request headers a part reads from the call record besides the keys a client presents (every known
+# provider's key headers): the body's framing and coding (rewrite), Claude Code's session (the row), trace
+# context (ops). Only these are decoded and held: a record lives as long as its call, and a fleet of agents
+# keeps a thousand calls streaming for minutes.
+READ_REQUEST_HEADERS = frozenset(
+    {
+        "authorization",
+        "content-encoding",
+        "transfer-encoding",
+        "x-claude-code-session-id",
+        "traceparent",
+        "tracestate",
+    }
+)
+_read_headers: dict[frozenset[str], frozenset[bytes]] = {}
+
+
+def read_request_headers() -> frozenset[bytes]:
+    """The request headers a call record keeps (`READ_REQUEST_HEADERS` and every provider's key headers)."""
+    keys = key_header_names()
+    found = _read_headers.get(keys)
+    if found is None:
+        _read_headers.clear()
+        found = _read_headers[keys] = frozenset(name.encode() for name in READ_REQUEST_HEADERS | keys)
+    return found
+
+
 def new_call(flow: http.HTTPFlow) -> Call | None:
     """The call record of a metered LLM request, as it arrived (before any part changed it); None for a
     request that is not one (sluice forwards it untouched and records nothing)."""
     endpoint = classify(flow.request.method, flow.request.path)
     if endpoint is None:
         return None
-    headers = header_values(flow.request.headers.fields)
+    headers = header_values(flow.request.headers.fields, read_request_headers())
     key = presented_key(headers, query_key(flow, endpoint.wire.provider))
     path_model = endpoint.wire.path_model
     return Call(
@@ -144,6 +172,9 @@ class SluiceCore:
         # (mitmweb, the console), flows saved as they pass (`-w`), or mitmdump printing bodies
         # (`flow_detail` >= 3). A plain mitmdump shows none of it.
         self.flows_shown = True
+        # A part reads each call's parsed request after it has left (ops exporting prompt content): the
+        # rewrite then keeps it on the record until the call ends instead of letting it go at its answer.
+        self.keeps_request_json = False
         # Set once mitmproxy runs: before it, an option error stops start-up (addons/startup.py).
         self.started = False
 

@@ -134,6 +134,7 @@ class OpsFeed:
             self.listener.close()
         self.listener = listener
         self.keep_content = wanted.otlp_content and endpoint is not None
+        self.core.keeps_request_json = self.keep_content
         if address is None and endpoint is None and not wanted.alerts:
             self.settings = None
             return

@@ -73,3 +73,12 @@ class Rewrite:
                 changes[b"accept-encoding"] = b"identity"
             if changes:
                 flow.request.headers.fields = with_headers(flow.request.headers.fields, changes)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Lets the call's parsed request go once its answer starts: every part that reads it has, in its
+        `request` hook (the budget's estimate, the credentials' affinity, the cache shape, the change list
+        mitmweb shows), so a stream minutes long does not hold its prompt parsed. Kept while ops exports
+        prompt content with each call (`core.keeps_request_json`)."""
+        call = self.core.calls.get(flow.id)
+        if call is not None and not self.core.keeps_request_json:
+            call.request_json_before = call.request_json = None

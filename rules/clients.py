@@ -11,7 +11,7 @@ import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from rules.providers import providers
+from rules.providers import key_header_names
 
 
 def digest(secret: str) -> bytes:
@@ -43,8 +43,7 @@ def presented_key(headers: Mapping[str, str], query_key: str | None = None) -> s
 
 
 def _key_headers() -> tuple[str, ...]:
-    names = {name for provider in providers() for name in provider.key_headers}
-    return tuple(sorted(names - {"authorization"}))
+    return tuple(sorted(key_header_names() - {"authorization"}))
 
 
 def match_client(key: str | None, clients: Iterable[KnownClient]) -> KnownClient | None:

@@ -200,6 +200,7 @@ class Endpoint:
 _PROVIDERS: dict[str, Provider] = {}
 _WIRES: dict[str, WireFormat] = {}
 _BY_SUFFIX: list[tuple[str, WireFormat]] = []  # longest suffix first
+_KEY_HEADERS: list[frozenset[str]] = []  # every provider's key headers, once asked for; reset by register
 
 
 def register(*wires: WireFormat) -> None:
@@ -213,6 +214,15 @@ def register(*wires: WireFormat) -> None:
         for suffix in wire.path_suffixes:
             _BY_SUFFIX.append((suffix, wire))
     _BY_SUFFIX.sort(key=lambda pair: len(pair[0]), reverse=True)
+    _KEY_HEADERS.clear()
+
+
+def key_header_names() -> frozenset[str]:
+    """Every header (lower-case name) a key of some known provider may travel in."""
+    if not _KEY_HEADERS:
+        names = (name.lower() for known in _PROVIDERS.values() for name in known.key_headers)
+        _KEY_HEADERS.append(frozenset(names))
+    return _KEY_HEADERS[0]
 
 
 def classify(method: str, path: str) -> Endpoint | None:

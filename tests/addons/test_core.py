@@ -83,6 +83,26 @@ def test_the_core_creates_a_metered_calls_record_as_the_request_arrived() -> Non
     assert core.calls[answered.id].answered_locally
 
 
+def test_a_calls_record_keeps_only_the_request_headers_a_part_reads() -> None:
+    core = SluiceCore()
+    trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    flow = llm_flow(headers=[("User-Agent", "claude-cli/2.0"), ("Traceparent", trace), ("Cookie", "a=b")])
+    core.request(flow)
+    assert core.calls[flow.id].request_headers == {"x-api-key": CLIENT_KEY, "traceparent": trace}
+
+
+def test_a_provider_registered_later_has_its_key_header_kept_and_read() -> None:
+    from tests.rules.providers.toy import TOY  # registers the toy provider, as a module of one's own would
+
+    core = SluiceCore()
+    key = [("X-Toy-Key", "toy-key-1")]
+    flow = llm_flow(host=TOY.hosts[0], path="/toy/v1/complete", key=None, headers=key)
+    core.request(flow)
+    call = core.calls[flow.id]
+    assert call.request_headers == {"x-toy-key": "toy-key-1"}
+    assert call.credential == fingerprint("toy-key-1")
+
+
 def test_no_record_for_what_is_not_a_metered_call_or_not_live() -> None:
     core = SluiceCore()
     listing = llm_flow(path="/v1/models")

@@ -6,6 +6,8 @@ import asyncio
 import json
 from pathlib import Path
 
+from mitmproxy import http
+
 from addons.gate import Gate
 from addons.rewrite import Rewrite
 from tests.addons.proxy import CONFIG, MESSAGE, configured, llm_flow
@@ -77,3 +79,24 @@ def test_a_request_that_is_not_an_llm_call_is_not_touched(tmp_path: Path) -> Non
         asyncio.run(proxy.hook("request", flow))
         assert proxy.record(flow) is None
     assert flow.request.raw_content == sent
+
+
+def test_the_parsed_request_is_let_go_once_the_answer_starts(tmp_path: Path) -> None:
+    flow = llm_flow(MESSAGE)
+    with configured(tmp_path, parts, RULES) as proxy:
+        asyncio.run(proxy.hook("request", flow))
+        call = proxy.record(flow)
+        assert call.request_json is not None and call.request_json_before is not None
+        flow.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+        asyncio.run(proxy.hook("responseheaders", flow))
+        assert call.request_json is None and call.request_json_before is None
+
+
+def test_the_parsed_request_is_kept_while_ops_exports_prompt_content(tmp_path: Path) -> None:
+    flow = llm_flow(MESSAGE)
+    with configured(tmp_path, parts, RULES) as proxy:
+        proxy.core.keeps_request_json = True
+        asyncio.run(proxy.hook("request", flow))
+        flow.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+        asyncio.run(proxy.hook("responseheaders", flow))
+        assert proxy.record(flow).request_json["messages"] == MESSAGE["messages"]
