@@ -195,7 +195,8 @@ class SluiceCore:
             "sluice_keep_body",
             int,
             DEFAULT_KEEP_BODY,
-            "Bytes of each streamed LLM response kept so mitmweb and saved flows can show it (0: none).",
+            "Bytes of each streamed LLM response kept so mitmweb, saved flows and printed flows can show it "
+            "(0: none). A plain mitmdump, which shows no body, keeps none.",
         )
         loader.add_option(
             "sluice_decode_max",

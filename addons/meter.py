@@ -116,7 +116,9 @@ class Meter:
         except ValueError as e:
             call.notes.append(f"usage not read: {e}")
             call.reader = None
-        if self.core.keep_body > 0:
+        if self.core.keep_body > 0 and self.core.flows_shown:
+            # A copy only where someone can see it (mitmweb, `-w`, printed bodies): a plain mitmdump keeps
+            # none, as bare mitmproxy keeps no streamed body; a fleet's long answers are not held twice.
             call.body_copy = bytearray()
         flow.response.stream = self._tee(call, encoded=encoding.strip().lower() not in ("", "identity"))
 

@@ -221,3 +221,20 @@ def test_request_fields_of_a_compressed_body_are_read_within_the_cap() -> None:
     deep = b"[" * 100_000 + b"]" * 100_000
     assert read_request_fields(deep, None) == (None, False, "request body nests too deeply")
     assert read_request_fields(b"not json", None) == (None, False, "request body is not JSON")
+
+
+@pytest.mark.parametrize("shown", [True, False])
+def test_a_streamed_body_is_kept_only_where_someone_can_see_it(shown: bool) -> None:
+    async def hook() -> tuple[bytes | None, dict[str, object]]:
+        core, meter, records, _ = answered(shown=shown)
+        flow, call = _streamed(meter, core, "identity")
+        assert flow.response is not None and callable(flow.response.stream)
+        assert flow.response.stream(PING * 3) == PING * 3  # the client gets every byte either way
+        flow.response.stream(b"")
+        await meter.response(flow)
+        await asyncio.sleep(0)  # a plain mitmdump builds the row once the response has left
+        return flow.response.raw_content, records.rows[-1]
+
+    kept, row = asyncio.run(hook())
+    assert kept == (PING * 3 if shown else None)  # mitmweb, -w: the answer is on the flow; mitmdump: none
+    assert row["response_bytes"] == len(PING * 3)
