@@ -215,6 +215,8 @@ def register(*wires: WireFormat) -> None:
             _BY_SUFFIX.append((suffix, wire))
     _BY_SUFFIX.sort(key=lambda pair: len(pair[0]), reverse=True)
     _KEY_HEADERS.clear()
+    _WINDOW_HEADERS.clear()
+    _COUNTED_HEADERS.clear()
 
 
 def key_header_names() -> frozenset[str]:
@@ -300,24 +302,48 @@ def provider_for_host(host: str) -> Provider | None:
     return None
 
 
+# What each rate-limit header name was read as: every answer carries the same two dozen, and each is read
+# for the pool, the quota and the row. Bounded: an upstream's names are not ours to count.
+_WINDOW_HEADERS: dict[str, tuple[Provider, str] | None] = {}
+_COUNTED_HEADERS: dict[str, tuple[Provider, str, str] | None] = {}
+_HEADER_MEMO_MAX = 4096
+
+
 def window_header(name: str) -> tuple[Provider, str] | None:
     """The provider whose subscription-window family a rate-limit header (lower-case name) belongs to, and
     what follows the family's prefix (`status`, `5h-utilization`, ...); None for any other header."""
+    try:
+        return _WINDOW_HEADERS[name]
+    except KeyError:
+        pass
+    found = None
     for known in _PROVIDERS.values():
         if known.window_prefix and name.startswith(known.window_prefix):
-            return known, name[len(known.window_prefix) :]
-    return None
+            found = known, name[len(known.window_prefix) :]
+            break
+    if len(_WINDOW_HEADERS) >= _HEADER_MEMO_MAX:
+        _WINDOW_HEADERS.clear()
+    _WINDOW_HEADERS[name] = found
+    return found
 
 
 def counted_limit_header(name: str) -> tuple[Provider, str, str] | None:
     """(provider, limit, field) of a counted rate limit's header (lower-case name), None for any other. A
     window's header is not one, though a family's pattern may match it."""
-    if window_header(name) is not None:
-        return None
-    for known in _PROVIDERS.values():
-        if known.counted_limits is not None and (match := known.counted_limits.fullmatch(name)):
-            return known, match["name"], match["field"]
-    return None
+    try:
+        return _COUNTED_HEADERS[name]
+    except KeyError:
+        pass
+    found = None
+    if window_header(name) is None:
+        for known in _PROVIDERS.values():
+            if known.counted_limits is not None and (match := known.counted_limits.fullmatch(name)):
+                found = known, match["name"], match["field"]
+                break
+    if len(_COUNTED_HEADERS) >= _HEADER_MEMO_MAX:
+        _COUNTED_HEADERS.clear()
+    _COUNTED_HEADERS[name] = found
+    return found
 
 
 def window_prefixes() -> list[str]:

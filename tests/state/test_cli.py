@@ -450,8 +450,10 @@ def test_quota_shows_a_reading_of_the_usage_endpoint_as_such(
     code, out, _ = run(capsys, "quota", "--db", str(db_path))
 
     assert code == 0
-    assert f"{ANTHROPIC} · oauth file:login.json · seen just now" in out
-    assert "from the OAuth usage endpoint" in out
+    # The title wraps where the table's width puts it: a reset after midnight is shown with its date.
+    title = " ".join(out.split())
+    assert f"{ANTHROPIC} · oauth file:login.json · seen just now" in title
+    assert "from the OAuth usage endpoint" in title
     assert re.search(r"5h\s+│ 61% used\s+│ in 2h \(", out), out
     assert "oauth-usage.extra_usage.is_enabled │ false" in out
     assert "subscription" not in out  # the endpoint gives no overall status: no line of question marks
