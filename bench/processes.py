@@ -276,14 +276,16 @@ def start_upstream(workdir: Path, cert: Path, key: Path, bomb_bytes: int = 0) ->
 
 @dataclass
 class Proxy:
-    """One running mitmdump: how to reach it, and when each phase loaded it (for the lag samples)."""
+    """One running proxy (a mitmdump, or a peer): how to reach it, and when each phase loaded it (for the lag
+    samples)."""
 
-    name: str  # "bare" | "sluice"
+    name: str  # "bare" | "sluice" | a peer's (bench/peers.py)
     child: Child
     port: int
-    client_tls: ssl.SSLContext  # trusts this mitmdump's own CA
-    lag_file: Path
+    client_tls: ssl.SSLContext | None  # trusts this mitmdump's own CA; None for a base-URL peer
+    lag_file: Path | None  # bench/looplag.py's samples; None where it is not loaded (a peer)
     windows: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    base_path: str = ""  # a base-URL (reverse) proxy: plain HTTP to it, paths under this prefix; no CONNECT
 
     def window(self, phase: str, start: float, end: float) -> None:
         """A span of `time.monotonic()` during which `phase` loaded this proxy."""
