@@ -414,15 +414,21 @@ def build_figures(raw: dict[str, Any], proxies: dict[str, Proxy], s: Settings) -
     return f
 
 
-def add_peer_column(figures: dict[str, Figure], raw: dict[str, Any], s: Settings) -> None:
-    """Each figure's value for the peer (`raw`'s bench/peers.py entry), computed exactly as sluice's is: the
-    figures built again with the peer's samples in sluice's place. The in-process figures (rewrite, writer)
-    and the event-loop lag (bench/looplag.py runs in the mitmdumps only) stay empty for it."""
-    from bench.peers import PEER_NAME
+# Figures that mean something else for the peer: it has no writer thread, and uvloop (libuv) reads and
+# writes sockets with read(2) and write(2), which /proc/PID/io counts as file I/O (asyncio's recv and send
+# it does not).
+NOT_FOR_PEERS = ("writer_cpu_per_row_ms", "write_syscalls_per_request", "read_syscalls_per_request")
 
-    as_sluice = {"bare": raw["bare"], "sluice": raw.get(PEER_NAME, {})}
-    for key, figure in build_figures(as_sluice, {}, s).items():
-        figures[key].peer = figure.sluice
+
+def add_peer_column(
+    figures: dict[str, Figure], bare: dict[str, Any], peer: dict[str, Any], s: Settings
+) -> None:
+    """Each figure's value for the peer from its samples (`peer`, as `bare`: {phase: {part: [...]}}),
+    computed exactly as sluice's is: the figures built again with the peer's samples in sluice's place. The
+    in-process figures (rewrite, writer), the event-loop lag (bench/looplag.py runs in the mitmdumps only)
+    and NOT_FOR_PEERS stay empty for it."""
+    for key, figure in build_figures({"bare": bare, "sluice": peer}, {}, s).items():
+        figures[key].peer = None if key in NOT_FOR_PEERS else figure.sluice
 
 
 def _sum_per_unit(d: dict[str, list[Any]], parts: Sequence[str], factor: float) -> float | None:

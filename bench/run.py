@@ -263,7 +263,7 @@ def run(
                     proxy.child.stop()  # mitmproxy's `done`: the lag addon writes its samples
         figures = build_figures(raw, proxies, settings)
         if peer_venv is not None:
-            add_peer_column(figures, raw, settings)
+            add_peer_column(figures, raw["bare"], raw.get(PEER_NAME, {}), settings)
         if against is not None or ops:
             for figure in figures.values():
                 figure.target = None  # the targets are for sluice over bare mitmdump, not over a sluice
