@@ -27,7 +27,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -163,18 +162,8 @@ def start_litellm(
     )
     args = litellm_command(venv, config, port)
     child = Child(f"{PEER_NAME} proxy", args, env=env, log=home / "litellm.log")
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            child.check_alive()
-        except BenchError:
-            child.stop()
-            raise
-        if _answers(port):
-            return Proxy(PEER_NAME, child, port, client_tls=None, lag_file=None, base_path=BASE_PATH)
-        time.sleep(0.2)
-    child.stop()
-    raise BenchError(f"{PEER_NAME} proxy not ready after {START_TIMEOUT_S:g}s:\n{child.log_tail()}")
+    child.wait_ready(lambda: _answers(port), START_TIMEOUT_S, poll_s=0.2)
+    return Proxy(PEER_NAME, child, port, client_tls=None, lag_file=None, base_path=BASE_PATH)
 
 
 def peer_report(venv: Path, phases: tuple[str, ...]) -> dict[str, Any]:

@@ -239,6 +239,21 @@ class Child:
             return "\n".join(said[-lines:])
         return ""
 
+    def wait_ready(self, ready: Callable[[], bool], timeout: float, poll_s: float = 0.05) -> None:
+        """Until `ready()` says so; stopped, and BenchError with its log, if it exits or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.check_alive()
+            except BenchError:
+                self.stop()
+                raise
+            if ready():
+                return
+            time.sleep(poll_s)
+        self.stop()
+        raise BenchError(f"{self.name} not ready after {timeout:g}s:\n{self.log_tail()}")
+
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
@@ -323,20 +338,10 @@ def start_mitmdump(
         args += ["--set", setting]
     child = Child(f"mitmdump ({name})", args, env=env, log=home / "mitmdump.log")
     ca = confdir / "mitmproxy-ca-cert.pem"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            child.check_alive()
-        except BenchError:
-            child.stop()
-            raise
-        if ca.exists() and _accepts(port):
-            context = ssl.create_default_context(cafile=str(ca))
-            context.set_alpn_protocols(["http/1.1"])
-            return Proxy(name, child, port, context, lag_file)
-        time.sleep(0.05)
-    child.stop()
-    raise BenchError(f"mitmdump ({name}) not ready after {START_TIMEOUT_S}s:\n{child.log_tail()}")
+    child.wait_ready(lambda: ca.exists() and _accepts(port), START_TIMEOUT_S)
+    context = ssl.create_default_context(cafile=str(ca))
+    context.set_alpn_protocols(["http/1.1"])
+    return Proxy(name, child, port, context, lag_file)
 
 
 class Profiler:

@@ -100,25 +100,27 @@ class Figure:
     note: str = ""
     peer: float | None = None  # `--peers`: the same figure for the peer proxy (bench/peers.py)
 
+    def over_bare(self, value: float | None) -> tuple[float | None, float | None]:
+        """`value` against bare: (value / bare, value - bare), each None where it cannot be had."""
+        if self.bare is None or value is None:
+            return None, None
+        return (value / self.bare if self.bare else None), value - self.bare
+
     @property
     def ratio(self) -> float | None:
-        if self.bare is None or self.sluice is None or self.bare == 0:
-            return None
-        return self.sluice / self.bare
+        return self.over_bare(self.sluice)[0]
 
     @property
     def added(self) -> float | None:
-        return None if self.bare is None or self.sluice is None else self.sluice - self.bare
+        return self.over_bare(self.sluice)[1]
 
     @property
     def peer_ratio(self) -> float | None:
-        if self.bare is None or self.peer is None or self.bare == 0:
-            return None
-        return self.peer / self.bare
+        return self.over_bare(self.peer)[0]
 
     @property
     def peer_added(self) -> float | None:
-        return None if self.bare is None or self.peer is None else self.peer - self.bare
+        return self.over_bare(self.peer)[1]
 
     def target_text(self) -> str:
         if self.target is None:
