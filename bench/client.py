@@ -25,6 +25,19 @@ def request_head(path: str, headers: Sequence[tuple[str, str]], length: int) -> 
     return f"POST {path} HTTP/1.1\r\n{lines}content-length: {length}\r\n\r\n".encode("latin-1")
 
 
+def base_url_head(head: bytes, base_path: str, authority: str) -> bytes:
+    """A request head for api.anthropic.com as an SDK sends it to a base-URL proxy instead: the target
+    under `base_path`, the proxy's own authority in `host`. Every other byte stays."""
+    method, target, rest = head.split(b" ", 2)
+    if not target.startswith(b"/"):
+        raise BenchError(f"not an origin-form request target: {target[:100]!r}")
+    host = b"\r\nhost: %s\r\n" % PROVIDER_HOST.encode()
+    if host not in rest:
+        raise BenchError(f"the request head names no host {PROVIDER_HOST}: {head[:200]!r}")
+    rest = rest.replace(host, b"\r\nhost: %s\r\n" % authority.encode(), 1)
+    return b"%s %s%s %s" % (method, base_path.encode(), target, rest)
+
+
 class Connection:
     def __init__(self, proxy: Proxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.proxy = proxy
@@ -35,6 +48,8 @@ class Connection:
     async def open(cls, proxy: Proxy, host: str = PROVIDER_HOST) -> Connection:
         async with asyncio.timeout(REQUEST_TIMEOUT_S):
             reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, limit=READ_LIMIT)
+            if proxy.base_path:  # a base-URL proxy: requests go to it, in plain HTTP
+                return cls(proxy, reader, writer)
             writer.write(f"CONNECT {host}:443 HTTP/1.1\r\nhost: {host}:443\r\n\r\n".encode())
             head = await reader.readuntil(b"\r\n\r\n")
             if not head.startswith(b"HTTP/1.1 200"):
@@ -44,6 +59,8 @@ class Connection:
         return cls(proxy, reader, writer)
 
     async def send(self, head: bytes, body: bytes) -> None:
+        if self.proxy.base_path:
+            head = base_url_head(head, self.proxy.base_path, f"127.0.0.1:{self.proxy.port}")
         self.writer.write(head + body)
         await self.writer.drain()
 

@@ -239,6 +239,21 @@ class Child:
             return "\n".join(said[-lines:])
         return ""
 
+    def wait_ready(self, ready: Callable[[], bool], timeout: float, poll_s: float = 0.05) -> None:
+        """Until `ready()` says so; stopped, and BenchError with its log, if it exits or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.check_alive()
+            except BenchError:
+                self.stop()
+                raise
+            if ready():
+                return
+            time.sleep(poll_s)
+        self.stop()
+        raise BenchError(f"{self.name} not ready after {timeout:g}s:\n{self.log_tail()}")
+
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
@@ -276,14 +291,16 @@ def start_upstream(workdir: Path, cert: Path, key: Path, bomb_bytes: int = 0) ->
 
 @dataclass
 class Proxy:
-    """One running mitmdump: how to reach it, and when each phase loaded it (for the lag samples)."""
+    """One running proxy (a mitmdump, or a peer): how to reach it, and when each phase loaded it (for the lag
+    samples)."""
 
-    name: str  # "bare" | "sluice"
+    name: str  # "bare" | "sluice" | a peer's (bench/peers.py)
     child: Child
     port: int
-    client_tls: ssl.SSLContext  # trusts this mitmdump's own CA
-    lag_file: Path
+    client_tls: ssl.SSLContext | None  # trusts this mitmdump's own CA; None for a base-URL peer
+    lag_file: Path | None  # bench/looplag.py's samples; None where it is not loaded (a peer)
     windows: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    base_path: str = ""  # a base-URL (reverse) proxy: plain HTTP to it, paths under this prefix; no CONNECT
 
     def window(self, phase: str, start: float, end: float) -> None:
         """A span of `time.monotonic()` during which `phase` loaded this proxy."""
@@ -321,20 +338,10 @@ def start_mitmdump(
         args += ["--set", setting]
     child = Child(f"mitmdump ({name})", args, env=env, log=home / "mitmdump.log")
     ca = confdir / "mitmproxy-ca-cert.pem"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            child.check_alive()
-        except BenchError:
-            child.stop()
-            raise
-        if ca.exists() and _accepts(port):
-            context = ssl.create_default_context(cafile=str(ca))
-            context.set_alpn_protocols(["http/1.1"])
-            return Proxy(name, child, port, context, lag_file)
-        time.sleep(0.05)
-    child.stop()
-    raise BenchError(f"mitmdump ({name}) not ready after {START_TIMEOUT_S}s:\n{child.log_tail()}")
+    child.wait_ready(lambda: ca.exists() and _accepts(port), START_TIMEOUT_S)
+    context = ssl.create_default_context(cafile=str(ca))
+    context.set_alpn_protocols(["http/1.1"])
+    return Proxy(name, child, port, context, lag_file)
 
 
 class Profiler:

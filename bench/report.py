@@ -98,16 +98,29 @@ class Figure:
     # ("ratio_min", x): sluice/bare >= x; ("added_max", x): sluice - bare <= x; ("max" | "min", x): sluice
     target: tuple[str, float] | None = None
     note: str = ""
+    peer: float | None = None  # `--peers`: the same figure for the peer proxy (bench/peers.py)
+
+    def over_bare(self, value: float | None) -> tuple[float | None, float | None]:
+        """`value` against bare: (value / bare, value - bare), each None where it cannot be had."""
+        if self.bare is None or value is None:
+            return None, None
+        return (value / self.bare if self.bare else None), value - self.bare
 
     @property
     def ratio(self) -> float | None:
-        if self.bare is None or self.sluice is None or self.bare == 0:
-            return None
-        return self.sluice / self.bare
+        return self.over_bare(self.sluice)[0]
 
     @property
     def added(self) -> float | None:
-        return None if self.bare is None or self.sluice is None else self.sluice - self.bare
+        return self.over_bare(self.sluice)[1]
+
+    @property
+    def peer_ratio(self) -> float | None:
+        return self.over_bare(self.peer)[0]
+
+    @property
+    def peer_added(self) -> float | None:
+        return self.over_bare(self.peer)[1]
 
     def target_text(self) -> str:
         if self.target is None:
@@ -130,8 +143,10 @@ class Figure:
             return None
         return measured >= value if kind in ("ratio_min", "min") else measured <= value
 
-    def as_json(self) -> dict[str, Any]:
-        return {
+    def as_json(self, peer: bool = False) -> dict[str, Any]:
+        """The figure as the `--json` report has it; with `peer` (a `--peers` run) the peer's value, ratio
+        and difference over bare too, None where the peer did not run the phase."""
+        found = {
             "label": self.label,
             "unit": self.unit,
             "bare": self.bare,
@@ -142,12 +157,15 @@ class Figure:
             "result": {True: "PASS", False: "MISS", None: None}[self.passed],
             "note": self.note or None,
         }
+        if peer:
+            found.update(peer=self.peer, peer_ratio=self.peer_ratio, peer_added=self.peer_added)
+        return found
 
 
 def lag_samples(proxy: Proxy, phases: Sequence[str]) -> list[float]:
     """The lateness samples bench/looplag.py took while one of `phases` loaded the proxy."""
     windows = [window for phase in phases for window in proxy.windows.get(phase, [])]
-    if not windows:
+    if not windows or proxy.lag_file is None:
         return []
     try:
         data = json.loads(proxy.lag_file.read_text())
@@ -398,6 +416,23 @@ def build_figures(raw: dict[str, Any], proxies: dict[str, Proxy], s: Settings) -
     return f
 
 
+# Figures that mean something else for the peer: it has no writer thread, and uvloop (libuv) reads and
+# writes sockets with read(2) and write(2), which /proc/PID/io counts as file I/O (asyncio's recv and send
+# it does not).
+NOT_FOR_PEERS = ("writer_cpu_per_row_ms", "write_syscalls_per_request", "read_syscalls_per_request")
+
+
+def add_peer_column(
+    figures: dict[str, Figure], bare: dict[str, Any], peer: dict[str, Any], s: Settings
+) -> None:
+    """Each figure's value for the peer from its samples (`peer`, as `bare`: {phase: {part: [...]}}),
+    computed exactly as sluice's is: the figures built again with the peer's samples in sluice's place. The
+    in-process figures (rewrite, writer), the event-loop lag (bench/looplag.py runs in the mitmdumps only)
+    and NOT_FOR_PEERS stay empty for it."""
+    for key, figure in build_figures({"bare": bare, "sluice": peer}, {}, s).items():
+        figures[key].peer = None if key in NOT_FOR_PEERS else figure.sluice
+
+
 def _sum_per_unit(d: dict[str, list[Any]], parts: Sequence[str], factor: float) -> float | None:
     """The `usage` snapshots' `parts` summed over rounds, per unit (request), times `factor`."""
     total = units = 0.0
@@ -416,12 +451,31 @@ def _number(value: float | None) -> str:
     return f"{value:.1f}" if abs(value) >= 100 else f"{value:.2f}"
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _added(value: float | None, unit: str) -> str:
+    return "-" if value is None else f"{value:+.2f} {unit}"
+
+
+def peer_columns(name: str) -> list[str]:
+    """The table's columns for the peer named `name`, after sluice's: its value, over bare and minus bare."""
+    return [name, f"{name}/bare", f"{name}-bare"]
+
+
+def peer_cells(figure: Figure) -> list[str]:
+    """One figure's cells in `peer_columns`."""
+    return [_number(figure.peer), _ratio(figure.peer_ratio), _added(figure.peer_added, figure.unit)]
+
+
 def print_report(report: dict[str, Any], figures: dict[str, Figure]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     m = report["machine"]
-    console = Console(width=max(150, Console().width))
+    peer = report.get("peer")
+    console = Console(width=max(190 if peer else 150, Console().width))
     title = (
         f"sluice benchmark ({report['mode']}, {report['seconds']:.0f} s) · {m['cpu_model']} "
         f"· {m['cpus']} CPUs · Python {m['python']} · mitmproxy {m['mitmproxy']} "
@@ -439,16 +493,29 @@ def print_report(report: dict[str, Any], figures: dict[str, Figure]) -> None:
             f"(OTLP posts {ops['otlp_posts']}, {ops['otlp_bytes']:,} bytes; "
             f"/metrics {ops['metrics_bytes']} bytes)"
         )
+    if peer:  # --peers: LiteLLM's proxy in columns of its own
+        title += (
+            f"\n{peer['name']} columns: LiteLLM {peer['version']}, {peer['route']}, "
+            f"{peer['workers']} worker, log level {peer['log_level']}, no database; "
+            f"client hop {peer['client_hop']}; upstream hop {peer['upstream_hop']}"
+        )
+        for phase, reason in peer["skipped"].items():
+            title += f"\n{peer['name']} skips {phase}: {reason}"
     table = Table(title=title, title_justify="left")
-    for column in ("figure", "bare", "sluice", "sluice/bare", "sluice-bare", "target", "result", "note"):
-        table.add_column(column, justify="right" if column in ("bare", "sluice", "sluice/bare") else "left")
+    columns = ["figure", "bare", "sluice", "sluice/bare", "sluice-bare"]
+    if peer:
+        columns += peer_columns(peer["name"])
+    for column in [*columns, "target", "result", "note"]:
+        numeric = column in columns[1:] and not column.endswith("-bare")
+        table.add_column(column, justify="right" if numeric else "left")
     for figure in figures.values():
         table.add_row(
             figure.label,
             _number(figure.bare),
             _number(figure.sluice),
-            "-" if figure.ratio is None else f"{figure.ratio:.2f}",
-            "-" if figure.added is None else f"{figure.added:+.2f} {figure.unit}",
+            _ratio(figure.ratio),
+            _added(figure.added, figure.unit),
+            *(peer_cells(figure) if peer else ()),
             figure.target_text(),
             {True: "[green]PASS[/]", False: "[red]MISS[/]", None: ""}[figure.passed],
             figure.note,
@@ -465,3 +532,8 @@ def print_report(report: dict[str, Any], figures: dict[str, Figure]) -> None:
         "Latency percentiles are each proxy's own; sluice-bare is the difference of the two percentiles. "
         "Client, upstream and both proxies share this machine's CPUs."
     )
+    if peer:
+        console.print(
+            f"{peer['name']}-bare likewise; its CPU is every process of the peer's. The peer runs only "
+            f"{', '.join(peer['phases']) or 'no phase'} of this run: elsewhere its columns are empty."
+        )

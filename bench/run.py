@@ -7,6 +7,7 @@
     .venv/bin/python -m bench.run --against ../prev  # another checkout's sluice in bare's place
     .venv/bin/python -m bench.run --ops --only latency,throughput   # metrics + tracing on, against off
     .venv/bin/python -m bench.run --ops metrics --only latency      # one of them (metrics, tracing)
+    .venv/bin/python -m bench.run --peers --only latency,throughput # LiteLLM's proxy too (bench/peers.py)
 
 It starts, all on 127.0.0.1: the bench upstream (bench/upstream.py, a fake Anthropic API in a process of its
 own), a BARE mitmdump (bench/bare_stream.py only: it streams `text/event-stream`, as any LLM proxy must)
@@ -17,7 +18,8 @@ proxy's certificate, HTTP/1.1 keep-alive; mitmproxy talks TLS to the upstream, w
 api.anthropic.com through tests/e2e/sitecustomize.
 
 Every phase runs against both proxies in turn, alternating which goes first from round to round, so a change
-in the machine's speed hits both alike. Every loop is bounded in count and time, and every process the run
+in the machine's speed hits both alike. `--peers` adds a third, LiteLLM's proxy (bench/peers.py), to the
+phases a base-URL proxy can run. Every loop is bounded in count and time, and every process the run
 started is stopped on the way out, Ctrl-C included.
 """
 
@@ -37,6 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.ops_sink import PostSink, scrape_bytes
+from bench.peers import (
+    PEER_NAME,
+    PEER_PHASES,
+    litellm_venv,
+    peer_report,
+    start_litellm,
+)
 from bench.processes import (
     BARE_SCRIPT,
     SLUICE_SCRIPT,
@@ -48,7 +57,7 @@ from bench.processes import (
     start_upstream,
     top_frames,
 )
-from bench.report import build_figures, git_revision, machine_info, print_report
+from bench.report import add_peer_column, build_figures, git_revision, machine_info, print_report
 from bench.scenarios import (
     Workload,
     bombs,
@@ -112,7 +121,8 @@ def _phases(work: Workload) -> dict[str, Callable[[Proxy], Awaitable[dict[str, A
 async def measure(
     proxies: dict[str, Proxy], work: Workload, only: Sequence[str], deadline: float, profiler: Profiler
 ) -> dict[str, dict[str, dict[str, list[Any]]]]:
-    """Every selected phase, round after round, bare and sluice in turn: {proxy: {phase: {part: [...]}}}."""
+    """Every selected phase, round after round, each proxy in turn (bare, sluice and a peer if one runs, the
+    order reversed every other round): {proxy: {phase: {part: [...]}}}."""
     s = work.settings
     raw: dict[str, dict[str, dict[str, list[Any]]]] = {name: {} for name in proxies}
     # Warm both up: imports, caches, the pricing table, the credential pool's first read.
@@ -130,8 +140,9 @@ async def measure(
     for phase, run_phase in _phases(work).items():
         if phase not in only:
             continue
+        names = [name for name in proxies if name != PEER_NAME or phase in PEER_PHASES]
         for round_index in range(s.rounds):
-            for name in ("bare", "sluice") if round_index % 2 == 0 else ("sluice", "bare"):
+            for name in names if round_index % 2 == 0 else names[::-1]:
                 if time.monotonic() > deadline:
                     raise BenchError(f"the run went over its {s.deadline_s:g} s limit (at {phase})")
                 for proxy in proxies.values():
@@ -152,6 +163,7 @@ def _start_proxies(
     against: Path | None = None,
     with_bombs: bool = False,
     ops: dict[str, Any] | None = None,
+    peer_venv: Path | None = None,
 ) -> dict[str, Proxy]:
     from tests.e2e.harness import SITECUSTOMIZE_DIR, make_test_ca
 
@@ -193,6 +205,17 @@ def _start_proxies(
         proxy = start_mitmdump(name, workdir, scripts=scripts, sets=sets, env=env, upstream_ca=ca.ca_cert)
         stack.callback(proxy.child.stop)
         proxies[name] = proxy
+    if peer_venv is not None:
+        peer = start_litellm(
+            workdir,
+            peer_venv,
+            upstream_port=upstream_port,
+            ca_cert=ca.ca_cert,
+            client_key=work.client_key,
+            upstream_key="sk-ant-api03-bench-" + secrets.token_hex(24),
+        )
+        stack.callback(peer.child.stop)
+        proxies[PEER_NAME] = peer
     return proxies
 
 
@@ -205,8 +228,11 @@ def run(
     profile_dir: Path | None,
     against: Path | None = None,
     ops: str | None = None,
+    peers: bool = False,
 ) -> dict[str, Any]:
     """One whole benchmark; returns the report (and prints the table)."""
+    # Installed (once) before the clock starts: a first install takes longer than a quick run may.
+    peer_venv = litellm_venv() if peers and set(only) & set(PEER_PHASES) else None
     started = time.monotonic()
     deadline = started + settings.deadline_s
     workdir = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
@@ -229,13 +255,15 @@ def run(
             with contextlib.ExitStack() as stack:
                 if "bomb" in only:
                     work.request_bomb  # noqa: B018 -- built now, not while the bomb phase is timed
-                proxies = _start_proxies(workdir, work, stack, against, "bomb" in only, ops_setup)
+                proxies = _start_proxies(workdir, work, stack, against, "bomb" in only, ops_setup, peer_venv)
                 raw.update(asyncio.run(measure(proxies, work, only, deadline, profiler)))
                 if ops_setup is not None and ops in ("metrics", "both"):
                     ops_setup["metrics_bytes"] = scrape_bytes(ops_setup["metrics"])
                 for proxy in proxies.values():
                     proxy.child.stop()  # mitmproxy's `done`: the lag addon writes its samples
         figures = build_figures(raw, proxies, settings)
+        if peer_venv is not None:
+            add_peer_column(figures, raw["bare"], raw.get(PEER_NAME, {}), settings)
         if against is not None or ops:
             for figure in figures.values():
                 figure.target = None  # the targets are for sluice over bare mitmdump, not over a sluice
@@ -245,8 +273,10 @@ def run(
             "settings": asdict(settings),
             "phases": list(only),
             "seconds": round(time.monotonic() - started, 1),
-            "figures": {key: figure.as_json() for key, figure in figures.items()},
+            "figures": {key: figure.as_json(peer=peer_venv is not None) for key, figure in figures.items()},
         }
+        if peer_venv is not None:
+            report["peer"] = peer_report(peer_venv, tuple(only))
         if against is not None:
             report["baseline"] = {"path": str(against), "commit": git_revision(against)}
         if ops_setup is not None and "sink" in ops_setup:
@@ -298,6 +328,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "place with `sluice_metrics`, `sluice_otlp` or both on (spans go to a loopback collector)",
     )
     parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also LiteLLM's proxy (installed on first use into .bench-peers/litellm, a virtualenv of its "
+        "own) on its Anthropic pass-through route, beside bare mitmdump and sluice, in the phases a base-URL "
+        "proxy runs: its columns are over bare mitmdump, like sluice's",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -313,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--only: unknown phases {', '.join(sorted(unknown))}")
     if args.ops and args.against is not None:
         parser.error("--ops and --against both name what runs in bare's place: give one")
+    if args.peers and (args.ops or args.against is not None):
+        parser.error("--peers compares with bare mitmdump: give it without --against and --ops")
     if args.against is not None:
         args.against = args.against.resolve()
         if not (args.against / "addons" / "sluice.py").is_file():
@@ -326,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             profile_dir=args.profile,
             against=args.against,
             ops=args.ops,
+            peers=args.peers,
         ),
         args.json,
     )

@@ -157,3 +157,22 @@ def test_ops_puts_this_sluice_without_metrics_and_tracing_in_bares_place(tmp_pat
 def test_ops_and_against_are_not_given_together() -> None:
     done = bench("--ops", "--against", ".")
     assert done.returncode == 2 and "give one" in done.stderr
+
+
+def test_peers_puts_litellm_beside_bare_and_sluice(tmp_path: Path) -> None:
+    """Only where LiteLLM is installed already (a first `--peers` run installs it from PyPI): the suite needs
+    neither it nor the network."""
+    from bench.peers import INSTALLED_MARK, PEER_CACHE
+
+    if not (PEER_CACHE / INSTALLED_MARK).exists():
+        pytest.skip(f"LiteLLM is not installed in {PEER_CACHE} (python -m bench.run --peers installs it)")
+    out = tmp_path / "bench.json"
+    done = bench("--only", "latency,stream1,bulk", "--peers", "--json", str(out))
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    report = json.loads(out.read_text())
+    assert report["peer"]["phases"] == ["latency", "stream1"] and set(report["peer"]["skipped"]) == {"bulk"}
+    figures = report["figures"]
+    for key in ("latency_p50_ms", "latency_p99_ms", "stream1_event_p99_ms", "cpu_per_request_latency_ms"):
+        assert isinstance(figures[key]["peer"], float) and isinstance(figures[key]["peer_added"], float), key
+    assert figures["bulk_mb_per_s"]["peer"] is None and isinstance(figures["bulk_mb_per_s"]["sluice"], float)
+    assert "litellm-bare" in done.stdout and "litellm skips bulk" in done.stdout
