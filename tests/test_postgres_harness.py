@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -11,15 +16,28 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from tests.postgres import HOST, PostgresServer, child_pids, find_binaries, unavailable_reason
+from tests.postgres import (
+    HOST,
+    PostgresServer,
+    child_pids,
+    find_binaries,
+    sweep_orphans,
+    unavailable_reason,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 StartPostgres = Callable[[], PostgresServer]
 
 
 def _server_processes(server: PostgresServer) -> list[tuple[int, str]]:
-    """The postmaster and its children, each with its start time (which tells it from a later namesake)."""
     assert server.pid is not None, "the server is not running"
-    pids = [server.pid, *child_pids(server.pid)]
+    return _processes_of(server.pid)
+
+
+def _processes_of(postmaster: int) -> list[tuple[int, str]]:
+    """The postmaster and its children, each with its start time (which tells it from a later namesake)."""
+    pids = [postmaster, *child_pids(postmaster)]
     return [(pid, Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]) for pid in pids]
 
 
@@ -145,9 +163,12 @@ def test_stop_refuses_connections_and_start_brings_the_same_data_back_on_the_sam
         conn.execute("insert into calls values (7)")
     held = psycopg.connect(url)  # a pool's idle connection: stop() must not wait for it
     processes = _server_processes(server)
+    since = server.log_size()
 
     server.stop()
 
+    assert "received fast shutdown request" in server.log_text(since)
+    assert "immediate shutdown" not in server.log_text(since)  # it was not forced
     assert not server.running
     assert _still_running(processes) == []
     with pytest.raises(psycopg.OperationalError):
@@ -179,6 +200,47 @@ def test_close_leaves_no_process_and_no_directory(start_postgres: StartPostgres)
         held.execute("select 1")
     held.close()
     server.close()  # twice is harmless
+
+
+def test_a_server_whose_session_was_killed_is_stopped_and_removed_by_the_next_one(
+    postgres_available: None,
+) -> None:
+    parent = Path(tempfile.mkdtemp(prefix="sluice-pg-sweep-"))
+    parent.chmod(0o711)  # the server's user must reach its directory
+    processes: list[tuple[int, str]] = []
+    try:
+        session = subprocess.Popen(
+            [sys.executable, "-c", ORPHANING_SESSION],
+            env={**os.environ, "TMPDIR": str(parent), "PYTHONPATH": str(REPO_ROOT)},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert session.stdout is not None
+        directory, pid = session.stdout.readline().split()
+        processes = _processes_of(int(pid))
+        session.kill()  # no fixture teardown, no atexit: the postmaster is left behind
+        session.wait(30)
+        assert int(pid) in _still_running(processes)  # the postmaster outlived its session
+
+        sweep_orphans(parent)
+
+        assert _still_running(processes) == []
+        assert not Path(directory).exists()
+    finally:
+        for leftover in _still_running(processes):
+            os.kill(leftover, signal.SIGKILL)
+        shutil.rmtree(parent)
+
+
+# A test session that starts a server, says where, and waits to be killed.
+ORPHANING_SESSION = """
+import sys
+from tests.postgres import PostgresServer
+server = PostgresServer()
+print(server.directory, server.pid, flush=True)
+sys.stdin.read()
+"""
 
 
 def test_binaries_off_the_path_are_found_in_the_newest_versioned_directory(tmp_path: Path) -> None:
