@@ -35,7 +35,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote, unquote, urlsplit
 
 import psycopg
@@ -314,25 +314,20 @@ class PostgresServer:
 
     def _run(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[bytes]:
         with self.log_path.open("ab") as log:
-            return subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.directory,
-                env=self._env(),
-                timeout=timeout,
-                check=False,
-                **self._run_as,
-            )
+            return subprocess.run(argv, timeout=timeout, check=False, **self._process_options(log))
 
-    def _env(self) -> dict[str, str]:
-        # Nothing from the caller's PG* variables (PGPORT, PGDATA, ...) reaches the server.
+    def _process_options(self, log: IO[bytes]) -> dict[str, Any]:
+        """How every PostgreSQL program runs: as the server's user, in its directory, output into the log."""
+        # A clean environment: nothing from the caller's PG* variables (PGPORT, PGDATA, ...) reaches it.
+        env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(self.directory)}
+        env |= {"LC_ALL": "C", "TZ": "UTC"}
         return {
-            "PATH": os.environ.get("PATH", os.defpath),
-            "HOME": str(self.directory),
-            "LC_ALL": "C",
-            "TZ": "UTC",
+            "stdin": subprocess.DEVNULL,
+            "stdout": log,
+            "stderr": subprocess.STDOUT,
+            "cwd": self.directory,
+            "env": env,
+            **self._run_as,
         }
 
     def _start_on_a_free_port(self) -> None:
@@ -378,14 +373,9 @@ class PostgresServer:
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 [str(self.bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.directory,
-                env=self._env(),
                 # Its own session: a Ctrl-C at the terminal reaches pytest, whose teardown stops it.
                 start_new_session=True,
-                **self._run_as,
+                **self._process_options(log),
             )
         self._wait_ready(self._process, time.monotonic() + timeout, log_start)
 

@@ -141,7 +141,9 @@ def test_the_server_processes_do_not_run_as_root(postgres_server: PostgresServer
         assert postgres_server.os_user == "nobody"
 
 
-def test_the_server_allows_many_connections_and_does_not_sync(postgres_server: PostgresServer) -> None:
+def test_the_server_allows_many_connections_and_does_not_sync(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
     with postgres_server.admin_connect() as conn:
         settings = dict(
             conn.execute(
