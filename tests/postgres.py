@@ -129,7 +129,7 @@ def in_ci() -> bool:
 # Processes, by /proc (Linux).
 
 
-def _start_time(pid: int) -> str | None:
+def start_time_of(pid: int) -> str | None:
     """The process's start time in clock ticks, which tells it from a later process given the same pid."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -138,8 +138,9 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _alive(pid: int, start_time: str) -> bool:
-    return _start_time(pid) == start_time
+def still_alive(pid: int, start_time: str) -> bool:
+    """Whether the process `start_time_of` saw as `pid` still runs."""
+    return start_time_of(pid) == start_time
 
 
 def child_pids(pid: int) -> list[int]:
@@ -161,7 +162,7 @@ def child_pids(pid: int) -> list[int]:
 
 def _wait_gone(pid: int, start_time: str | None, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while start_time is not None and _alive(pid, start_time):
+    while start_time is not None and still_alive(pid, start_time):
         if time.monotonic() > deadline:
             return False
         time.sleep(POLL_INTERVAL)
@@ -171,14 +172,14 @@ def _wait_gone(pid: int, start_time: str | None, timeout: float) -> bool:
 def _kill_postmaster(pid: int, timeout: float) -> None:
     """Immediate shutdown (SIGQUIT: the postmaster ends its children, then itself); SIGKILL for all of them
     when that does not finish within `timeout`."""
-    start_time = _start_time(pid)
-    children = [(child, _start_time(child)) for child in child_pids(pid)]
+    start_time = start_time_of(pid)
+    children = [(child, start_time_of(child)) for child in child_pids(pid)]
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGQUIT)
     if _wait_gone(pid, start_time, timeout):
         return
     for process, started in [(pid, start_time), *children]:
-        if started is not None and _alive(process, started):
+        if started is not None and still_alive(process, started):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process, signal.SIGKILL)
 
@@ -195,7 +196,7 @@ def sweep_orphans(parent: Path | None = None) -> None:
             owner_pid, owner_start = (directory / "owner").read_text().split()
         except (OSError, ValueError):
             continue
-        if _alive(int(owner_pid), owner_start):
+        if still_alive(int(owner_pid), owner_start):
             continue
         try:
             postmaster = int((directory / "data" / "postmaster.pid").read_text().split()[0])
@@ -280,7 +281,7 @@ class PostgresServer:
             for path in (self.directory, self.socket_dir, self.log_path):
                 os.chown(path, self._run_as["user"], self._run_as["group"])
         # Written last: a directory with an owner file is one `sweep_orphans` may clean up.
-        (self.directory / "owner").write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+        (self.directory / "owner").write_text(f"{os.getpid()} {start_time_of(os.getpid())}\n")
         result = self._run(
             [
                 str(self.bindir / "initdb"),
