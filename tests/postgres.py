@@ -280,7 +280,7 @@ class PostgresServer:
         if self._run_as:
             for path in (self.directory, self.socket_dir, self.log_path):
                 os.chown(path, self._run_as["user"], self._run_as["group"])
-        # Written last: a directory with an owner file is one `sweep_orphans` may clean up.
+        # Which process owns the directory: `sweep_orphans` cleans up only after one that has exited.
         (self.directory / "owner").write_text(f"{os.getpid()} {start_time_of(os.getpid())}\n")
         result = self._run(
             [
