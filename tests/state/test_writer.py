@@ -237,13 +237,13 @@ class _RoomFor:
     def __init__(self, conn, rows):
         self._conn, self._rows, self.tried = conn, rows, []
 
-    def executemany(self, sql, rows):
-        rows = list(rows)
+    def execute(self, sql, parameters=()):
         if sql.lstrip().startswith("insert or ignore into calls"):
-            self.tried.append(len(rows))
-            if len(rows) > self._rows:
+            rows = sql.count("(?")  # the writer inserts a batch's rows in one statement
+            self.tried.append(rows)
+            if rows > self._rows:
                 raise sqlite3.OperationalError("database or disk is full")
-        return self._conn.executemany(sql, rows)
+        return self._conn.execute(sql, parameters)
 
     def __getattr__(self, name):
         return getattr(self._conn, name)
@@ -403,3 +403,49 @@ def test_a_lone_calls_row_is_written_at_once(db_path):
     assert writer.flush(timeout=10)  # not held for the group wait: no other call is in flight
     assert _count(db_path) == 1
     writer.close()
+
+
+def _statements(db_path, records, variable_limit: int | None = None) -> list[str]:
+    """The statements the writer runs to write `records`, queued before it starts (one batch)."""
+    db = sluice_db.connect(db_path)
+    if variable_limit is not None:
+        db.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variable_limit)
+    run: list[str] = []
+    db.conn.set_trace_callback(run.append)
+    writer = RecordWriter(lambda: db)
+    for record in records:
+        writer.put(record)
+    writer.start()
+    assert writer.flush(timeout=10)
+    writer.close()
+    return [sql.lstrip() for sql in run if sql.lstrip().startswith("insert")]
+
+
+def _limited(n: int) -> CallRecord:
+    record = _record(n)
+    record.host, record.credential = "api.anthropic.com", f"key-{n}"
+    record.observed_at = "2026-11-23T10:00:00+00:00"
+    record.rate_limits = [("anthropic-ratelimit-requests-remaining", str(n))]
+    return record
+
+
+def test_a_batch_is_inserted_with_one_statement_per_table(db_path):
+    # sqlite3 lets the interpreter lock go around every statement step: one step a batch, not one a row.
+    inserts = _statements(db_path, [_limited(n) for n in range(50)])
+    assert [sql.split(" (")[0] for sql in inserts] == [
+        "insert or ignore into calls",
+        "insert into rate_limits",
+    ]
+    assert _count(db_path) == 50
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("select count(*) from rate_limits").fetchone()[0] == 50
+
+
+def test_a_batch_over_the_parameter_limit_is_split_and_every_row_lands(db_path):
+    width = len(sluice_db.CALL_COLUMNS)
+    inserts = _statements(db_path, [_limited(n) for n in range(25)], variable_limit=width * 10)
+    assert sum(sql.startswith("insert or ignore into calls") for sql in inserts) == 3  # 10 + 10 + 5 rows
+    assert _count(db_path) == 25
+    with sqlite3.connect(db_path) as conn:
+        values = {row[0] for row in conn.execute("select value from rate_limits")}
+    assert values == {str(n) for n in range(25)}
