@@ -38,7 +38,7 @@ from addons.core import SluiceCore
 from rules.config import Config, Limits
 from rules.estimate import estimate_tokens
 from rules.providers import providers, wire_format
-from state import db as sluice_db
+from state import store as sluice_db
 from state.budgets import BudgetLedger, TeamBudget, budget_usd
 from state.pricing import estimate_call, highest_prices, price_as, price_call
 from state.rates import (

@@ -40,7 +40,7 @@ from rules.providers import (
     wire_format,
 )
 from rules.secrets import fingerprint
-from state import db as sluice_db
+from state import store as sluice_db
 from state.pricing import billing_provider, price_providers
 from state.writer import Record, RecordWriter
 

@@ -52,13 +52,13 @@ from rules.provider_answers import (
 )
 from rules.providers import host_region, wire_format
 from rules.secrets import describe_reference, fingerprint, scrub
-from state import db as sluice_db
 from state import google_token
+from state import store as sluice_db
 from state.aws_credentials import AwsCredentialSource, credential_source
 from state.oauth import CredentialDead, CredentialUnavailable, OAuthStore, RejectOutcome, TokenRefused
 from state.oauth_http import post_refresh
 from state.pool import CredentialEntry, CredentialPool
-from state.secrets_db import secrets_path_for
+from state.store.sqlite import secrets_path_for
 
 log = logging.getLogger("sluice")
 

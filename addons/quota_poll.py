@@ -32,7 +32,7 @@ from addons.core import SluiceCore
 from addons.credentials import Credentials, upstream_ssl_context
 from rules.config import Upstream
 from rules.secrets import scrub
-from state import db as sluice_db
+from state import store as sluice_db
 from state.oauth_http import UsageRefused
 from state.quota_live import READ_ERRORS, credential_label, last_reading_at, read_usage, row_host
 from state.ratelimits import format_duration, statusline

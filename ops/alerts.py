@@ -32,7 +32,7 @@ from ops.messages import AlertTarget, Backlog, Finished
 from rules.alerting import AlertEvent, Burst, Crossings, EventKind, webhook_body, window_reset_key
 from rules.config import Alert
 from rules.secrets import fingerprint
-from state import db as sluice_db
+from state import store as sluice_db
 from state.ops import AlertLog, Snapshot
 
 log = logging.getLogger("sluice")

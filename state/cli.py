@@ -36,8 +36,8 @@ from rich.text import Text
 from rules.config import ConfigError, load_config
 from rules.credential_files import TokenResponse
 from rules.providers.anthropic.oauth_usage import SOURCE as OAUTH_USAGE_SOURCE
-from state import db as state_db
 from state import html_report, quota_live, report, sandbox
+from state import store as state_db
 from state.budgets import BudgetLedger, ClientBudget, TeamSpend, budget_usd
 from state.netns import clean_stale
 from state.oauth import CredentialDead, CredentialUnavailable, OAuthStore
@@ -45,7 +45,7 @@ from state.oauth_http import post_refresh
 from state.pool import CredentialPool
 from state.ratelimits import QuotaSummary, format_duration, format_percent, pool_statusline, statusline
 from state.sandbox_env import SandboxError
-from state.secrets_db import secrets_path_for
+from state.store.sqlite import secrets_path_for
 from state.writer import RecordWriter
 
 DEFAULT_DB = "sluice.db"

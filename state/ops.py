@@ -19,12 +19,12 @@ from pathlib import Path
 
 import sqlite_utils
 
-from state import db as sluice_db
+from state import store as sluice_db
 from state.budgets import BudgetLedger, ClientBudget
 from state.oauth import OAuthStore
 from state.pool import CredentialPool, CredentialState
 from state.report import quota
-from state.secrets_db import secrets_path_for
+from state.store.sqlite import immediate, secrets_path_for
 
 log = logging.getLogger("sluice")
 
@@ -165,7 +165,7 @@ class AlertLog:
     def claim(self, *, dedup: str, webhook: str, at: float, event: str, subject: str, message: str) -> bool:
         """Record the alert as pending; False when that crossing was already recorded for this webhook (by
         this process before a restart, or by another process sharing the database): do not deliver."""
-        with sluice_db.immediate(self._conn):
+        with immediate(self._conn):
             cursor = self._conn.execute(
                 "insert or ignore into alerts (dedup, webhook, at, event, subject, message) "
                 "values (?, ?, ?, ?, ?, ?)",
@@ -174,7 +174,7 @@ class AlertLog:
         return cursor.rowcount == 1
 
     def finish(self, *, dedup: str, webhook: str, delivered: bool, attempts: int, error: str | None) -> None:
-        with sluice_db.immediate(self._conn):
+        with immediate(self._conn):
             self._conn.execute(
                 "update alerts set state = ?, attempts = ?, error = ?, delivered_at = ? "
                 "where dedup = ? and webhook = ?",

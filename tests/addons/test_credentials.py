@@ -11,7 +11,7 @@ from mitmproxy import exceptions
 from addons.core import SluiceCore
 from addons.credentials import Credentials
 from rules.secrets import fingerprint
-from state import db as sluice_db
+from state import store as sluice_db
 from state.pool import CredentialEntry, CredentialPool
 from tests import fake_vertex
 from tests.addons.proxy import configured
