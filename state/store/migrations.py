@@ -425,6 +425,92 @@ def _migration_10_teams_and_rates(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_11_one_definition_of_an_error(db: sqlite_utils.Database) -> None:
+    # The views counted errors three ways (`daily_usage`: an error recorded; the others: an error recorded or
+    # a status >= 400; neither a call that never got a status). One now, rules/call_outcome.py's ERROR_SQL:
+    # an error recorded, a status of 400 or more, or none at all. Each view as migrations 2 and 5 made it,
+    # but for that test.
+    db.create_view(
+        "daily_usage",
+        """
+        select date(started_at) as day, coalesce(client, '') as client, coalesce(model, '') as model,
+               count(*) as calls,
+               sum(coalesce(input_tokens, 0)) as input_tokens,
+               sum(coalesce(cache_read_tokens, 0)) as cache_read_tokens,
+               sum(coalesce(cache_write_5m_tokens, 0)) as cache_write_5m_tokens,
+               sum(coalesce(cache_write_1h_tokens, 0)) as cache_write_1h_tokens,
+               sum(coalesce(output_tokens, 0)) as output_tokens,
+               sum(coalesce(reasoning_tokens, 0)) as reasoning_tokens,
+               round(sum(coalesce(cost_usd, 0)), 6) as cost_usd,
+               sum(case when cost_usd is null and api != 'count_tokens' then 1 else 0 end) as unpriced_calls,
+               sum(case when (coalesce(error, '') != '' or status is null or status >= 400) then 1 else 0 end)
+                   as errors
+        from calls
+        group by 1, 2, 3
+        """,
+        replace=True,
+    )
+    db.create_view(
+        "sessions",
+        """
+        select session_id, min(started_at) as first_call_at, max(started_at) as last_call_at,
+               group_concat(distinct client) as clients,
+               group_concat(distinct model) as models,
+               count(*) as calls,
+               sum(coalesce(input_tokens, 0)) as input_tokens,
+               sum(coalesce(cache_read_tokens, 0)) as cache_read_tokens,
+               sum(coalesce(cache_write_5m_tokens, 0) + coalesce(cache_write_1h_tokens, 0))
+                   as cache_write_tokens,
+               sum(coalesce(output_tokens, 0)) as output_tokens,
+               round(sum(coalesce(cost_usd, 0)), 6) as cost_usd,
+               sum(case when cache_status = 'miss' then 1 else 0 end) as cache_misses,
+               sum(case when (coalesce(error, '') != '' or status is null or status >= 400) then 1 else 0 end)
+                   as errors
+        from calls
+        where session_id is not null
+        group by session_id
+        order by first_call_at desc
+        """,
+        replace=True,
+    )
+    db.create_view(
+        "model_usage",
+        """
+        select coalesce(provider, '') as provider, coalesce(model, '') as model,
+               count(*) as calls,
+               sum(coalesce(input_tokens, 0)) as input_tokens,
+               sum(coalesce(cache_read_tokens, 0)) as cache_read_tokens,
+               sum(coalesce(cache_write_5m_tokens, 0) + coalesce(cache_write_1h_tokens, 0))
+                   as cache_write_tokens,
+               sum(coalesce(output_tokens, 0)) as output_tokens,
+               round(sum(coalesce(cost_usd, 0)), 6) as cost_usd,
+               round(1.0 * sum(coalesce(cache_read_tokens, 0)) / nullif(sum(coalesce(input_tokens, 0)
+                   + coalesce(cache_read_tokens, 0) + coalesce(cache_write_5m_tokens, 0)
+                   + coalesce(cache_write_1h_tokens, 0)), 0), 4) as cache_read_share,
+               round(avg(ttft_ms), 1) as avg_ttft_ms,
+               round(avg(duration_ms), 1) as avg_duration_ms,
+               sum(case when (coalesce(error, '') != '' or status is null or status >= 400) then 1 else 0 end)
+                   as errors,
+               min(started_at) as first_call_at, max(started_at) as last_call_at
+        from calls
+        where coalesce(api, '') != 'count_tokens'
+        group by 1, 2
+        order by cost_usd desc
+        """,
+        replace=True,
+    )
+    db.create_view(
+        "errors",
+        """
+        select id, started_at, client, host, path, model, status, error, request_id, rules_applied
+        from calls
+        where (coalesce(error, '') != '' or status is null or status >= 400)
+        order by started_at desc
+        """,
+        replace=True,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One step of the schema: its number (what `_sluice_migrations` records), its name, its body."""
@@ -445,6 +531,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "sandbox_events", _migration_8_sandbox_events),
     Migration(9, "region", _migration_9_region),
     Migration(10, "teams_and_rates", _migration_10_teams_and_rates),
+    Migration(11, "one_definition_of_an_error", _migration_11_one_definition_of_an_error),
 )
 
 

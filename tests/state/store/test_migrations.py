@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import sqlite_utils
 
+from rules.call_outcome import is_error
 from state import store as state_db
 from state.store import open_store
 from state.store.migrations import CALL_COLUMNS, MIGRATIONS, SANDBOX_EVENT_COLUMNS, Migration, migrate
@@ -178,6 +179,7 @@ RELEASED = {
     8: "3ab16989a669a0f4",  # sandbox_events
     9: "65d58b75a9643d8c",  # region
     10: "19f772eefcd54427",  # teams_and_rates
+    11: "a237c9dd0bc01bff",  # one_definition_of_an_error
 }
 
 
@@ -293,3 +295,20 @@ def test_a_fresh_calls_table_has_the_columns_the_writer_fills_in_order() -> None
     db = state_db.connect(memory=True)
     assert [column.name for column in db["calls"].columns] == list(CALL_COLUMNS)
     assert [column.name for column in db["sandbox_events"].columns] == list(SANDBOX_EVENT_COLUMNS)
+
+
+def test_every_view_counts_as_errors_what_the_one_definition_calls_one() -> None:
+    """daily_usage, sessions, model_usage and errors agree with rules/call_outcome.py, row by row."""
+    db = state_db.connect(memory=True)
+    outcomes = [(None, None), (None, "x"), (200, None), (200, "x"), (299, None), (400, None), (429, None)]
+    outcomes += [(500, None), (500, "x"), (200, "")]
+    rows = [
+        call(f"c{i}", f"2026-11-20T10:{i:02d}:00+00:00", status=status, error=error, session_id="s1")
+        for i, (status, error) in enumerate(outcomes)
+    ]
+    db["calls"].insert_all(rows)
+    failed = {row["id"] for row in rows if is_error(row)}
+    assert len(failed) == 7
+    assert {row["id"] for row in db.query("select id from errors")} == failed
+    for view in ("daily_usage", "sessions", "model_usage"):
+        assert sum(row["errors"] for row in db.query(f"select errors from {view}")) == len(failed), view
