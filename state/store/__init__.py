@@ -6,7 +6,7 @@ cannot be opened fails there, once. The core opens it and hands it to the parts 
 process and the `sluice` command open theirs with the same function. What a part asks of it:
 
 - `connect()`: a connection of its own, for a part that keeps one (the writer, the credential pool, the
-  budget and rate ledgers, the alert log), migrated the first time the store meets the file;
+  budget and rate ledgers, the alert log), its schema brought up to date if the file lacks a migration;
 - `reading()`: a short-lived connection for one read, closed after it;
 - `immediate(db)`: a read-then-write transaction on one of its connections;
 - `secrets_path`: where the OAuth tokens live, apart from the tables reports read;
@@ -53,10 +53,9 @@ class Store:
 
     engine = "sqlite"
 
-    def __init__(self, location: str | os.PathLike[str], *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+    def __init__(self, location: str | os.PathLike[str]) -> None:
         self.location = os.fspath(location)
         self.file = Path(self.location or DEFAULT_FILE).expanduser()
-        self.busy_timeout_ms = busy_timeout_ms
 
     def __repr__(self) -> str:
         return f"Store({self.display!r})"
@@ -71,13 +70,11 @@ class Store:
         """Where the OAuth tokens live: a 0600 file beside the database (state/secrets_db.py)."""
         return secrets_path_for(self.file)
 
-    def connect(self, *, busy_timeout_ms: int | None = None) -> sqlite_utils.Database:
+    def connect(self, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite_utils.Database:
         """A new connection, for one owner, with its schema up to date. The migrations run only on a file
         that lacks some (the first connection, or the first after the file was deleted or replaced): on
         any other, one read finds it current."""
-        db = open_connection(
-            self.file, busy_timeout_ms=self.busy_timeout_ms if busy_timeout_ms is None else busy_timeout_ms
-        )
+        db = open_connection(self.file, busy_timeout_ms=busy_timeout_ms)
         try:
             if not up_to_date(db):
                 migrate(db)
