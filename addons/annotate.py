@@ -24,6 +24,7 @@ from typing import Any
 
 from mitmproxy import http
 
+from rules.call_outcome import is_error
 from rules.providers import find_wire_format
 
 
@@ -49,7 +50,7 @@ def summarize(row: Mapping[str, Any]) -> str:
         cost = row.get("cost_usd")
         if cost is not None:
             parts.append(f"${cost:.4f}")
-        elif not _failed(row):
+        elif not is_error(row):
             parts.append("unpriced")
         cache = ""
         read = row.get("cache_read_tokens") or 0
@@ -62,11 +63,6 @@ def summarize(row: Mapping[str, Any]) -> str:
     if row.get("error"):
         parts.append(f"error: {row['error']}")
     return " · ".join(parts)
-
-
-def _failed(row: Mapping[str, Any]) -> bool:
-    status = row.get("status")
-    return bool(row.get("error")) or (isinstance(status, int) and status >= 400)
 
 
 # Flag → mark, in order of precedence.
@@ -107,7 +103,7 @@ def flags(row: Mapping[str, Any]) -> list[str]:
     found = []
     status = row.get("status")
     error = str(row.get("error") or "")
-    failed = _failed(row)
+    failed = is_error(row)
     applied = str(row.get("rules_applied") or "")
     if any(refusal in applied for refusal in BUDGET_REFUSALS):
         found.append("budget")

@@ -31,14 +31,13 @@ import logging
 import math
 from datetime import UTC, datetime
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import exceptions, http
 
 from addons.calls import Call
 from addons.core import SluiceCore
 from rules.config import Config, Limits
 from rules.estimate import estimate_tokens
 from rules.providers import providers, wire_format
-from state import db as sluice_db
 from state.budgets import BudgetLedger, TeamBudget, budget_usd
 from state.pricing import estimate_call, highest_prices, price_as, price_call
 from state.rates import (
@@ -50,6 +49,7 @@ from state.rates import (
     uncountable_input,
     window_use,
 )
+from state.store import Store
 
 UNKNOWN_MODELS_OPTION = "budget_price_unknown_models_as"
 
@@ -63,6 +63,7 @@ class Budget:
         self.core = core
         self.ledger: BudgetLedger | None = None
         self.rates: RateLedger | None = None
+        self._store: Store | None = None  # the store the ledgers' connections came from
         self.limits: dict[str, tuple[float, str]] = {}
         self.team_budgets: dict[str, TeamBudget] = {}
         self.team_of: dict[str, str] = {}
@@ -72,7 +73,7 @@ class Budget:
         self._heartbeat: asyncio.Task[None] | None = None
 
     def configure(self, updated: set[str]) -> None:
-        if not {"sluice_config", "sluice_db"} & updated:
+        if "sluice_config" not in updated and self.core.store is self._store:
             return
         config = self.core.config
         self.limits = {c.name: (c.budget.usd, c.budget.period) for c in config.clients if c.budget}
@@ -86,12 +87,12 @@ class Budget:
         self.shares = _shares(config)
         self.streamed = _streamed(config)
         self._check_stand_ins()
-        path = ctx.options.sluice_db
+        store = self.core.require_store()
         if not self.limits and not self.team_budgets:
             self.ledger = None
         else:
-            if self.ledger is None or "sluice_db" in updated:
-                self.ledger = BudgetLedger(sluice_db.connect(path))
+            if self.ledger is None or store is not self._store:
+                self.ledger = BudgetLedger(store.connect())
             self.ledger.sync_budgets(
                 self.limits,
                 {
@@ -102,8 +103,9 @@ class Budget:
             )
         if not self.rate_scopes:
             self.rates = None
-        elif self.rates is None or "sluice_db" in updated:
-            self.rates = RateLedger(sluice_db.connect(path))
+        elif self.rates is None or store is not self._store:
+            self.rates = RateLedger(store.connect())
+        self._store = store
 
     def running(self) -> None:
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
@@ -143,16 +145,13 @@ class Budget:
 
     async def _within_share(self, flow: http.HTTPFlow, call: Call, shares: dict[str, float]) -> bool:
         upstream = self.core.upstream_for(flow.request.host)
-        db_path = ctx.options.sluice_db
         if upstream is None:
             return True
+        store = self.core.require_store()
 
         def read() -> list[WindowUse]:
-            db = sluice_db.connect(db_path)
-            try:
+            with store.reading() as db:
                 return window_use(db, upstream.host, list(shares), datetime.now(UTC))
-            finally:
-                db.conn.close()
 
         for use in await asyncio.to_thread(read):
             share = shares[use.window]

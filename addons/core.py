@@ -40,8 +40,8 @@ from rules.providers import (
     wire_format,
 )
 from rules.secrets import fingerprint
-from state import db as sluice_db
 from state.pricing import billing_provider, price_providers
+from state.store import Store, open_store, redact
 from state.writer import Record, RecordWriter
 
 log = logging.getLogger("sluice")
@@ -160,8 +160,10 @@ class SluiceCore:
     def __init__(self) -> None:
         self.config = Config()
         self.config_dir: Path | None = None
+        # The database, opened from `sluice_db`: every part takes its connections from it. A part keeping a
+        # connection reopens it when this is another object than the one it opened from.
+        self.store: Store | None = None
         self.writer: RecordWriter | None = None
-        self._db_path: str | None = None
         self.calls: dict[str, Call] = {}
         self._upstreams: dict[str, Upstream] = {}
         # The responses sluice made itself, for as long as their flows hold them.
@@ -235,23 +237,30 @@ class SluiceCore:
                 raise config_error("sluice_config", e) from None
             self.config_dir = Path(path).expanduser().resolve().parent if path else None
             self._upstreams = {upstream.host: upstream for upstream in self.config.upstreams}
-        if "sluice_db" in updated and ctx.options.sluice_db != self._db_path:
-            self._open_writer(ctx.options.sluice_db)
+        if "sluice_db" in updated and (
+            self.store is None or self.writer is None or ctx.options.sluice_db != self.store.location
+        ):
+            self._open_store(ctx.options.sluice_db)
 
-    def _open_writer(self, path: str) -> None:
+    def _open_store(self, location: str) -> None:
         try:
-            sluice_db.connect(path).conn.close()  # create and migrate now, so a bad path stops start-up
+            store = open_store(location)  # created and migrated now, so a bad location stops start-up
         except Exception as e:
-            raise exceptions.OptionsError(f"sluice_db: cannot open {path}: {e}") from None
+            raise exceptions.OptionsError(f"sluice_db: cannot open {redact(location)}: {e}") from None
         if self.writer is not None:
             self.writer.close()
-        self._db_path = path
+        self.store = store
         # Calls still in flight, read from the writer's thread (a dict's length: one atomic read), let it
         # wait a few ms for their rows and write them in one transaction.
-        self.writer = RecordWriter(
-            lambda: sluice_db.connect(path), path=path, in_flight=lambda: len(self.calls)
-        )
+        self.writer = RecordWriter(store.connect, path=store.file, in_flight=lambda: len(self.calls))
         self.writer.start()
+
+    def require_store(self) -> Store:
+        """The store, for a part that needs the database (open once `sluice_db` is configured, which is
+        before any other part's `configure`: the core comes first)."""
+        if self.store is None:
+            raise exceptions.OptionsError("sluice_db: no database is open yet")
+        return self.store
 
     def request(self, flow: http.HTTPFlow) -> None:
         """Create the flow's call record: the one place a record is made, before any other part runs."""
@@ -377,4 +386,3 @@ class SluiceCore:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-            self._db_path = None

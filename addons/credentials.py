@@ -52,13 +52,12 @@ from rules.provider_answers import (
 )
 from rules.providers import host_region, wire_format
 from rules.secrets import describe_reference, fingerprint, scrub
-from state import db as sluice_db
 from state import google_token
 from state.aws_credentials import AwsCredentialSource, credential_source
 from state.oauth import CredentialDead, CredentialUnavailable, OAuthStore, RejectOutcome, TokenRefused
 from state.oauth_http import post_refresh
 from state.pool import CredentialEntry, CredentialPool
-from state.secrets_db import secrets_path_for
+from state.store import Store
 
 log = logging.getLogger("sluice")
 
@@ -82,6 +81,7 @@ class Credentials:
         self.core = core
         self.pool: CredentialPool | None = None
         self.oauth: OAuthStore | None = None
+        self._store: Store | None = None  # the store the pool's connection and the OAuth store came from
         self._keys: dict[tuple[str, str], str] = {}
         self._oauth_config: dict[str, OAuth] = {}
         self._mint_sources: dict[str, str | None] = {}  # host -> key file text (None: the platform's own)
@@ -98,18 +98,20 @@ class Credentials:
     # -- configuration -----------------------------------------------------------------------------
 
     def configure(self, updated: set[str]) -> None:
-        if not {"sluice_config", "sluice_db"} & updated:
+        if "sluice_config" not in updated and self.core.store is self._store:
             return
         self._aws_sources = self._aws_credential_sources()
         upstreams = [u for u in self.core.config.upstreams if u.swaps]
         if not upstreams:
             self.pool = None
             return
-        db_path = ctx.options.sluice_db
+        store = self.core.require_store()
         try:
-            self.pool = self.pool or CredentialPool(sluice_db.connect(db_path))
-            if any(u.oauth for u in upstreams):
-                self.oauth = self.oauth or OAuthStore(secrets_path_for(db_path), on_event=self._oauth_event)
+            if self.pool is None or store is not self._store:
+                self.pool = CredentialPool(store.connect())
+            if any(u.oauth for u in upstreams) and (self.oauth is None or store is not self._store):
+                self.oauth = OAuthStore(store.secrets_path, on_event=self._oauth_event)
+            self._store = store
             keys: dict[tuple[str, str], str] = {}
             for index, upstream in enumerate(self.core.config.upstreams):
                 if upstream.aws is not None:

@@ -32,7 +32,6 @@ from addons.core import SluiceCore
 from addons.credentials import Credentials, upstream_ssl_context
 from rules.config import Upstream
 from rules.secrets import scrub
-from state import db as sluice_db
 from state.oauth_http import UsageRefused
 from state.quota_live import READ_ERRORS, credential_label, last_reading_at, read_usage, row_host
 from state.ratelimits import format_duration, statusline
@@ -138,15 +137,11 @@ class QuotaPoll:
         """Now, unless a reading within the interval is in the database already (another process's, or
         this one's before a restart)."""
         assert upstream.oauth is not None  # only OAuth upstreams are polled
-        path = ctx.options.sluice_db
         host, credential = row_host(upstream), credential_label(upstream.oauth)
 
         def last() -> float | None:
-            db = sluice_db.connect(path)
-            try:
+            with self.core.require_store().reading() as db:
                 moment = last_reading_at(db, host, credential)
-            finally:
-                db.close()
             return moment.timestamp() if moment is not None else None
 
         try:

@@ -480,7 +480,7 @@ def measure_writer(workdir: Path, rows: int) -> dict[str, Any]:
     """Rows per second through `state.writer.RecordWriter` into a new database, from the first `put` to
     `flush` returning. Rows as the meter writes them for a streamed Claude Code call, each carrying the
     24 rate-limit headers Anthropic sends on every response."""
-    from state import db as sluice_db
+    from state import store as sluice_db
     from state.writer import CallRecord, RecordWriter
     from tests.fake_provider import anthropic_ratelimit_headers
 

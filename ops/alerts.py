@@ -32,8 +32,8 @@ from ops.messages import AlertTarget, Backlog, Finished
 from rules.alerting import AlertEvent, Burst, Crossings, EventKind, webhook_body, window_reset_key
 from rules.config import Alert
 from rules.secrets import fingerprint
-from state import db as sluice_db
 from state.ops import AlertLog, Snapshot
+from state.store import open_store
 
 log = logging.getLogger("sluice")
 
@@ -264,7 +264,7 @@ class Alerts:
         alert_log: AlertLog | None = None
         while (event := webhook.queue.get()) is not None:
             try:
-                alert_log = alert_log or AlertLog(sluice_db.connect(self.db_path or "sluice.db"))
+                alert_log = alert_log or AlertLog(open_store(self.db_path or "sluice.db").connect())
                 claimed = alert_log.claim(
                     dedup=event.dedup,
                     webhook=webhook.name,

@@ -26,7 +26,8 @@ from prometheus_client.exposition import MetricsHandler
 from prometheus_client.registry import Collector
 
 from ops.messages import Backlog, Finished, Status
-from rules.ops import LabelFolder, is_error, seconds, status_class, token_counts
+from rules.call_outcome import is_error
+from rules.ops import LabelFolder, seconds, status_class, token_counts
 from state.ops import Snapshot
 
 log = logging.getLogger("sluice")

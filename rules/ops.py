@@ -1,8 +1,8 @@
 """What a finished call looks like to the ops ecosystem: bounded metric labels and GenAI span attributes.
 
-Pure: a `calls` row (a mapping with the columns of state/db.py) goes in, plain values come out. Nothing
-here reads a clock, a database or a credential; the row holds none (credentials are fingerprints or
-config labels, never keys).
+Pure: a `calls` row (a mapping with the columns of state/store/migrations.py) goes in, plain values come
+out. Nothing here reads a clock, a database or a credential; the row holds none (credentials are
+fingerprints or config labels, never keys).
 
 Attribute names follow the OpenTelemetry GenAI semantic conventions
 (https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-spans/): `gen_ai.usage.input_tokens` counts
@@ -15,6 +15,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from rules.call_outcome import is_error
 from rules.providers import find_wire_format
 
 OTHER = "other"
@@ -40,14 +41,6 @@ def status_class(status: object) -> str:
     if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599:
         return f"{status // 100}xx"
     return NONE
-
-
-def is_error(row: Mapping[str, Any]) -> bool:
-    """A call went wrong: an error was recorded, or the status is 400 or more, or none came at all.
-
-    The same test as the database's `errors` view (state/db.py), plus a call that never got a status."""
-    status = row.get("status")
-    return bool(row.get("error")) or not isinstance(status, int) or status >= 400
 
 
 class LabelFolder:

@@ -27,7 +27,7 @@ from decimal import Decimal
 
 import sqlite_utils
 
-from state.db import immediate
+from state.store.sqlite import immediate
 
 Period = str  # "day" | "week" | "month" | "total"
 

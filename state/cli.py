@@ -36,7 +36,6 @@ from rich.text import Text
 from rules.config import ConfigError, load_config
 from rules.credential_files import TokenResponse
 from rules.providers.anthropic.oauth_usage import SOURCE as OAUTH_USAGE_SOURCE
-from state import db as state_db
 from state import html_report, quota_live, report, sandbox
 from state.budgets import BudgetLedger, ClientBudget, TeamSpend, budget_usd
 from state.netns import clean_stale
@@ -45,7 +44,7 @@ from state.oauth_http import post_refresh
 from state.pool import CredentialPool
 from state.ratelimits import QuotaSummary, format_duration, format_percent, pool_statusline, statusline
 from state.sandbox_env import SandboxError
-from state.secrets_db import secrets_path_for
+from state.store import Store, open_store
 from state.writer import RecordWriter
 
 DEFAULT_DB = "sluice.db"
@@ -139,7 +138,7 @@ def open_database(path: str) -> sqlite_utils.Database:
             probe.close()
         if not is_sluice:
             raise CliError(f"cannot open {path} as a sluice database: it has no sluice tables")
-        return state_db.connect(file)
+        return open_store(file).connect()
     except sqlite3.Error as e:
         raise CliError(f"cannot open {path} as a sluice database: {e}") from e
 
@@ -405,9 +404,10 @@ def run_quota_live(args: argparse.Namespace) -> int:
     if not upstreams:
         scope = " matching" if args.host is not None or args.credential is not None else ""
         raise CliError(f"no{scope} [[upstreams]] with oauth in {args.config}: --live reads OAuth logins only")
-    database = state_db.connect(args.db)  # created (and migrated) if missing: the readings are recorded in it
+    sluice_store = open_store(args.db)  # created (and migrated) if missing: the readings are recorded in it
+    database = sluice_store.connect()
     pool = CredentialPool(database)
-    store = OAuthStore(secrets_path_for(args.db), on_event=_pool_history(pool))
+    store = OAuthStore(sluice_store.secrets_path, on_event=_pool_history(pool))
     try:
         # The default context verifies like any client: the system's CAs, or SSL_CERT_FILE when set.
         results = asyncio.run(
@@ -427,7 +427,7 @@ def run_quota_live(args: argparse.Namespace) -> int:
     finally:
         store.close()
         database.close()
-    _record_readings(args.db, readings)
+    _record_readings(sluice_store, readings)
     now = clock()
     quotas = [
         report.CredentialQuota(reading.host, reading.credential, OAUTH_USAGE_SOURCE, reading.summary)
@@ -452,17 +452,17 @@ def _pool_history(pool: CredentialPool) -> Callable[[str, str, str], None]:
     return record
 
 
-def _record_readings(path: str, readings: Sequence[quota_live.UsageReading]) -> None:
+def _record_readings(store: Store, readings: Sequence[quota_live.UsageReading]) -> None:
     """Into `rate_limits`, through the same writer (and the same newest-wins rule) as the proxy's calls."""
     if not readings:
         return
-    writer = RecordWriter(lambda: state_db.connect(path), path=path)
+    writer = RecordWriter(store.connect, path=store.file)
     writer.start()
     for reading in readings:
         writer.put(reading.record())
     writer.close()
     if writer.stats.dropped:
-        raise CliError(f"the readings could not be recorded in {path}: {writer.stats.last_error}")
+        raise CliError(f"the readings could not be recorded in {store.display}: {writer.stats.last_error}")
 
 
 def _drain_stdin(limit: int = 1 << 20, wait_s: float = 0.5) -> None:
@@ -649,7 +649,7 @@ def run_credentials(args: argparse.Namespace) -> int:
     if args.events:
         return _show_events(args)
     database = open_database(args.db)
-    secrets = secrets_path_for(args.db)
+    secrets = Store(args.db).secrets_path
     store = OAuthStore(secrets) if secrets.exists() else None
     try:
         pool = CredentialPool(database)
@@ -739,7 +739,7 @@ def _refresh_by_hand(args: argparse.Namespace) -> int:
             f"{host}'s access token is minted by the proxy itself, ahead of expiry: nothing to refresh"
         )
     database = open_database(args.db)
-    secrets = secrets_path_for(args.db)
+    secrets = Store(args.db).secrets_path
     if not secrets.exists():
         raise CliError(f"no OAuth tokens stored beside {args.db}: start the proxy once so it seeds them")
     pool = CredentialPool(database)

@@ -43,8 +43,8 @@ from typing import Literal
 from rules.credential_files import OAuthTokens, TokenResponse
 from rules.secrets import fingerprint, scrub
 from state.clock import SYSTEM_CLOCK, Clock
-from state.db import immediate
 from state.secrets_db import open_secrets_db
+from state.store.sqlite import immediate
 
 log = logging.getLogger("sluice")
 

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import sqlite_utils
 
-from state import db as sluice_db
 from state.budgets import BudgetLedger, ClientBudget
 from state.oauth import OAuthStore
 from state.pool import CredentialPool, CredentialState
 from state.report import quota
-from state.secrets_db import secrets_path_for
+from state.store import Store, open_store
+from state.store.sqlite import immediate
 
 log = logging.getLogger("sluice")
 
@@ -67,17 +67,23 @@ class OpsReader:
 
     def __init__(self, db_path: str | Path) -> None:
         self._db_path = db_path
+        self._store: Store | None = None
         self._db: sqlite_utils.Database | None = None
         self._oauth: OAuthStore | None = None
 
+    def _open_store(self) -> Store:
+        if self._store is None:
+            self._store = open_store(self._db_path)
+        return self._store
+
     def _open(self) -> sqlite_utils.Database:
         if self._db is None:
-            self._db = sluice_db.connect(self._db_path)
+            self._db = self._open_store().connect()
         return self._db
 
     def _oauth_store(self) -> OAuthStore | None:
         if self._oauth is None:
-            secrets = secrets_path_for(self._db_path)
+            secrets = self._open_store().secrets_path
             if secrets.exists():  # never create the secrets file: only the credential part does
                 self._oauth = OAuthStore(secrets)
         return self._oauth
@@ -165,7 +171,7 @@ class AlertLog:
     def claim(self, *, dedup: str, webhook: str, at: float, event: str, subject: str, message: str) -> bool:
         """Record the alert as pending; False when that crossing was already recorded for this webhook (by
         this process before a restart, or by another process sharing the database): do not deliver."""
-        with sluice_db.immediate(self._conn):
+        with immediate(self._conn):
             cursor = self._conn.execute(
                 "insert or ignore into alerts (dedup, webhook, at, event, subject, message) "
                 "values (?, ?, ?, ?, ?, ?)",
@@ -174,7 +180,7 @@ class AlertLog:
         return cursor.rowcount == 1
 
     def finish(self, *, dedup: str, webhook: str, delivered: bool, attempts: int, error: str | None) -> None:
-        with sluice_db.immediate(self._conn):
+        with immediate(self._conn):
             self._conn.execute(
                 "update alerts set state = ?, attempts = ?, error = ?, delivered_at = ? "
                 "where dedup = ? and webhook = ?",

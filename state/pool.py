@@ -38,7 +38,7 @@ from rules.provider_answers import quota_status as read_quota_status
 from rules.providers import GATEWAY_FORMAT, format_of, provider_for_host
 from rules.secrets import scrub
 from state.clock import SYSTEM_CLOCK, Clock
-from state.db import immediate
+from state.store.sqlite import immediate
 
 log = logging.getLogger("sluice")
 
@@ -147,7 +147,7 @@ _POOL_COLUMNS = (
 class CredentialPool:
     """The credential pools of every upstream host, over the main database.
 
-    Give it a connection of its own (`state.db.connect(path)`): it runs `BEGIN IMMEDIATE` on it. Methods
+    Give it a connection of its own (`Store.connect()`, state/store): it runs `BEGIN IMMEDIATE` on it. Methods
     are thread-safe. `choose`, `limits_changed` and `needs_recovery` are cheap enough for the event loop
     (`choose` reads the database only for a conversation this process has not seen, and never waits for it:
     while a write of this process holds the connection, it routes from memory); the writers (`apply`,

@@ -32,8 +32,8 @@ from datetime import UTC, datetime
 
 import sqlite_utils
 
-from state.db import immediate
 from state.report import quota
+from state.store.sqlite import immediate
 
 WINDOW_S = 60.0
 HEARTBEAT_S = 10.0

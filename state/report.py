@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlite_utils
 
+from rules.call_outcome import ERROR_SQL
 from rules.times import parse_duration
 from state.ratelimits import QuotaSummary, summarize
 
@@ -55,8 +56,6 @@ USAGE_COLUMNS = (
 )
 
 _DECIMAL_SUM = "sluice_decimal_sum"
-# A failed call: an error recorded, or an HTTP status of 400 or more.
-_IS_ERROR = "(coalesce(error, '') != '' or coalesce(status, 0) >= 400)"
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -75,8 +74,9 @@ class UsageRow:
     """Usage of one group of calls; `group` maps each grouping dimension to its value (None when unset).
 
     `unpriced_calls` counts calls that succeeded but have no cost recorded (a model genai-prices does not
-    know; count_tokens calls are never billed), apart from `errors`: calls that recorded an error or got an
-    HTTP status of 400 or more (they have no cost either, and are not called unpriced).
+    know; count_tokens calls are never billed), apart from `errors`: calls that failed (rules/call_outcome.py:
+    an error recorded, an HTTP status of 400 or more, or no answer; they have no cost either, and are not
+    called unpriced).
     """
 
     group: dict[str, str | None]
@@ -224,9 +224,9 @@ def usage(
             sum(coalesce(output_tokens, 0)) as output_tokens,
             sum(coalesce(reasoning_tokens, 0)) as reasoning_tokens,
             {_DECIMAL_SUM}(cost_usd) as cost_usd,
-            sum(case when cost_usd is null and coalesce(api, '') != 'count_tokens' and not {_IS_ERROR}
+            sum(case when cost_usd is null and coalesce(api, '') != 'count_tokens' and not {ERROR_SQL}
                 then 1 else 0 end) as unpriced_calls,
-            sum(case when {_IS_ERROR} then 1 else 0 end) as errors
+            sum(case when {ERROR_SQL} then 1 else 0 end) as errors
         from calls
         {where}
         group by {positions}

@@ -12,13 +12,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from state.db import BUSY_TIMEOUT_MS, immediate
-
-
-def secrets_path_for(db_path: str | os.PathLike[str]) -> Path:
-    """Where the OAuth store lives for a main database: `sluice.db` → `sluice.secrets.db`, beside it."""
-    path = Path(db_path).expanduser()
-    return path.with_name(f"{path.stem}.secrets.db")
+from state.store.sqlite import BUSY_TIMEOUT_MS, immediate
 
 
 def _secrets_1_tokens(conn: sqlite3.Connection) -> None:

@@ -34,8 +34,8 @@ from typing import Any
 import sqlite_utils
 
 from state.budgets import SETTLE_SQL
-from state.db import CALL_COLUMNS, SANDBOX_EVENT_COLUMNS
 from state.rates import SETTLE_RATE_SQL
+from state.store.migrations import CALL_COLUMNS, SANDBOX_EVENT_COLUMNS
 from state.threads import name_this_thread
 
 log = logging.getLogger("sluice")

@@ -9,6 +9,7 @@ from pathlib import Path
 from addons.budget import UNKNOWN_MODELS_OPTION, Budget
 from addons.gate import Gate
 from addons.rewrite import Rewrite
+from state import store as sluice_db
 from tests.addons.proxy import CONFIG, MESSAGE, configured, llm_flow
 
 
@@ -115,3 +116,16 @@ def test_a_compressed_body_cannot_be_counted_against_input_tokens(tmp_path: Path
     assert flow.response.headers["x-should-retry"] == "false" and "retry-after" not in flow.response.headers
     assert "its body is compressed (br)" in json.loads(flow.response.content or b"")["error"]["message"]
     assert not call.rate_held
+
+
+def test_a_new_database_gets_the_budget_holds(tmp_path: Path) -> None:
+    """`sluice_db` changed while the proxy runs: admissions are held in the new database."""
+    flow = llm_flow()
+    with configured(tmp_path, parts, budgeted(10)) as proxy:
+        moved = tmp_path / "moved.db"
+        proxy.tctx.configure(proxy.chain, sluice_db=str(moved))
+        asyncio.run(proxy.hook("request", flow))
+        assert flow.response is None
+    db = sluice_db.connect(moved)
+    assert [row[0] for row in db.execute("select client from budget_holds where state = 'held'")] == ["alice"]
+    assert [row[0] for row in db.execute("select client from budgets")] == ["alice"]

@@ -136,3 +136,31 @@ def test_a_gateway_is_named_by_its_genai_prices_id_and_a_typo_stops_start_up(tmp
         assert core.billed_by("openrouter.ai") == "openrouter"
         with pytest.raises(exceptions.OptionsError, match="unknown provider 'openruoter'"):
             tctx.configure(core, sluice_config=str(typo))
+
+
+def test_the_core_opens_the_database_and_a_new_location_is_a_new_store(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    core = SluiceCore()
+    with taddons.context(core) as tctx:
+        tctx.configure(core, sluice_db=str(tmp_path / "a.db"))
+        first = core.store
+        assert first is not None and first.file == tmp_path / "a.db"
+        with first.reading() as db:
+            assert db["calls"].exists()
+        tctx.configure(core, sluice_marks="symbols")  # another option: the same store
+        assert core.store is first
+        tctx.configure(core, sluice_db=str(tmp_path / "b.db"))
+        assert core.store is not first and core.store.file == tmp_path / "b.db"
+        core.done()
+
+
+def test_a_database_that_cannot_be_opened_stops_start_up_naming_the_option(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "a-file").write_text("not a directory")
+    where = tmp_path / "a-file" / "sluice.db"
+    core = SluiceCore()
+    with taddons.context(core) as tctx:
+        tctx.configure(core, sluice_db=str(tmp_path / "good.db"))
+        good = core.store
+        with pytest.raises(exceptions.OptionsError, match=f"sluice_db: cannot open {where}: "):
+            tctx.configure(core, sluice_db=str(where))
+        assert core.store is good  # the rows keep going where they went
+        core.done()

@@ -11,7 +11,7 @@ from mitmproxy import exceptions
 from addons.core import SluiceCore
 from addons.credentials import Credentials
 from rules.secrets import fingerprint
-from state import db as sluice_db
+from state import store as sluice_db
 from state.pool import CredentialEntry, CredentialPool
 from tests import fake_vertex
 from tests.addons.proxy import configured
@@ -105,3 +105,16 @@ def test_a_private_key_file_and_the_platforms_own_credentials_are_accepted(
 ) -> None:
     start(tmp_path, f"file:{key_file(tmp_path, 0o600)}", monkeypatch)
     start(tmp_path, "default", monkeypatch)  # nothing is minted until the first call
+
+
+def test_a_new_database_gets_the_pool_and_its_history(tmp_path: Path) -> None:
+    """`sluice_db` changed while the proxy runs: the pool's state goes to the new database, as the rows do."""
+    with configured(tmp_path, lambda core: [Credentials(core)]) as proxy:
+        credentials = proxy.chain.parts[1]
+        moved = tmp_path / "moved.db"
+        proxy.tctx.configure(proxy.chain, sluice_db=str(moved))
+        assert credentials.pool is not None
+        credentials.pool.record_event(HOST, "reset", "by hand")
+    db = sluice_db.connect(moved)
+    assert [row[0] for row in db.execute("select host from credentials")] == [HOST]
+    assert [row[0] for row in db.execute("select event from credential_events")] == ["reset"]

@@ -10,7 +10,6 @@ from rules.ops import (
     LabelFolder,
     error_type,
     genai_attributes,
-    is_error,
     parse_listen_address,
     parse_otlp_endpoint,
     span_name,
@@ -68,21 +67,6 @@ def test_a_missing_value_is_none_and_a_limit_of_zero_keeps_nothing() -> None:
 )
 def test_status_class(status: object, expected: str) -> None:
     assert status_class(status) == expected
-
-
-@pytest.mark.parametrize(
-    ("row", "expected"),
-    [
-        ({"status": 200}, False),
-        ({"status": 200, "error": "stream cut"}, True),
-        ({"status": 400}, True),
-        ({"status": None, "error": None}, True),
-    ],
-)
-def test_is_error_matches_the_errors_view_plus_calls_without_an_answer(
-    row: dict[str, Any], expected: bool
-) -> None:
-    assert is_error(row) is expected
 
 
 def test_each_token_is_counted_under_one_kind() -> None:

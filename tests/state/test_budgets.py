@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from state import db as sluice_db
+from state import store as sluice_db
 from state.budgets import BudgetLedger, period_bounds, period_key
 from state.writer import CallRecord, RecordWriter
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from state import cli
-from state import db as state_db
+from state import store as state_db
 from state.cli import main
 
 NOW = datetime.now(UTC)

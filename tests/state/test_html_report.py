@@ -7,19 +7,16 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-from state import db as state_db
 from state import html_report
+from state import store as state_db
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
 def call(n: int, started: datetime, **columns: Any) -> dict[str, Any]:
     row = {"id": f"c{n}", "started_at": started.isoformat(), "host": "h", "path": "/v1/messages", "stream": 0}
-    return (
-        row
-        | {"provider": "anthropic", "api": "messages", "model": "claude-sonnet-4-5", "client": "alice"}
-        | columns
-    )
+    answered = {"status": 200, "provider": "anthropic", "api": "messages", "model": "claude-sonnet-4-5"}
+    return row | answered | {"client": "alice"} | columns
 
 
 class Tags(HTMLParser):

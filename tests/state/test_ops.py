@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rules.secrets import fingerprint
-from state import db as sluice_db
+from state import store as sluice_db
 from state.budgets import BudgetLedger
 from state.ops import AlertLog, OpsReader
 from state.pool import CredentialEntry, CredentialPool

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rules.secrets import describe_reference, fingerprint
-from state import db as sluice_db
+from state import store as sluice_db
 from state.pool import Choice, CredentialEntry, CredentialPool
 from tests.fake_clock import NOW, FakeClock
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rules.config import OAuth, Upstream
-from state import db as state_db
 from state import report
+from state import store as state_db
 from state.oauth import OAuthStore
 from state.quota_live import (
     UsageReading,

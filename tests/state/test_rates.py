@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from state import db as sluice_db
+from state import store as sluice_db
 from state.rates import RateLedger, RateScope, uncountable_input
 from state.writer import CallRecord, RecordWriter
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-from state import db as state_db
 from state import report
+from state import store as state_db
 from state.ratelimits import Limit
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -2,24 +2,19 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 
 from rules.credential_files import OAuthTokens
 from rules.secrets import fingerprint
-from state import db as sluice_db
+from state import store as sluice_db
 from state.oauth import OAuthStore
 from state.pool import CredentialEntry, CredentialPool
-from state.secrets_db import SECRETS_MIGRATIONS, open_secrets_db, secrets_path_for
+from state.secrets_db import SECRETS_MIGRATIONS, open_secrets_db
+from state.store.sqlite import secrets_path_for
 from tests.fake_clock import NOW, FakeClock
 
 HOST = "api.anthropic.com"
 KEYS = ["sk-ant-api03-" + "a" * 40, "sk-ant-api03-" + "b" * 40]
 ACCESS, REFRESH = "sk-ant-oat01-" + "x" * 40, "sk-ant-ort01-" + "y" * 40
-
-
-def test_the_secrets_file_sits_beside_the_main_database():
-    assert secrets_path_for("/var/lib/sluice/sluice.db") == Path("/var/lib/sluice/sluice.secrets.db")
-    assert secrets_path_for("~/usage.db") == Path("~/usage.secrets.db").expanduser()
 
 
 def test_secrets_file_is_private_whatever_the_umask(tmp_path):

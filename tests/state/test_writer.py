@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from state import db as sluice_db
+from state import store as sluice_db
 from state.writer import CallRecord, QuotaRecord, RecordWriter, SandboxEvent
 
 

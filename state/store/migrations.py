@@ -1,19 +1,24 @@
-"""The sluice database: plain SQLite, declared here, grown by append-only numbered migrations.
+"""The sluice schema: the columns the writer fills, and the migrations that build every table and view.
 
-Several mitmdump processes may share one file: WAL lets readers run beside the one writer, `busy_timeout`
-waits for a lock instead of failing, and read-then-write sections use `BEGIN IMMEDIATE`.
+Migrations are append-only: each keeps its number for good (a database records the numbers applied to it
+in `_sluice_migrations`) and its name, and once released its body is never edited, since databases it
+already ran on will never run it again. A change is a new migration at the end. A migration builds from
+literal column lists, never from the live ones below (`CALL_COLUMNS` grows; what migration 1 created does
+not). tests/state/store/test_migrations.py holds a digest of each released migration's source.
+
+The bodies are SQLite's (sqlite-utils); `migrate` applies them once each, in order, under `BEGIN IMMEDIATE`,
+so several processes opening one file at once agree on its schema.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import sqlite_utils
 
-BUSY_TIMEOUT_MS = 10_000
+from state.store.sqlite import immediate
 
 # Columns of `calls`, in order. Token columns mean the same for every provider: `input_tokens` is uncached
 # input only (OpenAI's cached tokens are moved out of its prompt/input count) and `output_tokens` includes
@@ -63,9 +68,61 @@ CALL_COLUMNS: dict[str, type] = {
 }
 
 
+# Columns of `sandbox_events`: what a sandboxed command tried that its egress policy refused
+# (addons/sandbox.py). `kind` is `dns` (a name looked up), `connection` (a connection sluice would not
+# open) or `request` (an HTTP request answered 403); `host` is the name it asked for, or the address when
+# it named none.
+SANDBOX_EVENT_COLUMNS: dict[str, type] = {
+    "id": str,
+    "at": str,
+    "kind": str,
+    "host": str,
+    "port": int,
+    "client_address": str,
+    "reason": str,
+}
+
+
 def _migration_1_calls_and_rate_limits(db: sqlite_utils.Database) -> None:
+    # The columns `calls` had when this migration was written; later ones are added by their own migration.
     db["calls"].create(  # type: ignore[union-attr]
-        CALL_COLUMNS,
+        {
+            "id": str,
+            "started_at": str,
+            "client": str,
+            "host": str,
+            "method": str,
+            "path": str,
+            "provider": str,
+            "api": str,
+            "model": str,
+            "stream": int,
+            "status": int,
+            "error": str,
+            "request_id": str,
+            "response_id": str,
+            "stop_reason": str,
+            "input_tokens": int,
+            "cache_read_tokens": int,
+            "cache_write_5m_tokens": int,
+            "cache_write_1h_tokens": int,
+            "output_tokens": int,
+            "reasoning_tokens": int,
+            "web_search_requests": int,
+            "counted_tokens": int,
+            "service_tier": str,
+            "speed": str,
+            "cost_usd": float,
+            "cost_note": str,
+            "duration_ms": float,
+            "ttft_ms": float,
+            "credential": str,
+            "request_bytes": int,
+            "response_bytes": int,
+            "rules_applied": str,
+            "rate_limits": str,
+            "session_id": str,
+        },
         pk="id",
         not_null={"id", "started_at", "host", "path", "stream"},
         defaults={"stream": 0},
@@ -171,8 +228,8 @@ def _migration_4_budgets(db: sqlite_utils.Database) -> None:
 
 
 def _migration_5_cache_health_and_views(db: sqlite_utils.Database) -> None:
-    # Databases created before these columns existed get them; newer ones have them from migration 1,
-    # which creates `calls` with every column of CALL_COLUMNS.
+    # Added here. A database whose migration 1 ran while it still built `calls` from the live column list
+    # has them already.
     calls = db["calls"]
     for column in ("cache_status", "cache_note"):
         if column not in calls.columns_dict:
@@ -308,30 +365,25 @@ def _migration_7_alerts(db: sqlite_utils.Database) -> None:
     )
 
 
-# Columns of `sandbox_events`: what a sandboxed command tried that its egress policy refused
-# (addons/sandbox.py). `kind` is `dns` (a name looked up), `connection` (a connection sluice would not
-# open) or `request` (an HTTP request answered 403); `host` is the name it asked for, or the address when
-# it named none.
-SANDBOX_EVENT_COLUMNS: dict[str, type] = {
-    "id": str,
-    "at": str,
-    "kind": str,
-    "host": str,
-    "port": int,
-    "client_address": str,
-    "reason": str,
-}
-
-
 def _migration_8_sandbox_events(db: sqlite_utils.Database) -> None:
     db["sandbox_events"].create(  # type: ignore[union-attr]
-        SANDBOX_EVENT_COLUMNS, pk="id", not_null={"id", "at", "kind", "reason"}
+        {
+            "id": str,
+            "at": str,
+            "kind": str,
+            "host": str,
+            "port": int,
+            "client_address": str,
+            "reason": str,
+        },
+        pk="id",
+        not_null={"id", "at", "kind", "reason"},
     )
     db["sandbox_events"].create_index(["at"])  # type: ignore[union-attr]
 
 
 def _migration_9_region(db: sqlite_utils.Database) -> None:
-    # As in migration 5: a database created before the column existed gets it.
+    # As in migration 5: added here, unless migration 1 made it (built from the live column list then).
     if "region" not in db["calls"].columns_dict:
         db["calls"].add_column("region", str)  # type: ignore[union-attr]
 
@@ -373,71 +425,143 @@ def _migration_10_teams_and_rates(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _migration_1_calls_and_rate_limits,
-    _migration_2_views,
-    _migration_3_credentials,
-    _migration_4_budgets,
-    _migration_5_cache_health_and_views,
-    _migration_6_credential_history_and_routing,
-    _migration_7_alerts,
-    _migration_8_sandbox_events,
-    _migration_9_region,
-    _migration_10_teams_and_rates,
-]
+def _migration_11_one_definition_of_an_error(db: sqlite_utils.Database) -> None:
+    # The views counted errors three ways (`daily_usage`: an error recorded; the others: an error recorded or
+    # a status >= 400; neither a call that never got a status). One now, rules/call_outcome.py's ERROR_SQL:
+    # an error recorded, a status of 400 or more, or none at all. Each view as migrations 2 and 5 made it,
+    # but for that test.
+    db.create_view(
+        "daily_usage",
+        """
+        select date(started_at) as day, coalesce(client, '') as client, coalesce(model, '') as model,
+               count(*) as calls,
+               sum(coalesce(input_tokens, 0)) as input_tokens,
+               sum(coalesce(cache_read_tokens, 0)) as cache_read_tokens,
+               sum(coalesce(cache_write_5m_tokens, 0)) as cache_write_5m_tokens,
+               sum(coalesce(cache_write_1h_tokens, 0)) as cache_write_1h_tokens,
+               sum(coalesce(output_tokens, 0)) as output_tokens,
+               sum(coalesce(reasoning_tokens, 0)) as reasoning_tokens,
+               round(sum(coalesce(cost_usd, 0)), 6) as cost_usd,
+               sum(case when cost_usd is null and api != 'count_tokens' then 1 else 0 end) as unpriced_calls,
+               sum(case when (coalesce(error, '') != '' or status is null or status >= 400) then 1 else 0 end)
+                   as errors
+        from calls
+        group by 1, 2, 3
+        """,
+        replace=True,
+    )
+    db.create_view(
+        "sessions",
+        """
+        select session_id, min(started_at) as first_call_at, max(started_at) as last_call_at,
+               group_concat(distinct client) as clients,
+               group_concat(distinct model) as models,
+               count(*) as calls,
+               sum(coalesce(input_tokens, 0)) as input_tokens,
+               sum(coalesce(cache_read_tokens, 0)) as cache_read_tokens,
+               sum(coalesce(cache_write_5m_tokens, 0) + coalesce(cache_write_1h_tokens, 0))
+                   as cache_write_tokens,
+               sum(coalesce(output_tokens, 0)) as output_tokens,
+               round(sum(coalesce(cost_usd, 0)), 6) as cost_usd,
+               sum(case when cache_status = 'miss' then 1 else 0 end) as cache_misses,
+               sum(case when (coalesce(error, '') != '' or status is null or status >= 400) then 1 else 0 end)
+                   as errors
+        from calls
+        where session_id is not null
+        group by session_id
+        order by first_call_at desc
+        """,
+        replace=True,
+    )
+    db.create_view(
+        "model_usage",
+        """
+        select coalesce(provider, '') as provider, coalesce(model, '') as model,
+               count(*) as calls,
+               sum(coalesce(input_tokens, 0)) as input_tokens,
+               sum(coalesce(cache_read_tokens, 0)) as cache_read_tokens,
+               sum(coalesce(cache_write_5m_tokens, 0) + coalesce(cache_write_1h_tokens, 0))
+                   as cache_write_tokens,
+               sum(coalesce(output_tokens, 0)) as output_tokens,
+               round(sum(coalesce(cost_usd, 0)), 6) as cost_usd,
+               round(1.0 * sum(coalesce(cache_read_tokens, 0)) / nullif(sum(coalesce(input_tokens, 0)
+                   + coalesce(cache_read_tokens, 0) + coalesce(cache_write_5m_tokens, 0)
+                   + coalesce(cache_write_1h_tokens, 0)), 0), 4) as cache_read_share,
+               round(avg(ttft_ms), 1) as avg_ttft_ms,
+               round(avg(duration_ms), 1) as avg_duration_ms,
+               sum(case when (coalesce(error, '') != '' or status is null or status >= 400) then 1 else 0 end)
+                   as errors,
+               min(started_at) as first_call_at, max(started_at) as last_call_at
+        from calls
+        where coalesce(api, '') != 'count_tokens'
+        group by 1, 2
+        order by cost_usd desc
+        """,
+        replace=True,
+    )
+    db.create_view(
+        "errors",
+        """
+        select id, started_at, client, host, path, model, status, error, request_id, rules_applied
+        from calls
+        where (coalesce(error, '') != '' or status is null or status >= 400)
+        order by started_at desc
+        """,
+        replace=True,
+    )
 
 
-@contextmanager
-def immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """A read-then-write transaction: `BEGIN IMMEDIATE` takes the write lock up front, so it waits on
-    `busy_timeout` instead of failing on upgrade the way a deferred `BEGIN` does under contention."""
-    conn.execute("begin immediate")
-    try:
-        yield
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("rollback")
-        raise
-    conn.execute("commit")
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One step of the schema: its number (what `_sluice_migrations` records), its name, its body."""
+
+    number: int
+    name: str
+    apply: Callable[[sqlite_utils.Database], None]
 
 
-WAL_SIZE_LIMIT = 4 * 1024 * 1024
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "calls_and_rate_limits", _migration_1_calls_and_rate_limits),
+    Migration(2, "views", _migration_2_views),
+    Migration(3, "credentials", _migration_3_credentials),
+    Migration(4, "budgets", _migration_4_budgets),
+    Migration(5, "cache_health_and_views", _migration_5_cache_health_and_views),
+    Migration(6, "credential_history_and_routing", _migration_6_credential_history_and_routing),
+    Migration(7, "alerts", _migration_7_alerts),
+    Migration(8, "sandbox_events", _migration_8_sandbox_events),
+    Migration(9, "region", _migration_9_region),
+    Migration(10, "teams_and_rates", _migration_10_teams_and_rates),
+    Migration(11, "one_definition_of_an_error", _migration_11_one_definition_of_an_error),
+)
 
 
-def connect(
-    path: str | Path | None = None, *, memory: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS
-) -> sqlite_utils.Database:
-    """Open the database with the settings every sluice process must share, and migrate it."""
-    if memory:
-        db = sqlite_utils.Database(memory=True)
-    else:
-        file = Path(path or "sluice.db").expanduser()
-        file.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            str(file), timeout=busy_timeout_ms / 1000, check_same_thread=False, isolation_level=None
-        )
-        db = sqlite_utils.Database(conn)
-        db.execute(f"pragma busy_timeout = {int(busy_timeout_ms)}")
-        db.execute("pragma journal_mode = wal")
-        db.execute("pragma synchronous = normal")
-        # A checkpointed WAL is reused from its start but keeps its size on disk; cap what it keeps, so a
-        # burst of writes (the rows held while the disk was full, say) does not hold that space for good.
-        db.execute(f"pragma journal_size_limit = {WAL_SIZE_LIMIT}")
-    migrate(db)
-    return db
-
-
-def migrate(db: sqlite_utils.Database) -> None:
-    """Apply the migrations this database has not seen, each once, under an immediate transaction."""
+def migrate(db: sqlite_utils.Database, migrations: tuple[Migration, ...] = MIGRATIONS) -> None:
+    """Apply the migrations this database has not seen, each once, in order, each under an immediate
+    transaction (another process may be applying them at the same moment)."""
     conn = db.conn
     conn.execute("create table if not exists _sluice_migrations (id integer primary key, applied_at text)")
-    for number, migration in enumerate(MIGRATIONS, start=1):
-        if conn.execute("select 1 from _sluice_migrations where id = ?", (number,)).fetchone():
+    for migration in migrations:
+        if _applied(db, migration):
             continue
         with immediate(conn):
             # Another process may have applied it while we waited for the lock.
-            if not conn.execute("select 1 from _sluice_migrations where id = ?", (number,)).fetchone():
-                migration(db)
+            if not _applied(db, migration):
+                migration.apply(db)
                 conn.execute(
-                    "insert into _sluice_migrations (id, applied_at) values (?, datetime('now'))", (number,)
+                    "insert into _sluice_migrations (id, applied_at) values (?, datetime('now'))",
+                    (migration.number,),
                 )
+
+
+def _applied(db: sqlite_utils.Database, migration: Migration) -> bool:
+    found = db.conn.execute("select 1 from _sluice_migrations where id = ?", (migration.number,))
+    return found.fetchone() is not None
+
+
+def up_to_date(db: sqlite_utils.Database) -> bool:
+    """Whether every migration is recorded as applied: one read, for a database opened again."""
+    try:
+        latest = db.conn.execute("select max(id) from _sluice_migrations").fetchone()[0]
+    except sqlite3.OperationalError:  # no such table: a new database
+        return False
+    return latest is not None and latest >= MIGRATIONS[-1].number
