@@ -227,7 +227,7 @@ def test_request_fields_of_a_compressed_body_are_read_within_the_cap() -> None:
 def test_a_streamed_body_is_kept_only_where_someone_can_see_it(shown: bool) -> None:
     async def hook() -> tuple[bytes | None, dict[str, object]]:
         core, meter, records, _ = answered(shown=shown)
-        flow, call = _streamed(meter, core, "identity")
+        flow, _ = _streamed(meter, core, "identity")
         assert flow.response is not None and callable(flow.response.stream)
         assert flow.response.stream(PING * 3) == PING * 3  # the client gets every byte either way
         flow.response.stream(b"")
