@@ -49,7 +49,7 @@ from state.rates import (
     uncountable_input,
     window_use,
 )
-from state.store import Store
+from state.store import AnyStore
 
 UNKNOWN_MODELS_OPTION = "budget_price_unknown_models_as"
 
@@ -63,7 +63,7 @@ class Budget:
         self.core = core
         self.ledger: BudgetLedger | None = None
         self.rates: RateLedger | None = None
-        self._store: Store | None = None  # the store the ledgers' connections came from
+        self._store: AnyStore | None = None  # the store the ledgers' connections came from
         self.limits: dict[str, tuple[float, str]] = {}
         self.team_budgets: dict[str, TeamBudget] = {}
         self.team_of: dict[str, str] = {}
@@ -87,7 +87,11 @@ class Budget:
         self.shares = _shares(config)
         self.streamed = _streamed(config)
         self._check_stand_ins()
-        store = self.core.require_store()
+        if not (self.limits or self.team_budgets or self.rate_scopes or self.shares):
+            self.ledger = self.rates = None
+            self._store = self.core.store
+            return
+        store = self.core.require_store("budgets, rate limits and window shares")
         if not self.limits and not self.team_budgets:
             self.ledger = None
         else:
@@ -147,7 +151,7 @@ class Budget:
         upstream = self.core.upstream_for(flow.request.host)
         if upstream is None:
             return True
-        store = self.core.require_store()
+        store = self.core.require_store("window shares")
 
         def read() -> list[WindowUse]:
             with store.reading() as db:

@@ -41,7 +41,7 @@ from rules.providers import (
 )
 from rules.secrets import fingerprint
 from state.pricing import billing_provider, price_providers
-from state.store import Store, open_store, redact
+from state.store import AnyStore, Store, open_store, redact
 from state.writer import Record, RecordWriter
 
 log = logging.getLogger("sluice")
@@ -162,7 +162,7 @@ class SluiceCore:
         self.config_dir: Path | None = None
         # The database, opened from `sluice_db`: every part takes its connections from it. A part keeping a
         # connection reopens it when this is another object than the one it opened from.
-        self.store: Store | None = None
+        self.store: AnyStore | None = None
         self.writer: RecordWriter | None = None
         self.calls: dict[str, Call] = {}
         self._upstreams: dict[str, Upstream] = {}
@@ -249,17 +249,27 @@ class SluiceCore:
             raise exceptions.OptionsError(f"sluice_db: cannot open {redact(location)}: {e}") from None
         if self.writer is not None:
             self.writer.close()
+        if self.store is not None:
+            self.store.close()
         self.store = store
         # Calls still in flight, read from the writer's thread (a dict's length: one atomic read), let it
-        # wait a few ms for their rows and write them in one transaction.
-        self.writer = RecordWriter(store.connect, path=store.file, in_flight=lambda: len(self.calls))
+        # wait a few ms for their rows and write them in one transaction. A file's writer watches the path
+        # (a database deleted or replaced while open is created again).
+        path = store.file if isinstance(store, Store) else None
+        self.writer = RecordWriter(store.connect, path=path, in_flight=lambda: len(self.calls))
         self.writer.start()
 
-    def require_store(self) -> Store:
+    def require_store(self, what: str) -> Store:
         """The store, for a part that needs the database (open once `sluice_db` is configured, which is
-        before any other part's `configure`: the core comes first)."""
+        before any other part's `configure`: the core comes first). `what` runs on SQLite only so far: a
+        PostgreSQL store stops start-up with a message naming it."""
         if self.store is None:
             raise exceptions.OptionsError("sluice_db: no database is open yet")
+        if not isinstance(self.store, Store):
+            raise exceptions.OptionsError(
+                f"sluice_db: {what} does not run on PostgreSQL yet ({self.store.display}); "
+                "use a SQLite file, or leave it out of the configuration"
+            )
         return self.store
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -386,3 +396,5 @@ class SluiceCore:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self.store is not None:
+            self.store.close()

@@ -105,7 +105,7 @@ class Credentials:
         if not upstreams:
             self.pool = None
             return
-        store = self.core.require_store()
+        store = self.core.require_store("swapping credentials ([[upstreams]])")
         try:
             if self.pool is None or store is not self._store:
                 self.pool = CredentialPool(store.connect())

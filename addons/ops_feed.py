@@ -117,7 +117,7 @@ class OpsFeed:
             except ValueError as e:
                 raise exceptions.OptionsError(f"sluice_otlp: {e}") from None
         wanted = Settings(
-            db_path=self.core.require_store().location,
+            db_path=self.core.require_store("metrics, tracing and alerts").location,
             poll_s=options.sluice_ops_poll_ms / 1000,
             metrics_address=address,
             otlp_endpoint=endpoint,

@@ -140,7 +140,7 @@ class QuotaPoll:
         host, credential = row_host(upstream), credential_label(upstream.oauth)
 
         def last() -> float | None:
-            with self.core.require_store().reading() as db:
+            with self.core.require_store("the OAuth usage poll").reading() as db:
                 moment = last_reading_at(db, host, credential)
             return moment.timestamp() if moment is not None else None
 

@@ -44,7 +44,8 @@ from state.oauth_http import post_refresh
 from state.pool import CredentialPool
 from state.ratelimits import QuotaSummary, format_duration, format_percent, pool_statusline, statusline
 from state.sandbox_env import SandboxError
-from state.store import Store, open_store
+from state.store import NotOnPostgres, Store, open_sqlite_store, redact
+from state.store.postgres import is_postgres
 from state.writer import RecordWriter
 
 DEFAULT_DB = "sluice.db"
@@ -85,11 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except CliError as e:
+    except (CliError, NotOnPostgres) as e:
         print(f"sluice: error: {e}", file=sys.stderr)
         return 1
     except sqlite3.Error as e:  # e.g. locked by a writer for longer than the busy timeout
-        print(f"sluice: error: reading {args.db}: {e}", file=sys.stderr)
+        print(f"sluice: error: reading {redact(args.db)}: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         # The reader went away (`sluice usage --csv | head`). Point stdout at devnull so that the
@@ -119,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def open_database(path: str) -> sqlite_utils.Database:
     """Open an existing sluice database (migrating it if it is older than this code); never create one."""
+    if is_postgres(path):
+        raise NotOnPostgres(f"the sluice command reads SQLite files only so far: {redact(path)}")
     file = Path(path).expanduser()
     if not file.exists():
         raise CliError(
@@ -138,7 +141,7 @@ def open_database(path: str) -> sqlite_utils.Database:
             probe.close()
         if not is_sluice:
             raise CliError(f"cannot open {path} as a sluice database: it has no sluice tables")
-        return open_store(file).connect()
+        return open_sqlite_store(file, "the sluice command").connect()
     except sqlite3.Error as e:
         raise CliError(f"cannot open {path} as a sluice database: {e}") from e
 
@@ -404,7 +407,8 @@ def run_quota_live(args: argparse.Namespace) -> int:
     if not upstreams:
         scope = " matching" if args.host is not None or args.credential is not None else ""
         raise CliError(f"no{scope} [[upstreams]] with oauth in {args.config}: --live reads OAuth logins only")
-    sluice_store = open_store(args.db)  # created (and migrated) if missing: the readings are recorded in it
+    # Created (and migrated) if missing: the readings are recorded in it.
+    sluice_store = open_sqlite_store(args.db, "sluice quota --live")
     database = sluice_store.connect()
     pool = CredentialPool(database)
     store = OAuthStore(sluice_store.secrets_path, on_event=_pool_history(pool))

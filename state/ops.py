@@ -23,7 +23,7 @@ from state.budgets import BudgetLedger, ClientBudget
 from state.oauth import OAuthStore
 from state.pool import CredentialPool, CredentialState
 from state.report import quota
-from state.store import Store, open_store
+from state.store import Store, open_sqlite_store
 from state.store.sqlite import immediate
 
 log = logging.getLogger("sluice")
@@ -73,7 +73,7 @@ class OpsReader:
 
     def _open_store(self) -> Store:
         if self._store is None:
-            self._store = open_store(self._db_path)
+            self._store = open_sqlite_store(self._db_path, "the ops process's readings")
         return self._store
 
     def _open(self) -> sqlite_utils.Database:

@@ -31,11 +31,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
+import psycopg
 
 from state.budgets import SETTLE_SQL
 from state.rates import SETTLE_RATE_SQL
+from state.store import Database
 from state.store.migrations import CALL_COLUMNS, SANDBOX_EVENT_COLUMNS
+from state.store.postgres import PARAMETER_LIMIT, PgConnection
 from state.threads import name_this_thread
 
 log = logging.getLogger("sluice")
@@ -120,6 +122,8 @@ _RECORD_ERRORS = (
     sqlite3.ProgrammingError,
     sqlite3.DataError,
     sqlite3.InterfaceError,
+    psycopg.IntegrityError,
+    psycopg.DataError,
     ValueError,
     TypeError,
     OverflowError,
@@ -129,7 +133,7 @@ _RECORD_ERRORS = (
 class RecordWriter:
     def __init__(
         self,
-        open_db: Callable[[], sqlite_utils.Database],
+        open_db: Callable[[], Database],
         *,
         batch_max: int = 2000,
         buffer_limit: int = 100_000,
@@ -204,7 +208,7 @@ class RecordWriter:
 
     def _run(self) -> None:
         name_this_thread("sluice-writer")
-        db: sqlite_utils.Database | None = None
+        db: Database | None = None
         delay = self._retry_initial_s
         stopping = False
         recovering = False  # draining what was held while the database refused
@@ -275,7 +279,7 @@ class RecordWriter:
                 return True
         return False
 
-    def _open(self) -> sqlite_utils.Database:
+    def _open(self) -> Database:
         db = self._open_db()
         self._file = _identity(self._path) if self._path is not None else None
         return db
@@ -294,7 +298,7 @@ class RecordWriter:
         )
         return True
 
-    def _let_go(self, db: sqlite_utils.Database) -> None:
+    def _let_go(self, db: Database) -> None:
         """Close the file that is no longer at the path, so that the next open creates (or takes) the file
         there without the old one's journal: the WAL is found by name, and replayed into whatever file
         bears that name next."""
@@ -328,7 +332,7 @@ class RecordWriter:
                 overflow,
             )
 
-    def _write_singly(self, db: sqlite_utils.Database | None) -> None:
+    def _write_singly(self, db: Database | None) -> None:
         """Write the pending records one transaction each; drop (and name) only those that fail."""
         if db is None:
             return
@@ -351,12 +355,13 @@ class RecordWriter:
         finally:
             self._batch_size = batch_size
 
-    def _write(self, db: sqlite_utils.Database) -> None:
+    def _write(self, db: Database) -> None:
         batch = [self._pending[i] for i in range(min(self._batch_size, len(self._pending)))]
         try:
             self._commit(db, batch, storable=False)
-        except (UnicodeEncodeError, OverflowError):
-            # Text that is not UTF-8, or an integer over 64 bits: the batch again, every value made storable
+        except (UnicodeEncodeError, OverflowError, psycopg.DataError):
+            # Text that is not UTF-8 (or, for PostgreSQL, holds a NUL), or an integer over 64 bits: the batch
+            # again, every value made storable
             # (checking every value of every row up front would cost most of the writer's time).
             self._commit(db, batch, storable=True)
         for _ in batch:
@@ -366,7 +371,7 @@ class RecordWriter:
         self.stats.pending = len(self._pending)
         self._done(len(batch))
 
-    def _commit(self, db: sqlite_utils.Database, batch: list[Record], *, storable: bool) -> None:
+    def _commit(self, db: Database, batch: list[Record], *, storable: bool) -> None:
         calls = [record for record in batch if isinstance(record, CallRecord)]
         events = [record for record in batch if isinstance(record, SandboxEvent)]
         call_rows = _rows(calls, CALL_COLUMNS, storable=storable)
@@ -411,7 +416,7 @@ class RecordWriter:
 _INT64 = 2**63
 
 
-def _checkpoint(db: sqlite_utils.Database) -> None:
+def _checkpoint(db: Database) -> None:
     """Move the WAL into the database file and truncate it, after each batch of a backlog.
 
     SQLite checkpoints on its own only once the WAL holds 1,000 pages (4 MB), and the WAL cannot be
@@ -421,6 +426,8 @@ def _checkpoint(db: sqlite_utils.Database) -> None:
     rows once, in the database file, and at most one batch in the WAL. Best effort: a checkpoint that fails
     (readers in the way, the disk full again) leaves committed rows committed.
     """
+    if isinstance(db.conn, PgConnection):
+        return  # the server keeps its own write-ahead log
     try:
         db.conn.execute("pragma wal_checkpoint(truncate)").fetchall()
     except sqlite3.Error as e:
@@ -435,7 +442,9 @@ def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     return (stat.st_dev, stat.st_ino)
 
 
-def _insert_rows(conn: sqlite3.Connection, statement: str, rows: Sequence[tuple[Any, ...]]) -> None:
+def _insert_rows(
+    conn: sqlite3.Connection | PgConnection, statement: str, rows: Sequence[tuple[Any, ...]]
+) -> None:
     """`rows` into `statement` (with `{values}` for its groups of parameters) in as few statements as
     SQLite's limit on parameters allows. One multi-row statement is stepped once, where `executemany`
     steps once a row; sqlite3 lets the interpreter lock go around every step, and on a busy proxy each of
@@ -444,7 +453,12 @@ def _insert_rows(conn: sqlite3.Connection, statement: str, rows: Sequence[tuple[
     if not rows:
         return
     width = len(rows[0])
-    per_statement = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
+    limit = (
+        PARAMETER_LIMIT
+        if isinstance(conn, PgConnection)
+        else conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    )
+    per_statement = max(1, limit // width)
     group = "(" + ", ".join("?" * width) + ")"
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
@@ -461,12 +475,15 @@ def _rows(
 
 
 def _cell(value: Any) -> Any:
-    """A value SQLite will take: text that is valid UTF-8, integers that fit in 64 bits.
+    """A value either engine will take: text that is valid UTF-8 without NUL characters (PostgreSQL's text
+    cannot hold one), integers that fit in 64 bits.
 
-    Header values can carry bytes that are not UTF-8 (mitmproxy keeps them as surrogate escapes) and a
-    provider can send absurd numbers; neither may cost the call its row.
+    Header values can carry bytes that are not UTF-8 (mitmproxy keeps them as surrogate escapes) or a NUL,
+    and a provider can send absurd numbers; none may cost the call its row.
     """
     if isinstance(value, str):
+        if "\x00" in value:
+            value = value.replace("\x00", "\ufffd")
         if value.isascii():  # nearly every value: checked without copying it
             return value
         try:

@@ -19,13 +19,17 @@ from: that is what a changed `sluice_db` looks like to a part.
 from __future__ import annotations
 
 import os
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
+from psycopg_pool import ConnectionPool
 
+from state.store import postgres
 from state.store.migrations import CALL_COLUMNS, SANDBOX_EVENT_COLUMNS, migrate, up_to_date
 from state.store.sqlite import (
     BUSY_TIMEOUT_MS,
@@ -38,8 +42,13 @@ from state.store.sqlite import (
 __all__ = [
     "CALL_COLUMNS",
     "SANDBOX_EVENT_COLUMNS",
+    "AnyStore",
+    "Database",
+    "NotOnPostgres",
+    "PostgresStore",
     "Store",
     "connect",
+    "open_sqlite_store",
     "open_store",
     "redact",
 ]
@@ -92,15 +101,104 @@ class Store:
         finally:
             db.close()
 
-    def immediate(self, db: sqlite_utils.Database) -> AbstractContextManager[None]:
-        """A read-then-write transaction on a connection of this store: the write lock taken up front."""
+    def immediate(self, db: sqlite_utils.Database, lock: str | None = None) -> AbstractContextManager[None]:
+        """A read-then-write transaction on a connection of this store: the file's write lock taken up
+        front (one lock for the whole file, whatever `lock` names: see PostgresStore.immediate)."""
         return immediate(db.conn)
 
+    def close(self) -> None:
+        """Nothing to let go: every connection is its owner's."""
 
-def open_store(location: str | os.PathLike[str]) -> Store:
-    """The store at `location` (the `sluice_db` option), opened: created if missing and migrated now, so a
-    location that cannot be opened raises here (sqlite3.Error, OSError) rather than at the first call."""
-    store = Store(location)
+
+class PostgresStore:
+    """A PostgreSQL database that proxies on many machines share (state/store/postgres.py). Cheap to make;
+    `open_store` makes one and opens it. Short reads borrow from a small psycopg pool; a part that keeps a
+    connection gets one of its own."""
+
+    engine = "postgres"
+    READING_POOL_MAX = 4
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self._pool: ConnectionPool[Any] | None = None
+        self._pool_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.display!r})"
+
+    @property
+    def display(self) -> str:
+        return redact(self.location)
+
+    def connect(self) -> postgres.PgDatabase:
+        """A new connection, for one owner, with the schema up to date."""
+        db = postgres.open_connection(self.location)
+        try:
+            if not postgres.up_to_date(db):
+                postgres.migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @contextmanager
+    def reading(self) -> Iterator[postgres.PgDatabase]:
+        """A pooled connection for one read (or a few), back in the pool when the block ends."""
+        with self._reading_pool().connection() as conn:
+            yield postgres.PgDatabase(postgres.PgConnection(conn))
+
+    def immediate(self, db: postgres.PgDatabase, lock: str | None = None) -> AbstractContextManager[None]:
+        """A read-then-write transaction serialized, across every proxy on the database, with the others that
+        name the same `lock` (with every other that names none, for None): an advisory lock."""
+        return postgres.immediate(db.conn, lock)
+
+    def close(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def _reading_pool(self) -> ConnectionPool[Any]:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.location,
+                    min_size=0,
+                    max_size=self.READING_POOL_MAX,
+                    kwargs=postgres.connection_settings(),
+                    name="sluice-reads",
+                    open=True,
+                )
+            return self._pool
+
+
+type AnyStore = Store | PostgresStore
+# A connection a part keeps: sqlite-utils' over sqlite3, or its PostgreSQL counterpart (`.conn.execute` with
+# `?` parameters on both).
+type Database = sqlite_utils.Database | postgres.PgDatabase
+
+
+class NotOnPostgres(ValueError):
+    """A part of sluice that runs on SQLite only so far was given a PostgreSQL location."""
+
+
+def open_sqlite_store(location: str | os.PathLike[str], what: str) -> Store:
+    """`open_store` for `what`, which reads and writes SQLite only so far: a PostgreSQL location is refused
+    with a message that names `what` (and the location without its password)."""
+    text = os.fspath(location)
+    if postgres.is_postgres(text):
+        raise NotOnPostgres(f"{what} does not run on PostgreSQL yet ({redact(text)}); it takes a SQLite file")
+    store = Store(text)
+    store.connect().close()
+    return store
+
+
+def open_store(location: str | os.PathLike[str]) -> AnyStore:
+    """The store at `location` (the `sluice_db` option): a PostgreSQL URL (`postgresql://…`) or a SQLite
+    file. Opened now: created if missing and migrated, so a location that cannot be opened raises here
+    (sqlite3.Error, OSError, psycopg.Error) rather than at the first call."""
+    text = os.fspath(location)
+    store: AnyStore = PostgresStore(text) if postgres.is_postgres(text) else Store(text)
     store.connect().close()
     return store
 
