@@ -116,13 +116,18 @@ class OpsFeed:
                 endpoint = parse_otlp_endpoint(otlp)
             except ValueError as e:
                 raise exceptions.OptionsError(f"sluice_otlp: {e}") from None
+        alerts = alert_targets(self.core)
+        # The ops process reads the database only when it runs at all.
+        store = (
+            self.core.require_store("metrics, tracing and alerts") if address or endpoint or alerts else None
+        )
         wanted = Settings(
-            db_path=self.core.require_store("metrics, tracing and alerts").location,
+            db_path=store.location if store is not None else "",
             poll_s=options.sluice_ops_poll_ms / 1000,
             metrics_address=address,
             otlp_endpoint=endpoint,
             otlp_content=bool(options.sluice_otlp_content),
-            alerts=alert_targets(self.core),
+            alerts=alerts,
         )
         if self.settings is not None and wanted == dataclasses.replace(self.settings, metrics_fd=None):
             return

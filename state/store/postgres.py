@@ -341,28 +341,23 @@ MIGRATIONS: tuple[Migration, ...] = (Migration(1, "baseline_as_sqlite_11", _BASE
 
 
 def migrate(db: PgDatabase, migrations: tuple[Migration, ...] = MIGRATIONS) -> None:
-    """Apply the migrations this database has not seen, each once, in order, each in one transaction under
-    an advisory lock: whichever proxy starts first applies them, the others wait and find them applied."""
+    """Apply the migrations this database has not seen, each once, in order, in one transaction under an
+    advisory lock: whichever proxy starts first applies them (its table of applied migrations included);
+    the others wait on the lock and find them applied."""
     conn = db.conn
-    conn.raw.execute(
-        "create table if not exists _sluice_migrations"
-        " (id integer primary key, name text not null, applied_at timestamptz not null default now())"
-    )
-    for migration in migrations:
-        if _applied(conn, migration):
-            continue
-        with immediate(conn, _MIGRATIONS_LOCK):
-            if _applied(conn, migration):  # another proxy applied it while this one waited
+    with immediate(conn, _MIGRATIONS_LOCK):
+        conn.raw.execute(
+            "create table if not exists _sluice_migrations"
+            " (id integer primary key, name text not null, applied_at timestamptz not null default now())"
+        )
+        applied = {row[0] for row in conn.raw.execute("select id from _sluice_migrations")}
+        for migration in migrations:
+            if migration.number in applied:
                 continue
             for statement in migration.statements:
                 conn.raw.execute(statement)  # DDL: written for PostgreSQL, nothing to translate
             record = "insert into _sluice_migrations (id, name) values (%s, %s)"
             conn.raw.execute(record, (migration.number, migration.name))
-
-
-def _applied(conn: PgConnection, migration: Migration) -> bool:
-    found = conn.raw.execute("select 1 from _sluice_migrations where id = %s", (migration.number,))
-    return found.fetchone() is not None
 
 
 def up_to_date(db: PgDatabase) -> bool:
