@@ -379,17 +379,23 @@ def build_figures(raw: dict[str, Any], proxies: dict[str, Proxy], s: Settings) -
         f[f"{phase}_request_latency_p50_ms"] = Figure(
             f"request latency p50, {_size(size)} request", "ms", *pct_ms(phase, "latency", 50)
         )
-    writer = raw.get("writer")
-    f["writer_rows_per_s"] = Figure(
-        "database rows written (RecordWriter)",
-        "rows/s",
-        None,
-        writer["rows_per_s"] if writer else None,
-        ("min", 20_000),
-        f"{writer['rows']} rows with 24 rate-limit headers; {writer['rows_per_cpu_s']:,.0f} per CPU-second"
-        if writer
-        else "",
-    )
+    for key, engine in (("writer", "SQLite"), ("writer_postgres", "PostgreSQL")):
+        writer = raw.get(key)
+        if writer is None and key == "writer_postgres":
+            continue  # only with --postgres
+        f[f"{key}_rows_per_s"] = Figure(
+            f"database rows written (RecordWriter, {engine})",
+            "rows/s",
+            None,
+            writer["rows_per_s"] if writer else None,
+            ("min", 20_000),
+            (
+                f"{writer['rows']} rows with 24 rate-limit headers; "
+                f"{writer['rows_per_cpu_s']:,.0f} per CPU-second"
+            )
+            if writer
+            else "",
+        )
     lag = {name: lag_samples(proxy, LAG_UNDER_LOAD) for name, proxy in proxies.items()}
     saturated = {name: lag_samples(proxy, LAG_SATURATED) for name, proxy in proxies.items()}
     huge = {name: lag_samples(proxy, ("huge",)) for name, proxy in proxies.items()}
@@ -485,6 +491,12 @@ def print_report(report: dict[str, Any], figures: dict[str, Figure]) -> None:
     if baseline:  # --against: the "bare" column is another sluice
         title += (
             f"\nbare column: sluice {baseline['commit']} at {baseline['path']}, with the same configuration"
+        )
+    engines = report.get("engines")
+    if engines:  # --postgres: the same sluice on both columns, on SQLite and on PostgreSQL
+        title += (
+            "\nbare column: this sluice on SQLite; sluice column: the same on PostgreSQL "
+            f"{engines['server']} (a local server, on this machine's cores)"
         )
     ops = report.get("ops")
     if ops:  # --ops: the "bare" column is this sluice with metrics and tracing off

@@ -82,6 +82,7 @@ from bench.settings import (
     Settings,
 )
 from tests.e2e.harness import clean_env, free_port
+from tests.postgres import PostgresServer
 
 PROXY_PHASES = (
     "latency",
@@ -164,6 +165,7 @@ def _start_proxies(
     with_bombs: bool = False,
     ops: dict[str, Any] | None = None,
     peer_venv: Path | None = None,
+    postgres_url: str | None = None,
 ) -> dict[str, Proxy]:
     from tests.e2e.harness import SITECUSTOMIZE_DIR, make_test_ca
 
@@ -191,6 +193,9 @@ def _start_proxies(
             [against / "addons" / "sluice.py"],
             [f"sluice_config={config}", f"sluice_db={workdir / 'against.db'}"],
         )
+    if postgres_url is not None:  # this sluice on SQLite in bare's place, on PostgreSQL in sluice's
+        baseline = ([SLUICE_SCRIPT], [f"sluice_config={config}", f"sluice_db={workdir / 'sqlite.db'}"])
+        sluice_sets = [f"sluice_config={config}", f"sluice_db={postgres_url}"]
     if ops is not None:  # this sluice with metrics and tracing off in bare's place, on in sluice's
         baseline = ([SLUICE_SCRIPT], [f"sluice_config={config}", f"sluice_db={workdir / 'ops-off.db'}"])
         sink = PostSink()
@@ -229,8 +234,10 @@ def run(
     against: Path | None = None,
     ops: str | None = None,
     peers: bool = False,
+    postgres: PostgresServer | None = None,
 ) -> dict[str, Any]:
-    """One whole benchmark; returns the report (and prints the table)."""
+    """One whole benchmark; returns the report (and prints the table). With `postgres` (a server the run
+    started), sluice on PostgreSQL in sluice's place and on SQLite in bare's, and the writer on both."""
     # Installed (once) before the clock starts: a first install takes longer than a quick run may.
     peer_venv = litellm_venv() if peers and set(only) & set(PEER_PHASES) else None
     started = time.monotonic()
@@ -247,7 +254,9 @@ def run(
                 "huge": measure_rewrite(work.huge, settings),
             }
         if "writer" in only:
-            raw["writer"] = measure_writer(workdir, settings.writer_rows)
+            raw["writer"] = measure_writer(str(workdir / "writer-bench.db"), settings.writer_rows)
+            if postgres is not None:
+                raw["writer_postgres"] = measure_writer(postgres.create_database(), settings.writer_rows)
         proxies: dict[str, Proxy] = {}
         profiler = Profiler(profile_dir)
         ops_setup: dict[str, Any] | None = {"parts": ops} if ops else None
@@ -255,7 +264,10 @@ def run(
             with contextlib.ExitStack() as stack:
                 if "bomb" in only:
                     work.request_bomb  # noqa: B018 -- built now, not while the bomb phase is timed
-                proxies = _start_proxies(workdir, work, stack, against, "bomb" in only, ops_setup, peer_venv)
+                postgres_url = postgres.create_database() if postgres is not None else None
+                proxies = _start_proxies(
+                    workdir, work, stack, against, "bomb" in only, ops_setup, peer_venv, postgres_url
+                )
                 raw.update(asyncio.run(measure(proxies, work, only, deadline, profiler)))
                 if ops_setup is not None and ops in ("metrics", "both"):
                     ops_setup["metrics_bytes"] = scrape_bytes(ops_setup["metrics"])
@@ -264,7 +276,7 @@ def run(
         figures = build_figures(raw, proxies, settings)
         if peer_venv is not None:
             add_peer_column(figures, raw["bare"], raw.get(PEER_NAME, {}), settings)
-        if against is not None or ops:
+        if against is not None or ops or postgres is not None:
             for figure in figures.values():
                 figure.target = None  # the targets are for sluice over bare mitmdump, not over a sluice
         report: dict[str, Any] = {
@@ -279,6 +291,14 @@ def run(
             report["peer"] = peer_report(peer_venv, tuple(only))
         if against is not None:
             report["baseline"] = {"path": str(against), "commit": git_revision(against)}
+        if postgres is not None:
+            with postgres.admin_connect() as conn:
+                version = conn.execute("show server_version").fetchone()
+            report["engines"] = {
+                "bare": "sqlite",
+                "sluice": "postgres",
+                "server": version[0] if version else "?",
+            }
         if ops_setup is not None and "sink" in ops_setup:
             sink = ops_setup["sink"]
             report["ops"] = {
@@ -335,6 +355,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "proxy runs: its columns are over bare mitmdump, like sluice's",
     )
     parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="sluice on PostgreSQL (a throwaway server this run starts: Debian's postgresql package) in "
+        "sluice's place, the same sluice on SQLite in bare's place; the writer's rows per second on both",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -350,25 +376,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--only: unknown phases {', '.join(sorted(unknown))}")
     if args.ops and args.against is not None:
         parser.error("--ops and --against both name what runs in bare's place: give one")
+    if args.postgres and (args.ops or args.against is not None or args.peers):
+        parser.error(
+            "--postgres puts sluice on SQLite in bare's place: give it without --against, --ops, --peers"
+        )
     if args.peers and (args.ops or args.against is not None):
         parser.error("--peers compares with bare mitmdump: give it without --against and --ops")
     if args.against is not None:
         args.against = args.against.resolve()
         if not (args.against / "addons" / "sluice.py").is_file():
             parser.error(f"--against: no addons/sluice.py in {args.against}")
-    return run_command(
-        lambda: run(
-            settings,
-            mode="quick" if args.quick else "full",
-            only=only,
-            keep=args.keep,
-            profile_dir=args.profile,
-            against=args.against,
-            ops=args.ops,
-            peers=args.peers,
-        ),
-        args.json,
-    )
+    with contextlib.ExitStack() as stack:
+        postgres = stack.enter_context(PostgresServer()) if args.postgres else None
+        return run_command(
+            lambda: run(
+                settings,
+                mode="quick" if args.quick else "full",
+                only=only,
+                keep=args.keep,
+                profile_dir=args.profile,
+                against=args.against,
+                ops=args.ops,
+                peers=args.peers,
+                postgres=postgres,
+            ),
+            args.json,
+        )
 
 
 if __name__ == "__main__":

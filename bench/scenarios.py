@@ -13,7 +13,6 @@ import contextlib
 import json
 import re
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -476,16 +475,16 @@ def measure_rewrite(body: bytes, settings: Settings) -> dict[str, Any]:
     }
 
 
-def measure_writer(workdir: Path, rows: int) -> dict[str, Any]:
-    """Rows per second through `state.writer.RecordWriter` into a new database, from the first `put` to
-    `flush` returning. Rows as the meter writes them for a streamed Claude Code call, each carrying the
-    24 rate-limit headers Anthropic sends on every response."""
+def measure_writer(location: str, rows: int) -> dict[str, Any]:
+    """Rows per second through `state.writer.RecordWriter` into a new database at `location` (a SQLite
+    file, or an empty PostgreSQL database), from the first `put` to `flush` returning. Rows as the meter
+    writes them for a streamed Claude Code call, each carrying the 24 rate-limit headers Anthropic sends on
+    every response."""
     from state import store as sluice_db
     from state.writer import CallRecord, RecordWriter
     from tests.fake_provider import anthropic_ratelimit_headers
 
-    path = workdir / "writer-bench.db"
-    sluice_db.connect(str(path)).conn.close()
+    store = sluice_db.open_store(location)
     now = datetime.now(UTC)
     limits = [(name.lower(), value) for name, value in anthropic_ratelimit_headers(1, now)]
     records = []
@@ -534,7 +533,7 @@ def measure_writer(workdir: Path, rows: int) -> dict[str, Any]:
                 observed_at=started,
             )
         )
-    writer = RecordWriter(lambda: sluice_db.connect(str(path)))
+    writer = RecordWriter(store.connect)
     writer.start()
     try:
         start, cpu = time.perf_counter(), time.process_time()
@@ -545,9 +544,16 @@ def measure_writer(workdir: Path, rows: int) -> dict[str, Any]:
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         writer.close()
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        written = conn.execute("select count(*) from calls").fetchone()[0]
+    with store.reading() as db:
+        written = db.conn.execute("select count(*) from calls").fetchone()[0]
+    store.close()
     if written != rows:
         raise BenchError(f"the writer wrote {written} of {rows} rows")
     # CPU seconds of this process (the writer thread and the puts): what the rate would be on an idle core.
-    return {"rows": rows, "seconds": elapsed, "rows_per_s": rows / elapsed, "rows_per_cpu_s": rows / cpu}
+    return {
+        "engine": store.engine,
+        "rows": rows,
+        "seconds": elapsed,
+        "rows_per_s": rows / elapsed,
+        "rows_per_cpu_s": rows / cpu,
+    }

@@ -37,7 +37,7 @@ from state.budgets import SETTLE_SQL
 from state.rates import SETTLE_RATE_SQL
 from state.store import Database
 from state.store.migrations import CALL_COLUMNS, SANDBOX_EVENT_COLUMNS
-from state.store.postgres import PARAMETER_LIMIT, PgConnection
+from state.store.postgres import PgConnection, copy_new_rows
 from state.threads import name_this_thread
 
 log = logging.getLogger("sluice")
@@ -392,9 +392,16 @@ class RecordWriter:
         conn = db.conn
         conn.execute("begin immediate")
         try:
-            _insert_rows(conn, _CALL_SQL, call_rows)
-            _insert_rows(conn, _SANDBOX_EVENT_SQL, _rows(events, SANDBOX_EVENT_COLUMNS, storable=storable))
-            _insert_rows(conn, _RATE_LIMIT_SQL, limit_rows)
+            event_rows = _rows(events, SANDBOX_EVENT_COLUMNS, storable=storable)
+            if isinstance(conn, PgConnection):
+                copy_new_rows(conn, "calls", list(CALL_COLUMNS), call_rows)
+                copy_new_rows(conn, "sandbox_events", list(SANDBOX_EVENT_COLUMNS), event_rows)
+                if limit_rows:
+                    conn.executemany(_RATE_LIMIT_SQL.format(values="(?, ?, ?, ?, ?, ?)"), limit_rows)
+            else:
+                _insert_rows(conn, _CALL_SQL, call_rows)
+                _insert_rows(conn, _SANDBOX_EVENT_SQL, event_rows)
+                _insert_rows(conn, _RATE_LIMIT_SQL, limit_rows)
             if settle_rows:
                 conn.executemany(SETTLE_SQL, settle_rows)
             if rate_rows:
@@ -442,9 +449,7 @@ def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     return (stat.st_dev, stat.st_ino)
 
 
-def _insert_rows(
-    conn: sqlite3.Connection | PgConnection, statement: str, rows: Sequence[tuple[Any, ...]]
-) -> None:
+def _insert_rows(conn: sqlite3.Connection, statement: str, rows: Sequence[tuple[Any, ...]]) -> None:
     """`rows` into `statement` (with `{values}` for its groups of parameters) in as few statements as
     SQLite's limit on parameters allows. One multi-row statement is stepped once, where `executemany`
     steps once a row; sqlite3 lets the interpreter lock go around every step, and on a busy proxy each of
@@ -453,12 +458,7 @@ def _insert_rows(
     if not rows:
         return
     width = len(rows[0])
-    limit = (
-        PARAMETER_LIMIT
-        if isinstance(conn, PgConnection)
-        else conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    )
-    per_statement = max(1, limit // width)
+    per_statement = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
     group = "(" + ", ".join("?" * width) + ")"
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]

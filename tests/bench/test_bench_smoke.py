@@ -176,3 +176,23 @@ def test_peers_puts_litellm_beside_bare_and_sluice(tmp_path: Path) -> None:
         assert isinstance(figures[key]["peer"], float) and isinstance(figures[key]["peer_added"], float), key
     assert figures["bulk_mb_per_s"]["peer"] is None and isinstance(figures["bulk_mb_per_s"]["sluice"], float)
     assert "litellm-bare" in done.stdout and "litellm skips bulk" in done.stdout
+
+
+def test_postgres_puts_this_sluice_on_sqlite_in_bares_place_and_on_postgresql_in_sluices(
+    tmp_path: Path, postgres_available: None
+) -> None:
+    out = tmp_path / "bench.json"
+    done = bench("--only", "latency,writer", "--postgres", "--json", str(out))
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    report = json.loads(out.read_text())
+    assert report["engines"]["bare"] == "sqlite" and report["engines"]["sluice"] == "postgres"
+    assert "sluice column: the same on PostgreSQL" in done.stdout
+    figures = report["figures"]
+    assert figures["writer_rows_per_s"]["sluice"] > 0 and figures["writer_postgres_rows_per_s"]["sluice"] > 0
+    latency = figures["latency_p50_ms"]
+    assert isinstance(latency["bare"], float) and isinstance(latency["sluice"], float)
+
+
+def test_postgres_is_not_given_with_what_else_replaces_bare() -> None:
+    done = bench("--postgres", "--against", ".")
+    assert done.returncode == 2 and "--postgres" in done.stderr
