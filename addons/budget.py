@@ -113,7 +113,7 @@ class Budget:
         if not self.rate_scopes:
             self.rates = None
         elif self.rates is None or store is not self._store:
-            self.rates = RateLedger(store.connect(), owner=self.owner)
+            self.rates = RateLedger(store.connect(), owner=self.owner, connect=store.connect)
         self._store = store
 
     def running(self) -> None:

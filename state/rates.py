@@ -21,6 +21,7 @@ An open admission belongs to the proxy that admitted it (`owner`). Each proxy sa
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import psycopg
 import sqlite_utils
 
 from state.budgets import serialized
@@ -161,8 +163,10 @@ class RateLedger:
         clock: Callable[[], float] = time.time,
         window_s: float = WINDOW_S,
         owner_stale_s: float = OWNER_STALE_S,
+        connect: Callable[[], Database] | None = None,
     ) -> None:
         self._db = db
+        self._connect = connect
         self._postgres = isinstance(db, PgDatabase)
         self.owner = owner or new_owner()
         self._clock = clock
@@ -172,11 +176,23 @@ class RateLedger:
 
     @property
     def _conn(self) -> Any:
-        return self._db.conn
+        return self._database.conn
+
+    @property
+    def _database(self) -> Database:
+        """The connection, opened again (with `connect`) when PostgreSQL dropped it. While the database is
+        away this raises, and the call is refused by sluice (fails closed, addons/chain.py): a limit shared
+        by the fleet cannot be counted without it."""
+        raw = getattr(self._db.conn, "raw", None)
+        if raw is not None and (raw.broken or raw.closed) and self._connect is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._db.close()
+            self._db = self._connect()
+        return self._db
 
     def heartbeat(self) -> None:
         """Say this proxy is alive, so the calls it holds open keep counting."""
-        with self._lock, serialized(self._db, [f"rate:owner:{self.owner}"]):
+        with self._lock, serialized(self._database, [f"rate:owner:{self.owner}"]):
             self._seen(self._clock())
 
     def admit(
@@ -192,7 +208,7 @@ class RateLedger:
         refuses it. One immediate transaction."""
         now = self._clock()
         locks = [f"rate:{scope.kind}:{scope.name}" for scope in scopes]
-        with self._lock, serialized(self._db, locks):
+        with self._lock, serialized(self._database, locks):
             self._seen(now)
             for scope in scopes:
                 refusal = self._check(scope, input_tokens, output_tokens, now)
@@ -211,7 +227,7 @@ class RateLedger:
 
     def release(self, call_id: str) -> None:
         """Forget an admission whose call never went upstream (refused after it by another limit)."""
-        with self._lock, serialized(self._db, [f"rate:owner:{self.owner}"]):
+        with self._lock, serialized(self._database, [f"rate:owner:{self.owner}"]):
             self._conn.execute("delete from rate_admissions where id = ?", (call_id,))
 
     def use(self, scopes: Sequence[tuple[str, str]]) -> list[RateUse]:

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 
 from state.budgets import RECONNECT_S, BudgetLedger, BudgetUnknown, TeamBudget, period_key
@@ -31,7 +32,7 @@ DEADLINE_S = 120.0
 
 
 def _budget_attempt(url: str, call: str) -> bool:
-    """One admission by a proxy of its own: alice against her budget and her team's, bob against the team's."""
+    """One admission by a proxy of its own: alice against her budget and her team's, bob the team's."""
     budgets = BudgetLedger(open_store(url).connect(), clock=lambda: NOW)
     try:
         own = OWN if call.startswith("alice") else None
@@ -123,7 +124,7 @@ def test_with_the_database_away_a_proxy_spends_only_its_share_of_what_was_left(
     server.stop()
     caplog.set_level(logging.WARNING, logger="sluice")
     decided = [one.admit(f"one-{i}", "alice", 0.125, 1.0, "day") for i in range(4)]
-    assert [a.admitted for a in decided] == [True, True, True, False]  # 0.75 / 2 proxies = 3 × 0.125
+    assert [a.admitted for a in decided] == [True, True, True, False]  # 0.75 / 2 proxies = 3 calls of 0.125
     refused = decided[-1].refusal()
     assert "the database is away" in refused and "share (1/2)" in refused and "$0.3750 it admitted" in refused
     assert one.away
@@ -160,3 +161,24 @@ def test_with_the_database_away_a_proxy_spends_only_its_share_of_what_was_left(
     assert holds["one-0"] == ("alice", "settled", 0.0625) and holds["two-2"] == ("alice", "held", 0.125)
     assert sum(amount for _, _, amount in holds.values()) <= 1.0  # never more than the budget
     assert len(holds) == 7
+
+
+def test_rate_limits_refuse_while_the_database_is_away_and_count_again_when_it_is_back(
+    start_postgres: Callable[[], PostgresServer],
+) -> None:
+    """A limit the fleet shares cannot be counted without the database: admission fails (and sluice refuses
+    the call, failing closed); once the server is back the same ledger counts again, on a new connection."""
+    server = start_postgres()
+    url = server.create_database()
+    store = open_store(url)
+    rates = RateLedger(store.connect(), owner="one", clock=lambda: NOW, connect=store.connect)
+    scopes = [RateScope("client", "alice", rpm=2)]
+    assert rates.admit("c1", "alice", None, 1, 1, scopes) is None
+    server.stop()
+    with pytest.raises(psycopg.OperationalError) as failed:
+        rates.admit("c2", "alice", None, 1, 1, scopes)
+    assert server.password not in str(failed.value)
+    server.start()
+    assert rates.admit("c2", "alice", None, 1, 1, scopes) is None
+    refused = rates.admit("c3", "alice", None, 1, 1, scopes)
+    assert refused is not None and (refused.limit, refused.used) == ("rpm", 2)
