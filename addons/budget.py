@@ -31,6 +31,7 @@ import logging
 import math
 from datetime import UTC, datetime
 
+import psycopg
 from mitmproxy import exceptions, http
 
 from addons.calls import Call
@@ -53,6 +54,8 @@ from state.rates import (
 from state.store import AnyStore
 
 UNKNOWN_MODELS_OPTION = "budget_price_unknown_models_as"
+# The retry-after of a rate-limited call refused while the database is away.
+RATES_AWAY_RETRY_S = 5
 
 log = logging.getLogger("sluice")
 
@@ -73,6 +76,7 @@ class Budget:
         self.streamed: set[str] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self.owner = new_owner()  # this proxy, among those on one database
+        self._rates_away = False
 
     def configure(self, updated: set[str]) -> None:
         if "sluice_config" not in updated and self.core.store is self._store:
@@ -207,9 +211,16 @@ class Budget:
                 self._refuse_rate(flow, uncounted)
                 return False
         team = self.team_of.get(call.client)
-        refusal = await asyncio.to_thread(
-            rates.admit, call.flow_id, call.client, team, input_tokens, output_tokens, scopes
-        )
+        try:
+            refusal = await asyncio.to_thread(
+                rates.admit, call.flow_id, call.client, team, input_tokens, output_tokens, scopes
+            )
+        except psycopg.OperationalError as e:
+            self._refuse_rates_away(flow, call.client, e)
+            return False
+        if self._rates_away:
+            self._rates_away = False
+            log.warning("sluice: rate limits: the database is back; limits are counted again")
         if refusal is None:
             call.rate_held = True
             if call.finished or flow.error is not None:
@@ -218,6 +229,19 @@ class Budget:
             return True
         self._refuse_rate(flow, refusal)
         return False
+
+    def _refuse_rates_away(self, flow: http.HTTPFlow, client: str, error: psycopg.OperationalError) -> None:
+        """A rate-limited call while PostgreSQL is away: limits the fleet shares cannot be counted, so the
+        call is refused (fails closed), with 503 and a short retry-after the SDKs honour; said loudly once."""
+        message = (
+            f"sluice: rate limits of client {client} cannot be counted: the database is away; "
+            f"retry in {RATES_AWAY_RETRY_S} s"
+        )
+        headers = {"x-should-retry": "true", "retry-after": str(RATES_AWAY_RETRY_S)}
+        self.core.answer(flow, 503, message, headers, "refused: rate limits not countable, database away")
+        if not self._rates_away:
+            self._rates_away = True
+            log.warning("sluice: rate limits: the database is away (%s); refusing rate-limited calls", error)
 
     def _refuse_rate(self, flow: http.HTTPFlow, refusal: RateRefusal) -> None:
         headers = {"x-sluice-limit": f"{refusal.kind} {refusal.name} {refusal.limit}"}
