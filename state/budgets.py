@@ -255,6 +255,19 @@ class _AwayHold:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """One call's admission: its hold, and the budgets (the client's, its team's) it counts against."""
+
+    call_id: str
+    hold: _AwayHold
+    limit_usd: float | None
+    period: Period
+    team: TeamBudget | None
+    minimum_usd: float | None
+    moment: datetime
+
+
 class BudgetLedger:
     """Budgets over the main database. Give it its own connection; methods are blocking (use a thread).
 
@@ -344,66 +357,54 @@ class BudgetLedger:
         key = period_key(period, moment) if limit_usd is not None else ""
         team_key = period_key(team.period, moment) if team is not None else None
         hold = _AwayHold(client, key, team.team if team else None, team_key, estimate_usd, estimate_usd, now)
+        asked = _Asked(call_id, hold, limit_usd, period, team, minimum_usd, moment)
         with self._lock:
             if self._reachable(now):
                 try:
-                    return self._admit_stored(call_id, hold, limit_usd, period, team, minimum_usd, moment)
+                    return self._admit_stored(asked)
                 except psycopg.Error as e:
                     self._lost(e, now)
-            return self._admit_away(call_id, hold, limit_usd, period, team, minimum_usd, moment)
+            return self._admit_away(asked)
 
-    def _admit_stored(
-        self,
-        call_id: str,
-        hold: _AwayHold,
-        limit_usd: float | None,
-        period: Period,
-        team: TeamBudget | None,
-        minimum_usd: float | None,
-        moment: datetime,
-    ) -> Admission:
-        now = hold.created_at
-        locks = [f"budget:client:{hold.client}"] if limit_usd is not None else []
+    def _admit_stored(self, asked: _Asked) -> Admission:
+        hold, team, now = asked.hold, asked.team, asked.hold.created_at
+        locks = [f"budget:client:{hold.client}"] if asked.limit_usd is not None else []
         locks += [f"budget:team:{team.team}"] if team is not None else []
         with self._transaction(locks):
             self._expire_stale(now)
             proxies = self._proxies(now)
             found: list[Admission] = []
-            if limit_usd is not None:
+            if asked.limit_usd is not None:
                 spent, reserved = self._sums(hold.client, hold.key)
                 self._known[("client", hold.client)] = _Known(hold.key, spent, reserved, proxies, now)
-                found.append(_found(hold, limit_usd, period, spent, reserved, moment))
+                found.append(_found(hold, asked.limit_usd, asked.period, spent, reserved, asked.moment))
             if team is not None and hold.team_key is not None:
                 spent, reserved = self._team_sums(team.team, hold.team_key)
                 self._known[("team", team.team)] = _Known(hold.team_key, spent, reserved, proxies, now)
-                found.append(_found(hold, team.usd, team.period, spent, reserved, moment, team.team))
-            admission = _decide(found, hold.estimate, minimum_usd)
+                found.append(_found(hold, team.usd, team.period, spent, reserved, asked.moment, team.team))
+            admission = _decide(found, hold.estimate, asked.minimum_usd)
             if admission.admitted:
-                self._conn.execute(_HOLD_SQL, replace(hold, amount=admission.hold_usd).row(call_id))
-                self._remember_hold(hold, admission.hold_usd, limit_usd is not None, team is not None)
+                self._conn.execute(_HOLD_SQL, replace(hold, amount=admission.hold_usd).row(asked.call_id))
+                self._remember_hold(hold, admission.hold_usd, asked.limit_usd is not None, team is not None)
             return admission
 
-    def _admit_away(
-        self,
-        call_id: str,
-        hold: _AwayHold,
-        limit_usd: float | None,
-        period: Period,
-        team: TeamBudget | None,
-        minimum_usd: float | None,
-        moment: datetime,
-    ) -> Admission:
+    def _admit_away(self, asked: _Asked) -> Admission:
         """The admission while the database is away: from what was last read, this proxy's share of it."""
+        hold, team = asked.hold, asked.team
         found: list[Admission] = []
-        if limit_usd is not None:
-            found.append(self._from_memory(hold, "client", hold.client, hold.key, limit_usd, period, moment))
+        if asked.limit_usd is not None:
+            found.append(
+                self._from_memory(
+                    hold, "client", hold.client, hold.key, asked.limit_usd, asked.period, asked.moment
+                )
+            )
         if team is not None and hold.team_key is not None:
             found.append(
-                self._from_memory(hold, "team", team.team, hold.team_key, team.usd, team.period, moment)
+                self._from_memory(hold, "team", team.team, hold.team_key, team.usd, team.period, asked.moment)
             )
-        admission = _decide(found, hold.estimate, minimum_usd)
+        admission = _decide(found, hold.estimate, asked.minimum_usd)
         if admission.admitted:
-            self._away[call_id] = replace(hold, amount=admission.hold_usd)
+            self._away[asked.call_id] = replace(hold, amount=admission.hold_usd)
         return admission
 
     def _from_memory(
