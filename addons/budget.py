@@ -31,6 +31,7 @@ import logging
 import math
 from datetime import UTC, datetime
 
+import psycopg
 from mitmproxy import exceptions, http
 
 from addons.calls import Call
@@ -38,7 +39,7 @@ from addons.core import SluiceCore
 from rules.config import Config, Limits
 from rules.estimate import estimate_tokens
 from rules.providers import providers, wire_format
-from state.budgets import BudgetLedger, TeamBudget, budget_usd
+from state.budgets import BudgetLedger, BudgetUnknown, TeamBudget, budget_usd
 from state.pricing import estimate_call, highest_prices, price_as, price_call
 from state.rates import (
     HEARTBEAT_S,
@@ -46,12 +47,15 @@ from state.rates import (
     RateRefusal,
     RateScope,
     WindowUse,
+    new_owner,
     uncountable_input,
     window_use,
 )
 from state.store import AnyStore
 
 UNKNOWN_MODELS_OPTION = "budget_price_unknown_models_as"
+# The retry-after of a rate-limited call refused while the database is away.
+RATES_AWAY_RETRY_S = 5
 
 log = logging.getLogger("sluice")
 
@@ -71,6 +75,8 @@ class Budget:
         self.shares: dict[str, dict[str, float]] = {}
         self.streamed: set[str] = set()
         self._heartbeat: asyncio.Task[None] | None = None
+        self.owner = new_owner()  # this proxy, among those on one database
+        self._rates_away = False
 
     def configure(self, updated: set[str]) -> None:
         if "sluice_config" not in updated and self.core.store is self._store:
@@ -91,12 +97,14 @@ class Budget:
             self.ledger = self.rates = None
             self._store = self.core.store
             return
-        store = self.core.require_store("budgets, rate limits and window shares")
+        store = self.core.store
+        if store is None:
+            raise exceptions.OptionsError("sluice_db: no database is open yet")
         if not self.limits and not self.team_budgets:
             self.ledger = None
         else:
             if self.ledger is None or store is not self._store:
-                self.ledger = BudgetLedger(store.connect())
+                self.ledger = BudgetLedger(store.connect(), connect=store.connect, owner=self.owner)
             self.ledger.sync_budgets(
                 self.limits,
                 {
@@ -105,10 +113,11 @@ class Budget:
                     if team.budget
                 },
             )
+            self.ledger.refresh(self.limits, self.team_budgets)  # what admissions decide from if it goes away
         if not self.rate_scopes:
             self.rates = None
         elif self.rates is None or store is not self._store:
-            self.rates = RateLedger(store.connect())
+            self.rates = RateLedger(store.connect(), owner=self.owner, connect=store.connect)
         self._store = store
 
     def running(self) -> None:
@@ -120,15 +129,21 @@ class Budget:
             self._heartbeat = None
 
     async def _beat(self) -> None:
-        """Say this proxy is alive every HEARTBEAT_S, so its calls in flight keep counting."""
+        """Say this proxy is alive every HEARTBEAT_S, so its calls in flight keep counting, and read the
+        budgets, so what an admission decides from while the database is away is at most that old."""
         while True:
             await asyncio.sleep(HEARTBEAT_S)
-            rates = self.rates
+            rates, ledger = self.rates, self.ledger
             if rates is not None:
                 try:
                     await asyncio.to_thread(rates.heartbeat)
                 except Exception as e:  # a busy or missing database: the next beat tries again
                     log.warning("sluice: rate limits: could not say this proxy is alive: %s", e)
+            if ledger is not None:
+                try:
+                    await asyncio.to_thread(ledger.refresh, self.limits, self.team_budgets)
+                except Exception as e:  # a busy database: the next beat tries again
+                    log.warning("sluice: budgets: could not read the budgets: %s", e)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not flow.live:
@@ -151,7 +166,9 @@ class Budget:
         upstream = self.core.upstream_for(flow.request.host)
         if upstream is None:
             return True
-        store = self.core.require_store("window shares")
+        store = self.core.store
+        if store is None:
+            return True  # no database yet: nothing is known of the windows
 
         def read() -> list[WindowUse]:
             with store.reading() as db:
@@ -194,9 +211,16 @@ class Budget:
                 self._refuse_rate(flow, uncounted)
                 return False
         team = self.team_of.get(call.client)
-        refusal = await asyncio.to_thread(
-            rates.admit, call.flow_id, call.client, team, input_tokens, output_tokens, scopes
-        )
+        try:
+            refusal = await asyncio.to_thread(
+                rates.admit, call.flow_id, call.client, team, input_tokens, output_tokens, scopes
+            )
+        except psycopg.OperationalError as e:
+            self._refuse_rates_away(flow, call.client, e)
+            return False
+        if self._rates_away:
+            self._rates_away = False
+            log.warning("sluice: rate limits: the database is back; limits are counted again")
         if refusal is None:
             call.rate_held = True
             if call.finished or flow.error is not None:
@@ -205,6 +229,19 @@ class Budget:
             return True
         self._refuse_rate(flow, refusal)
         return False
+
+    def _refuse_rates_away(self, flow: http.HTTPFlow, client: str, error: psycopg.OperationalError) -> None:
+        """A rate-limited call while PostgreSQL is away: limits the fleet shares cannot be counted, so the
+        call is refused (fails closed), with 503 and a short retry-after the SDKs honour; said loudly once."""
+        message = (
+            f"sluice: rate limits of client {client} cannot be counted: the database is away; "
+            f"retry in {RATES_AWAY_RETRY_S} s"
+        )
+        headers = {"x-should-retry": "true", "retry-after": str(RATES_AWAY_RETRY_S)}
+        self.core.answer(flow, 503, message, headers, "refused: rate limits not countable, database away")
+        if not self._rates_away:
+            self._rates_away = True
+            log.warning("sluice: rate limits: the database is away (%s); refusing rate-limited calls", error)
 
     def _refuse_rate(self, flow: http.HTTPFlow, refusal: RateRefusal) -> None:
         headers = {"x-sluice-limit": f"{refusal.kind} {refusal.name} {refusal.limit}"}
@@ -255,16 +292,25 @@ class Budget:
             call.notes.append(f"budget estimate: {found.note}")
         estimate = found.cost_usd
         minimum = self._stream_minimum(flow, call, team) if call.client in self.streamed else None
-        admission = await asyncio.to_thread(
-            self.ledger.admit,
-            call.flow_id,
-            call.client,
-            estimate,
-            own[0] if own else None,
-            own[1] if own else "day",
-            team=team,
-            minimum_usd=minimum,
-        )
+        try:
+            admission = await asyncio.to_thread(
+                self.ledger.admit,
+                call.flow_id,
+                call.client,
+                estimate,
+                own[0] if own else None,
+                own[1] if own else "day",
+                team=team,
+                minimum_usd=minimum,
+            )
+        except BudgetUnknown as e:
+            self.core.answer(
+                flow, 503, str(e), {"x-should-retry": "true"}, "refused: budget unknown, database away"
+            )
+            log.warning("sluice: flow %s: %s", flow.id, e)
+            return False
+        if admission.away is not None:
+            call.notes.append(f"budget: {admission.away}")
         if admission.admitted:
             call.budget_hold = admission.hold_usd
             if admission.capped:

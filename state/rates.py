@@ -5,10 +5,11 @@ Each admitted call of a limited client is a row in `rate_admissions`: its client
 admitted, its input and output tokens (estimated at admission: the input from the body, the output at the
 request's ceiling, as Anthropic counts output tokens per minute; then settled to the usage the answer
 reported, by the writer in the transaction that writes the call's row) and whether it is still open.
-Admission is one `BEGIN IMMEDIATE` transaction per call that counts, for the client and for its team, the
-admissions of the last minute, their tokens, and the open ones, and inserts the new one only when every limit
-still holds — so concurrent calls, in one process or several sharing the database, never together pass a
-limit that only some of them could.
+Admission is one `BEGIN IMMEDIATE` transaction per call (on PostgreSQL, one holding an advisory lock per
+scope it checks, `rate:client:<name>` and `rate:team:<name>`, in sorted order) that counts, for the client
+and for its team, the admissions of the last minute, their tokens, and the open ones, and inserts the new
+one only when every limit still holds — so concurrent calls, in one process or several sharing the
+database, never together pass a limit that only some of them could.
 
 Fails closed: a call whose own tokens are more than a per-minute limit allows is refused (it could never
 fit), and so is one whose output ceiling sluice could not read.
@@ -20,6 +21,7 @@ An open admission belongs to the proxy that admitted it (`owner`). Each proxy sa
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -29,11 +31,15 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, cast
 
+import psycopg
 import sqlite_utils
 
+from state.budgets import serialized
 from state.report import quota
-from state.store.sqlite import immediate
+from state.store import Database
+from state.store.postgres import PgDatabase
 
 WINDOW_S = 60.0
 HEARTBEAT_S = 10.0
@@ -151,23 +157,42 @@ class RateLedger:
 
     def __init__(
         self,
-        db: sqlite_utils.Database,
+        db: Database,
         *,
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
         window_s: float = WINDOW_S,
         owner_stale_s: float = OWNER_STALE_S,
+        connect: Callable[[], Database] | None = None,
     ) -> None:
-        self._conn = db.conn
+        self._db = db
+        self._connect = connect
+        self._postgres = isinstance(db, PgDatabase)
         self.owner = owner or new_owner()
         self._clock = clock
         self._window_s = window_s
         self._owner_stale_s = owner_stale_s
         self._lock = threading.Lock()
 
+    @property
+    def _conn(self) -> Any:
+        return self._database.conn
+
+    @property
+    def _database(self) -> Database:
+        """The connection, opened again (with `connect`) when PostgreSQL dropped it. While the database is
+        away this raises, and the call is refused by sluice (fails closed, addons/chain.py): a limit shared
+        by the fleet cannot be counted without it."""
+        raw = getattr(self._db.conn, "raw", None)
+        if raw is not None and (raw.broken or raw.closed) and self._connect is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._db.close()
+            self._db = self._connect()
+        return self._db
+
     def heartbeat(self) -> None:
         """Say this proxy is alive, so the calls it holds open keep counting."""
-        with self._lock, immediate(self._conn):
+        with self._lock, serialized(self._database, [f"rate:owner:{self.owner}"]):
             self._seen(self._clock())
 
     def admit(
@@ -182,7 +207,8 @@ class RateLedger:
         """Admit the call if every scope's limits allow it (and record it); else the first limit that
         refuses it. One immediate transaction."""
         now = self._clock()
-        with self._lock, immediate(self._conn):
+        locks = [f"rate:{scope.kind}:{scope.name}" for scope in scopes]
+        with self._lock, serialized(self._database, locks):
             self._seen(now)
             for scope in scopes:
                 refusal = self._check(scope, input_tokens, output_tokens, now)
@@ -201,7 +227,7 @@ class RateLedger:
 
     def release(self, call_id: str) -> None:
         """Forget an admission whose call never went upstream (refused after it by another limit)."""
-        with self._lock, immediate(self._conn):
+        with self._lock, serialized(self._database, [f"rate:owner:{self.owner}"]):
             self._conn.execute("delete from rate_admissions where id = ?", (call_id,))
 
     def use(self, scopes: Sequence[tuple[str, str]]) -> list[RateUse]:
@@ -282,11 +308,14 @@ class RateLedger:
         return int(count)
 
     def _prune(self, now: float) -> None:
-        """Forget admissions out of every window: ended ones, and open ones of a proxy long gone."""
+        """Forget admissions out of every window: ended ones, and open ones of a proxy long gone. On
+        PostgreSQL, admissions of other scopes prune at the same time: each skips the rows another is
+        deleting rather than wait on them."""
+        skip = " for update skip locked" if self._postgres else ""
         self._conn.execute(
             "delete from rate_admissions where id in (select id from rate_admissions "
             "where admitted_at < ? and (state = 'done' or owner not in "
-            "(select id from proxy_instances where seen_at > ?)) limit ?)",
+            f"(select id from proxy_instances where seen_at > ?)) limit ?{skip})",
             (now - PRUNE_AFTER_S, now - self._owner_stale_s, PRUNE_BATCH),
         )
         self._conn.execute("delete from proxy_instances where seen_at < ?", (now - PRUNE_AFTER_S * 24,))
@@ -324,9 +353,7 @@ class WindowUse:
     resets_at: datetime | None
 
 
-def window_use(
-    db: sqlite_utils.Database, host: str, windows: Sequence[str], now: datetime
-) -> list[WindowUse]:
+def window_use(db: Database, host: str, windows: Sequence[str], now: datetime) -> list[WindowUse]:
     """For each named window, the lowest utilization among the upstream's configured credentials that are
     not disabled (the pool can still send a call on the one with the most room), as they last reported it
     (`rate_limits`, from answers and the OAuth usage poll). A window whose reported reset has passed counts as
@@ -340,7 +367,8 @@ def window_use(
         )
     }
     found: dict[str, WindowUse] = {}
-    for credential in quota(db, host=host):
+    # The report reads through `query` alone, which either engine's connection has.
+    for credential in quota(cast(sqlite_utils.Database, db), host=host):
         unified = credential.summary.unified
         if credential.credential not in usable or unified is None:
             continue

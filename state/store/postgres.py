@@ -143,15 +143,18 @@ def copy_new_rows(conn: PgConnection, table: str, columns: list[str], rows: Sequ
 
 
 @contextmanager
-def immediate(conn: PgConnection, lock: str | None = None) -> Iterator[None]:
+def immediate(conn: PgConnection, lock: str | Sequence[str] | None = None) -> Iterator[None]:
     """A read-then-write transaction serialized with every other one that names the same `lock` (every other
     one that names none, for None) across all proxies on this database: a transaction-scoped advisory lock,
-    taken before anything is read."""
+    taken before anything is read. Several names (a member's budget and its team's) are each locked, in
+    sorted order, so two transactions that share some of them never wait on each other in a cycle."""
+    names = (
+        [lock or _WHOLE_DATABASE] if isinstance(lock, str) else sorted(set(lock or ())) or [_WHOLE_DATABASE]
+    )
     conn.execute("begin")
     try:
-        conn.raw.execute(
-            "select pg_advisory_xact_lock(hashtextextended(%s, %s))", (lock or _WHOLE_DATABASE, _LOCK_SEED)
-        )
+        for name in names:
+            conn.raw.execute("select pg_advisory_xact_lock(hashtextextended(%s, %s))", (name, _LOCK_SEED))
         yield
     except BaseException:
         if conn.in_transaction:

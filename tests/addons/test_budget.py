@@ -129,3 +129,27 @@ def test_a_new_database_gets_the_budget_holds(tmp_path: Path) -> None:
     db = sluice_db.connect(moved)
     assert [row[0] for row in db.execute("select client from budget_holds where state = 'held'")] == ["alice"]
     assert [row[0] for row in db.execute("select client from budgets")] == ["alice"]
+
+
+def test_on_postgresql_holds_add_up_and_a_refused_call_gives_its_rate_admission_back(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The same admission with `sluice_db` a PostgreSQL database: budgets and rate limits run there."""
+    config = governed('budget = { usd = 0.05, period = "day" }\nlimits = { rpm = 4 }')
+    body = {**MESSAGE, "max_tokens": 4000}
+    with configured(tmp_path, parts, config) as proxy:
+        proxy.tctx.configure(proxy.chain, sluice_db=postgres_url)
+        flows = [llm_flow(body) for _ in range(4)]
+        for flow in flows:
+            asyncio.run(proxy.hook("request", flow))
+        statuses = [flow.response.status_code if flow.response else None for flow in flows]
+        held = sum(proxy.record(flow).budget_hold or 0 for flow in flows)
+        fifth = llm_flow()
+        asyncio.run(proxy.hook("request", fifth))
+    assert statuses[0] is None and 429 in statuses and 0 < held <= 0.05
+    assert fifth.response is None  # the calls the budget refused gave their minute's requests back
+    with sluice_db.open_store(postgres_url).reading() as db:
+        rows = db.execute("select client, state from budget_holds").fetchall()
+        (admissions,) = db.execute("select count(*) from rate_admissions").fetchone()
+    assert set(rows) == {("alice", "held")} and len(rows) == statuses.count(None) + 1
+    assert admissions == len(rows)

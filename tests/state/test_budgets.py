@@ -1,19 +1,23 @@
+"""Budgets of clients and teams (state/budgets.py), the same on both engines (`location`)."""
+
 import multiprocessing
-import sqlite3
 import threading
 from datetime import UTC, datetime
 
 import pytest
 
-from state import store as sluice_db
 from state.budgets import BudgetLedger, period_bounds, period_key
+from state.store import open_store
 from state.writer import CallRecord, RecordWriter
+from tests.state.engines import location
+
+__all__ = ["location"]
 
 NOW = datetime(2026, 11, 25, 15, 30, tzinfo=UTC).timestamp()  # a Wednesday
 
 
-def ledger(path, clock=lambda: NOW, **kw):
-    return BudgetLedger(sluice_db.connect(path), clock=clock, **kw)
+def ledger(location, clock=lambda: NOW, **kw):
+    return BudgetLedger(open_store(location).connect(), clock=clock, **kw)
 
 
 @pytest.mark.parametrize(
@@ -34,8 +38,8 @@ def test_total_never_resets():
     assert period_key("total", datetime.fromtimestamp(NOW, UTC)) == "total:all"
 
 
-def test_admit_until_spent_then_refuse_with_reason(tmp_path):
-    budgets = ledger(tmp_path / "s.db")
+def test_admit_until_spent_then_refuse_with_reason(location):
+    budgets = ledger(location)
     assert budgets.admit("c1", "alice", 0.6, 1.0, "day").admitted
     refused = budgets.admit("c2", "alice", 0.6, 1.0, "day")
     assert not refused.admitted
@@ -44,13 +48,12 @@ def test_admit_until_spent_then_refuse_with_reason(tmp_path):
     assert refused.reserved_usd == pytest.approx(0.6)
 
 
-def test_settle_and_refund_through_the_writer(tmp_path):
-    path = tmp_path / "s.db"
-    budgets = ledger(path)
+def test_settle_and_refund_through_the_writer(location):
+    budgets = ledger(location)
     budgets.sync_budgets({"alice": (1.0, "day")})
     assert budgets.admit("c1", "alice", 0.6, 1.0, "day").admitted
     assert budgets.admit("c2", "alice", 0.3, 1.0, "day").admitted
-    writer = RecordWriter(lambda: sluice_db.connect(path))
+    writer = RecordWriter(open_store(location).connect)
     writer.start()
     row = {"started_at": "2026-11-25T15:30:00+00:00", "host": "h", "path": "/v1/messages", "stream": 0}
     writer.put(CallRecord(row={**row, "id": "c1"}, budget=("settled", 0.05)))
@@ -61,27 +64,27 @@ def test_settle_and_refund_through_the_writer(tmp_path):
     assert budgets.admit("c3", "alice", 0.9, 1.0, "day").admitted
 
 
-def test_a_new_period_starts_empty_and_old_holds_do_not_leak_into_it(tmp_path):
+def test_a_new_period_starts_empty_and_old_holds_do_not_leak_into_it(location):
     now = [NOW]
-    budgets = ledger(tmp_path / "s.db", clock=lambda: now[0])
+    budgets = ledger(location, clock=lambda: now[0])
     assert budgets.admit("c1", "alice", 1.0, 1.0, "day").admitted
     assert not budgets.admit("c2", "alice", 0.1, 1.0, "day").admitted
     now[0] = NOW + 86_400
     assert budgets.admit("c3", "alice", 1.0, 1.0, "day").admitted
 
 
-def test_holds_of_a_crashed_process_expire(tmp_path):
+def test_holds_of_a_crashed_process_expire(location):
     now = [NOW]
-    budgets = ledger(tmp_path / "s.db", clock=lambda: now[0], hold_ttl_s=60)
+    budgets = ledger(location, clock=lambda: now[0], hold_ttl_s=60)
     assert budgets.admit("c1", "alice", 1.0, 1.0, "total").admitted
     now[0] += 61
     assert budgets.admit("c2", "alice", 1.0, 1.0, "total").admitted
-    with sqlite3.connect(tmp_path / "s.db") as conn:
-        assert conn.execute("select state from budget_holds where id = 'c1'").fetchone() == ("expired",)
+    with open_store(location).reading() as db:
+        assert db.execute("select state from budget_holds where id = 'c1'").fetchone() == ("expired",)
 
 
-def test_fifty_concurrent_admissions_never_overspend(tmp_path):
-    budgets = ledger(tmp_path / "s.db")
+def test_fifty_concurrent_admissions_never_overspend(location):
+    budgets = ledger(location)
     assert budgets.admit("seed", "alice", 0.95, 1.0, "day").admitted  # nearly spent
     results = []
     barrier = threading.Barrier(50)
@@ -101,12 +104,12 @@ def test_fifty_concurrent_admissions_never_overspend(tmp_path):
 
 
 def _admit_many(path: str, prefix: str, count: int, out) -> None:
-    budgets = BudgetLedger(sluice_db.connect(path), clock=lambda: NOW)
+    budgets = BudgetLedger(open_store(path).connect(), clock=lambda: NOW)
     out.put(sum(budgets.admit(f"{prefix}{i}", "alice", 0.01, 1.0, "day").admitted for i in range(count)))
 
 
-def test_two_processes_share_one_budget(tmp_path):
-    path = str(tmp_path / "s.db")
+def test_two_processes_share_one_budget(location):
+    path = location
     ledger(path).admit("seed", "alice", 0.9, 1.0, "day")
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
@@ -119,8 +122,8 @@ def test_two_processes_share_one_budget(tmp_path):
 
 
 @pytest.mark.parametrize("estimate", [0.0, -1.0, float("nan"), float("inf")])
-def test_a_hold_of_nothing_is_never_admitted(tmp_path, estimate):
-    budgets = ledger(tmp_path / "s.db")
+def test_a_hold_of_nothing_is_never_admitted(location, estimate):
+    budgets = ledger(location)
     with pytest.raises(ValueError, match="positive amount"):
         budgets.admit("c1", "alice", estimate, 1.0, "day")
     assert budgets.admit("c2", "alice", 1.0, 1.0, "day").admitted  # nothing was held by the refusal
@@ -136,10 +139,10 @@ def test_a_budget_is_shown_with_every_digit_it_has(amount: float, shown: str) ->
     assert budget_usd(amount) == shown
 
 
-def test_a_team_budget_binds_its_members_together_in_its_own_period(tmp_path):
+def test_a_team_budget_binds_its_members_together_in_its_own_period(location):
     from state.budgets import TeamBudget
 
-    budgets = ledger(tmp_path / "s.db")
+    budgets = ledger(location)
     budgets.sync_budgets({"alice": (1.0, "day")}, {"ci": (1.5, "month", ["alice", "bob"])})
     team = TeamBudget("ci", 1.5, "month")
     assert budgets.admit("a1", "alice", 0.9, 1.0, "day", team=team).admitted
@@ -154,10 +157,10 @@ def test_a_team_budget_binds_its_members_together_in_its_own_period(tmp_path):
     assert (spend.team, spend.members, spend.reserved_usd) == ("ci", ("alice", "bob"), pytest.approx(1.4))
 
 
-def test_fifty_concurrent_admissions_never_overspend_a_team(tmp_path):
+def test_fifty_concurrent_admissions_never_overspend_a_team(location):
     from state.budgets import TeamBudget
 
-    budgets = ledger(tmp_path / "s.db")
+    budgets = ledger(location)
     team = TeamBudget("ci", 1.0, "day")
     results = []
     barrier = threading.Barrier(50)
@@ -175,10 +178,10 @@ def test_fifty_concurrent_admissions_never_overspend_a_team(tmp_path):
     assert sum(results) == 10
 
 
-def test_a_budget_enforced_mid_stream_admits_with_what_is_left(tmp_path):
+def test_a_budget_enforced_mid_stream_admits_with_what_is_left(location):
     from state.budgets import TeamBudget
 
-    budgets = ledger(tmp_path / "s.db")
+    budgets = ledger(location)
     assert budgets.admit("c1", "alice", 0.7, 1.0, "day").admitted
     capped = budgets.admit("c2", "alice", 0.5, 1.0, "day", minimum_usd=0.01)
     assert capped.admitted and capped.capped and capped.hold_usd == pytest.approx(0.3)
@@ -194,16 +197,15 @@ def test_a_budget_enforced_mid_stream_admits_with_what_is_left(tmp_path):
 def _admit_team(path: str, client: str, count: int, out) -> None:
     from state.budgets import TeamBudget
 
-    budgets = BudgetLedger(sluice_db.connect(path), clock=lambda: NOW)
+    budgets = BudgetLedger(open_store(path).connect(), clock=lambda: NOW)
     team = TeamBudget("ci", 1.0, "day")
     out.put(
         sum(budgets.admit(f"{client}{i}", client, 0.1, None, "day", team=team).admitted for i in range(count))
     )
 
 
-def test_two_processes_share_one_team_budget(tmp_path):
-    path = str(tmp_path / "s.db")
-    sluice_db.connect(path)
+def test_two_processes_share_one_team_budget(location):
+    path = location
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     workers = [
