@@ -57,7 +57,7 @@ from state.aws_credentials import AwsCredentialSource, credential_source
 from state.oauth import CredentialDead, CredentialUnavailable, OAuthStore, RejectOutcome, TokenRefused
 from state.oauth_http import post_refresh
 from state.pool import CredentialEntry, CredentialPool
-from state.store import Store
+from state.store import AnyStore
 
 log = logging.getLogger("sluice")
 
@@ -81,7 +81,7 @@ class Credentials:
         self.core = core
         self.pool: CredentialPool | None = None
         self.oauth: OAuthStore | None = None
-        self._store: Store | None = None  # the store the pool's connection and the OAuth store came from
+        self._store: AnyStore | None = None  # the store the pool's connection and the OAuth store came from
         self._keys: dict[tuple[str, str], str] = {}
         self._oauth_config: dict[str, OAuth] = {}
         self._mint_sources: dict[str, str | None] = {}  # host -> key file text (None: the platform's own)
@@ -105,12 +105,15 @@ class Credentials:
         if not upstreams:
             self.pool = None
             return
-        store = self.core.require_store("swapping credentials ([[upstreams]])")
+        store = self.core.store
+        if store is None:
+            raise exceptions.OptionsError("sluice_db: no database is open yet")
         try:
             if self.pool is None or store is not self._store:
-                self.pool = CredentialPool(store.connect())
+                self.pool = CredentialPool(store.connect(), reconnect=store.connect)
             if any(u.oauth for u in upstreams) and (self.oauth is None or store is not self._store):
-                self.oauth = OAuthStore(store.secrets_path, on_event=self._oauth_event)
+                # SQLite: the 0600 secrets file beside the database; PostgreSQL: the sluice_secrets schema.
+                self.oauth = OAuthStore(store, on_event=self._oauth_event)
             self._store = store
             keys: dict[tuple[str, str], str] = {}
             for index, upstream in enumerate(self.core.config.upstreams):

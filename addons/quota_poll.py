@@ -139,8 +139,12 @@ class QuotaPoll:
         assert upstream.oauth is not None  # only OAuth upstreams are polled
         host, credential = row_host(upstream), credential_label(upstream.oauth)
 
+        store = self.core.store
+        if store is None:
+            return time.time()
+
         def last() -> float | None:
-            with self.core.require_store("the OAuth usage poll").reading() as db:
+            with store.reading() as db:
                 moment = last_reading_at(db, host, credential)
             return moment.timestamp() if moment is not None else None
 

@@ -5,8 +5,9 @@ reuse may revoke the whole token family (RFC 9700 §4.14.2). So there is exactly
 
 1. in-process single-flight: one refresh task per credential, which every caller awaits (shielded, so a
    cancelled caller does not cancel the refresh);
-2. across processes: a lease row taken under `BEGIN IMMEDIATE` that lapses after `lease_s`, so a crashed
-   holder blocks the others for at most that long; the others poll for the version to change;
+2. across processes: a lease row taken under `BEGIN IMMEDIATE` (on PostgreSQL: in a transaction holding the
+   advisory lock `oauth:<host>`) that lapses after `lease_s`, so a crashed holder blocks the others for at
+   most that long; the others poll for the version to change;
 3. compare-and-swap on `version` when the new tokens are stored;
 4. on `invalid_grant`, the store is re-read before the credential is declared dead: another process may
    have rotated the token after our lease lapsed.
@@ -21,7 +22,14 @@ refreshing. sluice never writes the file, so a token the store has seen is one i
 already spent, and the store's copy is at least as new; an unseen token comes from a new login and wins.
 This holds across restarts, across processes, and when a file is restored from an old backup.
 
-Nothing here logs, raises or stores a secret outside the secrets file: credentials are named by label or
+The database away (PostgreSQL restarted or unreachable): a process decides from what it last knew. It
+keeps serving the access token it last read while that token has not expired, and attempts no refresh, since
+a refresh without the lease could spend a refresh token another proxy is spending; once the token has
+expired, calls get CredentialUnavailable until the database answers again. A refresh whose new tokens
+cannot be stored is kept in memory and written (compare-and-swap on the version it refreshed) as soon as the
+database answers. Each of these is logged as a warning, once per outage.
+
+Nothing here logs, raises or stores a secret outside the secrets store: credentials are named by label or
 fingerprint, and provider messages are scrubbed of anything that looks like a token.
 """
 
@@ -35,7 +43,8 @@ import math
 import os
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
@@ -43,8 +52,10 @@ from typing import Literal
 from rules.credential_files import OAuthTokens, TokenResponse
 from rules.secrets import fingerprint, scrub
 from state.clock import SYSTEM_CLOCK, Clock
-from state.secrets_db import open_secrets_db
-from state.store.sqlite import immediate
+from state.secrets_db import open_secrets_db, open_secrets_pg
+from state.store import AnyStore, PostgresStore, Store
+from state.store.postgres import is_postgres
+from state.store_errors import DATABASE_ERRORS, Connection, lost, transaction
 
 log = logging.getLogger("sluice")
 
@@ -136,11 +147,14 @@ class OAuthStore:
 
     Healing (`reject`, `confirm`): an access token the provider refuses (401) is dropped and refreshed;
     only when its replacement is refused too, before any answer accepted it, is the credential dead.
+
+    `source`: the store (`open_store`) whose secrets it keeps: a SQLite store's 0600 secrets file, or a
+    PostgreSQL store's secrets schema; or the path of a secrets file.
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        source: str | os.PathLike[str] | AnyStore,
         *,
         clock: Clock = SYSTEM_CLOCK,
         skew_s: float = 300.0,
@@ -151,7 +165,16 @@ class OAuthStore:
         recheck_s: float = 30.0,
         on_event: EventFn | None = None,
     ) -> None:
-        self._conn = open_secrets_db(path)
+        self._open: Callable[[], Connection]
+        if isinstance(source, str) and is_postgres(source):
+            raise ValueError("an OAuthStore on PostgreSQL is opened on its store (open_store), not on a URL")
+        if isinstance(source, PostgresStore):
+            self._open = partial(open_secrets_pg, source.location)
+        else:
+            path = source.secrets_path if isinstance(source, Store) else source
+            self._open = partial(open_secrets_db, path)
+        self._conn: Connection = self._open()
+        self._away = False  # the database did not answer last time: logged once per outage
         self._on_event = on_event
         # Leases, expiries and failures are stored and compared across processes: wall clock (`time()`). The
         # cache's age, the backoff and the wait for another process are this process's own: `monotonic()`.
@@ -169,23 +192,39 @@ class OAuthStore:
         self._cache: dict[str, tuple[_TokenRow, float]] = {}
         self._inflight: dict[str, asyncio.Task[_TokenRow]] = {}
         self._backoff_until: dict[str, float] = {}  # `monotonic()` before which no refresh is tried
+        # Tokens a refresh obtained that the database was away to take: (version refreshed, tokens, when).
+        self._unsaved: dict[str, tuple[int, TokenResponse, float]] = {}
 
     def close(self) -> None:
         with self._db_lock:
             self._conn.close()
 
+    def _connection(self) -> Connection:
+        """The connection, opened again when the server dropped it (call with `_db_lock` held). Raises
+        the engine's error while the database is away."""
+        if lost(self._conn):
+            self._conn = self._open()
+        return self._conn
+
+    @contextmanager
+    def _transaction(self, key: str) -> Iterator[Connection]:
+        """A read-then-write transaction on `key`'s row, serialized with every other process's on it."""
+        conn = self._connection()
+        with transaction(conn, f"oauth:{key}"):
+            yield conn
+
     def seed(self, key: str, tokens: OAuthTokens) -> bool:
         """Offer the credentials file's tokens; True when the store took them (see the seeding rule)."""
         identity = tokens.identity
         now = self._clock.time()
-        with self._db_lock, immediate(self._conn):
-            exists = self._conn.execute("select 1 from oauth_tokens where key = ?", (key,)).fetchone()
-            seen = self._conn.execute(
+        with self._db_lock, self._transaction(key) as conn:
+            exists = conn.execute("select 1 from oauth_tokens where key = ?", (key,)).fetchone()
+            seen = conn.execute(
                 "select 1 from oauth_seen where key = ? and fingerprint = ?", (key, identity)
             ).fetchone()
             if exists and seen:
                 return False
-            self._conn.execute(
+            conn.execute(
                 """
                 insert into oauth_tokens (key, access_token, refresh_token, expires_at, version,
                                           seed_fingerprint, seeded_at)
@@ -199,7 +238,7 @@ class OAuthStore:
                 """,
                 (key, tokens.access_token, tokens.refresh_token, tokens.expires_at, identity, now),
             )
-            self._conn.execute("insert or ignore into oauth_seen values (?, ?, ?)", (key, identity, now))
+            conn.execute("insert or ignore into oauth_seen values (?, ?, ?)", (key, identity, now))
         self._cache.pop(key, None)
         self._backoff_until.pop(key, None)
         log.info("sluice: OAuth credential for %s seeded from its credentials file (%s)", key, identity)
@@ -207,8 +246,8 @@ class OAuthStore:
 
     def clear_failure(self, key: str) -> bool:
         """Forget that the token endpoint refused this credential, so the next request tries again."""
-        with self._db_lock, immediate(self._conn):
-            cursor = self._conn.execute(
+        with self._db_lock, self._transaction(key) as conn:
+            cursor = conn.execute(
                 "update oauth_tokens set failed_reason = null, failed_at = null "
                 "where key = ? and failed_reason is not null",
                 (key,),
@@ -219,14 +258,18 @@ class OAuthStore:
 
     def status(self, key: str) -> OAuthStatus | None:
         with self._db_lock:
-            row = self._conn.execute(
-                """
+            row = (
+                self._connection()
+                .execute(
+                    """
                 select expires_at, refresh_token is not null, version, seed_fingerprint, seeded_at,
                        refreshed_at, failed_reason, lease_until
                 from oauth_tokens where key = ?
                 """,
-                (key,),
-            ).fetchone()
+                    (key,),
+                )
+                .fetchone()
+            )
         if row is None:
             return None
         return OAuthStatus(key, row[0], bool(row[1]), row[2], row[3], row[4], row[5], row[6], row[7])
@@ -241,7 +284,10 @@ class OAuthStore:
         """
         cached = self._cache.get(key)
         fresh_enough = cached is not None and self._clock.monotonic() - cached[1] < self._recheck_s
-        row = cached[0] if cached is not None and fresh_enough else await self._load(key)
+        try:
+            row = cached[0] if cached is not None and fresh_enough else await self._load(key)
+        except DATABASE_ERRORS as error:
+            row = self._last_known(key, error)
         now = self._clock.time()
         if row.failed_reason is not None:
             raise CredentialDead(row.failed_reason)
@@ -289,29 +335,36 @@ class OAuthStore:
         """
         used = fingerprint(access_token)
         now = self._clock.time()
-        with self._db_lock, immediate(self._conn):
-            row = self._row(key)
-            if row is None or not hmac.compare_digest(row.access_token, access_token):
-                outcome: RejectOutcome = "stale"
-            elif row.rejected_fingerprint == used:
-                outcome = "refreshing"
-            elif row.rejected_fingerprint is not None or row.refresh_token is None:
-                why = (
-                    "the access token obtained after an earlier refusal was refused too"
-                    if row.rejected_fingerprint is not None
-                    else "the access token was refused and there is no refresh token"
-                )
-                self._conn.execute(
-                    "update oauth_tokens set failed_reason = ?, failed_at = ? where key = ?",
-                    (scrub(f"{why}: {reason}"), now, key),
-                )
-                outcome = "dead"
-            else:
-                self._conn.execute(
-                    "update oauth_tokens set rejected_fingerprint = ?, expires_at = ? where key = ?",
-                    (used, now - 1.0, key),
-                )
-                outcome = "refreshing"
+        try:
+            with self._db_lock, self._transaction(key) as conn:
+                row = self._row(conn, key)
+                if row is None or not hmac.compare_digest(row.access_token, access_token):
+                    outcome: RejectOutcome = "stale"
+                elif row.rejected_fingerprint == used:
+                    outcome = "refreshing"
+                elif row.rejected_fingerprint is not None or row.refresh_token is None:
+                    why = (
+                        "the access token obtained after an earlier refusal was refused too"
+                        if row.rejected_fingerprint is not None
+                        else "the access token was refused and there is no refresh token"
+                    )
+                    conn.execute(
+                        "update oauth_tokens set failed_reason = ?, failed_at = ? where key = ?",
+                        (scrub(f"{why}: {reason}"), now, key),
+                    )
+                    outcome = "dead"
+                else:
+                    conn.execute(
+                        "update oauth_tokens set rejected_fingerprint = ?, expires_at = ? where key = ?",
+                        (used, now - 1.0, key),
+                    )
+                    outcome = "refreshing"
+        except DATABASE_ERRORS as e:
+            # Nothing can be recorded: this process stops using the refused token, and refreshes it once
+            # the database answers (never without the lease).
+            log.warning("sluice: could not record that the OAuth token of %s was refused (%s)", key, e)
+            self._cache.pop(key, None)
+            return "refreshing"
         cached = self._cache.get(key)
         if cached is None or hmac.compare_digest(cached[0].access_token, access_token):
             self._cache.pop(key, None)  # re-read: the token this process holds is refused
@@ -327,8 +380,8 @@ class OAuthStore:
     def confirm(self, key: str, access_token: str) -> bool:
         """An answer accepted `access_token`, the replacement of a refused one: the credential has healed.
         For `asyncio.to_thread`. True when this call recorded it."""
-        with self._db_lock, immediate(self._conn):
-            cursor = self._conn.execute(
+        with self._db_lock, self._transaction(key) as conn:
+            cursor = conn.execute(
                 "update oauth_tokens set rejected_fingerprint = null "
                 "where key = ? and access_token = ? and rejected_fingerprint is not null",
                 (key, access_token),
@@ -373,7 +426,25 @@ class OAuthStore:
         forced: bool = False,
     ) -> _TokenRow:
         """Until the stored token is fresh (or `done`): take the lease and refresh, or wait for whoever holds
-        it. `forced`: a person asked; no backoff holds it off, and a transient failure is raised."""
+        it. `forced`: a person asked; no backoff holds it off, and a transient failure is raised.
+
+        The database away: no refresh without the lease. The token last known while it is valid (unless
+        `forced`), else CredentialUnavailable."""
+        try:
+            return await self._lease_and_refresh(key, refresh_fn, done, forced)
+        except DATABASE_ERRORS as error:
+            row = self._last_known(key, error)
+        if row.valid(self._clock.time()) and not forced:
+            return row
+        raise CredentialUnavailable(
+            f"the OAuth access token for {key} has expired and the database that holds the refresh lease is "
+            "unreachable: it is refreshed once the database answers",
+            self._transient_backoff_s,
+        )
+
+    async def _lease_and_refresh(
+        self, key: str, refresh_fn: RefreshFn, done: Callable[[_TokenRow], bool] | None, forced: bool
+    ) -> _TokenRow:
         while True:
             row = await self._load(key)
             if done(row) if done is not None else row.fresh(self._clock.time(), self._skew_s):
@@ -438,7 +509,10 @@ class OAuthStore:
         except BaseException:
             self._release(key)  # cancelled (shutdown): free the lease now rather than make others wait it out
             raise
-        stored = await asyncio.to_thread(self._store, key, row.version, response)
+        try:
+            stored = await asyncio.to_thread(self._store, key, row.version, response)
+        except DATABASE_ERRORS as error:
+            return self._hold_unsaved(key, row, refresh_token, response, error)
         if stored is None:
             log.warning("sluice: OAuth tokens for %s changed while refreshing; keeping the stored ones", key)
             return None
@@ -458,13 +532,74 @@ class OAuthStore:
         return stored
 
     async def _load(self, key: str) -> _TokenRow:
-        """Read the stored row off the loop, and remember it (on the loop: the cache has one writer)."""
+        """Read the stored row off the loop, and remember it (on the loop: the cache has one writer). Tokens
+        a refresh obtained while the database was away are written first. Raises DATABASE_ERRORS."""
+        unsaved = self._unsaved.pop(key, None)  # taken at once: one caller writes them
+        if unsaved is not None:
+            try:
+                stored = await asyncio.to_thread(self._store, key, *unsaved)
+            except BaseException:
+                self._unsaved.setdefault(key, unsaved)  # still away: kept for the next read
+                raise
+            if stored is None:
+                log.warning("sluice: the OAuth tokens of %s changed while the database was away", key)
         row = await asyncio.to_thread(self._read, key)
+        if self._away:
+            self._away = False
+            log.warning("sluice: the database of the OAuth tokens answers again (%s)", key)
         if row is None:
             self._cache.pop(key, None)
             raise CredentialDead(f"no OAuth tokens stored for {key}: seed them from the credentials file")
         self._cache[key] = (row, self._clock.monotonic())
         return row
+
+    def _last_known(self, key: str, error: Exception) -> _TokenRow:
+        """The database is away: the row this process last read (or obtained), remembered anew so that the
+        database is tried again only after `recheck_s`, with no refresh tried before `transient_backoff_s`.
+        CredentialUnavailable when this process knows of no token."""
+        if not self._away:
+            self._away = True
+            log.warning(
+                "sluice: the database of the OAuth tokens is unreachable (%s); using the tokens last known "
+                "and refreshing none until it answers",
+                scrub(f"{type(error).__name__}: {error}"),
+            )
+        self._backoff_until[key] = self._clock.monotonic() + self._transient_backoff_s
+        cached = self._cache.get(key)
+        if cached is None:
+            raise CredentialUnavailable(
+                f"the database of the OAuth tokens is unreachable and no token for {key} is known yet",
+                self._transient_backoff_s,
+            ) from None
+        self._cache[key] = (cached[0], self._clock.monotonic())
+        return cached[0]
+
+    def _hold_unsaved(
+        self, key: str, row: _TokenRow, refresh_token: str, response: TokenResponse, error: Exception
+    ) -> _TokenRow:
+        """A refresh succeeded but the database went away before it took the new tokens: the old refresh
+        token may be spent, so the new ones are used from memory and written as soon as it answers."""
+        now = self._clock.time()
+        self._unsaved[key] = (row.version, response, now)
+        held = _TokenRow(
+            response.access_token,
+            response.refresh_token or refresh_token,
+            now + response.expires_in,
+            row.version,
+            None,
+            None,
+            None,
+            row.rejected_fingerprint,
+        )
+        self._cache[key] = (held, self._clock.monotonic())
+        self._away = True
+        log.warning(
+            "sluice: the OAuth token for %s was refreshed but the database could not store it (%s); "
+            "holding it in memory until the database answers",
+            key,
+            scrub(f"{type(error).__name__}: {error}"),
+        )
+        return held
 
     async def _wait_for_change(self, key: str, version: int) -> None:
         """Poll until the version moves, the lease is released or lapses, or the credential failed."""
@@ -485,34 +620,35 @@ class OAuthStore:
 
     def _read(self, key: str) -> _TokenRow | None:
         with self._db_lock:
-            return self._row(key)
+            return self._row(self._connection(), key)
 
-    def _row(self, key: str) -> _TokenRow | None:
+    def _row(self, conn: Connection, key: str) -> _TokenRow | None:
         """The stored row; call with `_db_lock` held."""
-        found = self._conn.execute(
-            f"select {_ROW_COLUMNS} from oauth_tokens where key = ?", (key,)
-        ).fetchone()
+        found = conn.execute(f"select {_ROW_COLUMNS} from oauth_tokens where key = ?", (key,)).fetchone()
         return None if found is None else _TokenRow(*found)
 
     def _take_lease(self, key: str, version: int) -> tuple[LeaseOutcome, _TokenRow | None]:
         now = self._clock.time()
-        with self._db_lock, immediate(self._conn):
-            row = self._row(key)
+        with self._db_lock, self._transaction(key) as conn:
+            row = self._row(conn, key)
             if row is None or row.version != version or row.failed_reason is not None:
                 return "changed", row
             if row.lease_owner not in (None, self._owner) and (row.lease_until or 0.0) > now:
                 return "busy", row
-            self._conn.execute(
+            conn.execute(
                 "update oauth_tokens set lease_owner = ?, lease_until = ? where key = ?",
                 (self._owner, now + self._lease_s, key),
             )
         return "taken", row
 
-    def _store(self, key: str, version: int, response: TokenResponse) -> _TokenRow | None:
-        """Compare-and-swap on `version`: the new tokens land only if nobody stored others meanwhile."""
-        now = self._clock.time()
-        with self._db_lock, immediate(self._conn):
-            cursor = self._conn.execute(
+    def _store(
+        self, key: str, version: int, response: TokenResponse, at: float | None = None
+    ) -> _TokenRow | None:
+        """Compare-and-swap on `version`: the new tokens land only if nobody stored others meanwhile. `at`:
+        when they were obtained (now, unless they waited in memory for the database)."""
+        now = self._clock.time() if at is None else at
+        with self._db_lock, self._transaction(key) as conn:
+            cursor = conn.execute(
                 """
                 update oauth_tokens set
                     access_token = ?, refresh_token = coalesce(?, refresh_token), expires_at = ?,
@@ -533,20 +669,20 @@ class OAuthStore:
                 ),
             )
             if cursor.rowcount != 1:
-                self._release_locked(key)
+                self._release_locked(conn, key)
                 return None
             if response.refresh_token:
-                self._conn.execute(
+                conn.execute(
                     "insert or ignore into oauth_seen values (?, ?, ?)",
                     (key, fingerprint(response.refresh_token), now),
                 )
-            stored = self._row(key)
+            stored = self._row(conn, key)
         return stored
 
     def _mark_failed(self, key: str, version: int, reason: str) -> bool:
         """Record a terminal refusal, unless the tokens changed since `version` (compare-and-swap)."""
-        with self._db_lock, immediate(self._conn):
-            cursor = self._conn.execute(
+        with self._db_lock, self._transaction(key) as conn:
+            cursor = conn.execute(
                 """
                 update oauth_tokens set failed_reason = ?, failed_at = ?, lease_owner = null,
                     lease_until = null
@@ -555,15 +691,19 @@ class OAuthStore:
                 (reason, self._clock.time(), key, version),
             )
             if cursor.rowcount != 1:
-                self._release_locked(key)
+                self._release_locked(conn, key)
         return cursor.rowcount == 1
 
     def _release(self, key: str) -> None:
-        with self._db_lock:
-            self._release_locked(key)
+        """Give the lease back; when the database is away it lapses by itself after `lease_s`."""
+        try:
+            with self._db_lock:
+                self._release_locked(self._connection(), key)
+        except DATABASE_ERRORS as e:
+            log.warning("sluice: could not release the OAuth refresh lease of %s (%s)", key, e)
 
-    def _release_locked(self, key: str) -> None:
-        self._conn.execute(
+    def _release_locked(self, conn: Connection, key: str) -> None:
+        conn.execute(
             "update oauth_tokens set lease_owner = null, lease_until = null "
             "where key = ? and lease_owner = ?",
             (key, self._owner),

@@ -4,10 +4,10 @@ database).
 Each upstream host has an ordered list of credentials (API keys and/or one OAuth credential) and every
 request takes the FIRST usable one: a provider's prompt cache lives per key, so spreading requests would
 throw cache hits away. A credential is `active`, `cooling` until a time (429, 529) or `disabled` with the
-provider's reason (401, 403). The state lives in SQLite so it survives restarts and is shared by every
-mitmdump process on the same file. A row names a credential by host + `fingerprint(secret)` + a display
-label; the secret itself is never stored, so a key whose secret changes is a new credential that starts out
-active.
+provider's reason (401, 403). The state lives in the store's database so it survives restarts and is
+shared by every mitmdump process on the same SQLite file or PostgreSQL database. A row names a credential by
+host + `fingerprint(secret)` + a display label; the secret itself is never stored, so a key whose secret
+changes is a new credential that starts out active.
 
 `choose()` runs per request on the event loop, so it reads an in-memory view that is reloaded from the
 database at most every `refresh_every` seconds, or at once after this process changed something. State
@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
-
-import sqlite_utils
 
 from rules.provider_answers import ErrorFields, Kind, Verdict, judge_answer
 from rules.provider_answers import headroom as read_headroom
@@ -38,7 +35,8 @@ from rules.provider_answers import quota_status as read_quota_status
 from rules.providers import GATEWAY_FORMAT, format_of, provider_for_host
 from rules.secrets import scrub
 from state.clock import SYSTEM_CLOCK, Clock
-from state.store.sqlite import immediate
+from state.store import Database
+from state.store_errors import DATABASE_ERRORS, lost, transaction
 
 log = logging.getLogger("sluice")
 
@@ -53,6 +51,8 @@ PRUNE_EVERY_PINS = 500
 # Headroom is written to the database when it moves by this much: often enough to steer new conversations,
 # rarely enough to cost nothing per call.
 HEADROOM_STEP = 0.05
+# How often a process whose database connection was dropped tries to open a new one.
+RECONNECT_EVERY_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +147,9 @@ _POOL_COLUMNS = (
 class CredentialPool:
     """The credential pools of every upstream host, over the main database.
 
-    Give it a connection of its own (`Store.connect()`, state/store): it runs `BEGIN IMMEDIATE` on it. Methods
+    Give it a connection of its own (`store.connect()`, state/store) and, so that it outlives a PostgreSQL
+    restart, `reconnect=store.connect`: its writes are transactions under `BEGIN IMMEDIATE` on SQLite, under
+    the advisory lock `credentials:<host>` on PostgreSQL. Methods
     are thread-safe. `choose`, `limits_changed` and `needs_recovery` are cheap enough for the event loop
     (`choose` reads the database only for a conversation this process has not seen, and never waits for it:
     while a write of this process holds the connection, it routes from memory); the writers (`apply`,
@@ -166,14 +168,21 @@ class CredentialPool:
 
     def __init__(
         self,
-        db: sqlite_utils.Database,
+        db: Database,
         *,
+        reconnect: Callable[[], Database] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         refresh_every: float = 1.0,
         affinity_ttl_s: float = AFFINITY_TTL_S,
         max_conversations: int = MAX_CONVERSATIONS,
     ) -> None:
         self._conn = db.conn
+        # Opens the connection again when the server dropped it (PostgreSQL restarted or away): in a thread
+        # of its own, never on the event loop, at most every RECONNECT_EVERY_S.
+        self._reconnect = reconnect
+        self._reconnecting = threading.Lock()
+        self._reconnect_at = 0.0  # `monotonic()` before which no new attempt
+        self._away = False  # the database did not answer last time: said once per outage
         # Cooldowns, pins and events are stored and shared between processes: wall clock (`time()`). The age
         # of this process's view of them is its own: `monotonic()`.
         self._clock = clock
@@ -209,7 +218,7 @@ class CredentialPool:
         with self._lock:
             self._entries[host] = tuple(entries)
             self._loaded_at = None
-            with immediate(self._conn):
+            with transaction(self._conn, _lock_name(host)):
                 self._conn.execute(
                     "update credentials set position = null where host = ? and position is not null", (host,)
                 )
@@ -346,7 +355,8 @@ class CredentialPool:
                 "select fingerprint, used_at from credential_affinity where host = ? and conversation = ?",
                 key,
             ).fetchone()
-        except sqlite3.Error as e:
+        except DATABASE_ERRORS as e:
+            self._revive()
             log.warning("sluice: could not read which credential a conversation is on (%s)", e)
             return None
         return None if row is None else _Pinned(str(row[0]), float(row[1]), float(row[1]))
@@ -366,9 +376,11 @@ class CredentialPool:
         with self._lock:
             status = self._view.get((host, moved_from.fingerprint), _ACTIVE) if moved_from else None
             try:
-                with immediate(self._conn):
+                with transaction(self._conn, _lock_name(host)):
                     self._conn.execute(
-                        "insert or replace into credential_affinity values (?, ?, ?, ?)",
+                        "insert into credential_affinity values (?, ?, ?, ?) "
+                        "on conflict (host, conversation) do update set "
+                        "fingerprint = excluded.fingerprint, used_at = excluded.used_at",
                         (host, conversation, entry.fingerprint, now),
                     )
                     if moved_from is not None and status is not None:
@@ -388,7 +400,8 @@ class CredentialPool:
                         self._conn.execute(
                             "delete from credential_affinity where used_at < ?", (now - self._affinity_ttl_s,)
                         )
-            except sqlite3.Error as e:
+            except DATABASE_ERRORS as e:
+                self._revive()
                 log.warning("sluice: could not record which credential a conversation is on (%s)", e)
 
     # -- what the provider said ---------------------------------------------------------------------------
@@ -516,7 +529,7 @@ class CredentialPool:
                 known.headroom = headroom
             label = self._label(host, fingerprint)
             try:
-                with immediate(self._conn):
+                with transaction(self._conn, _lock_name(host)):
                     self._conn.execute(
                         """
                         update credentials set quota_status = coalesce(?, quota_status),
@@ -528,7 +541,8 @@ class CredentialPool:
                     if quota_status is not None and quota_status != before:
                         detail = f"subscription status {before or 'unknown'} → {quota_status}"
                         self._insert_event(now, host, fingerprint, label, "quota", detail)
-            except sqlite3.Error as e:
+            except DATABASE_ERRORS as e:
+                self._revive()
                 log.warning("sluice: could not record %s %s's limits (%s)", host, label, e)
 
     def record_event(
@@ -546,9 +560,10 @@ class CredentialPool:
         label = self._label(host, fingerprint) if fingerprint else None
         with self._lock:
             try:
-                with immediate(self._conn):
+                with transaction(self._conn, _lock_name(host)):
                     self._insert_event(now, host, fingerprint, label, event, detail, until)
-            except sqlite3.Error as e:
+            except DATABASE_ERRORS as e:
+                self._revive()
                 log.warning("sluice: could not record the credential event %s for %s (%s)", event, host, e)
 
     def oauth_fingerprint(self, host: str) -> str | None:
@@ -574,7 +589,7 @@ class CredentialPool:
         and fails again."""
         now = self._clock.time()
         with self._lock:
-            with immediate(self._conn):
+            with transaction(self._conn, _lock_name(host)):
                 rows = self._conn.execute(
                     f"select {_POOL_COLUMNS} from credentials "
                     "where host = ? and (label = ? or fingerprint = ?)",
@@ -661,11 +676,17 @@ class CredentialPool:
                 "select host, fingerprint, state, reason, cooling_until, quota_status, headroom "
                 "from credentials"
             ).fetchall()
-        except sqlite3.Error as e:
+        except DATABASE_ERRORS as e:
             # Fail open on the last view: a database hiccup must not stop requests.
-            log.warning("sluice: could not reload credential states (%s); using the last known ones", e)
+            if not self._away:
+                self._away = True
+                log.warning("sluice: could not reload credential states (%s); using the last known ones", e)
             self._view = {**self._view, **self._unsaved}
+            self._revive()
             return
+        if self._away:
+            self._away = False
+            log.warning("sluice: the credential states can be read again")
         view = {}
         limits = {}
         for host, fp, state, reason, until, quota, room in rows:
@@ -678,6 +699,29 @@ class CredentialPool:
         for key, status in self._unsaved.items():
             view[key] = status
         self._view = view
+
+    def _revive(self) -> None:
+        """Open the connection again in the background when the server dropped it. The pool keeps deciding
+        from its last view meanwhile; writes that fail are honoured by this process alone, as always."""
+        if self._reconnect is None or not lost(self._conn) or self._clock.monotonic() < self._reconnect_at:
+            return
+        if not self._reconnecting.acquire(blocking=False):
+            return  # an attempt is under way
+        self._reconnect_at = self._clock.monotonic() + RECONNECT_EVERY_S
+        threading.Thread(target=self._reopen, args=(self._reconnect,), name="sluice-pool-reconnect").start()
+
+    def _reopen(self, reconnect: Callable[[], Database]) -> None:
+        try:
+            db = reconnect()
+        except DATABASE_ERRORS as e:
+            log.warning("sluice: the credential pool's database is still unreachable (%s)", e)
+            return
+        finally:
+            self._reconnecting.release()
+        with self._lock:
+            self._conn, old = db.conn, self._conn
+            self._loaded_at = None
+        old.close()
 
     def _change(
         self,
@@ -696,7 +740,7 @@ class CredentialPool:
         key = (host, fingerprint)
         with self._lock:
             try:
-                with immediate(self._conn):
+                with transaction(self._conn, _lock_name(host)):
                     row = self._conn.execute(
                         f"select {_POOL_COLUMNS} from credentials where host = ? and fingerprint = ?", key
                     ).fetchone()
@@ -722,7 +766,8 @@ class CredentialPool:
                         )
                 self._unsaved.pop(key, None)
                 position = row[4] if row else None
-            except sqlite3.Error as e:
+            except DATABASE_ERRORS as e:
+                self._revive()
                 new = decide(self._view.get(key, _ACTIVE))
                 if new is None:
                     return None
@@ -790,3 +835,9 @@ def _status(state: object, reason: object, until: object) -> _Status:
 
 def _float(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) else None
+
+
+def _lock_name(host: str) -> str:
+    """What a pool write serializes on (PostgreSQL's advisory lock; SQLite locks the whole file): one
+    upstream host's credentials."""
+    return f"credentials:{host}"

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import sqlite_utils
-
 from rules.config import ConfigError, OAuth, Upstream, resolve_secret
 from rules.credential_files import TokenResponse, parse_oauth_credentials
 from rules.destination import Destination
@@ -31,6 +29,7 @@ from state.oauth import CredentialDead, CredentialUnavailable, OAuthStore, Refre
 from state.oauth_http import REFRESH_TIMEOUT_S, UsageRefused, get_usage, post_refresh
 from state.pool import CredentialPool
 from state.ratelimits import QuotaSummary, summarize
+from state.store import Database
 from state.writer import QuotaRecord
 
 # What a reading can fail with; each is a message for the operator, never a crash.
@@ -148,7 +147,7 @@ def note_in_pool(pool: CredentialPool, host: str, reading: UsageReading) -> None
         pool.record_limits(host, fingerprint, *news)
 
 
-def last_reading_at(db: sqlite_utils.Database, host: str, credential: str) -> datetime | None:
+def last_reading_at(db: Database, host: str, credential: str) -> datetime | None:
     """When the usage endpoint was last read for this credential, by any process sharing the database."""
     row = db.execute(
         "select max(observed_at) from rate_limits where host = ? and credential = ? and call_id = ?",

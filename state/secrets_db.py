@@ -1,8 +1,12 @@
-"""The secrets file: where the OAuth tokens live, apart from the tables reports and datasette show.
+"""Where the OAuth tokens live, apart from the tables reports and datasette show.
 
-`<db stem>.secrets.db` beside the main database, created with mode 0600 whatever the umask (its `-wal` and
-`-shm` files take the same mode), migrated in one `BEGIN IMMEDIATE` transaction so that several processes
-opening it at once agree on its schema. state/oauth.py is the only reader and writer of its tables.
+On SQLite, the secrets file (`open_secrets_db`). On PostgreSQL, the schema `sluice_secrets` of the shared
+database (`open_secrets_pg`; created by its migration 2, state/store/postgres.py), which the role reports and
+dashboards read with is granted nothing on (README, "OAuth tokens on PostgreSQL": the grants).
+
+The file: `<db stem>.secrets.db` beside the main database, created with mode 0600 whatever the umask (its
+`-wal` and `-shm` files take the same mode), migrated in one `BEGIN IMMEDIATE` transaction so that several
+processes opening it at once agree on its schema. state/oauth.py is the only reader and writer of its tables.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
+
+from state.store import postgres
 from state.store.sqlite import BUSY_TIMEOUT_MS, immediate
 
 
@@ -90,3 +97,12 @@ def open_secrets_db(
                 migration(conn)
             conn.execute(f"pragma user_version = {len(SECRETS_MIGRATIONS)}")
     return conn
+
+
+def open_secrets_pg(location: str) -> postgres.PgConnection:
+    """A connection to the PostgreSQL database at `location` whose unqualified tables are those of the
+    secrets schema (`search_path`), so the OAuth store's SQL is the same on both engines. The schema is
+    the store's migrations' to create: open the store first (`open_store`)."""
+    settings = postgres.connection_settings()
+    settings["options"] = f"{settings['options']} -c search_path={postgres.SECRETS_SCHEMA}"
+    return postgres.PgConnection(psycopg.connect(location, **settings))

@@ -357,7 +357,33 @@ _BASELINE = (
     """,
 )
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "baseline_as_sqlite_11", _BASELINE),)
+# The OAuth tokens, in a schema of their own that reports and dashboards are never granted (README, "OAuth
+# tokens on PostgreSQL": the grants). The same two tables as the SQLite secrets file after its migration 2
+# (state/secrets_db.py); state/oauth.py is their only reader and writer.
+SECRETS_SCHEMA = "sluice_secrets"
+_SECRETS = (
+    f"create schema if not exists {SECRETS_SCHEMA}",
+    f"revoke all on schema {SECRETS_SCHEMA} from public",
+    f"""
+    create table {SECRETS_SCHEMA}.oauth_tokens (
+        key text primary key, access_token text not null, refresh_token text, expires_at double precision,
+        version bigint not null, lease_owner text, lease_until double precision,
+        seed_fingerprint text not null, seeded_at double precision not null, refreshed_at double precision,
+        failed_reason text, failed_at double precision, rejected_fingerprint text
+    )
+    """,
+    f"""
+    create table {SECRETS_SCHEMA}.oauth_seen (
+        key text not null, fingerprint text not null, seen_at double precision not null,
+        primary key (key, fingerprint)
+    )
+    """,
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "baseline_as_sqlite_11", _BASELINE),
+    Migration(2, "oauth_tokens_in_their_own_schema", _SECRETS),
+)
 
 
 def migrate(db: PgDatabase, migrations: tuple[Migration, ...] = MIGRATIONS) -> None:

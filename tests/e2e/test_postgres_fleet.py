@@ -134,8 +134,8 @@ keys = ["env:SLUICE_TEST_REAL_KEY"]
         tmp_path / "refused",
         set_db=False,
         config_toml=config,
-        extra_args=_on(postgres_url),
+        extra_args=[*_on(postgres_url), "--set", "sluice_metrics=127.0.0.1:0"],
         env={"SLUICE_TEST_REAL_KEY": "sk-ant-real-key-0000"},
     )
-    assert "swapping credentials ([[upstreams]]) does not run on PostgreSQL yet" in log
+    assert "metrics, tracing and alerts does not run on PostgreSQL yet" in log
     assert postgres_server.password not in log and "***" in log

@@ -1,7 +1,13 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
 
 from rules.credential_files import OAuthTokens
 from rules.secrets import fingerprint
@@ -62,3 +68,77 @@ def test_no_secret_reaches_the_main_database(tmp_path):
     assert fingerprint(KEYS[0]).encode() in main_bytes
     secrets_bytes = b"".join(path.read_bytes() for path in tmp_path.glob("sluice.secrets.db*"))
     assert ACCESS.encode() in secrets_bytes  # where the tokens are, and the only place
+
+
+def _readme_grants() -> list[str]:
+    """The statements of the README's grants for PostgreSQL, in order (`\\connect` kept as a statement)."""
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    section = text.split("### OAuth tokens on PostgreSQL", 1)[1]
+    block = section.split("```sql\n", 1)[1].split("```", 1)[0]
+    lines = [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("--")]
+    statements: list[str] = []
+    for line in lines:
+        if line.startswith("\\"):
+            statements.append(line)
+        else:
+            statements.extend(part.strip() for part in line.split(";") if part.strip())
+    return statements
+
+
+def test_the_readme_grants_let_reports_read_everything_but_the_oauth_tokens(postgres_server):
+    """The README's SQL, run as written (with names of this test's own): the proxies' role applies the
+    migrations and stores a token; the readers' role reads `calls` and the views, and is refused the
+    secrets schema."""
+    suffix = uuid.uuid4().hex[:8]
+    names = {"sluice_proxy": f"proxy_{suffix}", "sluice_reader": f"reader_{suffix}"}
+    passwords = {"change-me": f"p-{suffix}", "change-me-too": f"r-{suffix}"}
+    database = f"fleet_{suffix}"
+    admin = postgres_server.admin_connect()
+    try:
+        for statement in _readme_grants():
+            for old, new in names.items():
+                statement = statement.replace(old, new)
+            for old, new in passwords.items():
+                statement = statement.replace(f"'{old}'", f"'{new}'")
+            statement = re.sub(r"\bdatabase sluice\b", f"database {database}", statement)
+            if statement.startswith("\\connect"):
+                admin.close()
+                admin = postgres_server.admin_connect(database)
+            else:
+                admin.execute(statement)
+
+        def url(role: str, password: str) -> str:
+            return postgres_server.url(database).replace(
+                f"{postgres_server.user}:{postgres_server.password}@", f"{role}:{password}@"
+            )
+
+        proxy = sluice_db.open_store(url(names["sluice_proxy"], passwords["change-me"]))
+        OAuthStore(proxy).seed(HOST, OAuthTokens(ACCESS, REFRESH, NOW + 3600))
+        with proxy.reading() as db:
+            db.execute(
+                "insert into calls (id, started_at, host, path) values ('c1', '2026-12-01T00:00:00Z', ?, ?)",
+                (HOST, "/v1/messages"),
+            )
+        proxy.close()
+
+        with psycopg.connect(
+            url(names["sluice_reader"], passwords["change-me-too"]), autocommit=True
+        ) as reader:
+            assert reader.execute("select count(*) from calls").fetchone() == (1,)
+            assert reader.execute("select calls from daily_usage").fetchall() == [(1,)]
+            reader.execute("select count(*) from credentials").fetchone()
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="schema sluice_secrets"):
+                reader.execute("select access_token from sluice_secrets.oauth_tokens")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                reader.execute("insert into calls (id, started_at, host, path) values ('x', 'x', 'x', 'x')")
+            tables = reader.execute(
+                "select table_schema, table_name from information_schema.tables where table_schema <> "
+                "'information_schema' and table_schema not like 'pg_%'"
+            ).fetchall()
+            assert "sluice_secrets" not in {schema for schema, _ in tables}
+    finally:
+        admin.close()
+        with postgres_server.admin_connect() as cleanup:
+            cleanup.execute(f"drop database if exists {database} with (force)")
+            for role in names.values():
+                cleanup.execute(f"drop role if exists {role}")
