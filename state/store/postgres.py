@@ -35,6 +35,8 @@ CONNECT_TIMEOUT_S = 5
 # Any single statement is cancelled after this long: a lock held by a proxy that vanished mid-transaction is
 # released by the server when its connection drops, but a statement must not wait forever behind one.
 STATEMENT_TIMEOUT_MS = 30_000
+# Unacknowledged data on a connection for this long means the server is gone (libpq's tcp_user_timeout).
+TCP_USER_TIMEOUT_MS = 15_000
 
 # Advisory locks are 64-bit keys in one namespace per database: sluice's are `hashtextextended(name, seed)`.
 _LOCK_SEED = 0x51_1C_E0
@@ -114,6 +116,13 @@ def connection_settings() -> dict[str, Any]:
         "connect_timeout": CONNECT_TIMEOUT_S,
         "application_name": "sluice",
         "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c timezone=UTC",
+        # A server that vanished without a word (a network partition, not a refused connection) is noticed
+        # within seconds, not after the system's TCP retries: no statement waits on a dead peer for minutes.
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
     }
 
 

@@ -348,7 +348,7 @@ def test_quota_reads_every_family(db_path: Path, capsys: pytest.CaptureFixture[s
         f"{ANTHROPIC} · key-1 · seen 3m ago",
         "requests │ 49 / 50 left (2% used)",
         "tokens   │ 38,000 / 40,000 left (5% used)",
-        f"({_rfc3339(NOW + timedelta(hours=1))[11:19]} UTC)",
+        f"{_rfc3339(NOW + timedelta(hours=1))[11:19]} UTC)",  # with its date when that is tomorrow
         f"{ANTHROPIC} · oauth-max",
         "allowed_warning · claim five_hour",
         "42% used",
