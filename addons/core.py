@@ -259,19 +259,6 @@ class SluiceCore:
         self.writer = RecordWriter(store.connect, path=path, in_flight=lambda: len(self.calls))
         self.writer.start()
 
-    def require_store(self, what: str) -> Store:
-        """The store, for a part that needs the database (open once `sluice_db` is configured, which is
-        before any other part's `configure`: the core comes first). `what` runs on SQLite only so far: a
-        PostgreSQL store stops start-up with a message naming it."""
-        if self.store is None:
-            raise exceptions.OptionsError("sluice_db: no database is open yet")
-        if not isinstance(self.store, Store):
-            raise exceptions.OptionsError(
-                f"sluice_db: {what} does not run on PostgreSQL yet ({self.store.display}); "
-                "use a SQLite file, or leave it out of the configuration"
-            )
-        return self.store
-
     def request(self, flow: http.HTTPFlow) -> None:
         """Create the flow's call record: the one place a record is made, before any other part runs."""
         if flow.live and flow.id not in self.calls:

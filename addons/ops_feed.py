@@ -117,10 +117,7 @@ class OpsFeed:
             except ValueError as e:
                 raise exceptions.OptionsError(f"sluice_otlp: {e}") from None
         alerts = alert_targets(self.core)
-        # The ops process reads the database only when it runs at all.
-        store = (
-            self.core.require_store("metrics, tracing and alerts") if address or endpoint or alerts else None
-        )
+        store = self.core.store
         wanted = Settings(
             db_path=store.location if store is not None else "",
             poll_s=options.sluice_ops_poll_ms / 1000,

@@ -33,7 +33,7 @@ from rules.alerting import AlertEvent, Burst, Crossings, EventKind, webhook_body
 from rules.config import Alert
 from rules.secrets import fingerprint
 from state.ops import AlertLog, Snapshot
-from state.store import open_sqlite_store
+from state.store import open_store
 
 log = logging.getLogger("sluice")
 
@@ -264,9 +264,7 @@ class Alerts:
         alert_log: AlertLog | None = None
         while (event := webhook.queue.get()) is not None:
             try:
-                alert_log = alert_log or AlertLog(
-                    open_sqlite_store(self.db_path or "sluice.db", "the alert log").connect()
-                )
+                alert_log = alert_log or AlertLog(open_store(self.db_path or "sluice.db").connect())
                 claimed = alert_log.claim(
                     dedup=event.dedup,
                     webhook=webhook.name,

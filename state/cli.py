@@ -3,6 +3,9 @@
     sluice usage [--db PATH] [--by DIMS] [--since WHEN] [--until WHEN] [--json | --csv | --html FILE]
     sluice quota [--db PATH] [--host HOST] [--credential NAME] [--json | --statusline]
     sluice quota --live [--config PATH] [--db PATH] [--host HOST] [--json]
+    sluice migrate --from PATH --to postgresql://USER@HOST:PORT/DB
+
+`--db` (or $SLUICE_DB) is a SQLite file or a PostgreSQL URL.
 
 Every subcommand registers in SUBCOMMANDS, in one place. Reading never creates a database: a missing file is
 an error (exit 1), an empty one a friendly line (exit 0). `quota --live` is the one that writes: it asks the
@@ -27,6 +30,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import sqlite_utils
 from rich.console import Console
 from rich.measure import Measurement
@@ -36,7 +40,7 @@ from rich.text import Text
 from rules.config import ConfigError, load_config
 from rules.credential_files import TokenResponse
 from rules.providers.anthropic.oauth_usage import SOURCE as OAUTH_USAGE_SOURCE
-from state import html_report, quota_live, report, sandbox
+from state import html_report, move, quota_live, report, sandbox
 from state.budgets import BudgetLedger, ClientBudget, TeamSpend, budget_usd
 from state.netns import clean_stale
 from state.oauth import CredentialDead, CredentialUnavailable, OAuthStore
@@ -44,8 +48,8 @@ from state.oauth_http import post_refresh
 from state.pool import CredentialPool
 from state.ratelimits import QuotaSummary, format_duration, format_percent, pool_statusline, statusline
 from state.sandbox_env import SandboxError
-from state.store import NotOnPostgres, Store, open_sqlite_store, redact
-from state.store.postgres import is_postgres
+from state.store import AnyStore, Database, PostgresStore, Store, open_store, postgres, redact
+from state.store.postgres import PgDatabase, is_postgres
 from state.writer import RecordWriter
 
 DEFAULT_DB = "sluice.db"
@@ -86,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except (CliError, NotOnPostgres) as e:
+    except CliError as e:
         print(f"sluice: error: {e}", file=sys.stderr)
         return 1
     except sqlite3.Error as e:  # e.g. locked by a writer for longer than the busy timeout
@@ -118,10 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def open_database(path: str) -> sqlite_utils.Database:
-    """Open an existing sluice database (migrating it if it is older than this code); never create one."""
+def open_database(path: str) -> Database:
+    """Open an existing sluice database, a file or a PostgreSQL URL (migrating it if it is older than this
+    code); never create one."""
     if is_postgres(path):
-        raise NotOnPostgres(f"the sluice command reads SQLite files only so far: {redact(path)}")
+        return _open_postgres(path)
     file = Path(path).expanduser()
     if not file.exists():
         raise CliError(
@@ -141,9 +146,37 @@ def open_database(path: str) -> sqlite_utils.Database:
             probe.close()
         if not is_sluice:
             raise CliError(f"cannot open {path} as a sluice database: it has no sluice tables")
-        return open_sqlite_store(file, "the sluice command").connect()
+        return Store(file).connect()
     except sqlite3.Error as e:
         raise CliError(f"cannot open {path} as a sluice database: {e}") from e
+
+
+def _open_postgres(url: str) -> PgDatabase:
+    """A sluice database on PostgreSQL: refused, untouched, when it has no sluice tables (a read command must
+    not add them to some other database). Messages name it without its password."""
+    try:
+        db = postgres.open_connection(url)
+    except psycopg.Error as e:
+        raise CliError(f"cannot open {redact(url)}: {e}") from None
+    try:
+        found = db.conn.raw.execute("select to_regclass('public._sluice_migrations')").fetchone()
+        if found is None or found[0] is None:
+            raise CliError(f"cannot open {redact(url)} as a sluice database: it has no sluice tables")
+        if not postgres.up_to_date(db):
+            postgres.migrate(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _stored_tokens(db: str) -> Path | PostgresStore | None:
+    """Where the OAuth tokens of database `db` are: on PostgreSQL its secrets schema; beside a file, its
+    secrets file (None when there is none: only the proxy's credential part creates it)."""
+    if is_postgres(db):
+        return PostgresStore(db)
+    secrets = Store(db).secrets_path
+    return secrets if secrets.exists() else None
 
 
 # ── usage ────────────────────────────────────────
@@ -209,7 +242,7 @@ def run_usage(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_usage_html(database: sqlite_utils.Database, args: argparse.Namespace) -> int:
+def _write_usage_html(database: Database, args: argparse.Namespace) -> int:
     page = html_report.render(database, since=args.since, until=args.until, now=clock())
     target = Path(args.html).expanduser()
     try:
@@ -408,10 +441,14 @@ def run_quota_live(args: argparse.Namespace) -> int:
         scope = " matching" if args.host is not None or args.credential is not None else ""
         raise CliError(f"no{scope} [[upstreams]] with oauth in {args.config}: --live reads OAuth logins only")
     # Created (and migrated) if missing: the readings are recorded in it.
-    sluice_store = open_sqlite_store(args.db, "sluice quota --live")
+    try:
+        sluice_store = open_store(args.db)
+    except psycopg.Error as e:
+        raise CliError(f"cannot open {redact(args.db)}: {e}") from None
     database = sluice_store.connect()
     pool = CredentialPool(database)
-    store = OAuthStore(sluice_store.secrets_path, on_event=_pool_history(pool))
+    tokens = sluice_store if isinstance(sluice_store, PostgresStore) else sluice_store.secrets_path
+    store = OAuthStore(tokens, on_event=_pool_history(pool))
     try:
         # The default context verifies like any client: the system's CAs, or SSL_CERT_FILE when set.
         results = asyncio.run(
@@ -456,11 +493,11 @@ def _pool_history(pool: CredentialPool) -> Callable[[str, str, str], None]:
     return record
 
 
-def _record_readings(store: Store, readings: Sequence[quota_live.UsageReading]) -> None:
+def _record_readings(store: AnyStore, readings: Sequence[quota_live.UsageReading]) -> None:
     """Into `rate_limits`, through the same writer (and the same newest-wins rule) as the proxy's calls."""
     if not readings:
         return
-    writer = RecordWriter(store.connect, path=store.file)
+    writer = RecordWriter(store.connect, path=store.file if isinstance(store, Store) else None)
     writer.start()
     for reading in readings:
         writer.put(reading.record())
@@ -653,8 +690,8 @@ def run_credentials(args: argparse.Namespace) -> int:
     if args.events:
         return _show_events(args)
     database = open_database(args.db)
-    secrets = Store(args.db).secrets_path
-    store = OAuthStore(secrets) if secrets.exists() else None
+    tokens = _stored_tokens(args.db)
+    store = OAuthStore(tokens) if tokens is not None else None
     try:
         pool = CredentialPool(database)
         if args.reset:
@@ -743,8 +780,8 @@ def _refresh_by_hand(args: argparse.Namespace) -> int:
             f"{host}'s access token is minted by the proxy itself, ahead of expiry: nothing to refresh"
         )
     database = open_database(args.db)
-    secrets = Store(args.db).secrets_path
-    if not secrets.exists():
+    tokens = _stored_tokens(args.db)
+    if tokens is None:
         raise CliError(f"no OAuth tokens stored beside {args.db}: start the proxy once so it seeds them")
     pool = CredentialPool(database)
     store: OAuthStore | None = None
@@ -759,7 +796,7 @@ def _refresh_by_hand(args: argparse.Namespace) -> int:
         )
         if state is None:
             raise CliError(f"no OAuth credential {label!r} for {upstream.host}")
-        store = OAuthStore(secrets, on_event=_pool_history(pool))
+        store = OAuthStore(tokens, on_event=_pool_history(pool))
         context = ssl.create_default_context()  # honours SSL_CERT_FILE, as the proxy's trust does
 
         async def refresh(token: str) -> TokenResponse:
@@ -1135,6 +1172,70 @@ def run_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+# ── migrate ──────────────────────────────────────
+
+
+def _add_migrate(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "migrate",
+        help="move a SQLite sluice database's history into a PostgreSQL one",
+        description="Copy every table the proxies write (calls, rate limits, the credential pool and its "
+        "history, budgets and holds, rate admissions, alerts, sandbox events) from a SQLite sluice database "
+        "into a PostgreSQL one, creating sluice's tables there if need be. Rows already there are left as "
+        "they are: running it twice adds nothing, and a run that stopped half way is completed by running "
+        "it again. The OAuth tokens are not moved (they are not in the database file): log in again.",
+        usage="sluice migrate --from PATH --to postgresql://USER@HOST:PORT/DB",
+    )
+    parser.add_argument(
+        "--from", dest="source", metavar="PATH", required=True, help="the SQLite sluice database"
+    )
+    parser.add_argument(
+        "--to",
+        dest="target",
+        metavar="URL",
+        required=True,
+        help="the PostgreSQL database (libpq URL; PGPASSWORD and the other PG* variables apply)",
+    )
+    parser.set_defaults(handler=run_migrate)
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    if not is_postgres(args.target):
+        raise CliError(f"--to: a PostgreSQL URL (postgresql://…), not {redact(args.target)}")
+    source = open_database(args.source)
+    if not isinstance(source, sqlite_utils.Database):
+        raise CliError("--from: a SQLite sluice database file")
+    try:
+        target_store = open_store(args.target)  # sluice's tables created there if need be
+    except psycopg.Error as e:
+        source.close()
+        raise CliError(f"cannot open {redact(args.target)}: {e}") from None
+
+    def progress(moved: move.Moved) -> None:
+        print(f"sluice migrate: {moved.table}: {moved.read:,} read, {moved.added:,} added", file=sys.stderr)
+
+    target = target_store.connect()
+    try:
+        assert isinstance(target, PgDatabase)  # open_store gave a PostgreSQL store for a PostgreSQL URL
+        results = move.move_history(source, target, progress=progress)
+    finally:
+        target.close()
+        target_store.close()
+        source.close()
+    table = Table(title=f"{args.source} → {redact(args.target)}")
+    for heading in ("table", "rows read", "added", "already there", "refused"):
+        table.add_column(heading, justify="left" if heading == "table" else "right")
+    for moved in results:
+        refused = len(moved.refused)
+        there = moved.read - moved.added - refused
+        _add_row(table, moved.table, f"{moved.read:,}", f"{moved.added:,}", f"{there:,}", f"{refused:,}")
+    _print_table(_console(), table)
+    for moved in results:
+        for reason in moved.refused:
+            print(f"sluice migrate: not copied: {reason}", file=sys.stderr)
+    return 1 if any(moved.refused for moved in results) else 0
+
+
 # Every subcommand, in the order `sluice --help` lists them. A new one is an `_add_<name>(subparsers,
 # common)` function that adds its parser with `parents=[common]` (for --db) and sets `handler=`,
 # appended here.
@@ -1147,6 +1248,7 @@ SUBCOMMANDS: tuple[Callable[[Subparsers, argparse.ArgumentParser], None], ...] =
     _add_sandbox,
     _add_doctor,
     _add_replay,
+    _add_migrate,
 )
 
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from html import escape
 
-import sqlite_utils
-
 from state import report
+from state.store import Database
 
 # Series beyond this many are summed into "other" (by total, largest first).
 MAX_SERIES = 8
@@ -68,7 +67,7 @@ class Series:
 
 
 def render(
-    db: sqlite_utils.Database,
+    db: Database,
     *,
     since: datetime | None = None,
     until: datetime | None = None,

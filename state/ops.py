@@ -11,20 +11,17 @@ is alerted once: the first to insert the crossing's `dedup` key delivers it, the
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import sqlite_utils
-
 from state.budgets import BudgetLedger, ClientBudget
 from state.oauth import OAuthStore
 from state.pool import CredentialPool, CredentialState
 from state.report import quota
-from state.store import Store, open_sqlite_store
-from state.store.sqlite import immediate
+from state.store import AnyStore, Database, PostgresStore, open_store
+from state.store_errors import DATABASE_ERRORS, transaction
 
 log = logging.getLogger("sluice")
 
@@ -67,25 +64,27 @@ class OpsReader:
 
     def __init__(self, db_path: str | Path) -> None:
         self._db_path = db_path
-        self._store: Store | None = None
-        self._db: sqlite_utils.Database | None = None
+        self._store: AnyStore | None = None
+        self._db: Database | None = None
         self._oauth: OAuthStore | None = None
 
-    def _open_store(self) -> Store:
+    def _open_store(self) -> AnyStore:
         if self._store is None:
-            self._store = open_sqlite_store(self._db_path, "the ops process's readings")
+            self._store = open_store(self._db_path)
         return self._store
 
-    def _open(self) -> sqlite_utils.Database:
+    def _open(self) -> Database:
         if self._db is None:
             self._db = self._open_store().connect()
         return self._db
 
     def _oauth_store(self) -> OAuthStore | None:
         if self._oauth is None:
-            secrets = self._open_store().secrets_path
-            if secrets.exists():  # never create the secrets file: only the credential part does
-                self._oauth = OAuthStore(secrets)
+            store = self._open_store()
+            if isinstance(store, PostgresStore):
+                self._oauth = OAuthStore(store)  # its secrets schema, which the migrations created
+            elif store.secrets_path.exists():  # never create the secrets file: only the credential part does
+                self._oauth = OAuthStore(store.secrets_path)
         return self._oauth
 
     def snapshot(self, now: float | None = None) -> Snapshot:
@@ -97,7 +96,7 @@ class OpsReader:
             credentials = tuple(CredentialPool(db).states(now))
             windows, limits = _quota_levels(db)
             budgets = tuple(BudgetLedger(db).status())
-        except sqlite3.Error as e:
+        except DATABASE_ERRORS as e:
             log.warning("sluice: ops: could not read the database (%s); gauges skipped this time", e)
             self.close()
             return Snapshot(at=now)
@@ -123,7 +122,7 @@ class OpsReader:
                 if status is not None and status.expires_at is not None:
                     found.append((host, float(status.expires_at)))
             return tuple(found)
-        except sqlite3.Error as e:
+        except DATABASE_ERRORS as e:
             log.warning("sluice: ops: could not read OAuth expiry (%s)", e)
             return ()
 
@@ -134,9 +133,12 @@ class OpsReader:
         if self._oauth is not None:
             self._oauth.close()
             self._oauth = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
 
-def _quota_levels(db: sqlite_utils.Database) -> tuple[tuple[WindowLevel, ...], tuple[LimitLevel, ...]]:
+def _quota_levels(db: Database) -> tuple[tuple[WindowLevel, ...], tuple[LimitLevel, ...]]:
     windows: list[WindowLevel] = []
     limits: list[LimitLevel] = []
     for entry in quota(db):
@@ -165,13 +167,13 @@ def _quota_levels(db: sqlite_utils.Database) -> tuple[tuple[WindowLevel, ...], t
 class AlertLog:
     """The `alerts` table, over a connection of its own. One owner thread (the alert delivery thread)."""
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Database) -> None:
         self._conn = db.conn
 
     def claim(self, *, dedup: str, webhook: str, at: float, event: str, subject: str, message: str) -> bool:
         """Record the alert as pending; False when that crossing was already recorded for this webhook (by
         this process before a restart, or by another process sharing the database): do not deliver."""
-        with immediate(self._conn):
+        with transaction(self._conn, f"alert:{dedup}"):
             cursor = self._conn.execute(
                 "insert or ignore into alerts (dedup, webhook, at, event, subject, message) "
                 "values (?, ?, ?, ?, ?, ?)",
@@ -180,7 +182,7 @@ class AlertLog:
         return cursor.rowcount == 1
 
     def finish(self, *, dedup: str, webhook: str, delivered: bool, attempts: int, error: str | None) -> None:
-        with immediate(self._conn):
+        with transaction(self._conn, f"alert:{dedup}"):
             self._conn.execute(
                 "update alerts set state = ?, attempts = ?, error = ?, delivered_at = ? "
                 "where dedup = ? and webhook = ?",

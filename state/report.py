@@ -1,4 +1,5 @@
-"""Read-only queries behind `sluice usage` and `sluice quota`, over an injected `sqlite_utils.Database`.
+"""Read-only queries behind `sluice usage` and `sluice quota`, over an injected connection of either engine
+(a `sqlite_utils.Database`, or a PostgreSQL store's `PgDatabase`), giving the same answers on both.
 
 Every function returns plain dataclasses; formatting belongs to `state.cli`. Token counts are summed as
 integers, costs as decimals (the sum of the stored values as written, not of their binary approximations), so
@@ -19,8 +20,11 @@ import sqlite_utils
 from rules.call_outcome import ERROR_SQL
 from rules.times import parse_duration
 from state.ratelimits import QuotaSummary, summarize
+from state.store import Database
+from state.store.postgres import PgDatabase
 
-# The dimensions `usage` can group by, and the SQL expression of each over `calls`.
+# The dimensions `usage` can group by, and the SQL expression of each over `calls` (SQLite's; PostgreSQL's
+# differ where SQLite's date functions are used: `_POSTGRES_GROUP_BY`).
 GROUP_BY_COLUMNS: dict[str, str] = {
     "day": "date(started_at)",
     "model": "model",
@@ -33,6 +37,12 @@ GROUP_BY_COLUMNS: dict[str, str] = {
     "session": "session_id",
     # Claude subscription-style 5-hour windows (`five_hour_blocks`), by the start of each.
     "block": "sluice_block(started_at)",
+}
+# `started_at` is ISO 8601 text in UTC on both engines: its day and hour are its first 10 and 13 characters.
+_POSTGRES_GROUP_BY = {
+    "day": "substr(started_at, 1, 10)",
+    "hour": "substr(started_at, 1, 13) || ':00Z'",
+    "block": "(select label from _sluice_blocks where _sluice_blocks.started_at = calls.started_at)",
 }
 DEFAULT_GROUP_BY = ("day", "model")
 # Dimensions whose rows also say when their first and last calls started.
@@ -185,12 +195,13 @@ def parse_time(text: str, now: datetime, *, end_of_day: bool = False) -> datetim
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def count_calls(db: sqlite_utils.Database) -> int:
-    return int(db.execute("select count(*) from calls").fetchone()[0])
+def count_calls(db: Database) -> int:
+    row = db.execute("select count(*) from calls").fetchone()
+    return int(row[0]) if row else 0
 
 
 def usage(
-    db: sqlite_utils.Database,
+    db: Database,
     *,
     group_by: Sequence[str] = DEFAULT_GROUP_BY,
     since: datetime | None = None,
@@ -202,15 +213,23 @@ def usage(
     the index on `started_at` usable.
     """
     dimensions = parse_group_by(",".join(group_by))
-    _register_decimal_sum(db)
+    columns = GROUP_BY_COLUMNS
+    if isinstance(db, PgDatabase):
+        columns = {**GROUP_BY_COLUMNS, **_POSTGRES_GROUP_BY}
+        # The exact decimal sum of the costs as stored (the shortest text of each double, as Python's repr).
+        cost_sum = "coalesce(sum(cost_usd::text::numeric), 0)::text"
+    else:
+        _register_decimal_sum(db)
+        cost_sum = f"{_DECIMAL_SUM}(cost_usd)"
     if "block" in dimensions:
         _register_blocks(db)
-    keys = ", ".join(f'{GROUP_BY_COLUMNS[name]} as "{name}"' for name in dimensions)
+    keys = ", ".join(f'{columns[name]} as "{name}"' for name in dimensions)
     positions = ", ".join(str(n) for n in range(1, len(dimensions) + 1))
-    order = positions
+    # Groups with no value (NULL) first, as SQLite orders them, on both engines.
+    order = ", ".join(f"{n} nulls first" for n in range(1, len(dimensions) + 1))
     if "session" in dimensions:
         # Sessions in the order they began, not by their random ids.
-        order = f"min(min(started_at)) over (partition by session_id), {positions}"
+        order = f"min(min(started_at)) over (partition by session_id), {order}"
     where, params = _time_filter(since, until)
     sql = f"""
         select {keys},
@@ -223,7 +242,7 @@ def usage(
             sum(coalesce(cache_write_1h_tokens, 0)) as cache_write_1h_tokens,
             sum(coalesce(output_tokens, 0)) as output_tokens,
             sum(coalesce(reasoning_tokens, 0)) as reasoning_tokens,
-            {_DECIMAL_SUM}(cost_usd) as cost_usd,
+            {cost_sum} as cost_usd,
             sum(case when cost_usd is null and coalesce(api, '') != 'count_tokens' and not {ERROR_SQL}
                 then 1 else 0 end) as unpriced_calls,
             sum(case when {ERROR_SQL} then 1 else 0 end) as errors
@@ -258,7 +277,7 @@ def total_of(rows: Iterable[UsageRow]) -> UsageRow:
 
 
 def rate_limit_observations(
-    db: sqlite_utils.Database,
+    db: Database,
     *,
     host: str | None = None,
     credential: str | None = None,
@@ -306,7 +325,7 @@ def rate_limit_observations(
 
 
 def quota(
-    db: sqlite_utils.Database,
+    db: Database,
     *,
     host: str | None = None,
     credential: str | None = None,
@@ -323,14 +342,14 @@ def quota(
     ]
 
 
-def _time_filter(since: datetime | None, until: datetime | None) -> tuple[str, dict[str, str]]:
-    clauses, params = [], {}
+def _time_filter(since: datetime | None, until: datetime | None) -> tuple[str, list[str]]:
+    clauses, params = [], []
     if since is not None:
-        clauses.append("started_at >= :since")
-        params["since"] = since.astimezone(UTC).isoformat()
+        clauses.append("started_at >= ?")
+        params.append(since.astimezone(UTC).isoformat())
     if until is not None:
-        clauses.append("started_at < :until")
-        params["until"] = until.astimezone(UTC).isoformat()
+        clauses.append("started_at < ?")
+        params.append(until.astimezone(UTC).isoformat())
     return (f"where {' and '.join(clauses)}" if clauses else ""), params
 
 
@@ -378,9 +397,10 @@ def block_label(start: datetime) -> str:
     return start.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
-def _register_blocks(db: sqlite_utils.Database) -> None:
-    """`sluice_block(started_at)`: the block of a call, computed over every call in the database (a block's
-    start does not depend on the --since/--until window)."""
+def _register_blocks(db: Database) -> None:
+    """The block of each call, computed over every call in the database (a block's start does not depend on
+    the --since/--until window): SQLite's `sluice_block(started_at)` function, or on PostgreSQL a temporary
+    table `_sluice_blocks` (started_at, label) for this connection."""
     texts = [row[0] for row in db.execute("select distinct started_at from calls order by started_at")]
     timed = [(text, moment) for text in texts if (moment := _parse_stored_time(text)) is not None]
     timed.sort(key=lambda pair: pair[1])
@@ -388,6 +408,15 @@ def _register_blocks(db: sqlite_utils.Database) -> None:
         text: block_label(start)
         for (text, _), start in zip(timed, five_hour_blocks(m for _, m in timed), strict=True)
     }
+    if isinstance(db, PgDatabase):
+        db.conn.raw.execute(
+            "create temporary table if not exists _sluice_blocks (started_at text primary key, label text)"
+        )
+        db.conn.raw.execute("truncate _sluice_blocks")
+        with db.conn.raw.cursor() as cursor, cursor.copy("copy _sluice_blocks from stdin") as copy:
+            for item in labels.items():
+                copy.write_row(item)
+        return
     db.conn.create_function(_BLOCK, 1, labels.get, deterministic=True)
 
 

@@ -377,7 +377,7 @@ class RecordWriter:
         call_rows = _rows(calls, CALL_COLUMNS, storable=storable)
         limit_rows = _newest_rate_limits([r for r in batch if isinstance(r, CallRecord | QuotaRecord)])
         if storable:
-            limit_rows = [tuple(_cell(value) for value in row) for row in limit_rows]
+            limit_rows = [tuple(storable_value(value) for value in row) for row in limit_rows]
         settled_at = time.time()
         settle_rows = [
             (record.budget[0], record.budget[1], settled_at, record.row["id"])
@@ -470,11 +470,11 @@ def _rows(
     batch: Sequence[CallRecord | SandboxEvent], columns: Mapping[str, type], *, storable: bool
 ) -> list[tuple[Any, ...]]:
     if storable:
-        return [tuple(_cell(record.row.get(column)) for column in columns) for record in batch]
+        return [tuple(storable_value(record.row.get(column)) for column in columns) for record in batch]
     return [tuple(map(record.row.get, columns)) for record in batch]
 
 
-def _cell(value: Any) -> Any:
+def storable_value(value: Any) -> Any:
     """A value either engine will take: text that is valid UTF-8 without NUL characters (PostgreSQL's text
     cannot hold one), integers that fit in 64 bits.
 

@@ -44,11 +44,9 @@ __all__ = [
     "SANDBOX_EVENT_COLUMNS",
     "AnyStore",
     "Database",
-    "NotOnPostgres",
     "PostgresStore",
     "Store",
     "connect",
-    "open_sqlite_store",
     "open_store",
     "redact",
 ]
@@ -176,21 +174,6 @@ type AnyStore = Store | PostgresStore
 # A connection a part keeps: sqlite-utils' over sqlite3, or its PostgreSQL counterpart (`.conn.execute` with
 # `?` parameters on both).
 type Database = sqlite_utils.Database | postgres.PgDatabase
-
-
-class NotOnPostgres(ValueError):
-    """A part of sluice that runs on SQLite only so far was given a PostgreSQL location."""
-
-
-def open_sqlite_store(location: str | os.PathLike[str], what: str) -> Store:
-    """`open_store` for `what`, which reads and writes SQLite only so far: a PostgreSQL location is refused
-    with a message that names `what` (and the location without its password)."""
-    text = os.fspath(location)
-    if postgres.is_postgres(text):
-        raise NotOnPostgres(f"{what} does not run on PostgreSQL yet ({redact(text)}); it takes a SQLite file")
-    store = Store(text)
-    store.connect().close()
-    return store
 
 
 def open_store(location: str | os.PathLike[str]) -> AnyStore:

@@ -132,13 +132,14 @@ def open_connection(location: str) -> PgDatabase:
     return PgDatabase(PgConnection(psycopg.connect(location, **connection_settings())))
 
 
-def copy_new_rows(conn: PgConnection, table: str, columns: list[str], rows: Sequence[Sequence[Any]]) -> None:
+def copy_new_rows(conn: PgConnection, table: str, columns: list[str], rows: Sequence[Sequence[Any]]) -> int:
     """Add `rows` to `table`, leaving out those whose key it holds already, inside the caller's transaction:
     `COPY` into a temporary table shaped like it (emptied at each commit), then one `INSERT … SELECT … ON
     CONFLICT DO NOTHING`. COPY streams the batch in one round trip; an `INSERT` of many `VALUES` groups is
-    planned row by row (measured: ~118,000 rows a second against ~7,700 on this machine)."""
+    planned row by row (measured: ~118,000 rows a second against ~7,700 on this machine). Returns how many
+    rows were added."""
     if not rows:
-        return
+        return 0
     staging = f"_sluice_new_{table}"
     names = ", ".join(columns)
     conn.raw.execute(
@@ -148,7 +149,10 @@ def copy_new_rows(conn: PgConnection, table: str, columns: list[str], rows: Sequ
     with conn.raw.cursor() as cursor, cursor.copy(f"copy {staging} ({names}) from stdin") as copy:
         for row in rows:
             copy.write_row(row)
-    conn.raw.execute(f"insert into {table} ({names}) select {names} from {staging} on conflict do nothing")
+    added = conn.raw.execute(
+        f"insert into {table} ({names}) select {names} from {staging} on conflict do nothing"
+    )
+    return added.rowcount
 
 
 @contextmanager

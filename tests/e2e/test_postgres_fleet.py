@@ -7,13 +7,12 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.e2e.harness import Proxy, anthropic_client, async_anthropic_client, start_up_failure
+from tests.e2e.harness import Proxy, anthropic_client, async_anthropic_client, free_port
 from tests.e2e.test_recording import CLAUDE_USAGE, MESSAGE
 from tests.fake_provider import FakeProvider
 from tests.postgres import PostgresServer
@@ -116,26 +115,29 @@ def test_calls_keep_flowing_while_postgresql_is_away_and_their_rows_land_when_it
     assert server.password not in log
 
 
-def test_a_part_not_on_postgresql_yet_stops_start_up_and_names_itself(
-    fake: FakeProvider,
-    start_proxy: StartProxy,
-    postgres_server: PostgresServer,
-    postgres_url: str,
-    tmp_path: Path,
+def test_the_ops_process_reads_its_gauges_from_postgresql(
+    fake: FakeProvider, start_proxy: StartProxy, postgres_server: PostgresServer, postgres_url: str
 ) -> None:
-    config = """
-[[upstreams]]
-host = "api.anthropic.com"
-provider = "anthropic"
-keys = ["env:SLUICE_TEST_REAL_KEY"]
-"""
-    log = start_up_failure(
-        start_proxy,
-        tmp_path / "refused",
-        set_db=False,
-        config_toml=config,
-        extra_args=[*_on(postgres_url), "--set", "sluice_metrics=127.0.0.1:0"],
-        env={"SLUICE_TEST_REAL_KEY": "sk-ant-real-key-0000"},
+    from tests.e2e.test_ops import ALICE_KEY, CONFIG, ENV, LABEL_1, REAL_KEYS, scrape_until, total
+    from tests.e2e.test_ops import MESSAGE as OPS_MESSAGE
+
+    port = free_port()
+    metrics = ["--set", f"sluice_metrics=127.0.0.1:{port}", "--set", "sluice_ops_poll_ms=100"]
+    proxy = start_proxy(set_db=False, config_toml=CONFIG, env=ENV, extra_args=[*_on(postgres_url), *metrics])
+    proxy.wait_for_log(f"127.0.0.1:{port}/metrics")
+    fake.next(usage=CLAUDE_USAGE, times=3)
+    with anthropic_client(proxy, ALICE_KEY) as client:
+        for _ in range(3):
+            assert client.messages.create(**OPS_MESSAGE).content
+    _wait_for_rows(postgres_url, 3)
+
+    samples = scrape_until(
+        port,
+        lambda s: total(s, "sluice_budget_spent_usd", client="alice") > 0,
+        "alice's spend, from PostgreSQL",
     )
-    assert "metrics, tracing and alerts does not run on PostgreSQL yet" in log
-    assert postgres_server.password not in log and "***" in log
+    assert total(samples, "sluice_credential_state", credential=LABEL_1, state="active") == 1
+    assert total(samples, "sluice_budget_limit_usd", client="alice", period="day") == 50
+    assert total(samples, "sluice_ratelimit_remaining", credential=LABEL_1, limit="anthropic:requests") > 0
+    log = proxy.log_path.read_text(errors="replace")
+    assert postgres_server.password not in log and not any(key in log for key in REAL_KEYS)

@@ -257,13 +257,3 @@ def test_proxies_in_several_processes_write_to_one_database_without_loss_or_dupl
         worker.join(DEADLINE_S)
         assert worker.exitcode == 0
     assert _count(postgres_url) == 500
-
-
-def test_a_sqlite_only_reader_refuses_postgresql_by_name(
-    postgres_server: PostgresServer, postgres_url: str
-) -> None:
-    from state.store import NotOnPostgres, open_sqlite_store
-
-    with pytest.raises(NotOnPostgres, match="the alert log does not run on PostgreSQL yet") as refused:
-        open_sqlite_store(postgres_url, "the alert log")
-    assert postgres_server.password not in str(refused.value)
