@@ -127,6 +127,8 @@ class Budget:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
+        if self.ledger is not None:
+            self.ledger.write_back()  # the holds admitted while the database was away, if any
 
     async def _beat(self) -> None:
         """Say this proxy is alive every HEARTBEAT_S, so its calls in flight keep counting, and read the

@@ -482,6 +482,23 @@ class BudgetLedger:
             except psycopg.Error as e:
                 self._lost(e, now)
 
+    def write_back(self) -> bool:
+        """At shutdown: the holds admitted while the database was away, written now if it answers (without
+        waiting out RECONNECT_S). False, logged as an error, when it is still away: their spend is then
+        missing from the budgets (each call's row still has its cost)."""
+        with self._lock:
+            if not self._away:
+                return True
+            self._retry_at = 0.0
+            if self._reachable(self._clock()):
+                return True
+            log.error(
+                "sluice: budgets: %d holds admitted while the database was away could not be written before "
+                "shutdown: their spend is not counted against the budgets",
+                len(self._away),
+            )
+            return False
+
     @property
     def away(self) -> bool:
         """Whether the database is away (admissions decide from what was last known)."""

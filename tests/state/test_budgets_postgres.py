@@ -163,6 +163,25 @@ def test_with_the_database_away_a_proxy_spends_only_its_share_of_what_was_left(
     assert len(holds) == 7
 
 
+def test_holds_admitted_while_the_database_was_away_are_written_at_shutdown_or_said_lost(
+    start_postgres: Callable[[], PostgresServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_postgres()
+    url = server.create_database()
+    now = [NOW]
+    ledger = _away_ledger(url, "one", now)
+    ledger.refresh({"alice": (1.0, "day")})
+    server.stop()
+    assert ledger.admit("away-1", "alice", 0.125, 1.0, "day").admitted and ledger.away
+    caplog.set_level(logging.ERROR, logger="sluice")
+    assert not ledger.write_back()  # still away: said, never silently dropped
+    assert "1 holds admitted while the database was away could not be written" in caplog.text
+    server.start()
+    assert ledger.write_back()  # at shutdown, without waiting out the reconnect interval
+    with open_store(url).reading() as db:
+        assert db.execute("select client, amount_usd from budget_holds").fetchall() == [("alice", 0.125)]
+
+
 def test_rate_limits_refuse_while_the_database_is_away_and_count_again_when_it_is_back(
     start_postgres: Callable[[], PostgresServer],
 ) -> None:
