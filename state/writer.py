@@ -20,6 +20,7 @@ deleted file's journal files behind it, so the rows go where reports and dataset
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -47,10 +48,22 @@ _CALL_SQL = "insert or ignore into calls ({}) values {{values}}".format(", ".joi
 _SANDBOX_EVENT_SQL = "insert or ignore into sandbox_events ({}) values {{values}}".format(
     ", ".join(SANDBOX_EVENT_COLUMNS)
 )
+# One row each, for PostgreSQL's pipelined batches (`_commit_postgres`).
+_ONE_CALL_SQL = _CALL_SQL.format(values="(" + ", ".join("?" * len(CALL_COLUMNS)) + ")")
+_ONE_SANDBOX_EVENT_SQL = _SANDBOX_EVENT_SQL.format(
+    values="(" + ", ".join("?" * len(SANDBOX_EVENT_COLUMNS)) + ")"
+)
 # Keep the newest observation per (host, credential, header); an older record arriving late loses.
 _RATE_LIMIT_SQL = """
 insert into rate_limits (host, credential, header, value, observed_at, call_id)
 values {values}
+on conflict (host, credential, header) do update set
+    value = excluded.value, observed_at = excluded.observed_at, call_id = excluded.call_id
+where excluded.observed_at >= rate_limits.observed_at
+"""
+_RATE_LIMITS_FROM_JSON_SQL = """
+insert into rate_limits (host, credential, header, value, observed_at, call_id)
+select r->>0, r->>1, r->>2, r->>3, r->>4, r->>5 from jsonb_array_elements(%s::jsonb) as r
 on conflict (host, credential, header) do update set
     value = excluded.value, observed_at = excluded.observed_at, call_id = excluded.call_id
 where excluded.observed_at >= rate_limits.observed_at
@@ -389,19 +402,16 @@ class RecordWriter:
             for record in calls
             if record.rate is not None
         ]
+        event_rows = _rows(events, SANDBOX_EVENT_COLUMNS, storable=storable)
         conn = db.conn
+        if isinstance(conn, PgConnection):
+            _commit_postgres(conn, call_rows, event_rows, limit_rows, settle_rows, rate_rows)
+            return
         conn.execute("begin immediate")
         try:
-            event_rows = _rows(events, SANDBOX_EVENT_COLUMNS, storable=storable)
-            if isinstance(conn, PgConnection):
-                copy_new_rows(conn, "calls", list(CALL_COLUMNS), call_rows)
-                copy_new_rows(conn, "sandbox_events", list(SANDBOX_EVENT_COLUMNS), event_rows)
-                if limit_rows:
-                    conn.executemany(_RATE_LIMIT_SQL.format(values="(?, ?, ?, ?, ?, ?)"), limit_rows)
-            else:
-                _insert_rows(conn, _CALL_SQL, call_rows)
-                _insert_rows(conn, _SANDBOX_EVENT_SQL, event_rows)
-                _insert_rows(conn, _RATE_LIMIT_SQL, limit_rows)
+            _insert_rows(conn, _CALL_SQL, call_rows)
+            _insert_rows(conn, _SANDBOX_EVENT_SQL, event_rows)
+            _insert_rows(conn, _RATE_LIMIT_SQL, limit_rows)
             if settle_rows:
                 conn.executemany(SETTLE_SQL, settle_rows)
             if rate_rows:
@@ -447,6 +457,55 @@ def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return (stat.st_dev, stat.st_ino)
+
+
+# Up to this many new rows a batch goes in one round trip (psycopg's pipeline mode: the transaction's
+# statements sent together, one sync); past it COPY streams them (COPY cannot run in a pipeline), a few round
+# trips for any number of rows.
+PIPELINED_ROWS = 64
+
+
+def _commit_postgres(
+    conn: PgConnection,
+    call_rows: list[tuple[Any, ...]],
+    event_rows: list[tuple[Any, ...]],
+    limit_rows: list[tuple[Any, ...]],
+    settle_rows: list[tuple[Any, ...]],
+    rate_rows: list[tuple[Any, ...]],
+) -> None:
+    """One batch in one PostgreSQL transaction; a row already there (the same call twice) left as it is."""
+
+    def write(copy: bool) -> None:
+        conn.execute("begin")
+        if copy:
+            copy_new_rows(conn, "calls", list(CALL_COLUMNS), call_rows)
+            copy_new_rows(conn, "sandbox_events", list(SANDBOX_EVENT_COLUMNS), event_rows)
+        else:
+            if call_rows:
+                conn.executemany(_ONE_CALL_SQL, call_rows)
+            if event_rows:
+                conn.executemany(_ONE_SANDBOX_EVENT_SQL, event_rows)
+        if limit_rows:
+            # One statement for all of them, one JSON parameter taken apart by the server: a row's two dozen
+            # headers would otherwise be two dozen statements (or arrays) for the client library to build,
+            # in Python, while the event loop waits for the interpreter lock.
+            conn.raw.execute(_RATE_LIMITS_FROM_JSON_SQL, (json.dumps(limit_rows),))
+        if settle_rows:
+            conn.executemany(SETTLE_SQL, settle_rows)
+        if rate_rows:
+            conn.executemany(SETTLE_RATE_SQL, rate_rows)
+        conn.execute("commit")
+
+    try:
+        if len(call_rows) + len(event_rows) > PIPELINED_ROWS:
+            write(copy=True)
+        else:
+            with conn.raw.pipeline():
+                write(copy=False)
+    except BaseException:
+        if conn.in_transaction:
+            conn.raw.execute("rollback")
+        raise
 
 
 def _insert_rows(conn: sqlite3.Connection, statement: str, rows: Sequence[tuple[Any, ...]]) -> None:
