@@ -1,7 +1,7 @@
 """Fixtures for end-to-end tests: the test CA, the fake provider, and real mitmdump processes.
 
     def test_usage_is_recorded(fake, sluice_proxy):
-        since = len(sluice_proxy.rows())
+        since = sluice_proxy.mark()
         fake.next(usage=Usage(input_tokens=7, output_tokens=3))
         anthropic_client(sluice_proxy).messages.create(...)
         [row] = sluice_proxy.wait_for_rows(1, since=since)
@@ -114,6 +114,6 @@ def bare_proxy(module_start_proxy: ProxyFactory) -> Proxy:
 def sluice_proxy(module_start_proxy: ProxyFactory) -> Proxy:
     """A mitmdump running `addons/sluice.py` with no config (recording only), shared by the module.
 
-    Shared means shared database: take `since = len(proxy.rows())` before a call and wait with `since=`.
+    Shared means shared database: take `since = proxy.mark()` before a call and wait with `since=`.
     """
     return module_start_proxy(addon=True)

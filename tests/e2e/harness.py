@@ -295,6 +295,10 @@ class Proxy:
             raise ValueError("this proxy runs without the sluice addon: no database")
         return wait_for_rows(self.db_path, n, since=since, timeout=timeout)
 
+    def mark(self) -> RowMark:
+        """Where this proxy's rows stand now, for `wait_for_rows(n, since=mark)` on a shared proxy."""
+        return RowMark.of(len(self.rows()))
+
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGINT (so addons' `done` runs and queues drain), then SIGKILL after `timeout`."""
         if self.process.poll() is None:
@@ -647,16 +651,33 @@ def rows(db_path: Path) -> list[dict[str, Any]]:
         conn.close()
 
 
-def wait_for_rows(db_path: Path, n: int, *, since: int = 0, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """Poll until `calls` has at least `since + n` rows (the proxy writes from a background thread).
+class RowMark(int):
+    """A count of `calls` rows and the moment it was taken. On a proxy tests share, the row of an earlier
+    test's call can be written after a later test counted the rows (the writer waits a few ms to group
+    rows, longer on a loaded machine): rows of calls that started before the mark are not counted after it."""
 
-    Returns the rows after the first `since`: take `since=len(rows(db))` before a call on a shared proxy.
+    at: str
+
+    @classmethod
+    def of(cls, count: int) -> RowMark:
+        mark = cls(count)
+        mark.at = datetime.now(UTC).isoformat(timespec="microseconds")
+        return mark
+
+
+def wait_for_rows(db_path: Path, n: int, *, since: int = 0, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Poll until `calls` has at least `n` rows after the first `since` (the proxy writes from a background
+    thread); with a `RowMark`, only rows of calls started after it count.
+
+    Returns those rows: take `since=proxy.mark()` (or `len(rows(db))`) before a call on a shared proxy.
     """
     deadline = time.monotonic() + timeout
-    found: list[dict[str, Any]] = []
+    new: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
-        found = rows(db_path)
-        if len(found) >= since + n:
-            return found[since:]
+        new = rows(db_path)[since:]
+        if isinstance(since, RowMark):
+            new = [row for row in new if row["started_at"] >= since.at]
+        if len(new) >= n:
+            return new
         time.sleep(0.05)
-    raise AssertionError(f"{db_path}: {len(found) - since} new calls rows after {timeout}s, expected {n}")
+    raise AssertionError(f"{db_path}: {len(new)} new calls rows after {timeout}s, expected {n}")

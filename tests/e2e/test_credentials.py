@@ -161,7 +161,7 @@ def swap_proxy(module_start_proxy: ProxyFactory) -> Proxy:
 def test_curl_client_key_in_x_api_key_is_swapped_for_the_real_key(
     fake: FakeProvider, swap_proxy: Proxy
 ) -> None:
-    since = len(swap_proxy.rows())
+    since = swap_proxy.mark()
     result = post_message(swap_proxy, f"x-api-key: {ALICE_KEY}")
 
     assert result.status == 200, result.body
@@ -179,7 +179,7 @@ def test_curl_client_key_in_x_api_key_is_swapped_for_the_real_key(
 def test_anthropic_sdk_bearer_client_key_is_swapped_for_the_real_key(
     fake: FakeProvider, swap_proxy: Proxy
 ) -> None:
-    since = len(swap_proxy.rows())
+    since = swap_proxy.mark()
     with anthropic_client(swap_proxy, ALICE_KEY) as client:
         message = client.messages.create(**MESSAGE)
 
@@ -193,7 +193,7 @@ def test_anthropic_sdk_bearer_client_key_is_swapped_for_the_real_key(
 
 
 def test_openai_sdk_gets_the_real_key_as_a_bearer_token(fake: FakeProvider, swap_proxy: Proxy) -> None:
-    since = len(swap_proxy.rows())
+    since = swap_proxy.mark()
     with openai_client(swap_proxy, ALICE_KEY) as client:
         chat = client.chat.completions.create(**CHAT)
 

@@ -53,7 +53,7 @@ def chat(proxy: Proxy, host: str, model: str, api_key: str = CLIENT_KEY) -> str:
 def test_a_gateway_call_is_priced_by_the_gateway_with_the_key_swapped_and_the_rules_applied(
     gateway: Proxy, fake: FakeProvider
 ) -> None:
-    since = len(gateway.rows())
+    since = gateway.mark()
     fake.next(path="/v1/chat/completions", usage=USAGE, model="anthropic/claude-sonnet-4.5")
 
     assert chat(gateway, OPENROUTER_HOST, "anthropic/claude-sonnet-4.5")
@@ -78,7 +78,7 @@ def test_a_gateway_call_is_priced_by_the_gateway_with_the_key_swapped_and_the_ru
 def test_an_unknown_gateway_is_priced_by_the_models_own_name_or_not_at_all(
     gateway: Proxy, fake: FakeProvider, model: str, priced: float | None
 ) -> None:
-    since = len(gateway.rows())
+    since = gateway.mark()
     fake.next(path="/v1/chat/completions", usage=USAGE, model=model)
 
     assert chat(gateway, GATEWAY_HOST, model, api_key="sk-whatever-the-gateway-takes")

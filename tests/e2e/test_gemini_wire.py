@@ -308,7 +308,7 @@ def test_a_bad_key_is_googles_400_not_a_401(recording: Proxy, fake: FakeProvider
 def test_a_gate_for_other_hosts_leaves_gemini_alone(gated: Proxy, fake: FakeProvider):
     """With clients and an Anthropic upstream configured, a Gemini call carrying no client key at all is
     neither refused nor rewritten (the gate covers configured upstreams only), and it is metered."""
-    since = len(gated.rows())
+    since = gated.mark()
     fake.next(path=GENERATE)
 
     with gemini_client(gated, api_key=GEMINI_KEY) as client:
@@ -324,7 +324,7 @@ def test_a_gate_for_other_hosts_leaves_gemini_alone(gated: Proxy, fake: FakeProv
 
 
 def test_a_streamed_call_is_metered_from_its_last_chunk(recording: Proxy, fake: FakeProvider):
-    since = len(recording.rows())
+    since = recording.mark()
     fake.next(path=STREAM, thinking="The user wants a greeting.", usage=CACHED_THINKING)
 
     with gemini_client(recording) as client:

@@ -139,7 +139,7 @@ def curl_json(proxy: Proxy, url: str, body: dict[str, Any] | bytes, *args: str) 
 def test_anthropic_message_is_recorded_with_exact_usage_and_cost(
     fake: FakeProvider, sluice_proxy: Proxy
 ) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(usage=CLAUDE_USAGE)
     with anthropic_client(sluice_proxy) as client:
         raw = client.messages.with_raw_response.create(**MESSAGE)
@@ -171,7 +171,7 @@ def test_anthropic_message_is_recorded_with_exact_usage_and_cost(
 def test_anthropic_stream_reaches_the_client_byte_for_byte_and_is_recorded(
     fake: FakeProvider, sluice_proxy: Proxy
 ) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(usage=CLAUDE_USAGE, text="one two three four", split=True)
     with (
         anthropic_client(sluice_proxy) as client,
@@ -211,7 +211,7 @@ async def _async_stream(proxy: Proxy) -> anthropic.types.Message:
 
 
 def test_async_anthropic_stream_is_recorded(fake: FakeProvider, sluice_proxy: Proxy) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(usage=CLAUDE_USAGE, text="async hello")
     final = asyncio.run(_async_stream(sluice_proxy))
 
@@ -232,7 +232,7 @@ def test_async_anthropic_stream_is_recorded(fake: FakeProvider, sluice_proxy: Pr
 def test_cumulative_message_delta_usage_is_the_last_value_not_a_sum(
     fake: FakeProvider, sluice_proxy: Proxy
 ) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     usage = Usage(input_tokens=50, cache_read_tokens=7, output_tokens=10)
     fake.next(usage=usage, message_deltas=2)
     with anthropic_client(sluice_proxy) as client, client.messages.stream(**MESSAGE) as stream:
@@ -252,7 +252,7 @@ def test_cumulative_message_delta_usage_is_the_last_value_not_a_sum(
 
 
 def test_thinking_blocks_stream_through_and_are_recorded(fake: FakeProvider, sluice_proxy: Proxy) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     usage = Usage(input_tokens=30, output_tokens=120)
     fake.next(
         usage=usage, thinking="Let me think about this carefully.", text="The answer.", message_deltas=3
@@ -274,7 +274,7 @@ def test_thinking_blocks_stream_through_and_are_recorded(fake: FakeProvider, slu
 
 
 def test_count_tokens_is_recorded_as_counted_not_billed(fake: FakeProvider, sluice_proxy: Proxy) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(usage=Usage(input_tokens=4321))
     with anthropic_client(sluice_proxy) as client:
         counted = client.messages.count_tokens(model=MODEL, messages=MESSAGE["messages"])
@@ -294,7 +294,7 @@ def test_count_tokens_is_recorded_as_counted_not_billed(fake: FakeProvider, slui
 def test_openai_chat_is_recorded_with_cached_tokens_moved_out_of_input(
     fake: FakeProvider, sluice_proxy: Proxy
 ) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(usage=GPT_USAGE, model=REASONING_MODEL)
     with openai_client(sluice_proxy) as client:
         raw = client.chat.completions.with_raw_response.create(**{**CHAT, "model": REASONING_MODEL})
@@ -324,7 +324,7 @@ def test_openai_chat_is_recorded_with_cached_tokens_moved_out_of_input(
 def test_openai_chat_stream_with_client_asked_usage_is_untouched(
     fake: FakeProvider, sluice_proxy: Proxy
 ) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(usage=GPT_USAGE, text="alpha beta")
     sent = []
     hooks = {"request": [lambda request: sent.append(request)]}
@@ -353,7 +353,7 @@ def test_openai_chat_stream_with_client_asked_usage_is_untouched(
 def test_openai_chat_stream_without_usage_is_metered_and_the_client_never_sees_the_usage_chunk(
     fake: FakeProvider, sluice_proxy: Proxy
 ) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(usage=GPT_USAGE, text="gamma delta epsilon", split=True)
     fake.next(usage=GPT_USAGE, text="gamma delta epsilon")
     with openai_client(sluice_proxy) as client:
@@ -404,7 +404,7 @@ async def _async_chat_chunks(proxy: Proxy, extra: dict[str, Any]) -> list[Any]:
 def test_async_openai_chat_stream_without_usage_gets_no_empty_choices(
     fake: FakeProvider, sluice_proxy: Proxy, extra: dict[str, Any]
 ) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(usage=GPT_USAGE, text="async words here")
     chunks = asyncio.run(_async_chat_chunks(sluice_proxy, extra))
 
@@ -418,7 +418,7 @@ def test_async_openai_chat_stream_without_usage_gets_no_empty_choices(
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_openai_responses_are_recorded(fake: FakeProvider, sluice_proxy: Proxy, stream: bool) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(usage=GPT_USAGE, text="responses text")
     with openai_client(sluice_proxy) as client:
         if stream:
@@ -452,7 +452,7 @@ def test_openai_responses_are_recorded(fake: FakeProvider, sluice_proxy: Proxy, 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_curl_call_is_relayed_and_recorded(fake: FakeProvider, sluice_proxy: Proxy, stream: bool) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(usage=CLAUDE_USAGE)
     result = curl_json(
         sluice_proxy, ANTHROPIC_URL, {**MESSAGE, "stream": stream}, *(["-N"] if stream else [])
@@ -473,7 +473,7 @@ def test_curl_call_is_relayed_and_recorded(fake: FakeProvider, sluice_proxy: Pro
 def test_curl_compressed_stream_is_decoded_by_curl_and_metered(
     fake: FakeProvider, sluice_proxy: Proxy, encoding: str
 ) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(usage=CLAUDE_USAGE, encoding=encoding, split=True, text="compressed words flow here")
     result = curl_json(sluice_proxy, ANTHROPIC_URL, {**MESSAGE, "stream": True}, "-N", "--compressed")
 
@@ -489,7 +489,7 @@ def test_curl_compressed_stream_is_decoded_by_curl_and_metered(
 
 
 def test_curl_gzip_json_response_is_metered(fake: FakeProvider, sluice_proxy: Proxy) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(usage=CLAUDE_USAGE, encoding="gzip", times=2)
     raw = curl_json(sluice_proxy, ANTHROPIC_URL, MESSAGE)
     decoded = curl_json(sluice_proxy, ANTHROPIC_URL, MESSAGE, "--compressed")
@@ -513,7 +513,7 @@ def test_curl_gzip_json_response_is_metered(fake: FakeProvider, sluice_proxy: Pr
 def test_anthropic_stream_reaches_the_client_while_the_provider_is_still_sending(
     fake: FakeProvider, sluice_proxy: Proxy
 ) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     # message_start, ping, content_block_start, then the provider goes quiet until the test lets it go on:
     # no timing to guess on a loaded machine.
     resume = threading.Event()
@@ -541,7 +541,7 @@ def test_anthropic_stream_reaches_the_client_while_the_provider_is_still_sending
 
 
 def test_compressed_openai_stream_is_not_buffered_either(fake: FakeProvider, sluice_proxy: Proxy) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     # The provider goes quiet for far longer than the test takes: the first events can only reach the
     # client if the proxy passes them on as they come.
     fake.next(usage=GPT_USAGE, encoding="gzip", stall_after=3, stall_seconds=30, text="one two three four")
@@ -596,7 +596,7 @@ UNTOUCHED_BODIES = {
 
 @pytest.mark.parametrize("case", list(UNTOUCHED_BODIES))
 def test_request_body_is_forwarded_byte_for_byte(fake: FakeProvider, sluice_proxy: Proxy, case: str) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     url, body, model = UNTOUCHED_BODIES[case]
     result = curl_json(sluice_proxy, url, body)
 
@@ -612,7 +612,7 @@ def test_request_body_is_forwarded_byte_for_byte(fake: FakeProvider, sluice_prox
 
 
 def test_malformed_request_body_is_forwarded_and_noted(fake: FakeProvider, sluice_proxy: Proxy) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     body = b'{"model": "claude-opus-4-1", "messages": [{"role": "user", "content": "hi"}'
     result = curl_json(sluice_proxy, ANTHROPIC_URL, body)
 
@@ -632,7 +632,7 @@ def test_malformed_request_body_is_forwarded_and_noted(fake: FakeProvider, sluic
 def test_malformed_json_response_reaches_the_client_untouched(
     fake: FakeProvider, sluice_proxy: Proxy
 ) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(malformed=True)
     result = curl_json(sluice_proxy, ANTHROPIC_URL, MESSAGE)
 
@@ -646,7 +646,7 @@ def test_malformed_json_response_reaches_the_client_untouched(
 
 
 def test_truncated_stream_is_recorded_with_partial_usage(fake: FakeProvider, sluice_proxy: Proxy) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(usage=CLAUDE_USAGE, truncate_after=5)
     with (
         anthropic_client(sluice_proxy) as client,
@@ -668,7 +668,7 @@ def test_truncated_stream_is_recorded_with_partial_usage(fake: FakeProvider, slu
 
 
 def test_in_stream_error_event_is_recorded(fake: FakeProvider, sluice_proxy: Proxy) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(usage=CLAUDE_USAGE, error_after=4)
     with (
         anthropic_client(sluice_proxy) as client,
@@ -685,7 +685,7 @@ def test_in_stream_error_event_is_recorded(fake: FakeProvider, sluice_proxy: Pro
 
 
 def test_upstream_reset_mid_stream_is_recorded(fake: FakeProvider, sluice_proxy: Proxy) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(usage=GPT_USAGE, reset_after=6, text="one two three four five six")
     with openai_client(sluice_proxy) as client, pytest.raises(openai.APIConnectionError):
         list(client.responses.create(model="gpt-5", input="hi", stream=True))
@@ -701,7 +701,7 @@ def test_upstream_reset_mid_stream_is_recorded(fake: FakeProvider, sluice_proxy:
 def test_upstream_reset_mid_anthropic_stream_keeps_partial_usage(
     fake: FakeProvider, sluice_proxy: Proxy
 ) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(usage=CLAUDE_USAGE, reset_after=5)
     with (
         anthropic_client(sluice_proxy) as client,
@@ -717,7 +717,7 @@ def test_upstream_reset_mid_anthropic_stream_keeps_partial_usage(
 
 
 def test_client_disconnect_mid_stream_still_writes_the_row(fake: FakeProvider, sluice_proxy: Proxy) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(usage=CLAUDE_USAGE, stall_after=4, stall_seconds=10)
     with anthropic_client(sluice_proxy) as client:
         stream = client.messages.create(**MESSAGE, stream=True)
@@ -748,7 +748,7 @@ ERRORS = [
 def test_error_envelopes_pass_unmodified_and_are_recorded(
     fake: FakeProvider, sluice_proxy: Proxy, provider: str, status: int, kind: str, retry_after: str | None
 ) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(status=status)
     url, body = (ANTHROPIC_URL, MESSAGE) if provider == "anthropic" else (CHAT_URL, CHAT)
     result = curl_json(sluice_proxy, url, body)
@@ -767,7 +767,7 @@ def test_error_envelopes_pass_unmodified_and_are_recorded(
 
 
 def test_sdk_sees_the_providers_429_unchanged(fake: FakeProvider, sluice_proxy: Proxy) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     fake.next(status=429, error_message="Number of request tokens has exceeded your per-minute rate limit")
     with anthropic_client(sluice_proxy) as client, pytest.raises(anthropic.RateLimitError) as caught:
         client.messages.create(**MESSAGE)
@@ -806,7 +806,7 @@ def test_anthropic_rate_limits_are_recorded_per_credential_and_the_key_never_sto
 ) -> None:
     key = "sk-ant-api03-SECRETKEY-e2e-ratelimits-0123456789abcdef"
     other_key = "sk-ant-api03-OTHERKEY-e2e-ratelimits-fedcba9876543210"
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     with anthropic_client(sluice_proxy, api_key=key) as client:
         client.messages.create(**MESSAGE)
         client.messages.create(**MESSAGE)
@@ -849,7 +849,7 @@ def test_anthropic_rate_limits_are_recorded_per_credential_and_the_key_never_sto
 
 def test_openai_rate_limits_are_recorded(fake: FakeProvider, sluice_proxy: Proxy) -> None:
     key = "sk-proj-OPENAISECRET-e2e-0123456789"
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     with openai_client(sluice_proxy, api_key=key) as client:
         client.chat.completions.create(**CHAT)
 
@@ -872,7 +872,7 @@ def test_openai_rate_limits_are_recorded(fake: FakeProvider, sluice_proxy: Proxy
 
 
 def test_non_llm_traffic_passes_and_records_nothing(fake: FakeProvider, sluice_proxy: Proxy) -> None:
-    since = len(sluice_proxy.rows())
+    since = sluice_proxy.mark()
     models = curl(sluice_proxy, "https://api.openai.com/v1/models", "-H", "authorization: Bearer sk-x")
     embeddings = curl(
         sluice_proxy,

@@ -201,7 +201,7 @@ def cached_conversation(markers: int, model: str = PLAIN_MODEL) -> dict[str, Any
 def test_system_block_goes_after_claude_codes_billing_block_and_every_turn_is_byte_identical(
     fake: FakeProvider, proxy: Proxy
 ) -> None:
-    since = len(proxy.rows())
+    since = proxy.mark()
     sent: list[bytes] = []
     hooks = {"request": [lambda request: sent.append(request.content)]}
     request = message(system=[BILLING_BLOCK, CLAUDE_CODE_PROMPT], metadata={"user_id": CLAUDE_CODE_USER_ID})
@@ -225,7 +225,7 @@ def test_a_string_system_becomes_an_array_only_when_a_block_is_injected(
     fake: FakeProvider, proxy: Proxy
 ) -> None:
     body = json.dumps(message(system="You are terse.", metadata={"user_id": "u-1"})).encode()
-    since = len(proxy.rows())
+    since = proxy.mark()
     assert post(proxy, body, key=ALICE_KEY).status == 200
     assert post(proxy, body, key=BOB_KEY).status == 200
 
@@ -247,7 +247,7 @@ def test_a_block_already_present_is_not_added_again(fake: FakeProvider, proxy: P
             metadata={"user_id": "u-1"},
         )
     ).encode()
-    since = len(proxy.rows())
+    since = proxy.mark()
     assert post(proxy, body, key=ALICE_KEY).status == 200
 
     assert fake.requests[0].body == body
@@ -268,7 +268,7 @@ def test_system_blocks_are_scoped_by_client_and_model(
     fake: FakeProvider, proxy: Proxy, key: str, model: str, blocks: list[tuple[str, str]]
 ) -> None:
     body = message(model, system=[{"type": "text", "text": "Base."}], metadata={"user_id": "u-1"})
-    since = len(proxy.rows())
+    since = proxy.mark()
     assert post(proxy, body, key=key).status == 200
 
     assert texts(fake.requests[0].json()["system"]) == ["Base.", *(text for _, text in blocks)]
@@ -278,7 +278,7 @@ def test_system_blocks_are_scoped_by_client_and_model(
 def test_openai_chat_gets_a_system_message_and_responses_get_instructions(
     fake: FakeProvider, proxy: Proxy
 ) -> None:
-    since = len(proxy.rows())
+    since = proxy.mark()
     with openai_client(proxy, ALICE_KEY) as client:
         client.chat.completions.create(
             model="gpt-4o-mini",
@@ -304,7 +304,7 @@ def test_openai_chat_gets_a_system_message_and_responses_get_instructions(
 
 
 def test_user_id_is_stamped_when_absent_and_never_overwritten(fake: FakeProvider, proxy: Proxy) -> None:
-    since = len(proxy.rows())
+    since = proxy.mark()
     system = [{"type": "text", "text": POLICY}]  # already there: only the user id is in question
     with anthropic_client(proxy, ALICE_KEY) as claude, openai_client(proxy, ALICE_KEY) as gpt:
         claude.messages.create(**message(system=system))
@@ -329,7 +329,7 @@ def test_user_id_is_stamped_when_absent_and_never_overwritten(fake: FakeProvider
 def test_five_cache_breakpoints_arrive_as_four_keeping_the_last(fake: FakeProvider, proxy: Proxy) -> None:
     body = cached_conversation(5)
     assert len(breakpoints(body)) == 5
-    since = len(proxy.rows())
+    since = proxy.mark()
     assert post(proxy, body).status == 200
 
     received = fake.requests[0].json()
@@ -343,7 +343,7 @@ def test_five_cache_breakpoints_arrive_as_four_keeping_the_last(fake: FakeProvid
 
 def test_four_cache_breakpoints_arrive_byte_identical(fake: FakeProvider, proxy: Proxy) -> None:
     body = json.dumps(cached_conversation(4), indent=1).encode()  # formatting a re-serialization would lose
-    since = len(proxy.rows())
+    since = proxy.mark()
     assert post(proxy, body).status == 200
 
     assert fake.requests[0].body == body
@@ -362,7 +362,7 @@ def test_a_1h_breakpoint_after_a_5m_one_is_fixed(fake: FakeProvider, proxy: Prox
             }
         ],
     )
-    since = len(proxy.rows())
+    since = proxy.mark()
     assert post(proxy, body).status == 200
 
     received = fake.requests[0].json()
@@ -372,7 +372,7 @@ def test_a_1h_breakpoint_after_a_5m_one_is_fixed(fake: FakeProvider, proxy: Prox
 
 
 def test_an_injected_block_with_cache_counts_toward_the_cap(fake: FakeProvider, proxy: Proxy) -> None:
-    since = len(proxy.rows())
+    since = proxy.mark()
     assert post(proxy, cached_conversation(2, CACHED_MODEL)).status == 200
     assert post(proxy, cached_conversation(4, CACHED_MODEL)).status == 200
 
@@ -395,7 +395,7 @@ def test_an_injected_block_with_cache_counts_toward_the_cap(fake: FakeProvider, 
 
 def test_max_tokens_is_backfilled_only_when_absent(fake: FakeProvider, proxy: Proxy) -> None:
     without = {"model": PLAIN_MODEL, "messages": [{"role": "user", "content": "hi"}]}
-    since = len(proxy.rows())
+    since = proxy.mark()
     assert post(proxy, without).status == 200
     assert post(proxy, {**without, "max_tokens": 64}).status == 200
 
@@ -410,7 +410,7 @@ def test_a_model_alias_is_rewritten_and_the_row_names_the_responses_model(
     fake: FakeProvider, proxy: Proxy
 ) -> None:
     fake.next(model=f"{PLAIN_MODEL}-20260101")
-    since = len(proxy.rows())
+    since = proxy.mark()
     with anthropic_client(proxy, BOB_KEY) as client:
         answer = client.messages.create(**message("claude-fast"))
 
@@ -428,7 +428,7 @@ def test_the_billing_block_is_stripped_for_a_gateway_and_kept_for_anthropic(
     fake: FakeProvider, proxy: Proxy
 ) -> None:
     request = message(system=[BILLING_BLOCK, CLAUDE_CODE_PROMPT])
-    since = len(proxy.rows())
+    since = proxy.mark()
     with (
         anthropic_client(proxy, BOB_KEY, base_url="https://gateway.sluice.test") as gateway,
         anthropic_client(proxy, BOB_KEY) as anthropic_api,
@@ -453,7 +453,7 @@ def test_chat_stream_usage_is_asked_for_but_the_usage_chunk_never_reaches_a_clie
     fake: FakeProvider, proxy: Proxy
 ) -> None:
     fake.next(text="one two three", usage=Usage(input_tokens=40, cache_read_tokens=60, output_tokens=5))
-    since = len(proxy.rows())
+    since = proxy.mark()
     with openai_client(proxy, BOB_KEY) as client:
         chunks = list(
             client.chat.completions.create(
@@ -473,7 +473,7 @@ def test_chat_stream_usage_is_asked_for_but_the_usage_chunk_never_reaches_a_clie
 def test_chat_stream_usage_reaches_a_client_that_asked_for_it(fake: FakeProvider, proxy: Proxy) -> None:
     sent: list[bytes] = []
     hooks = {"request": [lambda request: sent.append(request.content)]}
-    since = len(proxy.rows())
+    since = proxy.mark()
     with openai_client(proxy, BOB_KEY, httpx_kwargs={"event_hooks": hooks}) as client:
         chunks = list(
             client.chat.completions.create(
@@ -514,7 +514,7 @@ def test_request_headers_outside_the_allow_list_never_reach_the_provider(
         ("x-real-ip", "10.0.0.7"),
         ("proxy-authorization", "Basic dXNlcjpwYXNz"),
     ]
-    since = len(proxy.rows())
+    since = proxy.mark()
     result = post(proxy, message(), *(f"{name}: {value}" for name, value in passed + dropped))
 
     assert result.status == 200
@@ -603,7 +603,7 @@ def test_a_body_no_rule_applies_to_is_forwarded_byte_for_byte(fake: FakeProvider
         b'{ "max_tokens" : 64,\n  "model":"claude-sonnet-4-6", "temperature": 0.10, "top_k": 1e2,\n'
         b'  "messages": [{"role": "user", "content": "caf\\u00e9 \xe2\x98\x95 12345678901234567890123"}] }'
     )
-    since = len(proxy.rows())
+    since = proxy.mark()
     assert post(proxy, body).status == 200
 
     assert fake.requests[0].body == body
@@ -626,7 +626,7 @@ def test_a_body_no_rule_applies_to_is_forwarded_byte_for_byte(fake: FakeProvider
 def test_a_body_sluice_cannot_read_is_forwarded_untouched_and_the_row_says_why(
     fake: FakeProvider, proxy: Proxy, raw: bytes, headers: tuple[str, ...], why: str
 ) -> None:
-    since = len(proxy.rows())
+    since = proxy.mark()
     post(proxy, raw, *headers, key=ALICE_KEY)  # alice: user id and policy would apply to a readable body
 
     [seen] = fake.requests
@@ -645,7 +645,7 @@ def test_a_body_sluice_cannot_read_is_forwarded_untouched_and_the_row_says_why(
 def test_the_row_lists_every_edit_applied(fake: FakeProvider, proxy: Proxy) -> None:
     body = cached_conversation(5)
     del body["metadata"]
-    since = len(proxy.rows())
+    since = proxy.mark()
     assert post(proxy, body, key=ALICE_KEY).status == 200
 
     received = fake.requests[0].json()

@@ -26,7 +26,7 @@ def proxy(module_start_proxy) -> Proxy:
 
 
 def test_anthropic_stream_gets_an_error_event_and_a_row(fake: FakeProvider, proxy: Proxy) -> None:
-    since = len(proxy.rows())
+    since = proxy.mark()
     fake.next(stall_after=3, stall_seconds=8)
     seen = []
     with anthropic_client(proxy) as client, pytest.raises(anthropic.APIStatusError) as ended:  # noqa: SIM117
@@ -43,7 +43,7 @@ def test_anthropic_stream_gets_an_error_event_and_a_row(fake: FakeProvider, prox
 
 
 def test_openai_chat_stream_gets_an_error_chunk(fake: FakeProvider, proxy: Proxy) -> None:
-    since = len(proxy.rows())
+    since = proxy.mark()
     fake.next(stall_after=2, stall_seconds=8)
     with openai_client(proxy) as client, pytest.raises(openai.APIError) as ended:
         for _ in client.chat.completions.create(
@@ -56,7 +56,7 @@ def test_openai_chat_stream_gets_an_error_chunk(fake: FakeProvider, proxy: Proxy
 
 
 def test_compressed_stream_is_cut_and_still_recorded(fake: FakeProvider, proxy: Proxy) -> None:
-    since = len(proxy.rows())
+    since = proxy.mark()
     fake.next(stall_after=2, stall_seconds=8, encoding="gzip")
     result = curl(
         proxy,
@@ -73,7 +73,7 @@ def test_compressed_stream_is_cut_and_still_recorded(fake: FakeProvider, proxy: 
 
 
 def test_a_slow_but_living_stream_is_left_alone(fake: FakeProvider, proxy: Proxy) -> None:
-    since = len(proxy.rows())
+    since = proxy.mark()
     fake.next(event_delay=0.4)
     with anthropic_client(proxy) as client, client.messages.stream(**REQUEST) as stream:
         text = stream.get_final_text()
