@@ -469,7 +469,10 @@ def run_quota_live(args: argparse.Namespace) -> int:
     finally:
         store.close()
         database.close()
-    _record_readings(sluice_store, readings)
+    try:
+        _record_readings(sluice_store, readings)
+    finally:
+        sluice_store.close()  # on PostgreSQL, its reading pool's connections and thread
     now = clock()
     quotas = [
         report.CredentialQuota(reading.host, reading.credential, OAUTH_USAGE_SOURCE, reading.summary)
