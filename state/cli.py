@@ -112,9 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--db",
-        metavar="PATH",
+        metavar="PATH|URL",
         default=os.environ.get(DB_ENV) or DEFAULT_DB,
-        help=f"the sluice database (default: ${DB_ENV}, else ./{DEFAULT_DB})",
+        help=f"the sluice database: a SQLite file or a postgresql:// URL "
+        f"(default: ${DB_ENV}, else ./{DEFAULT_DB})",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in SUBCOMMANDS:
@@ -468,7 +469,10 @@ def run_quota_live(args: argparse.Namespace) -> int:
     finally:
         store.close()
         database.close()
-    _record_readings(sluice_store, readings)
+    try:
+        _record_readings(sluice_store, readings)
+    finally:
+        sluice_store.close()  # on PostgreSQL, its reading pool's connections and thread
     now = clock()
     quotas = [
         report.CredentialQuota(reading.host, reading.credential, OAUTH_USAGE_SOURCE, reading.summary)
@@ -1183,7 +1187,7 @@ def _add_migrate(subparsers: Subparsers, common: argparse.ArgumentParser) -> Non
         "history, budgets and holds, rate admissions, alerts, sandbox events) from a SQLite sluice database "
         "into a PostgreSQL one, creating sluice's tables there if need be. Rows already there are left as "
         "they are: running it twice adds nothing, and a run that stopped half way is completed by running "
-        "it again. The OAuth tokens are not moved (they are not in the database file): log in again.",
+        "it again. The OAuth secrets file (<db>.secrets.db) is never copied: log in again on PostgreSQL.",
         usage="sluice migrate --from PATH --to postgresql://USER@HOST:PORT/DB",
     )
     parser.add_argument(

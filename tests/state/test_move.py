@@ -78,7 +78,26 @@ def _history(path: Path, calls: int = 240) -> None:
             "insert into credential_events (at, host, fingerprint, label, event) values (?, ?, ?, ?, ?)",
             (NOW.timestamp() - n, "api.anthropic.com", f"fp-{n % 2}", f"key-{n % 2}", "cooling"),
         )
+    for n, state in enumerate(("active", "cooling", "disabled")):
+        db.conn.execute(
+            "insert into credentials (host, fingerprint, label, position, state, reason, cooling_until,"
+            " changed_at) values (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                "api.anthropic.com",
+                f"fp-{n}",
+                f"key-{n}",
+                n,
+                state,
+                None if n == 0 else f"{state}: 4xx",
+                NOW.timestamp() + 600 if state == "cooling" else None,
+                NOW.timestamp() - 60,
+            ),
+        )
     db.conn.execute("insert into budgets (client, usd, period, updated_at) values ('alice', 20, 'day', 0)")
+    db.conn.execute(
+        "insert into team_budgets (team, usd, period, members, updated_at)"
+        " values ('platform', 50, 'day', '[\"alice\", \"bob\"]', 0)"
+    )
     db.conn.execute(
         "insert into budget_holds (id, client, period_key, amount_usd, state, created_at)"
         " values ('call-0001', 'alice', 'day:2026-12-04', 0.2, 'settled', 0)"
@@ -104,6 +123,12 @@ REPORTS = [
     ("usage", "--by", "provider,region,api", "--json", "--until", "2026-12-04"),
     ("quota", "--json"),
     ("quota",),
+    ("credentials", "--json"),
+    ("credentials", "--events", "--json"),
+    ("credentials", "--events"),
+    ("clients", "--json"),
+    ("clients",),
+    ("teams", "--json"),
 ]
 
 

@@ -13,6 +13,9 @@ from state.ops import AlertLog, OpsReader
 from state.pool import CredentialEntry, CredentialPool
 from state.writer import CallRecord, RecordWriter
 from tests.fake_clock import FakeClock
+from tests.state.engines import location
+
+__all__ = ["location"]  # the engines' fixture: these tests run on SQLite and on PostgreSQL
 
 HOST = "api.anthropic.com"
 NOW = 1_800_000_000.0
@@ -22,20 +25,28 @@ ENTRIES = [
 ]
 
 
-def test_a_snapshot_reads_the_pool_quotas_and_budgets_every_process_wrote(tmp_path: Path) -> None:
-    path = tmp_path / "sluice.db"
-    pool = CredentialPool(sluice_db.connect(path), clock=FakeClock(NOW))
+def test_a_snapshot_reads_the_pool_quotas_and_budgets_every_process_wrote(location: str) -> None:
+    store = sluice_db.open_store(location)
+    pool = CredentialPool(store.connect(), clock=FakeClock(NOW))
     pool.sync_config(HOST, ENTRIES)
     pool.disable(HOST, ENTRIES[0].fingerprint, "401 invalid x-api-key", now=NOW)
     pool.cool_down(HOST, ENTRIES[1].fingerprint, 30, "429 slow down", now=NOW)
-    ledger = BudgetLedger(sluice_db.connect(path))
+    ledger = BudgetLedger(store.connect())
     ledger.sync_budgets({"alice": (20.0, "day")})
-    writer = RecordWriter(lambda: sluice_db.connect(path))
+    writer = RecordWriter(store.connect)
     writer.start()
     observed = datetime.fromtimestamp(NOW, UTC).isoformat()
     writer.put(
         CallRecord(
-            row={"id": "c1", "started_at": observed, "host": HOST, "credential": "keys[1] env:K2"},
+            row={
+                "id": "c1",
+                "started_at": observed,
+                "host": HOST,
+                "method": "POST",
+                "path": "/v1/messages",
+                "stream": 0,
+                "credential": "keys[1] env:K2",
+            },
             rate_limits=[
                 ("anthropic-ratelimit-unified-5h-utilization", "0.85"),
                 ("anthropic-ratelimit-unified-5h-status", "allowed"),
@@ -52,7 +63,7 @@ def test_a_snapshot_reads_the_pool_quotas_and_budgets_every_process_wrote(tmp_pa
     assert writer.flush()
     writer.close()
 
-    snapshot = OpsReader(path).snapshot(now=NOW + 10)
+    snapshot = OpsReader(location).snapshot(now=NOW + 10)
 
     states = {c.label: (c.state, c.cooling_until) for c in snapshot.credentials}
     assert states == {"keys[0] env:K1": ("disabled", None), "keys[1] env:K2": ("cooling", NOW + 30)}
@@ -73,9 +84,9 @@ def test_a_snapshot_of_a_database_it_cannot_read_is_empty_not_an_error(tmp_path:
     assert snapshot.credentials == () and snapshot.budgets == ()
 
 
-def test_a_crossing_is_claimed_once_across_processes(tmp_path: Path) -> None:
-    path = tmp_path / "sluice.db"
-    logs = [AlertLog(sluice_db.connect(path)) for _ in range(4)]
+def test_a_crossing_is_claimed_once_across_processes(location: str) -> None:
+    store = sluice_db.open_store(location)
+    logs = [AlertLog(store.connect()) for _ in range(4)]
     wins: list[bool] = []
 
     def claim(log: AlertLog) -> None:
@@ -92,10 +103,8 @@ def test_a_crossing_is_claimed_once_across_processes(tmp_path: Path) -> None:
     assert sorted(wins) == [False, False, False, True]
     assert logs[0].claim(dedup="d1", webhook="other webhook", at=NOW, event="e", subject="s", message="m")
     logs[0].finish(dedup="d1", webhook="w", delivered=False, attempts=4, error="ConnectionRefusedError")
-    rows = sluice_db.connect(path).execute(
-        "select webhook, state, attempts, error from alerts order by webhook"
-    )
-    assert rows.fetchall() == [
+    rows = store.connect().execute("select webhook, state, attempts, error from alerts order by webhook")
+    assert [tuple(row) for row in rows.fetchall()] == [
         ("other webhook", "pending", 0, None),
         ("w", "failed", 4, "ConnectionRefusedError"),
     ]
