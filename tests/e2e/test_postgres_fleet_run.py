@@ -108,8 +108,7 @@ def test_three_proxies_on_postgresql_through_a_token_refresh_and_an_outage_lose_
 
     # Before the token comes due, then across it: every proxy ends on the refreshed token. The budget
     # (120 calls) outlasts this part (60 calls, then a few a proxy after the token is due).
-    _through_all(proxies, 60, outcomes)
-    assert {r.header("authorization") for r in api_requests(fake)} == {f"Bearer {OLD_ACCESS}"}
+    _through_all(proxies, 60, outcomes)  # on a loaded machine the token may come due during these already
     while time.time() < due_at:  # the moment the stored token says it is due (state/oauth.py's skew)
         time.sleep(0.05)
     deadline = time.monotonic() + DEADLINE_S
