@@ -13,7 +13,7 @@ import pytest
 from rules.call_outcome import is_error
 from state.store import PostgresStore, Store, open_store, redact
 from state.store import postgres as pg
-from state.writer import CallRecord, RecordWriter
+from state.writer import PIPELINED_ROWS, CallRecord, RecordWriter
 from tests.postgres import PostgresServer
 
 DEADLINE_S = 60
@@ -257,3 +257,31 @@ def test_proxies_in_several_processes_write_to_one_database_without_loss_or_dupl
         worker.join(DEADLINE_S)
         assert worker.exitcode == 0
     assert _count(postgres_url) == 500
+
+
+def test_a_hostile_providers_values_keep_every_row_through_copy_and_json(postgres_url: str) -> None:
+    """Past PIPELINED_ROWS the calls go by COPY and the rate limits by one JSON parameter: a NUL or a lone
+    surrogate in a header's name or value, or an integer past 64 bits, still costs no row."""
+    store = open_store(postgres_url)
+    try:
+        writer = RecordWriter(store.connect)
+        odd = _record(0, error="bad \x00 byte \udcff", output_tokens=-(2**80))
+        odd.rate_limits = [("x-ratelimit-\x00evil\udcff", "1\x00"), ("x-ratelimit-ok", "\udcfe" * 10_000)]
+        odd.host, odd.credential, odd.observed_at = "h", "c", "2026-11-23T10:00:00+00:00"
+        writer.put(odd)
+        for n in range(1, PIPELINED_ROWS * 2):
+            writer.put(_record(n))
+        writer.start()
+        assert writer.flush(timeout=DEADLINE_S)
+        writer.close()
+        assert _count(postgres_url) == PIPELINED_ROWS * 2 and writer.stats.dropped == 0
+        with psycopg.connect(postgres_url) as conn:
+            headers = conn.execute(
+                "select header, value from rate_limits where host = 'h' order by header"
+            ).fetchall()
+        assert dict(headers) == {
+            "x-ratelimit-\ufffdevil\ufffd": "1\ufffd",
+            "x-ratelimit-ok": "\ufffd" * 10_000,
+        }
+    finally:
+        store.close()
