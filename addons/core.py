@@ -41,7 +41,7 @@ from rules.providers import (
 )
 from rules.secrets import fingerprint
 from state.pricing import billing_provider, price_providers
-from state.store import AnyStore, Store, open_store, redact
+from state.store import AnyStore, Store, open_store, redact, redact_error
 from state.writer import Record, RecordWriter
 
 log = logging.getLogger("sluice")
@@ -246,7 +246,9 @@ class SluiceCore:
         try:
             store = open_store(location)  # created and migrated now, so a bad location stops start-up
         except Exception as e:
-            raise exceptions.OptionsError(f"sluice_db: cannot open {redact(location)}: {e}") from None
+            raise exceptions.OptionsError(
+                f"sluice_db: cannot open {redact(location)}: {redact_error(location, e)}"
+            ) from None
         if self.writer is not None:
             self.writer.close()
         if self.store is not None:

@@ -48,7 +48,7 @@ from state.oauth_http import post_refresh
 from state.pool import CredentialPool
 from state.ratelimits import QuotaSummary, format_duration, format_percent, pool_statusline, statusline
 from state.sandbox_env import SandboxError
-from state.store import AnyStore, Database, PostgresStore, Store, open_store, postgres, redact
+from state.store import AnyStore, Database, PostgresStore, Store, open_store, postgres, redact, redact_error
 from state.store.postgres import PgDatabase, is_postgres
 from state.writer import RecordWriter
 
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sluice: error: {e}", file=sys.stderr)
         return 1
     except sqlite3.Error as e:  # e.g. locked by a writer for longer than the busy timeout
-        print(f"sluice: error: reading {redact(args.db)}: {e}", file=sys.stderr)
+        print(f"sluice: error: reading {redact(args.db)}: {redact_error(args.db, e)}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         # The reader went away (`sluice usage --csv | head`). Point stdout at devnull so that the
@@ -158,7 +158,7 @@ def _open_postgres(url: str) -> PgDatabase:
     try:
         db = postgres.open_connection(url)
     except psycopg.Error as e:
-        raise CliError(f"cannot open {redact(url)}: {e}") from None
+        raise CliError(f"cannot open {redact(url)}: {redact_error(url, e)}") from None
     try:
         found = db.conn.raw.execute("select to_regclass('public._sluice_migrations')").fetchone()
         if found is None or found[0] is None:
@@ -445,7 +445,7 @@ def run_quota_live(args: argparse.Namespace) -> int:
     try:
         sluice_store = open_store(args.db)
     except psycopg.Error as e:
-        raise CliError(f"cannot open {redact(args.db)}: {e}") from None
+        raise CliError(f"cannot open {redact(args.db)}: {redact_error(args.db, e)}") from None
     database = sluice_store.connect()
     pool = CredentialPool(database)
     tokens = sluice_store if isinstance(sluice_store, PostgresStore) else sluice_store.secrets_path
@@ -1213,7 +1213,7 @@ def run_migrate(args: argparse.Namespace) -> int:
         target_store = open_store(args.target)  # sluice's tables created there if need be
     except psycopg.Error as e:
         source.close()
-        raise CliError(f"cannot open {redact(args.target)}: {e}") from None
+        raise CliError(f"cannot open {redact(args.target)}: {redact_error(args.target, e)}") from None
 
     def progress(moved: move.Moved) -> None:
         print(f"sluice migrate: {moved.table}: {moved.read:,} read, {moved.added:,} added", file=sys.stderr)

@@ -23,9 +23,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
+import psycopg
+
 from rules.config import Config, ConfigError, Upstream, load_config, resolve_secret
 from rules.providers import format_of, providers
 from rules.secrets import unusable_secret
+from state.store import postgres, redact, redact_error
 
 Status = Literal["pass", "fail", "skip"]
 
@@ -276,6 +279,8 @@ def _resolve(reference: str, field: str, base_dir: Path, env: Mapping[str, str] 
 
 def check_database(path: str) -> Check:
     """The database (or, before the first start, its folder) can be written."""
+    if postgres.is_postgres(path):
+        return _check_postgres(path)
     file = Path(path).expanduser()
     folder = file.parent if str(file.parent) else Path(".")
     if not file.exists():
@@ -303,6 +308,34 @@ def check_database(path: str) -> Check:
             "check the file's permissions, that it is a SQLite database, and that no process holds a lock",
         )
     return Check("database", "pass", f"{path} is writable")
+
+
+def _check_postgres(url: str) -> Check:
+    """A PostgreSQL database: sluice's login reaches it and may write the calls (or, before the first start,
+    create sluice's tables). Named without its password, the server's message too."""
+    shown = redact(url)
+    try:
+        db = postgres.open_connection(url)
+        try:
+            row = db.conn.raw.execute(
+                "select case when to_regclass('public.calls') is null"
+                " then has_schema_privilege('public', 'create')"
+                " else has_table_privilege('public.calls', 'insert') end"
+            ).fetchone()
+        finally:
+            db.close()
+    except psycopg.Error as e:
+        return Check(
+            "database",
+            "fail",
+            f"{shown} cannot be opened: {redact_error(url, e)}",
+            "check the URL's host, port, user and password, and that the server is running",
+        )
+    if row is None or not row[0]:
+        return Check(
+            "database", "fail", f"{shown}: sluice's login may not write it", "grant it as the README shows"
+        )
+    return Check("database", "pass", f"{shown} can be written")
 
 
 # ── credentials, online ────────────────────────────────────────

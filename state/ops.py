@@ -20,7 +20,7 @@ from state.budgets import BudgetLedger, ClientBudget
 from state.oauth import OAuthStore
 from state.pool import CredentialPool, CredentialState
 from state.report import quota
-from state.store import AnyStore, Database, PostgresStore, open_store
+from state.store import AnyStore, Database, PostgresStore, open_store, redact_error
 from state.store_errors import DATABASE_ERRORS, transaction
 
 log = logging.getLogger("sluice")
@@ -97,7 +97,10 @@ class OpsReader:
             windows, limits = _quota_levels(db)
             budgets = tuple(BudgetLedger(db).status())
         except DATABASE_ERRORS as e:
-            log.warning("sluice: ops: could not read the database (%s); gauges skipped this time", e)
+            log.warning(
+                "sluice: ops: could not read the database (%s); gauges skipped this time",
+                redact_error(str(self._db_path), e),
+            )
             self.close()
             return Snapshot(at=now)
         return Snapshot(
@@ -123,7 +126,7 @@ class OpsReader:
                     found.append((host, float(status.expires_at)))
             return tuple(found)
         except DATABASE_ERRORS as e:
-            log.warning("sluice: ops: could not read OAuth expiry (%s)", e)
+            log.warning("sluice: ops: could not read OAuth expiry (%s)", redact_error(str(self._db_path), e))
             return ()
 
     def close(self) -> None:

@@ -489,7 +489,10 @@ def _commit_postgres(
             # One statement for all of them, one JSON parameter taken apart by the server: a row's two dozen
             # headers would otherwise be two dozen statements (or arrays) for the client library to build,
             # in Python, while the event loop waits for the interpreter lock.
-            conn.raw.execute(_RATE_LIMITS_FROM_JSON_SQL, (json.dumps(limit_rows),))
+            # Sorted by key: every proxy's writer locks the rows it upserts in the same order, so two batches
+            # naming the same rows queue rather than deadlock (PostgreSQL would abort one after a second).
+            ordered = sorted(limit_rows, key=lambda row: (row[0], row[1], row[2]))
+            conn.raw.execute(_RATE_LIMITS_FROM_JSON_SQL, (json.dumps(ordered),))
         if settle_rows:
             conn.executemany(SETTLE_SQL, settle_rows)
         if rate_rows:

@@ -219,3 +219,32 @@ def redact(location: str) -> str:
             [(key, REDACTED if key.lower() == "password" else value) for key, value in pairs], safe="*"
         )
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def redact_error(location: str, error: BaseException) -> str:
+    """The text of `error`, raised opening `location`, with the location's password replaced by `***`:
+    libpq's URL parser quotes the part it rejects (`invalid percent-encoded token: "s3cret%ZZ"`, an unclosed
+    `[` quotes the whole URL), so an exception's text is never shown as it is."""
+    text = str(error)
+    for secret in sorted(_passwords(location), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def _passwords(location: str) -> set[str]:
+    """Every spelling of the password in `location` that a message may quote: as written and decoded, from
+    the userinfo (found without a URL parser, which gives up on the URLs whose errors quote them) and from a
+    `password=` parameter."""
+    if "://" not in location:
+        return set()
+    rest = location.split("://", 1)[1]
+    found: set[str] = set()
+    userinfo, at, _ = rest.partition("?")[0].rpartition("@")
+    if at and ":" in userinfo:
+        found.add(userinfo.split(":", 1)[1])
+    for pair in rest.partition("?")[2].split("&"):
+        key, _, value = pair.partition("=")
+        if key.lower() == "password":
+            found.add(value)
+    found |= {urllib.parse.unquote(secret) for secret in found}
+    return {secret for secret in found if secret}

@@ -164,3 +164,14 @@ def test_a_database_that_cannot_be_opened_stops_start_up_naming_the_option(tmp_p
             tctx.configure(core, sluice_db=str(where))
         assert core.store is good  # the rows keep going where they went
         core.done()
+
+
+def test_a_postgresql_url_that_cannot_be_parsed_stops_start_up_without_its_password() -> None:
+    core = SluiceCore()
+    with taddons.context(core) as tctx:
+        with pytest.raises(exceptions.OptionsError) as raised:
+            tctx.configure(core, sluice_db="postgresql://sluice:s3cret%ZZpw@127.0.0.1/sluice")
+        message = str(raised.value)
+        assert message.startswith("sluice_db: cannot open postgresql://sluice:***@127.0.0.1/sluice: ")
+        assert "invalid percent-encoded token" in message and "s3cret" not in message
+        core.done()

@@ -793,3 +793,13 @@ def test_a_minted_token_is_not_refreshed_by_hand(tmp_path: Path, capsys: pytest.
     code = main(["credentials", "--db", str(tmp_path / "sluice.db"), "--config", str(config), *refresh])
     assert code != 0
     assert "minted by the proxy itself" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["usage", "--db"], ["migrate", "--from", "{db}", "--to"]])
+def test_a_postgresql_url_that_cannot_be_parsed_is_refused_without_its_password(
+    db_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    url = "postgresql://sluice:s3cret@[::1/sluice"  # libpq's error quotes the whole URL
+    code, out, err = run(capsys, *[part.format(db=db_path) for part in command], url)
+    assert code == 1 and out == ""
+    assert err.startswith("sluice: error: cannot open postgresql://…: ") and "s3cret" not in err

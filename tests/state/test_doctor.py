@@ -12,6 +12,8 @@ import pytest
 from state import doctor
 from state.cli import main
 from state.doctor import Check
+from state.store import redact
+from tests.postgres import PostgresServer
 
 CA_PEM = "-----BEGIN CERTIFICATE-----\nTUlUTVBST1hZLUNB\nQ0EtQk9EWQ==\n-----END CERTIFICATE-----\n"
 OTHER_PEM = "-----BEGIN CERTIFICATE-----\nT1RIRVItQ0E=\n-----END CERTIFICATE-----\n"
@@ -259,3 +261,16 @@ def test_the_sluice_command_and_doctor_never_import_mitmproxy() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_a_postgresql_database_is_checked_on_its_server_and_named_without_its_password(
+    postgres_url: str, postgres_server: PostgresServer
+) -> None:
+    assert postgres_server.password in postgres_url
+    check = doctor.check_database(postgres_url)
+    assert check.status == "pass" and postgres_server.password not in check.detail
+    assert check.detail == f"{redact(postgres_url)} can be written"
+    wrong = postgres_url.replace(postgres_server.password, "not-" + postgres_server.password)
+    check = doctor.check_database(wrong)
+    assert check.status == "fail" and postgres_server.password not in check.detail + check.advice
+    assert check.detail.startswith(f"{redact(wrong)} cannot be opened: ")

@@ -13,7 +13,7 @@ import pytest
 from rules.call_outcome import is_error
 from state.store import PostgresStore, Store, open_store, redact
 from state.store import postgres as pg
-from state.writer import CallRecord, RecordWriter
+from state.writer import PIPELINED_ROWS, CallRecord, RecordWriter, _commit_postgres
 from tests.postgres import PostgresServer
 
 DEADLINE_S = 60
@@ -257,3 +257,66 @@ def test_proxies_in_several_processes_write_to_one_database_without_loss_or_dupl
         worker.join(DEADLINE_S)
         assert worker.exitcode == 0
     assert _count(postgres_url) == 500
+
+
+def test_a_hostile_providers_values_keep_every_row_through_copy_and_json(postgres_url: str) -> None:
+    """Past PIPELINED_ROWS the calls go by COPY and the rate limits by one JSON parameter: a NUL or a lone
+    surrogate in a header's name or value, or an integer past 64 bits, still costs no row."""
+    store = open_store(postgres_url)
+    try:
+        writer = RecordWriter(store.connect)
+        odd = _record(0, error="bad \x00 byte \udcff", output_tokens=-(2**80))
+        odd.rate_limits = [("x-ratelimit-\x00evil\udcff", "1\x00"), ("x-ratelimit-ok", "\udcfe" * 10_000)]
+        odd.host, odd.credential, odd.observed_at = "h", "c", "2026-11-23T10:00:00+00:00"
+        writer.put(odd)
+        for n in range(1, PIPELINED_ROWS * 2):
+            writer.put(_record(n))
+        writer.start()
+        assert writer.flush(timeout=DEADLINE_S)
+        writer.close()
+        assert _count(postgres_url) == PIPELINED_ROWS * 2 and writer.stats.dropped == 0
+        with psycopg.connect(postgres_url) as conn:
+            headers = conn.execute(
+                "select header, value from rate_limits where host = 'h' order by header"
+            ).fetchall()
+        assert dict(headers) == {
+            "x-ratelimit-\ufffdevil\ufffd": "1\ufffd",
+            "x-ratelimit-ok": "\ufffd" * 10_000,
+        }
+    finally:
+        store.close()
+
+
+def test_two_proxies_writing_the_same_rate_limits_in_opposite_orders_never_deadlock(
+    postgres_url: str,
+) -> None:
+    """Each proxy's batch upserts the rate-limit rows it saw, in the order it saw them: two batches naming
+    the same rows in opposite orders would each hold a row the other waits for (PostgreSQL then aborts one
+    after a second, and its rows wait for a retry). Written in one order, they queue instead."""
+    store = open_store(postgres_url)
+    headers = [f"x-ratelimit-{n:03d}" for n in range(200)]
+    errors: list[BaseException] = []
+
+    def write(order: list[str]) -> None:
+        db = store.connect()
+        try:
+            for round_ in range(15):
+                rows = [
+                    ("h", "c", header, str(round_), f"2026-12-04T10:00:{round_:02d}", "call")
+                    for header in order
+                ]
+                _commit_postgres(db.conn, [], [], rows, [], [])
+        except psycopg.Error as e:
+            errors.append(e)
+        finally:
+            db.close()
+
+    try:
+        threads = [threading.Thread(target=write, args=(order,)) for order in (headers, headers[::-1])]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(DEADLINE_S)
+        assert errors == []
+    finally:
+        store.close()

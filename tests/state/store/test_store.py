@@ -3,10 +3,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
 
 import state.store
-from state.store import Store, open_store, redact
+from state.store import Store, open_store, redact, redact_error
 
 
 def test_opening_creates_the_database_with_its_schema(tmp_path: Path) -> None:
@@ -96,3 +97,20 @@ def test_a_location_is_shown_without_its_password(location: str, shown: str) -> 
     assert redact(location) == shown
     assert Store(location).display == shown
     assert "s3c" not in repr(Store(location))
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "postgresql://sluice:s3cret%ZZpw@127.0.0.1/sluice",  # libpq quotes the bad token
+        "postgresql://sluice:s3cretpw@[::1/sluice",  # libpq quotes the whole URL
+        "postgresql://127.0.0.1/sluice?password=s3cret%ZZpw",
+    ],
+)
+def test_a_location_that_cannot_be_opened_is_named_without_its_password(location: str) -> None:
+    with pytest.raises(psycopg.Error) as raised:
+        open_store(location)
+    assert "s3cret" in str(raised.value)  # what would have been printed
+    message = redact_error(location, raised.value)
+    assert "s3cret" not in message
+    assert message  # still says what is wrong
