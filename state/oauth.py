@@ -55,7 +55,7 @@ from state.clock import SYSTEM_CLOCK, Clock
 from state.secrets_db import open_secrets_db, open_secrets_pg
 from state.store import AnyStore, PostgresStore, Store
 from state.store.postgres import is_postgres
-from state.store_errors import DATABASE_ERRORS, Connection, lost, transaction
+from state.store_errors import DATABASE_ERRORS, Connection, described, lost, transaction
 
 log = logging.getLogger("sluice")
 
@@ -362,7 +362,9 @@ class OAuthStore:
         except DATABASE_ERRORS as e:
             # Nothing can be recorded: this process stops using the refused token, and refreshes it once
             # the database answers (never without the lease).
-            log.warning("sluice: could not record that the OAuth token of %s was refused (%s)", key, e)
+            log.warning(
+                "sluice: could not record that the OAuth token of %s was refused (%s)", key, described(e)
+            )
             self._cache.pop(key, None)
             return "refreshing"
         cached = self._cache.get(key)
@@ -399,7 +401,7 @@ class OAuthStore:
         try:
             self._on_event(key, event, detail)
         except Exception as e:  # the history must never stop a token from being used
-            log.warning("sluice: could not record the OAuth event %s for %s (%s)", event, key, e)
+            log.warning("sluice: could not record the OAuth event %s for %s (%s)", event, key, described(e))
 
     # -- the refresh -----------------------------------------------------------------------------------
 
@@ -700,7 +702,7 @@ class OAuthStore:
             with self._db_lock:
                 self._release_locked(self._connection(), key)
         except DATABASE_ERRORS as e:
-            log.warning("sluice: could not release the OAuth refresh lease of %s (%s)", key, e)
+            log.warning("sluice: could not release the OAuth refresh lease of %s (%s)", key, described(e))
 
     def _release_locked(self, conn: Connection, key: str) -> None:
         conn.execute(

@@ -35,3 +35,11 @@ def transaction(conn: Connection, lock: str) -> Iterator[None]:
 def lost(conn: Connection) -> bool:
     """Whether this is a PostgreSQL connection the server dropped (a SQLite file is never lost this way)."""
     return isinstance(conn, postgres.PgConnection) and conn.raw.closed
+
+
+def described(error: BaseException) -> str:
+    """A database error for a log line: for PostgreSQL its primary message only, never the DETAIL, which
+    can quote the row a statement failed on ("Failing row contains (…)": tokens, for the OAuth store)."""
+    if isinstance(error, psycopg.Error):
+        return error.diag.message_primary or type(error).__name__
+    return str(error)

@@ -142,3 +142,17 @@ def test_the_readme_grants_let_reports_read_everything_but_the_oauth_tokens(post
             cleanup.execute(f"drop database if exists {database} with (force)")
             for role in names.values():
                 cleanup.execute(f"drop role if exists {role}")
+
+
+def test_a_database_error_is_logged_without_the_row_it_quotes(postgres_url: str) -> None:
+    import psycopg
+
+    from state.store_errors import described
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("create table t (token text, n int not null)")
+        with pytest.raises(psycopg.errors.NotNullViolation) as failed:
+            conn.execute("insert into t values ('sk-ant-oat01-SECRET', null)")
+    assert "sk-ant-oat01-SECRET" in str(failed.value)  # psycopg's text quotes the failing row
+    assert "sk-ant-oat01-SECRET" not in described(failed.value)
+    assert "null value" in described(failed.value)
