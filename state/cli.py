@@ -156,19 +156,11 @@ def _open_postgres(url: str) -> PgDatabase:
     """A sluice database on PostgreSQL: refused, untouched, when it has no sluice tables (a read command must
     not add them to some other database). Messages name it without its password."""
     try:
-        db = postgres.open_connection(url)
+        return postgres.open_migrated(url, only_sluice=True)
+    except postgres.NotSluice:
+        raise CliError(f"cannot open {redact(url)} as a sluice database: it has no sluice tables") from None
     except psycopg.Error as e:
         raise CliError(f"cannot open {redact(url)}: {redact_error(url, e)}") from None
-    try:
-        found = db.conn.raw.execute("select to_regclass('public._sluice_migrations')").fetchone()
-        if found is None or found[0] is None:
-            raise CliError(f"cannot open {redact(url)} as a sluice database: it has no sluice tables")
-        if not postgres.up_to_date(db):
-            postgres.migrate(db)
-    except BaseException:
-        db.close()
-        raise
-    return db
 
 
 def _stored_tokens(db: str) -> Path | PostgresStore | None:

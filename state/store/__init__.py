@@ -130,14 +130,7 @@ class PostgresStore:
 
     def connect(self) -> postgres.PgDatabase:
         """A new connection, for one owner, with the schema up to date."""
-        db = postgres.open_connection(self.location)
-        try:
-            if not postgres.up_to_date(db):
-                postgres.migrate(db)
-        except BaseException:
-            db.close()
-            raise
-        return db
+        return postgres.open_migrated(self.location)
 
     @contextmanager
     def reading(self) -> Iterator[postgres.PgDatabase]:

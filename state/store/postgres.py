@@ -419,6 +419,27 @@ def migrate(db: PgDatabase, migrations: tuple[Migration, ...] = MIGRATIONS) -> N
             conn.raw.execute(record, (migration.number, migration.name))
 
 
+class NotSluice(Exception):
+    """The database has no sluice tables, and was asked to stay as it is."""
+
+
+def open_migrated(location: str, *, only_sluice: bool = False) -> PgDatabase:
+    """A new connection with the schema up to date. With `only_sluice`, a database without sluice's tables
+    raises NotSluice and is left untouched (a read command must not add them to some other database)."""
+    db = open_connection(location)
+    try:
+        if only_sluice:
+            found = db.conn.raw.execute("select to_regclass('public._sluice_migrations')").fetchone()
+            if found is None or found[0] is None:
+                raise NotSluice(location)
+        if not up_to_date(db):
+            migrate(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 def up_to_date(db: PgDatabase) -> bool:
     """Whether every migration is recorded as applied: one read."""
     try:
