@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,13 +43,28 @@ def open_connection(
     try:
         db = sqlite_utils.Database(conn)
         db.execute(f"pragma busy_timeout = {int(busy_timeout_ms)}")
-        db.execute("pragma journal_mode = wal")
+        _use_wal(conn, busy_timeout_ms / 1000)
         db.execute("pragma synchronous = normal")
         db.execute(f"pragma journal_size_limit = {WAL_SIZE_LIMIT}")
     except BaseException:
         conn.close()
         raise
     return db
+
+
+def _use_wal(conn: sqlite3.Connection, wait_s: float) -> None:
+    """Switch the file to WAL. On a new file another process may be switching it at the same moment, and
+    SQLite answers "database is locked" at once there, without its busy handler: wait for the other, as
+    `busy_timeout` would, up to `wait_s` (two proxies started together on a new file both start)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            conn.execute("pragma journal_mode = wal").fetchall()
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 @contextmanager
